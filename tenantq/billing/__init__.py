@@ -1,0 +1,1 @@
+"""Usage metering, quotas, pricing, invoices, reports and Stripe sync."""

