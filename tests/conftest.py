@@ -191,7 +191,8 @@ class ProcessGroup:
     """Subprocesses started by a test, each in its own process group, always reaped."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # PYTHONPATH pins subprocesses to this checkout's code, not whatever copy pip installed.
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
 

@@ -21,9 +21,17 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 """
 
 
+# Every router the app serves, by module (each exposes ``router``). One list, so the tenant-isolation
+# test matrix and the reader both see every route.
+ROUTER_MODULES = [
+    "tenantq.platform.jobs.router",
+]
+
+
 def create_app() -> FastAPI:
+    import importlib
+
     import tenantq.worker  # noqa: F401  (registers task types)
-    from tenantq.platform.jobs.router import router as jobs_router
 
     app = FastAPI(title="tenantq", version=tenantq.__version__, description=DESCRIPTION)
     install_error_handlers(app)
@@ -64,5 +72,6 @@ def create_app() -> FastAPI:
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
-    app.include_router(jobs_router)
+    for module in ROUTER_MODULES:
+        app.include_router(importlib.import_module(module).router)
     return app

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         default="dev-insecure-secret-change-me",
         description="Server secret: keys the API-key HMAC and signs dashboard session JWTs.",
     )
+    previous_secret_keys: list[str] = Field(
+        default_factory=list,
+        description="Older secrets still accepted when verifying session JWTs (JSON list), for rotation.",
+    )
     admin_token: str | None = Field(
         default=None, description="Bearer token for the operator API (/admin/v1). Unset disables it."
     )

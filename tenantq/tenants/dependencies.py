@@ -15,6 +15,8 @@ from tenantq.platform.errors import Forbidden, Unauthorized
 from tenantq.platform.settings import get_settings
 from tenantq.tenants.keys import parse_key, verify_hash
 from tenantq.tenants.models import ApiKey, Tenant
+from tenantq.tenants.sessions import (OPERATOR_AUDIENCE, SESSION_COOKIE, TENANT_AUDIENCE, decode_token,
+                                      looks_like_jwt)
 
 # last_used_at is written at most this often per key, so authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -60,13 +62,33 @@ def authenticate_key(session: Session, raw: str) -> TenantContext:
     return TenantContext(tenant_id=tenant.id, key_id=key.id, scopes=frozenset(key.scopes or ()), tenant=tenant)
 
 
+def authenticate_session(session: Session, token: str) -> TenantContext:
+    claims = decode_token(token, audience=TENANT_AUDIENCE)
+    tenant = session.get(Tenant, claims.subject)
+    if tenant is None:
+        raise Unauthorized("Invalid session.", code="invalid_session")
+    if claims.key_id:
+        # A session dies with the key it was exchanged for.
+        key = session.get(ApiKey, claims.key_id)
+        now = utcnow()
+        if key is None or key.tenant_id != tenant.id or (key.revoked_at is not None and key.revoked_at <= now):
+            raise Unauthorized("The API key behind this session was revoked.", code="invalid_session")
+    return TenantContext(tenant_id=tenant.id, key_id=claims.key_id, scopes=claims.scopes, tenant=tenant)
+
+
 def current_tenant(request: Request, session: SessionDep) -> TenantContext:
+    """An API key or a session JWT as bearer token, or the dashboard's session cookie."""
     token = _bearer(request)
     if token is None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return authenticate_session(session, cookie)
         raise Unauthorized(
             "Missing credentials: send 'Authorization: Bearer <api key>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if looks_like_jwt(token):
+        return authenticate_session(session, token)
     return authenticate_key(session, token)
 
 
@@ -88,3 +110,30 @@ class RequireScope:
 
 JobsWrite = Annotated[TenantContext, Depends(RequireScope("jobs:write"))]
 JobsRead = Annotated[TenantContext, Depends(RequireScope("jobs:read"))]
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    subject: str
+
+
+def current_operator(request: Request) -> OperatorContext:
+    """The operator credential: ``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT."""
+    import hmac
+
+    settings = get_settings()
+    token = _bearer(request) or request.cookies.get("tq_admin_session")
+    if not token:
+        raise Unauthorized("Operator credential required.", headers={"WWW-Authenticate": "Bearer"})
+    if settings.admin_token and hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+        return OperatorContext(subject="operator")
+    if looks_like_jwt(token):
+        claims = decode_token(token, audience=OPERATOR_AUDIENCE)
+        return OperatorContext(subject=claims.subject)
+    raise Unauthorized("Invalid operator credential.", code="invalid_operator_credential")
+
+
+Operator = Annotated[OperatorContext, Depends(current_operator)]
+UsageRead = Annotated[TenantContext, Depends(RequireScope("usage:read"))]
+BillingRead = Annotated[TenantContext, Depends(RequireScope("billing:read"))]
+KeysManage = Annotated[TenantContext, Depends(RequireScope("keys:manage"))]

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,7 @@ def cli(args, cwd, env):
 def test_up_runs_a_job_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTQ_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT)
     port = free_port()
     log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "tenantq.cli", "up", "--port", str(port)], cwd=tmp_path,

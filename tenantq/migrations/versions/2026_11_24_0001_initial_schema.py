@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 01:20:17.274437
+Create Date: 2026-11-24
 """
 from __future__ import annotations
 

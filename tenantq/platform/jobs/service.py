@@ -13,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tenantq.platform.db import utcnow
-from tenantq.platform.errors import Conflict, Forbidden, InvalidInput, ServiceUnavailable
+from tenantq.platform.errors import Conflict, InvalidInput, ServiceUnavailable
+from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
@@ -53,8 +54,6 @@ def _same_request(job: Job, data: JobCreate) -> bool:
 
 def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tuple[dict[str, Any], int]:
     """Check the request against the registry and the plan; returns (normalised args, max_retries)."""
-    if tenant.status != "active":
-        raise Forbidden(f"Tenant is {tenant.status}: new jobs are not accepted.", code="tenant_suspended")
     spec = get_task_type(data.task)
     if spec is None:
         raise InvalidInput(f"Unknown task type {data.task!r}.", code="unknown_task", details={"task": data.task})
@@ -88,6 +87,7 @@ def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: red
                                code="idempotency_conflict", details={"job_id": existing.id})
             return SubmitResult(existing, created=False)
     args, max_retries = validate_submission(session, tenant, data)
+    admit(session, tenant, 1)
     now = utcnow()
     job = Job(
         task=data.task,

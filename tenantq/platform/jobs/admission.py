@@ -1,0 +1,34 @@
+"""Admission checks run before a job is accepted (submit, batch submit, schedule firing).
+
+Each area contributes a check; a check raises a TenantqError (403 suspended, 429 rate or queue full,
+402 over quota) or returns None. Order matters: cheap, local checks first. Add a check by appending
+it to ADMISSION_CHECKS here, so the full list is visible in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from tenantq.platform.errors import Forbidden
+from tenantq.tenants.models import Tenant
+
+AdmissionCheck = Callable[[Session, Tenant, int], None]
+
+
+def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
+    if tenant.status != "active":
+        raise Forbidden(f"Tenant is {tenant.status}: new jobs are not accepted.", code="tenant_suspended",
+                        details={"status": tenant.status})
+
+
+ADMISSION_CHECKS: list[AdmissionCheck] = [
+    tenant_is_active,
+]
+
+
+def admit(session: Session, tenant: Tenant, count: int = 1) -> None:
+    """Raise if ``count`` new jobs for ``tenant`` may not be accepted now."""
+    for check in ADMISSION_CHECKS:
+        check(session, tenant, count)
