@@ -32,6 +32,8 @@ def exec_queue_depth(client: redis.Redis, queue: str) -> int:
 
 
 def publish(message: dict[str, Any], queue: str) -> None:
+    """Hand one job to Celery. ``message["options"]`` carries per-job Celery options (time limits,
+    expires) straight through to ``send_task``."""
     job = message["job"]
     app.send_task(
         message["task"],
@@ -39,6 +41,7 @@ def publish(message: dict[str, Any], queue: str) -> None:
         task_id=message.get("task_id") or job["id"],
         queue=queue,
         priority=to_celery_priority(job.get("priority", 5)),
+        **(message.get("options") or {}),
     )
 
 
@@ -58,7 +61,9 @@ class Dispatcher:
         room = self.depth - exec_queue_depth(self.r, self.queue)
         released = 0
         while room > 0:
-            tenants = self.queues.active_tenants()
+            # Paused tenants (suspended, or paused by the operator) keep their queue but get no turns.
+            paused = self.r.smembers("tq:paused")
+            tenants = [t for t in self.queues.active_tenants() if t not in paused]
             if not tenants:
                 break
             progressed = False

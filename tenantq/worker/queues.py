@@ -7,6 +7,8 @@ Layout (all keys under ``tq:``):
 - ``tq:delayed:t``    HASH job id -> tenant id for delayed jobs.
 - ``tq:active``       SET of tenants whose queue is non-empty (the dispatcher's work list).
 - ``tq:seq``          arrival counter.
+- ``tq:paused``       SET of tenants whose queue is paused (suspended tenant or operator pause):
+                      their jobs stay queued and the dispatcher skips them until removed.
 The SQL ``job`` row is written and committed first; these keys only say what is runnable.
 """
 

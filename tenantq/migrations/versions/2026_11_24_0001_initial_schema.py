@@ -43,6 +43,24 @@ def upgrade() -> None:
     sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_plan'))
     )
+    op.create_table('usage_event',
+    sa.Column('id', sa.String(length=128), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('job_id', sa.String(length=36), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('task', sa.String(length=128), nullable=False),
+    sa.Column('metric', sa.String(length=32), nullable=False),
+    sa.Column('quantity', sa.BigInteger(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('worker', sa.String(length=255), nullable=True),
+    sa.Column('occurred_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_event'))
+    )
+    with op.batch_alter_table('usage_event', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_usage_event_job_id'), ['job_id'], unique=False)
+        batch_op.create_index('ix_usage_event_tenant_occurred', ['tenant_id', 'occurred_at'], unique=False)
+
     op.create_table('tenant',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('name', sa.String(length=128), nullable=False),
@@ -111,5 +129,10 @@ def downgrade() -> None:
 
     op.drop_table('api_key')
     op.drop_table('tenant')
+    with op.batch_alter_table('usage_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_usage_event_tenant_occurred')
+        batch_op.drop_index(batch_op.f('ix_usage_event_job_id'))
+
+    op.drop_table('usage_event')
     op.drop_table('plan')
     # ### end Alembic commands ###
