@@ -20,6 +20,8 @@ key_app = typer.Typer(help="Create API keys for tenants.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
+billing_app = typer.Typer(help="Billing: close periods into invoices, sync them to Stripe.", no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
 
 DataDir = Annotated[
     Path | None,
@@ -232,6 +234,62 @@ def key_create(
     except Exception as exc:  # noqa: BLE001
         _fail(as_json, exc)
     _emit(as_json, payload, f"{payload['key']}\n(key id {payload['id']}; shown once, store it now)")
+
+
+@billing_app.command("close")
+def billing_close(
+    period: Annotated[str | None, typer.Option(help="Calendar month (UTC) to close, YYYY-MM. Default: every "
+                                               "month whose grace window has passed.")] = None,
+    force: Annotated[bool, typer.Option(help="Close PERIOD even inside its grace window (it must have ended).")] = False,
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
+    from tenantq.billing.invoices import close_due_periods, close_period
+    from tenantq.platform.db import system_session
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        if period is None:
+            closed = close_due_periods()
+            payload = {"closed": closed}
+            text = "closed " + ", ".join(closed) if closed else "no period is due"
+        else:
+            with system_session() as session:
+                result = close_period(session, period, force=force, closed_by="cli")
+                invoices = [{"id": i.id, "tenant_id": i.tenant_id, "currency": i.currency, "total": str(i.total),
+                             "status": i.status} for i in result.invoices]
+                payload = {"period": result.period.period, "created": result.created, "invoices": invoices}
+            verb = "closed" if result.created else "already closed"
+            text = f"{period}: {verb}, {len(invoices)} invoice(s)" + "".join(
+                f"\n  {i['tenant_id']}  {i['total']} {i['currency']}  {i['status']}" for i in invoices)
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    _emit(as_json, payload, text)
+
+
+@billing_app.command("stripe-sync")
+def billing_stripe_sync(
+    period: Annotated[str, typer.Option(help="Closed calendar month whose invoices to push, YYYY-MM.")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Push a closed period's invoices to Stripe (customer, items, invoice); a re-run creates nothing twice."""
+    from tenantq.billing.stripe_sync import sync_period
+    from tenantq.platform.db import system_session
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        with system_session() as session:
+            results = [r.as_dict() for r in sync_period(session, period)]
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    payload = {"period": period, "invoices": results}
+    text = "\n".join(f"{r['invoice_id']}  {r['stripe_invoice_id'] or '-'}  "
+                     f"{r['skipped'] or ('created' if r['invoice_created'] else 'linked')}" for r in results)
+    _emit(as_json, payload, text or f"{period}: no invoices")
 
 
 def main() -> None:

@@ -31,3 +31,6 @@ class UsageEvent(Base):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())  # attempt end: decides the billing period
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set by period close (billing.invoices) to the YYYY-MM invoice that billed this event; NULL until
+    # then. An event still NULL when its own month closed is billed by the next close (late event).
+    billed_period: Mapped[str | None] = mapped_column(String(7), nullable=True, index=True)

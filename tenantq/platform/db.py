@@ -122,6 +122,7 @@ def system_session() -> Iterator[Session]:
 
 def import_models() -> None:
     """Import every module that defines tables so ``Base.metadata`` is complete."""
+    import tenantq.billing.invoice_models  # noqa: F401
     import tenantq.billing.models  # noqa: F401
     import tenantq.platform.jobs.models  # noqa: F401
     import tenantq.tenants.models  # noqa: F401

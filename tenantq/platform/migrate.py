@@ -33,6 +33,9 @@ def upgrade(database_url: str | None = None, revision: str = "head") -> None:
     engine = make_engine(url)
     with Session(engine) as session:
         seed_plans(session)
+        from tenantq.billing.pricing import seed_prices
+
+        seed_prices(session)
         session.commit()
     engine.dispose()
 

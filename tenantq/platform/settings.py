@@ -43,6 +43,21 @@ class Settings(BaseSettings):
         default=32, description="How many released jobs may wait in the execution queue at once."
     )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
+    billing_grace_seconds: int = Field(
+        default=2 * 24 * 3600,
+        description="How long after a calendar month ends before it is closed and invoiced; usage recorded "
+        "inside this window is billed in its own month, later usage in the next open month.",
+    )
+    stripe_api_key: str | None = Field(default=None, description="Stripe secret key; unset disables Stripe sync.")
+    stripe_api_base: str | None = Field(
+        default=None, description="Stripe API base URL (default Stripe's own; tests point it at localstripe)."
+    )
+    stripe_webhook_secret: str | None = Field(
+        default=None, description="Signing secret (whsec_...) of the Stripe webhook endpoint; unset rejects webhooks."
+    )
+    stripe_webhook_tolerance_seconds: int = Field(
+        default=300, description="Largest accepted age of a Stripe webhook signature timestamp."
+    )
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
 
     @property

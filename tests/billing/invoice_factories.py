@@ -1,0 +1,57 @@
+"""Factories for billing tests: usage events written straight to SQL (what metering would record)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import factory
+from factory.alchemy import SQLAlchemyModelFactory
+from sqlalchemy import delete
+
+from tenantq.billing.invoice_models import BillingPeriod, Invoice, StripeCustomer, StripeEvent
+from tenantq.billing.models import UsageEvent
+from tenantq.tenants.models import Tenant
+from tests.factories import TenantFactory, _register
+
+# Billing tests live in the distant past so their periods never meet usage from the rest of the suite.
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@_register
+class UsageEventFactory(SQLAlchemyModelFactory):
+    class Meta:
+        model = UsageEvent
+        sqlalchemy_session_persistence = "commit"
+
+    job_id = factory.LazyFunction(lambda: str(uuid.uuid4()))
+    attempt = 1
+    metric = "jobs"
+    id = factory.LazyAttribute(lambda o: f"{o.job_id}:{o.attempt}:{o.metric}")
+    tenant_id = factory.LazyAttribute(lambda o: o.tenant.id)
+    task = "demo.echo"
+    quantity = 1
+    state = "succeeded"
+    occurred_at = factory.LazyFunction(lambda: datetime(2001, 1, 15, tzinfo=UTC))
+    recorded_at = factory.LazyAttribute(lambda o: o.occurred_at)
+
+    class Params:
+        tenant = factory.SubFactory(TenantFactory)
+
+
+def old_tenant(plan: str = "pro", **kwargs):
+    """A tenant that existed before every period the billing tests close."""
+    return TenantFactory(plan_name=plan, created_at=LONG_AGO, **kwargs)
+
+
+def reset_billing_state(session) -> None:
+    """Billing periods are global: each test starts with none closed and no old usage left over."""
+    session.rollback()
+    session.execute(delete(StripeEvent))
+    session.execute(delete(Invoice))
+    session.execute(delete(BillingPeriod))
+    session.execute(delete(StripeCustomer))
+    session.execute(delete(UsageEvent).where(UsageEvent.occurred_at < datetime(2020, 1, 1, tzinfo=UTC)))
+    # Old tenants would get a base-fee invoice from every later close.
+    session.execute(delete(Tenant).where(Tenant.created_at < datetime(2020, 1, 1, tzinfo=UTC)))
+    session.commit()
