@@ -246,6 +246,7 @@ def billing_close(
 ) -> None:
     """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
     from tenantq.billing.invoices import close_due_periods, close_period
+    from tenantq.billing.pricing import format_amount
     from tenantq.platform.db import system_session
 
     settings = _settings(data_dir)
@@ -258,7 +259,7 @@ def billing_close(
         else:
             with system_session() as session:
                 result = close_period(session, period, force=force, closed_by="cli")
-                invoices = [{"id": i.id, "tenant_id": i.tenant_id, "currency": i.currency, "total": str(i.total),
+                invoices = [{"id": i.id, "tenant_id": i.tenant_id, "currency": i.currency, "total": format_amount(i.total, i.currency),
                              "status": i.status} for i in result.invoices]
                 payload = {"period": result.period.period, "created": result.created, "invoices": invoices}
             verb = "closed" if result.created else "already closed"

@@ -89,6 +89,11 @@ def round_amount(value: Decimal, currency: str) -> Decimal:
     return value.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
 
 
+def format_amount(amount: Decimal, currency: str) -> str:
+    """An amount as the API shows it: a Decimal string with exactly the currency's minor digits."""
+    return str(round_amount(Decimal(amount), currency))
+
+
 def to_minor_units(amount: Decimal, currency: str) -> int:
     """An already-rounded amount as Stripe's integer minor units (4900 for 49.00 usd)."""
     scaled = amount / minor_unit(currency)

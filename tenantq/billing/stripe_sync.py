@@ -19,7 +19,8 @@ recovers the one window the store cannot cover (created in Stripe, crashed befor
 Webhooks: ``verify_event`` checks the ``Stripe-Signature`` header on the raw body with
 ``stripe.Webhook.construct_event`` (HMAC-SHA256, timestamp tolerance), ``record_event`` stores the
 event once per Stripe event id, and ``process_event`` (run by the ``billing.stripe_event`` task)
-applies it idempotently: ``invoice.paid`` marks the tenantq invoice paid, ``invoice.voided`` voids it.
+applies it idempotently: ``invoice.paid`` (or ``invoice.payment_succeeded``) marks the tenantq invoice
+paid, ``invoice.voided`` voids an open one; other event types are stored and ignored.
 """
 
 from __future__ import annotations
@@ -108,10 +109,18 @@ def ensure_customer(session: Session, client: stripe.StripeClient, tenant: Tenan
     return customer.id, True
 
 
+def metadata_value(obj: Any, key: str) -> str | None:
+    """``obj.metadata[key]`` of a Stripe object (StripeObjects are mappings without ``.get``)."""
+    try:
+        return obj.metadata[key]
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
 def _find_stripe_invoice(client: stripe.StripeClient, customer_id: str, invoice_id: str) -> Any | None:
     listing = _call("list invoices", client.v1.invoices.list, params={"customer": customer_id, "limit": 100})
     for candidate in listing.data:
-        if (candidate.metadata or {}).get("tenantq_invoice_id") == invoice_id:
+        if metadata_value(candidate, "tenantq_invoice_id") == invoice_id:
             return candidate
     return None
 
@@ -243,6 +252,10 @@ def _invoice_for(session: Session, obj: dict[str, Any]) -> Invoice | None:
     return None
 
 
+# Stripe sends both for a paid invoice (and some emulators only the second); the second changes nothing.
+PAID_EVENTS = ("invoice.paid", "invoice.payment_succeeded")
+
+
 def process_event(session: Session, event_id: str) -> str:
     """Apply a stored event once; returns what happened. Commits."""
     row = session.get(StripeEvent, event_id, with_for_update=True)
@@ -252,13 +265,13 @@ def process_event(session: Session, event_id: str) -> str:
         return "already_processed"
     obj = ((row.payload or {}).get("data") or {}).get("object") or {}
     outcome = "ignored"
-    if row.type in ("invoice.paid", "invoice.voided"):
+    if row.type in PAID_EVENTS or row.type == "invoice.voided":
         invoice = _invoice_for(session, obj)
         if invoice is None:
             outcome = "unknown_invoice"
         elif invoice.status == "void":
             outcome = "left_void"
-        elif row.type == "invoice.paid":
+        elif row.type in PAID_EVENTS:
             paid_at = _stripe_time((obj.get("status_transitions") or {}).get("paid_at"))
             outcome = "marked_paid" if mark_paid(session, invoice, paid_at) else "already_paid"
         elif invoice.status == "open":

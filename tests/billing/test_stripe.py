@@ -1,0 +1,310 @@
+"""Stripe: the real SDK over HTTP against localstripe (sync twice -> one of each), signed webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+import pytest
+import stripe
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent
+from tenantq.billing.invoices import close_period
+from tenantq.billing.stripe_sync import metadata_value, process_event, record_event, stripe_client, sync_invoice, sync_period
+from tenantq.platform.settings import reset_settings_cache
+from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
+from tests.conftest import ROOT, free_port, wait_until
+
+STRIPE_KEY = "sk_test_tenantq"
+WEBHOOK_SECRET = "whsec_" + uuid.uuid4().hex
+
+
+def at(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def localstripe(tmp_path_factory):
+    """localstripe on 127.0.0.1 in its own process and temp dir; yields its base URL."""
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("localstripe")
+    log = open(tmp / "localstripe.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.billing.localstripe_server", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)},
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError("localstripe exited: " + (tmp / "localstripe.log").read_text())
+        try:
+            return httpx.get(f"{url}/v1/customers", auth=(STRIPE_KEY, ""), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, timeout=60, interval=0.2, message="localstripe to listen")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def stripe_env(localstripe, monkeypatch):
+    monkeypatch.setenv("TENANTQ_STRIPE_API_KEY", STRIPE_KEY)
+    monkeypatch.setenv("TENANTQ_STRIPE_API_BASE", localstripe)
+    monkeypatch.setenv("TENANTQ_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    reset_settings_cache()
+    yield localstripe
+    monkeypatch.undo()
+    reset_settings_cache()
+
+
+@pytest.fixture
+def webhook_env(monkeypatch):
+    monkeypatch.setenv("TENANTQ_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    reset_settings_cache()
+    yield
+    monkeypatch.undo()
+    reset_settings_cache()
+
+
+@pytest.fixture(autouse=True)
+def clean_billing(db_session):
+    reset_billing_state(db_session)
+    yield
+    reset_billing_state(db_session)
+
+
+def closed_invoice(session, period: str = "2001-03") -> Invoice:
+    """A pro tenant's invoice of 53.53 usd (see test_invoices for the hand computation)."""
+    tenant = old_tenant("pro")
+    when = at(int(period[:4]), int(period[5:]), 10)
+    UsageEventFactory(tenant=tenant, metric="jobs", quantity=100_625, occurred_at=when)
+    UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=47_345_678, occurred_at=when)
+    result = close_period(session, period, now=at(2030, 1, 1))
+    session.commit()
+    [invoice] = [i for i in result.invoices if i.tenant_id == tenant.id]
+    assert invoice.total == Decimal("53.53")
+    return invoice
+
+
+def stripe_customers_of(client: stripe.StripeClient, tenant_id: str) -> list:
+    customers = client.v1.customers.list(params={"limit": 100}).data
+    return [c for c in customers if metadata_value(c, "tenantq_tenant_id") == tenant_id]
+
+
+class TestStripeSync:
+    def test_sync_twice_creates_one_customer_and_one_invoice(self, stripe_env, db_session):
+        invoice = closed_invoice(db_session)
+        client = stripe_client()
+        first = sync_period(db_session, "2001-03", client)
+        second = sync_period(db_session, "2001-03", client)
+        [r1] = [r for r in first if r.invoice_id == invoice.id]
+        [r2] = [r for r in second if r.invoice_id == invoice.id]
+        assert r1.customer_created and r1.invoice_created and r1.items_created == 6
+        assert r2.skipped == "already_synced" and r2.stripe_invoice_id == r1.stripe_invoice_id
+
+        # What localstripe holds, asked over HTTP through the SDK:
+        [customer] = stripe_customers_of(client, invoice.tenant_id)
+        stripe_invoices = client.v1.invoices.list(params={"customer": customer.id}).data
+        assert [i.id for i in stripe_invoices] == [r1.stripe_invoice_id]
+        [remote] = stripe_invoices
+        assert remote.total == 5353 and remote.currency == "usd"
+        assert remote.metadata["tenantq_invoice_id"] == invoice.id
+        lines = client.v1.invoices.line_items.list(remote.id, params={"limit": 100}).data
+        assert sorted(line.amount for line in lines) == sorted([4900, 0, 13, 0, 400, 40])
+        assert client.v1.invoice_items.list(params={"customer": customer.id}).data == []  # none left pending
+
+        db_session.expire_all()
+        stored = db_session.get(Invoice, invoice.id)
+        assert stored.stripe_invoice_id == remote.id
+        assert all(line.stripe_invoice_item_id for line in stored.lines)
+        assert db_session.get(StripeCustomer, invoice.tenant_id).customer_id == customer.id
+
+    def test_next_period_reuses_the_customer(self, stripe_env, db_session):
+        invoice = closed_invoice(db_session, "2001-03")
+        client = stripe_client()
+        sync_period(db_session, "2001-03", client)
+        close_period(db_session, "2001-04", now=at(2030, 1, 1))  # base fee only: 49.00
+        db_session.commit()
+        [april] = sync_period(db_session, "2001-04", client)
+        assert not april.customer_created and april.invoice_created
+        [customer] = stripe_customers_of(client, invoice.tenant_id)
+        totals = sorted(i.total for i in client.v1.invoices.list(params={"customer": customer.id}).data)
+        assert totals == [4900, 5353]
+
+    def test_recovers_invoice_created_before_a_crash(self, stripe_env, db_session):
+        """Stripe created the invoice but tenantq died before storing its id: the re-run finds it by metadata."""
+        invoice = closed_invoice(db_session)
+        client = stripe_client()
+        first = sync_invoice(db_session, client, invoice)
+        invoice.stripe_invoice_id = None  # the lost commit
+        db_session.commit()
+        again = sync_invoice(db_session, client, invoice)
+        assert not again.invoice_created and again.stripe_invoice_id == first.stripe_invoice_id
+        [customer] = stripe_customers_of(client, invoice.tenant_id)
+        assert len(client.v1.invoices.list(params={"customer": customer.id}).data) == 1
+
+    def test_zero_invoices_are_not_pushed(self, stripe_env, db_session):
+        tenant = old_tenant("free")
+        UsageEventFactory(tenant=tenant, occurred_at=at(2001, 3, 5))
+        close_period(db_session, "2001-03", now=at(2030, 1, 1))
+        db_session.commit()
+        [result] = sync_period(db_session, "2001-03", stripe_client())
+        assert result.skipped == "zero_total"
+        assert stripe_customers_of(stripe_client(), tenant.id) == []
+
+    def test_cli_stripe_sync(self, stripe_env, db_session):
+        from tenantq.cli import app
+
+        invoice = closed_invoice(db_session)
+        runner = CliRunner()
+        out = [json.loads(runner.invoke(app, ["billing", "stripe-sync", "--period", "2001-03", "--json"]).output)
+               for _ in range(2)]
+        assert out[0]["invoices"][0]["invoice_created"] is True
+        assert out[1]["invoices"][0]["skipped"] == "already_synced"
+        [customer] = stripe_customers_of(stripe_client(), invoice.tenant_id)
+        assert len(stripe_client().v1.invoices.list(params={"customer": customer.id}).data) == 1
+
+    def test_unconfigured(self, db_session, monkeypatch):
+        from tenantq.cli import app
+
+        monkeypatch.delenv("TENANTQ_STRIPE_API_KEY", raising=False)
+        reset_settings_cache()
+        result = CliRunner().invoke(app, ["billing", "stripe-sync", "--period", "2001-03", "--json"])
+        assert result.exit_code == 1 and json.loads(result.output)["error"]["code"] == "stripe_not_configured"
+
+
+def sign(payload: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+    """Stripe's documented scheme: t=<unix time>,v1=hex(HMAC-SHA256(secret, "<t>.<raw body>"))."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def paid_event(stripe_invoice_id: str, invoice_id: str, event_type: str = "invoice.paid") -> bytes:
+    now = int(time.time())
+    return json.dumps({
+        "id": f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "type": event_type, "created": now,
+        "livemode": False, "api_version": "2026-10-28",
+        "data": {"object": {"id": stripe_invoice_id, "object": "invoice", "status": "paid",
+                            "metadata": {"tenantq_invoice_id": invoice_id},
+                            "status_transitions": {"paid_at": now}}},
+    }).encode()
+
+
+def post_event(api, payload: bytes, signature: str | None):
+    headers = {"content-type": "application/json"}
+    if signature is not None:
+        headers["stripe-signature"] = signature
+    return api.post("/v1/stripe/webhook", content=payload, headers=headers)
+
+
+def linked_invoice(session) -> Invoice:
+    invoice = closed_invoice(session)
+    invoice.stripe_invoice_id = f"in_{uuid.uuid4().hex[:14]}"
+    session.commit()
+    return invoice
+
+
+def event_count(session) -> int:
+    return session.scalar(select(func.count()).select_from(StripeEvent))
+
+
+class TestWebhook:
+    @pytest.mark.e2e
+    def test_signed_invoice_paid_marks_invoice_paid_once(self, api, db_session, webhook_env, platform_processes):
+        invoice = linked_invoice(db_session)
+        payload = paid_event(invoice.stripe_invoice_id, invoice.id)
+        resp = post_event(api, payload, sign(payload))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["duplicate"] is False
+
+        def paid() -> Invoice | None:  # applied by the real worker's billing.stripe_event task
+            db_session.expire_all()
+            row = db_session.get(Invoice, invoice.id)
+            return row if row.status == "paid" else None
+
+        paid_at = wait_until(paid, timeout=60, message="invoice marked paid by the worker").paid_at
+        event_id = json.loads(payload)["id"]
+        assert db_session.get(StripeEvent, event_id).outcome == "marked_paid"
+
+        replay = post_event(api, payload, sign(payload))  # Stripe retries the same delivery
+        assert replay.status_code == 200 and replay.json()["duplicate"] is True
+        db_session.expire_all()
+        assert db_session.get(Invoice, invoice.id).paid_at == paid_at
+        assert event_count(db_session) == 1
+
+    def test_processing_is_idempotent(self, db_session, webhook_env):
+        invoice = linked_invoice(db_session)
+        first = json.loads(paid_event(invoice.stripe_invoice_id, invoice.id))
+        second = json.loads(paid_event(invoice.stripe_invoice_id, invoice.id, "invoice.payment_succeeded"))
+        assert record_event(db_session, first)[1] is True
+        assert record_event(db_session, first)[1] is False
+        assert process_event(db_session, first["id"]) == "marked_paid"
+        assert process_event(db_session, first["id"]) == "already_processed"
+        record_event(db_session, second)
+        assert process_event(db_session, second["id"]) == "already_paid"
+        db_session.expire_all()
+        assert db_session.get(Invoice, invoice.id).status == "paid"
+
+    def test_unknown_invoice_and_other_types_are_recorded_and_ignored(self, db_session, webhook_env):
+        stranger = json.loads(paid_event("in_nobody", str(uuid.uuid4())))
+        other = {**json.loads(paid_event("in_x", "x")), "id": "evt_" + uuid.uuid4().hex, "type": "customer.created"}
+        for event, outcome in ((stranger, "unknown_invoice"), (other, "ignored")):
+            record_event(db_session, event)
+            assert process_event(db_session, event["id"]) == outcome
+
+    def test_forged_signature_is_rejected(self, api, db_session, webhook_env):
+        invoice = linked_invoice(db_session)
+        payload = paid_event(invoice.stripe_invoice_id, invoice.id)
+        for signature in (sign(payload, secret="whsec_not_the_secret"), sign(payload + b" "), "t=1,v1=deadbeef",
+                          "garbage"):
+            resp = post_event(api, payload, signature)
+            assert resp.status_code == 400, resp.text
+            err = resp.json()["error"]
+            assert err["code"] == "invalid_signature" and err["message"] and "details" in err
+        missing = post_event(api, payload, None)
+        assert missing.status_code == 400 and missing.json()["error"]["code"] == "invalid_signature"
+        db_session.expire_all()
+        assert db_session.get(Invoice, invoice.id).status == "open"
+        assert event_count(db_session) == 0
+
+    def test_stale_timestamp_is_rejected(self, api, db_session, webhook_env):
+        invoice = linked_invoice(db_session)
+        payload = paid_event(invoice.stripe_invoice_id, invoice.id)
+        resp = post_event(api, payload, sign(payload, timestamp=int(time.time()) - 3600))
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_signature"
+        assert "tolerance" in resp.json()["error"]["message"].lower()
+        assert event_count(db_session) == 0
+
+    def test_signed_but_not_json(self, api, webhook_env):
+        resp = post_event(api, b"not json", sign(b"not json"))
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_json"
+
+    def test_without_secret_webhooks_are_refused(self, api, monkeypatch):
+        monkeypatch.delenv("TENANTQ_STRIPE_WEBHOOK_SECRET", raising=False)
+        reset_settings_cache()
+        payload = b"{}"
+        resp = post_event(api, payload, sign(payload))
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "stripe_webhook_not_configured"
