@@ -13,8 +13,17 @@ from sqlalchemy import select
 from tenantq.billing import invoices as service
 from tenantq.billing import pricing
 from tenantq.billing.invoice_models import BillingPeriod
-from tenantq.billing.invoice_schemas import (BillingPeriodOut, BillingPeriodsOut, CloseIn, CloseOut, InvoiceList,
-                                             InvoiceOut, PriceIn, PriceList, PriceOut)
+from tenantq.billing.invoice_schemas import (
+    BillingPeriodOut,
+    BillingPeriodsOut,
+    CloseIn,
+    CloseOut,
+    InvoiceList,
+    InvoiceOut,
+    PriceIn,
+    PriceList,
+    PriceOut,
+)
 from tenantq.platform.db import session_factory
 from tenantq.platform.dependencies import SessionDep
 from tenantq.platform.errors import NotFound
@@ -62,7 +71,7 @@ def _accept_event(payload: bytes, signature: str | None) -> dict:
             from tenantq.billing.invoice_tasks import stripe_event
 
             stripe_event.apply_async(args=[event["id"]])
-        except Exception:  # noqa: BLE001 - the stored event is picked up by billing.stripe_event_sweep
+        except Exception:
             log.warning("could not queue stripe event %s; the sweep will apply it", event["id"], exc_info=True)
     return {"received": True, "id": event["id"], "duplicate": not created, "processed": processed}
 

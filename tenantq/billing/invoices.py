@@ -274,7 +274,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
         period, invoice_id = raw.split("|", 1)
         return period, invoice_id
-    except Exception as exc:  # noqa: BLE001 - any decoding problem is the caller's bad input
+    except Exception as exc:
         raise InvalidInput("Invalid cursor.", code="invalid_cursor") from exc
 
 

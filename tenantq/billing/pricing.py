@@ -41,24 +41,24 @@ METRIC_LABELS = {
 
 # ISO 4217 currencies without a minor unit (Stripe's list of zero-decimal currencies) and with three.
 ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    ["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"]
 )
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 
 # Seeded prices. None included units = the plan's own quota. Free plans enforce hard quotas, so their
 # overage price only matters for usage that arrives late; it is zero.
 DEFAULT_PRICES: dict[str, list[dict]] = {
     "free": [
-        dict(metric="jobs", tiers=[(None, "0")]),
-        dict(metric="compute_seconds", tiers=[(None, "0")]),
+        {"metric": "jobs", "tiers": [(None, "0")]},
+        {"metric": "compute_seconds", "tiers": [(None, "0")]},
     ],
     "pro": [
-        dict(metric="jobs", tiers=[(None, "0.0002")]),
-        dict(metric="compute_seconds", tiers=[("10000", "0.0004"), (None, "0.0003")]),
+        {"metric": "jobs", "tiers": [(None, "0.0002")]},
+        {"metric": "compute_seconds", "tiers": [("10000", "0.0004"), (None, "0.0003")]},
     ],
     "enterprise": [
-        dict(metric="jobs", tiers=[(None, "0.0001")]),
-        dict(metric="compute_seconds", tiers=[("100000", "0.0003"), (None, "0.00025")]),
+        {"metric": "jobs", "tiers": [(None, "0.0001")]},
+        {"metric": "compute_seconds", "tiers": [("100000", "0.0003"), (None, "0.00025")]},
     ],
 }
 
@@ -79,7 +79,7 @@ def minor_unit(currency: str) -> Decimal:
     """The smallest amount of ``currency``: what line amounts are rounded to."""
     code = currency.lower()
     if code in ZERO_DECIMAL:
-        return Decimal("1")
+        return Decimal(1)
     if code in THREE_DECIMAL:
         return Decimal("0.001")
     return Decimal("0.01")
@@ -104,12 +104,12 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
 
 def total(lines: Iterable[Line]) -> Decimal:
     """The invoice total: the sum of the already-rounded line amounts."""
-    return sum((line.amount for line in lines), Decimal("0"))
+    return sum((line.amount for line in lines), Decimal(0))
 
 
 def normalize_usage(usage: Mapping[str, Decimal | int | float | str]) -> dict[str, Decimal]:
     """Metering names -> priced metrics; milliseconds become seconds exactly; unknown keys are ignored."""
-    out = {m: Decimal("0") for m in PRICED_METRICS}
+    out = {m: Decimal(0) for m in PRICED_METRICS}
     for key, raw in usage.items():
         value = Decimal(str(raw)) if not isinstance(raw, Decimal) else raw
         if key in ("compute_ms", "wall_ms"):
@@ -132,7 +132,7 @@ def included_units(plan: Plan, price: PlanPrice) -> Decimal:
         return Decimal(plan.included_jobs)
     if price.metric == "compute_seconds":
         return Decimal(plan.included_compute_seconds)
-    return Decimal("0")
+    return Decimal(0)
 
 
 def price_metric(plan: Plan, price: PlanPrice, quantity: Decimal) -> list[Line]:
@@ -145,12 +145,12 @@ def price_metric(plan: Plan, price: PlanPrice, quantity: Decimal) -> list[Line]:
             metric=price.metric,
             description=f"{label}: included ({_fmt(included)} per period)",
             quantity=min(quantity, included),
-            unit_price=Decimal("0"),
-            amount=round_amount(Decimal("0"), currency),
+            unit_price=Decimal(0),
+            amount=round_amount(Decimal(0), currency),
         )
     ]
-    billable = max(Decimal("0"), quantity - included)
-    lower = Decimal("0")
+    billable = max(Decimal(0), quantity - included)
+    lower = Decimal(0)
     for index, tier in enumerate(price.tiers):
         if billable <= lower:
             break
@@ -189,11 +189,11 @@ def price_plan_usage(
         fee = round_amount(Decimal(plan.base_fee), plan.currency)
         lines.append(
             Line(metric=BASE_FEE, description=f"{plan.display_name or plan.name} plan: base fee",
-                 quantity=Decimal("1"), unit_price=Decimal(plan.base_fee), amount=fee)
+                 quantity=Decimal(1), unit_price=Decimal(plan.base_fee), amount=fee)
         )
     order = {m: i for i, m in enumerate(PRICED_METRICS)}
     for price in sorted(prices, key=lambda p: order.get(p.metric, len(order))):
-        lines.extend(price_metric(plan, price, quantities.get(price.metric, Decimal("0"))))
+        lines.extend(price_metric(plan, price, quantities.get(price.metric, Decimal(0))))
     return lines
 
 
@@ -228,7 +228,7 @@ def validate_tiers(tiers: list[tuple[Decimal | None, Decimal]]) -> None:
         raise InvalidInput("A price needs at least one tier.", code="invalid_price")
     if tiers[-1][0] is not None:
         raise InvalidInput("The last tier must be unbounded (up_to null).", code="invalid_price")
-    previous = Decimal("0")
+    previous = Decimal(0)
     for up_to, unit_price in tiers:
         if unit_price < 0:
             raise InvalidInput("Unit prices cannot be negative.", code="invalid_price")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sys
 
-import localstripe.resources as resources
 from aiohttp import web
+from localstripe import resources
 
 
 def _no_disk(self) -> None:

@@ -204,9 +204,8 @@ class TestScheduledClose:
         assert invoice.period == "2001-01" and invoice.total == D("0.00") and invoice.status == "paid"
 
     def test_beat_schedules_the_close(self):
-        from tenantq.worker.celery_app import app
-
         import tenantq.billing.invoice_tasks  # noqa: F401
+        from tenantq.worker.celery_app import app
 
         assert app.conf.beat_schedule["billing.close_due_periods"]["task"] == "billing.close_due_periods"
         assert "billing.close_due_periods" in app.tasks

@@ -7,8 +7,15 @@ from decimal import Decimal
 
 import pytest
 
-from tenantq.billing.pricing import (Line, normalize_usage, price_usage, round_amount, set_price, to_minor_units,
-                                     total)
+from tenantq.billing.pricing import (
+    Line,
+    normalize_usage,
+    price_usage,
+    round_amount,
+    set_price,
+    to_minor_units,
+    total,
+)
 from tenantq.platform.errors import InvalidInput, NotFound
 from tenantq.tenants.models import Plan
 
@@ -143,13 +150,14 @@ class TestTiers:
         db_session.rollback()
 
 
-class TestOperatorPrices:
-    ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token"}
 
+
+class TestOperatorPrices:
     def test_put_and_get_price(self, api, db_session):
         plan = make_plan(db_session, included_compute_seconds=60)
         body = {"tiers": [{"up_to": "100", "unit_price": "0.01"}, {"up_to": None, "unit_price": "0.005"}]}
-        resp = api.put(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body, headers=self.ADMIN)
+        resp = api.put(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body, headers=ADMIN)
         assert resp.status_code == 200, resp.text
         assert resp.json() == {"plan": plan.name, "metric": "compute_seconds", "included_units": "60",
                                "included_from_plan": True, "description": "",
@@ -158,23 +166,23 @@ class TestOperatorPrices:
         # Replacing keeps one row per (plan, metric).
         body = {"included_units": "0", "tiers": [{"unit_price": "0.02"}]}
         assert api.put(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body,
-                       headers=self.ADMIN).status_code == 200
-        listed = api.get("/admin/v1/billing/prices", params={"plan": plan.name}, headers=self.ADMIN).json()["items"]
+                       headers=ADMIN).status_code == 200
+        listed = api.get("/admin/v1/billing/prices", params={"plan": plan.name}, headers=ADMIN).json()["items"]
         assert len(listed) == 1 and listed[0]["tiers"] == [{"up_to": None, "unit_price": "0.02"}]
         assert total(price_usage(plan.name, {"compute_seconds": D(50)}, db_session)) == D("1.00")
         assert api.delete(f"/admin/v1/billing/prices/{plan.name}/compute_seconds",
-                          headers=self.ADMIN).status_code == 204
+                          headers=ADMIN).status_code == 204
         assert api.get("/admin/v1/billing/prices", params={"plan": plan.name},
-                       headers=self.ADMIN).json()["items"] == []
+                       headers=ADMIN).json()["items"] == []
 
     def test_bad_prices(self, api):
         bad = api.put("/admin/v1/billing/prices/pro/jobs", json={"tiers": [{"up_to": "5", "unit_price": "1"}]},
-                      headers=self.ADMIN)
+                      headers=ADMIN)
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_price"
         unknown = api.put("/admin/v1/billing/prices/pro/bananas", json={"tiers": [{"unit_price": "1"}]},
-                          headers=self.ADMIN)
+                          headers=ADMIN)
         assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "invalid_price"
         missing = api.put("/admin/v1/billing/prices/nope/jobs", json={"tiers": [{"unit_price": "1"}]},
-                          headers=self.ADMIN)
+                          headers=ADMIN)
         assert missing.status_code == 404
         assert api.get("/admin/v1/billing/prices").status_code == 401

@@ -21,10 +21,17 @@ from typer.testing import CliRunner
 
 from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent
 from tenantq.billing.invoices import close_period
-from tenantq.billing.stripe_sync import metadata_value, process_event, record_event, stripe_client, sync_invoice, sync_period
+from tenantq.billing.stripe_sync import (
+    metadata_value,
+    process_event,
+    record_event,
+    stripe_client,
+    sync_invoice,
+    sync_period,
+)
 from tenantq.platform.settings import reset_settings_cache
 from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 
 STRIPE_KEY = "sk_test_tenantq"
 WEBHOOK_SECRET = "whsec_" + uuid.uuid4().hex
@@ -39,12 +46,12 @@ def localstripe(tmp_path_factory):
     """localstripe on 127.0.0.1 in its own process and temp dir; yields its base URL."""
     port = free_port()
     tmp = tmp_path_factory.mktemp("localstripe")
-    log = open(tmp / "localstripe.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.billing.localstripe_server", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)},
-    )
+    with open(tmp / "localstripe.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.billing.localstripe_server", str(port)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)},
+        )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -65,7 +72,6 @@ def localstripe(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -308,3 +314,51 @@ class TestWebhook:
         payload = b"{}"
         resp = post_event(api, payload, sign(payload))
         assert resp.status_code == 503 and resp.json()["error"]["code"] == "stripe_webhook_not_configured"
+
+
+class TestPaidInStripe:
+    @pytest.mark.e2e
+    def test_localstripe_payment_webhook_marks_invoice_paid(self, stripe_env, db_session, platform_env,
+                                                            platform_processes, tmp_path):
+        """Full loop over real HTTP: close -> sync -> the customer pays in (local)Stripe -> localstripe signs
+        and POSTs invoice.payment_succeeded to tenantq's API process -> the worker marks the invoice paid."""
+        port = free_port()
+        group = ProcessGroup({**platform_env, "TENANTQ_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}, tmp_path)
+        group.start("api", [sys.executable, "-m", "tenantq.cli", "api", "--port", str(port)])
+        try:
+            api_url = f"http://127.0.0.1:{port}"
+
+            def api_up() -> bool:
+                try:
+                    return httpx.get(f"{api_url}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(api_up, timeout=60, interval=0.2, message="API process to listen")
+            registered = httpx.post(
+                f"{stripe_env}/_config/webhooks/tenantq", auth=(STRIPE_KEY, ""),
+                json={"url": f"{api_url}/v1/stripe/webhook", "secret": WEBHOOK_SECRET,
+                      "events": ["invoice.payment_succeeded"]},
+            )
+            assert registered.status_code == 200
+
+            invoice = closed_invoice(db_session)
+            client = stripe_client()
+            [result] = [r for r in sync_period(db_session, "2001-03", client) if r.invoice_id == invoice.id]
+            card = client.v1.payment_methods.create(params={
+                "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040,
+                                         "cvc": "123"}})
+            client.v1.payment_methods.attach(card.id, params={"customer": result.stripe_customer_id})
+            client.v1.customers.update(result.stripe_customer_id,
+                                       params={"invoice_settings": {"default_payment_method": card.id}})
+            assert client.v1.invoices.pay(result.stripe_invoice_id).status == "paid"
+
+            def paid() -> bool:
+                db_session.expire_all()
+                return db_session.get(Invoice, invoice.id).status == "paid"
+
+            wait_until(paid, timeout=60, message="localstripe's signed webhook to mark the invoice paid")
+            event = db_session.scalars(select(StripeEvent)).one()
+            assert event.type == "invoice.payment_succeeded" and event.outcome == "marked_paid"
+        finally:
+            group.stop_all()
