@@ -145,3 +145,14 @@ class StripeEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class StripeMeterCursor(Base):
+    """How far meter-event streaming got, per usage metric: the last (recorded_at, id) sent."""
+
+    __tablename__ = "stripe_meter_cursor"
+
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event_id: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -7,6 +7,8 @@
 - ``billing.stripe_event``: applies one stored webhook event (idempotent).
 - ``billing.stripe_event_sweep`` (beat, every 5 minutes): applies events whose task was never queued
   (broker down when the webhook arrived) so a delivery Stripe saw acknowledged is never lost.
+- ``billing.stripe_meter_events`` (beat, every minute): streams usage as Billing Meter events when
+  ``TENANTQ_STRIPE_METERS`` is set; a no-op otherwise.
 """
 
 from __future__ import annotations
@@ -83,9 +85,22 @@ def stripe_event_sweep() -> int:
     return len(ids)
 
 
+@app.task(name="billing.stripe_meter_events", queue=SYSTEM_QUEUE)
+def stripe_meter_events() -> dict:
+    from tenantq.billing.stripe_sync import stream_meter_events, stripe_client, stripe_configured
+    from tenantq.platform.settings import get_settings
+
+    if not (stripe_configured() and get_settings().stripe_meters):
+        return {"skipped": "not_configured"}
+    with system_session() as session:
+        return stream_meter_events(session, stripe_client()).as_dict()
+
+
 app.conf.beat_schedule.update({
     "billing.close_due_periods": {"task": "billing.close_due_periods", "schedule": crontab(minute=7),
                                   "options": {"queue": SYSTEM_QUEUE}},
     "billing.stripe_event_sweep": {"task": "billing.stripe_event_sweep", "schedule": 300.0,
                                    "options": {"queue": SYSTEM_QUEUE}},
+    "billing.stripe_meter_events": {"task": "billing.stripe_meter_events", "schedule": 60.0,
+                                    "options": {"queue": SYSTEM_QUEUE}},
 })

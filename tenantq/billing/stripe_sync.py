@@ -16,6 +16,9 @@ a new day, an emulator that ignores idempotency keys) creates nothing twice. Bef
 invoice the customer's Stripe invoices are also searched for ``metadata.tenantq_invoice_id``, which
 recovers the one window the store cannot cover (created in Stripe, crashed before the commit).
 
+Optionally ``stream_meter_events`` sends usage events as Billing Meter events (``billing/meter_events``,
+``identifier`` = usage event id, so Stripe dedupes a re-send).
+
 Webhooks: ``verify_event`` checks the ``Stripe-Signature`` header on the raw body with
 ``stripe.Webhook.construct_event`` (HMAC-SHA256, timestamp tolerance), ``record_event`` stores the
 event once per Stripe event id, and ``process_event`` (run by the ``billing.stripe_event`` task)
@@ -27,16 +30,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent
+from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
 from tenantq.billing.invoices import Period, mark_paid
+from tenantq.billing.models import UsageEvent
 from tenantq.billing.pricing import to_minor_units
 from tenantq.platform.db import utcnow
 from tenantq.platform.errors import ServiceUnavailable, TenantqError
@@ -191,6 +195,88 @@ def sync_period(session: Session, period: str, client: stripe.StripeClient | Non
     client = client or stripe_client()
     invoices = list(session.scalars(select(Invoice).where(Invoice.period == name).order_by(Invoice.tenant_id)))
     return [sync_invoice(session, client, invoice) for invoice in invoices]
+
+
+# --- Billing Meter events (optional) -----------------------------------------------------------------
+
+# Stripe accepts meter events up to 35 days old; older ones are counted and skipped.
+METER_BACKDATE_LIMIT = timedelta(days=35)
+# Only events recorded at least this long ago are streamed: a usage batch whose transaction is still
+# open has recorded_at values behind the cursor and would otherwise be skipped forever.
+METER_SETTLE = timedelta(seconds=60)
+
+
+@dataclass
+class MeterStreamResult:
+    sent: int = 0
+    duplicates: int = 0
+    too_old: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _is_duplicate_identifier(exc: stripe.StripeError) -> bool:
+    code = getattr(exc, "code", None) or ""
+    message = str(getattr(exc, "user_message", None) or exc).lower()
+    return code in ("resource_already_exists", "duplicate_meter_event") or (
+        "identifier" in message and ("already" in message or "duplicate" in message)
+    )
+
+
+def stream_meter_events(
+    session: Session, client: stripe.StripeClient, *, now: datetime | None = None, batch: int = 500
+) -> MeterStreamResult:
+    """Send usage events as Stripe Billing Meter events, ``identifier`` = usage event id.
+
+    Configured by ``TENANTQ_STRIPE_METERS`` (metric -> meter event_name). Progress is a keyset cursor
+    per metric on (recorded_at, id), committed after each event, so a crash re-sends at most one
+    event, which Stripe's identifier dedup rejects (counted in ``duplicates``). Meters only bill
+    through a metered Stripe price: use them for usage visibility, or instead of the invoice items
+    ``sync_invoice`` pushes, never for the same usage as both.
+    """
+    meters = get_settings().stripe_meters
+    now = now or utcnow()
+    result = MeterStreamResult()
+    for metric, event_name in sorted(meters.items()):
+        cursor = session.get(StripeMeterCursor, metric)
+        query = select(UsageEvent).where(UsageEvent.metric == metric, UsageEvent.recorded_at <= now - METER_SETTLE)
+        if cursor is not None:
+            query = query.where(or_(UsageEvent.recorded_at > cursor.recorded_at,
+                                    and_(UsageEvent.recorded_at == cursor.recorded_at,
+                                         UsageEvent.id > cursor.event_id)))
+        events = list(session.scalars(query.order_by(UsageEvent.recorded_at, UsageEvent.id).limit(batch)))
+        customers: dict[str, str] = {}
+        for event in events:
+            if event.occurred_at < now - METER_BACKDATE_LIMIT:
+                result.too_old += 1
+            else:
+                if event.tenant_id not in customers:
+                    tenant = session.get(Tenant, event.tenant_id)
+                    customers[event.tenant_id] = ensure_customer(session, client, tenant)[0]
+                try:
+                    client.v1.billing.meter_events.create(
+                        params={
+                            "event_name": event_name,
+                            "identifier": event.id,
+                            "timestamp": int(event.occurred_at.timestamp()),
+                            "payload": {"stripe_customer_id": customers[event.tenant_id],
+                                        "value": str(event.quantity)},
+                        },
+                        options={"idempotency_key": f"tq-me-{event.id}"},
+                    )
+                    result.sent += 1
+                except stripe.StripeError as exc:
+                    if not _is_duplicate_identifier(exc):
+                        raise StripeSyncError(f"Stripe refused a meter event: {exc.user_message or exc}",
+                                              details={"usage_event": event.id}) from exc
+                    result.duplicates += 1
+            if cursor is None:
+                cursor = StripeMeterCursor(metric=metric, recorded_at=event.recorded_at, event_id=event.id)
+                session.add(cursor)
+            cursor.recorded_at, cursor.event_id = event.recorded_at, event.id
+            session.commit()
+    return result
 
 
 # --- Webhooks --------------------------------------------------------------------------------------

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_seconds: int = Field(
         default=300, description="Largest accepted age of a Stripe webhook signature timestamp."
     )
+    stripe_meters: dict[str, str] = Field(
+        default_factory=dict,
+        description='Usage metric -> Stripe meter event_name to stream as Billing Meter events (JSON, e.g. '
+        '{"compute_ms": "tenantq_compute_ms"}); empty streams nothing.',
+    )
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
 
     @property

@@ -9,7 +9,13 @@ import factory
 from factory.alchemy import SQLAlchemyModelFactory
 from sqlalchemy import delete
 
-from tenantq.billing.invoice_models import BillingPeriod, Invoice, StripeCustomer, StripeEvent
+from tenantq.billing.invoice_models import (
+    BillingPeriod,
+    Invoice,
+    StripeCustomer,
+    StripeEvent,
+    StripeMeterCursor,
+)
 from tenantq.billing.models import UsageEvent
 from tenantq.tenants.models import Tenant
 from tests.factories import TenantFactory, _register
@@ -51,6 +57,7 @@ def reset_billing_state(session) -> None:
     session.execute(delete(Invoice))
     session.execute(delete(BillingPeriod))
     session.execute(delete(StripeCustomer))
+    session.execute(delete(StripeMeterCursor))
     session.execute(delete(UsageEvent).where(UsageEvent.occurred_at < datetime(2020, 1, 1, tzinfo=UTC)))
     # Old tenants would get a base-fee invoice from every later close.
     session.execute(delete(Tenant).where(Tenant.created_at < datetime(2020, 1, 1, tzinfo=UTC)))

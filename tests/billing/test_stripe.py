@@ -8,23 +8,27 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 import stripe
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
-from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent
+from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
 from tenantq.billing.invoices import close_period
 from tenantq.billing.stripe_sync import (
     metadata_value,
     process_event,
     record_event,
+    stream_meter_events,
     stripe_client,
     sync_invoice,
     sync_period,
@@ -362,3 +366,99 @@ class TestPaidInStripe:
             assert event.type == "invoice.payment_succeeded" and event.outcome == "marked_paid"
         finally:
             group.stop_all()
+
+
+class FakeMeterApi(BaseHTTPRequestHandler):
+    """A small stand-in for Stripe's meter-event endpoint (localstripe has no Billing Meters).
+
+    It enforces the documented identifier dedup: a second event with an identifier already seen is
+    refused with 400 ``resource_already_exists``. It also creates bare customers.
+    """
+
+    events: dict[str, dict]  # set per server
+    lock: threading.Lock
+
+    def log_message(self, *_args) -> None:
+        return None
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        form = dict(parse_qsl(self.rfile.read(int(self.headers["content-length"] or 0)).decode()))
+        if self.path == "/v1/customers":
+            self._reply(200, {"id": f"cus_fake{uuid.uuid4().hex[:10]}", "object": "customer"})
+            return
+        if self.path != "/v1/billing/meter_events":
+            self._reply(404, {"error": {"type": "invalid_request_error", "message": "Unrecognized request URL"}})
+            return
+        identifier = form.get("identifier")
+        with self.server.lock:
+            if identifier in self.server.events:
+                self._reply(400, {"error": {
+                    "type": "invalid_request_error", "code": "resource_already_exists",
+                    "message": f"A meter event with identifier {identifier} already exists."}})
+                return
+            event = {"object": "billing.meter_event", "event_name": form["event_name"], "identifier": identifier,
+                     "timestamp": int(form["timestamp"]),
+                     "payload": {"stripe_customer_id": form["payload[stripe_customer_id]"],
+                                 "value": form["payload[value]"]}}
+            self.server.events[identifier] = event
+        self._reply(200, event)
+
+
+@pytest.fixture
+def meter_fake(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeMeterApi)
+    server.events, server.lock = {}, threading.Lock()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("TENANTQ_STRIPE_API_KEY", STRIPE_KEY)
+    monkeypatch.setenv("TENANTQ_STRIPE_API_BASE", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("TENANTQ_STRIPE_METERS", json.dumps({"compute_ms": "tenantq_compute_ms"}))
+    reset_settings_cache()
+    yield server
+    server.shutdown()
+    server.server_close()
+    monkeypatch.undo()
+    reset_settings_cache()
+
+
+class TestMeterEvents:
+    def test_streams_each_usage_event_once(self, meter_fake, db_session):
+        now = at(2001, 3, 20)
+        tenant = old_tenant("pro")
+        sent = [UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=q, occurred_at=at(2001, 3, 10, h),
+                                  recorded_at=at(2001, 3, 10, h)) for h, q in ((1, 1500), (2, 2500))]
+        UsageEventFactory(tenant=tenant, metric="jobs", occurred_at=at(2001, 3, 10))  # not a configured meter
+        too_old = UsageEventFactory(tenant=tenant, metric="compute_ms", occurred_at=at(2001, 2, 1),
+                                    recorded_at=at(2001, 3, 10))
+        unsettled = UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=7,
+                                      occurred_at=now - timedelta(seconds=30), recorded_at=now - timedelta(seconds=10))
+        client = stripe_client()
+
+        first = stream_meter_events(db_session, client, now=now)
+        assert first.as_dict() == {"sent": 2, "duplicates": 0, "too_old": 1}
+        got = meter_fake.events
+        assert set(got) == {e.id for e in sent}
+        assert got[sent[0].id]["payload"]["value"] == "1500"
+        assert got[sent[0].id]["timestamp"] == int(at(2001, 3, 10, 1).timestamp())
+        assert got[sent[0].id]["event_name"] == "tenantq_compute_ms"
+        customer = db_session.get(StripeCustomer, tenant.id).customer_id
+        assert {e["payload"]["stripe_customer_id"] for e in got.values()} == {customer}
+
+        assert stream_meter_events(db_session, client, now=now).sent == 0  # the cursor moved on
+        later = stream_meter_events(db_session, client, now=now + timedelta(minutes=2))
+        assert later.sent == 1 and unsettled.id in got and too_old.id not in got
+
+        # A crash lost the cursor: everything is sent again and Stripe's identifier dedup refuses it.
+        db_session.execute(delete(StripeMeterCursor))
+        db_session.commit()
+        replay = stream_meter_events(db_session, client, now=now + timedelta(minutes=2))
+        assert replay.as_dict() == {"sent": 0, "duplicates": 3, "too_old": 1}
+        assert len(got) == 3

@@ -67,6 +67,13 @@ def upgrade() -> None:
     sa.Column('outcome', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_stripe_event'))
     )
+    op.create_table('stripe_meter_cursor',
+    sa.Column('metric', sa.String(length=32), nullable=False),
+    sa.Column('recorded_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('event_id', sa.String(length=128), nullable=False),
+    sa.Column('updated_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('metric', name=op.f('pk_stripe_meter_cursor'))
+    )
     op.create_table('usage_event',
     sa.Column('id', sa.String(length=128), nullable=False),
     sa.Column('tenant_id', sa.String(length=36), nullable=False),
@@ -256,6 +263,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_usage_event_billed_period'))
 
     op.drop_table('usage_event')
+    op.drop_table('stripe_meter_cursor')
     op.drop_table('stripe_event')
     op.drop_table('plan')
     op.drop_table('billing_period')
