@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Literal
 
@@ -55,23 +54,23 @@ def get_invoice(invoice_id: str, ctx: BillingRead, session: SessionDep) -> Invoi
 
 
 def _accept_event(payload: bytes, signature: str | None) -> dict:
-    from tenantq.billing.stripe_sync import record_event, verify_event
+    from tenantq.billing.stripe_sync import parse_event, record_event
 
-    verify_event(payload, signature)
-    event = json.loads(payload)
+    event = parse_event(payload, signature)
     session = session_factory()()
     try:
         row, created = record_event(session, event)
         processed = row.processed_at is not None
     finally:
         session.close()
-    if created:
-        # After the commit (record_event committed). If the broker is down the sweep task applies it.
+    if not processed:
+        # After the commit (record_event committed). Queued again for a redelivery of an event not yet
+        # applied (the task is idempotent); if the broker is down, billing.stripe_event_sweep applies it.
         try:
             from tenantq.billing.invoice_tasks import stripe_event
 
             stripe_event.apply_async(args=[event["id"]])
-        except Exception:
+        except Exception:  # the stored event is picked up by the sweep
             log.warning("could not queue stripe event %s; the sweep will apply it", event["id"], exc_info=True)
     return {"received": True, "id": event["id"], "duplicate": not created, "processed": processed}
 

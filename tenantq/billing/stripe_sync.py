@@ -28,6 +28,7 @@ paid, ``invoice.voided`` voids an open one; other event types are stored and ign
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -297,8 +298,20 @@ def verify_event(payload: bytes, signature: str | None) -> stripe.Event:
     except stripe.SignatureVerificationError as exc:
         # The SDK says which check failed (no valid signature, or timestamp outside the tolerance).
         raise InvalidSignature(f"Stripe signature rejected: {exc.user_message or exc}") from None
-    except ValueError:
+    except json.JSONDecodeError:
         raise TenantqError("Webhook body is not valid JSON.", code="malformed_json") from None
+    except Exception:  # noqa: BLE001 - signed, but the SDK cannot build an event from it (a JSON array)
+        raise TenantqError("Webhook body is not a Stripe event.", code="invalid_event") from None
+
+
+def parse_event(payload: bytes, signature: str | None) -> dict[str, Any]:
+    """Verify the signature, then return the event's JSON object (it must carry an id and a type)."""
+    verify_event(payload, signature)
+    event = json.loads(payload)
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"] \
+            or not isinstance(event.get("type"), str):
+        raise TenantqError("Webhook body is not a Stripe event (id and type required).", code="invalid_event")
+    return event
 
 
 def record_event(session: Session, event: dict[str, Any]) -> tuple[StripeEvent, bool]:

@@ -308,9 +308,13 @@ class TestWebhook:
         assert "tolerance" in resp.json()["error"]["message"].lower()
         assert event_count(db_session) == 0
 
-    def test_signed_but_not_json(self, api, webhook_env):
+    def test_signed_but_not_an_event(self, api, db_session, webhook_env):
         resp = post_event(api, b"not json", sign(b"not json"))
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_json"
+        for body in (b"[]", b'{"type": "invoice.paid"}', b'{"id": 5, "type": "x"}'):
+            resp = post_event(api, body, sign(body))
+            assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_event", body
+        assert event_count(db_session) == 0
 
     def test_without_secret_webhooks_are_refused(self, api, monkeypatch):
         monkeypatch.delenv("TENANTQ_STRIPE_WEBHOOK_SECRET", raising=False)
