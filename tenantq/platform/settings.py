@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         default=32, description="How many released jobs may wait in the execution queue at once."
     )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
+    auth_failure_limit: int = Field(
+        default=20, description="Failed authentications allowed per client address per auth_failure_window_s."
+    )
+    auth_failure_window_s: int = Field(default=60, description="Window of auth_failure_limit, in seconds.")
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
 
     @property
