@@ -53,7 +53,9 @@ def authenticate_key(session: Session, raw: str) -> TenantContext:
         raise Unauthorized("Malformed API key.", code="invalid_api_key")
     key = session.get(ApiKey, parsed.kid)
     settings = get_settings()
-    if key is None or not verify_hash(parsed.full, key.secret_hash, settings.secret_key):
+    # Previous secrets still verify, so rotating TENANTQ_SECRET_KEY does not lock every tenant out.
+    secrets = [settings.secret_key, *settings.previous_secret_keys]
+    if key is None or not any(verify_hash(parsed.full, key.secret_hash, s) for s in secrets if s):
         raise Unauthorized("Unknown API key.", code="invalid_api_key")
     now = utcnow()
     if key.revoked_at is not None and key.revoked_at <= now:
