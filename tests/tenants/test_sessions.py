@@ -13,8 +13,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tenantq.platform.settings import get_settings, reset_settings_cache
-from tenantq.tenants.sessions import (ALGORITHM, ISSUER, OPERATOR_AUDIENCE, TENANT_AUDIENCE, _signing_secret,
-                                      issue_token, key_id)
+from tenantq.tenants.sessions import (
+    ALGORITHM,
+    ISSUER,
+    OPERATOR_AUDIENCE,
+    TENANT_AUDIENCE,
+    _signing_secret,
+    issue_token,
+    key_id,
+)
 from tests.factories import ApiKeyFactory, JobFactory, auth
 
 
