@@ -200,17 +200,26 @@ def _tenant_text(p: dict) -> str:
     return f"{p['id']}  {p['name']}  {p['plan']}  {p['status']}{extra}"
 
 
+# Money stays text all the way to Decimal: 19.90 must never pass through a float.
+_TEXT_FIELDS = {"base_fee", "currency", "display_name"}
+
+
 def _parse_assignments(items: list[str] | None) -> dict:
-    """``field=value`` pairs; the value is read as JSON when it parses (numbers, true/false, null)."""
+    """``field=value`` pairs; the value is read as JSON when it parses (numbers, true/false, null),
+    except for text and money fields, which are kept verbatim."""
     out: dict = {}
     for item in items or []:
         field, sep, raw = item.partition("=")
-        if not sep or not field.strip():
+        field = field.strip()
+        if not sep or not field:
             raise typer.BadParameter(f"expected FIELD=VALUE, got {item!r}")
+        if field in _TEXT_FIELDS:
+            out[field] = raw
+            continue
         try:
-            out[field.strip()] = json.loads(raw)
+            out[field] = json.loads(raw)
         except ValueError:
-            out[field.strip()] = raw
+            out[field] = raw
     return out
 
 
@@ -354,8 +363,6 @@ def plan_update(
     try:
         _ensure_db(settings)
         changes = _parse_assignments(set_)
-        if "base_fee" in changes:
-            changes["base_fee"] = str(changes["base_fee"])  # Decimal from the text, never via float
         try:
             data = PlanUpdate.model_validate(changes)
         except ValidationError as exc:
