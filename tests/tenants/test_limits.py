@@ -81,6 +81,10 @@ class TestSubmissionLimit:
             submission_rate_limit(db_session, tenant, 11)
         assert exc.value.code == "batch_exceeds_burst"
 
+    def test_unthrottled_factory_trait(self, db_session):
+        tenant = TenantFactory(unthrottled=True)
+        submission_rate_limit(db_session, tenant, 100_000)
+
     def test_plan_limit_applies_without_overrides(self, db_session):
         tenant = TenantFactory(plan_name="free")  # free: burst 20
         submission_rate_limit(db_session, tenant, 20)

@@ -86,6 +86,16 @@ class TestExchange:
             resp = client.post("/v1/auth/session", headers=auth(key))
         assert resp.status_code == 200 and "Secure" in resp.headers["set-cookie"]
 
+    def test_session_never_outlives_its_key(self, api):
+        from datetime import datetime, timedelta
+
+        from tenantq.platform.db import utcnow
+
+        expires = utcnow() + timedelta(minutes=10)
+        key = ApiKeyFactory(expires_at=expires)
+        body = api.post("/v1/auth/session", headers=auth(key)).json()
+        assert datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")) <= expires
+
     def test_key_in_body(self, api):
         key = ApiKeyFactory()
         resp = api.post("/v1/auth/session", json={"api_key": key.plaintext})
