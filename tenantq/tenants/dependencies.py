@@ -90,9 +90,9 @@ def authenticate_session(session: Session, token: str) -> TenantContext:
         key = session.get(ApiKey, claims.key_id)
         now = utcnow()
         if key is None or key.tenant_id != tenant.id or (key.revoked_at is not None and key.revoked_at <= now):
-            raise Unauthorized("The API key behind this session was revoked.", code="invalid_session")
+            raise Unauthorized("The API key behind this session was revoked.", code="revoked_session")
         if key.expires_at is not None and key.expires_at <= now:
-            raise Unauthorized("The API key behind this session has expired.", code="invalid_session")
+            raise Unauthorized("The API key behind this session has expired.", code="revoked_session")
     return TenantContext(tenant_id=tenant.id, key_id=claims.key_id, scopes=claims.scopes, tenant=tenant)
 
 
@@ -102,16 +102,22 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+# Failures that look like guessing. Not counted: no credential at all, and genuine but stale
+# credentials (revoked/expired key, expired session: their signature or hash verified), so a
+# dashboard with an old cookie or a client with a rotated-out key does not get its address blocked.
+GUESS_CODES = frozenset({"invalid_api_key", "invalid_session", "invalid_operator_credential", "api_key_required"})
+
+
 def _throttled(request: Request, authenticate):
-    """Run ``authenticate``; count presented-but-wrong credentials per client address and refuse
-    (429) an address over its allowance before even looking at its credential."""
+    """Run ``authenticate``; count wrong credentials per client address and refuse (429) an address
+    over its allowance before even looking at its credential."""
     limiter = AuthFailureLimiter()
     address = client_address(request)
     limiter.check(address)
     try:
         return authenticate()
     except Unauthorized as exc:
-        if exc.code != "unauthorized":  # "unauthorized" = no credential at all: not a guess
+        if exc.code in GUESS_CODES:
             limiter.record_failure(address)
         raise
 

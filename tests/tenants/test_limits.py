@@ -130,6 +130,17 @@ class TestAuthFailureLimit:
         # Another address is not affected.
         assert client_from("192.0.2.200").get("/v1/jobs", headers=auth(key)).status_code == 200
 
+    def test_stale_genuine_credentials_do_not_count(self, client_from, db_session):
+        from tenantq.platform.db import utcnow
+
+        key, revoked = ApiKeyFactory(), ApiKeyFactory()
+        revoked.revoked_at = utcnow()
+        db_session.commit()
+        client = client_from(f"203.0.113.{uuid.uuid4().int % 250 + 1}")
+        for _ in range(8):
+            assert client.get("/v1/jobs", headers=auth(revoked)).status_code == 401
+        assert client.get("/v1/jobs", headers=auth(key)).status_code == 200
+
     def test_missing_credentials_do_not_count_but_bad_admin_tokens_do(self, client_from):
         key = ApiKeyFactory()
         client = client_from(f"203.0.113.{uuid.uuid4().int % 250 + 1}")

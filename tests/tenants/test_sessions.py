@@ -125,7 +125,7 @@ class TestExchange:
         key = ApiKeyFactory()
         token = api.post("/v1/auth/session", headers=auth(key)).json()["token"]
         api.delete(f"/v1/keys/{key.id}", headers=auth(key))
-        assert_401(api.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}))
+        assert_401(api.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}), "revoked_session")
 
 
 class TestForgedTokens:
@@ -221,7 +221,7 @@ class TestCrossTenant:
         # Even correctly signed (i.e. the server secret leaked partially?) a session whose key belongs to
         # another tenant is refused: the session dies with, and is bound to, its key.
         token = forge(good_header(), claims_for(key_b.tenant_id, kid_api=key_a.id), server_secret())
-        assert_401(api.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}))
+        assert_401(api.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"}), "revoked_session")
 
 
 class TestSecretRotation:
