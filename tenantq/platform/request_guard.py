@@ -33,6 +33,10 @@ class _Reject(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
+class _Disconnected(Exception):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
     raise _Reject(422, "invalid_number", f"{name} is not a valid JSON number.")
 
@@ -101,6 +105,8 @@ class RequestGuard:
             return
         try:
             body, more = await self._read_body(scope, receive)
+        except _Disconnected:
+            return
         except _Reject as exc:
             response = JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
             await response(scope, receive, send)
@@ -139,8 +145,8 @@ class RequestGuard:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                # Let the app see the disconnect itself.
-                return b"".join(chunks), False
+                # The client left mid-body: a truncated body must not be processed.
+                raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

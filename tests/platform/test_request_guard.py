@@ -144,3 +144,30 @@ class TestUnicode:
     def test_odd_ids_are_plain_404(self, api, key):
         for job_id in ("%F0%9F%9A%80", "%D7%A9", "..%2F..%2Fetc", "'%20OR%201=1--", "x" * 300, "%ED%A0%80"):
             check(api.get(f"/v1/jobs/{job_id}", headers=auth(key)), 404, "not_found")
+
+
+class TestDisconnect:
+    def test_client_leaving_mid_body_runs_nothing(self, key, db_session):
+        import asyncio
+
+        from tenantq.platform.app import create_app
+
+        app = create_app()
+        sent: list[dict] = []
+        messages = [{"type": "http.request", "body": b'{"task": "demo.echo", "args": {"x": ', "more_body": True},
+                    {"type": "http.disconnect"}]
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 1234), "server": ("testserver", 80),
+                 "headers": [(b"authorization", auth(key)["Authorization"].encode()),
+                             (b"content-type", b"application/json")]}
+        asyncio.run(app(scope, receive, send))
+        assert sent == []
+        assert job_count(db_session, key.tenant_id) == 0
