@@ -15,13 +15,15 @@ app = typer.Typer(help="tenantq: a multi-tenant background job platform on Celer
                   add_completion=False,
                   pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
-tenant_app = typer.Typer(help="Create and inspect tenants.", no_args_is_help=True)
-key_app = typer.Typer(help="Create API keys for tenants.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Create, inspect, change, suspend and reactivate tenants.", no_args_is_help=True)
+key_app = typer.Typer(help="Create, list and revoke tenants' API keys.", no_args_is_help=True)
+plan_app = typer.Typer(help="List and change plans (limits and prices).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 billing_app = typer.Typer(help="Billing: close periods into invoices, sync them to Stripe.", no_args_is_help=True)
 app.add_typer(billing_app, name="billing")
+app.add_typer(plan_app, name="plan")
 
 DataDir = Annotated[
     Path | None,
@@ -191,24 +193,244 @@ def tenant_create(
     _emit(as_json, payload, f"{payload['id']}  {payload['name']}  (plan {payload['plan']})")
 
 
-@tenant_app.command("list")
-def tenant_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
-    """List tenants."""
-    from sqlalchemy import select
+def _tenant_payload(t) -> dict:
+    return {"id": t.id, "name": t.name, "plan": t.plan_name, "status": t.status, "overrides": t.overrides or {}}
 
+
+def _tenant_text(p: dict) -> str:
+    extra = f"  overrides {json.dumps(p['overrides'])}" if p["overrides"] else ""
+    return f"{p['id']}  {p['name']}  {p['plan']}  {p['status']}{extra}"
+
+
+# Money stays text all the way to Decimal: 19.90 must never pass through a float.
+_TEXT_FIELDS = {"base_fee", "currency", "display_name"}
+
+
+def _parse_assignments(items: list[str] | None) -> dict:
+    """``field=value`` pairs; the value is read as JSON when it parses (numbers, true/false, null),
+    except for text and money fields, which are kept verbatim."""
+    out: dict = {}
+    for item in items or []:
+        field, sep, raw = item.partition("=")
+        field = field.strip()
+        if not sep or not field:
+            raise typer.BadParameter(f"expected FIELD=VALUE, got {item!r}")
+        if field in _TEXT_FIELDS:
+            out[field] = raw
+            continue
+        try:
+            out[field] = json.loads(raw)
+        except ValueError:
+            out[field] = raw
+    return out
+
+
+@tenant_app.command("list")
+def tenant_list(
+    status: Annotated[str | None, typer.Option(help="Only tenants in this status (active, suspended).")] = None,
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List tenants with plan, status and overrides."""
     from tenantq.platform.db import system_session
-    from tenantq.tenants.models import Tenant
+    from tenantq.tenants.service import list_tenants
 
     settings = _settings(data_dir)
     _ensure_db(settings)
     with system_session() as session:
-        rows = [{"id": t.id, "name": t.name, "plan": t.plan_name, "status": t.status}
-                for t in session.scalars(select(Tenant).order_by(Tenant.name))]
+        rows = [_tenant_payload(t) for t in list_tenants(session, status=status)]
     if as_json:
         typer.echo(json.dumps({"items": rows}))
     else:
         for r in rows:
-            typer.echo(f"{r['id']}  {r['name']}  {r['plan']}  {r['status']}")
+            typer.echo(_tenant_text(r))
+
+
+@tenant_app.command("update")
+def tenant_update(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or name.")],
+    plan: Annotated[str | None, typer.Option(help="Move the tenant to this plan.")] = None,
+    name: Annotated[str | None, typer.Option(help="Rename the tenant.")] = None,
+    override: Annotated[list[str] | None, typer.Option(
+        "--override", help="Set a limit override FIELD=VALUE (repeatable), e.g. --override submit_rate=20. "
+        "VALUE null removes that override.")] = None,
+    clear_overrides: Annotated[bool, typer.Option("--clear-overrides", help="Remove all overrides first.")] = False,
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Change a tenant's plan, name or limit overrides (validated against the plan)."""
+    from tenantq.platform.db import system_session
+    from tenantq.tenants.service import get_tenant_by_ref, update_tenant
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        changes = _parse_assignments(override)
+        with system_session() as session:
+            t = get_tenant_by_ref(session, tenant)
+            overrides = {} if clear_overrides else dict(t.overrides or {})
+            for field, value in changes.items():
+                if value is None:
+                    overrides.pop(field, None)
+                else:
+                    overrides[field] = value
+            update_tenant(session, t, name=name, plan=plan, overrides=overrides)
+            payload = _tenant_payload(t)
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    _emit(as_json, payload, _tenant_text(payload))
+
+
+def _set_status(tenant: str, suspend: bool, as_json: bool, data_dir: Path | None) -> None:
+    from tenantq.platform.db import system_session
+    from tenantq.platform.redis import get_redis
+    from tenantq.tenants.service import get_tenant_by_ref, reactivate_tenant, suspend_tenant
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        with system_session() as session:
+            t = get_tenant_by_ref(session, tenant)
+            (suspend_tenant if suspend else reactivate_tenant)(session, t, get_redis())
+            payload = _tenant_payload(t)
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    _emit(as_json, payload, _tenant_text(payload))
+
+
+@tenant_app.command("suspend")
+def tenant_suspend(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or name.")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Suspend TENANT: submissions answer 403, queued jobs stay queued (paused) until reactivation.
+    Needs the platform's Redis (TENANTQ_REDIS_URL, or the embedded one while `tenantq up` runs)."""
+    _set_status(tenant, True, as_json, data_dir)
+
+
+@tenant_app.command("reactivate")
+def tenant_reactivate(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or name.")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Reactivate TENANT: submissions are accepted and its queued jobs run again (unless the operator
+    paused its queue separately)."""
+    _set_status(tenant, False, as_json, data_dir)
+
+
+def _plan_payload(p) -> dict:
+    from tenantq.tenants.schemas import PlanOut
+
+    return PlanOut.model_validate(p).model_dump(mode="json")
+
+
+@plan_app.command("list")
+def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
+    """List plans and their limits."""
+    from tenantq.platform.db import system_session
+    from tenantq.tenants.service import list_plans
+
+    settings = _settings(data_dir)
+    _ensure_db(settings)
+    with system_session() as session:
+        rows = [_plan_payload(p) for p in list_plans(session)]
+    if as_json:
+        typer.echo(json.dumps({"items": rows}))
+    else:
+        for r in rows:
+            typer.echo(f"{r['name']}  submit {r['submit_rate']:g}/s burst {r['submit_burst']}  exec {r['exec_rate']:g}/s"
+                       f"  concurrency {r['concurrency']}  max_queued {r['max_queued']}  weight {r['weight']}"
+                       f"  priority {r['priority_min']}-{r['priority_max']}  base fee {r['base_fee']} {r['currency']}")
+
+
+@plan_app.command("update")
+def plan_update(
+    plan: Annotated[str, typer.Argument(help="Plan name.")],
+    set_: Annotated[list[str], typer.Option("--set", help="FIELD=VALUE to change (repeatable), e.g. --set "
+                                            "submit_rate=20 --set base_fee=19.00.")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Change a plan's limits or prices; every tenant on it is affected from its next request."""
+    from pydantic import ValidationError
+
+    from tenantq.platform.db import system_session
+    from tenantq.platform.errors import InvalidInput
+    from tenantq.tenants.schemas import PlanUpdate
+    from tenantq.tenants.service import get_plan, update_plan
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        changes = _parse_assignments(set_)
+        try:
+            data = PlanUpdate.model_validate(changes)
+        except ValidationError as exc:
+            raise InvalidInput("Invalid plan change.", details=[
+                {"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]) from None
+        with system_session() as session:
+            row = update_plan(session, get_plan(session, plan), data)
+            payload = _plan_payload(row)
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    _emit(as_json, payload, json.dumps(payload, indent=2))
+
+
+@key_app.command("list")
+def key_list(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or name.")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List TENANT's API keys (ids, names, scopes, timestamps; never the secrets)."""
+    from tenantq.platform.db import system_session
+    from tenantq.tenants.repository import ApiKeyRepository
+    from tenantq.tenants.schemas import KeyOut
+    from tenantq.tenants.service import get_tenant_by_ref
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        with system_session() as session:
+            t = get_tenant_by_ref(session, tenant)
+            rows = [KeyOut.model_validate(k).model_dump(mode="json") for k in ApiKeyRepository(session, t.id).list()]
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    if as_json:
+        typer.echo(json.dumps({"items": rows}))
+    else:
+        for r in rows:
+            state = "revoked" if r["revoked_at"] else (f"expires {r['expires_at']}" if r["expires_at"] else "active")
+            typer.echo(f"{r['id']}  {r['name'] or '-'}  {','.join(r['scopes'])}  {state}"
+                       f"  last used {r['last_used_at'] or 'never'}")
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (the part after tq_live_/tq_test_).")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke an API key now: every API process rejects it from its next request."""
+    from tenantq.platform.db import system_session
+    from tenantq.platform.errors import NotFound
+    from tenantq.tenants.models import ApiKey
+    from tenantq.tenants.service import revoke_key
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        with system_session() as session:
+            key = session.get(ApiKey, key_id)
+            if key is None:
+                raise NotFound(f"No API key with id {key_id!r}.")
+            revoke_key(session, key)
+            payload = {"id": key.id, "tenant_id": key.tenant_id, "revoked_at": key.revoked_at.isoformat()}
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
+    _emit(as_json, payload, f"revoked {payload['id']} at {payload['revoked_at']}")
 
 
 @key_app.command("create")

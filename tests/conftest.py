@@ -127,6 +127,9 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
         "TENANTQ_SECRET_KEY": "test-secret-" + uuid.uuid4().hex,
         "TENANTQ_ADMIN_TOKEN": "test-admin-token",
         "TENANTQ_DATA_DIR": str(data_dir),
+        # In-process tests all come from one client address ("testclient"): keep the failed-auth
+        # throttle out of unrelated tests. tests/tenants/test_limits.py lowers it where it is tested.
+        "TENANTQ_AUTH_FAILURE_LIMIT": "1000000",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -35,6 +35,11 @@ class TenantFactory(SQLAlchemyModelFactory):
     plan_name = "pro"
     status = "active"
 
+    class Params:
+        # For tests and benches that submit faster or in bigger batches than a plan's submission
+        # rate limit allows: TenantFactory(unthrottled=True).
+        unthrottled = factory.Trait(overrides={"submit_rate": 1_000_000, "submit_burst": 10_000_000})
+
 
 @_register
 class ApiKeyFactory(SQLAlchemyModelFactory):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 import tenantq
 from tenantq.platform.db import get_engine
-from tenantq.platform.errors import error_body, install_error_handlers
+from tenantq.platform.errors import install_error_handlers
 from tenantq.platform.redis import get_redis
-from tenantq.platform.settings import get_settings
+from tenantq.platform.request_guard import RequestGuard
 
 DESCRIPTION = """
 tenantq runs background jobs for many tenants on Celery.
@@ -26,6 +26,8 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 ROUTER_MODULES = [
     "tenantq.platform.jobs.router",
     "tenantq.billing.invoice_router",
+    "tenantq.tenants.router",
+    "tenantq.tenants.admin_router",
 ]
 
 
@@ -37,20 +39,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tenantq", version=tenantq.__version__, description=DESCRIPTION)
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = get_settings().max_body_bytes
-        if length is not None:
-            try:
-                too_big = int(length) > limit
-            except ValueError:
-                return JSONResponse(error_body("bad_request", "Invalid Content-Length header."), 400)
-            if too_big:
-                return JSONResponse(
-                    error_body("payload_too_large", f"Request body exceeds {limit} bytes.", {"limit": limit}), 413
-                )
-        return await call_next(request)
+    # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
+    app.add_middleware(RequestGuard)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:

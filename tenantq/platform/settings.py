@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         description='Usage metric -> Stripe meter event_name to stream as Billing Meter events (JSON, e.g. '
         '{"compute_ms": "tenantq_compute_ms"}); empty streams nothing.',
     )
+    auth_failure_limit: int = Field(
+        default=20, description="Failed authentications allowed per client address per auth_failure_window_s."
+    )
+    auth_failure_window_s: int = Field(default=60, description="Window of auth_failure_limit, in seconds.")
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
 
     @property

@@ -7,16 +7,23 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from tenantq.platform.dependencies import SessionDep
 from tenantq.platform.db import utcnow
+from tenantq.platform.dependencies import SessionDep
 from tenantq.platform.errors import Forbidden, Unauthorized
 from tenantq.platform.settings import get_settings
 from tenantq.tenants.keys import parse_key, verify_hash
+from tenantq.tenants.limits import AuthFailureLimiter
 from tenantq.tenants.models import ApiKey, Tenant
-from tenantq.tenants.sessions import (OPERATOR_AUDIENCE, SESSION_COOKIE, TENANT_AUDIENCE, decode_token,
-                                      looks_like_jwt)
+from tenantq.tenants.sessions import (
+    OPERATOR_AUDIENCE,
+    SESSION_COOKIE,
+    TENANT_AUDIENCE,
+    decode_token,
+    looks_like_jwt,
+)
 
 # last_used_at is written at most this often per key, so authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -46,7 +53,9 @@ def authenticate_key(session: Session, raw: str) -> TenantContext:
         raise Unauthorized("Malformed API key.", code="invalid_api_key")
     key = session.get(ApiKey, parsed.kid)
     settings = get_settings()
-    if key is None or not verify_hash(parsed.full, key.secret_hash, settings.secret_key):
+    # Previous secrets still verify, so rotating TENANTQ_SECRET_KEY does not lock every tenant out.
+    secrets = [settings.secret_key, *settings.previous_secret_keys]
+    if key is None or not any(verify_hash(parsed.full, key.secret_hash, s) for s in secrets if s):
         raise Unauthorized("Unknown API key.", code="invalid_api_key")
     now = utcnow()
     if key.revoked_at is not None and key.revoked_at <= now:
@@ -57,8 +66,17 @@ def authenticate_key(session: Session, raw: str) -> TenantContext:
     if tenant is None:
         raise Unauthorized("Unknown API key.", code="invalid_api_key")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        key.last_used_at = now
+        # A conditional UPDATE: of many concurrent requests (on many processes) at most one writes
+        # per minute, and nothing else pending in the session gets committed by accident.
+        stale = now - LAST_USED_RESOLUTION
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key.id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale))
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
         session.commit()
+        key.last_used_at = now
     return TenantContext(tenant_id=tenant.id, key_id=key.id, scopes=frozenset(key.scopes or ()), tenant=tenant)
 
 
@@ -72,12 +90,44 @@ def authenticate_session(session: Session, token: str) -> TenantContext:
         key = session.get(ApiKey, claims.key_id)
         now = utcnow()
         if key is None or key.tenant_id != tenant.id or (key.revoked_at is not None and key.revoked_at <= now):
-            raise Unauthorized("The API key behind this session was revoked.", code="invalid_session")
+            raise Unauthorized("The API key behind this session was revoked.", code="revoked_session")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Unauthorized("The API key behind this session has expired.", code="revoked_session")
     return TenantContext(tenant_id=tenant.id, key_id=claims.key_id, scopes=claims.scopes, tenant=tenant)
+
+
+def client_address(request: Request) -> str:
+    # uvicorn rewrites request.client from X-Forwarded-For only for trusted proxies
+    # (--forwarded-allow-ips), so this cannot be spoofed by a client header.
+    return request.client.host if request.client else "unknown"
+
+
+# Failures that look like guessing. Not counted: no credential at all, and genuine but stale
+# credentials (revoked/expired key, expired session: their signature or hash verified), so a
+# dashboard with an old cookie or a client with a rotated-out key does not get its address blocked.
+GUESS_CODES = frozenset({"invalid_api_key", "invalid_session", "invalid_operator_credential", "api_key_required"})
+
+
+def _throttled(request: Request, authenticate):
+    """Run ``authenticate``; count wrong credentials per client address and refuse (429) an address
+    over its allowance before even looking at its credential."""
+    limiter = AuthFailureLimiter()
+    address = client_address(request)
+    limiter.check(address)
+    try:
+        return authenticate()
+    except Unauthorized as exc:
+        if exc.code in GUESS_CODES:
+            limiter.record_failure(address)
+        raise
 
 
 def current_tenant(request: Request, session: SessionDep) -> TenantContext:
     """An API key or a session JWT as bearer token, or the dashboard's session cookie."""
+    return _throttled(request, lambda: _current_tenant(request, session))
+
+
+def _current_tenant(request: Request, session: Session) -> TenantContext:
     token = _bearer(request)
     if token is None:
         cookie = request.cookies.get(SESSION_COOKIE)
@@ -119,6 +169,10 @@ class OperatorContext:
 
 def current_operator(request: Request) -> OperatorContext:
     """The operator credential: ``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT."""
+    return _throttled(request, lambda: _current_operator(request))
+
+
+def _current_operator(request: Request) -> OperatorContext:
     import hmac
 
     settings = get_settings()

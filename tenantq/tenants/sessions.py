@@ -24,6 +24,7 @@ TENANT_AUDIENCE = "tenantq:dashboard"
 OPERATOR_AUDIENCE = "tenantq:operator"
 SESSION_COOKIE = "tq_session"
 DEFAULT_TTL = timedelta(hours=1)
+MAX_TOKEN_LENGTH = 4096
 
 
 def _signing_secret(secret: str) -> str:
@@ -72,11 +73,16 @@ def issue_token(*, subject: str, audience: str = TENANT_AUDIENCE, scopes: list[s
 
 
 def decode_token(token: str, *, audience: str = TENANT_AUDIENCE) -> SessionClaims:
+    """Verify signature, ``alg`` (HS256 only), ``kid`` (a known secret), ``iss``, ``aud``, ``exp``,
+    ``iat``, ``sub``; anything else answers 401 ``invalid_session`` (``expired_session`` if only
+    expired). Never lets the token choose its algorithm or key."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthorized("Malformed session token.", code="invalid_session")
     try:
         header = jwt.get_unverified_header(token)
-    except JWTError:
+    except Exception:  # noqa: BLE001 - any parsing problem (bad base64, non-object JSON) is a bad token
         raise Unauthorized("Malformed session token.", code="invalid_session") from None
-    if header.get("alg") != ALGORITHM:
+    if not isinstance(header, dict) or header.get("alg") != ALGORITHM:
         raise Unauthorized("Unsupported session token algorithm.", code="invalid_session")
     secret = _secrets_by_kid().get(str(header.get("kid")))
     if secret is None:
@@ -85,13 +91,22 @@ def decode_token(token: str, *, audience: str = TENANT_AUDIENCE) -> SessionClaim
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], audience=audience, issuer=ISSUER,
             options={"require_exp": True, "require_iat": True, "require_sub": True, "require_aud": True,
-                     "require_iss": True, "verify_exp": True},
+                     "require_iss": True, "verify_exp": True, "verify_signature": True, "verify_aud": True,
+                     "verify_iss": True, "verify_iat": True, "verify_nbf": True, "verify_sub": True},
         )
     except JWTError as exc:
         code = "expired_session" if "expired" in str(exc).lower() else "invalid_session"
         raise Unauthorized("Invalid or expired session token.", code=code) from None
-    return SessionClaims(subject=claims["sub"], key_id=claims.get("kid_api"),
-                         scopes=frozenset(claims.get("scopes") or ()), audience=audience,
+    except Exception:  # noqa: BLE001 - e.g. a claim of an unexpected type inside a validly signed token
+        raise Unauthorized("Invalid session token.", code="invalid_session") from None
+    scopes = claims.get("scopes") or []
+    api_key_id = claims.get("kid_api")
+    if (not isinstance(claims.get("sub"), str) or not isinstance(scopes, list)
+            or not all(isinstance(x, str) for x in scopes)
+            or (api_key_id is not None and not isinstance(api_key_id, str))
+            or not isinstance(claims.get("exp"), int)):
+        raise Unauthorized("Invalid session token.", code="invalid_session")
+    return SessionClaims(subject=claims["sub"], key_id=api_key_id, scopes=frozenset(scopes), audience=audience,
                          expires_at=int(claims["exp"]))
 
 

@@ -1,5 +1,12 @@
-from tenantq.tenants.keys import (CHECK_LEN, KID_LEN, SECRET_LEN, generate_key, hash_key, parse_key,
-                                  verify_hash)
+from tenantq.tenants.keys import (
+    CHECK_LEN,
+    KID_LEN,
+    SECRET_LEN,
+    generate_key,
+    hash_key,
+    parse_key,
+    verify_hash,
+)
 
 
 class TestKeyFormat:

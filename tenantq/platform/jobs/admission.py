@@ -12,6 +12,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from tenantq.platform.errors import Forbidden
+from tenantq.tenants.limits import submission_rate_limit
 from tenantq.tenants.models import Tenant
 
 AdmissionCheck = Callable[[Session, Tenant, int], None]
@@ -25,6 +26,7 @@ def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
 
 ADMISSION_CHECKS: list[AdmissionCheck] = [
     tenant_is_active,
+    submission_rate_limit,  # cluster-wide token bucket in Redis (429 + Retry-After/RateLimit-*)
 ]
 
 

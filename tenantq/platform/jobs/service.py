@@ -19,7 +19,8 @@ from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.redis import get_redis
-from tenantq.tenants.models import Plan, Tenant
+from tenantq.tenants.models import Tenant
+from tenantq.tenants.service import effective_limits
 from tenantq.worker.queues import TenantQueues
 from tenantq.worker.registry import get_task_type
 
@@ -63,15 +64,16 @@ def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tu
         details = [{"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise InvalidInput(f"Arguments do not match the schema of {data.task!r}.", code="invalid_args",
                            details=details) from None
-    plan = session.get(Plan, tenant.plan_name)
-    if plan is not None and not (plan.priority_min <= data.priority <= plan.priority_max):
+    # Plan limits with the tenant's overrides applied.
+    plan = effective_limits(session, tenant)
+    if not (plan.priority_min <= data.priority <= plan.priority_max):
         raise InvalidInput(
             f"Priority {data.priority} is outside the plan's range {plan.priority_min}-{plan.priority_max}.",
             code="priority_not_allowed",
             details={"min": plan.priority_min, "max": plan.priority_max},
         )
     max_retries = data.max_retries if data.max_retries is not None else 0
-    if plan is not None and max_retries > plan.max_retries:
+    if max_retries > plan.max_retries:
         raise InvalidInput(f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
                            code="max_retries_not_allowed", details={"max": plan.max_retries})
     return model.model_dump(mode="json", exclude_unset=False), max_retries
