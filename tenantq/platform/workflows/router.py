@@ -20,7 +20,8 @@ router = APIRouter(prefix="/v1", tags=["workflows"])
     summary="Start a workflow",
     description="Runs the steps in order, each as a job of yours on your queue. A step is one task or a "
     "`group` of tasks run in parallel. From the second step on, each task gets the previous step's result "
-    "as the argument `input` (a list of results, in group order, after a group). A failed or cancelled "
+    "as the argument `input` (a list of results, in group order, after a group) if its task type takes "
+    "it. A failed or cancelled "
     "step stops the workflow; `error` then says which step and why.",
 )
 def create_workflow(body: WorkflowCreate, ctx: JobsWrite, session: SessionDep) -> WorkflowOut:

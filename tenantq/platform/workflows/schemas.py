@@ -20,7 +20,8 @@ class StepTask(BaseModel):
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Arguments. From the second step on, the previous step's result is added under the key "
-        "`input` (a list of results, in group order, after a group), so the key is reserved.",
+        "`input` (a list of results, in group order, after a group), so the key is reserved; task types whose "
+        "arguments have no `input` field and accept no extra keys run without it.",
     )
     priority: int = Field(default=5, ge=0, le=9)
     max_retries: int | None = Field(default=None, ge=0, le=100)

@@ -7,8 +7,10 @@ concurrency limits. The worker's completion path (``lifecycle.attempt_succeeded`
 locked first, so when several members of a group finish at once exactly one of them advances the chain.
 
 Data flow: step N+1 gets step N's result under the argument key ``input`` (for a group: the list of
-its jobs' results, in group order). Steps after the first are validated when the workflow is created
-(except ``input``, which does not exist yet) and again, with ``input``, when they are queued.
+its jobs' results, in group order), if its task type can take it (an ``input`` field, or open
+arguments); a task type with closed arguments just runs after the previous step. Steps after the
+first are validated when the workflow is created (except ``input``, which does not exist yet) and
+again, with ``input``, when they are queued: a result that does not fit fails that step.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.workflows.models import WORKFLOW_TERMINAL, Workflow
 from tenantq.platform.workflows.schemas import StepGroup, StepJobOut, StepOut, StepTask, WorkflowCreate, WorkflowOut
 from tenantq.tenants.models import Plan, Tenant
-from tenantq.worker.registry import get_task_type
+from tenantq.worker.registry import TaskType, get_task_type
 
 log = logging.getLogger("tenantq.workflows")
 
@@ -60,6 +62,12 @@ def _items(step: dict[str, Any]) -> list[dict[str, Any]]:
     return step["group"] if "group" in step else [step]
 
 
+def takes_input(spec: TaskType) -> bool:
+    """Does the task type have somewhere to receive the previous step's result? A task type with
+    closed arguments and no ``input`` field still runs in order, it just does not get the result."""
+    return INPUT_KEY in spec.args_model.model_fields or spec.args_model.model_config.get("extra") == "allow"
+
+
 def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None, item: StepTask) -> dict[str, Any]:
     where = f"steps[{index}]" + (f".group[{pos}]" if pos is not None else "")
     if index > 0 and INPUT_KEY in item.args:
@@ -78,10 +86,6 @@ def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None
             raise InvalidInput(f"{where}: {exc.message}", code=exc.code, details=exc.details) from None
     spec = get_task_type(item.task)
     assert spec is not None
-    if index > 0 and INPUT_KEY not in spec.args_model.model_fields \
-            and spec.args_model.model_config.get("extra") != "allow":
-        raise InvalidInput(f"{where}: task type {item.task!r} takes no {INPUT_KEY!r} argument, so it cannot "
-                           "receive the previous step's result.", code="invalid_workflow", details={"step": index})
     soft, hard = jobs.resolve_time_limits(spec, session.get(Plan, tenant.plan_name), item.soft_time_limit,
                                           item.time_limit)
     return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": item.max_retries or 0,
@@ -121,13 +125,13 @@ def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: A
     runnable: list[Job] = []
     for item in _items(wf.steps[index]):
         args = dict(item["args"])
-        if index > 0:
+        spec = get_task_type(item["task"])
+        if index > 0 and spec is not None and takes_input(spec):
             args[INPUT_KEY] = input_value
         job = Job(tenant_id=wf.tenant_id, task=item["task"], args=args, priority=item["priority"],
                   max_retries=item["max_retries"], soft_time_limit=item["soft_time_limit"],
                   time_limit=item["time_limit"], workflow_id=wf.id, step_index=index, status="queued",
                   created_at=now)
-        spec = get_task_type(item["task"])
         try:
             if spec is None:
                 raise ValueError(f"task type {item['task']!r} is no longer registered")
