@@ -9,6 +9,7 @@ from tenantq.worker.registry import load_task_types
 load_task_types()
 
 import tenantq.worker.signals  # noqa: E402,F401  (connects the signal receivers)
+import tenantq.platform.jobs.tasks  # noqa: E402,F401  (system tasks: result expiry)
 
 celery = app
 

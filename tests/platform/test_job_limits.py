@@ -96,3 +96,12 @@ class TestLimitsEndToEnd:
         assert done["status"] == "failed" and done["result"] is None
         assert done["error"].startswith("ResultTooLarge: result is 300")
         assert "larger than the limit of 262144 bytes" in done["error"].splitlines()[0]
+
+    def test_purge_task_runs_on_the_worker(self, db_session, platform_processes):
+        from tenantq.worker.celery_app import app
+
+        old = JobFactory(result={"a": 1}, result_expires_at=utcnow() - timedelta(minutes=1))
+        purged = app.send_task("jobs.purge_expired_results", queue="tq.system").get(timeout=60)
+        assert purged >= 1
+        db_session.expire_all()
+        assert db_session.get(Job, old.id).result is None

@@ -26,6 +26,9 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
         # Attempt numbers keep counting across re-runs; the retry budget counts from first_attempt.
         "attempt": attempt,
         "first_attempt": first_attempt,
+        # For readers written against the skeleton's message (attempt_base + 1 was the attempt number
+        # before retries moved out of Celery); "attempt" is authoritative.
+        "attempt_base": attempt - 1,
         "retry_backoff": job.retry_backoff,
         "retry_backoff_max": job.retry_backoff_max,
         "soft_time_limit": job.soft_time_limit,
@@ -37,7 +40,7 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
 
 def message_for_attempt(task: str, args: dict[str, Any], meta: dict[str, Any], attempt: int) -> dict[str, Any]:
     """The message for attempt number ``attempt`` of the job described by ``meta``."""
-    meta = {**meta, "attempt": attempt}
+    meta = {**meta, "attempt": attempt, "attempt_base": attempt - 1}
     options: dict[str, Any] = {}
     if meta.get("soft_time_limit"):
         options["soft_time_limit"] = meta["soft_time_limit"]

@@ -262,22 +262,25 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     if not moved:
         session.rollback()
         raise Conflict("The job changed state; try again.", code="not_rerunnable")
+    if job.workflow_id:
+        from tenantq.platform.workflows import service as workflows
+
+        # Resume the workflow in the same commit, before the job can possibly finish again.
+        workflows.step_job_rerun(session, job)
     session.commit()
     session.refresh(job)
     try:
         enqueue(job, client=client, attempt=attempt, first_attempt=attempt)
     except redis.RedisError as exc:
         log.error("enqueue failed for re-run of job %s: %s", job.id, exc)
+        error = "ServiceUnavailable: the re-run could not be queued"
         session.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
-                        .values(status="failed", error="re-run could not be queued: the queue is unavailable",
-                                finished_at=utcnow()))
+                        .values(status="failed", error=error, finished_at=utcnow()))
+        if job.workflow_id:
+            workflows.step_job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
         session.commit()
         raise ServiceUnavailable("The queue is unavailable; the job was not re-run. Retry later.",
                                  code="queue_unavailable", headers={"Retry-After": "1"}) from None
-    if job.workflow_id:
-        from tenantq.platform.workflows import service as workflows
-
-        workflows.step_job_rerun(session, job)
     return job
 
 

@@ -224,7 +224,7 @@ def step_job_cancelled(session: Session, job: Job) -> None:
 
 def step_job_rerun(session: Session, job: Job) -> None:
     """A re-run of the job that stopped the workflow resumes the workflow, once no other job of that
-    step is still failed or cancelled."""
+    step is still failed or cancelled. Runs in the caller's transaction."""
     wf = session.get(Workflow, job.workflow_id)
     if wf is None or wf.status not in ("failed", "cancelled") or wf.failed_step != job.step_index:
         return
@@ -232,7 +232,6 @@ def step_job_rerun(session: Session, job: Job) -> None:
     if any(j.status in ("failed", "cancelled") for j in others):
         return
     wf.status, wf.finished_at, wf.failed_step, wf.error = "running", None, None, None
-    session.commit()
 
 
 # --- tenant actions and views -----------------------------------------------------------------------
