@@ -98,9 +98,9 @@ def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str,
 
     attempt = int(job.get("attempt") or 1)
     ctx = JobContext(job_id=job["id"], tenant_id=job["tenant_id"], attempt=attempt, task_id=task.request.id)
-    # A cancelled attempt may already have been handed to Celery: it must never run.
-    if lifecycle.cancel_covers(ctx.job_id, attempt):
-        lifecycle.cancelled_before_start(job)
+    # A cancelled attempt may already have been handed to Celery, a redelivered one may belong to a
+    # finished job: neither must run.
+    if not lifecycle.may_start(job, ctx.task_id):
         raise Ignore()
     try:
         model = spec.args_model.model_validate(args)

@@ -100,6 +100,33 @@ class TestCancelEndToEnd:
         body = get_job(api, key, job["id"])
         assert body["status"] == "cancelled" and body["started_at"] is None and body["attempt_log"] == []
 
+    def test_replayed_attempt_of_a_finished_job_does_not_run(self, api, platform_processes):
+        # E.g. a message redelivered after its ack was lost: prerun refuses it and the wrapper skips it.
+        key = ApiKeyFactory()
+        job = submit(api, key, {"task": "demo.echo", "args": {"once": True}})
+        done = wait_job(api, key, job["id"])
+        from tenantq.platform.jobs.messages import message_for_attempt
+
+        message = message_for_attempt("demo.echo", {"twice": True}, {"id": job["id"], "tenant_id": key.tenant_id,
+                                                                     "priority": 5, "max_retries": 0}, 1)
+        publish(message, "tq.exec")
+        wait_until(lambda: f"[{message['task_id']}] ignored" in platform_processes.log("worker"), timeout=60,
+                   message="the worker to ignore the replayed attempt")
+        again = get_job(api, key, job["id"])
+        assert again["result"] == {"once": True} and again["attempt_log"] == done["attempt_log"]
+
+    def test_cancel_while_waiting_for_a_retry(self, api, redis_client, platform_processes):
+        key = ApiKeyFactory()
+        job = submit(api, key, {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2,
+                                "retry_backoff": 60})
+        waiting = wait_job(api, key, job["id"], statuses=("retrying",))
+        assert waiting["run_at"] and redis_client.zscore("tq:delayed", job["id"]) is not None
+        assert cancel(api, key, job["id"])["cancellation"] == "dequeued"
+        assert redis_client.zscore("tq:delayed", job["id"]) is None
+        assert int(redis_client.get(cancel_key(job["id"]))) == 2  # the pending retry is attempt 2
+        body = get_job(api, key, job["id"])
+        assert body["status"] == "cancelled" and [a["status"] for a in body["attempt_log"]] == ["failed"]
+
     def test_running_job_is_terminated(self, api, db_session, platform_processes):
         key = ApiKeyFactory()
         job = submit(api, key, {"task": "demo.sleep", "args": {"seconds": 60}, "max_retries": 3})

@@ -78,6 +78,29 @@ class TestIsolation:
         assert api.get(f"/v1/jobs/{job_id}", headers=auth(other)).status_code == 404
 
 
+class TestStepInput:
+    def test_oversized_input_fails_the_next_step_clearly(self, api, db_session, redis_client):
+        from tenantq.platform.jobs.models import Job
+        from tenantq.platform.workflows import service
+
+        key = ApiKeyFactory()
+        redis_client.sadd("tq:paused", key.tenant_id)  # keep the session dispatcher away from it
+        try:
+            wf = create(api, key, [{"task": "demo.echo"}, {"task": "demo.echo"}])
+            first = db_session.get(Job, wf["steps"][0]["jobs"][0]["id"])
+            # Play the worker: step 0 succeeded with a result too big to pass on.
+            first.status, first.result = "succeeded", {"blob": "x" * 1_100_000}
+            db_session.flush()
+            assert service.step_job_succeeded(db_session, wf["id"], 0) == []
+            db_session.commit()
+        finally:
+            redis_client.srem("tq:paused", key.tenant_id)
+        body = get_wf(api, key, wf["id"])
+        assert body["status"] == "failed" and body["failed_step"] == 1
+        assert "InputTooLarge: the previous step's result makes arguments of" in body["error"]
+        assert body["steps"][1]["jobs"][0]["status"] == "failed"
+
+
 @pytest.mark.e2e
 class TestWorkflowsEndToEnd:
     def test_chain_passes_each_result_to_the_next_step(self, api, platform_processes):

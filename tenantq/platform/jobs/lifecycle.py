@@ -115,8 +115,14 @@ def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
         session.execute(update(Workflow).where(Workflow.id == meta["workflow_id"]).values(updated_at=utcnow()))
 
 
+# Task ids whose start prerun refused, in this pool process: the wrapper, which runs right after
+# prerun in the same process, must not run them.
+_REFUSED: set[str] = set()
+
+
 def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> bool:
-    """prerun: the job is running this attempt; open (or, on redelivery, reopen) its attempt row."""
+    """prerun: the job is running this attempt; open (or, on redelivery, reopen) its attempt row.
+    False if the job finished, was cancelled or moved on to a newer attempt: this one must not run."""
     attempt = int(meta.get("attempt") or 1)
     now = utcnow()
     with system_session() as session:
@@ -124,10 +130,11 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
             update(Job)
             .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
             .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
-                    run_at=None, started_at=func.coalesce(Job.started_at, now))
+                    started_at=func.coalesce(Job.started_at, now))
         ).rowcount
         if not moved:
-            return False  # cancelled (or finished) before it started: the wrapper will not run it
+            _REFUSED.add(task_id)
+            return False
         row = session.scalars(
             select(JobAttempt).where(JobAttempt.job_id == meta["id"], JobAttempt.attempt == attempt)
         ).first()
@@ -136,6 +143,21 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
                                    worker=worker, started_at=now))
         else:  # redelivered after a worker was lost: the same attempt starts again
             row.status, row.worker, row.started_at, row.finished_at, row.error = "running", worker, now, None, None
+    return True
+
+
+def may_start(meta: dict[str, Any], task_id: str) -> bool:
+    """The wrapper's gate, checked before the task function runs: prerun accepted this attempt and no
+    cancellation covers it (a cancel may land after prerun, or the cancelled attempt may already have
+    been in Celery's queue)."""
+    if task_id in _REFUSED:
+        _REFUSED.discard(task_id)
+        log.info("job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
+                 meta["id"], meta.get("attempt"))
+        return False
+    if cancel_covers(meta["id"], int(meta.get("attempt") or 1)):
+        cancelled_before_start(meta)
+        return False
     return True
 
 
@@ -181,24 +203,33 @@ def attempt_failed(meta: dict[str, Any], error: str) -> None:
 
 
 def schedule_retry(task: str, meta: dict[str, Any], args: dict[str, Any], exc: BaseException, delay: float) -> bool:
-    """Record the failed attempt, set the job to ``retrying`` and put the next attempt on the tenant's
-    delayed queue. False if the job moved on meanwhile (cancelled): then nothing is scheduled."""
+    """Put the next attempt on the tenant's delayed queue, then record the failed attempt and set the
+    job to ``retrying``. False if the job was cancelled meanwhile (the retry is taken back).
+
+    Redis first: a worker dying between the two steps leaves a retry that will run (and whose prerun
+    moves the job on), never a job stuck in 'retrying' with nothing queued. A retry that starts
+    before the SQL update below simply makes that update match nothing."""
+    from tenantq.worker.queues import TenantQueues
+
     attempt = int(meta.get("attempt") or 1)
     error = describe_error(exc, meta)
     now = utcnow()
     run_at = now + timedelta(seconds=delay)
+    queues = TenantQueues(get_redis())
+    message = message_for_attempt(task, args, meta, attempt + 1)
+    queues.schedule(meta["tenant_id"], meta["id"], int(meta.get("priority", 5)), message, run_at.timestamp())
     with system_session() as session:
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(status="retrying", error=error, run_at=run_at)
         ).rowcount
         _close_attempt(session, meta, "failed", error, now)
+        if not moved:
+            cancelled = session.scalar(select(Job.status).where(Job.id == meta["id"])) == "cancelled"
     if not moved:
-        return False
-    from tenantq.worker.queues import TenantQueues
-
-    message = message_for_attempt(task, args, meta, attempt + 1)
-    TenantQueues(get_redis()).schedule(meta["tenant_id"], meta["id"], int(meta.get("priority", 5)), message,
-                                       run_at.timestamp())
+        if cancelled:
+            queues.remove(meta["tenant_id"], meta["id"])
+            return False
+        return True  # the retry already started and moved the job on
     log.info("job %s attempt %s failed, retry in %.2fs", meta["id"], attempt, delay)
     return True
 

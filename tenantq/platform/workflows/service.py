@@ -15,6 +15,7 @@ again, with ``input``, when they are queued: a result that does not fit fails th
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -30,6 +31,7 @@ from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
+from tenantq.platform.settings import get_settings
 from tenantq.platform.workflows.models import WORKFLOW_TERMINAL, Workflow
 from tenantq.platform.workflows.schemas import StepGroup, StepJobOut, StepOut, StepTask, WorkflowCreate, WorkflowOut
 from tenantq.tenants.models import Plan, Tenant
@@ -132,14 +134,23 @@ def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: A
                   max_retries=item["max_retries"], soft_time_limit=item["soft_time_limit"],
                   time_limit=item["time_limit"], workflow_id=wf.id, step_index=index, status="queued",
                   created_at=now)
+        size = len(json.dumps(args, separators=(",", ":")).encode())
         try:
             if spec is None:
                 raise ValueError(f"task type {item['task']!r} is no longer registered")
             spec.validate(args)
-            runnable.append(job)
         except (ValidationError, ValueError) as exc:
             job.status, job.finished_at = "failed", now
             job.error = f"InvalidInput: the previous step's result does not fit the arguments of {item['task']!r}: {exc}"
+        else:
+            # A step's arguments, input included, are bounded like a request body: a group of big
+            # results must not turn into one huge message.
+            if size > get_settings().max_body_bytes:
+                job.status, job.finished_at = "failed", now
+                job.error = (f"InputTooLarge: the previous step's result makes arguments of {size} bytes, more "
+                             f"than the limit of {get_settings().max_body_bytes} bytes")
+            else:
+                runnable.append(job)
         session.add(job)
         created.append(job)
     session.flush()
