@@ -32,4 +32,4 @@ def wait_job(api, key, job_id: str, statuses=FINISHED, timeout: float = 90) -> d
 
 
 def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)

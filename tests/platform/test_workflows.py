@@ -3,11 +3,13 @@ step; a failed step stops the chain and says why; cancelling; validation; tenant
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, auth
-from tests.platform.helpers import get_job, submit
+from tests.platform.helpers import get_job, ts
 
 WF_FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -116,8 +118,8 @@ class TestWorkflowsEndToEnd:
         jobs = [get_job(api, key, s["jobs"][0]["id"]) for s in done["steps"]]
         assert [(j["workflow_id"], j["step_index"]) for j in jobs] == [(wf["id"], i) for i in range(3)]
         # Each step only started after the previous one finished.
-        for before, after in zip(jobs, jobs[1:]):
-            assert after["created_at"] >= before["finished_at"]
+        for before, after in pairwise(jobs):
+            assert ts(after["created_at"]) >= ts(before["finished_at"])
 
     def test_group_fans_in_a_list_of_results_in_group_order(self, api, platform_processes):
         key = ApiKeyFactory()

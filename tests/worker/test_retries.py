@@ -3,6 +3,8 @@ through tenantq's own delayed queue; dead letters and re-runs."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from sqlalchemy import select
 
@@ -77,7 +79,7 @@ class TestRetriesEndToEnd:
         assert "FlakyError: attempt 1 fails on purpose" in log[0]["error"]
         assert all(a["worker"] and a["finished_at"] for a in log)
         # Each retry waited at least the floor (1.0 s) after the failed attempt ended.
-        for before, after in zip(log, log[1:]):
+        for before, after in pairwise(log):
             assert (ts(after["started_at"]) - ts(before["finished_at"])).total_seconds() >= 1.0
         # One Celery task id per attempt, so results and revokes are per attempt.
         db_session.expire_all()

@@ -105,14 +105,19 @@ def _close_attempt(session: Session, meta: dict[str, Any], status: str, error: s
     )
 
 
-def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
-    # Taken first, before any read, so that group members finishing at the same time on different
-    # workers are serialised (a row lock on PostgreSQL, the write lock on SQLite) and exactly one of
-    # them sees the whole group done.
-    if meta.get("workflow_id"):
-        from tenantq.platform.workflows.models import Workflow
+def lock_workflow(session: Session, workflow_id: str) -> None:
+    """Taken first, before any read, so that group members finishing at the same time on different
+    workers are serialised (a row lock on PostgreSQL, the write lock on SQLite) and exactly one of
+    them sees the whole group done. Everyone touching a step job and its workflow in one transaction
+    locks the workflow first."""
+    from tenantq.platform.workflows.models import Workflow
 
-        session.execute(update(Workflow).where(Workflow.id == meta["workflow_id"]).values(updated_at=utcnow()))
+    session.execute(update(Workflow).where(Workflow.id == workflow_id).values(updated_at=utcnow()))
+
+
+def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
+    if meta.get("workflow_id"):
+        lock_workflow(session, meta["workflow_id"])
 
 
 # Task ids whose start prerun refused, in this pool process: the wrapper, which runs right after

@@ -25,8 +25,8 @@ from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.redis import get_redis
 from tenantq.platform.settings import get_settings
 from tenantq.tenants.models import Plan, Tenant
-from tenantq.worker.queues import TenantQueues
 from tenantq.worker.celery_app import app as celery_app
+from tenantq.worker.queues import TenantQueues
 from tenantq.worker.registry import TaskType, get_task_type
 
 log = logging.getLogger("tenantq.jobs")
@@ -253,6 +253,9 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     # An attempt cancelled before it started never got a number in SQL; step past it so that its
     # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
     attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
+    if job.workflow_id:
+        # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
+        lifecycle.lock_workflow(session, job.workflow_id)
     moved = session.execute(
         update(Job).where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES)).values(
             status="queued", error=None, result=None, result_expires_at=None, started_at=None,

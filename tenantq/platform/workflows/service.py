@@ -33,7 +33,14 @@ from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.settings import get_settings
 from tenantq.platform.workflows.models import WORKFLOW_TERMINAL, Workflow
-from tenantq.platform.workflows.schemas import StepGroup, StepJobOut, StepOut, StepTask, WorkflowCreate, WorkflowOut
+from tenantq.platform.workflows.schemas import (
+    StepGroup,
+    StepJobOut,
+    StepOut,
+    StepTask,
+    WorkflowCreate,
+    WorkflowOut,
+)
 from tenantq.tenants.models import Plan, Tenant
 from tenantq.worker.registry import TaskType, get_task_type
 
@@ -61,7 +68,7 @@ class WorkflowRepository:
 # --- creation ---------------------------------------------------------------------------------------
 
 def _items(step: dict[str, Any]) -> list[dict[str, Any]]:
-    return step["group"] if "group" in step else [step]
+    return step.get("group", [step])
 
 
 def takes_input(spec: TaskType) -> bool:
