@@ -57,6 +57,7 @@ class TaskType:
     description: str
     # Exceptions that schedule a retry (RetryableError always does); anything else fails the attempt.
     retry_on: tuple[type[BaseException], ...] = (RetryableError,)
+    max_retries: int = 0  # when the job does not say (clamped to the plan's max_retries)
     retry_backoff: float = 1.0  # seconds: first retry delay and the floor of every retry delay
     retry_backoff_max: float = 60.0  # seconds: cap of the exponential ceiling
     retry_jitter: bool = True
@@ -139,6 +140,7 @@ def task_type(
     args: type[BaseModel] | None = None,
     description: str = "",
     retry_on: tuple[type[BaseException], ...] = (),
+    max_retries: int = 0,
     retry_backoff: float = 1.0,
     retry_backoff_max: float = 60.0,
     retry_jitter: bool = True,
@@ -149,7 +151,10 @@ def task_type(
     """Register a task type. The function receives the validated args model and a JobContext.
 
     ``retry_on`` lists the exceptions worth retrying (transient ones); every other exception fails
-    the attempt at once, whatever the job's max_retries.
+    the attempt at once, whatever the job's max_retries. ``max_retries`` is the default for jobs that
+    do not set it (clamped to the plan's bound); ``retry_backoff``/``retry_backoff_max`` shape the
+    delays (see ``TaskType.backoff``); ``soft_time_limit``/``time_limit`` are default limits in seconds;
+    ``cancellable=False`` keeps a running attempt from being killed by a cancellation.
     """
 
     def decorate(func: Callable[..., Any]) -> TaskType:
@@ -161,6 +166,7 @@ def task_type(
             args_model=args or AnyArgs,
             description=description or (inspect.getdoc(func) or "").strip(),
             retry_on=tuple(retry_on) + (RetryableError,),
+            max_retries=max_retries,
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             retry_jitter=retry_jitter,

@@ -3,6 +3,7 @@ through tenantq's own delayed queue; dead letters and re-runs."""
 
 from __future__ import annotations
 
+import time
 from itertools import pairwise
 
 import pytest
@@ -38,7 +39,28 @@ class TestBackoff:
         assert spec(retry_backoff=4.0, retry_backoff_max=1.0).backoff(5) == 4.0
 
 
+@pytest.fixture
+def defaults_type():
+    """A task type registered only in this (API) process, removed afterwards; its jobs never run."""
+    from tenantq.worker.celery_app import app
+    from tenantq.worker.registry import REGISTRY, task_type
+
+    spec = task_type("test.retry_defaults", max_retries=5)(lambda args, ctx: None)
+    yield spec
+    REGISTRY.pop(spec.name, None)
+    app.tasks.pop(spec.name, None)
+
+
 class TestRetryValidation:
+    def test_task_type_default_applies_and_is_clamped_to_the_plan(self, api, defaults_type):
+        pro = ApiKeyFactory()  # pro plan: max_retries 10
+        free = ApiKeyFactory(tenant__plan_name="free")  # free plan: max_retries 3
+        body = {"task": defaults_type.name, "countdown": 3600}
+        assert submit(api, pro, body)["max_retries"] == 5
+        assert submit(api, free, body)["max_retries"] == 3
+        assert submit(api, pro, {**body, "max_retries": 0})["max_retries"] == 0
+
+
     def test_backoff_fields_validated(self, api):
         key = ApiKeyFactory()
         resp = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}, "retry_backoff": 5,
@@ -104,6 +126,25 @@ class TestRetriesEndToEnd:
         assert [(a["attempt"], a["status"]) for a in again["attempt_log"]] == [
             (1, "failed"), (2, "failed"), (3, "failed"), (4, "succeeded")]
         assert api.get("/v1/jobs?status=failed", headers=auth(key)).json()["items"] == []
+
+    def test_retry_waits_in_the_tenant_queue_and_obeys_a_pause(self, api, redis_client, platform_processes):
+        # The retry is an ordinary entry of the tenant's delayed queue: a paused tenant's retry waits.
+        key = ApiKeyFactory()
+        job = submit(api, key, {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 1,
+                                "retry_backoff": 3.0})
+        wait_job(api, key, job["id"], statuses=("retrying",))
+        redis_client.sadd("tq:paused", key.tenant_id)
+        try:
+            waiting = (redis_client.hget("tq:delayed:t", job["id"]) == key.tenant_id
+                       or redis_client.zscore(f"tq:q:{key.tenant_id}", job["id"]) is not None)
+            assert waiting, "the retry should wait in the tenant's own queues"
+            time.sleep(4.0)  # past the 3 s backoff
+            body = get_job(api, key, job["id"])
+            assert body["status"] == "retrying" and len(body["attempt_log"]) == 1
+        finally:
+            redis_client.srem("tq:paused", key.tenant_id)
+        done = wait_job(api, key, job["id"])
+        assert done["status"] == "succeeded" and done["result"] == {"attempt": 2}
 
     def test_non_retryable_error_is_not_retried(self, api, platform_processes):
         key = ApiKeyFactory()

@@ -56,15 +56,34 @@ def _idempotency_conflict(existing: Job) -> Conflict:
 
 def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tuple[dict[str, Any], int]:
     """Check the request against the registry and the plan; returns (normalised args, max_retries)."""
-    spec = get_task_type(data.task)
+    spec = get_spec(data.task)
+    args = validate_args(spec, data.args)
+    return args, validate_policy(session, tenant, spec, data)
+
+
+def get_spec(task: str) -> TaskType:
+    spec = get_task_type(task)
     if spec is None:
-        raise InvalidInput(f"Unknown task type {data.task!r}.", code="unknown_task", details={"task": data.task})
+        raise InvalidInput(f"Unknown task type {task!r}.", code="unknown_task", details={"task": task})
+    return spec
+
+
+def validate_args(spec: TaskType, args: dict[str, Any], *, ignore: str | None = None) -> dict[str, Any]:
+    """Validate arguments against the task type's model (422 ``invalid_args``). Errors about the key
+    ``ignore`` are not counted (a workflow step's ``input`` does not exist yet)."""
     try:
-        model = spec.validate(data.args)
+        return spec.validate(args).model_dump(mode="json", exclude_unset=False)
     except ValidationError as exc:
-        details = [{"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise InvalidInput(f"Arguments do not match the schema of {data.task!r}.", code="invalid_args",
+        errors = [e for e in exc.errors() if ignore is None or not (e["loc"] and e["loc"][0] == ignore)]
+        if not errors:
+            return dict(args)
+        details = [{"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+        raise InvalidInput(f"Arguments do not match the schema of {spec.name!r}.", code="invalid_args",
                            details=details) from None
+
+
+def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobCreate) -> int:
+    """Priority, retries and time limits against the plan; returns the effective max_retries."""
     plan = session.get(Plan, tenant.plan_name)
     if plan is not None and not (plan.priority_min <= data.priority <= plan.priority_max):
         raise InvalidInput(
@@ -72,12 +91,16 @@ def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tu
             code="priority_not_allowed",
             details={"min": plan.priority_min, "max": plan.priority_max},
         )
-    max_retries = data.max_retries if data.max_retries is not None else 0
+    if data.max_retries is None:
+        # The task type's default is the operator's choice, not the tenant's: clamp it, never refuse.
+        max_retries = min(spec.max_retries, plan.max_retries) if plan is not None else spec.max_retries
+    else:
+        max_retries = data.max_retries
     if plan is not None and max_retries > plan.max_retries:
         raise InvalidInput(f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
                            code="max_retries_not_allowed", details={"max": plan.max_retries})
     resolve_time_limits(spec, plan, data.soft_time_limit, data.time_limit)
-    return model.model_dump(mode="json", exclude_unset=False), max_retries
+    return max_retries
 
 
 def resolve_time_limits(
@@ -104,8 +127,7 @@ def resolve_time_limits(
 def new_job(session: Session, tenant: Tenant, data: JobCreate, *, now: datetime | None = None) -> Job:
     """Validate ``data`` and build (not add) the job row it describes."""
     _args, max_retries = validate_submission(session, tenant, data)
-    spec = get_task_type(data.task)
-    assert spec is not None  # validate_submission checked it
+    spec = get_spec(data.task)
     soft, hard = resolve_time_limits(spec, session.get(Plan, tenant.plan_name), data.soft_time_limit,
                                      data.time_limit)
     now = now or utcnow()

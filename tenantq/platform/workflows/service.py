@@ -85,19 +85,15 @@ def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None
     data = JobCreate(task=item.task, args=item.args, priority=item.priority, max_retries=item.max_retries,
                      soft_time_limit=item.soft_time_limit, time_limit=item.time_limit)
     try:
-        jobs.validate_submission(session, tenant, data)
+        spec = jobs.get_spec(item.task)
+        # 'input' does not exist before the previous step ran: it is checked when the step is queued.
+        jobs.validate_args(spec, item.args, ignore=INPUT_KEY if index > 0 else None)
+        max_retries = jobs.validate_policy(session, tenant, spec, data)
     except InvalidInput as exc:
-        # Only 'input' may be missing or unchecked before the previous step ran.
-        errors = exc.details if isinstance(exc.details, list) else None
-        only_input = (index > 0 and exc.code == "invalid_args" and errors
-                      and all(list(e.get("loc", []))[:2] == ["args", INPUT_KEY] for e in errors))
-        if not only_input:
-            raise InvalidInput(f"{where}: {exc.message}", code=exc.code, details=exc.details) from None
-    spec = get_task_type(item.task)
-    assert spec is not None
+        raise InvalidInput(f"{where}: {exc.message}", code=exc.code, details=exc.details) from None
     soft, hard = jobs.resolve_time_limits(spec, session.get(Plan, tenant.plan_name), item.soft_time_limit,
                                           item.time_limit)
-    return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": item.max_retries or 0,
+    return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": max_retries,
             "soft_time_limit": soft, "time_limit": hard}
 
 
