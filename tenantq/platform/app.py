@@ -28,6 +28,7 @@ ROUTER_MODULES = [
     "tenantq.billing.invoice_router",
     "tenantq.tenants.router",
     "tenantq.tenants.admin_router",
+    "tenantq.platform.workflows.router",
 ]
 
 

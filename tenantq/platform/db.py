@@ -125,4 +125,5 @@ def import_models() -> None:
     import tenantq.billing.invoice_models  # noqa: F401
     import tenantq.billing.models  # noqa: F401
     import tenantq.platform.jobs.models  # noqa: F401
+    import tenantq.platform.workflows.models  # noqa: F401
     import tenantq.tenants.models  # noqa: F401

@@ -67,6 +67,19 @@ class Settings(BaseSettings):
         default=20, description="Failed authentications allowed per client address per auth_failure_window_s."
     )
     auth_failure_window_s: int = Field(default=60, description="Window of auth_failure_limit, in seconds.")
+    max_result_bytes: int = Field(
+        default=256 * 1024,
+        description="Largest job result (JSON-encoded bytes); a larger result fails the job with a clear error.",
+    )
+    idempotency_retention_seconds: int = Field(
+        default=24 * 3600,
+        description="How long an idempotency key maps to its job; after that the key may be used again.",
+    )
+    cancel_marker_ttl_seconds: int = Field(
+        default=7 * 24 * 3600,
+        description="How long a cancellation marker (tq:cancel:{job}) guards against a late start of a "
+        "cancelled attempt. Must exceed how long a message can wait in the execution queue.",
+    )
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
 
     @property

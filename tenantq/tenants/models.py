@@ -28,6 +28,7 @@ class Plan(Base):
     priority_max: Mapped[int] = mapped_column(Integer, default=9)
     max_time_limit_s: Mapped[int] = mapped_column(Integer, default=300)
     max_retries: Mapped[int] = mapped_column(Integer, default=3)
+    result_ttl_s: Mapped[int] = mapped_column(Integer, default=7 * 24 * 3600)  # how long job results are kept
     included_jobs: Mapped[int] = mapped_column(Integer, default=1000)
     included_compute_seconds: Mapped[int] = mapped_column(Integer, default=3600)
     hard_limits: Mapped[bool] = mapped_column(default=True)

@@ -65,3 +65,15 @@ class FailArgs(BaseModel):
 @task_type("demo.fail", args=FailArgs, description="Always raises an error.")
 def fail(args: FailArgs, ctx: JobContext) -> None:
     raise RuntimeError(args.message)
+
+
+@task_type("demo.sleep_uninterruptible", args=SleepArgs, cancellable=False,
+           description="Sleeps like demo.sleep but cannot be killed by a cancellation: it checks for a "
+           "cancellation request every 0.1 s and stops early at that safe point.")
+def sleep_uninterruptible(args: SleepArgs, ctx: JobContext) -> dict[str, Any]:
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        if ctx.cancel_requested():
+            return {"slept": round(args.seconds - (deadline - time.monotonic()), 3), "stopped_early": True}
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+    return {"slept": args.seconds, "stopped_early": False}

@@ -1,27 +1,29 @@
 """Task signals: the worker reports each attempt's life to SQL.
 
-Job status in SQL is driven from here (prerun -> running, postrun -> succeeded/failed/retrying),
-never by polling the result backend. Updates are conditional so a late or duplicate signal never
-moves a job backwards (e.g. a cancelled job stays cancelled).
+Job status and the attempt log in SQL are driven from here, never by polling the result backend:
+- ``task_prerun``  (pool child) -> job running, attempt row opened;
+- ``task_postrun`` (pool child) -> succeeded / failed, attempt row closed. An ``IGNORED`` state means
+  the task wrapper already recorded the outcome (retry scheduled, cancelled before start);
+- ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires;
+- ``task_revoked`` (main process) for an attempt terminated by a cancellation.
+The transitions themselves live in ``tenantq.platform.jobs.lifecycle``; each is conditional on the
+job still being on that attempt, so late or duplicate signals never move a job backwards.
 """
 
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 from celery import signals
-from sqlalchemy import update
+from celery.exceptions import TimeLimitExceeded
 
-from tenantq.platform.db import dispose_engine, system_session, utcnow
-from tenantq.platform.jobs.models import Job
+from tenantq.platform.db import dispose_engine
+from tenantq.platform.jobs import lifecycle
 from tenantq.platform.redis import reset_redis
 from tenantq.worker.registry import REGISTRY
 
 log = logging.getLogger("tenantq.worker")
-
-MAX_ERROR_CHARS = 20_000
 
 
 def _job_meta(task: Any, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -43,20 +45,7 @@ def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = N
     job = _job_meta(task, kwargs)
     if job is None:
         return
-    now = utcnow()
-    hostname = getattr(task.request, "hostname", None)
-    with system_session() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job["id"], Job.status.not_in(("succeeded", "failed", "cancelled")))
-            .values(status="running", attempts=Job.attempts + 1, worker=hostname, error=None)
-        )
-        session.execute(update(Job).where(Job.id == job["id"], Job.started_at.is_(None)).values(started_at=now))
-
-
-def _format_error(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return text[-MAX_ERROR_CHARS:]
+    lifecycle.attempt_started(job, task_id, getattr(task.request, "hostname", None))
 
 
 @signals.task_postrun.connect
@@ -67,19 +56,29 @@ def on_postrun(
     job = _job_meta(task, kwargs)
     if job is None:
         return
-    now = utcnow()
-    values: dict[str, Any]
     if state == "SUCCESS":
-        values = {"status": "succeeded", "result": retval, "finished_at": now, "error": None}
-    elif state == "RETRY":
-        values = {"status": "retrying", "error": _format_error(retval.exc) if hasattr(retval, "exc") and retval.exc else str(retval)}
+        lifecycle.attempt_succeeded(job, retval)
     elif state == "FAILURE" and isinstance(retval, BaseException):
-        values = {"status": "failed", "error": _format_error(retval), "finished_at": now}
-    else:
+        lifecycle.attempt_failed(job, lifecycle.describe_error(retval, job))
+
+
+@signals.task_failure.connect
+def on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+               kwargs: dict | None = None, **_: Any) -> None:
+    # Only the hard time limit needs this receiver: every other failure reaches postrun. It may fire
+    # twice for one timeout; attempt_failed is conditional, so the second is a no-op.
+    if not isinstance(exception, TimeLimitExceeded):
         return
-    with system_session() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job["id"], Job.status.not_in(("succeeded", "failed", "cancelled")))
-            .values(**values)
-        )
+    job = _job_meta(sender, kwargs)
+    if job is not None:
+        lifecycle.attempt_failed(job, lifecycle.describe_error(exception, job))
+
+
+@signals.task_revoked.connect
+def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+               **_: Any) -> None:
+    if not terminated or request is None:
+        return
+    job = _job_meta(sender, getattr(request, "kwargs", None))
+    if job is not None:
+        lifecycle.attempt_terminated(job, f"terminated by cancellation (signal {signum})")

@@ -50,6 +50,7 @@ def upgrade() -> None:
     sa.Column('priority_max', sa.Integer(), nullable=False),
     sa.Column('max_time_limit_s', sa.Integer(), nullable=False),
     sa.Column('max_retries', sa.Integer(), nullable=False),
+    sa.Column('result_ttl_s', sa.Integer(), nullable=False),
     sa.Column('included_jobs', sa.Integer(), nullable=False),
     sa.Column('included_compute_seconds', sa.Integer(), nullable=False),
     sa.Column('hard_limits', sa.Boolean(), nullable=False),
@@ -159,31 +160,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_invoice_period'), ['period'], unique=False)
         batch_op.create_index(batch_op.f('ix_invoice_tenant_id'), ['tenant_id'], unique=False)
 
-    op.create_table('job',
-    sa.Column('id', sa.String(length=36), nullable=False),
-    sa.Column('tenant_id', sa.String(length=36), nullable=False),
-    sa.Column('task', sa.String(length=128), nullable=False),
-    sa.Column('args', sa.JSON(), nullable=False),
-    sa.Column('priority', sa.Integer(), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('result', sa.JSON(), nullable=True),
-    sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('max_retries', sa.Integer(), nullable=False),
-    sa.Column('idempotency_key', sa.String(length=255), nullable=True),
-    sa.Column('worker', sa.String(length=255), nullable=True),
-    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('run_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('started_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_job_tenant_id_tenant'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_job')),
-    sa.UniqueConstraint('tenant_id', 'idempotency_key', name=op.f('uq_job_tenant_id_idempotency_key'))
-    )
-    with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.create_index('ix_job_tenant_created', ['tenant_id', 'created_at'], unique=False)
-        batch_op.create_index('ix_job_tenant_status', ['tenant_id', 'status'], unique=False)
-
     op.create_table('price_tier',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('price_id', sa.String(length=36), nullable=False),
@@ -205,6 +181,24 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('tenant_id', name=op.f('pk_stripe_customer')),
     sa.UniqueConstraint('customer_id', name=op.f('uq_stripe_customer_customer_id'))
     )
+    op.create_table('workflow',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('steps', sa.JSON(), nullable=False),
+    sa.Column('job_ids', sa.JSON(), nullable=False),
+    sa.Column('current_step', sa.Integer(), nullable=False),
+    sa.Column('failed_step', sa.Integer(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_workflow_tenant_id_tenant'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_workflow'))
+    )
+    with op.batch_alter_table('workflow', schema=None) as batch_op:
+        batch_op.create_index('ix_workflow_tenant_created', ['tenant_id', 'created_at'], unique=False)
+
     op.create_table('invoice_line',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('invoice_id', sa.String(length=36), nullable=False),
@@ -224,25 +218,87 @@ def upgrade() -> None:
     with op.batch_alter_table('invoice_line', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_invoice_line_invoice_id'), ['invoice_id'], unique=False)
 
+    op.create_table('job',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('task', sa.String(length=128), nullable=False),
+    sa.Column('args', sa.JSON(), nullable=False),
+    sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('result', sa.JSON(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('max_retries', sa.Integer(), nullable=False),
+    sa.Column('retry_backoff', sa.Float(), nullable=True),
+    sa.Column('retry_backoff_max', sa.Float(), nullable=True),
+    sa.Column('soft_time_limit', sa.Float(), nullable=True),
+    sa.Column('time_limit', sa.Float(), nullable=True),
+    sa.Column('idempotency_key', sa.String(length=255), nullable=True),
+    sa.Column('worker', sa.String(length=255), nullable=True),
+    sa.Column('task_id', sa.String(length=80), nullable=True),
+    sa.Column('workflow_id', sa.String(length=36), nullable=True),
+    sa.Column('step_index', sa.Integer(), nullable=True),
+    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('run_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('result_expires_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('cancel_requested_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_job_tenant_id_tenant'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['workflow_id'], ['workflow.id'], name=op.f('fk_job_workflow_id_workflow'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_job')),
+    sa.UniqueConstraint('tenant_id', 'idempotency_key', name=op.f('uq_job_tenant_id_idempotency_key'))
+    )
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.create_index('ix_job_tenant_created', ['tenant_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_job_tenant_status', ['tenant_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_job_workflow_id'), ['workflow_id'], unique=False)
+
+    op.create_table('job_attempt',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('job_id', sa.String(length=36), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('task_id', sa.String(length=80), nullable=True),
+    sa.Column('worker', sa.String(length=255), nullable=True),
+    sa.Column('started_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['job_id'], ['job.id'], name=op.f('fk_job_attempt_job_id_job'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_job_attempt')),
+    sa.UniqueConstraint('job_id', 'attempt', name=op.f('uq_job_attempt_job_id_attempt'))
+    )
+    with op.batch_alter_table('job_attempt', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_job_attempt_job_id'), ['job_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('job_attempt', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_job_attempt_job_id'))
+
+    op.drop_table('job_attempt')
+    with op.batch_alter_table('job', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_job_workflow_id'))
+        batch_op.drop_index('ix_job_tenant_status')
+        batch_op.drop_index('ix_job_tenant_created')
+
+    op.drop_table('job')
     with op.batch_alter_table('invoice_line', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invoice_line_invoice_id'))
 
     op.drop_table('invoice_line')
+    with op.batch_alter_table('workflow', schema=None) as batch_op:
+        batch_op.drop_index('ix_workflow_tenant_created')
+
+    op.drop_table('workflow')
     op.drop_table('stripe_customer')
     with op.batch_alter_table('price_tier', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_price_tier_price_id'))
 
     op.drop_table('price_tier')
-    with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.drop_index('ix_job_tenant_status')
-        batch_op.drop_index('ix_job_tenant_created')
-
-    op.drop_table('job')
     with op.batch_alter_table('invoice', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invoice_tenant_id'))
         batch_op.drop_index(batch_op.f('ix_invoice_period'))

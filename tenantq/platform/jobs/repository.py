@@ -10,7 +10,7 @@ import base64
 from datetime import datetime
 
 from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from tenantq.platform.errors import InvalidInput, NotFound
 from tenantq.platform.jobs.models import Job
@@ -36,7 +36,8 @@ class JobRepository:
         self.tenant_id = tenant_id
 
     def _scoped(self) -> Select[tuple[Job]]:
-        return select(Job).where(Job.tenant_id == self.tenant_id)
+        # The attempt log is part of every job the API shows: load it in one extra query, not per job.
+        return select(Job).where(Job.tenant_id == self.tenant_id).options(selectinload(Job.attempt_log))
 
     def get(self, job_id: str) -> Job:
         job = self.session.scalars(self._scoped().where(Job.id == job_id)).first()
@@ -63,6 +64,11 @@ class JobRepository:
         rows = list(self.session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
         next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return rows[:limit], next_cursor
+
+    def many(self, job_ids: list[str]) -> dict[str, Job]:
+        if not job_ids:
+            return {}
+        return {j.id: j for j in self.session.scalars(self._scoped().where(Job.id.in_(job_ids)))}
 
     def add(self, job: Job) -> Job:
         job.tenant_id = self.tenant_id

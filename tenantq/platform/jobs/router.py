@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from tenantq.platform.dependencies import SessionDep
 from tenantq.platform.jobs import service
 from tenantq.platform.jobs.repository import JobRepository
-from tenantq.platform.jobs.schemas import JobCreate, JobList, JobOut, JobStatus, TaskTypeOut
+from tenantq.platform.jobs.schemas import CancelOut, JobCreate, JobList, JobOut, JobStatus, TaskTypeOut
 from tenantq.tenants.dependencies import CurrentTenant, JobsRead, JobsWrite
 from tenantq.tenants.models import Tenant
 from tenantq.worker.registry import all_task_types
@@ -40,7 +40,42 @@ def get_job(job_id: str, ctx: JobsRead, session: SessionDep) -> JobOut:
     return JobOut.model_validate(JobRepository(session, ctx.tenant_id).get(job_id))
 
 
-@router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=CancelOut,
+    summary="Cancel a job",
+    description="A queued, scheduled or retrying job is taken off the queue and never starts (`dequeued`). "
+    "A running job is killed if its task type allows it (`terminated`), else it is marked for cancellation "
+    "(`requested`): it finishes but is not retried. A finished job is left as it is (`already_finished`, "
+    "still 200, so cancelling twice is harmless).",
+)
+def cancel_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> CancelOut:
+    job, outcome = service.cancel_job(session, ctx.tenant_id, job_id)
+    return CancelOut(id=job.id, status=job.status, cancellation=outcome)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=JobOut,
+    status_code=202,
+    summary="Re-run a failed or cancelled job",
+    description="Queues the job again as a new attempt of the same job (attempt numbers continue; the "
+    "automatic retry budget starts afresh). 409 if the job is not failed or cancelled. Admission checks "
+    "(quotas, rate limits) apply as for a new job.",
+)
+def retry_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> JobOut:
+    tenant = session.get(Tenant, ctx.tenant_id)
+    job = service.rerun_job(session, tenant, job_id)
+    return JobOut.model_validate(JobRepository(session, ctx.tenant_id).get(job.id))
+
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    summary="List jobs, newest first",
+    description="`status=failed` is the dead-letter view: jobs that failed for good (retries exhausted or a "
+    "non-retryable error); re-run one with `POST /v1/jobs/{id}/retry`.",
+)
 def list_jobs(
     ctx: JobsRead,
     session: SessionDep,

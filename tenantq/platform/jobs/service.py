@@ -1,28 +1,34 @@
-"""Job submission and queries. Routes call these; they take the session and tenant explicitly."""
+"""Job submission, cancellation, re-runs and result expiry. Routes call these; they take the session
+and tenant explicitly. Worker-side transitions are in ``lifecycle``."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import redis
 from pydantic import ValidationError
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tenantq.platform.db import utcnow
 from tenantq.platform.errors import Conflict, InvalidInput, ServiceUnavailable
+from tenantq.platform.jobs import lifecycle
 from tenantq.platform.jobs.admission import admit
-from tenantq.platform.jobs.models import Job
+from tenantq.platform.jobs.messages import job_meta, message_for_attempt
+from tenantq.platform.jobs.models import RERUNNABLE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, Job
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.redis import get_redis
+from tenantq.platform.settings import get_settings
 from tenantq.tenants.models import Tenant
-from tenantq.tenants.service import effective_limits
+from tenantq.tenants.service import EffectiveLimits, effective_limits
+from tenantq.worker.celery_app import app as celery_app
 from tenantq.worker.queues import TenantQueues
-from tenantq.worker.registry import get_task_type
+from tenantq.worker.registry import TaskType, get_task_type
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -33,74 +39,139 @@ class SubmitResult:
     created: bool
 
 
-def job_message(job: Job) -> dict[str, Any]:
-    """What the dispatcher publishes to Celery: JSON only, the job's own id as the task id."""
-    return {
-        "task": job.task,
-        "args": job.args,
-        "task_id": job.id,
-        "job": {
-            "id": job.id,
-            "tenant_id": job.tenant_id,
-            "priority": job.priority,
-            "max_retries": job.max_retries,
-            "attempt_base": job.attempts,
-        },
-    }
+def job_message(job: Job, *, attempt: int | None = None, first_attempt: int | None = None) -> dict[str, Any]:
+    """What the dispatcher publishes to Celery for the job's next attempt (JSON only)."""
+    attempt = attempt if attempt is not None else job.attempts + 1
+    meta = job_meta(job, attempt=attempt, first_attempt=first_attempt if first_attempt is not None else attempt)
+    return message_for_attempt(job.task, job.args, meta, attempt)
 
 
 def _same_request(job: Job, data: JobCreate) -> bool:
     return job.task == data.task and job.args == data.args and job.priority == data.priority
 
 
+def _idempotency_conflict(existing: Job) -> Conflict:
+    return Conflict("This idempotency key was used with different parameters.",
+                    code="idempotency_conflict", details={"job_id": existing.id})
+
+
 def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tuple[dict[str, Any], int]:
     """Check the request against the registry and the plan; returns (normalised args, max_retries)."""
-    spec = get_task_type(data.task)
+    spec = get_spec(data.task)
+    args = validate_args(spec, data.args)
+    return args, validate_policy(session, tenant, spec, data)
+
+
+def get_spec(task: str) -> TaskType:
+    spec = get_task_type(task)
     if spec is None:
-        raise InvalidInput(f"Unknown task type {data.task!r}.", code="unknown_task", details={"task": data.task})
+        raise InvalidInput(f"Unknown task type {task!r}.", code="unknown_task", details={"task": task})
+    return spec
+
+
+def validate_args(spec: TaskType, args: dict[str, Any], *, ignore: str | None = None) -> dict[str, Any]:
+    """Validate arguments against the task type's model (422 ``invalid_args``). Errors about the key
+    ``ignore`` are not counted (a workflow step's ``input`` does not exist yet)."""
     try:
-        model = spec.validate(data.args)
+        return spec.validate(args).model_dump(mode="json", exclude_unset=False)
     except ValidationError as exc:
-        details = [{"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise InvalidInput(f"Arguments do not match the schema of {data.task!r}.", code="invalid_args",
+        errors = [e for e in exc.errors() if ignore is None or not (e["loc"] and e["loc"][0] == ignore)]
+        if not errors:
+            return dict(args)
+        details = [{"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+        raise InvalidInput(f"Arguments do not match the schema of {spec.name!r}.", code="invalid_args",
                            details=details) from None
+
+
+def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobCreate) -> int:
+    """Priority, retries and time limits against the plan; returns the effective max_retries."""
     # Plan limits with the tenant's overrides applied.
     plan = effective_limits(session, tenant)
-    if not (plan.priority_min <= data.priority <= plan.priority_max):
+    if plan is not None and not (plan.priority_min <= data.priority <= plan.priority_max):
         raise InvalidInput(
             f"Priority {data.priority} is outside the plan's range {plan.priority_min}-{plan.priority_max}.",
             code="priority_not_allowed",
             details={"min": plan.priority_min, "max": plan.priority_max},
         )
-    max_retries = data.max_retries if data.max_retries is not None else 0
-    if max_retries > plan.max_retries:
+    if data.max_retries is None:
+        # The task type's default is the operator's choice, not the tenant's: clamp it, never refuse.
+        max_retries = min(spec.max_retries, plan.max_retries) if plan is not None else spec.max_retries
+    else:
+        max_retries = data.max_retries
+    if plan is not None and max_retries > plan.max_retries:
         raise InvalidInput(f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
                            code="max_retries_not_allowed", details={"max": plan.max_retries})
-    return model.model_dump(mode="json", exclude_unset=False), max_retries
+    resolve_time_limits(spec, plan, data.soft_time_limit, data.time_limit)
+    return max_retries
 
 
-def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: redis.Redis | None = None) -> SubmitResult:
-    repo = JobRepository(session, tenant.id)
-    if data.idempotency_key:
-        existing = repo.by_idempotency_key(data.idempotency_key)
-        if existing is not None:
-            if not _same_request(existing, data):
-                raise Conflict("This idempotency key was used with different parameters.",
-                               code="idempotency_conflict", details={"job_id": existing.id})
-            return SubmitResult(existing, created=False)
-    args, max_retries = validate_submission(session, tenant, data)
-    admit(session, tenant, 1)
-    now = utcnow()
-    job = Job(
+def resolve_time_limits(
+    spec: TaskType, plan: EffectiveLimits | None, soft: float | None, hard: float | None
+) -> tuple[float | None, float | None]:
+    """Effective (soft, hard) limits in seconds: the job's, else the task type's, else the plan's
+    maximum as the hard limit. Anything above the plan's max_time_limit_s answers 422."""
+    bound = plan.max_time_limit_s if plan is not None else None
+    for name, value in (("soft_time_limit", soft), ("time_limit", hard)):
+        if value is not None and bound is not None and value > bound:
+            raise InvalidInput(f"{name} {value:g}s exceeds the plan's maximum of {bound}s.",
+                               code="time_limit_not_allowed", details={"field": name, "max": bound})
+    hard = hard if hard is not None else spec.time_limit
+    soft = soft if soft is not None else spec.soft_time_limit
+    if bound is not None:
+        hard = min(hard, bound) if hard is not None else float(bound)
+        soft = min(soft, bound) if soft is not None else None
+    if soft is not None and hard is not None and soft >= hard:
+        raise InvalidInput(f"soft_time_limit ({soft:g}s) must be below time_limit ({hard:g}s).",
+                           code="invalid_time_limits", details={"soft_time_limit": soft, "time_limit": hard})
+    return soft, hard
+
+
+def new_job(session: Session, tenant: Tenant, data: JobCreate, *, now: datetime | None = None) -> Job:
+    """Validate ``data`` and build (not add) the job row it describes."""
+    _args, max_retries = validate_submission(session, tenant, data)
+    spec = get_spec(data.task)
+    soft, hard = resolve_time_limits(spec, effective_limits(session, tenant), data.soft_time_limit,
+                                     data.time_limit)
+    now = now or utcnow()
+    return Job(
+        tenant_id=tenant.id,
         task=data.task,
         args=data.args,
         priority=data.priority,
         status="scheduled" if data.countdown else "queued",
         idempotency_key=data.idempotency_key,
         max_retries=max_retries,
+        retry_backoff=data.retry_backoff,
+        retry_backoff_max=data.retry_backoff_max,
+        soft_time_limit=soft,
+        time_limit=hard,
         created_at=now,
         run_at=now + timedelta(seconds=data.countdown) if data.countdown else None,
     )
+
+
+def _key_is_live(job: Job, now: datetime) -> bool:
+    return job.created_at > now - timedelta(seconds=get_settings().idempotency_retention_seconds)
+
+
+def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: redis.Redis | None = None) -> SubmitResult:
+    repo = JobRepository(session, tenant.id)
+    now = utcnow()
+    existing = repo.by_idempotency_key(data.idempotency_key) if data.idempotency_key else None
+    if existing is not None and _key_is_live(existing, now):
+        if not _same_request(existing, data):
+            raise _idempotency_conflict(existing)
+        return SubmitResult(existing, created=False)
+    job = new_job(session, tenant, data, now=now)
+    admit(session, tenant, 1)
+    if existing is not None:
+        # The key outlived its retention window: release it (the old job keeps everything but the
+        # key) in the same transaction as the insert, so concurrent reusers race on the unique
+        # constraint and exactly one of them gets the key.
+        session.execute(
+            update(Job).where(Job.id == existing.id, Job.idempotency_key == data.idempotency_key)
+            .values(idempotency_key=None)
+        )
     repo.add(job)
     try:
         session.commit()
@@ -111,8 +182,7 @@ def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: red
             existing = repo.by_idempotency_key(data.idempotency_key)
             if existing is not None:
                 if not _same_request(existing, data):
-                    raise Conflict("This idempotency key was used with different parameters.",
-                                   code="idempotency_conflict", details={"job_id": existing.id}) from None
+                    raise _idempotency_conflict(existing) from None
                 return SubmitResult(existing, created=False)
         raise
     try:
@@ -127,10 +197,125 @@ def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: red
     return SubmitResult(job, created=True)
 
 
-def enqueue(job: Job, *, client: redis.Redis | None = None) -> None:
+def enqueue(job: Job, *, client: redis.Redis | None = None, attempt: int | None = None,
+            first_attempt: int | None = None) -> None:
+    """Put the job's next attempt on its tenant's queue (or the delayed set if it has a run_at)."""
     queues = TenantQueues(client or get_redis())
-    message = job_message(job)
+    message = job_message(job, attempt=attempt, first_attempt=first_attempt)
     if job.status == "scheduled" and job.run_at is not None:
         queues.schedule(job.tenant_id, job.id, job.priority, message, job.run_at.timestamp())
     else:
         queues.enqueue(job.tenant_id, job.id, job.priority, message)
+
+
+CancelOutcome = Literal["dequeued", "terminated", "requested", "already_finished"]
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str, *, client: redis.Redis | None = None
+               ) -> tuple[Job, CancelOutcome]:
+    """Cancel a job; the outcome says what happened.
+
+    - waiting (queued, scheduled, retrying): taken off the tenant's queue and marked cancelled
+      ("dequeued"). The cancel marker is written first, so even an attempt the dispatcher already
+      handed to Celery never starts.
+    - running: killed with SIGTERM if the task type is cancellable ("terminated"), else marked
+      ``cancel_requested`` ("requested"): it finishes, but is never retried.
+    - finished: nothing to do ("already_finished"); not an error, so cancelling is idempotent.
+    """
+    client = client or get_redis()
+    job = JobRepository(session, tenant_id).get(job_id)
+    for _ in range(3):  # the job may start (or finish) under us: re-read and decide again
+        if job.status in TERMINAL_STATUSES:
+            return job, "already_finished"
+        now = utcnow()
+        if job.status in WAITING_STATUSES:
+            lifecycle.mark_cancelled(job.id, job.attempts + 1, client)
+            TenantQueues(client).remove(job.tenant_id, job.id)
+            moved = session.execute(
+                update(Job).where(Job.id == job.id, Job.status.in_(WAITING_STATUSES))
+                .values(status="cancelled", finished_at=now, run_at=None)
+            ).rowcount
+            outcome: CancelOutcome = "dequeued"
+        elif job.status == "running":
+            lifecycle.mark_cancelled(job.id, job.attempts, client)
+            spec = get_task_type(job.task)
+            if spec is not None and spec.cancellable and job.task_id:
+                celery_app.control.revoke(job.task_id, terminate=True, signal="SIGTERM")
+                moved = session.execute(
+                    update(Job).where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
+                    .values(status="cancelled", finished_at=now)
+                ).rowcount
+                outcome = "terminated"
+            else:
+                moved = session.execute(
+                    update(Job).where(Job.id == job.id, Job.status == "running")
+                    .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
+                ).rowcount
+                outcome = "requested"
+        else:  # an unknown status: refuse rather than guess
+            raise Conflict(f"A {job.status} job cannot be cancelled.", code="not_cancellable")
+        session.commit()
+        session.refresh(job)
+        if moved:
+            if job.workflow_id and outcome != "requested":
+                from tenantq.platform.workflows import service as workflows
+
+                workflows.step_job_cancelled(session, job)
+            return job, outcome
+    raise Conflict("The job changed state while being cancelled; try again.", code="cancel_race")
+
+
+def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Redis | None = None) -> Job:
+    """Run a failed or cancelled job again as a new attempt of the same job (numbers continue).
+    The automatic retry budget (max_retries) starts afresh from this attempt."""
+    client = client or get_redis()
+    job = JobRepository(session, tenant.id).get(job_id)
+    if job.status not in RERUNNABLE_STATUSES:
+        raise Conflict(f"Only failed or cancelled jobs can be re-run; this job is {job.status}.",
+                       code="not_rerunnable", details={"status": job.status})
+    admit(session, tenant, 1)
+    # An attempt cancelled before it started never got a number in SQL; step past it so that its
+    # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
+    attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
+    if job.workflow_id:
+        # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
+        lifecycle.lock_workflow(session, job.workflow_id)
+    moved = session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES)).values(
+            status="queued", error=None, result=None, result_expires_at=None, started_at=None,
+            finished_at=None, run_at=None, cancel_requested_at=None,
+        )
+    ).rowcount
+    if not moved:
+        session.rollback()
+        raise Conflict("The job changed state; try again.", code="not_rerunnable")
+    if job.workflow_id:
+        from tenantq.platform.workflows import service as workflows
+
+        # Resume the workflow in the same commit, before the job can possibly finish again.
+        workflows.step_job_rerun(session, job)
+    session.commit()
+    session.refresh(job)
+    try:
+        enqueue(job, client=client, attempt=attempt, first_attempt=attempt)
+    except redis.RedisError as exc:
+        log.error("enqueue failed for re-run of job %s: %s", job.id, exc)
+        error = "ServiceUnavailable: the re-run could not be queued"
+        session.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
+                        .values(status="failed", error=error, finished_at=utcnow()))
+        if job.workflow_id:
+            workflows.step_job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
+        session.commit()
+        raise ServiceUnavailable("The queue is unavailable; the job was not re-run. Retry later.",
+                                 code="queue_unavailable", headers={"Retry-After": "1"}) from None
+    return job
+
+
+def purge_expired_results(session: Session, *, now: datetime | None = None) -> int:
+    """Drop results past their expiry (the API already hides them; this frees the space)."""
+    now = now or utcnow()
+    count = session.execute(
+        update(Job).where(Job.result_expires_at <= now, Job.result.is_not(None)).values(result=None)
+    ).rowcount
+    session.commit()
+    return int(count or 0)

@@ -1,0 +1,258 @@
+"""Worker-side job state transitions: one function per thing that can happen to an attempt.
+
+Called from the task signals (start, success, failure, hard time limit, termination) and from the
+task wrapper (retry scheduled, cancelled before start). Every update is conditional on the job still
+being on *this* attempt and not finished, so duplicate or late signals (``task_failure`` can fire
+twice for a hard time limit; a redelivered message replays prerun) never move a job backwards.
+
+Redis key owned here:
+- ``tq:cancel:{job_id}``  attempt number N: attempts <= N of this job were cancelled and must never
+                          start (nor be retried). Set by the cancel API before anything else, checked
+                          by the task wrapper before the task function runs. Expires after
+                          ``cancel_marker_ttl_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from tenantq.platform.db import system_session, utcnow
+from tenantq.platform.jobs.messages import message_for_attempt
+from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
+from tenantq.platform.redis import get_redis
+from tenantq.platform.settings import get_settings
+from tenantq.tenants.models import Plan, Tenant
+
+log = logging.getLogger("tenantq.jobs.lifecycle")
+
+MAX_ERROR_CHARS = 20_000
+
+_RAISE_MARKER = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wanted = tonumber(ARGV[1])
+if wanted > current then current = wanted end
+redis.call('SET', KEYS[1], current, 'EX', tonumber(ARGV[2]))
+return current
+"""
+
+
+def cancel_key(job_id: str) -> str:
+    return f"tq:cancel:{job_id}"
+
+
+def mark_cancelled(job_id: str, attempt: int, client: redis.Redis | None = None) -> int:
+    """Forbid attempts <= ``attempt`` of the job from starting; the marker only ever grows."""
+    client = client or get_redis()
+    ttl = get_settings().cancel_marker_ttl_seconds
+    return int(client.eval(_RAISE_MARKER, 1, cancel_key(job_id), attempt, ttl))
+
+
+def cancelled_up_to(job_id: str, client: redis.Redis | None = None) -> int:
+    return int((client or get_redis()).get(cancel_key(job_id)) or 0)
+
+
+def cancel_covers(job_id: str, attempt: int) -> bool:
+    return cancelled_up_to(job_id) >= attempt
+
+
+def describe_error(exc: BaseException, meta: dict[str, Any] | None = None) -> str:
+    """First line says what happened in plain words; the traceback follows for the developer."""
+    meta = meta or {}
+    if isinstance(exc, SoftTimeLimitExceeded):
+        summary = f"SoftTimeLimitExceeded: soft time limit of {_secs(meta.get('soft_time_limit'))}s exceeded"
+    elif isinstance(exc, TimeLimitExceeded):
+        limit = meta.get("time_limit") or (exc.args[0] if exc.args else "?")
+        summary = f"TimeLimitExceeded: hard time limit of {_secs(limit)}s exceeded; the attempt was killed"
+    else:
+        summary = f"{type(exc).__name__}: {exc}"
+    if exc.__traceback__ is None:
+        return summary[:MAX_ERROR_CHARS]
+    summary = summary[:2000]
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # Keep the summary and the innermost frames (where the error was raised) if it is long.
+    room = MAX_ERROR_CHARS - len(summary) - 2
+    return summary + "\n\n" + (trace if len(trace) <= room else "..." + trace[-(room - 3):])
+
+
+def _secs(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "?"
+    return str(int(number)) if number.is_integer() else f"{number:g}"
+
+
+def _on_attempt(meta: dict[str, Any]) -> list[Any]:
+    """WHERE clause: the job is still on this attempt (not a newer one) and not finished."""
+    return [Job.id == meta["id"], Job.attempts == int(meta.get("attempt") or 1),
+            Job.status.not_in(TERMINAL_STATUSES)]
+
+
+def _close_attempt(session: Session, meta: dict[str, Any], status: str, error: str | None, now) -> None:
+    session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == meta["id"], JobAttempt.attempt == int(meta.get("attempt") or 1),
+               JobAttempt.status == "running")
+        .values(status=status, error=error, finished_at=now)
+    )
+
+
+def lock_workflow(session: Session, workflow_id: str) -> None:
+    """Taken first, before any read, so that group members finishing at the same time on different
+    workers are serialised (a row lock on PostgreSQL, the write lock on SQLite) and exactly one of
+    them sees the whole group done. Everyone touching a step job and its workflow in one transaction
+    locks the workflow first."""
+    from tenantq.platform.workflows.models import Workflow
+
+    session.execute(update(Workflow).where(Workflow.id == workflow_id).values(updated_at=utcnow()))
+
+
+def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
+    if meta.get("workflow_id"):
+        lock_workflow(session, meta["workflow_id"])
+
+
+# Task ids whose start prerun refused, in this pool process: the wrapper, which runs right after
+# prerun in the same process, must not run them.
+_REFUSED: set[str] = set()
+
+
+def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> bool:
+    """prerun: the job is running this attempt; open (or, on redelivery, reopen) its attempt row.
+    False if the job finished, was cancelled or moved on to a newer attempt: this one must not run."""
+    attempt = int(meta.get("attempt") or 1)
+    now = utcnow()
+    with system_session() as session:
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
+            .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
+                    started_at=func.coalesce(Job.started_at, now))
+        ).rowcount
+        if not moved:
+            _REFUSED.add(task_id)
+            return False
+        row = session.scalars(
+            select(JobAttempt).where(JobAttempt.job_id == meta["id"], JobAttempt.attempt == attempt)
+        ).first()
+        if row is None:
+            session.add(JobAttempt(job_id=meta["id"], attempt=attempt, status="running", task_id=task_id,
+                                   worker=worker, started_at=now))
+        else:  # redelivered after a worker was lost: the same attempt starts again
+            row.status, row.worker, row.started_at, row.finished_at, row.error = "running", worker, now, None, None
+    return True
+
+
+def may_start(meta: dict[str, Any], task_id: str) -> bool:
+    """The wrapper's gate, checked before the task function runs: prerun accepted this attempt and no
+    cancellation covers it (a cancel may land after prerun, or the cancelled attempt may already have
+    been in Celery's queue)."""
+    if task_id in _REFUSED:
+        _REFUSED.discard(task_id)
+        log.info("job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
+                 meta["id"], meta.get("attempt"))
+        return False
+    if cancel_covers(meta["id"], int(meta.get("attempt") or 1)):
+        cancelled_before_start(meta)
+        return False
+    return True
+
+
+def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
+    now = utcnow()
+    new_jobs: list[Job] = []
+    with system_session() as session:
+        _lock_workflow(session, meta)
+        # Read at finish time, so the expiry follows the tenant's plan as it is now.
+        ttl = session.scalar(
+            select(Plan.result_ttl_s).join(Tenant, Tenant.plan_name == Plan.name).where(Tenant.id == meta["tenant_id"])
+        )
+        moved = session.execute(
+            update(Job).where(*_on_attempt(meta)).values(
+                status="succeeded", result=result, error=None, finished_at=now,
+                result_expires_at=now + timedelta(seconds=int(ttl)) if ttl else None,
+            )
+        ).rowcount
+        _close_attempt(session, meta, "succeeded", None, now)
+        if moved and meta.get("workflow_id"):
+            from tenantq.platform.workflows import service as workflows
+
+            new_jobs = workflows.step_job_succeeded(session, meta["workflow_id"], int(meta["step_index"]))
+    if new_jobs:
+        from tenantq.platform.workflows import service as workflows
+
+        workflows.enqueue_step_jobs(new_jobs)
+
+
+def attempt_failed(meta: dict[str, Any], error: str) -> None:
+    """The attempt failed and will not be retried: the job is failed (the dead-letter view)."""
+    now = utcnow()
+    with system_session() as session:
+        _lock_workflow(session, meta)
+        moved = session.execute(
+            update(Job).where(*_on_attempt(meta)).values(status="failed", error=error, finished_at=now)
+        ).rowcount
+        _close_attempt(session, meta, "failed", error, now)
+        if moved and meta.get("workflow_id"):
+            from tenantq.platform.workflows import service as workflows
+
+            workflows.step_job_failed(session, meta["workflow_id"], int(meta["step_index"]), meta["id"], error)
+
+
+def schedule_retry(task: str, meta: dict[str, Any], args: dict[str, Any], exc: BaseException, delay: float) -> bool:
+    """Put the next attempt on the tenant's delayed queue, then record the failed attempt and set the
+    job to ``retrying``. False if the job was cancelled meanwhile (the retry is taken back).
+
+    Redis first: a worker dying between the two steps leaves a retry that will run (and whose prerun
+    moves the job on), never a job stuck in 'retrying' with nothing queued. A retry that starts
+    before the SQL update below simply makes that update match nothing."""
+    from tenantq.worker.queues import TenantQueues
+
+    attempt = int(meta.get("attempt") or 1)
+    error = describe_error(exc, meta)
+    now = utcnow()
+    run_at = now + timedelta(seconds=delay)
+    queues = TenantQueues(get_redis())
+    message = message_for_attempt(task, args, meta, attempt + 1)
+    queues.schedule(meta["tenant_id"], meta["id"], int(meta.get("priority", 5)), message, run_at.timestamp())
+    with system_session() as session:
+        moved = session.execute(
+            update(Job).where(*_on_attempt(meta)).values(status="retrying", error=error, run_at=run_at)
+        ).rowcount
+        _close_attempt(session, meta, "failed", error, now)
+        if not moved:
+            cancelled = session.scalar(select(Job.status).where(Job.id == meta["id"])) == "cancelled"
+    if not moved:
+        if cancelled:
+            queues.remove(meta["tenant_id"], meta["id"])
+            return False
+        return True  # the retry already started and moved the job on
+    log.info("job %s attempt %s failed, retry in %.2fs", meta["id"], attempt, delay)
+    return True
+
+
+def cancelled_before_start(meta: dict[str, Any]) -> None:
+    """The wrapper found a cancellation marker: the function never ran. If prerun got in before the
+    cancel request's own update, undo its 'running'."""
+    now = utcnow()
+    with system_session() as session:
+        session.execute(
+            update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now)
+        )
+        _close_attempt(session, meta, "cancelled", "cancelled before it started", now)
+
+
+def attempt_terminated(meta: dict[str, Any], reason: str) -> None:
+    """The worker killed the attempt on a revoke(terminate=True): the cancel API asked for it."""
+    now = utcnow()
+    with system_session() as session:
+        session.execute(update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now))
+        _close_attempt(session, meta, "cancelled", reason, now)

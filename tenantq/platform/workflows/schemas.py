@@ -1,0 +1,77 @@
+"""Request and response bodies of the workflows API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantq.platform.jobs.schemas import JobStatus
+
+MAX_STEPS = 50
+MAX_GROUP = 50
+
+
+class StepTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=128, description="A registered task type.")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arguments. From the second step on, the previous step's result is added under the key "
+        "`input` (a list of results, in group order, after a group), so the key is reserved; task types whose "
+        "arguments have no `input` field and accept no extra keys run without it.",
+    )
+    priority: int = Field(default=5, ge=0, le=9)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    soft_time_limit: float | None = Field(default=None, gt=0)
+    time_limit: float | None = Field(default=None, gt=0)
+
+
+class StepGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: list[StepTask] = Field(min_length=1, max_length=MAX_GROUP,
+                                  description="Tasks run in parallel; the step succeeds when all of them do.")
+
+
+class WorkflowCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[StepTask | StepGroup] = Field(
+        min_length=1, max_length=MAX_STEPS,
+        description="Run in order: a step starts when the previous one succeeded, with its result as `input`.",
+    )
+
+
+WorkflowStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StepStatus = Literal["pending", "skipped", "queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+
+class StepJobOut(BaseModel):
+    id: str
+    task: str
+    status: JobStatus
+    error: str | None = None
+
+
+class StepOut(BaseModel):
+    index: int
+    kind: Literal["task", "group"]
+    tasks: list[str]
+    status: StepStatus = Field(description="pending: not reached yet; skipped: never reached because the "
+                               "workflow stopped earlier; otherwise from its jobs.")
+    jobs: list[StepJobOut]
+
+
+class WorkflowOut(BaseModel):
+    id: str
+    status: WorkflowStatus
+    current_step: int
+    failed_step: int | None = Field(default=None, description="The step that stopped the workflow, if one did.")
+    error: str | None = Field(default=None, description="Why the workflow stopped: which step and job, and its error.")
+    result: Any = Field(default=None, description="The last step's result (a list for a group) once succeeded.")
+    created_at: datetime
+    finished_at: datetime | None = None
+    steps: list[StepOut]

@@ -1,0 +1,306 @@
+"""Workflows: chains of steps (a task, or a group of tasks run in parallel), run by tenantq itself.
+
+Chaining is not Celery canvas: each step is an ordinary job of the tenant, queued on the tenant's own
+queue when the previous step succeeded, so every step goes through the dispatcher's fairness, rate and
+concurrency limits. The worker's completion path (``lifecycle.attempt_succeeded``) calls
+``step_job_succeeded`` in the same transaction that marks the job succeeded, with the workflow row
+locked first, so when several members of a group finish at once exactly one of them advances the chain.
+
+Data flow: step N+1 gets step N's result under the argument key ``input`` (for a group: the list of
+its jobs' results, in group order), if its task type can take it (an ``input`` field, or open
+arguments); a task type with closed arguments just runs after the previous step. Steps after the
+first are validated when the workflow is created (except ``input``, which does not exist yet) and
+again, with ``input``, when they are queued: a result that does not fit fails that step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tenantq.platform.db import system_session, utcnow
+from tenantq.platform.errors import InvalidInput, NotFound, ServiceUnavailable
+from tenantq.platform.jobs import service as jobs
+from tenantq.platform.jobs.admission import admit
+from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job
+from tenantq.platform.jobs.repository import JobRepository
+from tenantq.platform.jobs.schemas import JobCreate
+from tenantq.platform.settings import get_settings
+from tenantq.platform.workflows.models import WORKFLOW_TERMINAL, Workflow
+from tenantq.platform.workflows.schemas import (
+    StepGroup,
+    StepJobOut,
+    StepOut,
+    StepTask,
+    WorkflowCreate,
+    WorkflowOut,
+)
+from tenantq.tenants.models import Plan, Tenant
+from tenantq.worker.registry import TaskType, get_task_type
+
+log = logging.getLogger("tenantq.workflows")
+
+INPUT_KEY = "input"
+
+
+class WorkflowRepository:
+    """Tenant-scoped access to workflows (the only way the API reads them)."""
+
+    def __init__(self, session: Session, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def get(self, workflow_id: str) -> Workflow:
+        wf = self.session.scalars(
+            select(Workflow).where(Workflow.tenant_id == self.tenant_id, Workflow.id == workflow_id)
+        ).first()
+        if wf is None:
+            raise NotFound("Workflow not found.", details={"id": workflow_id})
+        return wf
+
+
+# --- creation ---------------------------------------------------------------------------------------
+
+def _items(step: dict[str, Any]) -> list[dict[str, Any]]:
+    return step.get("group", [step])
+
+
+def takes_input(spec: TaskType) -> bool:
+    """Does the task type have somewhere to receive the previous step's result? A task type with
+    closed arguments and no ``input`` field still runs in order, it just does not get the result."""
+    return INPUT_KEY in spec.args_model.model_fields or spec.args_model.model_config.get("extra") == "allow"
+
+
+def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None, item: StepTask) -> dict[str, Any]:
+    where = f"steps[{index}]" + (f".group[{pos}]" if pos is not None else "")
+    if index > 0 and INPUT_KEY in item.args:
+        raise InvalidInput(f"{where}: the argument {INPUT_KEY!r} is reserved for the previous step's result.",
+                           code="invalid_workflow", details={"step": index})
+    data = JobCreate(task=item.task, args=item.args, priority=item.priority, max_retries=item.max_retries,
+                     soft_time_limit=item.soft_time_limit, time_limit=item.time_limit)
+    try:
+        spec = jobs.get_spec(item.task)
+        # 'input' does not exist before the previous step ran: it is checked when the step is queued.
+        jobs.validate_args(spec, item.args, ignore=INPUT_KEY if index > 0 else None)
+        max_retries = jobs.validate_policy(session, tenant, spec, data)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc.message}", code=exc.code, details=exc.details) from None
+    soft, hard = jobs.resolve_time_limits(spec, session.get(Plan, tenant.plan_name), item.soft_time_limit,
+                                          item.time_limit)
+    return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": max_retries,
+            "soft_time_limit": soft, "time_limit": hard}
+
+
+def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> Workflow:
+    steps: list[dict[str, Any]] = []
+    for index, step in enumerate(data.steps):
+        if isinstance(step, StepGroup):
+            steps.append({"group": [_validate_item(session, tenant, index, pos, t) for pos, t in enumerate(step.group)]})
+        else:
+            steps.append(_validate_item(session, tenant, index, None, step))
+    admit(session, tenant, len(_items(steps[0])))
+    wf = Workflow(tenant_id=tenant.id, status="running", steps=steps, job_ids=[], current_step=0)
+    session.add(wf)
+    session.flush()
+    new = _create_step_jobs(session, wf, 0, None)
+    session.commit()
+    try:
+        for job in new:
+            jobs.enqueue(job)
+    except redis.RedisError as exc:
+        log.error("enqueue failed for workflow %s: %s", wf.id, exc)
+        session.delete(wf)  # cascades to its jobs: nothing of it was runnable
+        session.commit()
+        raise ServiceUnavailable("The queue is unavailable; the workflow was not accepted. Retry later.",
+                                 code="queue_unavailable", headers={"Retry-After": "1"}) from None
+    return wf
+
+
+def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: Any) -> list[Job]:
+    """Add the jobs of step ``index``; returns those to enqueue. A job whose arguments (now with
+    ``input``) do not validate is created failed, which fails the workflow at that step."""
+    now = utcnow()
+    created: list[Job] = []
+    runnable: list[Job] = []
+    for item in _items(wf.steps[index]):
+        args = dict(item["args"])
+        spec = get_task_type(item["task"])
+        if index > 0 and spec is not None and takes_input(spec):
+            args[INPUT_KEY] = input_value
+        job = Job(tenant_id=wf.tenant_id, task=item["task"], args=args, priority=item["priority"],
+                  max_retries=item["max_retries"], soft_time_limit=item["soft_time_limit"],
+                  time_limit=item["time_limit"], workflow_id=wf.id, step_index=index, status="queued",
+                  created_at=now)
+        size = len(json.dumps(args, separators=(",", ":")).encode())
+        try:
+            if spec is None:
+                raise ValueError(f"task type {item['task']!r} is no longer registered")
+            spec.validate(args)
+        except (ValidationError, ValueError) as exc:
+            job.status, job.finished_at = "failed", now
+            job.error = f"InvalidInput: the previous step's result does not fit the arguments of {item['task']!r}: {exc}"
+        else:
+            # A step's arguments, input included, are bounded like a request body: a group of big
+            # results must not turn into one huge message.
+            if size > get_settings().max_body_bytes:
+                job.status, job.finished_at = "failed", now
+                job.error = (f"InputTooLarge: the previous step's result makes arguments of {size} bytes, more "
+                             f"than the limit of {get_settings().max_body_bytes} bytes")
+            else:
+                runnable.append(job)
+        session.add(job)
+        created.append(job)
+    session.flush()
+    wf.job_ids = [*wf.job_ids, [j.id for j in created]]
+    wf.current_step = index
+    failed = next((j for j in created if j.status == "failed"), None)
+    if failed is not None:
+        _stop(wf, "failed", index, failed.id, failed.task, failed.error or "")
+        return []
+    return runnable
+
+
+def enqueue_step_jobs(new_jobs: list[Job]) -> None:
+    """After the commit that created them: put the next step's jobs on the tenant's queue."""
+    for job in new_jobs:
+        try:
+            jobs.enqueue(job)
+        except redis.RedisError as exc:
+            log.error("could not queue workflow step job %s: %s", job.id, exc)
+            error = f"ServiceUnavailable: the step could not be queued: {exc}"
+            with system_session() as session:
+                row = session.get(Job, job.id)
+                if row is not None and row.status == "queued":
+                    row.status, row.error, row.finished_at = "failed", error, utcnow()
+                    wf = session.get(Workflow, job.workflow_id)
+                    if wf is not None and wf.status == "running":
+                        _stop(wf, "failed", int(job.step_index or 0), job.id, job.task, error)
+
+
+# --- progress (worker side, inside the transaction that finished the job) ---------------------------
+
+def _stop(wf: Workflow, status: str, step: int | None, job_id: str | None, task: str | None, error: str) -> None:
+    wf.status = status
+    wf.finished_at = utcnow()
+    wf.failed_step = step
+    if job_id is not None:
+        first_line = (error or "").strip().splitlines()[0] if (error or "").strip() else "no error recorded"
+        verb = "failed" if status == "failed" else "was cancelled"
+        wf.error = f"step {step} ({task}) job {job_id} {verb}: {first_line}"
+    else:
+        wf.error = error
+
+
+def _step_jobs(session: Session, wf: Workflow, index: int) -> list[Job]:
+    ids = wf.job_ids[index] if index < len(wf.job_ids) else []
+    rows = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    return [rows[i] for i in ids if i in rows]
+
+
+def step_job_succeeded(session: Session, workflow_id: str, step_index: int) -> list[Job]:
+    """A step job succeeded: if its whole step has, start the next step (returns its jobs to enqueue,
+    after commit) or finish the workflow."""
+    wf = session.get(Workflow, workflow_id)
+    if wf is None or wf.status != "running" or wf.current_step != step_index:
+        return []
+    step_jobs = _step_jobs(session, wf, step_index)
+    if not step_jobs or any(j.status != "succeeded" for j in step_jobs):
+        return []
+    results = [j.result for j in step_jobs]
+    output = results if "group" in wf.steps[step_index] else results[0]
+    if step_index + 1 >= len(wf.steps):
+        wf.status, wf.finished_at = "succeeded", utcnow()
+        return []
+    return _create_step_jobs(session, wf, step_index + 1, output)
+
+
+def step_job_failed(session: Session, workflow_id: str, step_index: int, job_id: str, error: str) -> None:
+    wf = session.get(Workflow, workflow_id)
+    if wf is None or wf.status != "running" or wf.current_step != step_index:
+        return
+    task = next((j.task for j in _step_jobs(session, wf, step_index) if j.id == job_id), None)
+    _stop(wf, "failed", step_index, job_id, task, error)
+
+
+def step_job_cancelled(session: Session, job: Job) -> None:
+    """The tenant cancelled one step job directly: the chain cannot go on."""
+    wf = session.get(Workflow, job.workflow_id)
+    if wf is not None and wf.status == "running" and wf.current_step == job.step_index:
+        _stop(wf, "cancelled", job.step_index, job.id, job.task, "cancelled by request")
+        session.commit()
+
+
+def step_job_rerun(session: Session, job: Job) -> None:
+    """A re-run of the job that stopped the workflow resumes the workflow, once no other job of that
+    step is still failed or cancelled. Runs in the caller's transaction."""
+    wf = session.get(Workflow, job.workflow_id)
+    if wf is None or wf.status not in ("failed", "cancelled") or wf.failed_step != job.step_index:
+        return
+    others = [j for j in _step_jobs(session, wf, wf.current_step) if j.id != job.id]
+    if any(j.status in ("failed", "cancelled") for j in others):
+        return
+    wf.status, wf.finished_at, wf.failed_step, wf.error = "running", None, None, None
+
+
+# --- tenant actions and views -----------------------------------------------------------------------
+
+def cancel_workflow(session: Session, tenant_id: str, workflow_id: str) -> Workflow:
+    """Stop the chain and cancel its unfinished step jobs. A finished workflow is left as it is."""
+    repo = WorkflowRepository(session, tenant_id)
+    wf = repo.get(workflow_id)
+    if wf.status in WORKFLOW_TERMINAL:
+        return wf
+    # Stop the chain first, so that a step finishing meanwhile does not start the next one.
+    _stop(wf, "cancelled", None, None, None, "cancelled by request")
+    session.commit()
+    for job in _step_jobs(session, wf, wf.current_step):
+        if job.status not in TERMINAL_STATUSES:
+            jobs.cancel_job(session, tenant_id, job.id)
+    session.refresh(wf)
+    return wf
+
+
+def _step_status(wf: Workflow, index: int, step_jobs: list[Job]) -> str:
+    if not step_jobs:
+        return "pending" if wf.status == "running" else "skipped"
+    statuses = {j.status for j in step_jobs}
+    for status in ("failed", "cancelled", "running", "retrying"):
+        if status in statuses:
+            return status
+    if statuses == {"succeeded"}:
+        return "succeeded"
+    return "queued"
+
+
+def workflow_out(session: Session, wf: Workflow) -> WorkflowOut:
+    all_ids = [i for ids in wf.job_ids for i in ids]
+    by_id = JobRepository(session, wf.tenant_id).many(all_ids)
+    steps: list[StepOut] = []
+    for index, step in enumerate(wf.steps):
+        ids = wf.job_ids[index] if index < len(wf.job_ids) else []
+        step_jobs = [by_id[i] for i in ids if i in by_id]
+        steps.append(StepOut(
+            index=index,
+            kind="group" if "group" in step else "task",
+            tasks=[item["task"] for item in _items(step)],
+            status=_step_status(wf, index, step_jobs),  # type: ignore[arg-type]
+            jobs=[StepJobOut(id=j.id, task=j.task, status=j.status,  # type: ignore[arg-type]
+                             error=(j.error or "").splitlines()[0] if j.error else None) for j in step_jobs],
+        ))
+    status = wf.status
+    if status == "running" and wf.current_step == 0 and steps[0].status == "queued":
+        status = "queued"
+    result = None
+    if wf.status == "succeeded":
+        last = [by_id[i] for i in wf.job_ids[-1] if i in by_id]
+        values = [j.visible_result for j in last]
+        result = values if "group" in wf.steps[-1] else (values[0] if values else None)
+    return WorkflowOut(id=wf.id, status=status, current_step=wf.current_step,  # type: ignore[arg-type]
+                       failed_step=wf.failed_step, error=wf.error, result=result, created_at=wf.created_at,
+                       finished_at=wf.finished_at, steps=steps)
