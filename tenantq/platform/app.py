@@ -25,6 +25,7 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 # test matrix and the reader both see every route.
 ROUTER_MODULES = [
     "tenantq.platform.jobs.router",
+    "tenantq.platform.dashboard.router",
 ]
 
 
@@ -35,6 +36,10 @@ def create_app() -> FastAPI:
 
     app = FastAPI(title="tenantq", version=tenantq.__version__, description=DESCRIPTION)
     install_error_handlers(app)
+    # Dashboard cookies must not let another site make state-changing API calls (see the module).
+    from tenantq.platform.dashboard.csrf import install_csrf_guard
+
+    install_csrf_guard(app)
 
     @app.middleware("http")
     async def limit_body_size(request: Request, call_next):
