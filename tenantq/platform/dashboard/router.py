@@ -234,13 +234,13 @@ def job_page(job_id: str, request: Request, session: SessionDep) -> Response:
     if ctx is None:
         return _to_login(request, "/dashboard/login")
     if "jobs:read" not in ctx.scopes:
-        return _tenant_page(request, "error.html", ctx, "jobs", "Not allowed", status_code=403,
+        return _tenant_page(request, "error.html", ctx, "error", "Not allowed", status_code=403, nav_page="jobs",
                             message="The key you signed in with lacks the 'jobs:read' scope.")
     try:
         # Same repository as the API: another tenant's job is "not found", never "forbidden".
         JobRepository(session, ctx.tenant_id).get(job_id)
     except NotFound:
-        return _tenant_page(request, "error.html", ctx, "jobs", "Job not found", status_code=404,
+        return _tenant_page(request, "error.html", ctx, "error", "Job not found", status_code=404, nav_page="jobs",
                             message="There is no job with this id in your account.")
     return _tenant_page(request, "dashboard/job.html", ctx, "jobs", "Job", job_id=job_id)
 
