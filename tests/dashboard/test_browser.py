@@ -280,7 +280,7 @@ class TestOperatorDashboard:
             redis_client.delete(f"tq:q:{tenant.id}")
         page.goto("/admin/workers")
         page.locator("tr[data-worker]").first.wait_for()
-        page.locator("#chart-throughput svg").wait_for()
+        page.locator("#chart-throughput svg[role=img]").wait_for()
         assert "tq.exec" in page.locator("#exec-queues").inner_text()
         shoot(page, "admin-workers")
 

@@ -47,7 +47,7 @@
   function emptyState(text) { return h("p", { class: "empty" }, text); }
   function unavailable(what) {
     return h("p", { class: "unavailable", "data-state": "unavailable" },
-      what + " is not available on this server yet.");
+      what + ": not available on this server yet.");
   }
   function errorBox(text) { return h("p", { class: "banner banner-error", role: "alert" }, text); }
   function say(el, text, kind) {
@@ -232,7 +232,7 @@
     for (let i = 0; i <= 4; i++) {
       const y = T + plotH - (plotH * i) / 4;
       svg.append(h("line", { class: "grid", x1: L, x2: W - R, y1: y, y2: y }));
-      svg.append(h("text", { x: L - 6, y: y + 4, "text-anchor": "end" }, fmtNum((max * i) / 4, 1)));
+      svg.append(h("text", { x: L - 6, y: y + 4, "text-anchor": "end" }, fmtNum((max * i) / 4, 2)));
     }
     svg.append(h("line", { class: "axis", x1: L, x2: W - R, y1: T + plotH, y2: T + plotH }));
     const every = Math.max(1, Math.ceil(n / 10));
@@ -252,7 +252,10 @@
     const data = h("details", {}, h("summary", {}, "Data table"),
       table([{ label: spec.labelName || "Label" }, ...series.map((s) => ({ label: s.name, num: true }))],
         labels.map((label, i) => [label, ...series.map((s) => fmtNum(s.values[i] || 0))])));
-    fig.replaceChildren(h("figcaption", {}, spec.title), svg, data);
+    const legend = series.length > 1 ? h("span", { class: "legend" }, series.map((s) =>
+      h("span", {}, h("svg", { viewBox: "0 0 10 10", width: 10, height: 10, "aria-hidden": "true" },
+        h("rect", { class: s.cls, width: 10, height: 10 })), " " + s.name))) : null;
+    fig.replaceChildren(h("figcaption", {}, spec.title, legend), svg, data);
   }
 
   // ------------------------------------------------------------------------------------------------
@@ -381,6 +384,15 @@
       renderAttempts(j);
       cancelBtn.hidden = !CANCELLABLE.has(j.status);
       retryBtn.hidden = !TERMINAL.has(j.status);
+      // Shown but disabled, with the reason, when this server does not offer the action yet.
+      for (const [btn, feature, what] of [[cancelBtn, "cancel", "Cancelling"], [retryBtn, "retry", "Re-running"]]) {
+        btn.disabled = !FEATURES[feature];
+        btn.title = FEATURES[feature] ? "" : what + " jobs is not available on this server yet.";
+      }
+      const note = $("#actions-note");
+      const off = (!cancelBtn.hidden && !FEATURES.cancel) || (!retryBtn.hidden && !FEATURES.retry);
+      note.hidden = !off;
+      note.textContent = off ? (cancelBtn.hidden ? retryBtn.title : cancelBtn.title) : "";
     }
 
     function renderAttempts(j) {
@@ -407,11 +419,10 @@
     }, 2000);
 
     cancelBtn.addEventListener("click", async () => {
-      if (!FEATURES.cancel) { say(msg, "Cancelling jobs is not available on this server yet.", "warn"); return; }
       if (!window.confirm("Cancel this job?")) return;
       cancelBtn.disabled = true;
       const r = await api("POST", "/v1/jobs/" + encodeURIComponent(id) + "/cancel");
-      cancelBtn.disabled = false;
+      cancelBtn.disabled = !FEATURES.cancel;
       if (r.missing) say(msg, "Cancelling jobs is not available on this server yet.", "warn");
       else if (!r.ok) say(msg, "Could not cancel: " + r.message, "error");
       else {
@@ -423,10 +434,9 @@
     });
 
     retryBtn.addEventListener("click", async () => {
-      if (!FEATURES.retry) { say(msg, "Re-running jobs is not available on this server yet.", "warn"); return; }
       retryBtn.disabled = true;
       const r = await api("POST", "/v1/jobs/" + encodeURIComponent(id) + "/retry");
-      retryBtn.disabled = false;
+      retryBtn.disabled = !FEATURES.retry;
       if (r.missing) { say(msg, "Re-running jobs is not available on this server yet.", "warn"); return; }
       if (!r.ok) { say(msg, "Could not re-run: " + r.message, "error"); return; }
       if (r.data && r.data.id && r.data.id !== id) {
@@ -438,7 +448,6 @@
         handle.now();
       }
     });
-    if (!job) { cancelBtn.hidden = true; retryBtn.hidden = true; }
   };
 
   pages.usage = function () {
@@ -464,7 +473,7 @@
         if (bar) bar.firstChild.style.width = pct.toFixed(1) + "%";
         return h("div", { class: "quota", "data-quota": q.name },
           h("div", { class: "quota-head" },
-            h("strong", {}, label, q.hard ? h("span", { class: "badge", title: "Hard limit: submissions are refused beyond it" }, " hard") : null),
+            h("strong", {}, label, q.hard ? " " : null, q.hard ? h("span", { class: "badge", title: "Hard limit: submissions are refused beyond it" }, "hard") : null),
             h("span", {}, fmtNum(used) + " / " + (limit === null ? "no limit" : fmtNum(limit)) + " " + (q.unit || ""))),
           bar,
           q.resets_at ? h("small", { class: "muted" }, "Resets " + fmtTime(q.resets_at)) : null);
@@ -807,7 +816,7 @@
         const can = FEATURES["admin_" + action];
         return {
           attrs: { "data-tenant-id": t.id, "data-status": t.status },
-          cells: [h("div", {}, h("strong", {}, t.name), h("br"), h("small", { class: "muted" }, h("code", {}, t.id))),
+          cells: [h("div", {}, h("strong", {}, t.name), h("br"), h("small", { class: "muted hide-narrow" }, h("code", {}, t.id))),
             plan, h("span", {}, badge(t.status), t.paused && !suspended ? h("span", {}, " ", badge("paused")) : null),
             fmtNum(t.queue_depth), fmtNum(t.running), fmtNum(t.jobs_per_min),
             fmtNum(t.jobs_this_period) + (t.failed_this_period ? " (" + t.failed_this_period + " failed)" : ""),
