@@ -25,7 +25,12 @@ from tests.factories import ApiKeyFactory, JobFactory, TenantFactory
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 ADMIN_TOKEN = "test-admin-token"  # set by the platform_env fixture
 DESKTOP = {"width": 1280, "height": 900}
@@ -33,14 +38,17 @@ PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 30_000
 
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing: install Debian's 'chromium' package (.ci/run does)", allow_module_level=True)
+    pytest.skip(
+        f"{CHROMIUM} is missing: install Debian's 'chromium' package (.ci/run does)", allow_module_level=True
+    )
 
 _APP = create_app()
 
 
 def needs(method: str, path: str, owner: str):
-    return pytest.mark.skipif(not has_route(_APP, method, path),
-                              reason=f"waiting for {method} {path} ({owner}) to be merged")
+    return pytest.mark.skipif(
+        not has_route(_APP, method, path), reason=f"waiting for {method} {path} ({owner}) to be merged"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +114,9 @@ def operator_sign_in(page) -> None:
 
 
 def submit(server: str, key, body: dict) -> dict:
-    resp = httpx.post(f"{server}/v1/jobs", json=body, headers={"Authorization": f"Bearer {key.plaintext}"}, timeout=10)
+    resp = httpx.post(
+        f"{server}/v1/jobs", json=body, headers={"Authorization": f"Bearer {key.plaintext}"}, timeout=10
+    )
     assert resp.status_code == 202, resp.text
     return resp.json()
 
@@ -212,7 +222,9 @@ class TestTenantDashboard:
             assert page.get_by_role("button", name="Cancel job").is_hidden()
         finally:
             redis_client.srem("tq:paused", key.tenant_id)
-        body = httpx.get(f"{server}/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key.plaintext}"}).json()
+        body = httpx.get(
+            f"{server}/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key.plaintext}"}
+        ).json()
         assert body["status"] == "cancelled"
 
     @needs("POST", "/v1/keys", "issue 3")
@@ -235,8 +247,11 @@ class TestTenantDashboard:
         page.get_by_role("button", name="Revoke key browser-made key").click()
         page.get_by_text("Key 'browser-made key' revoked.").wait_for()
         page.locator('tr[data-state="revoked"]').filter(has_text="browser-made key").wait_for()
-        wait_until(lambda: httpx.get(f"{server}/v1/jobs", headers=headers).status_code == 401, timeout=10,
-                   message="the revoked key to stop working")
+        wait_until(
+            lambda: httpx.get(f"{server}/v1/jobs", headers=headers).status_code == 401,
+            timeout=10,
+            message="the revoked key to stop working",
+        )
         # The new key is never shown again.
         page.reload()
         page.locator("#keys-table").wait_for()
@@ -246,8 +261,16 @@ class TestTenantDashboard:
     def test_download_csv_report(self, page, server):
         key = ApiKeyFactory()
         job = submit(server, key, {"task": "demo.echo", "args": {"csv": True}})
-        wait_until(lambda: httpx.get(f"{server}/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key.plaintext}"})
-                   .json()["status"] == "succeeded", timeout=60, message="the job to finish")
+        wait_until(
+            lambda: (
+                httpx.get(
+                    f"{server}/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key.plaintext}"}
+                ).json()["status"]
+                == "succeeded"
+            ),
+            timeout=60,
+            message="the job to finish",
+        )
         sign_in(page, key)
         page.goto("/dashboard/usage")
         link = page.get_by_role("link", name="Download CSV report")
@@ -292,10 +315,16 @@ class TestOperatorDashboard:
         row.get_by_role("button", name=f"Suspend {key.tenant.name}").click()
         page.locator(f'tr[data-tenant-id="{key.tenant_id}"][data-status="suspended"]').wait_for()
         assert "suspended" in page.locator("#tenants-message").inner_text()
-        resp = httpx.get(f"{server}/admin/v1/tenants/{key.tenant_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        resp = httpx.get(
+            f"{server}/admin/v1/tenants/{key.tenant_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         assert resp.json()["status"] == "suspended"
         # The suspended tenant is refused by the API.
-        denied = httpx.post(f"{server}/v1/jobs", json={"task": "demo.echo"}, headers={"Authorization": f"Bearer {key.plaintext}"})
+        denied = httpx.post(
+            f"{server}/v1/jobs",
+            json={"task": "demo.echo"},
+            headers={"Authorization": f"Bearer {key.plaintext}"},
+        )
         assert denied.status_code == 403
         row.get_by_role("button", name=f"Reactivate {key.tenant.name}").click()
         page.locator(f'tr[data-tenant-id="{key.tenant_id}"][data-status="active"]').wait_for()
@@ -313,7 +342,9 @@ class TestPagesRender:
             page.goto(f"/dashboard/{name}")
             page.wait_for_load_state("networkidle")
             main = page.locator("main")
-            assert main.locator(".unavailable, .empty, table, .card .metric, .quota, details").count() > 0, name
+            assert main.locator(".unavailable, .empty, table, .card .metric, .quota, details").count() > 0, (
+                name
+            )
             if name == "settings":
                 shoot(page, "settings-page")
             else:
@@ -332,4 +363,3 @@ class TestPagesRender:
         assert resp.status == 404
         assert page.get_by_role("heading", level=1).inner_text() == "Page not found"
         assert page.get_by_role("link", name="Back to the dashboard").is_visible()
-

@@ -9,7 +9,13 @@ from tenantq.tenants.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_t
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
 ADMIN_TOKEN = "test-admin-token"  # set by the platform_env fixture
-PAGES = ["/dashboard/jobs", "/dashboard/usage", "/dashboard/queue", "/dashboard/billing", "/dashboard/settings"]
+PAGES = [
+    "/dashboard/jobs",
+    "/dashboard/usage",
+    "/dashboard/queue",
+    "/dashboard/billing",
+    "/dashboard/settings",
+]
 ADMIN_PAGES = ["/admin", "/admin/workers", "/admin/plans", "/admin/billing"]
 
 
@@ -26,8 +32,11 @@ def admin_login(api) -> None:
 class TestTenantLogin:
     def test_login_sets_httponly_lax_session_cookie(self, api):
         key = ApiKeyFactory(scopes=["jobs:read", "usage:read"])
-        resp = api.post("/dashboard/login", data={"api_key": key.plaintext, "next": "/dashboard/usage"},
-                        follow_redirects=False)
+        resp = api.post(
+            "/dashboard/login",
+            data={"api_key": key.plaintext, "next": "/dashboard/usage"},
+            follow_redirects=False,
+        )
         assert resp.status_code == 303
         assert resp.headers["location"] == "/dashboard/usage"
         cookie = resp.headers["set-cookie"]
@@ -66,20 +75,28 @@ class TestTenantLogin:
     def test_next_is_never_an_open_redirect(self, api):
         key = ApiKeyFactory()
         for evil in ["https://evil.example/", "//evil.example/x", "/\\evil.example", "/v1/jobs"]:
-            resp = api.post("/dashboard/login", data={"api_key": key.plaintext, "next": evil}, follow_redirects=False)
+            resp = api.post(
+                "/dashboard/login", data={"api_key": key.plaintext, "next": evil}, follow_redirects=False
+            )
             assert resp.headers["location"] == "/dashboard/jobs", evil
 
     def test_cross_site_form_post_is_refused(self, api):
         key = ApiKeyFactory()
-        resp = api.post("/dashboard/login", data={"api_key": key.plaintext},
-                        headers={"Origin": "https://evil.example"}, follow_redirects=False)
+        resp = api.post(
+            "/dashboard/login",
+            data={"api_key": key.plaintext},
+            headers={"Origin": "https://evil.example"},
+            follow_redirects=False,
+        )
         assert resp.status_code == 403 and SESSION_COOKIE not in resp.cookies
 
     def test_logout_clears_cookie(self, api):
         login(api, ApiKeyFactory())
         resp = api.post("/dashboard/logout", follow_redirects=False)
         assert resp.status_code == 303 and resp.headers["location"] == "/dashboard/login"
-        assert f'{SESSION_COOKIE}=""' in resp.headers["set-cookie"] and "Max-Age=0" in resp.headers["set-cookie"]
+        assert (
+            f'{SESSION_COOKIE}=""' in resp.headers["set-cookie"] and "Max-Age=0" in resp.headers["set-cookie"]
+        )
         assert api.get("/dashboard/jobs", follow_redirects=False).status_code == 303
 
     def test_logged_in_user_skips_login_form(self, api):
@@ -166,11 +183,15 @@ class TestTenantPages:
 
 
 class TestStaticAssets:
-    @pytest.mark.parametrize(("name", "ctype"), [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")])
+    @pytest.mark.parametrize(
+        ("name", "ctype"), [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")]
+    )
     def test_served_with_type_and_cache(self, api, name, ctype):
         resp = api.get(f"/dashboard/static/{name}")
         assert resp.status_code == 200 and resp.headers["content-type"].startswith(ctype)
-        assert resp.headers["x-content-type-options"] == "nosniff" and "max-age" in resp.headers["cache-control"]
+        assert (
+            resp.headers["x-content-type-options"] == "nosniff" and "max-age" in resp.headers["cache-control"]
+        )
 
     @pytest.mark.parametrize("name", ["..%2Frouter.py", "router.py", "..%2F..%2Fsettings.py", "nope.js"])
     def test_only_listed_assets(self, api, name):
@@ -186,14 +207,20 @@ class TestCsrfGuard:
     def test_cookie_write_with_header_or_json_passes(self, api):
         login(api, ApiKeyFactory())
         assert api.post("/v1/jobs", json={"task": "demo.echo", "countdown": 3600}).status_code == 202
-        resp = api.post("/v1/jobs", content=b'{"task": "demo.echo", "countdown": 3600}',
-                        headers={"X-Requested-With": "tenantq-dashboard", "Content-Type": "application/json"})
+        resp = api.post(
+            "/v1/jobs",
+            content=b'{"task": "demo.echo", "countdown": 3600}',
+            headers={"X-Requested-With": "tenantq-dashboard", "Content-Type": "application/json"},
+        )
         assert resp.status_code == 202
 
     def test_bearer_clients_untouched(self, api):
         key = ApiKeyFactory()
-        resp = api.post("/v1/jobs", content=b'{"task": "demo.echo", "countdown": 3600}',
-                        headers={**auth(key), "Content-Type": "text/plain"})
+        resp = api.post(
+            "/v1/jobs",
+            content=b'{"task": "demo.echo", "countdown": 3600}',
+            headers={**auth(key), "Content-Type": "text/plain"},
+        )
         assert resp.status_code != 403
 
     def test_reads_untouched(self, api):
@@ -285,3 +312,29 @@ class TestOperatorApi:
         paths = api.get("/openapi.json").json()["paths"]
         assert "/admin/v1/overview" in paths and "/admin/v1/workers" in paths
         assert not any(p.startswith("/dashboard") for p in paths)
+
+
+class TestFeatureDiscovery:
+    def test_nested_routers_and_prefixes_are_seen(self):
+        from fastapi import APIRouter, FastAPI
+
+        from tenantq.platform.dashboard.service import has_route, route_signatures
+
+        inner = APIRouter(prefix="/tenants")
+        inner.add_api_route("/{tenant_id}/suspend", lambda tenant_id: None, methods=["POST"])
+        outer = APIRouter(prefix="/admin/v1")
+        outer.include_router(inner)
+        app = FastAPI()
+        app.include_router(outer)
+        assert ("POST", "/admin/v1/tenants/{}/suspend") in route_signatures(app)
+        assert has_route(app, "POST", "/admin/v1/tenants/{id}/suspend")
+        assert not has_route(app, "GET", "/admin/v1/tenants/{id}/suspend")
+
+
+class TestCsrfGuardOperator:
+    def test_operator_cookie_write_without_proof_is_refused(self, api):
+        admin_login(api)
+        resp = api.post("/admin/v1/tenants/x/suspend", content=b"", headers={"Content-Type": "text/plain"})
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "csrf_check_failed"
+        resp = api.post("/admin/v1/tenants/x/suspend", headers={"X-Requested-With": "tenantq-dashboard"})
+        assert resp.status_code != 403

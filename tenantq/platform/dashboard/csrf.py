@@ -53,9 +53,12 @@ def install_csrf_guard(app: FastAPI) -> None:
     async def csrf_guard(request: Request, call_next):
         if needs_csrf_proof(request) and not has_csrf_proof(request):
             return JSONResponse(
-                error_body("csrf_check_failed",
-                           "Cookie-authenticated requests that change state must send an 'X-Requested-With' "
-                           "header or a JSON body.", {"header": "X-Requested-With"}),
+                error_body(
+                    "csrf_check_failed",
+                    "Cookie-authenticated requests that change state must send an 'X-Requested-With' "
+                    "header or a JSON body.",
+                    {"header": "X-Requested-With"},
+                ),
                 status_code=403,
             )
         return await call_next(request)

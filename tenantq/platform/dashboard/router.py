@@ -35,8 +35,11 @@ from tenantq.tenants.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_t
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
-STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".svg": "image/svg+xml"}
+STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 TENANT_SESSION_TTL = timedelta(hours=1)
 OPERATOR_SESSION_TTL = timedelta(minutes=30)
 
@@ -47,14 +50,24 @@ pages = APIRouter(include_in_schema=False)
 admin_api = APIRouter(prefix="/admin/v1", tags=["operator"])
 
 # Everything the pages load comes from here (no CDN); 'self' only, no inline script or style.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
-TENANT_NAV = [("jobs", "Jobs", "/dashboard/jobs"), ("usage", "Usage", "/dashboard/usage"),
-              ("queue", "Queue", "/dashboard/queue"), ("billing", "Billing", "/dashboard/billing"),
-              ("settings", "Settings", "/dashboard/settings")]
-ADMIN_NAV = [("tenants", "Tenants", "/admin"), ("workers", "Workers & queues", "/admin/workers"),
-             ("plans", "Plans", "/admin/plans"), ("billing", "Billing", "/admin/billing")]
+TENANT_NAV = [
+    ("jobs", "Jobs", "/dashboard/jobs"),
+    ("usage", "Usage", "/dashboard/usage"),
+    ("queue", "Queue", "/dashboard/queue"),
+    ("billing", "Billing", "/dashboard/billing"),
+    ("settings", "Settings", "/dashboard/settings"),
+]
+ADMIN_NAV = [
+    ("tenants", "Tenants", "/admin"),
+    ("workers", "Workers & queues", "/admin/workers"),
+    ("plans", "Plans", "/admin/plans"),
+    ("billing", "Billing", "/admin/billing"),
+]
 
 
 @lru_cache
@@ -102,20 +115,48 @@ def render(request: Request, template: str, *, status_code: int = 200, **context
     return response
 
 
-def _tenant_page(request: Request, template: str, ctx: TenantContext, page: str, title: str,
-                 status_code: int = 200, **extra: Any) -> HTMLResponse:
+def _tenant_page(
+    request: Request,
+    template: str,
+    ctx: TenantContext,
+    page: str,
+    title: str,
+    status_code: int = 200,
+    **extra: Any,
+) -> HTMLResponse:
     tenant = ctx.tenant
     return render(
-        request, template, status_code=status_code, area="tenant", page=page, title=title, nav=TENANT_NAV,
-        tenant={"id": ctx.tenant_id, "name": tenant.name if tenant else ctx.tenant_id,
-                "plan": tenant.plan_name if tenant else "", "status": tenant.status if tenant else ""},
-        scopes=sorted(ctx.scopes), session_key_id=ctx.key_id, features_json=json.dumps(service.features(request.app)), **extra,
+        request,
+        template,
+        status_code=status_code,
+        area="tenant",
+        page=page,
+        title=title,
+        nav=TENANT_NAV,
+        tenant={
+            "id": ctx.tenant_id,
+            "name": tenant.name if tenant else ctx.tenant_id,
+            "plan": tenant.plan_name if tenant else "",
+            "status": tenant.status if tenant else "",
+        },
+        scopes=sorted(ctx.scopes),
+        session_key_id=ctx.key_id,
+        features_json=json.dumps(service.features(request.app)),
+        **extra,
     )
 
 
 def _admin_page(request: Request, template: str, page: str, title: str, **extra: Any) -> HTMLResponse:
-    return render(request, template, area="admin", page=page, title=title, nav=ADMIN_NAV,
-                  features_json=json.dumps(service.features(request.app)), **extra)
+    return render(
+        request,
+        template,
+        area="admin",
+        page=page,
+        title=title,
+        nav=ADMIN_NAV,
+        features_json=json.dumps(service.features(request.app)),
+        **extra,
+    )
 
 
 def tenant_from_cookie(request: Request, session: SessionDep) -> TenantContext | None:
@@ -147,44 +188,84 @@ def _to_login(request: Request, login_path: str) -> RedirectResponse:
 # ---------------------------------------------------------------------------------------------------
 # Static assets: an explicit allow-list of files, so no path from the URL ever reaches the filesystem.
 
+
 @pages.get("/dashboard/static/{name}")
 def static_asset(name: str) -> Response:
     path = STATIC_DIR / name
     if path.suffix not in STATIC_TYPES or path.parent != STATIC_DIR or not path.is_file():
         raise NotFound("No such asset.", details={"name": name})
-    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
-                        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type=STATIC_TYPES[path.suffix],
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Tenant dashboard
 
+
 @pages.get("/dashboard/login")
 def login_form(request: Request, session: SessionDep, next: str | None = None) -> Response:
     if tenant_from_cookie(request, session) is not None:
         return RedirectResponse(_safe_next(next, "/dashboard"), status_code=303)
-    return render(request, "dashboard/login.html", area="tenant", page="login", title="Sign in",
-                  next=_safe_next(next, "/dashboard"), error=None)
+    return render(
+        request,
+        "dashboard/login.html",
+        area="tenant",
+        page="login",
+        title="Sign in",
+        next=_safe_next(next, "/dashboard"),
+        error=None,
+    )
 
 
 @pages.post("/dashboard/login")
-def login(request: Request, session: SessionDep, api_key: Annotated[str, Form(max_length=512)] = "",
-          next: Annotated[str | None, Form(max_length=2048)] = None) -> Response:
+def login(
+    request: Request,
+    session: SessionDep,
+    api_key: Annotated[str, Form(max_length=512)] = "",
+    next: Annotated[str | None, Form(max_length=2048)] = None,
+) -> Response:
     target = _safe_next(next, "/dashboard")
     if not same_origin(request):
-        return render(request, "dashboard/login.html", status_code=403, area="tenant", page="login",
-                      title="Sign in", next=target, error="This sign-in form was posted from another site.")
+        return render(
+            request,
+            "dashboard/login.html",
+            status_code=403,
+            area="tenant",
+            page="login",
+            title="Sign in",
+            next=target,
+            error="This sign-in form was posted from another site.",
+        )
     try:
         ctx = authenticate_key(session, api_key.strip())
     except TenantqError as exc:
-        return render(request, "dashboard/login.html", status_code=401, area="tenant", page="login",
-                      title="Sign in", next=target, error=exc.message)
+        return render(
+            request,
+            "dashboard/login.html",
+            status_code=401,
+            area="tenant",
+            page="login",
+            title="Sign in",
+            next=target,
+            error=exc.message,
+        )
     # The session carries the key's scopes and dies with the key (authenticate_session checks it).
-    token, _exp = issue_token(subject=ctx.tenant_id, scopes=sorted(ctx.scopes), api_key_id=ctx.key_id,
-                              ttl=TENANT_SESSION_TTL)
+    token, _exp = issue_token(
+        subject=ctx.tenant_id, scopes=sorted(ctx.scopes), api_key_id=ctx.key_id, ttl=TENANT_SESSION_TTL
+    )
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(TENANT_SESSION_TTL.total_seconds()), path="/",
-                        httponly=True, samesite="lax", secure=_secure(request))
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(TENANT_SESSION_TTL.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
     return response
 
 
@@ -234,24 +315,51 @@ def job_page(job_id: str, request: Request, session: SessionDep) -> Response:
     if ctx is None:
         return _to_login(request, "/dashboard/login")
     if "jobs:read" not in ctx.scopes:
-        return _tenant_page(request, "error.html", ctx, "error", "Not allowed", status_code=403, nav_page="jobs",
-                            message="The key you signed in with lacks the 'jobs:read' scope.")
+        return _tenant_page(
+            request,
+            "error.html",
+            ctx,
+            "error",
+            "Not allowed",
+            status_code=403,
+            nav_page="jobs",
+            message="The key you signed in with lacks the 'jobs:read' scope.",
+        )
     try:
         # Same repository as the API: another tenant's job is "not found", never "forbidden".
         JobRepository(session, ctx.tenant_id).get(job_id)
     except NotFound:
-        return _tenant_page(request, "error.html", ctx, "error", "Job not found", status_code=404, nav_page="jobs",
-                            message="There is no job with this id in your account.")
+        return _tenant_page(
+            request,
+            "error.html",
+            ctx,
+            "error",
+            "Job not found",
+            status_code=404,
+            nav_page="jobs",
+            message="There is no job with this id in your account.",
+        )
     return _tenant_page(request, "dashboard/job.html", ctx, "jobs", "Job", job_id=job_id)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Operator dashboard
 
-def _admin_login_page(request: Request, *, error: str | None, next: str, status_code: int = 200) -> HTMLResponse:
-    return render(request, "admin/login.html", status_code=status_code, area="admin", page="login",
-                  title="Operator sign in", error=error, next=next,
-                  enabled=bool(get_settings().admin_token))
+
+def _admin_login_page(
+    request: Request, *, error: str | None, next: str, status_code: int = 200
+) -> HTMLResponse:
+    return render(
+        request,
+        "admin/login.html",
+        status_code=status_code,
+        area="admin",
+        page="login",
+        title="Operator sign in",
+        error=error,
+        next=next,
+        enabled=bool(get_settings().admin_token),
+    )
 
 
 @pages.get("/admin/login")
@@ -262,23 +370,38 @@ def admin_login_form(request: Request, next: str | None = None) -> Response:
 
 
 @pages.post("/admin/login")
-def admin_login(request: Request, token: Annotated[str, Form(max_length=1024)] = "",
-                next: Annotated[str | None, Form(max_length=2048)] = None) -> Response:
+def admin_login(
+    request: Request,
+    token: Annotated[str, Form(max_length=1024)] = "",
+    next: Annotated[str | None, Form(max_length=2048)] = None,
+) -> Response:
     target = _safe_next(next, "/admin")
     if not same_origin(request):
-        return _admin_login_page(request, error="This sign-in form was posted from another site.", next=target,
-                                 status_code=403)
+        return _admin_login_page(
+            request, error="This sign-in form was posted from another site.", next=target, status_code=403
+        )
     expected = get_settings().admin_token
     if not expected:
-        return _admin_login_page(request, error="Operator access is disabled: TENANTQ_ADMIN_TOKEN is not set.",
-                                 next=target, status_code=403)
+        return _admin_login_page(
+            request,
+            error="Operator access is disabled: TENANTQ_ADMIN_TOKEN is not set.",
+            next=target,
+            status_code=403,
+        )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         return _admin_login_page(request, error="Wrong operator token.", next=target, status_code=401)
     # The cookie holds a short-lived operator JWT, never the admin token itself.
     jwt, _exp = issue_token(subject="operator", audience=OPERATOR_AUDIENCE, ttl=OPERATOR_SESSION_TTL)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(ADMIN_SESSION_COOKIE, jwt, max_age=int(OPERATOR_SESSION_TTL.total_seconds()), path="/",
-                        httponly=True, samesite="lax", secure=_secure(request))
+    response.set_cookie(
+        ADMIN_SESSION_COOKIE,
+        jwt,
+        max_age=int(OPERATOR_SESSION_TTL.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
     return response
 
 
@@ -287,7 +410,9 @@ def admin_logout(request: Request) -> Response:
     if not same_origin(request):
         return Response("Cross-site sign-out refused.", status_code=403, media_type="text/plain")
     response = RedirectResponse("/admin/login", status_code=303)
-    response.delete_cookie(ADMIN_SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request))
+    response.delete_cookie(
+        ADMIN_SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request)
+    )
     return response
 
 
@@ -315,17 +440,25 @@ for _page, (_path, _template, _title) in _ADMIN_PAGES.items():
     pages.add_api_route(_path, _admin_page_route(_page), methods=["GET"])
 
 
-@admin_api.get("/overview", response_model=Overview, summary="Operator overview: tenants, queues, throughput",
-               description="Every tenant with plan, status, queue depth, running jobs, jobs/min (last 5 "
-               "minutes), jobs and compute seconds this period; execution queue depths; jobs finished per "
-               "minute over the last 30 minutes. Used by the operator dashboard.")
+@admin_api.get(
+    "/overview",
+    response_model=Overview,
+    summary="Operator overview: tenants, queues, throughput",
+    description="Every tenant with plan, status, queue depth, running jobs, jobs/min (last 5 "
+    "minutes), jobs and compute seconds this period; execution queue depths; jobs finished per "
+    "minute over the last 30 minutes. Used by the operator dashboard.",
+)
 def overview(_op: Operator, session: SessionDep) -> dict[str, Any]:
     return service.operator_overview(session, get_redis())
 
 
-@admin_api.get("/workers", response_model=WorkersOut, summary="Celery workers online",
-               description="Workers answering Celery's remote-control inspect (stats, active, active_queues) "
-               f"within {service.INSPECT_TIMEOUT_S:g} s. A broker error is reported in 'error', not as a 5xx.")
+@admin_api.get(
+    "/workers",
+    response_model=WorkersOut,
+    summary="Celery workers online",
+    description="Workers answering Celery's remote-control inspect (stats, active, active_queues) "
+    f"within {service.INSPECT_TIMEOUT_S:g} s. A broker error is reported in 'error', not as a 5xx.",
+)
 def workers(_op: Operator) -> dict[str, Any]:
     return service.inspect_workers()
 
@@ -335,10 +468,27 @@ def workers(_op: Operator) -> dict[str, Any]:
 def dashboard_not_found(rest: str, request: Request, session: SessionDep) -> Response:
     ctx = tenant_from_cookie(request, session)
     if ctx is None:
-        return render(request, "error.html", status_code=404, area="tenant", page="error", title="Page not found",
-                      message="This page does not exist.", nav=[], tenant=None, features_json="{}")
-    return _tenant_page(request, "error.html", ctx, "error", "Page not found", status_code=404,
-                        message="This page does not exist.")
+        return render(
+            request,
+            "error.html",
+            status_code=404,
+            area="tenant",
+            page="error",
+            title="Page not found",
+            message="This page does not exist.",
+            nav=[],
+            tenant=None,
+            features_json="{}",
+        )
+    return _tenant_page(
+        request,
+        "error.html",
+        ctx,
+        "error",
+        "Page not found",
+        status_code=404,
+        message="This page does not exist.",
+    )
 
 
 router = APIRouter()

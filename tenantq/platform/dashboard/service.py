@@ -124,7 +124,9 @@ THROUGHPUT_MINUTES = 30
 def operator_overview(session: Session, client: redis.Redis, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     start = period_start(now)
-    tenants = list(session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(MAX_OVERVIEW_TENANTS)))
+    tenants = list(
+        session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(MAX_OVERVIEW_TENANTS))
+    )
     running = _counts_by_tenant(session, Job.status == "running")
     period_jobs = _counts_by_tenant(session, Job.created_at >= start)
     period_failed = _counts_by_tenant(session, Job.created_at >= start, Job.status == "failed")
@@ -148,24 +150,30 @@ def operator_overview(session: Session, client: redis.Redis, now: datetime | Non
 
     rows = []
     for tenant, depth in zip(tenants, depths, strict=True):
-        rows.append({
-            "id": tenant.id,
-            "name": tenant.name,
-            "plan": tenant.plan_name,
-            "status": tenant.status,
-            "paused": tenant.id in paused,
-            "paused_reason": paused_why.get(tenant.id),
-            "queue_depth": int(depth),
-            "running": running.get(tenant.id, 0),
-            "jobs_per_min": round(recent_finished.get(tenant.id, 0) / (recent_window.total_seconds() / 60), 2),
-            "jobs_this_period": period_jobs.get(tenant.id, 0),
-            "failed_this_period": period_failed.get(tenant.id, 0),
-            "compute_seconds_this_period": round(compute_ms.get(tenant.id, 0) / 1000, 3),
-            "created_at": tenant.created_at,
-        })
+        rows.append(
+            {
+                "id": tenant.id,
+                "name": tenant.name,
+                "plan": tenant.plan_name,
+                "status": tenant.status,
+                "paused": tenant.id in paused,
+                "paused_reason": paused_why.get(tenant.id),
+                "queue_depth": int(depth),
+                "running": running.get(tenant.id, 0),
+                "jobs_per_min": round(
+                    recent_finished.get(tenant.id, 0) / (recent_window.total_seconds() / 60), 2
+                ),
+                "jobs_this_period": period_jobs.get(tenant.id, 0),
+                "failed_this_period": period_failed.get(tenant.id, 0),
+                "compute_seconds_this_period": round(compute_ms.get(tenant.id, 0) / 1000, 3),
+                "created_at": tenant.created_at,
+            }
+        )
 
-    plans = [{"name": p.name, "display_name": p.display_name or p.name}
-             for p in session.scalars(select(Plan).order_by(Plan.name))]
+    plans = [
+        {"name": p.name, "display_name": p.display_name or p.name}
+        for p in session.scalars(select(Plan).order_by(Plan.name))
+    ]
     return {
         "generated_at": now,
         "period": {"start": start, "end": next_period_start(start)},
@@ -229,13 +237,15 @@ def inspect_workers(timeout: float = INSPECT_TIMEOUT_S) -> dict[str, Any]:
         s = stats.get(name) or {}
         pool = s.get("pool") or {}
         total = s.get("total") or {}
-        workers.append(WorkerInfo(
-            name=name,
-            active=len(active.get(name) or []),
-            concurrency=pool.get("max-concurrency"),
-            processed=int(sum(v for v in total.values() if isinstance(v, int))),
-            pid=s.get("pid"),
-            uptime_s=s.get("uptime"),
-            queues=sorted(q.get("name", "") for q in (queues.get(name) or [])),
-        ).__dict__)
+        workers.append(
+            WorkerInfo(
+                name=name,
+                active=len(active.get(name) or []),
+                concurrency=pool.get("max-concurrency"),
+                processed=int(sum(v for v in total.values() if isinstance(v, int))),
+                pid=s.get("pid"),
+                uptime_s=s.get("uptime"),
+                queues=sorted(q.get("name", "") for q in (queues.get(name) or [])),
+            ).__dict__
+        )
     return {"workers": workers, "error": None}
