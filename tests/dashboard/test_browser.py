@@ -166,6 +166,13 @@ class TestTenantDashboard:
         assert cells[1] == "demo.sleep" and cells[2] == "succeeded" and cells[3] == "7" and cells[4] == "1"
         assert cells[7].endswith(" s") or cells[7].endswith(" ms")
         shoot(page, "jobs")
+        # Keyboard focus survives the live refresh (the table is re-rendered every 2 s).
+        row.locator("a").focus()
+        page.wait_for_timeout(4500)
+        focused = page.evaluate(
+            "document.activeElement.closest('tr') && document.activeElement.closest('tr').dataset.jobId"
+        )
+        assert focused == job["id"]
 
         # Filters: a status that does not match hides it; the task filter keeps it.
         page.get_by_label("Status").select_option("failed")

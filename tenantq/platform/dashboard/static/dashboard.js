@@ -44,6 +44,24 @@
   const SVG_TAGS = new Set(["rect", "line", "text", "g", "title", "desc", "path"]);
 
   function show(el, ...nodes) { if (el) el.replaceChildren(...nodes); }
+
+  // Polled tables are re-rendered in place; keep keyboard focus on the same control of the same row
+  // (rows carry data-*-id attributes) so a refresh never throws a keyboard user back to the top.
+  function showKeepingFocus(el, ...nodes) {
+    const active = document.activeElement;
+    let memo = null;
+    if (active && active !== document.body && el.contains(active)) {
+      const row = active.closest("tr");
+      const ids = row ? [...row.attributes].filter((a) => /^data-[a-z-]*id$/.test(a.name)) : [];
+      memo = { ids, tag: active.tagName, label: active.getAttribute("aria-label") || active.textContent };
+    }
+    show(el, ...nodes);
+    if (!memo || !memo.ids.length) return;
+    const row = el.querySelector("tr" + memo.ids.map((a) => `[${a.name}="${CSS.escape(a.value)}"]`).join(""));
+    const target = row && [...row.querySelectorAll(memo.tag)]
+      .find((c) => (c.getAttribute("aria-label") || c.textContent) === memo.label);
+    if (target) target.focus();
+  }
   function emptyState(text) { return h("p", { class: "empty" }, text); }
   function unavailable(what) {
     return h("p", { class: "unavailable", "data-state": "unavailable" },
@@ -320,7 +338,7 @@
         show(tableEl, emptyState(filtered ? "No job matches these filters." :
           "No jobs yet. Submit one with POST /v1/jobs and it appears here within seconds."));
       } else {
-        show(tableEl, table([
+        showKeepingFocus(tableEl, table([
           { label: "Job" }, { label: "Task" }, { label: "Status" }, { label: "Priority", num: true, narrow: true },
           { label: "Attempts", num: true, narrow: true }, { label: "Created", narrow: true }, { label: "Wait", narrow: true },
           { label: "Duration" },
@@ -800,7 +818,7 @@
       const o = r.data;
       await loadRevenue(o.period.start.slice(0, 7));
       if (!o.tenants.length) { show(el, emptyState("No tenants yet. Create one with `tenantq tenant create` or POST /admin/v1/tenants.")); return false; }
-      show(el, table([{ label: "Tenant" }, { label: "Plan" }, { label: "Status" }, { label: "Queued", num: true },
+      showKeepingFocus(el, table([{ label: "Tenant" }, { label: "Plan" }, { label: "Status" }, { label: "Queued", num: true },
         { label: "Running", num: true }, { label: "Jobs/min", num: true, narrow: true }, { label: "Jobs this period", num: true, narrow: true },
         { label: "Compute s", num: true, narrow: true }, { label: "Revenue", num: true, narrow: true }, { label: "Actions" }],
       o.tenants.map((t) => {
