@@ -376,8 +376,8 @@
       body.dataset.jobStatus = j.status;
       const items = [
         ["Status", badge(j.status)], ["Task", h("code", {}, j.task)], ["Priority", String(j.priority)],
-        ["Attempts", String(j.attempts)], ["Created", timeEl(j.created_at)], ["Runs at", timeEl(j.run_at)],
-        ["Started", timeEl(j.started_at)], ["Finished", timeEl(j.finished_at)],
+        ["Attempts", String(j.attempts)], ["Created", timeEl(j.created_at)],
+        ...(j.run_at ? [["Runs at", timeEl(j.run_at)]] : []), ["Started", timeEl(j.started_at)], ["Finished", timeEl(j.finished_at)],
         ["Waited", fmtMs(between(j.run_at || j.created_at, j.started_at))],
         ["Duration", fmtMs(between(j.started_at, j.finished_at))],
       ];
