@@ -339,6 +339,19 @@ class TestOperatorDashboard:
         row.get_by_role("button", name=f"Reactivate {key.tenant.name}").click()
         page.locator(f'tr[data-tenant-id="{key.tenant_id}"][data-status="active"]').wait_for()
 
+    @needs("POST", "/admin/v1/tenants/{id}/queue/pause", "issue 4")
+    @needs("POST", "/admin/v1/tenants/{id}/queue/resume", "issue 4")
+    def test_operator_pauses_and_resumes_queue(self, page, redis_client):
+        tenant = TenantFactory()
+        operator_sign_in(page)
+        row = page.locator(f'tr[data-tenant-id="{tenant.id}"]')
+        row.get_by_role("button", name=f"Pause queue of {tenant.name}").click()
+        row.locator(".status-paused").wait_for()
+        assert redis_client.sismember("tq:paused", tenant.id)
+        row.get_by_role("button", name=f"Resume queue of {tenant.name}").click()
+        row.locator(".status-paused").wait_for(state="detached")
+        assert not redis_client.sismember("tq:paused", tenant.id)
+
 
 class TestPagesRender:
     """Every main page renders without script errors at both widths, and shows either its data or a clear

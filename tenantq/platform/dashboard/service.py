@@ -53,6 +53,8 @@ FEATURE_ROUTES: dict[str, tuple[str, str]] = {
     "admin_plans": ("GET", "/admin/v1/plans"),
     "admin_plan_patch": ("PATCH", "/admin/v1/plans/{}"),
     "admin_queues": ("GET", "/admin/v1/queues"),
+    "admin_queue_pause": ("POST", "/admin/v1/tenants/{}/queue/pause"),
+    "admin_queue_resume": ("POST", "/admin/v1/tenants/{}/queue/resume"),
     "admin_usage_report": ("GET", "/admin/v1/reports/usage"),
 }
 

@@ -811,6 +811,13 @@
       handle.now();
     }
 
+    async function setQueue(t, action) {
+      const r = await api("POST", "/admin/v1/tenants/" + encodeURIComponent(t.id) + "/queue/" + action);
+      say(msg, r.ok ? "Queue of " + t.name + (action === "pause" ? " paused: its jobs stay queued." : " resumed.")
+        : "Could not " + action + " the queue: " + r.message, r.ok ? "ok" : "error");
+      handle.now();
+    }
+
     const handle = poll(async () => {
       if (el.contains(document.activeElement) && document.activeElement.tagName === "SELECT") return false;
       const r = await api("GET", "/admin/v1/overview");
@@ -832,6 +839,11 @@
         const suspended = t.status === "suspended";
         const action = suspended ? "reactivate" : "suspend";
         const can = FEATURES["admin_" + action];
+        // Holding a tenant's queue (jobs stay queued) without suspending the account.
+        const queueAction = t.paused ? "resume" : "pause";
+        const queueBtn = !suspended && FEATURES["admin_queue_" + queueAction] ? h("button", { type: "button", class: "small",
+          "aria-label": (t.paused ? "Resume queue of " : "Pause queue of ") + t.name,
+          onclick: () => setQueue(t, queueAction) }, t.paused ? "Resume queue" : "Pause queue") : null;
         return {
           attrs: { "data-tenant-id": t.id, "data-status": t.status },
           cells: [h("div", {}, h("strong", {}, t.name), h("br"), h("small", { class: "muted hide-narrow" }, h("code", {}, t.id))),
@@ -840,8 +852,10 @@
             fmtNum(t.jobs_this_period) + (t.failed_this_period ? " (" + t.failed_this_period + " failed)" : ""),
             fmtNum(t.compute_seconds_this_period, 1),
             revenue.has(t.id) ? String(revenue.get(t.id)) : "—",
-            can ? h("button", { type: "button", class: suspended ? "small" : "danger small", "aria-label": (suspended ? "Reactivate " : "Suspend ") + t.name,
-              onclick: () => setState(t, action) }, suspended ? "Reactivate" : "Suspend") : h("small", { class: "muted" }, "—")],
+            can || queueBtn ? h("div", { class: "actions" },
+              can ? h("button", { type: "button", class: suspended ? "small" : "danger small",
+                "aria-label": (suspended ? "Reactivate " : "Suspend ") + t.name, onclick: () => setState(t, action) },
+              suspended ? "Reactivate" : "Suspend") : null, queueBtn) : h("small", { class: "muted" }, "—")],
         };
       }), { id: "tenants-table" }));
       status.textContent = o.tenants.length + " tenants" + (o.truncated ? " (first 1000)" : "") + " · period from " +
