@@ -29,6 +29,7 @@ ROUTER_MODULES = [
     "tenantq.tenants.router",
     "tenantq.tenants.admin_router",
     "tenantq.platform.workflows.router",
+    "tenantq.platform.dashboard.router",
 ]
 
 
@@ -39,6 +40,10 @@ def create_app() -> FastAPI:
 
     app = FastAPI(title="tenantq", version=tenantq.__version__, description=DESCRIPTION)
     install_error_handlers(app)
+    # Dashboard cookies must not let another site make state-changing API calls (see the module).
+    from tenantq.platform.dashboard.csrf import install_csrf_guard
+
+    install_csrf_guard(app)
 
     # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
     app.add_middleware(RequestGuard)

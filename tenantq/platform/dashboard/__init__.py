@@ -1,0 +1,7 @@
+"""Tenant dashboard (``/dashboard``) and operator dashboard (``/admin``).
+
+Server-rendered Jinja2 page shells plus one small vanilla JavaScript file (``static/dashboard.js``)
+that calls the public JSON API with the session cookie and renders (and polls) the data. The pages
+depend only on the HTTP contracts, never on other areas' Python code, so a page whose endpoint is
+not deployed shows a "not available" state instead of breaking. See ``docs/dashboard.md``.
+"""
