@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -38,8 +37,14 @@ def _settings(data_dir: Path | None = None):
     return get_settings()
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str = "INFO") -> None:
+    """Structured logs (JSON unless a terminal; TENANTQ_LOG_JSON decides) and the shared metrics directory
+    for a long-running role (api, worker, beat, dispatcher)."""
+    from tenantq.platform import logging as tq_logging
+    from tenantq.platform.metrics import ensure_multiproc_dir
+
+    tq_logging.configure(level.upper())
+    ensure_multiproc_dir()
 
 
 def _emit(as_json: bool, payload: dict, text: str) -> None:
@@ -96,10 +101,13 @@ def api(
     """Run only the HTTP API (uvicorn)."""
     import uvicorn
 
+    from tenantq.platform.logging import uvicorn_log_config
+
     _settings(data_dir)
     _setup_logging()
+    # log_config is applied in every uvicorn worker process; tenantq's middleware writes the request log.
     uvicorn.run("tenantq.platform.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, log_config=uvicorn_log_config())
 
 
 @app.command()
@@ -109,8 +117,10 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     data_dir: DataDir = None,
 ) -> None:
-    """Run a Celery worker (same as `celery -A tenantq.worker worker`)."""
+    """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
+    on more machines; `celery -A tenantq.worker worker --autoscale=MAX,MIN` works too."""
     settings = _settings(data_dir)
+    _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
     from tenantq.worker.celery_app import SYSTEM_QUEUE
 
@@ -127,6 +137,7 @@ def beat(
     """Run Celery beat (periodic and per-tenant scheduled jobs)."""
     settings = _settings(data_dir)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
 
     celery_app.start(["beat", f"--loglevel={loglevel}",

@@ -9,6 +9,7 @@ from sqlalchemy import text
 import tenantq
 from tenantq.platform.db import get_engine
 from tenantq.platform.errors import error_body, install_error_handlers
+from tenantq.platform.logging import install_request_logging
 from tenantq.platform.redis import get_redis
 from tenantq.platform.settings import get_settings
 
@@ -25,6 +26,7 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 # test matrix and the reader both see every route.
 ROUTER_MODULES = [
     "tenantq.platform.jobs.router",
+    "tenantq.platform.metrics",
 ]
 
 
@@ -50,6 +52,8 @@ def create_app() -> FastAPI:
                     error_body("payload_too_large", f"Request body exceeds {limit} bytes.", {"limit": limit}), 413
                 )
         return await call_next(request)
+
+    install_request_logging(app)  # added last: outermost, so it also logs 413s and timings include everything
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:

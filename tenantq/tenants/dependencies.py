@@ -78,6 +78,12 @@ def authenticate_session(session: Session, token: str) -> TenantContext:
 
 def current_tenant(request: Request, session: SessionDep) -> TenantContext:
     """An API key or a session JWT as bearer token, or the dashboard's session cookie."""
+    ctx = _authenticate(request, session)
+    request.state.tenant_id = ctx.tenant_id  # for request logs and rejection metrics
+    return ctx
+
+
+def _authenticate(request: Request, session: Session) -> TenantContext:
     token = _bearer(request)
     if token is None:
         cookie = request.cookies.get(SESSION_COOKIE)

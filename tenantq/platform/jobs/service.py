@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tenantq.platform import metrics
 from tenantq.platform.db import utcnow
 from tenantq.platform.errors import Conflict, InvalidInput, ServiceUnavailable
 from tenantq.platform.jobs.admission import admit
@@ -44,6 +45,9 @@ def job_message(job: Job) -> dict[str, Any]:
             "priority": job.priority,
             "max_retries": job.max_retries,
             "attempt_base": job.attempts,
+            # Unix times for the worker's wait-time metric (start minus when the job became runnable).
+            "submitted_at": job.created_at.timestamp() if job.created_at else None,
+            "run_at": job.run_at.timestamp() if job.run_at else None,
         },
     }
 
@@ -132,3 +136,4 @@ def enqueue(job: Job, *, client: redis.Redis | None = None) -> None:
         queues.schedule(job.tenant_id, job.id, job.priority, message, job.run_at.timestamp())
     else:
         queues.enqueue(job.tenant_id, job.id, job.priority, message)
+    metrics.job_submitted(job.tenant_id, job.task, client=queues.r)
