@@ -115,18 +115,23 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Pool processes.")] = 2,
     queues: Annotated[str | None, typer.Option(help="Comma-separated Celery queues (default: execution + system).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    autoscale: Annotated[str | None, typer.Option(help="MAX,MIN: grow the pool up to MAX processes under load "
+                                                  "and shrink to MIN when idle (replaces --concurrency).")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. worker@$POD_NAME (default: "
+                                                 "tenantq-<pid>@<host>).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
-    on more machines; `celery -A tenantq.worker worker --autoscale=MAX,MIN` works too."""
+    on more machines; --autoscale sizes one worker's pool with the load."""
     settings = _settings(data_dir)
     _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
     from tenantq.worker.celery_app import SYSTEM_QUEUE
 
     q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
-    celery_app.worker_main(["worker", f"--concurrency={concurrency}", f"--queues={q}", f"--loglevel={loglevel}",
-                            f"--hostname=tenantq-{os.getpid()}@%h"])
+    pool = [f"--autoscale={autoscale}"] if autoscale else [f"--concurrency={concurrency}"]
+    celery_app.worker_main(["worker", *pool, f"--queues={q}", f"--loglevel={loglevel}",
+                            f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}"])
 
 
 @app.command()

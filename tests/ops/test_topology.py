@@ -50,8 +50,9 @@ def topology(platform_env, tmp_path):
     group.start("api", [*py, "api", "--host", "127.0.0.1", "--port", str(port)])
     group.start("dispatcher", [*py, "dispatcher"])
     group.start("beat", [*py, "beat"])
-    for n in (1, 2):
-        group.start(f"worker{n}", [*py, "worker", "--concurrency", "1"])
+    group.start("worker1", [*py, "worker", "--concurrency", "1", "--hostname", "worker1@%h"])
+    # The second sizes its pool with the load (Celery's autoscaler), as documented for operators.
+    group.start("worker2", [*py, "worker", "--autoscale", "2,1", "--hostname", "worker2@%h"])
     try:
         yield group, f"http://127.0.0.1:{port}"
     finally:
@@ -107,6 +108,7 @@ class TestComposeTopology:
         for j in rows:
             by_worker[j.worker] = by_worker.get(j.worker, 0) + 1
         assert len(by_worker) == 2, f"expected both workers to run jobs, got {by_worker}"
+        assert {w.split("@")[0] for w in by_worker} == {"worker1", "worker2"}
         assert all(n > 0 for n in by_worker.values())
 
         # Metrics from both workers' pool children and the API, aggregated in one scrape.
