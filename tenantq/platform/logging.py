@@ -23,12 +23,27 @@ from typing import Any
 
 # Record attributes promoted to top-level JSON fields when a log call passes them in ``extra``.
 CONTEXT_FIELDS = (
-    "tenant_id", "job_id", "task_id", "task", "attempt", "worker", "state", "duration_ms", "wait_ms",
-    "method", "path", "route", "status", "client", "event", "error",
+    "tenant_id",
+    "job_id",
+    "task_id",
+    "task",
+    "attempt",
+    "worker",
+    "state",
+    "duration_ms",
+    "wait_ms",
+    "method",
+    "path",
+    "route",
+    "status",
+    "client",
+    "event",
+    "error",
 )
 
-_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("tenantq_log_context",
-                                                                                  default=None)
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "tenantq_log_context", default=None
+)
 
 
 def current_context() -> dict[str, Any]:
@@ -161,7 +176,11 @@ def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
             "human": {"()": "tenantq.platform.logging.HumanFormatter"},
         },
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": formatter, "stream": "ext://sys.stderr"},
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": formatter,
+                "stream": "ext://sys.stderr",
+            },
         },
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {
@@ -198,10 +217,20 @@ def install_request_logging(app: Any) -> None:
             path = request.url.path
             level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
             request_log.log(
-                level, "%s %s %s", request.method, path, status,
-                extra={"method": request.method, "path": path, "route": route, "status": status,
-                       "duration_ms": round(elapsed * 1000, 2), "tenant_id": tenant_id,
-                       "client": request.client.host if request.client else None},
+                level,
+                "%s %s %s",
+                request.method,
+                path,
+                status,
+                extra={
+                    "method": request.method,
+                    "path": path,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "tenant_id": tenant_id,
+                    "client": request.client.host if request.client else None,
+                },
             )
             from tenantq.platform import metrics
 

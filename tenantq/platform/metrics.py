@@ -23,7 +23,7 @@ Redis keys written here and in ``tenantq.worker.metrics`` (all advisory, safe to
 - ``tq:metrics:volume``      ZSET tenant id -> jobs submitted (ranks tenants for ``top:N`` labels).
 - ``tq:metrics:running``     HASH job id -> JSON ``{"tenant", "task", "since"}`` while an attempt runs.
 - ``tq:workers``             ZSET worker hostname -> unix time of its last heartbeat.
-- ``tq:dispatcher:heartbeat`` STRING unix time the dispatcher last completed a pass (the dispatcher writes it).
+- ``tq:dispatcher:heartbeat`` STRING unix time of the dispatcher's last completed pass (it writes it).
 Read only: ``tq:active``, ``tq:q:{tenant}``, ``tq:delayed``, ``tq:paused``, the Celery execution queue
 lists, and the usage stream ``tq:usage`` when it exists.
 """
@@ -63,8 +63,26 @@ DISPATCHER_STALE_AFTER_S = 15.0
 RUNNING_STALE_AFTER_S = 3700.0
 
 # Wait time spans milliseconds (idle system) to hours (a backlog); run time the same.
-TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-                900.0, 1800.0, 3600.0)
+TIME_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 OTHER_TENANT = "other"
@@ -137,7 +155,9 @@ class TenantLabeler:
     """
 
     def __init__(self, mode: str | None = None, refresh_s: float = 30.0) -> None:
-        self.mode, self.limit = parse_label_mode(mode if mode is not None else get_settings().metrics_tenant_labels)
+        self.mode, self.limit = parse_label_mode(
+            mode if mode is not None else get_settings().metrics_tenant_labels
+        )
         self.refresh_s = refresh_s
         self._top: frozenset[str] = frozenset()
         self._loaded_at = float("-inf")
@@ -199,18 +219,29 @@ class _Metrics:
         self.succeeded = Counter("tenantq_jobs_succeeded", "Attempts that succeeded.", job)
         self.failed = Counter("tenantq_jobs_failed", "Attempts that failed for good (no retry left).", job)
         self.retried = Counter("tenantq_jobs_retried", "Attempts that failed and were scheduled again.", job)
-        self.wait = Histogram("tenantq_job_wait_seconds",
-                              "First attempt: start time minus the time the job became runnable.", job,
-                              buckets=TIME_BUCKETS)
-        self.run = Histogram("tenantq_job_run_seconds", "Wall time of one attempt in the worker.", job,
-                             buckets=TIME_BUCKETS)
-        self.rejections = Counter("tenantq_rejections",
-                                  "Requests refused by a rate limit (429) or a quota (402), by error code.",
-                                  ["tenant", "code", "status"])
-        self.http_requests = Counter("tenantq_http_requests", "HTTP requests by route and status.",
-                                     ["method", "route", "status"])
-        self.http_seconds = Histogram("tenantq_http_request_seconds", "HTTP request duration by route.",
-                                      ["method", "route"], buckets=HTTP_BUCKETS)
+        self.wait = Histogram(
+            "tenantq_job_wait_seconds",
+            "First attempt: start time minus the time the job became runnable.",
+            job,
+            buckets=TIME_BUCKETS,
+        )
+        self.run = Histogram(
+            "tenantq_job_run_seconds", "Wall time of one attempt in the worker.", job, buckets=TIME_BUCKETS
+        )
+        self.rejections = Counter(
+            "tenantq_rejections",
+            "Requests refused by a rate limit (429) or a quota (402), by error code.",
+            ["tenant", "code", "status"],
+        )
+        self.http_requests = Counter(
+            "tenantq_http_requests", "HTTP requests by route and status.", ["method", "route", "status"]
+        )
+        self.http_seconds = Histogram(
+            "tenantq_http_request_seconds",
+            "HTTP request duration by route.",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+        )
 
 
 def get_metrics() -> _Metrics:
@@ -226,9 +257,16 @@ def get_metrics() -> _Metrics:
 
 # Event names exported (sample names add _total / _bucket / _sum / _count).
 EVENT_METRICS = (
-    "tenantq_jobs_submitted", "tenantq_jobs_started", "tenantq_jobs_succeeded", "tenantq_jobs_failed",
-    "tenantq_jobs_retried", "tenantq_job_wait_seconds", "tenantq_job_run_seconds", "tenantq_rejections",
-    "tenantq_http_requests", "tenantq_http_request_seconds",
+    "tenantq_jobs_submitted",
+    "tenantq_jobs_started",
+    "tenantq_jobs_succeeded",
+    "tenantq_jobs_failed",
+    "tenantq_jobs_retried",
+    "tenantq_job_wait_seconds",
+    "tenantq_job_run_seconds",
+    "tenantq_rejections",
+    "tenantq_http_requests",
+    "tenantq_http_request_seconds",
 )
 
 
@@ -253,8 +291,13 @@ def job_submitted(tenant_id: str, task: str, *, client: Any = None) -> None:
 
 
 def rejection(tenant_id: str | None, code: str, status: int) -> None:
-    _safely(lambda: get_metrics().rejections.labels(labeler().label(tenant_id) if tenant_id else "unknown",
-                                                    code, str(status)).inc())
+    _safely(
+        lambda: (
+            get_metrics()
+            .rejections.labels(labeler().label(tenant_id) if tenant_id else "unknown", code, str(status))
+            .inc()
+        )
+    )
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -303,7 +346,11 @@ def usage_backlog(client: Any, now: float | None = None) -> tuple[int, float]:
             t = _stream_id_time(undelivered[0][0])
             oldest = t if oldest is None else min(oldest, t)
             lag = group.get("lag")
-            count += int(lag) if lag is not None else len(client.xrange(USAGE_STREAM, min=f"({last}", count=10_000))
+            count += (
+                int(lag)
+                if lag is not None
+                else len(client.xrange(USAGE_STREAM, min=f"({last}", count=10_000))
+            )
         backlog = max(backlog, count)
     return backlog, (max(0.0, now - oldest) if oldest is not None else 0.0)
 
@@ -352,9 +399,11 @@ class ClusterStateCollector:
         by_label: dict[str, int] = defaultdict(int)
         for tenant, depth in zip(tenants, depths, strict=True):
             by_label[lab.label(tenant)] += int(depth)
-        depth_family = GaugeMetricFamily("tenantq_queue_depth",
-                                         "Jobs waiting in a tenant's own queue (not yet released to workers).",
-                                         labels=["tenant"])
+        depth_family = GaugeMetricFamily(
+            "tenantq_queue_depth",
+            "Jobs waiting in a tenant's own queue (not yet released to workers).",
+            labels=["tenant"],
+        )
         for label, value in sorted(by_label.items()):
             depth_family.add_metric([label], value)
         yield depth_family
@@ -367,16 +416,20 @@ class ClusterStateCollector:
         g.add_metric([], int(client.zcard("tq:delayed")))
         yield g
 
-        g = GaugeMetricFamily("tenantq_exec_queue_depth",
-                              "Messages released to the Celery execution queue and not yet taken by a worker.",
-                              labels=["queue"])
+        g = GaugeMetricFamily(
+            "tenantq_exec_queue_depth",
+            "Messages released to the Celery execution queue and not yet taken by a worker.",
+            labels=["queue"],
+        )
         g.add_metric([settings.exec_queue], exec_queue_depth(client, settings.exec_queue))
         yield g
 
         g = GaugeMetricFamily("tenantq_tenants_active", "Tenants with at least one queued job.")
         g.add_metric([], len(tenants))
         yield g
-        g = GaugeMetricFamily("tenantq_tenants_paused", "Tenants whose queue is paused (suspended or by the operator).")
+        g = GaugeMetricFamily(
+            "tenantq_tenants_paused", "Tenants whose queue is paused (suspended or by the operator)."
+        )
         g.add_metric([], int(client.scard("tq:paused")))
         yield g
 
@@ -389,7 +442,9 @@ class ClusterStateCollector:
             if now - float(entry.get("since", now)) > RUNNING_STALE_AFTER_S:
                 continue
             running[(lab.label(entry.get("tenant")), str(entry.get("task", "unknown")))] += 1
-        g = GaugeMetricFamily("tenantq_jobs_running", "Attempts running on a worker now.", labels=["tenant", "task"])
+        g = GaugeMetricFamily(
+            "tenantq_jobs_running", "Attempts running on a worker now.", labels=["tenant", "task"]
+        )
         for (tenant, task), value in sorted(running.items()):
             g.add_metric([tenant, task], value)
         yield g
@@ -401,30 +456,47 @@ class ClusterStateCollector:
 
         beat = client.get(DISPATCHER_HEARTBEAT_KEY)
         beat_ts = float(beat) if beat else 0.0
-        g = GaugeMetricFamily("tenantq_dispatcher_heartbeat_timestamp_seconds",
-                              "Unix time of the dispatcher's last completed pass (0: never).")
+        g = GaugeMetricFamily(
+            "tenantq_dispatcher_heartbeat_timestamp_seconds",
+            "Unix time of the dispatcher's last completed pass (0: never).",
+        )
         g.add_metric([], beat_ts)
         yield g
-        g = GaugeMetricFamily("tenantq_dispatcher_up",
-                              f"1 if a dispatcher completed a pass in the last {DISPATCHER_STALE_AFTER_S:.0f}s.")
+        g = GaugeMetricFamily(
+            "tenantq_dispatcher_up",
+            f"1 if a dispatcher completed a pass in the last {DISPATCHER_STALE_AFTER_S:.0f}s.",
+        )
         g.add_metric([], 1 if beat_ts and now - beat_ts <= DISPATCHER_STALE_AFTER_S else 0)
         yield g
 
         backlog, age = usage_backlog(client, now)
-        g = GaugeMetricFamily("tenantq_usage_backlog_events", "Usage events buffered in Redis, not yet in SQL.")
+        g = GaugeMetricFamily(
+            "tenantq_usage_backlog_events", "Usage events buffered in Redis, not yet in SQL."
+        )
         g.add_metric([], backlog)
         yield g
-        g = GaugeMetricFamily("tenantq_usage_flush_lag_seconds",
-                              "Age of the oldest usage event not yet flushed to SQL (0 when none).")
+        g = GaugeMetricFamily(
+            "tenantq_usage_flush_lag_seconds",
+            "Age of the oldest usage event not yet flushed to SQL (0 when none).",
+        )
         g.add_metric([], age)
         yield g
 
 
 STATE_METRICS = (
-    "tenantq_redis_up", "tenantq_queue_depth", "tenantq_queue_depth_total", "tenantq_scheduled_jobs",
-    "tenantq_exec_queue_depth", "tenantq_tenants_active", "tenantq_tenants_paused", "tenantq_jobs_running",
-    "tenantq_workers", "tenantq_dispatcher_heartbeat_timestamp_seconds", "tenantq_dispatcher_up",
-    "tenantq_usage_backlog_events", "tenantq_usage_flush_lag_seconds",
+    "tenantq_redis_up",
+    "tenantq_queue_depth",
+    "tenantq_queue_depth_total",
+    "tenantq_scheduled_jobs",
+    "tenantq_exec_queue_depth",
+    "tenantq_tenants_active",
+    "tenantq_tenants_paused",
+    "tenantq_jobs_running",
+    "tenantq_workers",
+    "tenantq_dispatcher_heartbeat_timestamp_seconds",
+    "tenantq_dispatcher_up",
+    "tenantq_usage_backlog_events",
+    "tenantq_usage_flush_lag_seconds",
 )
 
 
@@ -486,7 +558,10 @@ def metrics_endpoint(request: Request) -> Response:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise Unauthorized("The metrics token is required.", code="invalid_metrics_token",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                "The metrics token is required.",
+                code="invalid_metrics_token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     body, content_type = render()
     return Response(content=body, media_type=content_type)

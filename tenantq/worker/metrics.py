@@ -47,7 +47,9 @@ def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = N
         return
     tenant_id, task_name = job.get("tenant_id"), task.name
     attempt = _attempt(task, job)
-    token = set_context(tenant_id=tenant_id, job_id=job["id"], task_id=task_id, attempt=attempt, task=task_name)
+    token = set_context(
+        tenant_id=tenant_id, job_id=job["id"], task_id=task_id, attempt=attempt, task=task_name
+    )
     _inflight[task_id] = (time.perf_counter(), token)
     wait_s = None
     try:
@@ -60,20 +62,36 @@ def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = N
         if since is not None and attempt == 1:
             wait_s = max(0.0, time.time() - since)
             m.wait.labels(label, task_name).observe(wait_s)
-        get_redis().hset(metrics.RUNNING_KEY, job["id"],
-                         json.dumps({"tenant": tenant_id, "task": task_name, "since": time.time()}))
+        get_redis().hset(
+            metrics.RUNNING_KEY,
+            job["id"],
+            json.dumps({"tenant": tenant_id, "task": task_name, "since": time.time()}),
+        )
     except Exception:  # noqa: BLE001
         log.debug("prerun metrics failed", exc_info=True)
-    log.info("job started", extra={"event": "job.started", "worker": getattr(task.request, "hostname", None),
-                                   "wait_ms": round(wait_s * 1000, 1) if wait_s is not None else None})
+    log.info(
+        "job started",
+        extra={
+            "event": "job.started",
+            "worker": getattr(task.request, "hostname", None),
+            "wait_ms": round(wait_s * 1000, 1) if wait_s is not None else None,
+        },
+    )
 
 
 _STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
 
 @signals.task_postrun.connect
-def on_postrun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, retval: Any = None,
-               state: str | None = None, **_: Any) -> None:
+def on_postrun(
+    task_id: str,
+    task: Any,
+    args: Any = None,
+    kwargs: dict | None = None,
+    retval: Any = None,
+    state: str | None = None,
+    **_: Any,
+) -> None:
     job = _job_meta(task, kwargs)
     if job is None:
         return
@@ -95,10 +113,17 @@ def on_postrun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = 
     if outcome in ("failed", "retried"):
         exc = getattr(retval, "exc", retval)
         error = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(retval)
-    log.log(level, "job %s", outcome or (state or "finished").lower(),
-            extra={"event": f"job.{outcome or 'finished'}", "state": state,
-                   "duration_ms": round(elapsed * 1000, 1) if elapsed is not None else None,
-                   **({"error": error} if error else {})})
+    log.log(
+        level,
+        "job %s",
+        outcome or (state or "finished").lower(),
+        extra={
+            "event": f"job.{outcome or 'finished'}",
+            "state": state,
+            "duration_ms": round(elapsed * 1000, 1) if elapsed is not None else None,
+            **({"error": error} if error else {}),
+        },
+    )
     reset_context(token)
 
 

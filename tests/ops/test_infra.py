@@ -24,8 +24,14 @@ K8S = INFRA / "k8s"
 PROM = INFRA / "prometheus"
 IMAGE = "ghcr.io/example/tenantq"
 METRIC_RE = re.compile(r"\b(tenantq_[a-z0-9_]+)\b")
-SECRET_ENV = ("TENANTQ_DATABASE_URL", "TENANTQ_REDIS_URL", "TENANTQ_SECRET_KEY", "TENANTQ_ADMIN_TOKEN",
-              "TENANTQ_METRICS_TOKEN", "FLOWER_BASIC_AUTH")
+SECRET_ENV = (
+    "TENANTQ_DATABASE_URL",
+    "TENANTQ_REDIS_URL",
+    "TENANTQ_SECRET_KEY",
+    "TENANTQ_ADMIN_TOKEN",
+    "TENANTQ_METRICS_TOKEN",
+    "FLOWER_BASIC_AUTH",
+)
 RUNBOOK = ROOT / "docs" / "operations.md"
 
 
@@ -105,7 +111,7 @@ class TestFilesParse:
         users = re.findall(r"^USER\s+(\S+)", text, re.M)
         assert users and users[-1] not in ("root", "0"), "the final image must not run as root"
         assert '"${UID}"' not in users[-1]
-        assert re.search(r'^ARG UID=(\d+)', text, re.M).group(1) != "0"
+        assert re.search(r"^ARG UID=(\d+)", text, re.M).group(1) != "0"
         assert 'ENTRYPOINT ["tenantq"]' in text
         cmd = json.loads(re.search(r"^CMD (\[.*\])", text, re.M).group(1))
         tenantq_cli_accepts(cmd)
@@ -120,13 +126,20 @@ class TestKubernetes:
         kv = pytest.importorskip("kubernetes_validate")
         version = kv.latest_version()
         validated = set()
-        for path, doc in k8s_docs():
+        for _path, doc in k8s_docs():
             if doc["apiVersion"].startswith(("keda.sh/", "kustomize.config.k8s.io/")):
                 continue  # CRDs / tooling: checked structurally below
             kv.validate(doc, version, strict=True)
             validated.add(doc["kind"])
-        assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Job",
-                "HorizontalPodAutoscaler", "Namespace"} <= validated
+        assert {
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "ConfigMap",
+            "Job",
+            "HorizontalPodAutoscaler",
+            "Namespace",
+        } <= validated
 
     def test_one_deployment_per_role_with_matching_selectors(self):
         deployments = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Deployment"}
@@ -145,14 +158,18 @@ class TestKubernetes:
             assert spec["securityContext"]["runAsNonRoot"] is True, path
             for c in containers(doc):
                 res = c["resources"]
-                assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"]), c["name"]
+                assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(
+                    res["limits"]
+                ), c["name"]
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
                 assert c["securityContext"]["readOnlyRootFilesystem"] is True
                 # A read-only root needs a writable /tmp for the metrics directory.
                 assert any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])), c["name"]
 
     def test_api_probes(self):
-        api = next(d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "tenantq-api")
+        api = next(
+            d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "tenantq-api"
+        )
         c = containers(api)[0]
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -163,7 +180,11 @@ class TestKubernetes:
         assert {"/readyz", "/healthz", "/metrics"} <= set(create_app().openapi()["paths"])
 
     def test_worker_liveness_pings_its_own_celery_node(self):
-        worker = next(d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "tenantq-worker")
+        worker = next(
+            d
+            for _, d in k8s_docs()
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "tenantq-worker"
+        )
         c = containers(worker)[0]
         probe = " ".join(c["livenessProbe"]["exec"]["command"])
         assert "celery -A tenantq.worker inspect ping" in probe and "worker@${POD_NAME}" in probe
@@ -214,7 +235,11 @@ class TestKubernetes:
         covered = set()
         for _, pdb in [(p, d) for p, d in k8s_docs() if d["kind"] == "PodDisruptionBudget"]:
             match = pdb["spec"]["selector"]["matchLabels"]
-            hits = [n for n, d in deployments.items() if match.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+            hits = [
+                n
+                for n, d in deployments.items()
+                if match.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            ]
             assert len(hits) == 1, pdb["metadata"]["name"]
             covered.add(hits[0])
         assert covered == {"tenantq-api", "tenantq-worker", "tenantq-dispatcher"}
@@ -233,7 +258,11 @@ class TestKubernetes:
         assert all(known_metric(n) for n in metric_names(query))
         assert float(prom["metadata"]["threshold"]) > 0
         # The cpu trigger needs CPU requests on the target.
-        worker = next(d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "tenantq-worker")
+        worker = next(
+            d
+            for _, d in k8s_docs()
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "tenantq-worker"
+        )
         assert containers(worker)[0]["resources"]["requests"]["cpu"]
 
     def test_kustomization_lists_existing_files(self):
@@ -250,8 +279,17 @@ class TestCompose:
 
     def test_services(self):
         services = self.compose()["services"]
-        assert {"postgres", "redis", "api", "worker", "beat", "dispatcher", "flower", "prometheus",
-                "migrate"} <= set(services)
+        assert {
+            "postgres",
+            "redis",
+            "api",
+            "worker",
+            "beat",
+            "dispatcher",
+            "flower",
+            "prometheus",
+            "migrate",
+        } <= set(services)
         assert services["worker"]["deploy"]["replicas"] >= 2
         assert services["api"]["healthcheck"]["test"][-1].count("/readyz") == 1
 
@@ -280,8 +318,13 @@ class TestCompose:
 
 
 class TestPrometheus:
-    REQUIRED = {"TenantqQueueBacklogGrowing", "TenantqHighFailureRate", "TenantqUsageFlushLag",
-                "TenantqDispatcherDown", "TenantqNoWorkers"}
+    REQUIRED = {
+        "TenantqQueueBacklogGrowing",
+        "TenantqHighFailureRate",
+        "TenantqUsageFlushLag",
+        "TenantqDispatcherDown",
+        "TenantqNoWorkers",
+    }
 
     def rules(self) -> list[dict]:
         groups = yaml_docs(PROM / "alerts.yaml")[0]["groups"]
@@ -291,8 +334,10 @@ class TestPrometheus:
         rules = self.rules()
         names = [r["alert"] for r in rules]
         assert len(names) == len(set(names)) and self.REQUIRED <= set(names)
-        anchors = {"#" + re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
-                   for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), re.M)}
+        anchors = {
+            "#" + re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), re.M)
+        }
         for r in rules:
             assert re.fullmatch(r"Tenantq[A-Z][A-Za-z]+", r["alert"])
             promql(r["expr"])
@@ -312,7 +357,9 @@ class TestPrometheus:
         assert jobs["tenantq-worker"]["dns_sd_configs"][0]["port"] == 9808
         assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
 
-    @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
+    @pytest.mark.skipif(
+        shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)"
+    )
     def test_promtool_checks_and_alert_unit_tests(self, tmp_path):
         def run(*args):
             out = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120, cwd=PROM)
@@ -320,7 +367,11 @@ class TestPrometheus:
 
         run("check", "rules", "alerts.yaml")
         run("test", "rules", "alerts_test.yaml")
-        config = (PROM / "prometheus.yaml").read_text().replace("/etc/prometheus/alerts.yaml", str(PROM / "alerts.yaml"))
+        config = (
+            (PROM / "prometheus.yaml")
+            .read_text()
+            .replace("/etc/prometheus/alerts.yaml", str(PROM / "alerts.yaml"))
+        )
         (tmp_path / "prometheus.yaml").write_text(config)
         run("check", "config", str(tmp_path / "prometheus.yaml"))
 
@@ -334,17 +385,26 @@ class TestGrafana:
         used: set[str] = set()
         for panel in dash["panels"]:
             assert panel["targets"], panel["title"]
-            assert 0 <= panel["gridPos"]["x"] and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+            assert panel["gridPos"]["x"] >= 0 and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
             for target in panel["targets"]:
                 promql(target["expr"])
                 names = metric_names(target["expr"])
                 assert names and all(known_metric(n) for n in names), (panel["title"], names)
                 used |= names
         # The figures are all on the dashboard.
-        for needed in ("tenantq_queue_depth", "tenantq_jobs_running", "tenantq_jobs_submitted_total",
-                       "tenantq_jobs_failed_total", "tenantq_jobs_retried_total", "tenantq_job_wait_seconds_bucket",
-                       "tenantq_job_run_seconds_bucket", "tenantq_rejections_total", "tenantq_workers",
-                       "tenantq_dispatcher_up", "tenantq_usage_flush_lag_seconds"):
+        for needed in (
+            "tenantq_queue_depth",
+            "tenantq_jobs_running",
+            "tenantq_jobs_submitted_total",
+            "tenantq_jobs_failed_total",
+            "tenantq_jobs_retried_total",
+            "tenantq_job_wait_seconds_bucket",
+            "tenantq_job_run_seconds_bucket",
+            "tenantq_rejections_total",
+            "tenantq_workers",
+            "tenantq_dispatcher_up",
+            "tenantq_usage_flush_lag_seconds",
+        ):
             assert needed in used, needed
         variable = next(v for v in dash["templating"]["list"] if v["name"] == "tenant")
         assert metric_names(variable["definition"]) <= exported_sample_names()

@@ -77,7 +77,10 @@ class TestRequestLog:
             api.get("/v1/jobs/nope", headers={"Authorization": "Bearer tq_live_bad"})
         lines = [r for r in caplog.records if r.name == "tenantq.http"]
         assert [(r.method, r.route, r.status) for r in lines] == [
-            ("POST", "/v1/jobs", 202), ("GET", "/v1/jobs/{job_id}", 200), ("GET", "/v1/jobs/{job_id}", 401)]
+            ("POST", "/v1/jobs", 202),
+            ("GET", "/v1/jobs/{job_id}", 200),
+            ("GET", "/v1/jobs/{job_id}", 401),
+        ]
         assert [r.tenant_id for r in lines] == [key.tenant.id, key.tenant.id, None]
         assert all(r.duration_ms >= 0 for r in lines)
         body = json.loads(tq_logging.JsonFormatter().format(lines[0]))
@@ -88,8 +91,11 @@ class TestRequestLog:
 class TestProcessLogs:
     def test_worker_writes_json_lines_for_job_start_and_finish(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 1},
-                       headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs",
+            json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 1},
+            headers=auth(key),
+        ).json()
 
         def events():
             found = []
@@ -102,7 +108,11 @@ class TestProcessLogs:
         found = wait_until(events, timeout=90, interval=0.3, message="the worker's job log lines")
         mine = [e for e in found if e.get("event", "").startswith("job.")]
         assert [(e["event"], e["attempt"]) for e in mine] == [
-            ("job.started", 1), ("job.retried", 1), ("job.started", 2), ("job.succeeded", 2)]
+            ("job.started", 1),
+            ("job.retried", 1),
+            ("job.started", 2),
+            ("job.succeeded", 2),
+        ]
         assert all(e["tenant_id"] == key.tenant.id and e["task_id"] == job["id"] for e in mine)
         assert "FlakyError" in mine[1]["error"] and mine[3]["duration_ms"] >= 0
         # Celery's own lines inside the attempt carry the job context too.
@@ -111,8 +121,14 @@ class TestProcessLogs:
     def test_cli_role_logs_json_when_not_a_terminal(self, platform_env, tmp_path):
         env = {**os.environ, **platform_env, "PYTHONPATH": str(ROOT)}
         env.pop("TENANTQ_LOG_JSON", None)
-        proc = subprocess.Popen([sys.executable, "-m", "tenantq.cli", "dispatcher"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tenantq.cli", "dispatcher"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             first = proc.stdout.readline().decode()
         finally:

@@ -54,9 +54,11 @@ class TestJobMetricsFromRealWorkers:
         # postrun's metrics land just after the status update the API showed: poll the scrape.
         def settled():
             s = scrape(api)
-            ok = (value(s, "tenantq_jobs_succeeded_total", tenant=a) == 3
-                  and value(s, "tenantq_jobs_failed_total", tenant=b) == 1
-                  and value(s, "tenantq_jobs_succeeded_total", tenant=b) == 1)
+            ok = (
+                value(s, "tenantq_jobs_succeeded_total", tenant=a) == 3
+                and value(s, "tenantq_jobs_failed_total", tenant=b) == 1
+                and value(s, "tenantq_jobs_succeeded_total", tenant=b) == 1
+            )
             return s if ok else None
 
         s = wait_until(settled, timeout=30, interval=0.3, message="metrics for both tenants")
@@ -94,12 +96,21 @@ class TestJobMetricsFromRealWorkers:
 
         def running():
             s = scrape(api)
-            return s if value(s, "tenantq_jobs_running", tenant=key.tenant.id, task="demo.sleep") == 1 else None
+            return (
+                s if value(s, "tenantq_jobs_running", tenant=key.tenant.id, task="demo.sleep") == 1 else None
+            )
 
         wait_until(running, timeout=60, interval=0.2, message="the sleep job to show as running")
         assert wait_terminal(api, key, job["id"])["status"] == "succeeded"
-        s = wait_until(lambda: (lambda s: s if value(s, "tenantq_jobs_running", tenant=key.tenant.id) == 0
-                                else None)(scrape(api)), timeout=30, message="running to drop to 0")
+        def stopped():
+            s = scrape(api)
+            return s if value(s, "tenantq_jobs_running", tenant=key.tenant.id) == 0 else None
+
+        s = wait_until(
+            stopped,
+            timeout=30,
+            message="running to drop to 0",
+        )
         assert value(s, "tenantq_jobs_succeeded_total", tenant=key.tenant.id) == 1
 
 
@@ -145,7 +156,10 @@ class TestQueueState:
     def test_redis_down_is_reported_not_raised(self):
         import redis
 
-        dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         families = list(metrics.ClusterStateCollector(client=dead).collect())
         assert [(f.name, f.samples[0].value) for f in families] == [("tenantq_redis_up", 0)]
 
@@ -212,9 +226,13 @@ class TestTenantLabels:
             for i, t in enumerate(tenants):
                 for j in range(i + 1):
                     queues.enqueue(t, f"{t}-{j}", 5, {"task": "demo.echo"})
-            collector = metrics.ClusterStateCollector(tenant_labeler=metrics.TenantLabeler("top:1", refresh_s=0))
+            collector = metrics.ClusterStateCollector(
+                tenant_labeler=metrics.TenantLabeler("top:1", refresh_s=0)
+            )
             depth = next(f for f in collector.collect() if f.name == "tenantq_queue_depth")
-            got = {s.labels["tenant"]: s.value for s in depth.samples if s.labels["tenant"] in ("lab-a", "other")}
+            got = {
+                s.labels["tenant"]: s.value for s in depth.samples if s.labels["tenant"] in ("lab-a", "other")
+            }
             assert got["lab-a"] == 1
             assert got["other"] >= 5  # lab-b (2) + lab-c (3), plus any other tenant's queued jobs
             assert not any(s.labels["tenant"] in ("lab-b", "lab-c") for s in depth.samples)

@@ -83,16 +83,27 @@ class TestComposeTopology:
             return parse(r.text) if r.status_code == 200 else None
 
         # Ready when the API answers and both workers have sent a heartbeat.
-        wait_until(lambda: (s := scrape()) and value(s, "tenantq_workers") == 2 and value(s, "tenantq_dispatcher_up") == 1,
-                   timeout=120, interval=0.5, message="API, dispatcher and 2 workers to be up")
+        wait_until(
+            lambda: (
+                (s := scrape())
+                and value(s, "tenantq_workers") == 2
+                and value(s, "tenantq_dispatcher_up") == 1
+            ),
+            timeout=120,
+            interval=0.5,
+            message="API, dispatcher and 2 workers to be up",
+        )
         assert client.get("/readyz").status_code == 200
 
         keys = [ApiKeyFactory(), ApiKeyFactory()]
         ids: list[str] = []
-        for i in range(JOBS_PER_TENANT):
+        for _ in range(JOBS_PER_TENANT):
             for key in keys:
-                r = client.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 0.1}, "priority": 5},
-                                headers=auth(key))
+                r = client.post(
+                    "/v1/jobs",
+                    json={"task": "demo.sleep", "args": {"seconds": 0.1}, "priority": 5},
+                    headers=auth(key),
+                )
                 assert r.status_code == 202, r.text
                 ids.append(r.json()["id"])
 
@@ -114,8 +125,9 @@ class TestComposeTopology:
         # Metrics from both workers' pool children and the API, aggregated in one scrape.
         def counted():
             s = scrape()
-            ok = s and all(value(s, "tenantq_jobs_succeeded_total", tenant=k.tenant.id) == JOBS_PER_TENANT
-                           for k in keys)
+            ok = s and all(
+                value(s, "tenantq_jobs_succeeded_total", tenant=k.tenant.id) == JOBS_PER_TENANT for k in keys
+            )
             return s if ok else None
 
         s = wait_until(counted, timeout=30, interval=0.3, message="per-tenant succeeded counts")
@@ -126,8 +138,13 @@ class TestComposeTopology:
         # Clean shutdown, role by role, the way an orchestrator stops them: no kill needed.
         # uvicorn finishes its graceful shutdown, then re-raises SIGTERM so its exit status says why it
         # stopped; the others exit 0. Each logs that it finished.
-        marks = {"api": "Finished server process", "beat": "beat: Starting", "dispatcher": "dispatcher stopped",
-                 "worker1": "Warm shutdown", "worker2": "Warm shutdown"}
+        marks = {
+            "api": "Finished server process",
+            "beat": "beat: Starting",
+            "dispatcher": "dispatcher stopped",
+            "worker1": "Warm shutdown",
+            "worker2": "Warm shutdown",
+        }
         for name, mark in marks.items():
             rc = stop_cleanly(group, name)
             allowed = (0, -signal.SIGTERM) if name == "api" else (0,)
