@@ -30,13 +30,15 @@ lists, and the usage stream ``tq:usage`` when it exists.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -514,14 +516,81 @@ def exported_sample_names() -> set[str]:
 # -- exposition ---------------------------------------------------------------------------------------------
 
 
-def render(include_cluster_state: bool = True) -> tuple[bytes, str]:
+@contextmanager
+def _dir_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
+    """Scrapes read the directory under a shared lock; compaction rewrites it under an exclusive one."""
+    with open(path / ".lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def compact_dead_files(path: Path | None = None) -> int:
+    """Fold the files of exited processes into one archive file per metric type; returns files folded.
+
+    Every process writes its own ``<type>_<pid>.db``. Celery recycles pool processes
+    (``worker_max_tasks_per_child``), so without this the directory, and the work of every scrape,
+    would grow for as long as a worker runs. Counters and histograms of a dead process are final, so
+    adding them into ``<type>_archive.db`` keeps every sum the same. (tenantq exports no multiprocess
+    gauges; their files are left alone.)
+    """
+    from prometheus_client.mmap_dict import MmapedDict
+
+    path = path or ensure_multiproc_dir()
+    folded = 0
+    with _dir_lock(path, exclusive=True):
+        for f in sorted(path.glob("*.db")):
+            typ, _, rest = f.name[:-3].partition("_")
+            if typ not in ("counter", "histogram", "summary") or not rest.isdigit() or _pid_alive(int(rest)):
+                continue
+            archive = MmapedDict(str(path / f"{typ}_archive.db"))
+            try:
+                for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(f)):
+                    current, _ = archive.read_value(key)
+                    archive.write_value(key, current + value, 0.0)
+            finally:
+                archive.close()
+            f.unlink()
+            folded += 1
+    return folded
+
+
+class _LockedMultiProcessCollector:
+    """prometheus-client's MultiProcessCollector, reading under the directory's shared lock."""
+
+    def __init__(self, path: Path) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.path = path
+        self._inner = MultiProcessCollector(None, path=str(path))
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        with _dir_lock(self.path, exclusive=False):
+            return list(self._inner.collect())
+
+
+def render(include_cluster_state: bool = True, path: Path | None = None) -> tuple[bytes, str]:
     """The exposition text: every process's event metrics (multiprocess files) + cluster state."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from prometheus_client.multiprocess import MultiProcessCollector
 
-    path = ensure_multiproc_dir()
+    path = path or ensure_multiproc_dir()
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(path))
+    registry.register(_LockedMultiProcessCollector(path))
     if include_cluster_state:
         registry.register(ClusterStateCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -530,10 +599,9 @@ def render(include_cluster_state: bool = True) -> tuple[bytes, str]:
 def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104  (scraped from outside the pod)
     """Serve this host's event metrics (no cluster state) on ``port``: how a worker machine is scraped."""
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(ensure_multiproc_dir()))
+    registry.register(_LockedMultiProcessCollector(ensure_multiproc_dir()))
     start_http_server(port, addr=addr, registry=registry)
 
 

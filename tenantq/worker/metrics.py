@@ -133,8 +133,19 @@ _heartbeat_stop = threading.Event()
 _hostname: str | None = None
 
 
+# Recycled pool processes leave metric files behind; fold them into the archive this often.
+COMPACT_EVERY_S = 60.0
+
+
 def _heartbeat_loop(hostname: str) -> None:
+    last_compact = time.monotonic()
     while not _heartbeat_stop.is_set():
+        if time.monotonic() - last_compact >= COMPACT_EVERY_S:
+            last_compact = time.monotonic()
+            try:
+                metrics.compact_dead_files()
+            except Exception:  # noqa: BLE001  (never stop the heartbeat over housekeeping)
+                log.warning("compacting metric files failed", exc_info=True)
         try:
             client = get_redis()
             now = time.time()

@@ -102,6 +102,7 @@ class TestJobMetricsFromRealWorkers:
 
         wait_until(running, timeout=60, interval=0.2, message="the sleep job to show as running")
         assert wait_terminal(api, key, job["id"])["status"] == "succeeded"
+
         def stopped():
             s = scrape(api)
             return s if value(s, "tenantq_jobs_running", tenant=key.tenant.id) == 0 else None
@@ -155,7 +156,6 @@ class TestQueueState:
 
     def test_redis_down_is_reported_not_raised(self):
         import redis
-
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -263,3 +263,67 @@ class TestExportedNames:
         assert samples <= metrics.exported_sample_names()
         # Everything but a gauge family that happens to be empty (no job running) has samples.
         assert metrics.exported_sample_names() - samples <= {"tenantq_jobs_running", "tenantq_queue_depth"}
+
+
+class TestMultiprocessFiles:
+    CHILD = (
+        "import sys; from prometheus_client import Counter, Histogram; "
+        "Counter('tq_demo', 'demo', ['tenant']).labels('t1').inc(float(sys.argv[1])); "
+        "Histogram('tq_demo_seconds', 'demo', ['tenant']).labels('t1').observe(0.2)"
+    )
+
+    def run_child(self, directory, amount):
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        subprocess.run([sys.executable, "-c", self.CHILD, str(amount)], env=env, check=True, timeout=60)
+
+    def totals(self, directory):
+        s = parse(metrics.render(include_cluster_state=False, path=directory)[0].decode())
+        return value(s, "tq_demo_total", tenant="t1"), bucket_count(s, "tq_demo_seconds", tenant="t1")
+
+    def test_exited_processes_are_folded_without_changing_any_sum(self, tmp_path):
+        """Recycled pool processes leave files; compaction keeps the sums and bounds the file count."""
+        for amount in (2, 3):
+            self.run_child(tmp_path, amount)
+        assert len(list(tmp_path.glob("*.db"))) == 4  # a counter and a histogram file per process
+        assert self.totals(tmp_path) == (5, 2)
+        assert metrics.compact_dead_files(tmp_path) == 4
+        assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
+        assert self.totals(tmp_path) == (5, 2)
+        self.run_child(tmp_path, 1)  # a later process adds to the archive, not to a new series
+        assert metrics.compact_dead_files(tmp_path) == 2
+        assert self.totals(tmp_path) == (6, 3)
+        assert len(list(tmp_path.glob("*.db"))) == 2
+
+    def test_live_processes_files_are_left_alone(self, tmp_path):
+        import os
+
+        from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+        own = MmapedDict(str(tmp_path / f"counter_{os.getpid()}.db"))
+        own.write_value(mmap_key("tq_demo", "tq_demo_total", ["tenant"], ["t1"], "demo"), 4.0, 0.0)
+        own.close()
+        assert metrics.compact_dead_files(tmp_path) == 0
+        assert self.totals(tmp_path) == (4, 0)
+
+
+class TestTenantqUp:
+    def test_children_share_one_metrics_dir_under_the_data_dir(self, tmp_path, monkeypatch):
+        from tenantq.platform.supervisor import Supervisor
+
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        sup = Supervisor(Settings(data_dir=tmp_path), host="127.0.0.1", port=1, concurrency=1, migrate=False)
+        sup.redis_url = "redis://127.0.0.1:1/0"
+        assert sup.child_env()["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path.resolve() / "prometheus")
+        # An operator's own directory wins (and is not emptied by tenantq up).
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mine"))
+        assert sup.child_env()["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "mine")
+
+    def test_reset_empties_only_metric_files(self, tmp_path):
+        (tmp_path / "counter_1.db").write_bytes(b"x")
+        (tmp_path / "keep.txt").write_text("x")
+        metrics.reset_multiproc_dir(tmp_path)
+        assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
