@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -42,8 +41,14 @@ def _settings(data_dir: Path | None = None):
     return get_settings()
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str = "INFO") -> None:
+    """Structured logs (JSON unless a terminal; TENANTQ_LOG_JSON decides) and the shared metrics directory
+    for a long-running role (api, worker, beat, dispatcher)."""
+    from tenantq.platform import logging as tq_logging
+    from tenantq.platform.metrics import ensure_multiproc_dir
+
+    tq_logging.configure(level.upper())
+    ensure_multiproc_dir()
 
 
 def _emit(as_json: bool, payload: dict, text: str) -> None:
@@ -100,10 +105,13 @@ def api(
     """Run only the HTTP API (uvicorn)."""
     import uvicorn
 
+    from tenantq.platform.logging import uvicorn_log_config
+
     _settings(data_dir)
     _setup_logging()
+    # log_config is applied in every uvicorn worker process; tenantq's middleware writes the request log.
     uvicorn.run("tenantq.platform.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, log_config=uvicorn_log_config())
 
 
 @app.command()
@@ -111,16 +119,23 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Pool processes.")] = 2,
     queues: Annotated[str | None, typer.Option(help="Comma-separated Celery queues (default: execution + system).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    autoscale: Annotated[str | None, typer.Option(help="MAX,MIN: grow the pool up to MAX processes under load "
+                                                  "and shrink to MIN when idle (replaces --concurrency).")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. worker@$POD_NAME (default: "
+                                                 "tenantq-<pid>@<host>).")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Run a Celery worker (same as `celery -A tenantq.worker worker`)."""
+    """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
+    on more machines; --autoscale sizes one worker's pool with the load."""
     settings = _settings(data_dir)
+    _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
     from tenantq.worker.celery_app import SYSTEM_QUEUE
 
     q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
-    celery_app.worker_main(["worker", f"--concurrency={concurrency}", f"--queues={q}", f"--loglevel={loglevel}",
-                            f"--hostname=tenantq-{os.getpid()}@%h"])
+    pool = [f"--autoscale={autoscale}"] if autoscale else [f"--concurrency={concurrency}"]
+    celery_app.worker_main(["worker", *pool, f"--queues={q}", f"--loglevel={loglevel}",
+                            f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}"])
 
 
 @app.command()
@@ -131,6 +146,7 @@ def beat(
     """Run Celery beat (periodic and per-tenant scheduled jobs)."""
     settings = _settings(data_dir)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
 
     celery_app.start(["beat", f"--loglevel={loglevel}",

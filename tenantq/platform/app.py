@@ -9,6 +9,7 @@ from sqlalchemy import text
 import tenantq
 from tenantq.platform.db import get_engine
 from tenantq.platform.errors import install_error_handlers
+from tenantq.platform.logging import install_request_logging
 from tenantq.platform.redis import get_redis
 from tenantq.platform.request_guard import RequestGuard
 
@@ -30,6 +31,7 @@ ROUTER_MODULES = [
     "tenantq.tenants.admin_router",
     "tenantq.platform.workflows.router",
     "tenantq.platform.dashboard.router",
+    "tenantq.platform.metrics",
 ]
 
 
@@ -47,6 +49,8 @@ def create_app() -> FastAPI:
 
     # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
     app.add_middleware(RequestGuard)
+
+    install_request_logging(app)  # added last: outermost, so it also logs 413s and timings include everything
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:

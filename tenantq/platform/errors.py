@@ -92,7 +92,11 @@ def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TenantqError)
-    async def _tenantq_error(_request: Request, exc: TenantqError) -> JSONResponse:
+    async def _tenantq_error(request: Request, exc: TenantqError) -> JSONResponse:
+        if exc.status_code in (402, 429):  # rate-limit and quota refusals are an operator signal
+            from tenantq.platform.metrics import rejection
+
+            rejection(getattr(request.state, "tenant_id", None), exc.code, exc.status_code)
         return JSONResponse(
             error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=exc.headers
         )

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
         "cancelled attempt. Must exceed how long a message can wait in the execution queue.",
     )
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
+    metrics_tenant_labels: str = Field(
+        default="all",
+        pattern=r"^(all|none|top:[1-9][0-9]*)$",
+        description="Tenant label on metrics: 'all' (one series per tenant), 'none' (aggregated), or 'top:N' "
+        "(the N busiest tenants by submissions; the rest as tenant=\"other\").",
+    )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token required by GET /metrics. Unset: /metrics is open (keep it internal)."
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, description="Port on which each worker serves its own host's metrics (multi-host scraping)."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -87,6 +87,8 @@ class Supervisor:
         env["TENANTQ_DATABASE_URL"] = self.settings.effective_database_url
         env["TENANTQ_REDIS_URL"] = self.redis_url
         env["PYTHONUNBUFFERED"] = "1"
+        # One metrics directory for the API and the worker's pool children, so /metrics sees both.
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         if self.tty:
             env.setdefault("TENANTQ_LOG_JSON", "0")
         return env
@@ -126,8 +128,17 @@ class Supervisor:
                 time.sleep(0.05)
         client.close()
 
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or self.data_dir / "prometheus")
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            from tenantq.platform.metrics import reset_multiproc_dir
+
+            # Every process writing there is about to start afresh: counters from a previous run go.
+            reset_multiproc_dir(self.metrics_dir)
         if self.settings.uses_embedded_redis:
             self.start_embedded_redis()
         else:

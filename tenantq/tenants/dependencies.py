@@ -124,7 +124,9 @@ def _throttled(request: Request, authenticate):
 
 def current_tenant(request: Request, session: SessionDep) -> TenantContext:
     """An API key or a session JWT as bearer token, or the dashboard's session cookie."""
-    return _throttled(request, lambda: _current_tenant(request, session))
+    ctx = _throttled(request, lambda: _current_tenant(request, session))
+    request.state.tenant_id = ctx.tenant_id  # for request logs and rejection metrics
+    return ctx
 
 
 def _current_tenant(request: Request, session: Session) -> TenantContext:

@@ -18,6 +18,12 @@ def to_celery_priority(priority: int) -> int:
 
 SYSTEM_QUEUE = "tq.system"
 
+# The longest an attempt may run (the largest plan's max_time_limit_s).
+MAX_TIME_LIMIT_S = 3600
+# Redis has no real acks: a message taken but not acknowledged within this many seconds is handed to
+# another worker. It must exceed the longest time limit, or a long attempt would run twice at once.
+VISIBILITY_TIMEOUT_S = MAX_TIME_LIMIT_S + 100
+
 
 def create_celery() -> Celery:
     settings = get_settings()
@@ -33,11 +39,22 @@ def create_celery() -> Celery:
         # redelivered instead of lost.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # Without this a worker holds a prefetched batch and queued messages bypass priority.
+        # Without this a worker holds a prefetched batch and queued messages bypass priority; with
+        # acks_late a prefetched message would also sit reserved (invisible to idle workers) behind a
+        # long task. One message per free pool process keeps the dispatcher's order and fairness.
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
-        # Fresh children now and then bound the damage of leaks in tenant-supplied workloads.
+        # Fresh children now and then bound the damage of memory leaks or global state left behind by
+        # task code; every 10,000 tasks keeps the cost of forking a new child negligible per task.
         worker_max_tasks_per_child=10_000,
+        # Hard limit kills the pool child (the only way to stop code stuck in C); the soft limit a
+        # minute earlier raises SoftTimeLimitExceeded so well-behaved code can clean up. These are the
+        # ceiling; per-job limits (bounded by the plan) travel in the message's options and override them.
+        task_time_limit=MAX_TIME_LIMIT_S,
+        task_soft_time_limit=MAX_TIME_LIMIT_S - 60,
+        # On a lost broker connection, unacknowledged (acks_late) messages are redelivered anyway;
+        # cancelling the attempts still running avoids two copies of the same attempt at once.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         # Events let `celery inspect`, `celery events` and Flower see tenantq workers unchanged.
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -47,10 +64,9 @@ def create_celery() -> Celery:
             "priority_steps": list(range(PRIORITY_LEVELS)),
             "sep": ":",
             "queue_order_strategy": "priority",
-            # Must exceed the longest time limit, or long attempts get redelivered while running.
-            "visibility_timeout": 3700,
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
         },
-        result_backend_transport_options={"visibility_timeout": 3700},
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         task_default_queue=SYSTEM_QUEUE,
         task_queues=[Queue(settings.exec_queue), Queue(SYSTEM_QUEUE)],
         worker_hijack_root_logger=False,

@@ -83,9 +83,13 @@ class Dispatcher:
 
     def run_forever(self, idle_sleep: float = 0.02) -> None:
         log.info("dispatcher started (queue=%s depth=%s)", self.queue, self.depth)
+        last_beat = float("-inf")
         while not self.stop_event.is_set():
             try:
                 released = self.tick()
+                if time.monotonic() - last_beat >= 1.0:  # liveness for /metrics and alerts, once a second
+                    self.r.set("tq:dispatcher:heartbeat", time.time())
+                    last_beat = time.monotonic()
             except redis.ConnectionError as exc:
                 log.warning("redis unavailable, retrying: %s", exc)
                 self.stop_event.wait(1.0)

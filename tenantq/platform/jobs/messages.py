@@ -35,6 +35,9 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
         "time_limit": job.time_limit,
         "workflow_id": job.workflow_id,
         "step_index": job.step_index,
+        # Unix times for the worker's wait-time metric (start minus when the job became runnable).
+        "submitted_at": job.created_at.timestamp() if job.created_at else None,
+        "run_at": job.run_at.timestamp() if job.run_at else None,
     }
 
 

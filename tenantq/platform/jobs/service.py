@@ -14,6 +14,7 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tenantq.platform import metrics
 from tenantq.platform.db import utcnow
 from tenantq.platform.errors import Conflict, InvalidInput, ServiceUnavailable
 from tenantq.platform.jobs import lifecycle
@@ -206,6 +207,7 @@ def enqueue(job: Job, *, client: redis.Redis | None = None, attempt: int | None 
         queues.schedule(job.tenant_id, job.id, job.priority, message, job.run_at.timestamp())
     else:
         queues.enqueue(job.tenant_id, job.id, job.priority, message)
+    metrics.job_submitted(job.tenant_id, job.task, client=queues.r)
 
 
 CancelOutcome = Literal["dequeued", "terminated", "requested", "already_finished"]
