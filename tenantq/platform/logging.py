@@ -197,41 +197,62 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 request_log = logging.getLogger("tenantq.http")
 
 
-def install_request_logging(app: Any) -> None:
-    """One log line and one metrics observation per HTTP request (method, route, status, duration,
-    tenant when authenticated)."""
-    from starlette.requests import Request
+class RequestLogMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware, which turns a client disconnect into a RuntimeError):
+    one log line and one metrics observation per HTTP request."""
 
-    @app.middleware("http")
-    async def _log_request(request: Request, call_next):
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        status = 500
+        status = 0  # 0 = no response sent (e.g. the client went away first)
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal status
+            if message.get("type") == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            status = status or 500
+            raise
         finally:
             elapsed = time.perf_counter() - start
-            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-            tenant_id = getattr(request.state, "tenant_id", None)
-            path = request.url.path
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            tenant_id = (scope.get("state") or {}).get("tenant_id")
+            path = scope.get("path", "")
+            method = scope.get("method", "")
+            client = scope.get("client")
             level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
             request_log.log(
                 level,
                 "%s %s %s",
-                request.method,
+                method,
                 path,
                 status,
                 extra={
-                    "method": request.method,
+                    "method": method,
                     "path": path,
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                     "tenant_id": tenant_id,
-                    "client": request.client.host if request.client else None,
+                    "client": client[0] if client else None,
                 },
             )
-            from tenantq.platform import metrics
+            if status:
+                from tenantq.platform import metrics
 
-            metrics.observe_request(request.method, route, status, elapsed)
+                metrics.observe_request(method, route, status, elapsed)
+
+
+def install_request_logging(app: Any) -> None:
+    """One log line and one metrics observation per HTTP request (method, route, status, duration,
+    tenant when authenticated). Added last, so it is the outermost middleware."""
+    app.add_middleware(RequestLogMiddleware)

@@ -47,11 +47,12 @@ def create_celery() -> Celery:
         # Fresh children now and then bound the damage of memory leaks or global state left behind by
         # task code; every 10,000 tasks keeps the cost of forking a new child negligible per task.
         worker_max_tasks_per_child=10_000,
-        # Hard limit kills the pool child (the only way to stop code stuck in C); the soft limit a
-        # minute earlier raises SoftTimeLimitExceeded so well-behaved code can clean up. These are the
-        # ceiling; per-job limits (bounded by the plan) travel in the message's options and override them.
+        # Hard limit kills the pool child (the only way to stop code stuck in C). This is the ceiling
+        # for anything without a limit of its own; tenant jobs always carry a per-job hard limit
+        # (bounded by the plan) in the message's options. No global soft limit: a default soft limit
+        # would apply to jobs that set only a short hard one and billiard would then not enforce the
+        # hard one on time.
         task_time_limit=MAX_TIME_LIMIT_S,
-        task_soft_time_limit=MAX_TIME_LIMIT_S - 60,
         # On a lost broker connection, unacknowledged (acks_late) messages are redelivered anyway;
         # cancelling the attempts still running avoids two copies of the same attempt at once.
         worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import signals
 
+from tenantq.worker.registry import RetryScheduled
 from tenantq.platform import metrics
 from tenantq.platform.logging import reset_context, set_context
 from tenantq.platform.redis import get_redis
@@ -98,6 +99,9 @@ def on_postrun(
     started, token = _inflight.pop(task_id, (None, None))
     elapsed = time.perf_counter() - started if started is not None else None
     outcome = _STATE_EVENT.get(state or "")
+    if state == "IGNORED" and isinstance(retval, RetryScheduled):
+        # tenantq retries end the Celery task with RetryScheduled (an Ignore), not Celery's RETRY.
+        outcome = "retried"
     try:
         m = metrics.get_metrics()
         label = metrics.labeler().label(job.get("tenant_id"))

@@ -90,6 +90,16 @@ class TaskType:
 REGISTRY: dict[str, TaskType] = {}
 
 
+class RetryScheduled(Ignore):
+    """Ends a Celery task whose next attempt was put back on the tenant's delayed queue. Signal
+    receivers see it as ``retval`` with state IGNORED and can tell a retry from other ignores."""
+
+    def __init__(self, exc: BaseException | None = None, delay: float | None = None) -> None:
+        super().__init__(repr(exc) if exc is not None else "retry scheduled")
+        self.exc = exc
+        self.delay = delay
+
+
 def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str, Any]) -> Any:
     """The body of every tenantq task: cancellation gate, validation, the function, retry policy,
     result bound. Status bookkeeping happens in signals (prerun/postrun) and, for the outcomes that
@@ -116,7 +126,7 @@ def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str,
             # Back through tenantq's own delayed queue, so fairness, rate and concurrency limits
             # apply to the retry like to any other attempt.
             if lifecycle.schedule_retry(spec.name, job, args, exc, delay):
-                raise Ignore() from None
+                raise RetryScheduled(exc, delay) from None
         raise
     if isinstance(result, BaseModel):
         result = result.model_dump(mode="json")

@@ -113,7 +113,8 @@ class TestProcessLogs:
             ("job.started", 2),
             ("job.succeeded", 2),
         ]
-        assert all(e["tenant_id"] == key.tenant.id and e["task_id"] == job["id"] for e in mine)
+        # Each attempt is its own Celery task: task id "{job id}-{attempt}".
+        assert all(e["tenant_id"] == key.tenant.id and e["task_id"] == f"{job['id']}-{e['attempt']}" for e in mine)
         assert "FlakyError" in mine[1]["error"] and mine[3]["duration_ms"] >= 0
         # Celery's own lines inside the attempt carry the job context too.
         assert any(e["logger"].startswith("celery") and e.get("job_id") == job["id"] for e in found)
