@@ -124,4 +124,6 @@ def import_models() -> None:
     """Import every module that defines tables so ``Base.metadata`` is complete."""
     import tenantq.billing.models  # noqa: F401
     import tenantq.platform.jobs.models  # noqa: F401
+    import tenantq.platform.schedules.models  # noqa: F401
+    import tenantq.platform.webhooks.models  # noqa: F401
     import tenantq.tenants.models  # noqa: F401

@@ -9,6 +9,7 @@ from tenantq.worker.registry import load_task_types
 load_task_types()
 
 import tenantq.worker.signals  # noqa: E402,F401  (connects the signal receivers)
+import tenantq.platform.webhooks.receivers  # noqa: E402,F401  (after signals: job status is committed first)
 
 celery = app
 

@@ -103,7 +103,9 @@ def task_type(
             except spec.retry_on as exc:
                 max_retries = int(job.get("max_retries", 0))
                 if self.request.retries < max_retries:
-                    raise self.retry(exc=exc, countdown=spec.backoff(self.request.retries), max_retries=max_retries)
+                    # An error may carry the server's wish (``retry_after``, e.g. HTTP Retry-After) as a floor.
+                    countdown = max(spec.backoff(self.request.retries), float(getattr(exc, "retry_after", 0) or 0))
+                    raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries)
                 raise
             if isinstance(result, BaseModel):
                 result = result.model_dump(mode="json")
@@ -137,3 +139,4 @@ def load_task_types() -> None:
         return
     _loaded = True
     import tenantq.worker.demo  # noqa: F401
+    import tenantq.worker.builtin  # noqa: F401
