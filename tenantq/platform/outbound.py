@@ -68,6 +68,8 @@ class NetworkPolicy:
             return None
         if ip.is_loopback:
             return "loopback address"
+        if ip.is_unspecified:
+            return "unspecified address (reaches this host)"
         if ip.is_link_local:
             return "link-local address"
         if ip.is_private:

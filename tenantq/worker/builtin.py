@@ -336,8 +336,11 @@ def http_request(args: HttpArgs, ctx: JobContext) -> dict[str, Any]:
                 content=args.body.encode() if args.body is not None else None,
                 json=args.json_ if args.json_ is not None else None,
             )
-            with client.send(request, stream=True) as response:
+            response = client.send(request, stream=True)
+            try:
                 body, truncated = _read_bounded(response, limit)
+            finally:
+                response.close()
     except BlockedDestination:
         raise
     except httpx.TooManyRedirects as exc:

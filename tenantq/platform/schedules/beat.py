@@ -19,15 +19,15 @@ available. Redis keys: none of its own (the jobs it creates use the jobs service
 
 from __future__ import annotations
 
-import logging
-
 from celery.beat import Scheduler
+from celery.utils.log import get_logger
 
 from tenantq.platform.db import dispose_engine, session_factory, utcnow
 from tenantq.platform.schedules.service import fire_due, next_due_at
 from tenantq.platform.settings import get_settings
 
-log = logging.getLogger("tenantq.schedules.beat")
+# A child of the "celery" logger: beat configures that one, so these lines reach its log.
+log = get_logger(__name__)
 
 # Never sleep less than this between two reads, even when a schedule is overdue and keeps failing.
 MIN_SLEEP = 0.02
@@ -57,7 +57,9 @@ class TenantScheduler(Scheduler):
         try:
             session = session_factory()()
             try:
-                fire_due(session)
+                for firing in fire_due(session):
+                    log.info("fired schedule %s due %s -> job %s%s", firing.schedule_id, firing.due.isoformat(),
+                             firing.job_id, f" (refused: {firing.error})" if firing.error else "")
                 upcoming = next_due_at(session)
             finally:
                 session.close()

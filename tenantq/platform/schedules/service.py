@@ -316,8 +316,6 @@ def fire(session: Session, schedule: Schedule, now: datetime | None = None) -> F
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    log.info("fired schedule %s due %s -> job %s%s", sid, due.isoformat(), job_id,
-             f" (refused: {error})" if error else "")
     return Firing(schedule_id=sid, tenant_id=tenant_id, due=due, job_id=job_id, error=error)
 
 
