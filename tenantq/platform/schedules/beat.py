@@ -38,8 +38,9 @@ class TenantScheduler(Scheduler):
     persistence = None
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        # Before super().__init__: it calls setup_schedule(), which reads it.
         self.poll_seconds = get_settings().schedule_poll_seconds
+        super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
         # beat may have been forked/daemonised after import: never reuse a parent's DB connections.
