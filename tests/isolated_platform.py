@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis as redis_lib
@@ -42,7 +42,7 @@ class RecordingSmtpHandler:
         self.busy_seen: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0].lower()
         if local.startswith("reject"):
             return "550 5.1.1 No such user here"
@@ -55,7 +55,7 @@ class RecordingSmtpHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         parsed: Message = message_from_bytes(envelope.content)
         with self.lock:
             self.messages.append({"mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
@@ -181,7 +181,7 @@ class LocalHttpServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_port}"
 
-    def __enter__(self) -> LocalHttpServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

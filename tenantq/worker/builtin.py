@@ -16,7 +16,6 @@ from __future__ import annotations
 import email.utils
 import re
 import smtplib
-import socket
 import ssl
 import time
 from email.message import EmailMessage
@@ -198,7 +197,7 @@ def send_email(args: EmailArgs, ctx: JobContext) -> dict[str, Any]:
             refused = client.send_message(msg)
     except smtplib.SMTPException as exc:
         raise _smtp_error(exc) from None
-    except (OSError, socket.timeout) as exc:
+    except (TimeoutError, OSError) as exc:
         raise TransientEmailError(f"cannot reach the SMTP relay: {exc}") from None
     accepted = [a for a in args.to if email.utils.parseaddr(a)[1] not in refused]
     # Some recipients refused but others accepted: the message went out, so this is not retried (a
@@ -244,7 +243,7 @@ class HttpArgs(BaseModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        if not (v.startswith("http://") or v.startswith("https://")):
+        if not v.startswith(("http://", "https://")):
             raise ValueError("only http:// and https:// URLs are allowed")
         try:
             parsed = httpx.URL(v)

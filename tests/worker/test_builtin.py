@@ -103,9 +103,9 @@ class TestNetworkPolicy:
         # The first hop (127.0.0.1) is explicitly allowed; the redirect target (127.0.0.2) is not.
         with LocalHttpServer(lambda req: Reply(302, b"", {"location": "http://127.0.0.2:9/secret"})) as srv:
             policy = NetworkPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
-            with guarded_client(timeout=5, follow_redirects=True, policy=policy) as client:
-                with pytest.raises(BlockedDestination, match=r"127\.0\.0\.2"):
-                    client.get(srv.url + "/start")
+            with (guarded_client(timeout=5, follow_redirects=True, policy=policy) as client,
+                  pytest.raises(BlockedDestination, match=r"127\.0\.0\.2")):
+                client.get(srv.url + "/start")
             assert len(srv.requests) == 1
 
     def test_retry_after_parsing(self):

@@ -64,7 +64,7 @@ class TenantScheduler(Scheduler):
                 upcoming = next_due_at(session)
             finally:
                 session.close()
-        except Exception:  # noqa: BLE001 - the database being away must not kill beat
+        except Exception:  # the database being away must not kill beat
             log.exception("tenant schedules: read/fire failed; retrying")
             return min(5.0, self.poll_seconds * 2)
         if upcoming is None:

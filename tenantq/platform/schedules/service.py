@@ -306,7 +306,7 @@ def fire(session: Session, schedule: Schedule, now: datetime | None = None) -> F
     except TenantqError as exc:
         session.rollback()
         error = f"{exc.code}: {exc.message}"
-    except Exception as exc:  # noqa: BLE001 - a broken firing must not stop beat; it is recorded
+    except Exception as exc:  # a broken firing must not stop beat; it is recorded
         session.rollback()
         log.exception("schedule %s: firing for %s failed", sid, due.isoformat())
         error = f"error: {type(exc).__name__}: {exc}"

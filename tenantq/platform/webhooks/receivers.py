@@ -34,5 +34,5 @@ def on_job_finished(task_id: str, task: Any, kwargs: dict | None = None, state: 
             delivery_ids = record_job_finished(session, job["id"])
         for delivery_id in delivery_ids:
             enqueue_delivery(delivery_id)
-    except Exception:  # noqa: BLE001
+    except Exception:  # webhooks must never disturb job execution
         log.exception("webhooks: could not record/enqueue events for job %s", job.get("id"))

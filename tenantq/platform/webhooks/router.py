@@ -8,8 +8,15 @@ from fastapi import APIRouter, Query, Response
 
 from tenantq.platform.dependencies import SessionDep
 from tenantq.platform.webhooks import service
-from tenantq.platform.webhooks.schemas import (AttemptOut, DeliveryList, DeliveryOut, WebhookCreate,
-                                               WebhookCreated, WebhookList, WebhookOut)
+from tenantq.platform.webhooks.schemas import (
+    AttemptOut,
+    DeliveryList,
+    DeliveryOut,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookList,
+    WebhookOut,
+)
 from tenantq.tenants.dependencies import JobsRead, JobsWrite
 from tenantq.tenants.models import Tenant
 
