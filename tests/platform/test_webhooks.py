@@ -157,6 +157,36 @@ class TestEvents:
         assert service.record_job_finished(db_session, JobFactory(tenant=tenant, status="running").id) == []
 
 
+class TestAttempts:
+    def test_duplicate_task_copies_never_repeat_an_attempt_and_lost_ones_are_swept(self, db_session, allow_private):
+        from datetime import timedelta
+
+        from tenantq.platform.db import utcnow
+
+        tenant = TenantFactory()
+        with VerifyingReceiver() as receiver:
+            receiver.secret = "whsec_t"
+            receiver.ready.set()
+            db_session.add(WebhookEndpoint(tenant_id=tenant.id, url=receiver.url + "/x", events=["job.succeeded"],
+                                           secret="whsec_t"))
+            db_session.commit()
+            first_job = JobFactory(tenant=tenant, status="succeeded", attempts=1)
+            (did,) = service.record_job_finished(db_session, first_job.id)
+            # Planned for later (a retry): an early copy of the task does nothing.
+            db_session.get(WebhookDelivery, did).next_attempt_at = utcnow() + timedelta(minutes=1)
+            db_session.commit()
+            assert service.attempt_delivery(db_session, did).outcome == "not_due"
+            assert receiver.requests == []
+            # Lost task: overdue by more than STALE_AFTER, so the sweeper finds it.
+            db_session.get(WebhookDelivery, did).next_attempt_at = utcnow() - timedelta(minutes=10)
+            db_session.commit()
+            assert did in service.stale_deliveries(db_session)
+            assert service.attempt_delivery(db_session, did).outcome == "succeeded"
+            assert service.attempt_delivery(db_session, did).outcome == "gone"  # a second copy
+            assert did not in service.stale_deliveries(db_session)
+            assert len(receiver.verified) == 1
+
+
 @pytest.mark.e2e
 class TestDelivery:
     def register(self, api, key, url: str, events: list[str]) -> dict:

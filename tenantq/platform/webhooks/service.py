@@ -23,10 +23,10 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,6 +48,11 @@ EVENT_TYPE_HEADER = "tenantq-event-type"
 MAX_ENDPOINTS_PER_TENANT = 20
 MAX_ERROR_CHARS = 2000
 JOB_EVENTS = {"succeeded": "job.succeeded", "failed": "job.failed"}
+# A task copy may run this much ahead of the planned retry time (clock skew, eta rounding).
+EARLY_SLACK = timedelta(seconds=1)
+# A pending delivery this far past its planned attempt has lost its task (enqueue failed, message lost):
+# the sweeper enqueues it again.
+STALE_AFTER = timedelta(minutes=5)
 
 
 # --- signatures ----------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def record_job_finished(session: Session, job_id: str) -> list[str]:
 
 @dataclass
 class AttemptOutcome:
-    outcome: str  # "succeeded" | "retry" | "failed" | "gone"
+    outcome: str  # "succeeded" | "retry" | "failed" | "gone" | "not_due"
     attempt: int
     retry_in: float | None = None
 
@@ -231,7 +236,25 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
     endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
     if endpoint is None:
         return AttemptOutcome("gone", delivery.attempts)
+    now = utcnow()
+    if delivery.next_attempt_at is not None and delivery.next_attempt_at - now > EARLY_SLACK:
+        # A duplicate message (re-enqueued by the sweeper, or redelivered) ahead of the planned retry.
+        return AttemptOutcome("not_due", delivery.attempts)
     number = delivery.attempts + 1
+    # Claim this attempt number before sending, so two copies of the task never make the same attempt;
+    # while it is in flight, next_attempt_at keeps the sweeper away.
+    claimed = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == delivery.attempts,
+               WebhookDelivery.status == "pending")
+        .values(attempts=number,
+                next_attempt_at=now + timedelta(seconds=settings.webhook_timeout_seconds) + STALE_AFTER)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if claimed.rowcount != 1:
+        return AttemptOutcome("not_due", delivery.attempts)
+    session.refresh(delivery)
     status_code: int | None = None
     error: str | None = None
     final = False
@@ -258,7 +281,6 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
     session.add(WebhookAttempt(delivery_id=delivery.id, attempt=number, status_code=status_code,
                                error=error[:MAX_ERROR_CHARS] if error else None, duration_ms=duration_ms,
                                created_at=now))
-    delivery.attempts = number
     if error is None:
         delivery.status, delivery.finished_at, delivery.next_attempt_at = "succeeded", now, None
         result = AttemptOutcome("succeeded", number)
@@ -273,3 +295,12 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
     log.info("webhook delivery %s attempt %s -> %s (%s)", delivery.id, number, result.outcome,
              status_code if status_code is not None else error)
     return result
+
+
+def stale_deliveries(session: Session, now: datetime | None = None, limit: int = 500) -> list[str]:
+    """Pending deliveries whose planned attempt is overdue by ``STALE_AFTER``: their task was lost."""
+    cutoff = (now or utcnow()) - STALE_AFTER
+    return list(session.scalars(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at < cutoff)
+        .order_by(WebhookDelivery.next_attempt_at).limit(limit)))

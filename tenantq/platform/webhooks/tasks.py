@@ -9,6 +9,8 @@ from tenantq.platform.webhooks import service
 from tenantq.worker.celery_app import SYSTEM_QUEUE, app
 
 DELIVER_TASK = "webhooks.deliver"
+SWEEP_TASK = "webhooks.sweep"
+SWEEP_EVERY_S = 60.0
 
 
 @app.task(name=DELIVER_TASK, bind=True, max_retries=None, acks_late=True)
@@ -27,3 +29,21 @@ def deliver(self: Any, delivery_id: str) -> dict[str, Any]:
 
 def enqueue_delivery(delivery_id: str) -> None:
     app.send_task(DELIVER_TASK, args=[delivery_id], queue=SYSTEM_QUEUE)
+
+
+@app.task(name=SWEEP_TASK, acks_late=True)
+def sweep() -> dict[str, Any]:
+    """Re-enqueue deliveries whose task was lost (e.g. Redis was away when the job finished). Safe to run
+    from several beats at once: a delivery attempt is claimed in SQL, so duplicates do nothing."""
+    with system_session() as session:
+        ids = service.stale_deliveries(session)
+    for delivery_id in ids:
+        enqueue_delivery(delivery_id)
+    return {"requeued": len(ids)}
+
+
+# Run by beat (any scheduler) like any static periodic task of the operator.
+app.conf.beat_schedule = {
+    **(app.conf.beat_schedule or {}),
+    SWEEP_TASK: {"task": SWEEP_TASK, "schedule": SWEEP_EVERY_S, "options": {"queue": SYSTEM_QUEUE}},
+}
