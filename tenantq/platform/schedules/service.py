@@ -176,6 +176,9 @@ def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> S
     _validate_job_template(session, tenant, data.task, data.args, data.priority)
     cron, tz = _check_timing(session, tenant, data.cron, data.timezone, data.interval_seconds)
     limit = plan_limit(session, tenant, "max_schedules")
+    # Serialise concurrent creates of one tenant with a row lock on PostgreSQL, so two requests cannot
+    # both see room for the last schedule. (SQLite has no FOR UPDATE: there a race may overshoot by one.)
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
     used = repo.count()
     if used >= limit:
         raise TooManyRequests(
