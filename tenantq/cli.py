@@ -127,7 +127,7 @@ def beat(
     data_dir: DataDir = None,
 ) -> None:
     """Run Celery beat: the operator's periodic tasks and the tenants' schedules (read from SQL, so edits
-    apply without a restart; running two beats is safe: each due time fires once)."""
+    apply without a restart; with two beats running, each schedule's due time still fires once)."""
     settings = _settings(data_dir)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     from tenantq.worker import app as celery_app
