@@ -91,6 +91,9 @@ class TestScheduleApi:
                        headers=auth(key)).json()["id"]
         patched = api.patch(f"/v1/schedules/{sid}", json={"args": {"seconds": "x"}}, headers=auth(key))
         assert patched.status_code == 422 and patched.json()["error"]["code"] == "invalid_args"
+        too_many = api.post("/v1/schedules", json={"task": "demo.echo", "max_retries": 50, "interval_seconds": 3600},
+                            headers=auth(key))  # pro plan: 10 at most
+        assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "max_retries_not_allowed"
 
     def test_plan_minimum_interval(self, api):
         free = ApiKeyFactory(tenant=TenantFactory(plan_name="free"))
@@ -164,7 +167,7 @@ class TestTiming:
 class TestFiring:
     def test_due_schedule_creates_a_job_through_the_jobs_service(self, db_session, redis_client):
         tenant = TenantFactory(plan_name="enterprise")
-        sched = make_schedule(db_session, tenant, interval_seconds=60, priority=8)
+        sched = make_schedule(db_session, tenant, interval_seconds=60, priority=8, max_retries=2)
         due = sched.next_run_at
         now = due + timedelta(seconds=0.5)
         assert sched.id in [s.id for s in service.due_schedules(db_session, now)]
@@ -172,7 +175,7 @@ class TestFiring:
         firing = service.fire(db_session, sched, now)
         assert firing is not None and firing.error is None
         job = db_session.get(Job, firing.job_id)
-        assert job.tenant_id == tenant.id and job.task == "demo.echo" and job.priority == 8
+        assert job.tenant_id == tenant.id and job.task == "demo.echo" and job.priority == 8 and job.max_retries == 2
         assert job.args == {"from": "schedule"}
         assert job.idempotency_key == service.idempotency_key(sched.id, due)
         db_session.refresh(sched)

@@ -123,6 +123,7 @@ def upgrade() -> None:
     sa.Column('task', sa.String(length=128), nullable=False),
     sa.Column('args', sa.JSON(), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('max_retries', sa.Integer(), nullable=True),
     sa.Column('cron', sa.String(length=128), nullable=True),
     sa.Column('timezone', sa.String(length=64), nullable=False),
     sa.Column('interval_seconds', sa.Integer(), nullable=True),

@@ -24,6 +24,7 @@ class Schedule(Base):
     task: Mapped[str] = mapped_column(String(128))
     args: Mapped[dict] = mapped_column(JSON, default=dict)
     priority: Mapped[int] = mapped_column(Integer, default=5)
+    max_retries: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cron: Mapped[str | None] = mapped_column(String(128), nullable=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     interval_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)

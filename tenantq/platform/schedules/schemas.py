@@ -22,6 +22,8 @@ class ScheduleCreate(BaseModel):
     task: str = Field(min_length=1, max_length=128, description="A registered task type, e.g. 'http.request'.")
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments, validated like a job's.")
     priority: int = Field(default=5, ge=0, le=9, description="Priority of the jobs it creates, 0-9.")
+    max_retries: int | None = Field(default=None, ge=0, le=100,
+                                    description="max_retries of the jobs it creates (bounded by plan).")
     cron: str | None = Field(default=None, min_length=1, max_length=128, description=_CRON)
     timezone: str = Field(default="UTC", min_length=1, max_length=64, description=_TZ)
     interval_seconds: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
@@ -37,6 +39,7 @@ class ScheduleUpdate(BaseModel):
     task: str | None = Field(default=None, min_length=1, max_length=128)
     args: dict[str, Any] | None = None
     priority: int | None = Field(default=None, ge=0, le=9)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
     cron: str | None = Field(default=None, min_length=1, max_length=128, description=_CRON)
     timezone: str | None = Field(default=None, min_length=1, max_length=64, description=_TZ)
     interval_seconds: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
@@ -51,6 +54,7 @@ class ScheduleOut(BaseModel):
     task: str
     args: dict[str, Any]
     priority: int
+    max_retries: int | None = None
     cron: str | None = None
     timezone: str
     interval_seconds: int | None = None

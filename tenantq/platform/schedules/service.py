@@ -164,16 +164,17 @@ def _check_timing(session: Session, tenant: Tenant, cron: str | None, timezone: 
 
 
 def _validate_job_template(session: Session, tenant: Tenant, task: str, args: dict[str, Any],
-                           priority: int) -> None:
-    # Same checks as a job submission (registry, argument schema, plan priority range).
-    validate_submission(session, tenant, JobCreate(task=task, args=args, priority=priority))
+                           priority: int, max_retries: int | None) -> None:
+    # Same checks as a job submission (registry, argument schema, plan priority range and max retries).
+    validate_submission(session, tenant, JobCreate(task=task, args=args, priority=priority,
+                                                   max_retries=max_retries))
 
 
 # --- CRUD ----------------------------------------------------------------------------------------------
 
 def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> Schedule:
     repo = ScheduleRepository(session, tenant.id)
-    _validate_job_template(session, tenant, data.task, data.args, data.priority)
+    _validate_job_template(session, tenant, data.task, data.args, data.priority, data.max_retries)
     cron, tz = _check_timing(session, tenant, data.cron, data.timezone, data.interval_seconds)
     limit = plan_limit(session, tenant, "max_schedules")
     # Serialise concurrent creates of one tenant with a row lock on PostgreSQL, so two requests cannot
@@ -186,7 +187,8 @@ def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> S
             code="schedule_limit_reached", details={"limit": "max_schedules", "max": limit, "used": used},
         )
     now = utcnow()
-    schedule = Schedule(name=data.name, task=data.task, args=data.args, priority=data.priority, cron=cron,
+    schedule = Schedule(name=data.name, task=data.task, args=data.args, priority=data.priority,
+                        max_retries=data.max_retries, cron=cron,
                         timezone=tz, interval_seconds=data.interval_seconds, enabled=data.enabled,
                         created_at=now, updated_at=now, runs=0, revision=0)
     schedule.next_run_at = next_after(schedule, None, now) if data.enabled else None
@@ -204,8 +206,9 @@ def update_schedule(session: Session, tenant: Tenant, schedule_id: str, data: Sc
     task = data.task if data.task is not None else schedule.task
     args = data.args if data.args is not None else schedule.args
     priority = data.priority if data.priority is not None else schedule.priority
-    if given & {"task", "args", "priority"}:
-        _validate_job_template(session, tenant, task, args, priority)
+    max_retries = data.max_retries if "max_retries" in given else schedule.max_retries
+    if given & {"task", "args", "priority", "max_retries"}:
+        _validate_job_template(session, tenant, task, args, priority, max_retries)
     cron, interval = schedule.cron, schedule.interval_seconds
     if data.cron is not None:
         cron, interval = data.cron, None
@@ -220,7 +223,7 @@ def update_schedule(session: Session, tenant: Tenant, schedule_id: str, data: Sc
     enabled = data.enabled if data.enabled is not None else schedule.enabled
     re_enabled = enabled and not schedule.enabled
 
-    schedule.task, schedule.args, schedule.priority = task, args, priority
+    schedule.task, schedule.args, schedule.priority, schedule.max_retries = task, args, priority, max_retries
     if data.name is not None:
         schedule.name = data.name
     schedule.cron, schedule.interval_seconds, schedule.timezone = cron, interval, timezone
@@ -294,7 +297,8 @@ def fire(session: Session, schedule: Schedule, now: datetime | None = None) -> F
     now = now or utcnow()
     # Copy what is needed before the claim commits and expires the ORM object.
     sid, tenant_id = schedule.id, schedule.tenant_id
-    template = JobCreate(task=schedule.task, args=schedule.args, priority=schedule.priority)
+    template = JobCreate(task=schedule.task, args=schedule.args, priority=schedule.priority,
+                         max_retries=schedule.max_retries)
     due = claim(session, schedule, now)
     if due is None:
         return None
