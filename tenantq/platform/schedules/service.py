@@ -200,9 +200,8 @@ def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> S
 def update_schedule(session: Session, tenant: Tenant, schedule_id: str, data: ScheduleUpdate) -> Schedule:
     schedule = ScheduleRepository(session, tenant.id).get(schedule_id)
     given = data.model_fields_set
-    for name in ("enabled",):
-        if name in given and getattr(data, name) is None:
-            raise InvalidInput(f"'{name}' may not be null.", code="invalid_input")
+    if "enabled" in given and data.enabled is None:
+        raise InvalidInput("'enabled' may not be null.", code="invalid_input")
     task = data.task if data.task is not None else schedule.task
     args = data.args if data.args is not None else schedule.args
     priority = data.priority if data.priority is not None else schedule.priority
