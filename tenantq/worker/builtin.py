@@ -301,7 +301,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, min(MAX_RETRY_AFTER_S, seconds))
 
 
-def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+def _read_bounded(response: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """Read at most ``limit`` bytes, and give up at ``deadline`` (httpx's timeouts are per read, so a
+    server dripping bytes could otherwise hold the worker far beyond the job's timeout)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
@@ -309,6 +311,8 @@ def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
         size += len(chunk)
         if size > limit:
             return b"".join(chunks)[:limit], True
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the response body did not arrive within the timeout")
     return b"".join(chunks), False
 
 
@@ -337,7 +341,7 @@ def http_request(args: HttpArgs, ctx: JobContext) -> dict[str, Any]:
             )
             response = client.send(request, stream=True)
             try:
-                body, truncated = _read_bounded(response, limit)
+                body, truncated = _read_bounded(response, limit, started + timeout)
             finally:
                 response.close()
     except BlockedDestination:

@@ -267,11 +267,17 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
         EVENT_TYPE_HEADER: delivery.event_type,
     }
     try:
-        with guarded_client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
-            response = client.post(endpoint.url, content=delivery.body.encode(), headers=headers)
+        # Streamed: only the start of the answer is kept, however much the receiver sends.
+        with (guarded_client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client,
+              client.stream("POST", endpoint.url, content=delivery.body.encode(), headers=headers) as response):
             status_code = response.status_code
             if not 200 <= status_code < 300:
-                error = f"HTTP {status_code}: {response.text[:500]}"
+                head = b""
+                for chunk in response.iter_bytes():
+                    head += chunk
+                    if len(head) >= 500:
+                        break
+                error = f"HTTP {status_code}: {head[:500].decode(errors='replace')}"
     except BlockedDestination as exc:
         error, final = str(exc), True  # the policy refuses this address: retrying cannot help
     except httpx.HTTPError as exc:
