@@ -108,6 +108,24 @@ class TestNetworkPolicy:
                 client.get(srv.url + "/start")
             assert len(srv.requests) == 1
 
+    def test_a_dripping_body_is_cut_off_at_the_deadline(self):
+        import time
+
+        import httpx
+
+        from tenantq.worker.builtin import _read_bounded
+
+        def drip():
+            for _ in range(50):
+                time.sleep(0.05)
+                yield b"x"
+
+        with pytest.raises(httpx.ReadTimeout):
+            _read_bounded(httpx.Response(200, content=drip()), limit=1000, deadline=time.monotonic() + 0.3)
+        body, truncated = _read_bounded(httpx.Response(200, content=b"y" * 10), limit=4,
+                                        deadline=time.monotonic() + 5)
+        assert (body, truncated) == (b"yyyy", True)
+
     def test_retry_after_parsing(self):
         assert parse_retry_after("7") == 7.0
         assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
