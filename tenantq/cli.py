@@ -29,6 +29,8 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data directory for the embedded SQLite/Redis (default ./.tenantq, or "
                  "$TENANTQ_DATA_DIR).", show_default=False),
 ]
+# Beat's scheduler class: reads per-tenant schedules from SQL at runtime.
+TENANT_SCHEDULER = "tenantq.platform.schedules.beat:TenantScheduler"
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
@@ -143,13 +145,14 @@ def beat(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     data_dir: DataDir = None,
 ) -> None:
-    """Run Celery beat (periodic and per-tenant scheduled jobs)."""
+    """Run Celery beat: the operator's periodic tasks and the tenants' schedules (read from SQL, so edits
+    apply without a restart; with two beats running, each schedule's due time still fires once)."""
     settings = _settings(data_dir)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
 
-    celery_app.start(["beat", f"--loglevel={loglevel}",
+    celery_app.start(["beat", f"--loglevel={loglevel}", f"--scheduler={TENANT_SCHEDULER}",
                       f"--schedule={settings.resolved_data_dir / 'celerybeat-schedule'}"])
 
 

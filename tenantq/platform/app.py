@@ -32,6 +32,8 @@ ROUTER_MODULES = [
     "tenantq.platform.workflows.router",
     "tenantq.platform.dashboard.router",
     "tenantq.platform.metrics",
+    "tenantq.platform.schedules.router",
+    "tenantq.platform.webhooks.router",
 ]
 
 

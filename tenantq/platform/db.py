@@ -126,4 +126,6 @@ def import_models() -> None:
     import tenantq.billing.models  # noqa: F401
     import tenantq.platform.jobs.models  # noqa: F401
     import tenantq.platform.workflows.models  # noqa: F401
+    import tenantq.platform.schedules.models  # noqa: F401
+    import tenantq.platform.webhooks.models  # noqa: F401
     import tenantq.tenants.models  # noqa: F401

@@ -94,6 +94,46 @@ class Settings(BaseSettings):
         default=None, description="Port on which each worker serves its own host's metrics (multi-host scraping)."
     )
 
+    # Schedules (issue 5b): how often beat re-reads the schedule table, so edits apply without a restart.
+    schedule_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="Beat re-reads per-tenant schedules from SQL at least this often."
+    )
+    # Outgoing e-mail for the built-in email.send task type (the operator's SMTP relay).
+    smtp_host: str | None = Field(default=None, description="SMTP relay host for email.send (unset: email.send fails).")
+    smtp_port: int = Field(default=587, description="SMTP relay port.")
+    smtp_username: str | None = Field(default=None, description="SMTP login user (unset: no AUTH).")
+    smtp_password: str | None = Field(default=None, description="SMTP login password.")
+    smtp_starttls: bool = Field(default=True, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_ssl: bool = Field(default=False, description="Connect with implicit TLS (SMTPS, usually port 465).")
+    smtp_default_from: str = Field(
+        default="tenantq <no-reply@localhost>",
+        description="Sender used when a job gives no 'from' (and the only one allowed for tenants without "
+        "configured sender domains).",
+    )
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, description="SMTP connect/command timeout.")
+    # Outgoing HTTP (http.request task type and completion webhooks): the operator's network policy.
+    http_allow_private: bool = Field(
+        default=False,
+        description="Allow private, loopback, link-local and reserved destinations (tests, trusted setups).",
+    )
+    http_allow_cidrs: list[str] = Field(
+        default_factory=list, description="CIDRs always allowed even if private (JSON list)."
+    )
+    http_deny_cidrs: list[str] = Field(
+        default_factory=list, description="CIDRs always refused, even if public (JSON list)."
+    )
+    http_max_timeout_seconds: float = Field(default=60.0, gt=0, description="Upper bound of http.request timeouts.")
+    http_max_response_bytes: int = Field(default=65_536, gt=0, description="Response body kept in a result.")
+    # Completion webhooks.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery.")
+    webhook_max_attempts: int = Field(default=12, ge=1, le=50, description="Delivery attempts before giving up.")
+    webhook_backoff_base_seconds: float = Field(
+        default=2.0, gt=0, description="First retry delay; doubles on each attempt (with jitter)."
+    )
+    webhook_backoff_max_seconds: float = Field(
+        default=3600.0, gt=0, le=3600, description="Cap of the retry delay (below the broker visibility timeout)."
+    )
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

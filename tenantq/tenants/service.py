@@ -36,14 +36,17 @@ OPERATOR_PAUSE_REASON = "operator_pause"
 DEFAULT_PLANS: list[dict] = [
     dict(name="free", display_name="Free", submit_rate=5, submit_burst=20, exec_rate=5, concurrency=2,
          max_queued=1000, weight=1, priority_min=0, priority_max=5, max_time_limit_s=60, max_retries=3,
-         included_jobs=1000, included_compute_seconds=600, hard_limits=True, base_fee="0"),
+         included_jobs=1000, included_compute_seconds=600, hard_limits=True, base_fee="0",
+         min_schedule_interval_s=300, max_schedules=5),
     dict(name="pro", display_name="Pro", submit_rate=50, submit_burst=200, exec_rate=50, concurrency=10,
          max_queued=50_000, weight=3, priority_min=0, priority_max=9, max_time_limit_s=900, max_retries=10,
-         included_jobs=100_000, included_compute_seconds=36_000, hard_limits=False, base_fee="49.00"),
+         included_jobs=100_000, included_compute_seconds=36_000, hard_limits=False, base_fee="49.00",
+         min_schedule_interval_s=60, max_schedules=100),
     dict(name="enterprise", display_name="Enterprise", submit_rate=500, submit_burst=2000, exec_rate=500,
          concurrency=100, max_queued=1_000_000, weight=5, priority_min=0, priority_max=9,
          max_time_limit_s=3600, max_retries=25, included_jobs=10_000_000, included_compute_seconds=1_000_000,
-         hard_limits=False, base_fee="999.00"),
+         hard_limits=False, base_fee="999.00",
+         min_schedule_interval_s=1, max_schedules=10_000),
 ]
 
 

@@ -12,6 +12,7 @@ import tenantq.worker.signals  # noqa: E402,F401  (connects the signal receivers
 import tenantq.billing.invoice_tasks  # noqa: E402,F401  (period close, Stripe sync and webhook tasks)
 import tenantq.platform.jobs.tasks  # noqa: E402,F401  (system tasks: result expiry)
 import tenantq.worker.metrics  # noqa: E402,F401  (metrics, job log lines, worker heartbeat)
+import tenantq.platform.webhooks.receivers  # noqa: E402,F401  (after signals: job status is committed first)
 
 celery = app
 

@@ -123,6 +123,8 @@ def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str,
         retries_made = attempt - int(job.get("first_attempt") or 1)
         if retries_made < int(job.get("max_retries") or 0) and not lifecycle.cancel_covers(ctx.job_id, attempt):
             delay = spec.backoff(retries_made, job.get("retry_backoff"), job.get("retry_backoff_max"))
+            # An error may carry the server's wish (``retry_after``, e.g. HTTP Retry-After) as a floor.
+            delay = max(delay, float(getattr(exc, "retry_after", 0) or 0))
             # Back through tenantq's own delayed queue, so fairness, rate and concurrency limits
             # apply to the retry like to any other attempt.
             if lifecycle.schedule_retry(spec.name, job, args, exc, delay):
@@ -216,3 +218,4 @@ def load_task_types() -> None:
         return
     _loaded = True
     import tenantq.worker.demo  # noqa: F401
+    import tenantq.worker.builtin  # noqa: F401

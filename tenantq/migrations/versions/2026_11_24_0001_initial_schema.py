@@ -56,6 +56,8 @@ def upgrade() -> None:
     sa.Column('hard_limits', sa.Boolean(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('base_fee', sa.Numeric(precision=18, scale=6), nullable=False),
+    sa.Column('min_schedule_interval_s', sa.Integer(), nullable=False),
+    sa.Column('max_schedules', sa.Integer(), nullable=False),
     sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_plan'))
     )
@@ -173,6 +175,33 @@ def upgrade() -> None:
     with op.batch_alter_table('price_tier', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_price_tier_price_id'), ['price_id'], unique=False)
 
+    op.create_table('schedule',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('name', sa.String(length=128), nullable=False),
+    sa.Column('task', sa.String(length=128), nullable=False),
+    sa.Column('args', sa.JSON(), nullable=False),
+    sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('max_retries', sa.Integer(), nullable=True),
+    sa.Column('cron', sa.String(length=128), nullable=True),
+    sa.Column('timezone', sa.String(length=64), nullable=False),
+    sa.Column('interval_seconds', sa.Integer(), nullable=True),
+    sa.Column('enabled', sa.Boolean(), nullable=False),
+    sa.Column('next_run_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_run_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_job_id', sa.String(length=36), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('runs', sa.Integer(), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_schedule_tenant_id_tenant'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_schedule'))
+    )
+    with op.batch_alter_table('schedule', schema=None) as batch_op:
+        batch_op.create_index('ix_schedule_due', ['enabled', 'next_run_at'], unique=False)
+        batch_op.create_index('ix_schedule_tenant_created', ['tenant_id', 'created_at'], unique=False)
+
     op.create_table('stripe_customer',
     sa.Column('tenant_id', sa.String(length=36), nullable=False),
     sa.Column('customer_id', sa.String(length=64), nullable=False),
@@ -181,6 +210,21 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('tenant_id', name=op.f('pk_stripe_customer')),
     sa.UniqueConstraint('customer_id', name=op.f('uq_stripe_customer_customer_id'))
     )
+    op.create_table('webhook_endpoint',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('url', sa.String(length=2048), nullable=False),
+    sa.Column('events', sa.JSON(), nullable=False),
+    sa.Column('description', sa.String(length=512), nullable=False),
+    sa.Column('secret', sa.String(length=128), nullable=False),
+    sa.Column('enabled', sa.Boolean(), nullable=False),
+    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_webhook_endpoint_tenant_id_tenant'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_endpoint'))
+    )
+    with op.batch_alter_table('webhook_endpoint', schema=None) as batch_op:
+        batch_op.create_index('ix_webhook_endpoint_tenant_created', ['tenant_id', 'created_at'], unique=False)
+
     op.create_table('workflow',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('tenant_id', sa.String(length=36), nullable=False),
@@ -254,6 +298,28 @@ def upgrade() -> None:
         batch_op.create_index('ix_job_tenant_status', ['tenant_id', 'status'], unique=False)
         batch_op.create_index(batch_op.f('ix_job_workflow_id'), ['workflow_id'], unique=False)
 
+    op.create_table('webhook_delivery',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('endpoint_id', sa.String(length=36), nullable=False),
+    sa.Column('event_id', sa.String(length=64), nullable=False),
+    sa.Column('event_type', sa.String(length=64), nullable=False),
+    sa.Column('job_id', sa.String(length=36), nullable=True),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['endpoint_id'], ['webhook_endpoint.id'], name=op.f('fk_webhook_delivery_endpoint_id_webhook_endpoint'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], name=op.f('fk_webhook_delivery_tenant_id_tenant'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_delivery')),
+    sa.UniqueConstraint('endpoint_id', 'event_id', name=op.f('uq_webhook_delivery_endpoint_id_event_id'))
+    )
+    with op.batch_alter_table('webhook_delivery', schema=None) as batch_op:
+        batch_op.create_index('ix_webhook_delivery_endpoint_created', ['endpoint_id', 'created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_webhook_delivery_tenant_id'), ['tenant_id'], unique=False)
+
     op.create_table('job_attempt',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('job_id', sa.String(length=36), nullable=False),
@@ -271,15 +337,38 @@ def upgrade() -> None:
     with op.batch_alter_table('job_attempt', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_job_attempt_job_id'), ['job_id'], unique=False)
 
+    op.create_table('webhook_attempt',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('delivery_id', sa.String(length=36), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('status_code', sa.Integer(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('duration_ms', sa.Float(), nullable=False),
+    sa.Column('created_at', tenantq.platform.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['delivery_id'], ['webhook_delivery.id'], name=op.f('fk_webhook_attempt_delivery_id_webhook_delivery'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_attempt'))
+    )
+    with op.batch_alter_table('webhook_attempt', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_webhook_attempt_delivery_id'), ['delivery_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('webhook_attempt', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webhook_attempt_delivery_id'))
+
+    op.drop_table('webhook_attempt')
     with op.batch_alter_table('job_attempt', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_attempt_job_id'))
 
     op.drop_table('job_attempt')
+    with op.batch_alter_table('webhook_delivery', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webhook_delivery_tenant_id'))
+        batch_op.drop_index('ix_webhook_delivery_endpoint_created')
+
+    op.drop_table('webhook_delivery')
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_workflow_id'))
         batch_op.drop_index('ix_job_tenant_status')
@@ -294,7 +383,16 @@ def downgrade() -> None:
         batch_op.drop_index('ix_workflow_tenant_created')
 
     op.drop_table('workflow')
+    with op.batch_alter_table('webhook_endpoint', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_endpoint_tenant_created')
+
+    op.drop_table('webhook_endpoint')
     op.drop_table('stripe_customer')
+    with op.batch_alter_table('schedule', schema=None) as batch_op:
+        batch_op.drop_index('ix_schedule_tenant_created')
+        batch_op.drop_index('ix_schedule_due')
+
+    op.drop_table('schedule')
     with op.batch_alter_table('price_tier', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_price_tier_price_id'))
 
