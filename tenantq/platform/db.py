@@ -85,6 +85,9 @@ def get_engine() -> Engine:
     """One engine per process; a forked child gets its own (never share pooled sockets across fork)."""
     global _engine, _engine_pid, _sessionmaker
     if _engine is None or _engine_pid != os.getpid():
+        # Every mapper must be configured before the first flush, whatever this process imported
+        # (beat, say, never imports workflows, yet a job row references the workflow table).
+        import_models()
         _engine = make_engine(get_settings().effective_database_url)
         _engine_pid = os.getpid()
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)

@@ -240,7 +240,8 @@ def start_beat(group: ProcessGroup, name: str):
     return group.start(name, [sys.executable, "-m", "tenantq.cli", "beat", "--loglevel", "INFO"])
 
 
-FIRED = re.compile(r"fired schedule (\S+) due (\S+) -> job (\S+)")
+# Works for JSON log lines too: ids and timestamps never contain quotes or commas.
+FIRED = re.compile(r"fired schedule ([^\s\",]+) due ([^\s\",]+) -> job ([^\s\",]+)")
 
 
 def fired_lines(group: ProcessGroup, names: list[str], schedule_id: str) -> list[tuple[str, str, str]]:
