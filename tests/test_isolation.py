@@ -56,15 +56,16 @@ class Signed:
     header: str
     secret_env: str
     recorded: Callable[[], int]  # rows the route stores when it accepts a request (must not grow)
-    unconfigured: tuple[int, str] = (503, "stripe_webhook_not_configured")
-    rejected: tuple[int, str] = (400, "invalid_signature")
+    unconfigured: tuple[int, str]  # (status, error code) while the secret is not set
+    rejected: tuple[int, str]  # (status, error code) for a missing or wrong signature
 
 
 def _stripe_events() -> int:
     return _session().scalar(select(func.count()).select_from(StripeEvent))
 
 
-STRIPE = Signed("Stripe-Signature", "TENANTQ_STRIPE_WEBHOOK_SECRET", _stripe_events)
+STRIPE = Signed("Stripe-Signature", "TENANTQ_STRIPE_WEBHOOK_SECRET", _stripe_events,
+                unconfigured=(503, "stripe_webhook_not_configured"), rejected=(400, "invalid_signature"))
 # A well-formed event: were the signature not checked, the route would accept and store it.
 STRIPE_EVENT = {"id": "evt_matrix_unsigned", "object": "event", "type": "invoice.paid",
                 "data": {"object": {"id": "in_matrix", "object": "invoice", "metadata": {}}}}
@@ -190,7 +191,7 @@ def _session():
 
 
 def _failed_job(owner: Owner) -> str:
-    # Failed for good: the owner can re-run it (202) and cancelling it is a harmless 200.
+    # Failed for good, so the owner can re-run it (202); cancelling it would be a no-op 200.
     started = utcnow() - timedelta(seconds=5)
     return JobFactory(tenant=owner.tenant, status="failed", attempts=1, error="RuntimeError: boom",
                       started_at=started, finished_at=started + timedelta(seconds=1)).id
