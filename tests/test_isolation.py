@@ -12,26 +12,63 @@ create endpoint in one line). Then, for every row:
 - ``RESOURCE`` rows: tenant B's key (and B's session) on A's resources -> 404, A's resource unchanged,
   and A itself gets a 2xx (so the 404 is isolation, not a broken builder);
 - ``LIST`` rows: B sees B's resource and never A's; ``CREATE`` rows: B creates its own, never A's;
-- ``/admin/v1`` rows: tenant key or tenant session -> 401, admin token -> 2xx.
+- ``SIGNED`` rows (webhooks authenticated by a signature over the body, not by a tenant credential):
+  unsigned, wrongly signed, or carrying a tenant's key instead -> a 4xx error (503 while no secret is
+  configured), never a 2xx or a 500, and nothing is recorded;
+- ``/admin/v1`` rows: tenant key or tenant session -> 401, admin token -> 2xx. Their path parameters
+  are filled by ``ADMIN_PARAMS``; a row whose admin call changes global state undoes it in ``after``.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
 
+from tenantq.billing.invoice_models import BillingPeriod, Invoice, StripeEvent
+from tenantq.billing.models import UsageEvent
+from tenantq.billing.pricing import PRICED_METRICS, set_price
+from tenantq.platform.db import utcnow
+from tenantq.platform.redis import get_redis
+from tenantq.platform.settings import reset_settings_cache
 from tenantq.tenants.keys import ALL_SCOPES
 from tenantq.tenants.models import ApiKey, Plan
+from tenantq.tenants.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
+from tests.billing.invoice_factories import InvoiceFactory
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
-RESOURCE, LIST, CREATE, GLOBAL, PUBLIC = "resource", "list", "create", "global", "public"
+RESOURCE, LIST, CREATE, GLOBAL, PUBLIC, SIGNED = "resource", "list", "create", "global", "public", "signed"
 ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+@dataclass(frozen=True)
+class Signed:
+    """How a SIGNED route is authenticated: a signature in ``header``, checked with the secret in the
+    setting ``secret_env``. Without that secret the route must refuse everything (``unconfigured``)."""
+
+    header: str
+    secret_env: str
+    recorded: Callable[[], int]  # rows the route stores when it accepts a request (must not grow)
+    unconfigured: tuple[int, str]  # (status, error code) while the secret is not set
+    rejected: tuple[int, str]  # (status, error code) for a missing or wrong signature
+
+
+def _stripe_events() -> int:
+    return _session().scalar(select(func.count()).select_from(StripeEvent))
+
+
+STRIPE = Signed("Stripe-Signature", "TENANTQ_STRIPE_WEBHOOK_SECRET", _stripe_events,
+                unconfigured=(503, "stripe_webhook_not_configured"), rejected=(400, "invalid_signature"))
+# A well-formed event: were the signature not checked, the route would accept and store it.
+STRIPE_EVENT = {"id": "evt_matrix_unsigned", "object": "event", "type": "invoice.paid",
+                "data": {"object": {"id": "in_matrix", "object": "invoice", "metadata": {}}}}
 
 
 @dataclass(frozen=True)
@@ -39,9 +76,13 @@ class Route:
     method: str
     path: str
     scope: str | None  # required scope; None = any valid tenant credential
-    kind: str  # RESOURCE | LIST | CREATE | GLOBAL | PUBLIC
+    kind: str  # RESOURCE | LIST | CREATE | GLOBAL | PUBLIC | SIGNED
     body: Any = None  # JSON body sent with the request (valid for the owner)
     lists: str | None = None  # LIST rows: the builder (path-parameter name) of the listed resource
+    # Path parameter -> BUILDERS key, where this route needs another state of the resource than the
+    # parameter's default builder makes (e.g. a job still waiting, so that cancelling it changes it).
+    using: Mapping[str, str] = field(default_factory=dict, hash=False)
+    signed: Signed | None = None  # SIGNED rows: how the request is authenticated
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -53,6 +94,15 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/jobs", "jobs:write", CREATE, {"task": "demo.echo", "args": {"n": 1}}),
     Route("GET", "/v1/jobs", "jobs:read", LIST, lists="job_id"),
     Route("GET", "/v1/jobs/{job_id}", "jobs:read", RESOURCE),
+    # A waiting job: the owner's cancel dequeues it, so "B changed nothing" is a real check.
+    Route("POST", "/v1/jobs/{job_id}/cancel", "jobs:write", RESOURCE, using={"job_id": "queued_job_id"}),
+    Route("POST", "/v1/jobs/{job_id}/retry", "jobs:write", RESOURCE),  # job_id builds a failed job
+    Route("POST", "/v1/workflows", "jobs:write", CREATE, {"steps": [{"task": "demo.echo", "args": {"n": 1}}]}),
+    Route("GET", "/v1/workflows/{workflow_id}", "jobs:read", RESOURCE),
+    Route("POST", "/v1/workflows/{workflow_id}/cancel", "jobs:write", RESOURCE),
+    Route("GET", "/v1/invoices", "billing:read", LIST, lists="invoice_id"),
+    Route("GET", "/v1/invoices/{invoice_id}", "billing:read", RESOURCE),
+    Route("POST", "/v1/stripe/webhook", None, SIGNED, STRIPE_EVENT, signed=STRIPE),
     Route("GET", "/v1/task-types", None, GLOBAL),
     Route("GET", "/v1/keys", "keys:manage", LIST, lists="key_id"),
     Route("POST", "/v1/keys", "keys:manage", CREATE, {"name": "matrix", "scopes": ["jobs:read"]}),
@@ -68,6 +118,7 @@ class AdminRoute:
     method: str
     path: str
     body: Any = None
+    after: Callable[[], None] | None = None  # undoes global state the admin call changed
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -85,6 +136,15 @@ ADMIN_ROUTES: list[AdminRoute] = [
     AdminRoute("GET", "/admin/v1/plans"),
     AdminRoute("POST", "/admin/v1/plans", {"name": "matrix-{uniq}"}),
     AdminRoute("PATCH", "/admin/v1/plans/{plan_name}", {"concurrency": 4}),
+    AdminRoute("GET", "/admin/v1/overview"),
+    AdminRoute("GET", "/admin/v1/workers"),  # no worker needed: inspect gives up after its timeout
+    AdminRoute("GET", "/admin/v1/billing/periods"),
+    # Billing periods are global and close in order: close one long before any usage or tenant of the
+    # suite (nothing to bill, nothing to block), and reopen it after, so due periods are as before.
+    AdminRoute("POST", "/admin/v1/billing/close", {"period": "{far_past}"}, after=lambda: _reopen_period(FAR_PAST)),
+    AdminRoute("GET", "/admin/v1/billing/prices"),
+    AdminRoute("PUT", "/admin/v1/billing/prices/{plan}/{metric}", {"tiers": [{"unit_price": "0.01"}]}),
+    AdminRoute("DELETE", "/admin/v1/billing/prices/{plan}/{metric}"),
 ]
 
 
@@ -124,7 +184,20 @@ def api_builder(collection: str, body: dict, id_field: str = "id", readable: boo
     return Builder(create, snapshot)
 
 
-def _job(owner: Owner) -> str:
+def _session():
+    from tests import factories
+
+    return factories.TenantFactory._meta.sqlalchemy_session
+
+
+def _failed_job(owner: Owner) -> str:
+    # Failed for good, so the owner can re-run it (202); cancelling it would be a no-op 200.
+    started = utcnow() - timedelta(seconds=5)
+    return JobFactory(tenant=owner.tenant, status="failed", attempts=1, error="RuntimeError: boom",
+                      started_at=started, finished_at=started + timedelta(seconds=1)).id
+
+
+def _queued_job(owner: Owner) -> str:
     return JobFactory(tenant=owner.tenant, status="queued").id
 
 
@@ -137,35 +210,61 @@ def _key(owner: Owner) -> str:
 
 
 def _key_snapshot(owner: Owner, rid: str) -> Any:
-    from tests import factories
-
-    session = factories.TenantFactory._meta.sqlalchemy_session
+    session = _session()
     session.expire_all()
     row = session.scalars(select(ApiKey).where(ApiKey.id == rid)).one()
     return (row.revoked_at, row.expires_at, row.scopes)
 
 
+def _invoice(owner: Owner) -> str:
+    # Written for this tenant alone (closing a period would bill everyone); its far-past period is
+    # never one the billing tests close, and they delete every invoice before they start anyway.
+    return InvoiceFactory(tenant=owner.tenant, usage={"jobs": 10}).id
+
+
+def _invoice_snapshot(owner: Owner, rid: str) -> Any:
+    return owner.api.get(f"/v1/invoices/{rid}", headers=owner.headers).json()
+
+
+def hold_queue(builder: Builder) -> Builder:
+    """``builder`` with the owner's queue paused first (as an operator pause would), so a worker that
+    is running in this test session cannot move the resource's jobs between two snapshots."""
+
+    def create(owner: Owner) -> str:
+        client = get_redis()
+        client.sadd(PAUSED_SET, owner.tenant.id)
+        client.hset(PAUSED_WHY, owner.tenant.id, OPERATOR_PAUSE_REASON)
+        return builder.create(owner)
+
+    return Builder(create, builder.snapshot)
+
+
 # Keyed by path-parameter name. E.g. for schedules: "schedule_id": api_builder("/v1/schedules", {...}).
 BUILDERS: dict[str, Builder] = {
-    "job_id": Builder(_job, _job_snapshot),
+    "job_id": Builder(_failed_job, _job_snapshot),
+    "queued_job_id": Builder(_queued_job, _job_snapshot),
     "key_id": Builder(_key, _key_snapshot),
+    "invoice_id": Builder(_invoice, _invoice_snapshot),
+    "workflow_id": hold_queue(api_builder(
+        "/v1/workflows", {"steps": [{"task": "demo.echo", "args": {"n": 1}}, {"task": "demo.echo"}]}
+    )),
 }
 
 PARAM = re.compile(r"{(\w+)}")
 
 
-def fill(path: str, owner: Owner) -> tuple[str, list[tuple[Builder, str]]]:
-    """Substitute each path parameter with a new resource of ``owner``."""
+def fill(route: Route, owner: Owner) -> tuple[str, list[tuple[Builder, str]]]:
+    """Substitute each path parameter of ``route`` with a new resource of ``owner``."""
     built: list[tuple[Builder, str]] = []
 
     def sub(match: re.Match) -> str:
-        name = match.group(1)
+        name = route.using.get(match.group(1), match.group(1))
         assert name in BUILDERS, f"no builder for path parameter {name!r}: add one to BUILDERS"
         rid = BUILDERS[name].create(owner)
         built.append((BUILDERS[name], rid))
         return rid
 
-    return PARAM.sub(sub, path), built
+    return PARAM.sub(sub, route.path), built
 
 
 def app_routes(prefix: str) -> set[tuple[str, str]]:
@@ -193,7 +292,11 @@ def call(api, method: str, path: str, body: Any = None, headers: dict[str, str] 
 
 
 def session_headers(api, owner: Owner) -> dict[str, str]:
+    """The owner's session token as a bearer header. The exchange also sets the ``tq_session`` cookie
+    in the client's jar: drop it, or every later request of the test would carry that credential too
+    (a "no credential" request would then be a cookie-session one)."""
     token = api.post("/v1/auth/session", headers=owner.headers).json()["token"]
+    api.cookies.clear()
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -213,26 +316,32 @@ class TestCompleteness:
     def test_every_path_parameter_has_a_builder(self):
         for route in ROUTES:
             for name in PARAM.findall(route.path):
-                assert name in BUILDERS, f"{route}: no builder for {{{name}}}"
+                assert route.using.get(name, name) in BUILDERS, f"{route}: no builder for {{{name}}}"
+            assert (route.kind == SIGNED) == (route.signed is not None), f"{route}: SIGNED rows say how they are signed"
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
 class TestTenantRoutes:
-    def test_no_credential_is_401(self, api, route):
+    def test_no_credential_is_401(self, api, route, monkeypatch):
         if route.kind == PUBLIC:
             assert call(api, route.method, route.path, route.body).status_code < 300
             return
+        if route.kind == SIGNED:
+            check_signature_required(api, route, monkeypatch)
+            return
         owner = Owner.new(api)
-        path, _ = fill(route.path, owner)
+        path, _ = fill(route, owner)
         resp = call(api, route.method, path, route.body)
         assert resp.status_code == 401, resp.text
         assert resp.json()["error"]["code"] == "unauthorized"
 
     def test_key_without_the_scope_is_403(self, api, route):
+        if route.kind == SIGNED:
+            pytest.skip("authenticated by a signature, not a tenant key: no scope applies")
         if route.scope is None:
             pytest.skip("route needs a valid credential, no particular scope")
         owner = Owner.new(api)
-        path, built = fill(route.path, owner)
+        path, built = fill(route, owner)
         before = [b.snapshot(owner, rid) for b, rid in built]
         lacking = ApiKeyFactory(tenant=owner.tenant, scopes=[s for s in ALL_SCOPES if s != route.scope])
         resp = call(api, route.method, path, route.body, auth(lacking))
@@ -244,8 +353,11 @@ class TestTenantRoutes:
         a, b = Owner.new(api), Owner.new(api)
         if route.kind == PUBLIC:
             pytest.skip("no tenant data behind this route")
+        if route.kind == SIGNED:
+            pytest.skip("no tenant credential is accepted here at all (a tenant key is refused like no "
+                        "signature, see test_no_credential_is_401): there is no 'other tenant' to test")
         if route.kind == RESOURCE:
-            path, built = fill(route.path, a)
+            path, built = fill(route, a)
             before = [bl.snapshot(a, rid) for bl, rid in built]
             for headers in (b.headers, session_headers(api, b)):
                 resp = call(api, route.method, path, route.body, headers)
@@ -275,24 +387,94 @@ class TestTenantRoutes:
             pytest.fail(f"unknown kind {route.kind!r}")
 
 
-def admin_fill(path: str, body: Any) -> tuple[str, Any]:
-    """Fill ``{tenant_id}`` with a new tenant, ``{plan_name}`` with a new plan, ``{uniq}`` in the body."""
-    from tests import factories
+def check_signature_required(api, route: Route, monkeypatch) -> None:
+    """A SIGNED route refuses every request it cannot verify: with no secret configured, without a
+    signature, with a forged one, and with a tenant's key (or session) in place of a signature."""
+    spec = route.signed
+    owner = Owner.new(api)
+    before = spec.recorded()
 
-    values: dict[str, str] = {}
-    if "{tenant_id}" in path:
-        values["tenant_id"] = TenantFactory().id
-    if "{plan_name}" in path:
-        session = factories.TenantFactory._meta.sqlalchemy_session
-        name = f"matrix-plan-{uuid.uuid4().hex[:10]}"
-        session.add(Plan(name=name, display_name=name))
-        session.commit()
-        values["plan_name"] = name
-    for name in PARAM.findall(path):
-        assert name in values, f"admin matrix: no builder for {{{name}}}"
-    uniq = uuid.uuid4().hex[:10]
+    def refused(resp, expected: tuple[int, str], what: str) -> None:
+        assert resp.status_code == expected[0], f"{route} {what}: {resp.status_code} {resp.text}"
+        assert resp.json()["error"]["code"] == expected[1], f"{route} {what}: {resp.text}"
+
+    monkeypatch.delenv(spec.secret_env, raising=False)
+    reset_settings_cache()
+    try:
+        refused(call(api, route.method, route.path, route.body), spec.unconfigured, "with no secret configured")
+        refused(call(api, route.method, route.path, route.body, owner.headers), spec.unconfigured,
+                "with no secret configured, tenant key")
+        monkeypatch.setenv(spec.secret_env, "whsec_matrix_" + uuid.uuid4().hex)
+        reset_settings_cache()
+        forged = {spec.header: f"t={int(utcnow().timestamp())},v1={'0' * 64}"}
+        for what, headers in [
+            ("unsigned", {}),
+            ("forged signature", forged),
+            ("garbage signature", {spec.header: "not a signature"}),
+            ("tenant key instead of a signature", owner.headers),
+            ("tenant session instead of a signature", session_headers(api, owner)),
+            ("tenant key and a forged signature", {**owner.headers, **forged}),
+        ]:
+            refused(call(api, route.method, route.path, route.body, headers), spec.rejected, what)
+    finally:
+        monkeypatch.undo()
+        reset_settings_cache()
+    assert spec.recorded() == before, f"{route}: an unverified request was recorded"
+
+
+# --- /admin/v1 ----------------------------------------------------------------------------------
+FAR_PAST = "1970-01"  # before every tenant and usage event of the suite
+
+
+def _new_plan() -> str:
+    session = _session()
+    name = f"matrix-plan-{uuid.uuid4().hex[:10]}"
+    session.add(Plan(name=name, display_name=name))
+    session.commit()
+    return name
+
+
+def _priced_plan() -> str:
+    """A new plan with a price on every metric, so ``{metric}`` may be any of them (PUT replaces it,
+    DELETE finds it)."""
+    name, session = _new_plan(), _session()
+    for metric in PRICED_METRICS:
+        set_price(session, plan_name=name, metric=metric, tiers=[(None, Decimal(0))])
+    session.commit()
+    return name
+
+
+def _reopen_period(period: str) -> None:
+    """Undo a close of ``period``: its invoices, the usage marked as billed in it, the period row."""
+    session = _session()
+    session.rollback()
+    session.execute(delete(Invoice).where(Invoice.period == period))
+    session.execute(update(UsageEvent).where(UsageEvent.billed_period == period).values(billed_period=None))
+    session.execute(delete(BillingPeriod).where(BillingPeriod.period == period))
+    session.commit()
+
+
+# Keyed by the path parameter's (or ``{name}`` body placeholder's) name; called once per row.
+ADMIN_PARAMS: dict[str, Callable[[], str]] = {
+    "tenant_id": lambda: TenantFactory().id,
+    "plan_name": _new_plan,
+    "plan": _priced_plan,
+    "metric": lambda: PRICED_METRICS[0],
+    "uniq": lambda: uuid.uuid4().hex[:10],
+    "far_past": lambda: FAR_PAST,
+}
+
+
+def admin_fill(path: str, body: Any) -> tuple[str, Any]:
+    """Fill the path parameters and the body's ``{name}`` placeholders from ``ADMIN_PARAMS``."""
+    names = set(PARAM.findall(path))
     if isinstance(body, dict):
-        body = {k: (v.replace("{uniq}", uniq) if isinstance(v, str) else v) for k, v in body.items()}
+        names |= {n for v in body.values() if isinstance(v, str) for n in PARAM.findall(v)}
+    for name in names:
+        assert name in ADMIN_PARAMS, f"admin matrix: no builder for {{{name}}}: add one to ADMIN_PARAMS"
+    values = {name: ADMIN_PARAMS[name]() for name in sorted(names)}
+    if isinstance(body, dict):
+        body = {k: (v.format(**values) if isinstance(v, str) else v) for k, v in body.items()}
     return path.format(**values), body
 
 
@@ -301,8 +483,12 @@ class TestOperatorRoutes:
     def test_tenant_credentials_are_401_and_admin_token_works(self, api, route):
         owner = Owner.new(api)
         path, body = admin_fill(route.path, route.body)
-        for headers in ({}, owner.headers, session_headers(api, owner)):
-            resp = call(api, route.method, path, body, headers)
-            assert resp.status_code == 401, f"{route} with {list(headers)}: {resp.status_code} {resp.text}"
-        resp = call(api, route.method, path, body, ADMIN)
-        assert 200 <= resp.status_code < 300, f"{route}: {resp.status_code} {resp.text}"
+        try:
+            for headers in ({}, owner.headers, session_headers(api, owner)):
+                resp = call(api, route.method, path, body, headers)
+                assert resp.status_code == 401, f"{route} with {list(headers)}: {resp.status_code} {resp.text}"
+            resp = call(api, route.method, path, body, ADMIN)
+            assert 200 <= resp.status_code < 300, f"{route}: {resp.status_code} {resp.text}"
+        finally:
+            if route.after is not None:
+                route.after()

@@ -12,12 +12,15 @@ from sqlalchemy import delete
 from tenantq.billing.invoice_models import (
     BillingPeriod,
     Invoice,
+    InvoiceLine,
     StripeCustomer,
     StripeEvent,
     StripeMeterCursor,
 )
+from tenantq.billing.invoices import Period
 from tenantq.billing.models import UsageEvent
-from tenantq.tenants.models import Tenant
+from tenantq.billing.pricing import price_plan_usage, total
+from tenantq.tenants.models import Plan, Tenant
 from tests.factories import TenantFactory, _register
 
 # Billing tests live in the distant past so their periods never meet usage from the rest of the suite.
@@ -43,6 +46,44 @@ class UsageEventFactory(SQLAlchemyModelFactory):
 
     class Params:
         tenant = factory.SubFactory(TenantFactory)
+
+
+@_register
+class InvoiceFactory(SQLAlchemyModelFactory):
+    """One tenant's issued invoice, written straight to SQL and priced by its plan's real prices.
+
+    For tests that need an invoice of one tenant without closing a period (a close is global: it bills
+    every tenant). ``usage`` is metric -> quantity as metering records it (``jobs``, ``compute_ms``...);
+    the default period is far in the past and closes nothing, so it never meets the billing tests'.
+    """
+
+    class Meta:
+        model = Invoice
+        sqlalchemy_session_persistence = "commit"
+
+    tenant = factory.SubFactory(TenantFactory)
+    period = "1999-12"
+    usage = factory.LazyFunction(dict)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        session = cls._meta.sqlalchemy_session
+        tenant, usage, p = kwargs.pop("tenant"), kwargs.pop("usage"), Period.parse(kwargs.pop("period"))
+        plan = session.get(Plan, tenant.plan_name)
+        lines = price_plan_usage(session, plan, usage)
+        amount = total(lines)
+        kwargs.setdefault("status", "open" if amount > 0 else "paid")
+        invoice = model_class(tenant_id=tenant.id, period=p.name, plan_name=plan.name,
+                              currency=plan.currency.lower(), total=amount, period_start=p.start,
+                              period_end=p.end, **kwargs)
+        invoice.lines = [
+            InvoiceLine(position=i, metric=line.metric, tier=line.tier, description=line.description,
+                        quantity=line.quantity, unit_price=line.unit_price, amount=line.amount)
+            for i, line in enumerate(lines)
+        ]
+        session.add(invoice)
+        session.commit()
+        return invoice
 
 
 def old_tenant(plan: str = "pro", **kwargs):
