@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
+    metering: bool = Field(
+        default=True, description="Record usage events from task signals (TENANTQ_METERING=0 turns it off)."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -9,6 +9,8 @@ from tenantq.worker.registry import load_task_types
 load_task_types()
 
 import tenantq.worker.signals  # noqa: E402,F401  (connects the signal receivers)
+import tenantq.billing.metering  # noqa: E402,F401  (usage metering receivers)
+import tenantq.billing.tasks  # noqa: E402,F401  (usage upkeep tasks + beat entries)
 
 celery = app
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from tenantq.billing.quotas import check_quota
 from tenantq.platform.errors import Forbidden
 from tenantq.tenants.models import Tenant
 
@@ -25,6 +26,7 @@ def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
 
 ADMISSION_CHECKS: list[AdmissionCheck] = [
     tenant_is_active,
+    check_quota,  # last: it counts the jobs it admits (Redis, atomic check-and-increment)
 ]
 
 
