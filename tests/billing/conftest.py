@@ -21,9 +21,10 @@ def make_plan(db_session):
     """A plan of the test's own, with generous rate limits so only quotas decide admission."""
 
     def make(**values) -> Plan:
-        plan = Plan(name=f"test-{uuid.uuid4().hex[:10]}", display_name="test plan", submit_rate=10_000,
-                    submit_burst=10_000, exec_rate=10_000, concurrency=100, max_queued=1_000_000,
-                    **{"included_jobs": 1000, "included_compute_seconds": 3600, "hard_limits": True, **values})
+        defaults = {"display_name": "test plan", "submit_rate": 10_000, "submit_burst": 10_000, "exec_rate": 10_000,
+                    "concurrency": 100, "max_queued": 1_000_000, "included_jobs": 1000,
+                    "included_compute_seconds": 3600, "hard_limits": True}
+        plan = Plan(name=f"test-{uuid.uuid4().hex[:10]}", **{**defaults, **values})
         db_session.add(plan)
         db_session.commit()
         return plan
