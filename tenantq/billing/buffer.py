@@ -97,7 +97,7 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> list[dict[str
 class Flusher:
     def __init__(self, client: redis.Redis | None = None, *, consumer: str | None = None, batch: int = 500,
                  block_ms: int = 1000, claim_idle_ms: int = 30_000, reconcile_every: float = 10.0,
-                 quota_sync_every: float = 300.0) -> None:
+                 quota_sync_every: float = 300.0, linger: float = 1.0) -> None:
         self.r = client or get_redis()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
@@ -105,6 +105,10 @@ class Flusher:
         self.claim_idle_ms = claim_idle_ms
         self.reconcile_every = reconcile_every
         self.quota_sync_every = quota_sync_every
+        # After a partial batch, wait this long before reading again: one database transaction per
+        # ``linger`` seconds instead of one per event keeps the flusher off the workers' write path.
+        self.linger = linger
+        self.last_read = 0
         self.stop_event = threading.Event()
         self._group_ready = False
         self._last_reconcile = 0.0
@@ -169,6 +173,7 @@ class Flusher:
         """Read and write one batch. Returns events newly inserted (0 when idle or all duplicates)."""
         self._ensure_group()
         entries = self._read()
+        self.last_read = len(entries)
         if not entries:
             return 0
         return self._write(entries)
@@ -207,6 +212,8 @@ class Flusher:
                 self.flush_once()
                 self.periodic()
                 backoff = 1.0
+                if 0 < self.last_read < self.batch:
+                    self.stop_event.wait(self.linger)
             except redis.ConnectionError as exc:
                 log.warning("redis unavailable, retrying in %.0fs: %s", backoff, exc)
                 self._group_ready = False
