@@ -59,7 +59,7 @@ class Usage:
     attempts: int = 0
     compute_ms: int = 0
     wall_ms: int = 0
-    charges: Decimal = field(default_factory=lambda: Decimal("0"))
+    charges: Decimal = field(default_factory=lambda: Decimal(0))
 
     def add(self, metric: str, quantity: int) -> None:
         setattr(self, metric, getattr(self, metric) + int(quantity))
@@ -142,7 +142,7 @@ def tenant_report(session: Session, tenant: Tenant, period: str, group_by: str =
         for metric in ("jobs", "attempts", "compute_ms", "wall_ms"):
             totals.add(metric, getattr(usage, metric))
     lines, priced = price(tenant.plan_name, totals)
-    fixed = Decimal("0")
+    fixed = Decimal(0)
     for metric, amount in lines:
         target = _LINE_METRIC_TO_FIELD.get(metric or "")
         if target is None:
@@ -150,7 +150,7 @@ def tenant_report(session: Session, tenant: Tenant, period: str, group_by: str =
             continue
         for k, share in allocate(amount, {k: getattr(u, target) for k, u in rows.items()}).items():
             rows[k].charges += share
-    totals.charges = sum((u.charges for u in rows.values()), Decimal("0"))
+    totals.charges = sum((u.charges for u in rows.values()), Decimal(0))
     plan = session.get(Plan, tenant.plan_name)
     return {
         "period": period,
@@ -190,13 +190,13 @@ def operator_report(session: Session, period: str) -> dict[str, Any]:
         u = usage.get(tenant.id, Usage())
         lines, priced = price(tenant.plan_name, u)
         priced_any = priced_any or priced
-        u.charges = sum((a.quantize(CENT, ROUND_HALF_UP) for _m, a in lines), Decimal("0"))
+        u.charges = sum((a.quantize(CENT, ROUND_HALF_UP) for _m, a in lines), Decimal(0))
         for metric in ("jobs", "attempts", "compute_ms", "wall_ms"):
             totals.add(metric, getattr(u, metric))
         plan = plans.get(tenant.plan_name)
         entry = by_plan.setdefault(tenant.plan_name, {
             "plan": tenant.plan_name, "currency": plan.currency if plan else None, "tenants": 0,
-            "revenue": Decimal("0"),
+            "revenue": Decimal(0),
         })
         entry["tenants"] += 1
         entry["revenue"] += u.charges

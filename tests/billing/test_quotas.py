@@ -13,7 +13,13 @@ from sqlalchemy import func, select
 
 from tenantq.billing import quotas
 from tenantq.billing.buffer import insert_events
-from tenantq.billing.quotas import compute_key, current_period, jobs_key, period_bounds, sync_counters_from_sql
+from tenantq.billing.quotas import (
+    compute_key,
+    current_period,
+    jobs_key,
+    period_bounds,
+    sync_counters_from_sql,
+)
 from tenantq.platform.db import utcnow
 from tenantq.platform.errors import InvalidInput
 from tenantq.platform.jobs.models import Job
@@ -136,7 +142,7 @@ class TestUsageEndpoint:
         for _ in range(2):
             api.post("/v1/jobs", json=ECHO, headers=auth(other))
         body = api.get("/v1/usage", headers=auth(mine)).json()
-        start, end = period_bounds(current_period())
+        start, _end = period_bounds(current_period())
         assert body["period"] == {"start": start.isoformat().replace("+00:00", "Z"), "end": next_month_start()}
         by_name = {q["name"]: q for q in body["quotas"]}
         assert by_name["jobs"]["used"] == 1 and by_name["jobs"]["limit"] == 10 and by_name["jobs"]["hard"] is True
