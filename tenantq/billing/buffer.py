@@ -54,6 +54,12 @@ def ensure_group(client: redis.Redis) -> None:
             raise
 
 
+# Column widths of usage_event: an entry that does not fit is refused here, not by the database, so one
+# bad entry can never block the batch it arrived in.
+_MAX_LEN = {"id": 128, "tenant_id": 36, "job_id": 36, "task": 128, "state": 16, "worker": 255}
+_MAX_QUANTITY = 2**63 - 1
+
+
 def parse_entry(fields: dict[str, str]) -> list[dict[str, Any]]:
     """One stream entry -> usage event rows ready to insert. Raises ValueError when malformed."""
     try:
@@ -62,15 +68,22 @@ def parse_entry(fields: dict[str, str]) -> list[dict[str, Any]]:
         for e in events:
             if e["metric"] not in USAGE_METRICS:
                 raise ValueError(f"unknown metric {e['metric']!r}")
-            rows.append({
+            row = {
                 "id": str(e["id"]), "tenant_id": str(e["tenant_id"]), "job_id": str(e["job_id"]),
                 "attempt": int(e["attempt"]), "task": str(e["task"]), "metric": e["metric"],
-                "quantity": int(e["quantity"]), "state": str(e["state"]), "worker": e.get("worker"),
+                "quantity": int(e["quantity"]), "state": str(e["state"]),
+                "worker": None if e.get("worker") is None else str(e["worker"]),
                 "occurred_at": datetime.fromtimestamp(float(e["occurred_at"]), UTC),
-            })
+            }
+            for name, limit in _MAX_LEN.items():
+                if row[name] is not None and len(row[name]) > limit:
+                    raise ValueError(f"{name} longer than {limit} characters")
+            if not 0 <= row["quantity"] <= _MAX_QUANTITY or not 0 < row["attempt"] < 2**31:
+                raise ValueError("quantity or attempt out of range")
+            rows.append(row)
         return rows
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(str(exc)) from None
+    except (KeyError, TypeError, AttributeError, OverflowError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

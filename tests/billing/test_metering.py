@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -238,10 +239,40 @@ class TestFlusherResilience:
         Flusher(redis_client, consumer="survivor", block_ms=0, claim_idle_ms=0).drain()
         assert len(usage_of(db_session, job["id"])) == 4
 
-    def test_malformed_entry_goes_to_the_dead_letter_stream(self, redis_client):
-        entry_id = redis_client.xadd(STREAM, {"events": "not json"})
+    def test_running_flusher_rides_out_a_database_outage(self, db_session, redis_client, monkeypatch):
+        tenant = TenantFactory()
+        monkeypatch.setattr(buffer, "system_session", unreachable_database)
+        flusher = Flusher(redis_client, consumer=f"outage-{uuid.uuid4().hex[:6]}", block_ms=200, linger=0.1)
+        thread = threading.Thread(target=flusher.run_forever, daemon=True)
+        thread.start()
+        try:
+            job = job_meta(tenant.id)
+            run_attempt(job)
+            wait_until(lambda: stream_backlog(redis_client)["pending"] >= 1, timeout=30, message="a failed write")
+            time.sleep(1.5)
+            assert thread.is_alive() and usage_of(db_session, job["id"]) == []
+            assert stream_entries_for(redis_client, job["id"])
+            monkeypatch.undo()  # the database is back
+            wait_until(lambda: len(usage_of(db_session, job["id"])) == 4, timeout=60, interval=0.3,
+                       message="buffered usage to be written after the outage")
+        finally:
+            flusher.stop_event.set()
+            thread.join(30)
+        assert stream_entries_for(redis_client, job["id"]) == []
+
+    @pytest.mark.parametrize("fields", [
+        {"events": "not json"},
+        {"events": json.dumps([{"id": "x", "metric": "jobs"}])},
+        {"events": json.dumps([{"id": "j:1:jobs", "tenant_id": "t" * 37, "job_id": "j", "attempt": 1, "task": "x",
+                                "metric": "jobs", "quantity": 1, "state": "succeeded", "occurred_at": 0}])},
+        {"events": json.dumps([{"id": "j:1:jobs", "tenant_id": "t", "job_id": "j", "attempt": 1, "task": "x",
+                                "metric": "jobs", "quantity": 2**64, "state": "succeeded", "occurred_at": 0}])},
+        {"other": "field"},
+    ])
+    def test_malformed_entry_goes_to_the_dead_letter_stream(self, redis_client, fields):
+        entry_id = redis_client.xadd(STREAM, fields)
         Flusher(redis_client, block_ms=0).drain()
-        assert any(fields.get("source_id") == entry_id for _i, fields in redis_client.xrange(buffer.DEAD))
+        assert any(f.get("source_id") == entry_id for _i, f in redis_client.xrange(buffer.DEAD))
         assert redis_client.xrange(STREAM, min=entry_id, max=entry_id) == []
 
 
