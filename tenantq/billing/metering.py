@@ -27,7 +27,8 @@ Redis keys (all under ``tq:usage``):
 - ``tq:usage``              STREAM of closed attempts (field ``events``: JSON list of usage events).
 - ``tq:usage:open``         HASH ``{job_id}:{attempt}`` -> JSON open-attempt record (start, worker, pid,
                             deadline): attempts that started and have not been closed yet.
-- ``tq:usage:att:{job_id}`` HASH ``n`` = highest attempt allocated, ``t`` = its start (unix seconds).
+- ``tq:usage:att:{job_id}`` HASH ``n`` = highest attempt allocated, ``t`` = its start (unix seconds);
+                            expires 3 days after the job's last attempt started.
 
 Billable attempts: every attempt that started executing (succeeded, failed, retried, cancelled while
 running, lost). Jobs rejected at submission or cancelled before they started never reach a worker and
@@ -54,7 +55,9 @@ log = logging.getLogger("tenantq.metering")
 STREAM = "tq:usage"
 OPEN = "tq:usage:open"
 ATTEMPT_PREFIX = "tq:usage:att:"
-ATTEMPT_TTL_S = 40 * 24 * 3600  # longer than any retry schedule; the key only disambiguates redeliveries
+# Only needed while the job can still be redelivered or retried (retry backoff is capped at minutes, the
+# visibility timeout at about an hour): refreshed at every attempt, then it expires.
+ATTEMPT_TTL_S = 3 * 24 * 3600
 LOST_GRACE_S = 60.0  # past the time limit an open attempt is surely dead (the worker enforces the limit)
 SUPERSEDED_GRACE_S = 5.0  # a later attempt started this long ago: the earlier one will not report any more
 

@@ -161,7 +161,10 @@ def sql_compute_ms(session: Session, tenant_id: str | None, period: str) -> dict
 def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, period: str) -> None:
     """Seed missing counters from SQL (first use in a period, or after Redis lost them)."""
     jk, ck = jobs_key(tenant_id, period), compute_key(tenant_id, period)
-    have_jobs, have_cpu = client.exists(jk), client.exists(ck)
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(jk)
+    pipe.exists(ck)
+    have_jobs, have_cpu = pipe.execute()
     if not have_jobs:
         client.set(jk, sql_jobs_used(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S)
     if not have_cpu:
