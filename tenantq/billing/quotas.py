@@ -19,8 +19,8 @@ compute = sum of ``compute_ms`` usage events in the period. Between syncs a coun
 submissions that were refused by a later admission check or failed to enqueue (counted too high) and by
 in-flight submissions during a sync (counted too low).
 
-Redis keys: ``tq:quota:{tenant}:{YYYY-MM}:jobs`` and ``tq:quota:{tenant}:{YYYY-MM}:compute_ms`` (strings,
-expire ~2 months after use).
+Redis keys: ``tq:quota:{tenant}:{YYYY-MM}:jobs`` and ``tq:quota:{tenant}:{YYYY-MM}:compute_ms`` (strings),
+``tq:quota:tenants:{YYYY-MM}`` (SET of tenants with counters); all expire ~2 months after use.
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ def compute_key(tenant_id: str, period: str) -> str:
     return f"tq:quota:{tenant_id}:{period}:compute_ms"
 
 
+def tenants_key(period: str) -> str:
+    return f"tq:quota:tenants:{period}"
+
+
 # Check and increment in one step: no interleaving of concurrent submits between test and increment.
 _ADMIT = """
 local n = tonumber(ARGV[1])
@@ -167,6 +171,9 @@ def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, perio
     have_jobs, have_cpu = pipe.execute()
     if not have_jobs:
         client.set(jk, sql_jobs_used(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S)
+        # Remember who has counters this period, so the periodic sync needs no keyspace scan.
+        client.sadd(tenants_key(period), tenant_id)
+        client.expire(tenants_key(period), COUNTER_TTL_S)
     if not have_cpu:
         client.set(ck, sql_compute_ms(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S)
 
@@ -225,11 +232,7 @@ def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None
         jobs = sql_jobs_used(session, None, period)
         cpu = sql_compute_ms(session, None, period)
     # Counters of tenants with nothing in SQL any more (e.g. their only jobs were refused) go back to 0.
-    tenants = set(jobs) | set(cpu)
-    for key in client.scan_iter(match=f"tq:quota:*:{period}:*", count=500):
-        parts = key.split(":")
-        if len(parts) == 5:
-            tenants.add(parts[2])
+    tenants = set(jobs) | set(cpu) | set(client.smembers(tenants_key(period)))
     pipe = client.pipeline(transaction=False)
     for tenant_id in tenants:
         pipe.set(jobs_key(tenant_id, period), jobs.get(tenant_id, 0), ex=COUNTER_TTL_S)

@@ -126,6 +126,7 @@ class TestCounterReconciliation:
         redis_client.set(compute_key(tenant.id, period), 7)
         stale = str(uuid.uuid4())
         redis_client.set(jobs_key(stale, period), 5)  # a tenant with nothing in SQL
+        redis_client.sadd(quotas.tenants_key(period), stale)
         sync_counters_from_sql(redis_client)
         assert redis_client.get(jobs_key(tenant.id, period)) == "3"
         assert redis_client.get(compute_key(tenant.id, period)) == "1234"
