@@ -1,8 +1,10 @@
 """Metering overhead: no-op (`demo.echo`) throughput with usage metering on vs off, same run.
 
     PYTHONPATH=$PWD python bench/metering.py [--jobs 2000] [--rounds 2] [--concurrency 2] [--out FILE]
+                                             [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-Starts its own redis-server (127.0.0.1, free port) and a SQLite database in a temporary directory. For
+Starts its own redis-server (127.0.0.1, free port) and a SQLite database in a temporary directory (or,
+with --postgres, a fresh database on that server, dropped at the end). For
 each phase it creates N job rows, publishes their messages to the execution queue, then starts a
 Celery worker (prefork) with ``TENANTQ_METERING=1`` or ``0`` and measures throughput from the first
 attempt's start to the last attempt's end as recorded in SQL by the worker's own status signals. Phases
@@ -84,13 +86,36 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="on/off pairs")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
+    parser.add_argument("--postgres", default=None, help="PostgreSQL server URL: bench in a fresh database there")
     opts = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tq-bench-metering-"))
     port = free_port()
+    database_url = f"sqlite:///{tmp / 'bench.db'}"
+    drop_database = None
+    if opts.postgres:
+        import uuid
+
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        name = f"tq_bench_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(opts.postgres, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        database_url = make_url(opts.postgres).set(database=name).render_as_string(hide_password=False)
+
+        def drop_database() -> None:
+            from tenantq.platform.db import dispose_engine
+
+            dispose_engine()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
     env = {
         **os.environ,
-        "TENANTQ_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "TENANTQ_DATABASE_URL": database_url,
         "TENANTQ_REDIS_URL": f"redis://127.0.0.1:{port}/0",
         "TENANTQ_DATA_DIR": str(tmp),
         "PYTHONPATH": str(ROOT),
@@ -196,7 +221,7 @@ def main() -> int:
             "task": "demo.echo",
             "jobs_per_phase": opts.jobs,
             "concurrency": opts.concurrency,
-            "database": "sqlite",
+            "database": "postgresql" if opts.postgres else "sqlite",
             "phases": [{k: v for k, v in r.items() if k != "tenant_id"} for r in results],
             "on_jobs_per_s_median": statistics.median(on),
             "off_jobs_per_s_median": statistics.median(off),
@@ -218,6 +243,8 @@ def main() -> int:
         for proc in procs:
             stop(proc)
         stop(redis_proc)
+        if drop_database is not None:
+            drop_database()
 
 
 if __name__ == "__main__":

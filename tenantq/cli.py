@@ -241,8 +241,9 @@ def billing_flush(
     once: Annotated[bool, typer.Option("--once", help="Write what is buffered now, then exit.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Move buffered usage events from the Redis stream tq:usage into SQL (idempotent; several flushers
-    may run). Also closes attempts whose worker died and resyncs quota counters. Runs until stopped."""
+    """Write buffered usage (Redis stream tq:usage) to SQL, close lost attempts, resync quotas.
+
+    Runs until stopped; several flushers may run at once (writes are idempotent)."""
     settings = _settings(data_dir)
     _setup_logging()
     _ensure_db(settings)

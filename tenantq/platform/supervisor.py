@@ -1,8 +1,8 @@
 """``tenantq up``: run the whole platform in the foreground and stop all of it cleanly.
 
 The supervisor owns every process it starts: the embedded Redis (when no TENANTQ_REDIS_URL is set),
-the API, the dispatcher, a Celery worker, beat and the usage flusher. Each child runs in its own process group so a
-shutdown can reach grandchildren (Celery's pool processes) too. Output is prefixed per process.
+the API, the dispatcher, a Celery worker, beat and the usage flusher. Each child runs in its own
+process group so a shutdown can reach grandchildren (Celery's pool processes) too. Output is prefixed per process.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import redis
 
 from tenantq.platform.settings import Settings
 
-COLORS = {"redis": "31", "api": "32", "worker": "33", "beat": "35", "dispatcher": "36", "flusher": "34", "up": "1"}
+COLORS = {"redis": "31", "api": "32", "worker": "33", "beat": "35", "dispatcher": "36", "flusher": "34",
+          "up": "1"}
 
 
 def redis_server_binary() -> str:
