@@ -1,6 +1,6 @@
 """Metering overhead: no-op (`demo.echo`) throughput with usage metering on vs off, same run.
 
-    PYTHONPATH=$PWD python bench/metering.py [--jobs 2000] [--rounds 2] [--concurrency 2] [--out FILE]
+    PYTHONPATH=$PWD python bench/metering.py [--jobs 400] [--rounds 6] [--concurrency 2] [--out FILE]
                                              [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
 Starts its own redis-server (127.0.0.1, free port) and a SQLite database in a temporary directory (or,
@@ -82,8 +82,9 @@ def time_hot_path(n: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=2000, help="jobs per phase")
-    parser.add_argument("--rounds", type=int, default=2, help="on/off pairs")
+    parser.add_argument("--jobs", type=int, default=400, help="jobs per phase")
+    parser.add_argument("--rounds", type=int, default=6, help="on/off pairs (many short pairs beat few long "
+                        "ones on a shared machine)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
     parser.add_argument("--postgres", default=None, help="PostgreSQL server URL: bench in a fresh database there")
@@ -214,6 +215,13 @@ def main() -> int:
         usage_ok = all(counts.get(t, 0) == n for t, n in expected.items())
 
         hot_path_us = time_hot_path(2000)
+        measured = [r for r in results if r["metering"] != "warmup"]
+        # Each round's on/off pair ran back to back, under about the same load: compare within pairs.
+        pair_ratios = []
+        for i in range(0, len(measured) - 1, 2):
+            a, b = measured[i], measured[i + 1]
+            on_r, off_r = (a, b) if a["metering"] == "on" else (b, a)
+            pair_ratios.append(round(on_r["jobs_per_s"] / off_r["jobs_per_s"], 3))
         on = [r["jobs_per_s"] for r in results if r["metering"] == "on"]
         off = [r["jobs_per_s"] for r in results if r["metering"] == "off"]
         summary = {
@@ -226,6 +234,8 @@ def main() -> int:
             "on_jobs_per_s_median": statistics.median(on),
             "off_jobs_per_s_median": statistics.median(off),
             "on_vs_off": round(statistics.median(on) / statistics.median(off), 3),
+            "pair_ratios_on_over_off": pair_ratios,
+            "pair_ratio_median": statistics.median(pair_ratios),
             "hot_path_us_per_attempt": hot_path_us,
             "usage_events_complete": usage_ok,
         }
@@ -233,7 +243,9 @@ def main() -> int:
         print(f"{'metering':<10}{'runs (jobs/s)':<30}{'median':>10}")
         print(f"{'on':<10}{', '.join(f'{x:.1f}' for x in on):<30}{summary['on_jobs_per_s_median']:>10.1f}")
         print(f"{'off':<10}{', '.join(f'{x:.1f}' for x in off):<30}{summary['off_jobs_per_s_median']:>10.1f}")
-        print(f"on/off throughput ratio: {summary['on_vs_off']:.3f}   usage events complete: {usage_ok}")
+        print(f"on/off ratio of medians: {summary['on_vs_off']:.3f}   per-pair on/off ratios: "
+              f"{', '.join(f'{x:.2f}' for x in pair_ratios)} (median {summary['pair_ratio_median']:.3f})")
+        print(f"usage events complete: {usage_ok}")
         print(f"hot path (prerun + postrun receivers, in-process): {hot_path_us:.0f} us per attempt")
         print(json.dumps(summary))
         if opts.out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -278,6 +279,24 @@ class TestFlusherResilience:
 
 def open_attempts_of(client, job_id: str) -> dict[str, dict]:
     return {f: json.loads(v) for f, v in client.hgetall(OPEN).items() if f.startswith(job_id + ":")}
+
+
+@pytest.mark.e2e
+class TestFlusherProcess:
+    def test_tenantq_billing_flush_writes_and_stops_on_sigterm(self, db_session, redis_client, platform_env,
+                                                               tmp_path):
+        tenant = TenantFactory()
+        group = ProcessGroup(platform_env, tmp_path)
+        proc = group.start("flusher", [sys.executable, "-m", "tenantq.cli", "billing", "flush"])
+        try:
+            job = job_meta(tenant.id)
+            run_attempt(job)
+            wait_until(lambda: len(usage_of(db_session, job["id"])) == 4, timeout=60, interval=0.3,
+                       message="the flusher process to write the usage")
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(30) == 0, group.log("flusher")
+        finally:
+            group.stop_all()
 
 
 @pytest.mark.e2e
