@@ -210,25 +210,30 @@ class Meter:
         """
         now = time.time() if now is None else now
         closed = 0
+        attempts: list[OpenAttempt] = []
         for field, raw in self.r.hscan_iter(OPEN, count=500):
             try:
-                attempt = OpenAttempt.from_record(field, raw)
+                attempts.append(OpenAttempt.from_record(field, raw))
             except (ValueError, KeyError, IndexError, TypeError):
                 log.error("dropping malformed open-attempt record %r", field)
                 self.r.hdel(OPEN, field)
-                continue
-            latest = self.r.hmget(attempt_key(attempt.job_id), ["n", "t"])
-            latest_n = int(latest[0]) if latest[0] is not None else attempt.attempt
-            latest_t = float(latest[1]) if latest[1] is not None else now
-            finished: float | None = None
-            if latest_n > attempt.attempt and now - latest_t >= SUPERSEDED_GRACE_S:
-                finished = min(latest_t, now)
-            elif now > attempt.deadline:
-                finished = now
-            if finished is not None and self.close_if_open(attempt, state="lost", finished=finished):
-                log.warning("attempt %s of job %s (worker %s) never reported: closed as lost",
-                            attempt.attempt, attempt.job_id, attempt.worker)
-                closed += 1
+        for start in range(0, len(attempts), 500):
+            chunk = attempts[start:start + 500]
+            pipe = self.r.pipeline(transaction=False)
+            for attempt in chunk:
+                pipe.hmget(attempt_key(attempt.job_id), ["n", "t"])
+            for attempt, (latest_n, latest_t) in zip(chunk, pipe.execute(), strict=True):
+                n = int(latest_n) if latest_n is not None else attempt.attempt
+                t = float(latest_t) if latest_t is not None else now
+                finished: float | None = None
+                if n > attempt.attempt and now - t >= SUPERSEDED_GRACE_S:
+                    finished = min(t, now)
+                elif now > attempt.deadline:
+                    finished = now
+                if finished is not None and self.close_if_open(attempt, state="lost", finished=finished):
+                    log.warning("attempt %s of job %s (worker %s) never reported: closed as lost",
+                                attempt.attempt, attempt.job_id, attempt.worker)
+                    closed += 1
         return closed
 
 
