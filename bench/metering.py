@@ -7,7 +7,10 @@ Starts its own redis-server (127.0.0.1, free port) and a SQLite database in a te
 with --postgres, a fresh database on that server, dropped at the end). For
 each phase it creates N job rows, publishes their messages to the execution queue, then starts a
 Celery worker (prefork) with ``TENANTQ_METERING=1`` or ``0`` and measures throughput from the first
-attempt's start to the last attempt's end as recorded in SQL by the worker's own status signals. Phases
+attempt's start to the last attempt's end as recorded in SQL by the worker's own status signals, and
+the CPU time of the worker's process tree per job (``getrusage(RUSAGE_CHILDREN)`` around the worker's
+life, minus the CPU of an idle worker's boot and stop): on a shared machine the CPU figure is the
+stable one, throughput swings with everybody else's load. Phases
 follow a discarded warm-up in ABBA order (on, off, off, on, ...) so drift on a shared machine hits both
 sides alike. It also times the hot path alone in-process (prerun + postrun receivers against the same
 Redis: microseconds per attempt), which is the stable figure on a noisy machine. A usage flusher
@@ -57,6 +60,14 @@ def stop(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def children_cpu() -> float:
+    """CPU seconds of every reaped descendant (a stopped worker and the pool processes it reaped)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def time_hot_path(n: int) -> float:
@@ -157,6 +168,29 @@ def main() -> int:
         flusher = start([sys.executable, "-m", "tenantq.cli", "billing", "flush"], env, tmp / "flusher.log")
         procs.append(flusher)
 
+        def start_worker(name: str, metering: bool) -> subprocess.Popen:
+            return start([sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=WARNING",
+                          f"--concurrency={opts.concurrency}", "--queues=tq.exec", "--without-mingle",
+                          "--without-gossip", f"--hostname=bench-{name}@%h"],
+                         {**env, "TENANTQ_METERING": "1" if metering else "0"}, tmp / f"worker-{name}.log")
+
+        # CPU time is the figure a loaded machine disturbs least: the worker tree's CPU per job, minus
+        # what a worker spends booting and stopping with nothing to do (measured here).
+        from tenantq.worker.celery_app import app as celery_app
+
+        boot_samples = []
+        for i in range(2):
+            cpu0 = children_cpu()
+            idle = start_worker(f"idle-{i}", True)
+            deadline = time.monotonic() + 120
+            while not celery_app.control.ping(destination=[f"bench-idle-{i}@{socket.gethostname()}"],
+                                              timeout=0.5):
+                if time.monotonic() > deadline or idle.poll() is not None:
+                    raise RuntimeError(f"idle worker did not answer (see {tmp})")
+            stop(idle)
+            boot_samples.append(children_cpu() - cpu0)
+        boot_cpu = statistics.median(boot_samples)
+
         results: list[dict] = []
         # A discarded warm-up phase first (imports, SQLite file growth), then ABBA order (on, off, off,
         # on, ...) so a trend in the machine's load hits both sides alike.
@@ -177,10 +211,8 @@ def main() -> int:
                 tenant_id = tenant.id
             for message in messages:
                 publish(message, "tq.exec")
-            worker = start([sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=WARNING",
-                            f"--concurrency={opts.concurrency}", "--queues=tq.exec", "--without-mingle",
-                            "--without-gossip", f"--hostname=bench-{index}@%h"],
-                           {**env, "TENANTQ_METERING": "1" if metering else "0"}, tmp / f"worker-{index}.log")
+            cpu0 = children_cpu()
+            worker = start_worker(str(index), metering)
             procs.append(worker)
             deadline = time.monotonic() + max(600, opts.jobs)
             while True:
@@ -195,11 +227,13 @@ def main() -> int:
                 time.sleep(0.25)
             stop(worker)
             procs.remove(worker)
+            cpu_ms = (children_cpu() - cpu0 - boot_cpu) * 1000 / count
             seconds = (last - first).total_seconds()
             results.append({"phase": index, "metering": label, "tenant_id": tenant_id, "jobs": count,
-                            "seconds": round(seconds, 3), "jobs_per_s": round(count / seconds, 1)})
+                            "seconds": round(seconds, 3), "jobs_per_s": round(count / seconds, 1),
+                            "worker_cpu_ms_per_job": round(cpu_ms, 3)})
             print(f"phase {index}: metering {label:>6}  {count} jobs in {seconds:7.2f}s  "
-                  f"{count / seconds:8.1f} jobs/s", flush=True)
+                  f"{count / seconds:8.1f} jobs/s  worker CPU {cpu_ms:6.2f} ms/job", flush=True)
 
         # Correctness: every metered attempt recorded, nothing for unmetered ones.
         deadline = time.monotonic() + 120
@@ -213,6 +247,11 @@ def main() -> int:
                 break
             time.sleep(0.5)
         usage_ok = all(counts.get(t, 0) == n for t, n in expected.items())
+        cpu0 = children_cpu()
+        stop(flusher)
+        procs.remove(flusher)
+        metered_jobs = sum(r["jobs"] for r in results if r["metering"] != "off")
+        flusher_cpu_ms = (children_cpu() - cpu0) * 1000 / metered_jobs
 
         hot_path_us = time_hot_path(2000)
         measured = [r for r in results if r["metering"] != "warmup"]
@@ -224,6 +263,8 @@ def main() -> int:
             pair_ratios.append(round(on_r["jobs_per_s"] / off_r["jobs_per_s"], 3))
         on = [r["jobs_per_s"] for r in results if r["metering"] == "on"]
         off = [r["jobs_per_s"] for r in results if r["metering"] == "off"]
+        cpu_on = statistics.median(r["worker_cpu_ms_per_job"] for r in results if r["metering"] == "on")
+        cpu_off = statistics.median(r["worker_cpu_ms_per_job"] for r in results if r["metering"] == "off")
         summary = {
             "benchmark": "metering_overhead",
             "task": "demo.echo",
@@ -237,6 +278,11 @@ def main() -> int:
             "pair_ratios_on_over_off": pair_ratios,
             "pair_ratio_median": statistics.median(pair_ratios),
             "hot_path_us_per_attempt": hot_path_us,
+            "worker_boot_cpu_s": round(boot_cpu, 3),
+            "worker_cpu_ms_per_job_on": round(cpu_on, 3),
+            "worker_cpu_ms_per_job_off": round(cpu_off, 3),
+            "worker_cpu_on_over_off": round(cpu_on / cpu_off, 3),
+            "flusher_cpu_ms_per_metered_job": round(flusher_cpu_ms, 3),
             "usage_events_complete": usage_ok,
         }
         print()
@@ -245,6 +291,8 @@ def main() -> int:
         print(f"{'off':<10}{', '.join(f'{x:.1f}' for x in off):<30}{summary['off_jobs_per_s_median']:>10.1f}")
         print(f"on/off ratio of medians: {summary['on_vs_off']:.3f}   per-pair on/off ratios: "
               f"{', '.join(f'{x:.2f}' for x in pair_ratios)} (median {summary['pair_ratio_median']:.3f})")
+        print(f"worker CPU per job (median, boot excluded): on {cpu_on:.2f} ms, off {cpu_off:.2f} ms "
+              f"(on/off {cpu_on / cpu_off:.3f}); flusher CPU {flusher_cpu_ms:.2f} ms per metered job")
         print(f"usage events complete: {usage_ok}")
         print(f"hot path (prerun + postrun receivers, in-process): {hot_path_us:.0f} us per attempt")
         print(json.dumps(summary))
