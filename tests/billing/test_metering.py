@@ -240,6 +240,17 @@ class TestFlusherResilience:
         Flusher(redis_client, consumer="survivor", block_ms=0, claim_idle_ms=0).drain()
         assert len(usage_of(db_session, job["id"])) == 4
 
+    def test_insert_reports_only_new_rows_so_quota_counters_add_them_once(self, db_session):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        rows = buffer.parse_entry({"events": json.dumps(metering.usage_events(
+            job_id=job["id"], tenant_id=tenant.id, task="demo.echo", attempt=1, state="succeeded", worker="w",
+            finished_at=time.time(), wall_ms=10, compute_ms=5))})
+        assert len(buffer.insert_events(db_session, rows[:2] + rows[:2])) == 2  # duplicates inside a batch
+        assert sorted(r["metric"] for r in buffer.insert_events(db_session, rows)) == ["compute_ms", "wall_ms"]
+        assert buffer.insert_events(db_session, rows) == []
+        db_session.commit()
+
     def test_running_flusher_rides_out_a_database_outage(self, db_session, redis_client, monkeypatch):
         tenant = TenantFactory()
         monkeypatch.setattr(buffer, "system_session", unreachable_database)
