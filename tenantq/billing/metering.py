@@ -61,6 +61,7 @@ ATTEMPT_TTL_S = 3 * 24 * 3600
 LOST_GRACE_S = 60.0  # past the time limit an open attempt is surely dead (the worker enforces the limit)
 SUPERSEDED_GRACE_S = 5.0  # a later attempt started this long ago: the earlier one will not report any more
 
+# Every state an attempt's usage events can carry. All are billable: each one means the attempt ran.
 BILLABLE_STATES = ("succeeded", "failed", "retried", "ignored", "rejected", "cancelled", "terminated", "lost")
 
 _POSTRUN_STATES = {
