@@ -310,6 +310,20 @@ class TestFlusherProcess:
             group.stop_all()
 
 
+    def test_flush_once_writes_what_is_buffered_and_exits(self, db_session, platform_env, tmp_path):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        run_attempt(job)
+        group = ProcessGroup(platform_env, tmp_path)
+        proc = group.start("flush-once", [sys.executable, "-m", "tenantq.cli", "billing", "flush", "--once"])
+        try:
+            assert proc.wait(60) == 0, group.log("flush-once")
+        finally:
+            group.stop_all()
+        assert "usage events written" in group.log("flush-once")
+        assert len(usage_of(db_session, job["id"])) == 4
+
+
 @pytest.mark.e2e
 class TestRealWorkers:
     def test_cpu_and_retry_usage_through_a_real_worker(self, api, db_session, redis_client, platform_processes):
