@@ -20,7 +20,7 @@ plan_app = typer.Typer(help="List and change plans (limits and prices).", no_arg
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
-billing_app = typer.Typer(help="Billing: close periods into invoices, sync them to Stripe.", no_args_is_help=True)
+billing_app = typer.Typer(help="Usage and billing: flush usage, reports, close periods into invoices, sync to Stripe.", no_args_is_help=True)
 app.add_typer(billing_app, name="billing")
 app.add_typer(plan_app, name="plan")
 
@@ -89,8 +89,8 @@ def up(
     migrate: Annotated[bool, typer.Option(help="Apply database migrations before starting.")] = True,
     data_dir: DataDir = None,
 ) -> None:
-    """Run API, dispatcher, worker and beat (and an embedded Redis unless TENANTQ_REDIS_URL is set) in
-    the foreground. Ctrl-C or SIGTERM stops every process."""
+    """Run API, dispatcher, worker, beat and the usage flusher (and an embedded Redis unless
+    TENANTQ_REDIS_URL is set) in the foreground. Ctrl-C or SIGTERM stops every process."""
     from tenantq.platform.supervisor import Supervisor
 
     settings = _settings(data_dir)
@@ -532,6 +532,54 @@ def billing_stripe_sync(
     text = "\n".join(f"{r['invoice_id']}  {r['stripe_invoice_id'] or '-'}  "
                      f"{r['skipped'] or ('created' if r['invoice_created'] else 'linked')}" for r in results)
     _emit(as_json, payload, text or f"{period}: no invoices")
+@billing_app.command("flush")
+def billing_flush(
+    once: Annotated[bool, typer.Option("--once", help="Write what is buffered now, then exit.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Write buffered usage (Redis stream tq:usage) to SQL, close lost attempts, resync quotas.
+
+    Runs until stopped; several flushers may run at once (writes are idempotent)."""
+    settings = _settings(data_dir)
+    _setup_logging()
+    _ensure_db(settings)
+    from tenantq.billing.buffer import main as flush_main
+
+    written = flush_main(once=once)
+    if once:
+        typer.echo(f"{written} usage events written")
+
+
+@billing_app.command("report")
+def billing_report(
+    period: Annotated[str, typer.Option("--period", help="Calendar month, UTC: YYYY-MM.")],
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant id or name (default: every tenant, "
+                                               "with revenue per plan).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json or csv.")] = "json",
+    group_by: Annotated[str, typer.Option("--group-by", help="With --tenant: rows by task or day.")] = "task",
+    data_dir: DataDir = None,
+) -> None:
+    """Print a usage report for PERIOD: one tenant's usage by task type or day, or all tenants."""
+    from tenantq.billing import reports
+    from tenantq.platform.db import system_session
+    from tenantq.platform.errors import InvalidInput
+    from tenantq.tenants.service import get_tenant_by_ref
+
+    settings = _settings(data_dir)
+    try:
+        if fmt not in ("json", "csv"):
+            raise InvalidInput("--format must be json or csv.", details={"format": fmt})
+        _ensure_db(settings)
+        with system_session() as session:
+            if tenant:
+                report = reports.tenant_report(session, get_tenant_by_ref(session, tenant), period, group_by)
+                text = reports.tenant_report_csv(report) if fmt == "csv" else json.dumps(report, indent=2)
+            else:
+                report = reports.operator_report(session, period)
+                text = reports.operator_report_csv(report) if fmt == "csv" else json.dumps(report, indent=2)
+    except Exception as exc:  # noqa: BLE001
+        _fail(fmt == "json", exc)
+    typer.echo(text, nl=not text.endswith("\n"))
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ ROUTER_MODULES = [
     "tenantq.platform.metrics",
     "tenantq.platform.schedules.router",
     "tenantq.platform.webhooks.router",
+    "tenantq.billing.router",
+    "tenantq.billing.admin_router",
 ]
 
 

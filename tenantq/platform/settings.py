@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(
         default=3600.0, gt=0, le=3600, description="Cap of the retry delay (below the broker visibility timeout)."
     )
+    metering: bool = Field(
+        default=True, description="Record usage events from task signals (TENANTQ_METERING=0 turns it off)."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:

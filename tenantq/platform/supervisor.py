@@ -1,8 +1,8 @@
 """``tenantq up``: run the whole platform in the foreground and stop all of it cleanly.
 
 The supervisor owns every process it starts: the embedded Redis (when no TENANTQ_REDIS_URL is set),
-the API, the dispatcher, a Celery worker and beat. Each child runs in its own process group so a
-shutdown can reach grandchildren (Celery's pool processes) too. Output is prefixed per process.
+the API, the dispatcher, a Celery worker, beat and the usage flusher. Each child runs in its own
+process group so a shutdown can reach grandchildren (Celery's pool processes) too. Output is prefixed per process.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import redis
 
 from tenantq.platform.settings import Settings
 
-COLORS = {"redis": "31", "api": "32", "worker": "33", "beat": "35", "dispatcher": "36", "up": "1"}
+COLORS = {"redis": "31", "api": "32", "worker": "33", "beat": "35", "dispatcher": "36", "flusher": "34",
+          "up": "1"}
 
 
 def redis_server_binary() -> str:
@@ -155,6 +156,7 @@ class Supervisor:
         self.children.append(self.spawn("worker", [py, "-m", "tenantq.cli", "worker", "--concurrency",
                                                    str(self.concurrency)]))
         self.children.append(self.spawn("beat", [py, "-m", "tenantq.cli", "beat"]))
+        self.children.append(self.spawn("flusher", [py, "-m", "tenantq.cli", "billing", "flush"]))
         self.say("up", f"tenantq is up: http://{self.host}:{self.port}  (docs at /docs; Ctrl-C stops everything)")
 
     def _stop_child(self, child: Child) -> None:

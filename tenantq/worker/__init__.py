@@ -13,6 +13,8 @@ import tenantq.billing.invoice_tasks  # noqa: E402,F401  (period close, Stripe s
 import tenantq.platform.jobs.tasks  # noqa: E402,F401  (system tasks: result expiry)
 import tenantq.worker.metrics  # noqa: E402,F401  (metrics, job log lines, worker heartbeat)
 import tenantq.platform.webhooks.receivers  # noqa: E402,F401  (after signals: job status is committed first)
+import tenantq.billing.metering  # noqa: E402,F401  (usage metering receivers)
+import tenantq.billing.tasks  # noqa: E402,F401  (usage upkeep tasks + beat entries)
 
 celery = app
 

@@ -100,6 +100,11 @@ class RetryScheduled(Ignore):
         self.delay = delay
 
 
+class NotStarted(Ignore):
+    """Ends a Celery task that must not run (cancelled, or a replay of a finished attempt) before the
+    task function was called: nothing ran, so nothing is billed."""
+
+
 def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str, Any]) -> Any:
     """The body of every tenantq task: cancellation gate, validation, the function, retry policy,
     result bound. Status bookkeeping happens in signals (prerun/postrun) and, for the outcomes that
@@ -112,7 +117,7 @@ def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str,
     # A cancelled attempt may already have been handed to Celery, a redelivered one may belong to a
     # finished job: neither must run.
     if not lifecycle.may_start(job, ctx.task_id):
-        raise Ignore()
+        raise NotStarted()
     try:
         model = spec.args_model.model_validate(args)
     except ValidationError as exc:  # the API validated already; this guards replays and workflow inputs

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from tenantq.billing.quotas import check_quota
 from tenantq.platform.errors import Forbidden
 from tenantq.tenants.limits import submission_rate_limit
 from tenantq.tenants.models import Tenant
@@ -27,6 +28,7 @@ def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
 ADMISSION_CHECKS: list[AdmissionCheck] = [
     tenant_is_active,
     submission_rate_limit,  # cluster-wide token bucket in Redis (429 + Retry-After/RateLimit-*)
+    check_quota,  # last: it counts the jobs it admits (Redis, atomic check-and-increment)
 ]
 
 

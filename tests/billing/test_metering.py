@@ -1,0 +1,387 @@
+"""Metering: signals -> Redis stream -> flusher -> SQL, exactly once per attempt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from tenantq.billing import buffer, metering
+from tenantq.billing.buffer import Flusher, stream_backlog
+from tenantq.billing.metering import OPEN, STREAM, Meter
+from tenantq.billing.models import UsageEvent
+from tenantq.platform.settings import reset_settings_cache
+from tenantq.worker.celery_app import app as celery_app
+from tests.billing.conftest import usage_of
+from tests.conftest import ProcessGroup, start_worker, wait_for_workers, wait_until
+from tests.factories import ApiKeyFactory, TenantFactory, auth
+
+
+def fake_task(name: str = "demo.echo", retries: int = 0, hostname: str = "test-worker@host"):
+    """What Celery hands the receivers: the task with its current request."""
+    request = SimpleNamespace(retries=retries, hostname=hostname, timelimit=(None, None), id=None)
+    return SimpleNamespace(name=name, request=request, app=celery_app)
+
+
+def job_meta(tenant_id: str, **extra) -> dict:
+    return {"id": str(uuid.uuid4()), "tenant_id": tenant_id, "priority": 5, "max_retries": 0, "attempt_base": 0,
+            **extra}
+
+
+def run_attempt(job: dict, *, retries: int = 0, state: str = "SUCCESS", burn_ms: int = 0) -> None:
+    task = fake_task(retries=retries)
+    kwargs = {"job": job, "args": {}}
+    metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
+    deadline = time.process_time() + burn_ms / 1000
+    while time.process_time() < deadline:
+        pass
+    metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state=state)
+
+
+def stream_entries_for(client, job_id: str) -> list[dict]:
+    return [fields for _id, fields in client.xrange(STREAM) if job_id in fields.get("events", "")]
+
+
+class TestAttemptNumbers:
+    def test_redelivery_gets_the_next_attempt_number(self, redis_client):
+        meter = Meter(redis_client)
+        job = job_meta("t")
+        first = meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        # The same message delivered again after a crash claims attempt 1 again: it becomes attempt 2.
+        again = meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        # A Celery retry of that message claims attempt 2: it becomes 3, never colliding.
+        retry = meter.open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60)
+        assert (first.attempt, again.attempt, retry.attempt) == (1, 2, 3)
+
+    def test_explicit_attempt_in_the_message_is_used(self, redis_client):
+        job = job_meta("t", attempt=4, attempt_base=0)
+        assert Meter(redis_client).open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt == 4
+
+    def test_retries_after_a_resubmission_continue_from_attempt_base(self, redis_client):
+        job = job_meta("t", attempt_base=2)
+        assert Meter(redis_client).open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60).attempt == 4
+
+
+class TestSignalsToSql:
+    def test_one_attempt_records_four_events(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        run_attempt(job, burn_ms=30)
+        assert redis_client.hget(OPEN, f"{job['id']}:1") is None
+        Flusher(redis_client).drain()
+        events = {e.metric: e for e in usage_of(db_session, job["id"])}
+        assert sorted(events) == ["attempts", "compute_ms", "jobs", "wall_ms"]
+        assert {e.id for e in events.values()} == {f"{job['id']}:1:{m}" for m in events}
+        assert events["jobs"].quantity == 1 and events["attempts"].quantity == 1
+        assert events["compute_ms"].quantity >= 25  # burnt 30 ms of CPU in this process
+        assert events["wall_ms"].quantity >= events["compute_ms"].quantity - 5
+        assert {e.state for e in events.values()} == {"succeeded"}
+        assert events["jobs"].worker == "test-worker@host" and events["jobs"].task == "demo.echo"
+
+    def test_duplicate_signals_and_replayed_entries_insert_nothing_new(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        task, kwargs = fake_task(), {"job": job, "args": {}}
+        metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
+        metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)  # duplicate prerun: same attempt
+        metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state="SUCCESS")
+        metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state="SUCCESS")  # duplicate
+        metering.on_failure(sender=task, task_id=job["id"], kwargs=kwargs)  # stray failure after the close
+        entries = stream_entries_for(redis_client, job["id"])
+        assert len(entries) == 1
+        flusher = Flusher(redis_client)
+        flusher.drain()
+        first = [(e.id, e.quantity) for e in usage_of(db_session, job["id"])]
+        assert len(first) == 4
+        # Replay the exact stream entries (e.g. a restored backup), twice: the insert ignores them.
+        for _ in range(2):
+            for fields in entries:
+                redis_client.xadd(STREAM, fields)
+        flusher.drain()
+        assert [(e.id, e.quantity) for e in usage_of(db_session, job["id"])] == first
+
+    def test_retry_then_success_bills_both_attempts_and_one_job(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id, max_retries=1)
+        run_attempt(job, retries=0, state="RETRY")
+        run_attempt(job, retries=1, state="SUCCESS")
+        Flusher(redis_client).drain()
+        rows = [(e.attempt, e.metric, e.state) for e in usage_of(db_session, job["id"])]
+        assert [r for r in rows if r[1] == "jobs"] == [(1, "jobs", "retried")]
+        assert sorted((a, s) for a, m, s in rows if m == "attempts") == [(1, "retried"), (2, "succeeded")]
+
+    def test_time_limit_failure_in_the_main_process_closes_once(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        kwargs = {"job": job, "args": {}}
+        # The pool child opened the attempt and was killed by the hard time limit: no postrun. The main
+        # process sends task_failure twice (a known Celery behaviour); it has no local attempt.
+        meter = Meter(redis_client)
+        meter.open(job=job, task="demo.sleep", retries=0, worker="w@h", time_limit=1)
+        metering.on_failure(sender=fake_task("demo.sleep"), task_id=job["id"], kwargs=kwargs)
+        metering.on_failure(sender=fake_task("demo.sleep"), task_id=job["id"], kwargs=kwargs)
+        assert len(stream_entries_for(redis_client, job["id"])) == 1
+        Flusher(redis_client).drain()
+        events = {e.metric: e for e in usage_of(db_session, job["id"])}
+        assert events["attempts"].state == "failed" and events["compute_ms"].quantity == 0
+
+    def test_revoke_terminate_bills_the_running_attempt_as_cancelled(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        Meter(redis_client).open(job=job, task="demo.sleep", retries=0, worker="w@h", time_limit=60)
+        request = SimpleNamespace(id=job["id"], kwargs={"job": job, "args": {}})
+        metering.on_revoked(sender=fake_task("demo.sleep"), request=request, terminated=True)
+        Flusher(redis_client).drain()
+        assert {e.state for e in usage_of(db_session, job["id"])} == {"cancelled"}
+
+    def test_revoked_before_start_bills_nothing(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        request = SimpleNamespace(id=job["id"], kwargs={"job": job, "args": {}})
+        metering.on_revoked(sender=fake_task(), request=request, terminated=False)
+        metering.on_revoked(sender=fake_task(), request=request, terminated=True)  # nothing was open
+        assert stream_entries_for(redis_client, job["id"]) == []
+
+    def test_metering_off_records_nothing(self, redis_client, monkeypatch):
+        monkeypatch.setenv("TENANTQ_METERING", "0")
+        reset_settings_cache()
+        try:
+            job = job_meta("t")
+            run_attempt(job)
+            assert stream_entries_for(redis_client, job["id"]) == []
+            assert redis_client.hget(OPEN, f"{job['id']}:1") is None
+        finally:
+            monkeypatch.delenv("TENANTQ_METERING")
+            reset_settings_cache()
+
+
+class TestReconciler:
+    def test_superseded_attempt_is_closed_as_lost_up_to_the_next_start(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        meter = Meter(redis_client)
+        t0 = time.time() - 100
+        meter.open(job=job, task="demo.sleep", retries=0, worker="w1@h", time_limit=300, now=t0)
+        meter.open(job=job, task="demo.sleep", retries=0, worker="w2@h", time_limit=300, now=t0 + 12.5)
+        assert meter.reconcile() >= 1
+        assert redis_client.hget(OPEN, f"{job['id']}:1") is None
+        assert redis_client.hget(OPEN, f"{job['id']}:2") is not None  # the redelivery is still running
+        Flusher(redis_client).drain()
+        events = {e.metric: e for e in usage_of(db_session, job["id"])}
+        assert events["attempts"].state == "lost" and events["attempts"].attempt == 1
+        assert events["wall_ms"].quantity == 12_500 and events["compute_ms"].quantity == 0
+        assert events["jobs"].quantity == 1
+
+    def test_attempt_past_its_deadline_is_closed_as_lost(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        meter = Meter(redis_client)
+        t0 = time.time()
+        meter.open(job=job, task="demo.sleep", retries=0, worker="w@h", time_limit=10, now=t0)
+        meter.reconcile(now=t0 + 10 + metering.LOST_GRACE_S - 1)
+        assert redis_client.hget(OPEN, f"{job['id']}:1") is not None  # not yet
+        meter.reconcile(now=t0 + 10 + metering.LOST_GRACE_S + 1)
+        assert redis_client.hget(OPEN, f"{job['id']}:1") is None
+        Flusher(redis_client).drain()
+        assert {e.state for e in usage_of(db_session, job["id"])} == {"lost"}
+
+
+@contextmanager
+def unreachable_database():
+    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing", connect_args={"connect_timeout": 2})
+    session = sessionmaker(engine)()
+    try:
+        yield session
+        session.commit()
+    finally:
+        session.close()
+        engine.dispose()
+
+
+class TestFlusherResilience:
+    def test_database_down_keeps_usage_in_the_stream_until_it_is_back(self, db_session, redis_client, monkeypatch):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        run_attempt(job)
+        flusher = Flusher(redis_client, block_ms=0)
+        monkeypatch.setattr(buffer, "system_session", unreachable_database)
+        for _ in range(2):
+            with pytest.raises(SQLAlchemyError):
+                flusher.flush_once()
+        assert stream_backlog(redis_client)["pending"] >= 1
+        assert stream_entries_for(redis_client, job["id"])  # still buffered
+        assert usage_of(db_session, job["id"]) == []
+        monkeypatch.undo()
+        flusher.drain()
+        assert len(usage_of(db_session, job["id"])) == 4
+        assert stream_entries_for(redis_client, job["id"]) == []  # acknowledged and deleted
+        flusher.drain()
+        assert len(usage_of(db_session, job["id"])) == 4
+
+    def test_entries_of_a_crashed_flusher_are_claimed_by_another(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        run_attempt(job)
+        crashed = Flusher(redis_client, consumer="crashed", block_ms=0)
+        crashed._ensure_group()
+        crashed._read()  # read (now pending for "crashed") and never written: the process died here
+        assert usage_of(db_session, job["id"]) == []
+        Flusher(redis_client, consumer="survivor", block_ms=0, claim_idle_ms=0).drain()
+        assert len(usage_of(db_session, job["id"])) == 4
+
+    def test_insert_reports_only_new_rows_so_quota_counters_add_them_once(self, db_session):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        rows = buffer.parse_entry({"events": json.dumps(metering.usage_events(
+            job_id=job["id"], tenant_id=tenant.id, task="demo.echo", attempt=1, state="succeeded", worker="w",
+            finished_at=time.time(), wall_ms=10, compute_ms=5))})
+        assert len(buffer.insert_events(db_session, rows[:2] + rows[:2])) == 2  # duplicates inside a batch
+        assert sorted(r["metric"] for r in buffer.insert_events(db_session, rows)) == ["compute_ms", "wall_ms"]
+        assert buffer.insert_events(db_session, rows) == []
+        db_session.commit()
+
+    def test_running_flusher_rides_out_a_database_outage(self, db_session, redis_client, monkeypatch):
+        tenant = TenantFactory()
+        monkeypatch.setattr(buffer, "system_session", unreachable_database)
+        flusher = Flusher(redis_client, consumer=f"outage-{uuid.uuid4().hex[:6]}", block_ms=200, linger=0.1)
+        thread = threading.Thread(target=flusher.run_forever, daemon=True)
+        thread.start()
+        try:
+            job = job_meta(tenant.id)
+            run_attempt(job)
+            wait_until(lambda: stream_backlog(redis_client)["pending"] >= 1, timeout=30, message="a failed write")
+            time.sleep(1.5)
+            assert thread.is_alive() and usage_of(db_session, job["id"]) == []
+            assert stream_entries_for(redis_client, job["id"])
+            monkeypatch.undo()  # the database is back
+            wait_until(lambda: len(usage_of(db_session, job["id"])) == 4, timeout=60, interval=0.3,
+                       message="buffered usage to be written after the outage")
+        finally:
+            flusher.stop_event.set()
+            thread.join(30)
+        assert stream_entries_for(redis_client, job["id"]) == []
+
+    @pytest.mark.parametrize("fields", [
+        {"events": "not json"},
+        {"events": json.dumps([{"id": "x", "metric": "jobs"}])},
+        {"events": json.dumps([{"id": "j:1:jobs", "tenant_id": "t" * 37, "job_id": "j", "attempt": 1, "task": "x",
+                                "metric": "jobs", "quantity": 1, "state": "succeeded", "occurred_at": 0}])},
+        {"events": json.dumps([{"id": "j:1:jobs", "tenant_id": "t", "job_id": "j", "attempt": 1, "task": "x",
+                                "metric": "jobs", "quantity": 2**64, "state": "succeeded", "occurred_at": 0}])},
+        {"other": "field"},
+    ])
+    def test_malformed_entry_goes_to_the_dead_letter_stream(self, redis_client, fields):
+        entry_id = redis_client.xadd(STREAM, fields)
+        Flusher(redis_client, block_ms=0).drain()
+        assert any(f.get("source_id") == entry_id for _i, f in redis_client.xrange(buffer.DEAD))
+        assert redis_client.xrange(STREAM, min=entry_id, max=entry_id) == []
+
+
+def open_attempts_of(client, job_id: str) -> dict[str, dict]:
+    return {f: json.loads(v) for f, v in client.hgetall(OPEN).items() if f.startswith(job_id + ":")}
+
+
+@pytest.mark.e2e
+class TestFlusherProcess:
+    def test_tenantq_billing_flush_writes_and_stops_on_sigterm(self, db_session, redis_client, platform_env,
+                                                               tmp_path):
+        tenant = TenantFactory()
+        group = ProcessGroup(platform_env, tmp_path)
+        proc = group.start("flusher", [sys.executable, "-m", "tenantq.cli", "billing", "flush"])
+        try:
+            job = job_meta(tenant.id)
+            run_attempt(job)
+            wait_until(lambda: len(usage_of(db_session, job["id"])) == 4, timeout=60, interval=0.3,
+                       message="the flusher process to write the usage")
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(30) == 0, group.log("flusher")
+        finally:
+            group.stop_all()
+
+
+    def test_flush_once_writes_what_is_buffered_and_exits(self, db_session, platform_env, tmp_path):
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        run_attempt(job)
+        group = ProcessGroup(platform_env, tmp_path)
+        proc = group.start("flush-once", [sys.executable, "-m", "tenantq.cli", "billing", "flush", "--once"])
+        try:
+            assert proc.wait(60) == 0, group.log("flush-once")
+        finally:
+            group.stop_all()
+        assert "usage events written" in group.log("flush-once")
+        assert len(usage_of(db_session, job["id"])) == 4
+
+
+@pytest.mark.e2e
+class TestRealWorkers:
+    def test_cpu_and_retry_usage_through_a_real_worker(self, api, db_session, redis_client, platform_processes):
+        key = ApiKeyFactory()
+        cpu = api.post("/v1/jobs", json={"task": "demo.cpu", "args": {"ms": 200}}, headers=auth(key)).json()
+        flaky = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2},
+                         headers=auth(key)).json()
+        flusher = Flusher(redis_client, block_ms=0)
+
+        def recorded():
+            flusher.drain()
+            return len(usage_of(db_session, cpu["id"])) == 4 and len(usage_of(db_session, flaky["id"])) == 7
+
+        wait_until(recorded, timeout=90, interval=0.3, message="usage of both jobs")
+        cpu_events = {e.metric: e for e in usage_of(db_session, cpu["id"])}
+        assert cpu_events["compute_ms"].quantity >= 150  # CPU of the pool child, not of the worker
+        assert cpu_events["wall_ms"].quantity >= cpu_events["compute_ms"].quantity - 20
+        assert cpu_events["jobs"].tenant_id == key.tenant_id
+        flaky_attempts = sorted((e.attempt, e.state) for e in usage_of(db_session, flaky["id"]) if e.metric == "attempts")
+        assert flaky_attempts == [(1, "retried"), (2, "succeeded")]
+
+    def test_sigkilled_attempt_is_redelivered_and_billed_once(self, api, db_session, redis_client, platform_processes,
+                                                             platform_env, tmp_path):
+        group = ProcessGroup(platform_env, tmp_path)
+        try:
+            start_worker(group, name="spare", concurrency=1)
+            wait_for_workers(2)
+            key = ApiKeyFactory()
+            job = api.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 3}}, headers=auth(key)).json()
+            running = wait_until(lambda: open_attempts_of(redis_client, job["id"]), timeout=60,
+                                 message="the attempt to start")
+            (record,) = running.values()
+            os.kill(record["pid"], signal.SIGKILL)  # the pool child dies: no postrun, no failure signal
+            wait_until(lambda: api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "succeeded",
+                       timeout=90, message="the redelivered job to succeed")
+            meter, flusher = Meter(redis_client), Flusher(redis_client, block_ms=0)
+
+            def settled():
+                meter.reconcile()
+                flusher.drain()
+                return not open_attempts_of(redis_client, job["id"]) and len(usage_of(db_session, job["id"])) == 7
+
+            wait_until(settled, timeout=60, interval=0.5, message="the lost attempt to be reconciled")
+            # Replaying every signal path once more changes nothing.
+            meter.reconcile()
+            flusher.drain()
+        finally:
+            group.stop_all()
+        events = usage_of(db_session, job["id"])
+        assert len(events) == len({e.id for e in events}) == 7
+        by_metric: dict[str, list] = {}
+        for e in events:
+            by_metric.setdefault(e.metric, []).append(e)
+        assert [(e.attempt, e.quantity) for e in by_metric["jobs"]] == [(1, 1)]
+        assert sorted((e.attempt, e.state) for e in by_metric["attempts"]) == [(1, "lost"), (2, "succeeded")]
+        lost_wall = next(e.quantity for e in by_metric["wall_ms"] if e.attempt == 1)
+        done_wall = next(e.quantity for e in by_metric["wall_ms"] if e.attempt == 2)
+        assert lost_wall > 0 and done_wall >= 2900
+        assert next(e.quantity for e in by_metric["compute_ms"] if e.attempt == 1) == 0
+        total = db_session.scalars(select(UsageEvent).where(UsageEvent.tenant_id == key.tenant_id)).all()
+        assert len(total) == 7
