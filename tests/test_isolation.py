@@ -12,6 +12,9 @@ create endpoint in one line). Then, for every row:
 - ``RESOURCE`` rows: tenant B's key (and B's session) on A's resources -> 404, A's resource unchanged,
   and A itself gets a 2xx (so the 404 is isolation, not a broken builder);
 - ``LIST`` rows: B sees B's resource and never A's; ``CREATE`` rows: B creates its own, never A's;
+- ``AGGREGATE`` rows (figures over the caller's own data, e.g. usage): A's data (made by the row's
+  ``sums`` builder) leaves B's answer byte for byte unchanged and never appears in it, while A's answer
+  does reflect it (so the comparison is not vacuous);
 - ``SIGNED`` rows (webhooks authenticated by a signature over the body, not by a tenant credential):
   unsigned, wrongly signed, or carrying a tenant's key instead -> a 4xx error (503 while no secret is
   configured), never a 2xx or a 500, and nothing is recorded;
@@ -38,13 +41,15 @@ from tenantq.billing.pricing import PRICED_METRICS, set_price
 from tenantq.platform.db import utcnow
 from tenantq.platform.redis import get_redis
 from tenantq.platform.settings import reset_settings_cache
+from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery
 from tenantq.tenants.keys import ALL_SCOPES
 from tenantq.tenants.models import ApiKey, Plan
 from tenantq.tenants.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
-from tests.billing.invoice_factories import InvoiceFactory
+from tests.billing.invoice_factories import InvoiceFactory, UsageEventFactory
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
 RESOURCE, LIST, CREATE, GLOBAL, PUBLIC, SIGNED = "resource", "list", "create", "global", "public", "signed"
+AGGREGATE = "aggregate"
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
@@ -76,9 +81,10 @@ class Route:
     method: str
     path: str
     scope: str | None  # required scope; None = any valid tenant credential
-    kind: str  # RESOURCE | LIST | CREATE | GLOBAL | PUBLIC | SIGNED
+    kind: str  # RESOURCE | LIST | CREATE | AGGREGATE | GLOBAL | PUBLIC | SIGNED
     body: Any = None  # JSON body sent with the request (valid for the owner)
     lists: str | None = None  # LIST rows: the builder (path-parameter name) of the listed resource
+    sums: str | None = None  # AGGREGATE rows: the builder of the data the figures are computed from
     # Path parameter -> BUILDERS key, where this route needs another state of the resource than the
     # parameter's default builder makes (e.g. a job still waiting, so that cancelling it changes it).
     using: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -87,6 +93,12 @@ class Route:
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
 
+
+# Far enough apart (and far enough ahead) for every plan's minimum interval; beat never fires it in a test.
+SCHEDULE = {"task": "demo.echo", "args": {"from": "matrix"}, "interval_seconds": 3600}
+# A literal public address: passes the private-address policy without DNS. Nothing is ever delivered
+# to it: no job of the tenant that registers it finishes during these tests.
+WEBHOOK = {"url": "https://93.184.215.14/matrix-hook", "events": ["job.succeeded", "job.failed"]}
 
 # ------------------------------------------------------------------------------------------------
 # The matrix: one row per (method, path) of /v1. Keep in step with the app (the test enforces it).
@@ -104,6 +116,18 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/invoices/{invoice_id}", "billing:read", RESOURCE),
     Route("POST", "/v1/stripe/webhook", None, SIGNED, STRIPE_EVENT, signed=STRIPE),
     Route("GET", "/v1/task-types", None, GLOBAL),
+    Route("POST", "/v1/schedules", "jobs:write", CREATE, SCHEDULE),
+    Route("GET", "/v1/schedules", "jobs:read", LIST, lists="schedule_id"),
+    Route("GET", "/v1/schedules/{schedule_id}", "jobs:read", RESOURCE),
+    Route("PATCH", "/v1/schedules/{schedule_id}", "jobs:write", RESOURCE, {"enabled": False, "interval_seconds": 7200}),
+    Route("DELETE", "/v1/schedules/{schedule_id}", "jobs:write", RESOURCE),
+    Route("POST", "/v1/webhooks", "jobs:write", CREATE, WEBHOOK),
+    Route("GET", "/v1/webhooks", "jobs:read", LIST, lists="webhook_id"),
+    Route("GET", "/v1/webhooks/{webhook_id}", "jobs:read", RESOURCE),
+    Route("DELETE", "/v1/webhooks/{webhook_id}", "jobs:write", RESOURCE),
+    Route("GET", "/v1/webhooks/{webhook_id}/deliveries", "jobs:read", RESOURCE, using={"webhook_id": "delivered_webhook_id"}),
+    Route("GET", "/v1/usage", "usage:read", AGGREGATE, sums="usage"),
+    Route("GET", "/v1/usage/report", "usage:read", AGGREGATE, sums="usage"),
     Route("GET", "/v1/keys", "keys:manage", LIST, lists="key_id"),
     Route("POST", "/v1/keys", "keys:manage", CREATE, {"name": "matrix", "scopes": ["jobs:read"]}),
     Route("DELETE", "/v1/keys/{key_id}", "keys:manage", RESOURCE),
@@ -145,6 +169,7 @@ ADMIN_ROUTES: list[AdminRoute] = [
     AdminRoute("GET", "/admin/v1/billing/prices"),
     AdminRoute("PUT", "/admin/v1/billing/prices/{plan}/{metric}", {"tiers": [{"unit_price": "0.01"}]}),
     AdminRoute("DELETE", "/admin/v1/billing/prices/{plan}/{metric}"),
+    AdminRoute("GET", "/admin/v1/reports/usage"),
 ]
 
 
@@ -226,6 +251,42 @@ def _invoice_snapshot(owner: Owner, rid: str) -> Any:
     return owner.api.get(f"/v1/invoices/{rid}", headers=owner.headers).json()
 
 
+def _delivered_webhook(owner: Owner) -> str:
+    """A webhook with one finished (failed, never to be retried) delivery and its attempt, so its
+    delivery list has something another tenant must not see."""
+    wid = WEBHOOK_BUILDER.create(owner)
+    session = _session()
+    now = utcnow()
+    delivery = WebhookDelivery(tenant_id=owner.tenant.id, endpoint_id=wid, event_id=f"evt_{uuid.uuid4().hex}",
+                               event_type="job.failed", job_id=None, body='{"matrix": true}', status="failed",
+                               attempts=1, next_attempt_at=None, created_at=now, finished_at=now)
+    session.add(delivery)
+    session.flush()
+    session.add(WebhookAttempt(delivery_id=delivery.id, attempt=1, status_code=500, error="matrix", created_at=now))
+    session.commit()
+    return wid
+
+
+def _delivered_webhook_snapshot(owner: Owner, rid: str) -> Any:
+    return (WEBHOOK_BUILDER.snapshot(owner, rid),
+            owner.api.get(f"/v1/webhooks/{rid}/deliveries", headers=owner.headers).json())
+
+
+def _usage(owner: Owner) -> str:
+    """Current-period usage of the owner under a task name of its own (returned): jobs accepted,
+    running and waiting, and what metering records for a finished attempt."""
+    task = f"matrix.usage_{uuid.uuid4().hex[:10]}"
+    now = utcnow()
+    done = JobFactory(tenant=owner.tenant, task=task, status="succeeded", attempts=1,
+                      started_at=now - timedelta(seconds=3), finished_at=now - timedelta(seconds=1))
+    JobFactory(tenant=owner.tenant, task=task, status="running", attempts=1, started_at=now)
+    JobFactory(tenant=owner.tenant, task=task, status="queued")
+    for metric, quantity in {"jobs": 1, "attempts": 1, "compute_ms": 1500, "wall_ms": 2000}.items():
+        UsageEventFactory(tenant=owner.tenant, job_id=done.id, task=task, metric=metric, quantity=quantity,
+                          occurred_at=now)
+    return task
+
+
 def hold_queue(builder: Builder) -> Builder:
     """``builder`` with the owner's queue paused first (as an operator pause would), so a worker that
     is running in this test session cannot move the resource's jobs between two snapshots."""
@@ -239,7 +300,9 @@ def hold_queue(builder: Builder) -> Builder:
     return Builder(create, builder.snapshot)
 
 
-# Keyed by path-parameter name. E.g. for schedules: "schedule_id": api_builder("/v1/schedules", {...}).
+WEBHOOK_BUILDER = api_builder("/v1/webhooks", WEBHOOK)
+
+# Keyed by path-parameter name (or the name a row gives in ``using``, ``lists`` or ``sums``).
 BUILDERS: dict[str, Builder] = {
     "job_id": Builder(_failed_job, _job_snapshot),
     "queued_job_id": Builder(_queued_job, _job_snapshot),
@@ -248,6 +311,10 @@ BUILDERS: dict[str, Builder] = {
     "workflow_id": hold_queue(api_builder(
         "/v1/workflows", {"steps": [{"task": "demo.echo", "args": {"n": 1}}, {"task": "demo.echo"}]}
     )),
+    "schedule_id": api_builder("/v1/schedules", SCHEDULE),
+    "webhook_id": WEBHOOK_BUILDER,
+    "delivered_webhook_id": Builder(_delivered_webhook, _delivered_webhook_snapshot),
+    "usage": Builder(_usage),  # -> a task name that appears in the owner's usage
 }
 
 PARAM = re.compile(r"{(\w+)}")
@@ -318,6 +385,8 @@ class TestCompleteness:
             for name in PARAM.findall(route.path):
                 assert route.using.get(name, name) in BUILDERS, f"{route}: no builder for {{{name}}}"
             assert (route.kind == SIGNED) == (route.signed is not None), f"{route}: SIGNED rows say how they are signed"
+            assert (route.kind == LIST) == (route.lists in BUILDERS), f"{route}: LIST rows name the listed builder"
+            assert (route.kind == AGGREGATE) == (route.sums in BUILDERS), f"{route}: AGGREGATE rows name a builder"
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
@@ -378,6 +447,22 @@ class TestTenantRoutes:
             resp = call(api, route.method, route.path, route.body, b.headers)
             assert 200 <= resp.status_code < 300, resp.text
             assert a.tenant.id not in resp.text
+        elif route.kind == AGGREGATE:
+            # A's data is made between B's two reads. It must not move B's figures by a byte (nor show
+            # up in them), while A's own answer does reflect it: otherwise "unchanged" proves nothing.
+            # (A is not read before: a first read may cache its figures, e.g. quota counters in Redis.)
+            b_credentials = (b.headers, session_headers(api, b))
+            before = [call(api, route.method, route.path, route.body, h) for h in b_credentials]
+            assert all(r.status_code == 200 for r in before), [r.text for r in before]
+            marker = BUILDERS[route.sums].create(a)
+            for headers, earlier in zip(b_credentials, before, strict=True):
+                later = call(api, route.method, route.path, route.body, headers)
+                assert later.status_code == 200, later.text
+                assert later.content == earlier.content, f"{route}: A's data changed B's figures: {later.text}"
+                assert marker not in later.text and a.tenant.id not in later.text
+            seen_by_a = call(api, route.method, route.path, route.body, a.headers)
+            assert seen_by_a.status_code == 200, seen_by_a.text
+            assert seen_by_a.content != before[0].content, f"{route}: A's answer does not reflect A's data"
         elif route.kind == GLOBAL:
             seen_by_a = call(api, route.method, route.path, route.body, a.headers)
             seen_by_b = call(api, route.method, route.path, route.body, b.headers)
