@@ -107,6 +107,9 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Pool processes.")] = 2,
     queues: Annotated[str | None, typer.Option(help="Comma-separated Celery queues (default: execution + system).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    tenant: Annotated[str | None, typer.Option(
+        help="Run a dedicated pool for this tenant (id or name): routes its jobs to tq.exec.t.<id> and consumes "
+        "only that queue. The tenant submits exactly as before.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run a Celery worker (same as `celery -A tenantq.worker worker`)."""
@@ -115,6 +118,15 @@ def worker(
     from tenantq.worker.celery_app import SYSTEM_QUEUE
 
     q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
+    if tenant:
+        from tenantq.platform.db import system_session
+        from tenantq.platform.redis import get_redis
+        from tenantq.tenants.service import get_tenant_by_ref
+        from tenantq.worker import routing
+
+        with system_session() as session:
+            tenant_id = get_tenant_by_ref(session, tenant).id
+        q = routing.assign(get_redis(), tenant_id)
     celery_app.worker_main(["worker", f"--concurrency={concurrency}", f"--queues={q}", f"--loglevel={loglevel}",
                             f"--hostname=tenantq-{os.getpid()}@%h"])
 

@@ -25,6 +25,7 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 # test matrix and the reader both see every route.
 ROUTER_MODULES = [
     "tenantq.platform.jobs.router",
+    "tenantq.platform.queue.router",
 ]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tenantq.worker.celery_app import app
@@ -88,6 +89,8 @@ def task_type(
         )
 
         def run(self, job: dict[str, Any], args: dict[str, Any]) -> Any:
+            if getattr(self.request, "tq_skip", None):  # set by limits.start_guard: duplicate or no slot
+                raise Ignore()
             try:
                 model = spec.args_model.model_validate(args)
             except ValidationError as exc:  # the API validated already; this guards replays
