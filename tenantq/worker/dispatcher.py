@@ -131,6 +131,8 @@ class Dispatcher:
         self.vtime = 0.0
         self.blocked_until: dict[str, float] = {}
         self._backlogged = False
+        self.target_depth: dict[str, int] = {}
+        self._filled: dict[str, bool] = {}
         self.released_total = 0
         self.decisions: list[str] | None = None  # set to [] to record release order (tests, bench)
         self._renew = self.r.register_script(_RENEW)
@@ -248,13 +250,14 @@ class Dispatcher:
             heap.append((self.passes[t], t))
         heapq.heapify(heap)
         released: list[Released] = []
+        topped_up: set[str] = set()
         self._backlogged = False
         try:
             while heap:
                 pass_value, t = heapq.heappop(heap)
                 queue = self._target_queue(t)
                 if queue not in room:
-                    room[queue] = self.depth - exec_queue_depth(self.r, queue)
+                    room[queue] = self._room(queue)
                 if room[queue] <= 0:
                     self._backlogged = True
                     continue  # this tenant's execution queue is full; others may use other queues
@@ -267,6 +270,9 @@ class Dispatcher:
                 if isinstance(outcome, Released):
                     self._publish(outcome, queue)
                     released.append(outcome)
+                    topped_up.add(queue)
+                    if len(released) % 64 == 0 and not self.ensure_leader():
+                        break  # a long tick must not outlive the lock
                     room[queue] -= 1
                     self.vtime = pass_value
                     self.passes[t] = pass_value + 1.0 / lim.weight
@@ -286,8 +292,28 @@ class Dispatcher:
                     self.blocked_until[t] = time.monotonic() + 0.005
         finally:
             self.queues.ack(released)
+            for queue in room:
+                self._filled[queue] = queue in topped_up
         self.released_total += len(released)
         return len(released)
+
+    def _room(self, queue: str) -> int:
+        """How many more jobs this execution queue may take now.
+
+        The depth adapts between 2 and ``dispatch_depth``: a queue found empty right after it was filled
+        means the workers went idle waiting for the dispatcher (deepen by one); a queue still full means
+        nobody took anything since the last tick (shallow by one). It settles near the smallest depth
+        that keeps the workers busy, so a newly arrived urgent job or tenant waits behind as few
+        already-released jobs as possible.
+        """
+        current = exec_queue_depth(self.r, queue)
+        target = self.target_depth.get(queue, min(self.depth, 4))
+        if current == 0 and self._filled.get(queue):
+            target = min(self.depth, target + 1)
+        elif current >= target:
+            target = max(min(self.depth, 2), target - 1)
+        self.target_depth[queue] = target
+        return target - current
 
     def _publish(self, item: Released, queue: str) -> None:
         message = item.message
