@@ -114,6 +114,8 @@ class Bench:
             "TENANTQ_DATABASE_URL": db_url,
             "TENANTQ_DATA_DIR": str(self.dir / "data"),
             "TENANTQ_LEASE_TTL_SECONDS": "5",
+            # Max execution-queue depth: 2 x the 4 worker processes (the dispatcher adapts below it).
+            "TENANTQ_DISPATCH_DEPTH": "8",
             "TENANTQ_LIMITS_REFRESH_SECONDS": "2",
             "BENCH_BARE_BROKER": f"redis://127.0.0.1:{self.redis_port}/1",
             "PYTHONPATH": str(ROOT),
@@ -291,8 +293,11 @@ class Bench:
         with system_session() as session:
             for t in tenant_ids:
                 purge(session, session.get(Tenant, t), client=self.r)
-        wait_until(lambda: exec_queue_depth(self.r, "tq.exec") == 0
-                   and self.count_status(tenant_ids, ("running",)) == 0, timeout, 0.2, "drain")
+        now = time.time
+        # Released jobs finish (their leases go); leases of attempts killed with a worker just expire.
+        wait_until(lambda: exec_queue_depth(self.r, "tq.exec") == 0 and self.r.zcard("tq:inflight") == 0
+                   and all(self.r.zcount(f"tq:cc:{t}", now(), "+inf") == 0 for t in tenant_ids),
+                   timeout, 0.2, "drain")
 
 
 def ts(d: datetime | None) -> float | None:
