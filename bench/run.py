@@ -410,10 +410,21 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     b.submit(t, [{"task": "demo.sleep", "args": {"seconds": 0.3}}] * n)
     b.resume([t])
     wait_until(lambda: b.count_status([t], ("succeeded",)) >= n // 3, 600, 0.1, "a third done")
-    wait_until(lambda: b.count_status([t], ("running",)) > 0, 60, 0.02, "a running job")
+    from sqlalchemy import select
+
+    from tenantq.platform.db import system_session
+    from tenantq.platform.jobs.models import Job
+
+    def victim() -> str | None:
+        # The worker instance running one of the tenant's jobs right now (hostname "tq-wN-xxxx@host").
+        with system_session() as session:
+            hosts = session.scalars(select(Job.worker).where(Job.tenant_id == t, Job.status == "running")).all()
+        return next((h.split("-")[0] + "-" + h.split("-")[1] for h in hosts if h), None)
+
+    name = wait_until(victim, 60, 0.01, "a running job")
     killed_at = time.time()
-    b.kill("tq-w2", signal.SIGKILL)  # the whole worker instance, pool processes included
-    b.tq_worker("tq-w2")
+    b.kill(name, signal.SIGKILL)  # the whole worker instance, pool processes included
+    b.tq_worker(name)
 
     from tenantq.worker.dispatcher import exec_queue_depth
 
@@ -433,7 +444,7 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     peak = max_overlap(intervals)
     first_after = min((ts(r[5]) for r in rows if r[5] and ts(r[5]) > killed_at), default=None)
     b.drain([t])
-    return {"params": {"cap": 3, "jobs": n, "task": "demo.sleep 300 ms", "sigkill": "worker instance tq-w2",
+    return {"params": {"cap": 3, "jobs": n, "task": "demo.sleep 300 ms", "sigkill": "the worker instance running one of its jobs",
                        "lease_ttl_s": 5},
             "tenantq": {"max_overlap": peak, "attempts_killed": len(stranded), "reserved_unstarted": len(reserved),
                         "succeeded": sum(r[2] == "succeeded" for r in rows),
