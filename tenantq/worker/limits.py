@@ -192,6 +192,16 @@ _held_lock = threading.Lock()
 _heartbeat_pid: int | None = None
 
 
+_guard: tuple[int, Any, Any] | None = None  # (pid, client, Script): EVALSHA, re-registered per pool process
+
+
+def _guard_script(client: Any) -> Any:
+    global _guard
+    if _guard is None or _guard[0] != os.getpid() or _guard[1] is not client:
+        _guard = (os.getpid(), client, client.register_script(_START_GUARD))
+    return _guard[2]
+
+
 def _cache() -> LimitsCache:
     global _worker_limits
     if _worker_limits is None:
@@ -249,8 +259,8 @@ def start_guard(task_id: str, task: Any, args: Any = None, kwargs: dict | None =
     attempt = attempt_of(job, task.request.retries)
     limits = _cache().get(tenant)
     cap = limits.concurrency if limits else 0
-    verdict = client.eval(_START_GUARD, 0, job["id"], attempt, token, tenant, cap,
-                          settings.lease_ttl_seconds, STARTED_TTL)
+    verdict = _guard_script(client)(args=[job["id"], attempt, token, tenant, cap, settings.lease_ttl_seconds,
+                                          STARTED_TTL])
     if verdict == "ok":
         _ensure_heartbeat()
         with _held_lock:
