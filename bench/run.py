@@ -507,7 +507,8 @@ def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
             b.submit(t, [{"task": "demo.echo", "args": {}}] * per)
         b.resume(ids)
         total = per * k
-        wait_until(lambda: b.count_status(ids, ("succeeded",)) >= total, 900, 0.3, f"{k} tenants' jobs")
+        wait_until(lambda ids=ids, total=total: b.count_status(ids, ("succeeded",)) >= total, 900, 0.3,
+                   f"{k} tenants' jobs")
         rows = [r for r in b.rows(ids) if r[2] == "succeeded"]
         span = max(ts(r[6]) for r in rows) - min(ts(r[5]) for r in rows)
         out[f"tenantq_{k}_tenants_jobs_per_s"] = round(total / span, 1)

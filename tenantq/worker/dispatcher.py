@@ -48,8 +48,16 @@ from tenantq.platform.settings import get_settings
 from tenantq.worker import routing
 from tenantq.worker.celery_app import PRIORITY_LEVELS, app, to_celery_priority
 from tenantq.worker.limits import LimitsCache, TenantLimits
-from tenantq.worker.queues import (AT_CAP, DISPATCHED_AT, EMPTY, NOT_LEADER, RATE_LIMITED, Released, TenantQueues,
-                                   WAKE as WAKE_KEY)
+from tenantq.worker.queues import (
+    AT_CAP,
+    DISPATCHED_AT,
+    EMPTY,
+    NOT_LEADER,
+    RATE_LIMITED,
+    Released,
+    TenantQueues,
+)
+from tenantq.worker.queues import WAKE as WAKE_KEY
 
 log = logging.getLogger("tenantq.dispatcher")
 
@@ -350,7 +358,7 @@ class Dispatcher:
                 log.warning("redis unavailable, retrying: %s", exc)
                 self.is_leader = False
                 self.stop_event.wait(1.0)
-            except Exception:  # noqa: BLE001 - one bad tick (e.g. the database briefly away) must not kill HA
+            except Exception:
                 log.exception("dispatcher tick failed")
                 self.stop_event.wait(1.0)
         self.resign()
@@ -368,4 +376,4 @@ def main() -> None:
     dispatcher.run_forever()
 
 
-__all__ = ["Dispatcher", "LEADER_KEY", "TenantLimits", "exec_queue_depth", "main", "publish"]
+__all__ = ["LEADER_KEY", "Dispatcher", "TenantLimits", "exec_queue_depth", "main", "publish"]

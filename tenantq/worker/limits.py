@@ -112,7 +112,7 @@ def load_limits(tenant_ids: list[str]) -> dict[str, TenantLimits]:
                 if effective_limits is not None:
                     try:
                         source, overrides = effective_limits(session, tenant), None
-                    except Exception:  # noqa: BLE001 - fall back to the raw plan rather than stall dispatch
+                    except Exception:
                         log.exception("effective_limits failed for %s; using plan fields", tenant.id)
                         source, overrides = plan, tenant.overrides or {}
                 out[tenant.id] = _limits_from(tenant, source, overrides)

@@ -7,8 +7,16 @@ from fastapi import APIRouter
 from tenantq.platform.dependencies import SessionDep
 from tenantq.platform.errors import NotFound
 from tenantq.platform.queue import service
-from tenantq.platform.queue.schemas import (MAX_BATCH, AdminQueueList, BatchCreate, BatchOut, PauseOut, PoolOut,
-                                            PurgeOut, QueueOut)
+from tenantq.platform.queue.schemas import (
+    MAX_BATCH,
+    AdminQueueList,
+    BatchCreate,
+    BatchOut,
+    PauseOut,
+    PoolOut,
+    PurgeOut,
+    QueueOut,
+)
 from tenantq.platform.redis import get_redis
 from tenantq.tenants.dependencies import JobsRead, JobsWrite, Operator
 from tenantq.tenants.models import Tenant

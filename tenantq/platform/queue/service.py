@@ -19,7 +19,7 @@ from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate, JobOut
 from tenantq.platform.jobs.service import _same_request, job_message, submit_job, validate_submission
-from tenantq.platform.queue.schemas import (AdminQueueOut, BatchItem, BatchItemError, QueueOut, WaitStats)
+from tenantq.platform.queue.schemas import AdminQueueOut, BatchItem, BatchItemError, QueueOut, WaitStats
 from tenantq.platform.redis import get_redis
 from tenantq.tenants.models import Tenant
 from tenantq.worker import routing
