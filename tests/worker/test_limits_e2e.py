@@ -135,6 +135,23 @@ class TestLimitsWithRealWorkers:
         assert client.get(f"tq:started:{job_id}:1") in ("dup-1", "dup-2")
         assert client.zcard(lease_key(tenant.id)) == 0
 
+    def test_dedicated_pool_takes_the_tenants_jobs(self, cluster, db_session):
+        group, server, client = cluster
+        tenant = TenantFactory()
+        group.start("pool", [sys.executable, "-m", "tenantq.cli", "worker", "--tenant", tenant.name,
+                             "--concurrency", "1"])
+        wait_until(lambda: client.hget("tq:route", tenant.id), timeout=60, message="the pool's route")
+        ping_workers(server.url, 2)
+        ids = submit(db_session, client, tenant, 3)  # submitted exactly as any other tenant does
+        other = submit(db_session, client, TenantFactory(), 1)
+        rows = {j.id: j for j in wait_done(ids + other)}
+        assert all(j.status == "succeeded" for j in rows.values())
+        # `tenantq worker` names itself tenantq-<pid>@host; the shared worker here is worker1-...@host.
+        assert all(rows[i].worker.startswith("tenantq-") for i in ids)
+        assert rows[other[0]].worker.startswith("worker1-")
+        assert client.hget("tq:route", tenant.id) == f"tq.exec.t.{tenant.id}"
+        group.kill("pool", signal.SIGTERM)
+
     def test_dispatcher_failover_loses_and_duplicates_nothing(self, cluster, db_session):
         group, _, client = cluster
         tenant = TenantFactory(overrides={"concurrency": 4, "exec_rate": 0})
