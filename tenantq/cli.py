@@ -147,7 +147,10 @@ def beat(
 
 @app.command()
 def dispatcher(data_dir: DataDir = None) -> None:
-    """Run the dispatcher that releases jobs from per-tenant queues to the workers."""
+    """Run the dispatcher that releases jobs from per-tenant queues to the workers.
+
+    Run several for high availability: one leads (a lock in Redis), the others take over if it dies.
+    """
     _settings(data_dir)
     _setup_logging()
     import tenantq.worker  # noqa: F401

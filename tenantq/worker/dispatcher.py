@@ -231,7 +231,10 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._reconciled_at > self.reconcile_every:
             self._reconciled_at = now
-            self.reconcile()
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - e.g. the database is away: dispatching goes on without it
+                log.exception("reconciliation failed; retrying next round")
         self.queues.promote_due()
         self._refresh_routes()
         pipe = self.r.pipeline(transaction=False)

@@ -132,10 +132,18 @@ class LimitsCache:
         with self._lock:
             missing = [t for t in tenant_ids if t not in self._items or self._items[t][0] < now]
         if missing:
-            loaded = load_limits(missing)
-            with self._lock:
-                for t in missing:
-                    self._items[t] = (now + self.ttl, loaded.get(t))
+            try:
+                loaded = load_limits(missing)
+            except Exception as exc:  # noqa: BLE001 - keep dispatching on what we knew while SQL is away
+                log.warning("could not load tenant limits (%s); using cached values", exc)
+                with self._lock:
+                    for t in missing:
+                        if t in self._items:
+                            self._items[t] = (now + min(self.ttl, 1.0), self._items[t][1])
+            else:
+                with self._lock:
+                    for t in missing:
+                        self._items[t] = (now + self.ttl, loaded.get(t))
         with self._lock:
             return {t: self._items[t][1] for t in tenant_ids if self._items.get(t) and self._items[t][1] is not None}
 
