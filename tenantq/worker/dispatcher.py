@@ -282,14 +282,14 @@ class Dispatcher:
                     self._publish(outcome, queue)
                     released.append(outcome)
                     topped_up.add(queue)
-                    if len(released) % 64 == 0 and not self.ensure_leader():
-                        break  # a long tick must not outlive the lock
                     room[queue] -= 1
                     self.vtime = pass_value
                     self.passes[t] = pass_value + 1.0 / lim.weight
                     heapq.heappush(heap, (self.passes[t], t))
                     if self.decisions is not None:
                         self.decisions.append(t)
+                    if len(released) % 64 == 0 and not self.ensure_leader():
+                        break  # a long tick must not outlive the lock
                     continue
                 code, retry_ms = outcome
                 if code == NOT_LEADER:
