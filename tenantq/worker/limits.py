@@ -160,7 +160,7 @@ class LimitsCache:
 
 # -- worker side --------------------------------------------------------------------------------------
 
-# ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl.
+# ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl, queue wait ms ('' = unknown), samples kept.
 # Returns 'ok', 'dup' (another dispatch of this attempt started) or 'full' (no slot: re-queue).
 _START_GUARD = """
 local started = 'tq:started:' .. ARGV[1] .. ':' .. ARGV[2]
@@ -181,6 +181,10 @@ end
 redis.call('ZADD', cc, now + tonumber(ARGV[6]), member)
 redis.call('SET', started, ARGV[3], 'EX', tonumber(ARGV[7]))
 redis.call('HDEL', 'tq:disp:at', ARGV[1])
+if ARGV[8] ~= '' then
+  redis.call('LPUSH', 'tq:wait:' .. ARGV[4], ARGV[8])
+  redis.call('LTRIM', 'tq:wait:' .. ARGV[4], 0, tonumber(ARGV[9]) - 1)
+end
 return 'ok'
 """
 
@@ -267,18 +271,14 @@ def start_guard(task_id: str, task: Any, args: Any = None, kwargs: dict | None =
     attempt = attempt_of(job, task.request.retries)
     limits = _cache().get(tenant)
     cap = limits.concurrency if limits else 0
+    enqueued_at = job.get("enqueued_at")
+    wait_ms = round((time.time() - float(enqueued_at)) * 1000, 1) if enqueued_at else ""
     verdict = _guard_script(client)(args=[job["id"], attempt, token, tenant, cap, settings.lease_ttl_seconds,
-                                          STARTED_TTL])
+                                          STARTED_TTL, wait_ms, WAIT_SAMPLES])
     if verdict == "ok":
         _ensure_heartbeat()
         with _held_lock:
             _held[task_id] = (tenant, f"{job['id']}:{token}")
-        enqueued_at = job.get("enqueued_at")
-        if enqueued_at:
-            pipe = client.pipeline(transaction=False)
-            pipe.lpush(wait_key(tenant), round((time.time() - float(enqueued_at)) * 1000, 1))
-            pipe.ltrim(wait_key(tenant), 0, WAIT_SAMPLES - 1)
-            pipe.execute()
         return
     task.request.tq_skip = verdict
     if verdict == "full":
