@@ -498,9 +498,9 @@ def priority(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     n = p["scale_jobs"]
     out: dict[str, Any] = {"params": {"jobs": n, "task": "demo.echo / bare.noop"}}
-    all_ids = b.tenants(1000, "scale")
-    for k in (10, 1000):
-        ids = all_ids[:k]
+    # Disjoint tenant sets: the second round must not count the first round's jobs.
+    all_ids = b.tenants(1010, "scale")
+    for k, ids in ((10, all_ids[:10]), (1000, all_ids[10:])):
         b.pause(ids)
         per = n // k
         for t in ids:
