@@ -279,7 +279,7 @@ class Dispatcher:
                     leader_id=self.instance_id if self.use_leader_lock else "",
                 )
                 if isinstance(outcome, Released):
-                    self._publish(outcome, queue)
+                    self._publish(outcome, queue, lim)
                     released.append(outcome)
                     topped_up.add(queue)
                     room[queue] -= 1
@@ -326,10 +326,12 @@ class Dispatcher:
         self.target_depth[queue] = target
         return target - current
 
-    def _publish(self, item: Released, queue: str) -> None:
+    def _publish(self, item: Released, queue: str, limits: TenantLimits) -> None:
         message = item.message
         job = dict(message["job"])
         job["dispatch"] = item.token
+        # The cap travels with the release so the worker's start guard needs no database read.
+        job["cap"] = limits.concurrency
         if message.get("enqueued_at"):
             job["enqueued_at"] = message["enqueued_at"]
         self.publisher({**message, "job": job}, queue)

@@ -269,8 +269,11 @@ def start_guard(task_id: str, task: Any, args: Any = None, kwargs: dict | None =
     settings = get_settings()
     tenant, token = job["tenant_id"], str(job["dispatch"])
     attempt = attempt_of(job, task.request.retries)
-    limits = _cache().get(tenant)
-    cap = limits.concurrency if limits else 0
+    if "cap" in job:  # stamped by the dispatcher at release
+        cap = int(job["cap"] or 0)
+    else:
+        limits = _cache().get(tenant)
+        cap = limits.concurrency if limits else 0
     enqueued_at = job.get("enqueued_at")
     wait_ms = round((time.time() - float(enqueued_at)) * 1000, 1) if enqueued_at else ""
     verdict = _guard_script(client)(args=[job["id"], attempt, token, tenant, cap, settings.lease_ttl_seconds,

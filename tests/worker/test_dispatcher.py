@@ -117,6 +117,7 @@ class TestLimits:
         for _ in range(5):
             d.tick()
         assert len(rec.messages) == 2
+        assert rec.messages[0][1]["job"]["cap"] == 2  # stamped for the worker's start guard
         assert iso_redis.zcard(lease_key(t.id)) == 2
         first = rec.messages[0][1]["job"]
         iso_redis.zrem(lease_key(t.id), f"{first['id']}:{first['dispatch']}")  # what task_postrun does

@@ -64,6 +64,12 @@ class TestStartGuard:
         assert message["job"]["attempt_base"] == 2 and "dispatch" not in message["job"]  # attempt 3 again
         assert redis_client.get("tq:started:j3:3") is None  # the re-release may start it
 
+    def test_cap_stamped_by_the_dispatcher_wins_over_the_cache(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=5)
+        redis_client.zadd(lease_key(t.id), {"other:1": 9_999_999_999})
+        assert guard(fake_task(), job_kwargs(t.id, "j6", "60", cap=1)) == "full"
+        assert guard(fake_task(), job_kwargs(t.id, "j7", "70", cap=2)) is None
+
     def test_jobs_not_released_by_the_dispatcher_are_not_guarded(self, redis_client):
         t = paused_tenant(redis_client, concurrency=1)
         kwargs = job_kwargs(t.id, "j4", "x")
