@@ -125,6 +125,9 @@ def worker(
                                                   "and shrink to MIN when idle (replaces --concurrency).")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. worker@$POD_NAME (default: "
                                                  "tenantq-<pid>@<host>).")] = None,
+    tenant: Annotated[str | None, typer.Option(
+        help="Run a dedicated pool for this tenant (id or name): routes its jobs to tq.exec.t.<id> and consumes "
+        "only that queue. The tenant submits exactly as before.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
@@ -135,6 +138,15 @@ def worker(
     from tenantq.worker.celery_app import SYSTEM_QUEUE
 
     q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
+    if tenant:
+        from tenantq.platform.db import system_session
+        from tenantq.platform.redis import get_redis
+        from tenantq.tenants.service import get_tenant_by_ref
+        from tenantq.worker import routing
+
+        with system_session() as session:
+            tenant_id = get_tenant_by_ref(session, tenant).id
+        q = routing.assign(get_redis(), tenant_id)
     pool = [f"--autoscale={autoscale}"] if autoscale else [f"--concurrency={concurrency}"]
     celery_app.worker_main(["worker", *pool, f"--queues={q}", f"--loglevel={loglevel}",
                             f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}"])
@@ -158,7 +170,10 @@ def beat(
 
 @app.command()
 def dispatcher(data_dir: DataDir = None) -> None:
-    """Run the dispatcher that releases jobs from per-tenant queues to the workers."""
+    """Run the dispatcher that releases jobs from per-tenant queues to the workers.
+
+    Run several for high availability: one leads (a lock in Redis), the others take over if it dies.
+    """
     _settings(data_dir)
     _setup_logging()
     import tenantq.worker  # noqa: F401

@@ -36,6 +36,7 @@ ROUTER_MODULES = [
     "tenantq.platform.webhooks.router",
     "tenantq.billing.router",
     "tenantq.billing.admin_router",
+    "tenantq.platform.queue.router",
 ]
 
 

@@ -42,6 +42,22 @@ class Settings(BaseSettings):
     dispatch_depth: int = Field(
         default=32, description="How many released jobs may wait in the execution queue at once."
     )
+    lease_ttl_seconds: float = Field(
+        default=30.0, description="Concurrency lease lifetime; running attempts refresh theirs every third of it, "
+        "so a crashed worker's slots come back after at most this long.",
+    )
+    leader_ttl_seconds: float = Field(
+        default=5.0, description="Dispatcher leader lock lifetime: a standby takes over this long after the leader dies."
+    )
+    limits_refresh_seconds: float = Field(
+        default=5.0, description="How long the dispatcher and workers cache a tenant's plan limits."
+    )
+    inflight_deadline_seconds: float = Field(
+        default=30.0, description="A job popped but not acknowledged as published for this long is queued again."
+    )
+    lost_job_grace_seconds: float = Field(
+        default=300.0, description="A SQL 'queued' job absent from Redis this long is queued again by the reconciler."
+    )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     billing_grace_seconds: int = Field(
         default=2 * 24 * 3600,

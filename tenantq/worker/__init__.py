@@ -8,6 +8,8 @@ from tenantq.worker.registry import load_task_types
 
 load_task_types()
 
+# limits first: its start guard must run before the status receivers (receivers run in connect order).
+import tenantq.worker.limits  # noqa: E402,F401  (start guard, lease release and heartbeat)
 import tenantq.worker.signals  # noqa: E402,F401  (connects the signal receivers)
 import tenantq.billing.invoice_tasks  # noqa: E402,F401  (period close, Stripe sync and webhook tasks)
 import tenantq.platform.jobs.tasks  # noqa: E402,F401  (system tasks: result expiry)

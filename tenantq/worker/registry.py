@@ -193,6 +193,8 @@ def task_type(
         )
 
         def run(self, job: dict[str, Any], args: dict[str, Any]) -> Any:
+            if getattr(self.request, "tq_skip", None):  # set by limits.start_guard: duplicate or no slot
+                raise NotStarted()
             return _run_attempt(self, spec, job, args)
 
         run.__name__ = name.replace(".", "_")

@@ -43,7 +43,7 @@ def _fresh_connections(**_kwargs: Any) -> None:
 @signals.task_prerun.connect
 def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, **_: Any) -> None:
     job = _job_meta(task, kwargs)
-    if job is None:
+    if job is None or getattr(task.request, "tq_skip", None):  # skipped by limits.start_guard
         return
     lifecycle.attempt_started(job, task_id, getattr(task.request, "hostname", None))
 

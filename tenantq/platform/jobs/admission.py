@@ -25,8 +25,28 @@ def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
                         details={"status": tenant.status})
 
 
+def queue_not_full(session: Session, tenant: Tenant, count: int) -> None:
+    """The plan bounds how many jobs may wait in the tenant's queue (issue 4)."""
+    from tenantq.platform.errors import TooManyRequests
+    from tenantq.platform.redis import get_redis
+    from tenantq.worker.limits import limits_for
+    from tenantq.worker.queues import TenantQueues
+
+    limit = limits_for(session, tenant).max_queued
+    if limit <= 0:
+        return
+    depth = TenantQueues(get_redis()).depth(tenant.id)
+    if depth + count > limit:
+        raise TooManyRequests(
+            f"The queue holds {depth} of at most {limit} waiting jobs; {count} more do not fit.",
+            code="queue_full", details={"depth": depth, "limit": limit, "requested": count},
+            headers={"Retry-After": "1"},
+        )
+
+
 ADMISSION_CHECKS: list[AdmissionCheck] = [
     tenant_is_active,
+    queue_not_full,  # before the rate limit, so a refused batch spends no tokens
     submission_rate_limit,  # cluster-wide token bucket in Redis (429 + Retry-After/RateLimit-*)
     check_quota,  # last: it counts the jobs it admits (Redis, atomic check-and-increment)
 ]

@@ -1,0 +1,101 @@
+"""The worker's start guard and lease release, driven in-process with a stand-in task object.
+
+The tenants are paused so the session's dispatcher leaves their queues alone.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from tenantq.platform.db import utcnow
+from tenantq.worker import limits
+from tenantq.worker.dispatcher import Dispatcher
+from tenantq.worker.queues import TenantQueues, lease_key, wait_key
+from tests.factories import JobFactory, TenantFactory
+
+
+def paused_tenant(redis_client, **overrides):
+    tenant = TenantFactory(overrides=overrides)
+    TenantQueues(redis_client).pause(tenant.id, "test")
+    return tenant
+
+
+def fake_task(retries: int = 0):
+    return SimpleNamespace(name="demo.echo", request=SimpleNamespace(retries=retries))
+
+
+def job_kwargs(tenant_id: str, job_id: str, token: str, **extra):
+    return {"job": {"id": job_id, "tenant_id": tenant_id, "priority": 5, "attempt_base": 0, "dispatch": token,
+                    **extra}, "args": {}}
+
+
+def guard(task, kwargs, task_id="t"):
+    limits.start_guard(task_id=task_id, task=task, kwargs=kwargs)
+    return getattr(task.request, "tq_skip", None)
+
+
+class TestStartGuard:
+    def test_first_start_takes_a_lease_and_records_the_wait(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=2)
+        task = fake_task()
+        assert guard(task, job_kwargs(t.id, "j1", "10", enqueued_at=1.0)) is None
+        assert redis_client.get("tq:started:j1:1") == "10"
+        assert redis_client.zscore(lease_key(t.id), "j1:10") is not None
+        assert redis_client.llen(wait_key(t.id)) == 1
+        limits.release_on_postrun(task_id="t", task=task, kwargs=job_kwargs(t.id, "j1", "10"))
+        assert redis_client.zcard(lease_key(t.id)) == 0
+
+    def test_duplicate_dispatch_is_skipped_and_redelivery_runs(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=5)
+        assert guard(fake_task(), job_kwargs(t.id, "j2", "20")) is None
+        assert guard(fake_task(), job_kwargs(t.id, "j2", "21")) == "dup"  # another release of attempt 1
+        assert guard(fake_task(), job_kwargs(t.id, "j2", "20")) is None  # same message redelivered
+        assert guard(fake_task(retries=1), job_kwargs(t.id, "j2", "20")) is None  # attempt 2 is new
+
+    def test_no_slot_sends_the_job_back_to_the_head_of_its_queue(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=1)
+        redis_client.zadd(lease_key(t.id), {"other:1": 9_999_999_999})  # the only slot is taken
+        queues = TenantQueues(redis_client)
+        queues.enqueue(t.id, "waiting", 5, {"task": "demo.echo", "args": {}, "job": {"id": "waiting"}})
+        assert guard(fake_task(retries=2), job_kwargs(t.id, "j3", "30")) == "full"
+        assert redis_client.zrange(f"tq:q:{t.id}", 0, -1) == ["j3", "waiting"]
+        message = json.loads(redis_client.hget("tq:payload", "j3"))
+        assert message["job"]["attempt_base"] == 2 and "dispatch" not in message["job"]  # attempt 3 again
+        assert redis_client.get("tq:started:j3:3") is None  # the re-release may start it
+
+    def test_cap_stamped_by_the_dispatcher_wins_over_the_cache(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=5)
+        redis_client.zadd(lease_key(t.id), {"other:1": 9_999_999_999})
+        assert guard(fake_task(), job_kwargs(t.id, "j6", "60", cap=1)) == "full"
+        assert guard(fake_task(), job_kwargs(t.id, "j7", "70", cap=2)) is None
+
+    def test_jobs_not_released_by_the_dispatcher_are_not_guarded(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=1)
+        kwargs = job_kwargs(t.id, "j4", "x")
+        del kwargs["job"]["dispatch"]
+        assert guard(fake_task(), kwargs) is None
+        assert redis_client.zcard(lease_key(t.id)) == 0
+
+    def test_revoked_releases_the_lease(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=1)
+        guard(fake_task(), job_kwargs(t.id, "j5", "50"))
+        request = SimpleNamespace(id="t", kwargs=job_kwargs(t.id, "j5", "50"))
+        limits.release_on_revoked(request=request)
+        assert redis_client.zcard(lease_key(t.id)) == 0
+
+
+class TestLostJobs:
+    def test_sql_queued_job_missing_from_redis_is_requeued(self, iso_redis):
+        tenant = TenantFactory()
+        old = utcnow().replace(year=utcnow().year - 1)
+        lost = JobFactory(tenant=tenant, status="queued", created_at=old)
+        d = Dispatcher(client=iso_redis, use_leader_lock=False)
+        d.lost_grace = 60
+        assert d.requeue_lost_sql_jobs(limit=10_000) >= 1
+        assert iso_redis.zscore(f"tq:q:{tenant.id}", lost.id) is not None
+        # Published recently (waiting in Celery): left alone.
+        recent = JobFactory(tenant=tenant, status="queued", created_at=old)
+        iso_redis.hset("tq:disp:at", recent.id, 9_999_999_999)
+        d.requeue_lost_sql_jobs(limit=10_000)
+        assert iso_redis.zscore(f"tq:q:{tenant.id}", recent.id) is None
