@@ -128,6 +128,8 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/webhooks/{webhook_id}/deliveries", "jobs:read", RESOURCE, using={"webhook_id": "delivered_webhook_id"}),
     Route("GET", "/v1/usage", "usage:read", AGGREGATE, sums="usage"),
     Route("GET", "/v1/usage/report", "usage:read", AGGREGATE, sums="usage"),
+    Route("POST", "/v1/jobs/batch", "jobs:write", CREATE, {"jobs": [{"task": "demo.echo", "args": {"n": 1}}]}),
+    Route("GET", "/v1/queue", "jobs:read", AGGREGATE, sums="queued_jobs"),
     Route("GET", "/v1/keys", "keys:manage", LIST, lists="key_id"),
     Route("POST", "/v1/keys", "keys:manage", CREATE, {"name": "matrix", "scopes": ["jobs:read"]}),
     Route("DELETE", "/v1/keys/{key_id}", "keys:manage", RESOURCE),
@@ -170,6 +172,12 @@ ADMIN_ROUTES: list[AdminRoute] = [
     AdminRoute("PUT", "/admin/v1/billing/prices/{plan}/{metric}", {"tiers": [{"unit_price": "0.01"}]}),
     AdminRoute("DELETE", "/admin/v1/billing/prices/{plan}/{metric}"),
     AdminRoute("GET", "/admin/v1/reports/usage"),
+    AdminRoute("GET", "/admin/v1/queues"),
+    AdminRoute("POST", "/admin/v1/tenants/{tenant_id}/queue/pause"),
+    AdminRoute("POST", "/admin/v1/tenants/{tenant_id}/queue/resume"),
+    AdminRoute("POST", "/admin/v1/tenants/{tenant_id}/queue/purge"),
+    AdminRoute("PUT", "/admin/v1/tenants/{tenant_id}/queue/pool"),
+    AdminRoute("DELETE", "/admin/v1/tenants/{tenant_id}/queue/pool"),
 ]
 
 
@@ -287,6 +295,13 @@ def _usage(owner: Owner) -> str:
     return task
 
 
+def _queued_batch(owner: Owner) -> str:
+    """Three jobs submitted in one batch; returns the first job's id as the marker."""
+    resp = owner.api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 3}, headers=owner.headers)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["items"][0]["job"]["id"]
+
+
 def hold_queue(builder: Builder) -> Builder:
     """``builder`` with the owner's queue paused first (as an operator pause would), so a worker that
     is running in this test session cannot move the resource's jobs between two snapshots."""
@@ -315,6 +330,8 @@ BUILDERS: dict[str, Builder] = {
     "webhook_id": WEBHOOK_BUILDER,
     "delivered_webhook_id": Builder(_delivered_webhook, _delivered_webhook_snapshot),
     "usage": Builder(_usage),  # -> a task name that appears in the owner's usage
+    # Three jobs waiting in the owner's (paused) queue: its depth and paused flag are the owner's figures.
+    "queued_jobs": hold_queue(Builder(_queued_batch)),
 }
 
 PARAM = re.compile(r"{(\w+)}")
