@@ -136,4 +136,5 @@ class TestProcessLogs:
             proc.terminate()
             proc.wait(30)
         body = json.loads(first)
-        assert body["logger"] == "tenantq.dispatcher" and body["msg"].startswith("dispatcher started")
+        assert body["logger"] == "tenantq.dispatcher" and body["msg"].startswith("dispatcher ")
+        assert "started" in body["msg"]
