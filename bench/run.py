@@ -225,7 +225,9 @@ class Bench:
         from tenantq.platform.db import system_session
         from tenantq.tenants.models import Tenant
 
-        base = {"exec_rate": 0, "concurrency": 0, "max_queued": 0, "weight": 1}
+        base = {"exec_rate": 1_000_000, "concurrency": 100_000, "max_queued": 1_000_000_000, "weight": 1,
+                "submit_rate": 1_000_000, "submit_burst": 10_000_000, "included_jobs": 10**12,
+                "included_compute_seconds": 10**12}
         ids = []
         with system_session() as session:
             for i in range(n):

@@ -16,7 +16,8 @@ from tenantq.worker.limits import LimitsCache
 from tenantq.worker.queues import INFLIGHT, TenantQueues, lease_key
 from tests.factories import TenantFactory
 
-UNLIMITED = {"exec_rate": 0, "concurrency": 0, "max_queued": 0}
+# Limits too high to bind (0 is not a valid limit: see LimitOverrides).
+UNLIMITED = {"exec_rate": 1_000_000, "concurrency": 100_000, "max_queued": 1_000_000_000}
 
 
 def tenant(**overrides):

@@ -101,7 +101,7 @@ def max_overlap(rows: list[Job]) -> int:
 class TestLimitsWithRealWorkers:
     def test_concurrency_cap_never_exceeded(self, cluster, db_session):
         _, _, client = cluster
-        tenant = TenantFactory(overrides={"concurrency": 2, "exec_rate": 0})
+        tenant = TenantFactory(overrides={"concurrency": 2, "exec_rate": 1_000_000})
         ids = submit(db_session, client, tenant, 8, task="demo.sleep", args={"seconds": 0.4})
         rows = wait_done(ids)
         assert all(j.status == "succeeded" and j.attempts == 1 for j in rows)
@@ -154,7 +154,7 @@ class TestLimitsWithRealWorkers:
 
     def test_dispatcher_failover_loses_and_duplicates_nothing(self, cluster, db_session):
         group, _, client = cluster
-        tenant = TenantFactory(overrides={"concurrency": 4, "exec_rate": 0})
+        tenant = TenantFactory(overrides={"concurrency": 4, "exec_rate": 1_000_000})
         ids = submit(db_session, client, tenant, 40, task="demo.sleep", args={"seconds": 0.05})
         wait_until(lambda: sum(j.status == "succeeded" for j in jobs(ids)) >= 5, timeout=60, message="5 done")
         leader = client.get(LEADER_KEY)
@@ -168,7 +168,7 @@ class TestLimitsWithRealWorkers:
 
     def test_slots_of_a_sigkilled_worker_are_reclaimed(self, cluster, db_session):
         group, server, client = cluster
-        tenant = TenantFactory(overrides={"concurrency": 2, "exec_rate": 0})
+        tenant = TenantFactory(overrides={"concurrency": 2, "exec_rate": 1_000_000})
         stuck = submit(db_session, client, tenant, 2, task="demo.sleep", args={"seconds": 120})
         wait_until(lambda: all(j.status == "running" for j in jobs(stuck)), timeout=60, message="both running")
         assert client.zcard(lease_key(tenant.id)) == 2

@@ -65,7 +65,8 @@ class TestBatch:
         assert api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}]}).status_code == 401
 
     def test_thousand_jobs_in_one_call(self, api, redis_client):
-        key = paused_key(redis_client)
+        # A 1,000-job batch needs a submission bucket of at least 1,000 (pro's burst is 200).
+        key = paused_key(redis_client, submit_rate=1_000, submit_burst=1_000)
         res = api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo", "args": {"i": i}} for i in range(1000)]},
                        headers=auth(key))
         assert res.status_code == 200
