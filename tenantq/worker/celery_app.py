@@ -30,10 +30,15 @@ def _restore_sweep(visibility_timeout: float) -> dict[str, int]:
     """How often workers look for messages past the visibility timeout (kombu's unacked restore).
     kombu scans every ``interval * throttle`` seconds (10 x 10 by default): fine for an hour-long
     timeout, but with a short one a dead worker's messages would wait up to 100 s more. Sweep about
-    five times per timeout, at most every 100 s (the default) and at least every second."""
+    five times per timeout, at most every 100 s (the default) and at least every second.
+
+    A sweep holds a Redis mutex that expires after 300 s; a worker SIGKILLed inside a sweep leaves it
+    behind and blocks every restore until then. Negligible next to an hour-long timeout, so the
+    mutex expiry is capped by the timeout too."""
     period = min(100.0, max(1.0, visibility_timeout / 5))
     interval = min(10, max(1, round(period)))
-    return {"unacked_restore_interval": interval, "unacked_restore_throttle": max(1, round(period / interval))}
+    return {"unacked_restore_interval": interval, "unacked_restore_throttle": max(1, round(period / interval)),
+            "unacked_mutex_expire": int(min(300, max(5, visibility_timeout)))}
 
 
 def create_celery() -> Celery:
