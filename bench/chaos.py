@@ -310,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import ProcessGroup, RedisServer, wait_until  # noqa: F401 - shared helpers
+    from tests.conftest import ProcessGroup, RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="tq-chaos-"))
     server = RedisServer(work)
     server.start()
     base_db = os.environ.get("TENANTQ_DATABASE_URL", "")
-    drop: Callable[[], None] = lambda: None  # noqa: E731
+    drop: Callable[[], None] = lambda: None
     if base_db.startswith("postgresql"):
         from sqlalchemy import create_engine, text
         from sqlalchemy.engine import make_url
