@@ -45,6 +45,8 @@ class TestNothingLost:
         # killed worker lost (closed as 'lost' by the reconciler after its message was redelivered).
         assert report.statuses == {"succeeded": 200}
         assert report.jobs_events == 200
-        assert report.attempt_states.get("succeeded") == 200
+        # A worker killed between writing a success to SQL and closing its usage leaves that attempt to
+        # the reconciler, which bills it once as 'lost'; every other success is billed as succeeded.
+        assert report.attempt_states.get("succeeded", 0) + report.success_billed_as_lost == 200
         assert report.metered_attempts == sum(report.attempt_states.values())
         assert set(report.attempt_states) <= {"succeeded", "lost"}

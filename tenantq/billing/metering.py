@@ -88,11 +88,15 @@ return a
 # Forget an attempt that never ran. If it is still the job's latest, give its number back: otherwise
 # every delivery the worker refused (a duplicate dispatch, a replay of a finished attempt) would push
 # the next real attempt's number up, and the job's first real attempt would not be attempt 1, the one
-# that records ``jobs``, so the job would never be billed as a job.
+# that records ``jobs``, so the job would never be billed as a job. Not when the attempt before it is
+# still open (its worker died without reporting): the discarded number is what marks that one as
+# superseded, so the reconciler closes it within seconds rather than at its deadline.
 _DISCARD = """
 if redis.call('HDEL', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
-  if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') == tonumber(ARGV[2]) then
-    redis.call('HSET', KEYS[1], 'n', tonumber(ARGV[2]) - 1)
+  local a = tonumber(ARGV[2])
+  if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') == a
+     and redis.call('HEXISTS', KEYS[2], ARGV[1] .. ':' .. (a - 1)) == 0 then
+    redis.call('HSET', KEYS[1], 'n', a - 1)
   end
   return 1
 end

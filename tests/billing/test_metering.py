@@ -73,6 +73,15 @@ class TestAttemptNumbers:
             meter.discard(meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60))
         assert meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt == 1
 
+    def test_a_refused_delivery_after_an_unreported_attempt_keeps_its_number(self, redis_client):
+        # Attempt 1's worker died without reporting; the replay of its message was refused. The number
+        # stays taken, so attempt 1 counts as superseded and the reconciler closes it soon.
+        meter = Meter(redis_client)
+        job = job_meta("t")
+        meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        meter.discard(meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60))
+        assert redis_client.hget(metering.attempt_key(job["id"]), "n") == "2"
+
     def test_discarding_an_older_attempt_keeps_the_newer_number(self, redis_client):
         meter = Meter(redis_client)
         job = job_meta("t")
