@@ -81,6 +81,11 @@ def create_celery() -> Celery:
         task_send_sent_event=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
+        # Storing a result while Redis restarts must wait for it, not fail: a failed store ends the task
+        # as an internal error after the function succeeded, so no status signal records the success,
+        # and the message is acknowledged, leaving the job 'running' for good (found by test_chaos).
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
         broker_transport_options={
             "priority_steps": list(range(PRIORITY_LEVELS)),
             "sep": ":",
