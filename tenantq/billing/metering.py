@@ -59,6 +59,8 @@ ATTEMPT_PREFIX = "tq:usage:att:"
 # visibility timeout at about an hour): refreshed at every attempt, then it expires.
 ATTEMPT_TTL_S = 3 * 24 * 3600
 LOST_GRACE_S = 60.0  # past the time limit an open attempt is surely dead (the worker enforces the limit)
+# Closing an attempt in postrun is retried after these pauses (then the last error is logged).
+CLOSE_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 0.0)
 SUPERSEDED_GRACE_S = 5.0  # a later attempt started this long ago: the earlier one will not report any more
 
 # Every state an attempt's usage events can carry. All are billable: each one means the attempt ran.
@@ -81,6 +83,24 @@ redis.call('HSET', KEYS[1], 'n', a, 't', ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('HSET', KEYS[2], ARGV[4] .. ':' .. a, ARGV[5])
 return a
+"""
+
+# Forget an attempt that never ran. If it is still the job's latest, give its number back: otherwise
+# every delivery the worker refused (a duplicate dispatch, a replay of a finished attempt) would push
+# the next real attempt's number up, and the job's first real attempt would not be attempt 1, the one
+# that records ``jobs``, so the job would never be billed as a job. Not when the attempt before it is
+# still open (its worker died without reporting): the discarded number is what marks that one as
+# superseded, so the reconciler closes it within seconds rather than at its deadline.
+_DISCARD = """
+if redis.call('HDEL', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  local a = tonumber(ARGV[2])
+  if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') == a
+     and redis.call('HEXISTS', KEYS[2], ARGV[1] .. ':' .. (a - 1)) == 0 then
+    redis.call('HSET', KEYS[1], 'n', a - 1)
+  end
+  return 1
+end
+return 0
 """
 
 # Close an attempt only if it is still open: exactly one of the competing closers records it.
@@ -162,6 +182,7 @@ class Meter:
         self.r = client or get_redis()
         self._allocate = self.r.register_script(_ALLOCATE)
         self._close_if_open = self.r.register_script(_CLOSE_IF_OPEN)
+        self._discard = self.r.register_script(_DISCARD)
 
     def open(self, *, job: dict[str, Any], task: str, retries: int | None, worker: str | None,
              time_limit: float, now: float | None = None) -> OpenAttempt:
@@ -186,8 +207,8 @@ class Meter:
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:
-        """Forget an attempt that never ran its task function."""
-        self.r.hdel(OPEN, attempt.field)
+        """Forget an attempt that never ran its task function (and its number, if still the latest)."""
+        self._discard(keys=[attempt_key(attempt.job_id), OPEN], args=[attempt.job_id, attempt.attempt])
 
     def close_if_open(self, attempt: OpenAttempt, *, state: str, finished: float) -> bool:
         """Close from elsewhere (main process, reconciler): wall time up to ``finished``, CPU unknown (0)."""
@@ -287,6 +308,8 @@ def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = N
     job = _job_of(task, kwargs)
     if job is None or task_id in _running:  # a duplicate prerun for the same execution opens nothing new
         return
+    if getattr(task.request, "tq_skip", None):  # the start guard refused it (duplicate, tenant at cap)
+        return
     mono, cpu = time.monotonic(), time.process_time()
     try:
         attempt = _get_meter().open(job=job, task=task.name, retries=getattr(task.request, "retries", 0),
@@ -317,12 +340,18 @@ def on_postrun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = 
         state = "RETRY"  # tenantq retries end the Celery task with Ignore; the attempt ran and failed
     wall_ms = round((time.monotonic() - attempt.mono) * 1000)
     compute_ms = round((time.process_time() - attempt.cpu) * 1000)
-    try:
-        _get_meter().close(attempt, state=_POSTRUN_STATES.get(state, str(state).lower()), finished=time.time(),
-                           wall_ms=wall_ms, compute_ms=compute_ms)
-    except redis.RedisError as exc:
-        # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
-        log.error("usage: could not close attempt %s of job %s: %s", attempt.attempt, attempt.job_id, exc)
+    finished = time.time()
+    for delay in CLOSE_RETRY_DELAYS_S:
+        try:
+            _get_meter().close(attempt, state=_POSTRUN_STATES.get(state, str(state).lower()), finished=finished,
+                               wall_ms=wall_ms, compute_ms=compute_ms)
+            return
+        except redis.RedisError as exc:
+            error = exc
+        # A Redis restart lasts about a second: wait it out rather than lose the real figures.
+        time.sleep(delay)
+    # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
+    log.error("usage: could not close attempt %s of job %s: %s", attempt.attempt, attempt.job_id, error)
 
 
 def _close_from_outside(job: dict[str, Any] | None, state: str) -> None:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     lost_job_grace_seconds: float = Field(
         default=300.0, description="A SQL 'queued' job absent from Redis this long is queued again by the reconciler."
     )
+    visibility_timeout_seconds: float = Field(
+        default=3700.0, gt=0,
+        description="Broker visibility timeout: a message taken by a worker that died unacknowledged is handed to "
+        "another worker after this long. Keep it above the largest plan's max_time_limit_s, or a long attempt is "
+        "redelivered while it still runs.",
+    )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     billing_grace_seconds: int = Field(
         default=2 * 24 * 3600,

@@ -20,9 +20,25 @@ SYSTEM_QUEUE = "tq.system"
 
 # The longest an attempt may run (the largest plan's max_time_limit_s).
 MAX_TIME_LIMIT_S = 3600
-# Redis has no real acks: a message taken but not acknowledged within this many seconds is handed to
-# another worker. It must exceed the longest time limit, or a long attempt would run twice at once.
-VISIBILITY_TIMEOUT_S = MAX_TIME_LIMIT_S + 100
+# Redis has no real acks: a message taken but not acknowledged within visibility_timeout seconds is
+# handed to another worker. It must exceed the longest time limit, or a long attempt would run twice at
+# once: the default (TENANTQ_VISIBILITY_TIMEOUT_SECONDS) is MAX_TIME_LIMIT_S + 100. The chaos test lowers
+# it to see a killed worker's messages redelivered within seconds.
+
+
+def _restore_sweep(visibility_timeout: float) -> dict[str, int]:
+    """How often workers look for messages past the visibility timeout (kombu's unacked restore).
+    kombu scans every ``interval * throttle`` seconds (10 x 10 by default): fine for an hour-long
+    timeout, but with a short one a dead worker's messages would wait up to 100 s more. Sweep about
+    five times per timeout, at most every 100 s (the default) and at least every second.
+
+    A sweep holds a Redis mutex that expires after 300 s; a worker SIGKILLed inside a sweep leaves it
+    behind and blocks every restore until then. Negligible next to an hour-long timeout, so the
+    mutex expiry is capped by the timeout too."""
+    period = min(100.0, max(1.0, visibility_timeout / 5))
+    interval = min(10, max(1, round(period)))
+    return {"unacked_restore_interval": interval, "unacked_restore_throttle": max(1, round(period / interval)),
+            "unacked_mutex_expire": int(min(300, max(5, visibility_timeout)))}
 
 
 def create_celery() -> Celery:
@@ -53,21 +69,31 @@ def create_celery() -> Celery:
         # would apply to jobs that set only a short hard one and billiard would then not enforce the
         # hard one on time.
         task_time_limit=MAX_TIME_LIMIT_S,
-        # On a lost broker connection, unacknowledged (acks_late) messages are redelivered anyway;
-        # cancelling the attempts still running avoids two copies of the same attempt at once.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On a lost broker connection (a Redis restart) the attempts running go on. Cancelling them
+        # (Celery's option) kills the child with SIGTERM, which Celery reports as a *revoke*: the job
+        # was marked cancelled although nobody cancelled it, and its message acknowledged, so a Redis
+        # blip ended running jobs for good (found by tests/test_chaos.py). Left running, an attempt
+        # finishes and records its outcome in SQL; its unacknowledged message comes back only after
+        # the visibility timeout, which exceeds every time limit, and is then refused as finished.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Events let `celery inspect`, `celery events` and Flower see tenantq workers unchanged.
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
+        # Storing a result while Redis restarts must wait for it, not fail: a failed store ends the task
+        # as an internal error after the function succeeded, so no status signal records the success,
+        # and the message is acknowledged, leaving the job 'running' for good (found by test_chaos).
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
         broker_transport_options={
             "priority_steps": list(range(PRIORITY_LEVELS)),
             "sep": ":",
             "queue_order_strategy": "priority",
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            **_restore_sweep(settings.visibility_timeout_seconds),
         },
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         task_default_queue=SYSTEM_QUEUE,
         task_queues=[Queue(settings.exec_queue), Queue(SYSTEM_QUEUE)],
         worker_hijack_root_logger=False,

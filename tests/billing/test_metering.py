@@ -64,6 +64,41 @@ class TestAttemptNumbers:
         retry = meter.open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60)
         assert (first.attempt, again.attempt, retry.attempt) == (1, 2, 3)
 
+    def test_a_refused_delivery_gives_its_number_back(self, redis_client):
+        # Deliveries the worker refuses (duplicate dispatch, replay of a finished attempt) are discarded;
+        # the first attempt that really runs is still attempt 1, the one that bills the job.
+        meter = Meter(redis_client)
+        job = job_meta("t")
+        for _ in range(3):
+            meter.discard(meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60))
+        assert meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt == 1
+
+    def test_a_refused_delivery_after_an_unreported_attempt_keeps_its_number(self, redis_client):
+        # Attempt 1's worker died without reporting; the replay of its message was refused. The number
+        # stays taken, so attempt 1 counts as superseded and the reconciler closes it soon.
+        meter = Meter(redis_client)
+        job = job_meta("t")
+        meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        meter.discard(meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60))
+        assert redis_client.hget(metering.attempt_key(job["id"]), "n") == "2"
+
+    def test_discarding_an_older_attempt_keeps_the_newer_number(self, redis_client):
+        meter = Meter(redis_client)
+        job = job_meta("t")
+        older = meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        meter.discard(older)
+        assert redis_client.hget(metering.attempt_key(job["id"]), "n") == "2"
+        assert redis_client.hget(OPEN, f"{job['id']}:1") is None
+
+    def test_delivery_refused_by_the_start_guard_opens_no_attempt(self, redis_client):
+        job = job_meta("t")
+        task = fake_task()
+        task.request.tq_skip = "dup"
+        metering.on_prerun(task_id=job["id"], task=task, kwargs={"job": job, "args": {}})
+        assert redis_client.exists(metering.attempt_key(job["id"])) == 0
+        assert job["id"] not in metering._running
+
     def test_explicit_attempt_in_the_message_is_used(self, redis_client):
         job = job_meta("t", attempt=4, attempt_base=0)
         assert Meter(redis_client).open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt == 4
