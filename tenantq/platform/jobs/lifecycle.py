@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import system_session, utcnow
+from tenantq.platform.db import new_id, system_session, utcnow
 from tenantq.platform.jobs.messages import message_for_attempt
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
 from tenantq.platform.redis import get_redis
@@ -120,6 +120,35 @@ def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
         lock_workflow(session, meta["workflow_id"])
 
 
+# (job id, attempt) -> whether the tenant had an enabled webhook endpoint when this process committed
+# the attempt's final status. The webhook receiver (``tenantq.platform.webhooks.receivers``, connected
+# after the status receivers, same process) skips its own SQL round trips when there is none: most
+# tenants have no webhooks, and that lookup cost a pooled connection check-out and two queries per job.
+_WEBHOOKS_SEEN: dict[tuple[str, int], bool] = {}
+_WEBHOOKS_SEEN_MAX = 1000  # entries the receiver never consumed (main process: hard time limits)
+
+
+def _has_webhooks(tenant_id: Any) -> Any:
+    from sqlalchemy import exists
+
+    from tenantq.platform.webhooks.models import WebhookEndpoint
+
+    return exists().where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))
+
+
+def _note_webhooks(meta: dict[str, Any], present: bool) -> None:
+    if len(_WEBHOOKS_SEEN) >= _WEBHOOKS_SEEN_MAX:
+        _WEBHOOKS_SEEN.clear()
+    _WEBHOOKS_SEEN[(meta["id"], int(meta.get("attempt") or 1))] = present
+
+
+def webhooks_possible(meta: dict[str, Any]) -> bool:
+    """For the webhook receiver: False only if the transaction that finished this attempt, in this
+    process, saw no enabled endpoint for the tenant (so recording the event would find none either).
+    True when unknown (another process finished it, or the status update failed)."""
+    return _WEBHOOKS_SEEN.pop((meta.get("id"), int(meta.get("attempt") or 1)), True)
+
+
 # Task ids whose start prerun refused, in this pool process: the wrapper, which runs right after
 # prerun in the same process, must not run them.
 _REFUSED: set[str] = set()
@@ -140,15 +169,32 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
         if not moved:
             _REFUSED.add(task_id)
             return False
-        row = session.scalars(
-            select(JobAttempt).where(JobAttempt.job_id == meta["id"], JobAttempt.attempt == attempt)
-        ).first()
-        if row is None:
-            session.add(JobAttempt(job_id=meta["id"], attempt=attempt, status="running", task_id=task_id,
-                                   worker=worker, started_at=now))
-        else:  # redelivered after a worker was lost: the same attempt starts again
-            row.status, row.worker, row.started_at, row.finished_at, row.error = "running", worker, now, None, None
+        _open_attempt(session, meta["id"], attempt, task_id, worker, now)
     return True
+
+
+def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now) -> None:
+    """Insert the attempt row, or reset it when the same attempt starts again (redelivered after a
+    worker was lost). One INSERT .. ON CONFLICT statement where the dialect has it (PostgreSQL,
+    SQLite): this runs once per attempt, and a read-then-write would cost a round trip more."""
+    reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(JobAttempt).values(id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened)
+        session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
+        return
+    row = session.scalars(
+        select(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+    ).first()
+    if row is None:
+        session.add(JobAttempt(id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened))
+    else:
+        for key, value in reopened.items():
+            setattr(row, key, value)
 
 
 def may_start(meta: dict[str, Any], task_id: str) -> bool:
@@ -171,10 +217,15 @@ def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
     new_jobs: list[Job] = []
     with system_session() as session:
         _lock_workflow(session, meta)
-        # Read at finish time, so the expiry follows the tenant's plan as it is now.
-        ttl = session.scalar(
-            select(Plan.result_ttl_s).join(Tenant, Tenant.plan_name == Plan.name).where(Tenant.id == meta["tenant_id"])
-        )
+        # Read at finish time, so the expiry follows the tenant's plan as it is now. The same query
+        # tells the webhook receiver whether the tenant has any endpoint (see _note_webhooks).
+        row = session.execute(
+            select(Plan.result_ttl_s, _has_webhooks(Tenant.id))
+            .join(Tenant, Tenant.plan_name == Plan.name).where(Tenant.id == meta["tenant_id"])
+        ).first()
+        ttl = row[0] if row is not None else None
+        if row is not None:
+            _note_webhooks(meta, bool(row[1]))
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(
                 status="succeeded", result=result, error=None, finished_at=now,
@@ -200,6 +251,8 @@ def attempt_failed(meta: dict[str, Any], error: str) -> None:
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(status="failed", error=error, finished_at=now)
         ).rowcount
+        if meta.get("tenant_id"):
+            _note_webhooks(meta, bool(session.scalar(select(_has_webhooks(meta["tenant_id"])))))
         _close_attempt(session, meta, "failed", error, now)
         if moved and meta.get("workflow_id"):
             from tenantq.platform.workflows import service as workflows

@@ -29,6 +29,10 @@ def on_job_finished(task_id: str, task: Any, kwargs: dict | None = None, state: 
     job = (kwargs or {}).get("job")
     if not isinstance(job, dict) or "id" not in job:
         return
+    from tenantq.platform.jobs.lifecycle import webhooks_possible
+
+    if not webhooks_possible(job):
+        return  # the status transaction just saw no enabled endpoint for this tenant: nothing to record
     try:
         with system_session() as session:
             delivery_ids = record_job_finished(session, job["id"])
