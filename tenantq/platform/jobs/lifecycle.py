@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, String, func, literal, null, select, update
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import new_id, system_session, utcnow
+from tenantq.platform.db import UTCDateTime, get_engine, new_id, system_session, utcnow
 from tenantq.platform.jobs.messages import message_for_attempt
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
 from tenantq.platform.redis import get_redis
@@ -159,18 +159,60 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
     False if the job finished, was cancelled or moved on to a newer attempt: this one must not run."""
     attempt = int(meta.get("attempt") or 1)
     now = utcnow()
+    move = (
+        update(Job)
+        .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
+        .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
+                started_at=func.coalesce(Job.started_at, now))
+    )
+    engine = get_engine()
+    if engine.dialect.name == "postgresql":
+        # One statement, so one round trip in autocommit (a transaction would add BEGIN and COMMIT):
+        # the job update and the attempt row's upsert commit together or not at all, and the row is
+        # only written when the job did move to this attempt.
+        moved_cte = move.returning(Job.id).cte("moved")
+        stmt = _attempt_upsert(
+            "postgresql",
+            select(literal(new_id(), String), moved_cte.c.id, literal(attempt, Integer), literal("running", String),
+                   literal(task_id, String), literal(worker, String), literal(now, UTCDateTime()),
+                   null(), null()),
+            worker, now,
+        ).returning(JobAttempt.id)
+        with engine.connect() as conn:
+            moved = conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
+        if not moved:
+            _REFUSED.add(task_id)
+        return moved
     with system_session() as session:
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
-            .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
-                    started_at=func.coalesce(Job.started_at, now))
-        ).rowcount
+        moved = session.execute(move).rowcount
         if not moved:
             _REFUSED.add(task_id)
             return False
         _open_attempt(session, meta["id"], attempt, task_id, worker, now)
     return True
+
+
+def insert_values(model: Any, *, dialect: str, **values: Any) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model).values(**values)
+
+
+_ATTEMPT_COLUMNS = ["id", "job_id", "attempt", "status", "task_id", "worker", "started_at", "finished_at", "error"]
+
+
+def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now) -> Any:
+    """INSERT the attempt row from ``rows`` (a SELECT of _ATTEMPT_COLUMNS); if the same attempt has a
+    row already (redelivered after a worker was lost) reset it to running instead."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
+    return insert(JobAttempt).from_select(_ATTEMPT_COLUMNS, rows).on_conflict_do_update(
+        index_elements=["job_id", "attempt"], set_=reopened)
 
 
 def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now) -> None:
@@ -180,11 +222,8 @@ def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, wor
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(JobAttempt).values(id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened)
+        stmt = insert_values(JobAttempt, id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, dialect=dialect,
+                             **reopened)
         session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
         return
     row = session.scalars(
