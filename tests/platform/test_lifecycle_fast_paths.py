@@ -60,6 +60,42 @@ class TestAttemptStarted:
         assert _attempts(db_session, moved_on.id) == []
 
 
+class TestAttemptSucceeded:
+    def test_result_expiry_follows_the_plan_at_finish_time(self, db_session):
+        from datetime import timedelta
+
+        from tenantq.tenants.models import Plan
+
+        tenant = TenantFactory()
+        plan = db_session.get(Plan, tenant.plan_name)
+        job = JobFactory(tenant=tenant, status="queued", attempts=0)
+        meta = _meta(job)
+        assert lifecycle.attempt_started(meta, "t", "w")
+        before = utcnow()
+        lifecycle.attempt_succeeded(meta, [1, "two"])
+        db_session.expire_all()
+        row = db_session.get(Job, job.id)
+        assert row.status == "succeeded" and row.result == [1, "two"] and row.error is None
+        if plan.result_ttl_s:
+            expected = row.finished_at + timedelta(seconds=plan.result_ttl_s)
+            assert abs((row.result_expires_at - expected).total_seconds()) < 0.01
+            assert row.finished_at >= before - timedelta(seconds=1)
+        else:
+            assert row.result_expires_at is None
+        assert [(a.status, a.finished_at) for a in _attempts(db_session, job.id)] == [("succeeded", row.finished_at)]
+
+    def test_a_late_success_never_moves_a_finished_job(self, db_session):
+        job = JobFactory(status="queued", attempts=0)
+        meta = _meta(job)
+        assert lifecycle.attempt_started(meta, "t", "w")
+        lifecycle.attempt_terminated(meta, "terminated by cancellation")
+        lifecycle.attempt_succeeded(meta, {"late": True})
+        db_session.expire_all()
+        row = db_session.get(Job, job.id)
+        assert row.status == "cancelled" and row.result is None
+        assert [a.status for a in _attempts(db_session, job.id)] == ["cancelled"]
+
+
 class TestWebhookHint:
     def test_no_endpoint_seen_at_finish_means_no_lookup(self, db_session):
         job = JobFactory(status="queued", attempts=0)

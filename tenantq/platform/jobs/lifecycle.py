@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from sqlalchemy import Integer, String, func, literal, null, select, update
+from sqlalchemy import Integer, String, bindparam, func, literal, null, select, text, update
 from sqlalchemy.orm import Session
 
 from tenantq.platform.db import UTCDateTime, get_engine, new_id, system_session, utcnow
@@ -254,6 +254,10 @@ def may_start(meta: dict[str, Any], task_id: str) -> bool:
 def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
     now = utcnow()
     new_jobs: list[Job] = []
+    engine = get_engine()
+    if engine.dialect.name == "postgresql" and not meta.get("workflow_id"):
+        _succeeded_in_one_statement(engine, meta, result, now)
+        return
     with system_session() as session:
         _lock_workflow(session, meta)
         # Read at finish time, so the expiry follows the tenant's plan as it is now. The same query
@@ -280,6 +284,44 @@ def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
         from tenantq.platform.workflows import service as workflows
 
         workflows.enqueue_step_jobs(new_jobs)
+
+
+# attempt_succeeded below as one statement (PostgreSQL, jobs outside workflows): the plan's result TTL
+# and the webhook hint are read, the job finished and the attempt row closed, all at once and in one
+# round trip (autocommit; a transaction would add BEGIN and COMMIT). Data-modifying CTEs always run to
+# completion, so the attempt row is closed even when the job update matches nothing, as below.
+_SUCCEEDED_SQL = text("""
+WITH plan_row AS (
+    SELECT plan.result_ttl_s AS ttl,
+           EXISTS (SELECT 1 FROM webhook_endpoint w WHERE w.tenant_id = tenant.id AND w.enabled) AS hooks
+    FROM tenant JOIN plan ON plan.name = tenant.plan_name
+    WHERE tenant.id = :tenant_id
+), moved AS (
+    UPDATE job SET status = 'succeeded', result = :result, error = NULL, finished_at = :now,
+           result_expires_at = CASE WHEN COALESCE((SELECT ttl FROM plan_row), 0) <> 0
+                                    THEN :now + make_interval(secs => (SELECT ttl FROM plan_row)) END
+    WHERE id = :job_id AND attempts = :attempt AND status NOT IN :terminal
+    RETURNING 1
+), closed AS (
+    UPDATE job_attempt SET status = 'succeeded', error = NULL, finished_at = :now
+    WHERE job_id = :job_id AND attempt = :attempt AND status = 'running'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM plan_row) AS found, (SELECT hooks FROM plan_row) AS hooks
+""").bindparams(
+    bindparam("result", type_=Job.__table__.c.result.type),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("terminal", expanding=True),
+)
+
+
+def _succeeded_in_one_statement(engine: Any, meta: dict[str, Any], result: Any, now) -> None:
+    params = {"tenant_id": meta["tenant_id"], "result": result, "now": now, "job_id": meta["id"],
+              "attempt": int(meta.get("attempt") or 1), "terminal": list(TERMINAL_STATUSES)}
+    with engine.connect() as conn:
+        found, hooks = conn.execution_options(isolation_level="AUTOCOMMIT").execute(_SUCCEEDED_SQL, params).one()
+    if found:
+        _note_webhooks(meta, bool(hooks))
 
 
 def attempt_failed(meta: dict[str, Any], error: str) -> None:
