@@ -192,12 +192,13 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
     return True
 
 
-def insert_values(model: Any, *, dialect: str, **values: Any) -> Any:
+def _upsert_insert(dialect: str) -> Any:
+    """The dialect's INSERT with ON CONFLICT support (PostgreSQL and SQLite have it)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(model).values(**values)
+    return insert
 
 
 _ATTEMPT_COLUMNS = ["id", "job_id", "attempt", "status", "task_id", "worker", "started_at", "finished_at", "error"]
@@ -206,12 +207,8 @@ _ATTEMPT_COLUMNS = ["id", "job_id", "attempt", "status", "task_id", "worker", "s
 def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now) -> Any:
     """INSERT the attempt row from ``rows`` (a SELECT of _ATTEMPT_COLUMNS); if the same attempt has a
     row already (redelivered after a worker was lost) reset it to running instead."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
-    return insert(JobAttempt).from_select(_ATTEMPT_COLUMNS, rows).on_conflict_do_update(
+    return _upsert_insert(dialect)(JobAttempt).from_select(_ATTEMPT_COLUMNS, rows).on_conflict_do_update(
         index_elements=["job_id", "attempt"], set_=reopened)
 
 
@@ -222,8 +219,8 @@ def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, wor
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        stmt = insert_values(JobAttempt, id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, dialect=dialect,
-                             **reopened)
+        stmt = _upsert_insert(dialect)(JobAttempt).values(id=new_id(), job_id=job_id, attempt=attempt,
+                                                          task_id=task_id, **reopened)
         session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
         return
     row = session.scalars(
