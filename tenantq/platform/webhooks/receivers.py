@@ -3,6 +3,8 @@
 It runs after :mod:`tenantq.worker.signals` (connected first), so the job's final status is already
 committed when this reads it. It records the deliveries, commits, and only then enqueues
 ``webhooks.deliver`` tasks. It never raises: webhooks must not disturb job execution.
+When the status transaction that just finished the attempt in this process saw no enabled endpoint
+for the tenant (``lifecycle.webhooks_possible``), there is nothing to record and it skips the SQL.
 """
 
 from __future__ import annotations
