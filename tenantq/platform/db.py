@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -78,7 +80,38 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_size=5, max_overflow=10)
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection is pinged before reuse only if it sat idle this long. SQLAlchemy's
+# pool_pre_ping pings on every check-out: a full round trip before each transaction, i.e. before
+# every worker status update (two per attempt). A connection that a transaction returned to the pool
+# a moment ago is alive unless the server dropped it within that moment, which no ping can rule out
+# either (it may drop right after the ping); a server restart takes longer than this.
+PING_IF_IDLE_SECONDS = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """pool_pre_ping, skipped for connections used within ``PING_IF_IDLE_SECONDS``. A failed ping
+    raises DisconnectionError, on which the pool discards the connection and checks out a fresh one,
+    as pool_pre_ping does."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn, record) -> None:
+        if record is not None:
+            record.info["tq_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, _proxy) -> None:
+        returned = record.info.get("tq_returned_at")
+        if returned is not None and time.monotonic() - returned < PING_IF_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure: treat the connection as dead
+            raise DisconnectionError(f"connection failed its ping: {exc}") from exc
 
 
 def get_engine() -> Engine:

@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, String, bindparam, func, literal, null, select, text, update
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import system_session, utcnow
+from tenantq.platform.db import UTCDateTime, get_engine, new_id, system_session, utcnow
 from tenantq.platform.jobs.messages import message_for_attempt
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
 from tenantq.platform.redis import get_redis
@@ -120,6 +120,35 @@ def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
         lock_workflow(session, meta["workflow_id"])
 
 
+# (job id, attempt) -> whether the tenant had an enabled webhook endpoint when this process committed
+# the attempt's final status. The webhook receiver (``tenantq.platform.webhooks.receivers``, connected
+# after the status receivers, same process) skips its own SQL round trips when there is none: most
+# tenants have no webhooks, and that lookup cost a pooled connection check-out and two queries per job.
+_WEBHOOKS_SEEN: dict[tuple[str, int], bool] = {}
+_WEBHOOKS_SEEN_MAX = 1000  # entries the receiver never consumed (main process: hard time limits)
+
+
+def _has_webhooks(tenant_id: Any) -> Any:
+    from sqlalchemy import exists
+
+    from tenantq.platform.webhooks.models import WebhookEndpoint
+
+    return exists().where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))
+
+
+def _note_webhooks(meta: dict[str, Any], present: bool) -> None:
+    if len(_WEBHOOKS_SEEN) >= _WEBHOOKS_SEEN_MAX:
+        _WEBHOOKS_SEEN.clear()
+    _WEBHOOKS_SEEN[(meta["id"], int(meta.get("attempt") or 1))] = present
+
+
+def webhooks_possible(meta: dict[str, Any]) -> bool:
+    """For the webhook receiver: False only if the transaction that finished this attempt, in this
+    process, saw no enabled endpoint for the tenant (so recording the event would find none either).
+    True when unknown (another process finished it, or the status update failed)."""
+    return _WEBHOOKS_SEEN.pop((meta.get("id"), int(meta.get("attempt") or 1)), True)
+
+
 # Task ids whose start prerun refused, in this pool process: the wrapper, which runs right after
 # prerun in the same process, must not run them.
 _REFUSED: set[str] = set()
@@ -130,25 +159,78 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
     False if the job finished, was cancelled or moved on to a newer attempt: this one must not run."""
     attempt = int(meta.get("attempt") or 1)
     now = utcnow()
+    move = (
+        update(Job)
+        .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
+        .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
+                started_at=func.coalesce(Job.started_at, now))
+    )
+    engine = get_engine()
+    if engine.dialect.name == "postgresql":
+        # One statement, so one round trip in autocommit (a transaction would add BEGIN and COMMIT):
+        # the job update and the attempt row's upsert commit together or not at all, and the row is
+        # only written when the job did move to this attempt.
+        moved_cte = move.returning(Job.id).cte("moved")
+        stmt = _attempt_upsert(
+            "postgresql",
+            select(literal(new_id(), String), moved_cte.c.id, literal(attempt, Integer), literal("running", String),
+                   literal(task_id, String), literal(worker, String), literal(now, UTCDateTime()),
+                   null(), null()),
+            worker, now,
+        ).returning(JobAttempt.id)
+        with engine.connect() as conn:
+            moved = conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
+        if not moved:
+            _REFUSED.add(task_id)
+        return moved
     with system_session() as session:
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
-            .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
-                    started_at=func.coalesce(Job.started_at, now))
-        ).rowcount
+        moved = session.execute(move).rowcount
         if not moved:
             _REFUSED.add(task_id)
             return False
-        row = session.scalars(
-            select(JobAttempt).where(JobAttempt.job_id == meta["id"], JobAttempt.attempt == attempt)
-        ).first()
-        if row is None:
-            session.add(JobAttempt(job_id=meta["id"], attempt=attempt, status="running", task_id=task_id,
-                                   worker=worker, started_at=now))
-        else:  # redelivered after a worker was lost: the same attempt starts again
-            row.status, row.worker, row.started_at, row.finished_at, row.error = "running", worker, now, None, None
+        _open_attempt(session, meta["id"], attempt, task_id, worker, now)
     return True
+
+
+def _upsert_insert(dialect: str) -> Any:
+    """The dialect's INSERT with ON CONFLICT support (PostgreSQL and SQLite have it)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+_ATTEMPT_COLUMNS = ["id", "job_id", "attempt", "status", "task_id", "worker", "started_at", "finished_at", "error"]
+
+
+def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now) -> Any:
+    """INSERT the attempt row from ``rows`` (a SELECT of _ATTEMPT_COLUMNS); if the same attempt has a
+    row already (redelivered after a worker was lost) reset it to running instead."""
+    reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
+    return _upsert_insert(dialect)(JobAttempt).from_select(_ATTEMPT_COLUMNS, rows).on_conflict_do_update(
+        index_elements=["job_id", "attempt"], set_=reopened)
+
+
+def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now) -> None:
+    """Insert the attempt row, or reset it when the same attempt starts again (redelivered after a
+    worker was lost). One INSERT .. ON CONFLICT statement where the dialect has it (PostgreSQL,
+    SQLite): this runs once per attempt, and a read-then-write would cost a round trip more."""
+    reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        stmt = _upsert_insert(dialect)(JobAttempt).values(id=new_id(), job_id=job_id, attempt=attempt,
+                                                          task_id=task_id, **reopened)
+        session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
+        return
+    row = session.scalars(
+        select(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+    ).first()
+    if row is None:
+        session.add(JobAttempt(id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened))
+    else:
+        for key, value in reopened.items():
+            setattr(row, key, value)
 
 
 def may_start(meta: dict[str, Any], task_id: str) -> bool:
@@ -169,12 +251,21 @@ def may_start(meta: dict[str, Any], task_id: str) -> bool:
 def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
     now = utcnow()
     new_jobs: list[Job] = []
+    engine = get_engine()
+    if engine.dialect.name == "postgresql" and not meta.get("workflow_id"):
+        _succeeded_in_one_statement(engine, meta, result, now)
+        return
     with system_session() as session:
         _lock_workflow(session, meta)
-        # Read at finish time, so the expiry follows the tenant's plan as it is now.
-        ttl = session.scalar(
-            select(Plan.result_ttl_s).join(Tenant, Tenant.plan_name == Plan.name).where(Tenant.id == meta["tenant_id"])
-        )
+        # Read at finish time, so the expiry follows the tenant's plan as it is now. The same query
+        # tells the webhook receiver whether the tenant has any endpoint (see _note_webhooks).
+        row = session.execute(
+            select(Plan.result_ttl_s, _has_webhooks(Tenant.id))
+            .join(Tenant, Tenant.plan_name == Plan.name).where(Tenant.id == meta["tenant_id"])
+        ).first()
+        ttl = row[0] if row is not None else None
+        if row is not None:
+            _note_webhooks(meta, bool(row[1]))
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(
                 status="succeeded", result=result, error=None, finished_at=now,
@@ -192,6 +283,44 @@ def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
         workflows.enqueue_step_jobs(new_jobs)
 
 
+# attempt_succeeded below as one statement (PostgreSQL, jobs outside workflows): the plan's result TTL
+# and the webhook hint are read, the job finished and the attempt row closed, all at once and in one
+# round trip (autocommit; a transaction would add BEGIN and COMMIT). Data-modifying CTEs always run to
+# completion, so the attempt row is closed even when the job update matches nothing, as below.
+_SUCCEEDED_SQL = text("""
+WITH plan_row AS (
+    SELECT plan.result_ttl_s AS ttl,
+           EXISTS (SELECT 1 FROM webhook_endpoint w WHERE w.tenant_id = tenant.id AND w.enabled) AS hooks
+    FROM tenant JOIN plan ON plan.name = tenant.plan_name
+    WHERE tenant.id = :tenant_id
+), moved AS (
+    UPDATE job SET status = 'succeeded', result = :result, error = NULL, finished_at = :now,
+           result_expires_at = CASE WHEN COALESCE((SELECT ttl FROM plan_row), 0) <> 0
+                                    THEN :now + make_interval(secs => (SELECT ttl FROM plan_row)) END
+    WHERE id = :job_id AND attempts = :attempt AND status NOT IN :terminal
+    RETURNING 1
+), closed AS (
+    UPDATE job_attempt SET status = 'succeeded', error = NULL, finished_at = :now
+    WHERE job_id = :job_id AND attempt = :attempt AND status = 'running'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM plan_row) AS found, (SELECT hooks FROM plan_row) AS hooks
+""").bindparams(
+    bindparam("result", type_=Job.__table__.c.result.type),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("terminal", expanding=True),
+)
+
+
+def _succeeded_in_one_statement(engine: Any, meta: dict[str, Any], result: Any, now) -> None:
+    params = {"tenant_id": meta["tenant_id"], "result": result, "now": now, "job_id": meta["id"],
+              "attempt": int(meta.get("attempt") or 1), "terminal": list(TERMINAL_STATUSES)}
+    with engine.connect() as conn:
+        found, hooks = conn.execution_options(isolation_level="AUTOCOMMIT").execute(_SUCCEEDED_SQL, params).one()
+    if found:
+        _note_webhooks(meta, bool(hooks))
+
+
 def attempt_failed(meta: dict[str, Any], error: str) -> None:
     """The attempt failed and will not be retried: the job is failed (the dead-letter view)."""
     now = utcnow()
@@ -200,6 +329,8 @@ def attempt_failed(meta: dict[str, Any], error: str) -> None:
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(status="failed", error=error, finished_at=now)
         ).rowcount
+        if meta.get("tenant_id"):
+            _note_webhooks(meta, bool(session.scalar(select(_has_webhooks(meta["tenant_id"])))))
         _close_attempt(session, meta, "failed", error, now)
         if moved and meta.get("workflow_id"):
             from tenantq.platform.workflows import service as workflows

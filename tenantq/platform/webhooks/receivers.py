@@ -3,6 +3,8 @@
 It runs after :mod:`tenantq.worker.signals` (connected first), so the job's final status is already
 committed when this reads it. It records the deliveries, commits, and only then enqueues
 ``webhooks.deliver`` tasks. It never raises: webhooks must not disturb job execution.
+When the status transaction that just finished the attempt in this process saw no enabled endpoint
+for the tenant (``lifecycle.webhooks_possible``), there is nothing to record and it skips the SQL.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def on_job_finished(task_id: str, task: Any, kwargs: dict | None = None, state: 
     job = (kwargs or {}).get("job")
     if not isinstance(job, dict) or "id" not in job:
         return
+    from tenantq.platform.jobs.lifecycle import webhooks_possible
+
+    if not webhooks_possible(job):
+        return  # the status transaction just saw no enabled endpoint for this tenant: nothing to record
     try:
         with system_session() as session:
             delivery_ids = record_job_finished(session, job["id"])
