@@ -19,8 +19,7 @@ Where each limit is enforced:
   A skipped copy is flagged on ``task.request.tq_skip``; the task wrapper then raises ``Ignore`` and the
   status receivers leave SQL alone.
 
-Plan limits come from SQL (``effective_limits`` from tenants/service.py when present, else the plan
-row plus ``tenant.overrides``) and are cached for ``limits_refresh_seconds``; a tenant never seen
+Plan limits come from SQL (``tenants.service.effective_limits``: plan + ``tenant.overrides``) and are cached for ``limits_refresh_seconds``; a tenant never seen
 before is loaded on first use, so new tenants are served immediately.
 """
 
@@ -64,58 +63,37 @@ def default_burst(rate: float) -> float:
     return max(1.0, math.ceil(rate / 5)) if rate > 0 else 0.0
 
 
-def _get(source: Any, name: str, default: Any = None) -> Any:
-    if isinstance(source, dict):
-        return source.get(name, default)
-    return getattr(source, name, default)
-
-
-def _limits_from(tenant: Any, plan: Any, overrides: dict[str, Any] | None) -> TenantLimits:
-    """Plan fields, each overridable per tenant (``tenant.overrides``)."""
-    merged: dict[str, Any] = {}
-    for name in ("weight", "exec_rate", "exec_burst", "concurrency", "max_queued"):
-        value = _get(plan, name) if plan is not None else None
-        if overrides and overrides.get(name) is not None:
-            value = overrides[name]
-        merged[name] = value
-    rate = float(merged["exec_rate"] or 0)
-    burst = merged["exec_burst"]
+def _limits_from(tenant: Any, limits: Any) -> TenantLimits:
+    """The dispatcher's view of a tenant's ``EffectiveLimits`` (plan + overrides, merged once, in
+    ``tenants.service.effective_limits``)."""
+    rate = float(limits.exec_rate or 0)
+    burst = getattr(limits, "exec_burst", None)
     return TenantLimits(
         tenant_id=tenant.id,
-        weight=max(0.01, float(merged["weight"] or 1)),
+        weight=max(0.01, float(limits.weight or 1)),
         exec_rate=rate,
         exec_burst=float(burst) if burst else default_burst(rate),
-        concurrency=int(merged["concurrency"] or 0),
-        max_queued=int(merged["max_queued"] or 0),
+        concurrency=int(limits.concurrency or 0),
+        max_queued=int(limits.max_queued or 0),
         status=tenant.status,
     )
 
 
 def load_limits(tenant_ids: list[str]) -> dict[str, TenantLimits]:
-    """Read the limits of these tenants from SQL in one query. Unknown tenants are absent."""
+    """Read the limits of these tenants from SQL (tenant and plan rows in one query). Unknown
+    tenants are absent."""
     from tenantq.tenants.models import Plan, Tenant
+    from tenantq.tenants.service import effective_limits
 
-    try:  # issue 3's single source of truth for plan + overrides, when present
-        from tenantq.tenants.service import effective_limits  # type: ignore[attr-defined]
-    except ImportError:
-        effective_limits = None
     out: dict[str, TenantLimits] = {}
     with system_session() as session:
         for i in range(0, len(tenant_ids), 500):
             chunk = tenant_ids[i : i + 500]
             rows = session.execute(
-                select(Tenant, Plan).join(Plan, Plan.name == Tenant.plan_name, isouter=True).where(Tenant.id.in_(chunk))
+                select(Tenant, Plan).join(Plan, Plan.name == Tenant.plan_name).where(Tenant.id.in_(chunk))
             ).all()
-            for tenant, plan in rows:
-                source: Any = plan
-                overrides = tenant.overrides or {}
-                if effective_limits is not None:
-                    try:
-                        source, overrides = effective_limits(session, tenant), None
-                    except Exception:
-                        log.exception("effective_limits failed for %s; using plan fields", tenant.id)
-                        source, overrides = plan, tenant.overrides or {}
-                out[tenant.id] = _limits_from(tenant, source, overrides)
+            for tenant, _plan in rows:  # the plan row is now in the session: effective_limits reads no more
+                out[tenant.id] = _limits_from(tenant, effective_limits(session, tenant))
     return out
 
 
@@ -341,11 +319,6 @@ __all__ = ["DISPATCHED_AT", "LimitsCache", "TenantLimits", "load_limits", "perce
 
 def limits_for(session: Any, tenant: Any) -> TenantLimits:
     """Limits of one tenant read through the caller's session (the API's admission path)."""
-    from tenantq.tenants.models import Plan
+    from tenantq.tenants.service import effective_limits
 
-    try:
-        from tenantq.tenants.service import effective_limits  # type: ignore[attr-defined]
-
-        return _limits_from(tenant, effective_limits(session, tenant), None)
-    except (ImportError, TypeError):
-        return _limits_from(tenant, session.get(Plan, tenant.plan_name), tenant.overrides or {})
+    return _limits_from(tenant, effective_limits(session, tenant))

@@ -20,6 +20,18 @@ def paused_key(redis_client, **overrides):
 
 
 class TestBatch:
+    def test_batch_jobs_get_the_same_policy_as_single_submits(self, api, redis_client):
+        # Retry and time-limit fields are resolved against the plan exactly as POST /v1/jobs does.
+        key = paused_key(redis_client)
+        item = {"task": "demo.sleep", "args": {"seconds": 0}, "max_retries": 2, "soft_time_limit": 4, "time_limit": 5}
+        single = api.post("/v1/jobs", json=item, headers=auth(key)).json()
+        batch = api.post("/v1/jobs/batch", json={"jobs": [item]}, headers=auth(key)).json()["items"][0]["job"]
+        fields = ("max_retries", "soft_time_limit", "time_limit")
+        assert {f: batch[f] for f in fields} == {f: single[f] for f in fields} == {
+            "max_retries": 2, "soft_time_limit": 4, "time_limit": 5}
+        too_long = api.post("/v1/jobs/batch", json={"jobs": [{**item, "time_limit": 10**6}]}, headers=auth(key))
+        assert too_long.json()["items"][0]["error"]["code"] == "time_limit_not_allowed"
+
     def test_each_job_gets_its_own_answer(self, api, redis_client, db_session):
         key = paused_key(redis_client)
         body = {"jobs": [

@@ -56,8 +56,8 @@ def _idempotency_conflict(existing: Job) -> Conflict:
                     code="idempotency_conflict", details={"job_id": existing.id})
 
 
-def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tuple[dict[str, Any], int]:
-    """Check the request against the registry and the plan; returns (normalised args, max_retries)."""
+def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tuple[dict[str, Any], JobPolicy]:
+    """Check the request against the registry and the plan; returns (normalised args, policy)."""
     spec = get_spec(data.task)
     args = validate_args(spec, data.args)
     return args, validate_policy(session, tenant, spec, data)
@@ -84,11 +84,19 @@ def validate_args(spec: TaskType, args: dict[str, Any], *, ignore: str | None = 
                            details=details) from None
 
 
-def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobCreate) -> int:
-    """Priority, retries and time limits against the plan; returns the effective max_retries."""
-    # Plan limits with the tenant's overrides applied.
+@dataclass(frozen=True)
+class JobPolicy:
+    """What the plan (with the tenant's overrides) makes of a request's retry and time-limit fields."""
+
+    max_retries: int
+    soft_time_limit: float | None
+    time_limit: float | None
+
+
+def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobCreate) -> JobPolicy:
+    """Priority, retries and time limits against the plan (422 when outside it)."""
     plan = effective_limits(session, tenant)
-    if plan is not None and not (plan.priority_min <= data.priority <= plan.priority_max):
+    if not (plan.priority_min <= data.priority <= plan.priority_max):
         raise InvalidInput(
             f"Priority {data.priority} is outside the plan's range {plan.priority_min}-{plan.priority_max}.",
             code="priority_not_allowed",
@@ -96,14 +104,14 @@ def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobC
         )
     if data.max_retries is None:
         # The task type's default is the operator's choice, not the tenant's: clamp it, never refuse.
-        max_retries = min(spec.max_retries, plan.max_retries) if plan is not None else spec.max_retries
+        max_retries = min(spec.max_retries, plan.max_retries)
     else:
         max_retries = data.max_retries
-    if plan is not None and max_retries > plan.max_retries:
+    if max_retries > plan.max_retries:
         raise InvalidInput(f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
                            code="max_retries_not_allowed", details={"max": plan.max_retries})
-    resolve_time_limits(spec, plan, data.soft_time_limit, data.time_limit)
-    return max_retries
+    soft, hard = resolve_time_limits(spec, plan, data.soft_time_limit, data.time_limit)
+    return JobPolicy(max_retries=max_retries, soft_time_limit=soft, time_limit=hard)
 
 
 def resolve_time_limits(
@@ -129,10 +137,7 @@ def resolve_time_limits(
 
 def new_job(session: Session, tenant: Tenant, data: JobCreate, *, now: datetime | None = None) -> Job:
     """Validate ``data`` and build (not add) the job row it describes."""
-    _args, max_retries = validate_submission(session, tenant, data)
-    spec = get_spec(data.task)
-    soft, hard = resolve_time_limits(spec, effective_limits(session, tenant), data.soft_time_limit,
-                                     data.time_limit)
+    _args, policy = validate_submission(session, tenant, data)
     now = now or utcnow()
     return Job(
         tenant_id=tenant.id,
@@ -141,11 +146,11 @@ def new_job(session: Session, tenant: Tenant, data: JobCreate, *, now: datetime 
         priority=data.priority,
         status="scheduled" if data.countdown else "queued",
         idempotency_key=data.idempotency_key,
-        max_retries=max_retries,
+        max_retries=policy.max_retries,
         retry_backoff=data.retry_backoff,
         retry_backoff_max=data.retry_backoff_max,
-        soft_time_limit=soft,
-        time_limit=hard,
+        soft_time_limit=policy.soft_time_limit,
+        time_limit=policy.time_limit,
         created_at=now,
         run_at=now + timedelta(seconds=data.countdown) if data.countdown else None,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -18,7 +17,7 @@ from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate, JobOut
-from tenantq.platform.jobs.service import _same_request, job_message, submit_job, validate_submission
+from tenantq.platform.jobs.service import _same_request, job_message, new_job, submit_job
 from tenantq.platform.queue.schemas import AdminQueueOut, BatchItem, BatchItemError, QueueOut, WaitStats
 from tenantq.platform.redis import get_redis
 from tenantq.tenants.models import Tenant
@@ -44,7 +43,8 @@ def submit_batch(session: Session, tenant: Tenant, raw_jobs: list[dict[str, Any]
     would overflow the queue is refused entirely rather than cut at an arbitrary index."""
     repo = JobRepository(session, tenant.id)
     answers: dict[int, BatchItem] = {}
-    accepted: list[tuple[int, JobCreate, dict[str, Any], int]] = []
+    accepted: list[tuple[int, JobCreate, Job]] = []
+    now = utcnow()
     seen_keys: dict[str, int] = {}
     for index, raw in enumerate(raw_jobs):
         try:
@@ -67,20 +67,16 @@ def submit_batch(session: Session, tenant: Tenant, raw_jobs: list[dict[str, Any]
                                        code="idempotency_conflict", details={"job_id": existing.id})
                     answers[index] = BatchItem(index=index, status_code=200, job=JobOut.model_validate(existing))
                     continue
-            args, max_retries = validate_submission(session, tenant, data)
+            # The same validation and row as POST /v1/jobs (retry policy, time limits, countdown).
+            job = new_job(session, tenant, data, now=now)
         except TenantqError as exc:
             answers[index] = _error_item(index, exc)
             continue
-        accepted.append((index, data, args, max_retries))
+        accepted.append((index, data, job))
     if accepted:
         admit(session, tenant, len(accepted))
-        now = utcnow()
         rows: list[tuple[int, Job]] = []
-        for index, data, _args, max_retries in accepted:
-            job = Job(task=data.task, args=data.args, priority=data.priority,
-                      status="scheduled" if data.countdown else "queued", idempotency_key=data.idempotency_key,
-                      max_retries=max_retries, created_at=now,
-                      run_at=now + timedelta(seconds=data.countdown) if data.countdown else None)
+        for index, _data, job in accepted:
             repo.add(job)
             rows.append((index, job))
         try:
@@ -89,7 +85,7 @@ def submit_batch(session: Session, tenant: Tenant, raw_jobs: list[dict[str, Any]
             # A concurrent request took one of the idempotency keys: fall back to one by one, which
             # answers each item exactly as POST /v1/jobs would.
             session.rollback()
-            for index, data, _a, _m in accepted:
+            for index, data, _job in accepted:
                 try:
                     result = submit_job(session, tenant, data, client=client)
                     answers[index] = BatchItem(index=index, status_code=202 if result.created else 200,

@@ -41,7 +41,7 @@ from tenantq.platform.workflows.schemas import (
     WorkflowCreate,
     WorkflowOut,
 )
-from tenantq.tenants.models import Plan, Tenant
+from tenantq.tenants.models import Tenant
 from tenantq.worker.registry import TaskType, get_task_type
 
 log = logging.getLogger("tenantq.workflows")
@@ -88,13 +88,11 @@ def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None
         spec = jobs.get_spec(item.task)
         # 'input' does not exist before the previous step ran: it is checked when the step is queued.
         jobs.validate_args(spec, item.args, ignore=INPUT_KEY if index > 0 else None)
-        max_retries = jobs.validate_policy(session, tenant, spec, data)
+        policy = jobs.validate_policy(session, tenant, spec, data)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc.message}", code=exc.code, details=exc.details) from None
-    soft, hard = jobs.resolve_time_limits(spec, session.get(Plan, tenant.plan_name), item.soft_time_limit,
-                                          item.time_limit)
-    return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": max_retries,
-            "soft_time_limit": soft, "time_limit": hard}
+    return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": policy.max_retries,
+            "soft_time_limit": policy.soft_time_limit, "time_limit": policy.time_limit}
 
 
 def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> Workflow:
