@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(help="tenantq: a multi-tenant background job platform on Celery.", no_args_is_help=True,
                   add_completion=False,
@@ -79,6 +83,23 @@ def _ensure_db(settings) -> None:
         from tenantq.platform.migrate import upgrade
 
         upgrade(settings.effective_database_url)
+
+
+@contextmanager
+def _cli_session(data_dir: Path | None, as_json: bool) -> Iterator[Session]:
+    """What every operator command needs: settings, an up-to-date embedded database and a system
+    session (committed on success). Any failure is reported once, in the command's output format."""
+    from tenantq.platform.db import system_session
+
+    settings = _settings(data_dir)
+    try:
+        _ensure_db(settings)
+        with system_session() as session:
+            yield session
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        _fail(as_json, exc)
 
 
 @app.command()
@@ -213,17 +234,11 @@ def tenant_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a tenant and print its id."""
-    from tenantq.platform.db import system_session
     from tenantq.tenants.service import create_tenant
 
-    settings = _settings(data_dir)
-    try:
-        _ensure_db(settings)
-        with system_session() as session:
-            tenant = create_tenant(session, name=name, plan=plan)
-            payload = {"id": tenant.id, "name": tenant.name, "plan": tenant.plan_name}
-    except Exception as exc:  # noqa: BLE001
-        _fail(as_json, exc)
+    with _cli_session(data_dir, as_json) as session:
+        tenant = create_tenant(session, name=name, plan=plan)
+        payload = {"id": tenant.id, "name": tenant.name, "plan": tenant.plan_name}
     _emit(as_json, payload, f"{payload['id']}  {payload['name']}  (plan {payload['plan']})")
 
 
@@ -316,19 +331,13 @@ def tenant_update(
 
 
 def _set_status(tenant: str, suspend: bool, as_json: bool, data_dir: Path | None) -> None:
-    from tenantq.platform.db import system_session
     from tenantq.platform.redis import get_redis
     from tenantq.tenants.service import get_tenant_by_ref, reactivate_tenant, suspend_tenant
 
-    settings = _settings(data_dir)
-    try:
-        _ensure_db(settings)
-        with system_session() as session:
-            t = get_tenant_by_ref(session, tenant)
-            (suspend_tenant if suspend else reactivate_tenant)(session, t, get_redis())
-            payload = _tenant_payload(t)
-    except Exception as exc:  # noqa: BLE001
-        _fail(as_json, exc)
+    with _cli_session(data_dir, as_json) as session:
+        t = get_tenant_by_ref(session, tenant)
+        (suspend_tenant if suspend else reactivate_tenant)(session, t, get_redis())
+        payload = _tenant_payload(t)
     _emit(as_json, payload, _tenant_text(payload))
 
 
@@ -419,19 +428,13 @@ def key_list(
     data_dir: DataDir = None,
 ) -> None:
     """List TENANT's API keys (ids, names, scopes, timestamps; never the secrets)."""
-    from tenantq.platform.db import system_session
     from tenantq.tenants.repository import ApiKeyRepository
     from tenantq.tenants.schemas import KeyOut
     from tenantq.tenants.service import get_tenant_by_ref
 
-    settings = _settings(data_dir)
-    try:
-        _ensure_db(settings)
-        with system_session() as session:
-            t = get_tenant_by_ref(session, tenant)
-            rows = [KeyOut.model_validate(k).model_dump(mode="json") for k in ApiKeyRepository(session, t.id).list()]
-    except Exception as exc:  # noqa: BLE001
-        _fail(as_json, exc)
+    with _cli_session(data_dir, as_json) as session:
+        t = get_tenant_by_ref(session, tenant)
+        rows = [KeyOut.model_validate(k).model_dump(mode="json") for k in ApiKeyRepository(session, t.id).list()]
     if as_json:
         typer.echo(json.dumps({"items": rows}))
     else:
@@ -448,22 +451,16 @@ def key_revoke(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke an API key now: every API process rejects it from its next request."""
-    from tenantq.platform.db import system_session
     from tenantq.platform.errors import NotFound
     from tenantq.tenants.models import ApiKey
     from tenantq.tenants.service import revoke_key
 
-    settings = _settings(data_dir)
-    try:
-        _ensure_db(settings)
-        with system_session() as session:
-            key = session.get(ApiKey, key_id)
-            if key is None:
-                raise NotFound(f"No API key with id {key_id!r}.")
-            revoke_key(session, key)
-            payload = {"id": key.id, "tenant_id": key.tenant_id, "revoked_at": key.revoked_at.isoformat()}
-    except Exception as exc:  # noqa: BLE001
-        _fail(as_json, exc)
+    with _cli_session(data_dir, as_json) as session:
+        key = session.get(ApiKey, key_id)
+        if key is None:
+            raise NotFound(f"No API key with id {key_id!r}.")
+        revoke_key(session, key)
+        payload = {"id": key.id, "tenant_id": key.tenant_id, "revoked_at": key.revoked_at.isoformat()}
     _emit(as_json, payload, f"revoked {payload['id']} at {payload['revoked_at']}")
 
 
@@ -476,19 +473,13 @@ def key_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
-    from tenantq.platform.db import system_session
     from tenantq.tenants.service import create_api_key, get_tenant_by_ref
 
-    settings = _settings(data_dir)
-    try:
-        _ensure_db(settings)
-        with system_session() as session:
-            t = get_tenant_by_ref(session, tenant)
-            scope_list = [s.strip() for s in scopes.split(",") if s.strip()] if scopes else None
-            row, full = create_api_key(session, tenant=t, scopes=scope_list, name=name)
-            payload = {"id": row.id, "key": full, "tenant_id": t.id, "scopes": row.scopes}
-    except Exception as exc:  # noqa: BLE001
-        _fail(as_json, exc)
+    with _cli_session(data_dir, as_json) as session:
+        t = get_tenant_by_ref(session, tenant)
+        scope_list = [s.strip() for s in scopes.split(",") if s.strip()] if scopes else None
+        row, full = create_api_key(session, tenant=t, scopes=scope_list, name=name)
+        payload = {"id": row.id, "key": full, "tenant_id": t.id, "scopes": row.scopes}
     _emit(as_json, payload, f"{payload['key']}\n(key id {payload['id']}; shown once, store it now)")
 
 
@@ -534,15 +525,9 @@ def billing_stripe_sync(
 ) -> None:
     """Push a closed period's invoices to Stripe (customer, items, invoice); a re-run creates nothing twice."""
     from tenantq.billing.stripe_sync import sync_period
-    from tenantq.platform.db import system_session
 
-    settings = _settings(data_dir)
-    try:
-        _ensure_db(settings)
-        with system_session() as session:
-            results = [r.as_dict() for r in sync_period(session, period)]
-    except Exception as exc:  # noqa: BLE001
-        _fail(as_json, exc)
+    with _cli_session(data_dir, as_json) as session:
+        results = [r.as_dict() for r in sync_period(session, period)]
     payload = {"period": period, "invoices": results}
     text = "\n".join(f"{r['invoice_id']}  {r['stripe_invoice_id'] or '-'}  "
                      f"{r['skipped'] or ('created' if r['invoice_created'] else 'linked')}" for r in results)
