@@ -21,7 +21,15 @@ from tenantq.tenants.schemas import (
     SessionCreate,
     SessionOut,
 )
-from tenantq.tenants.sessions import DEFAULT_TTL, SESSION_COOKIE, TENANT_AUDIENCE, issue_token, looks_like_jwt
+from tenantq.tenants.sessions import (
+    DEFAULT_TTL,
+    SESSION_COOKIE,
+    TENANT_AUDIENCE,
+    clear_session_cookie,
+    issue_token,
+    looks_like_jwt,
+    set_session_cookie,
+)
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 
@@ -99,8 +107,7 @@ def create_session(request: Request, response: Response, session: SessionDep,
     ttl = max(ttl, timedelta(seconds=1))
     token, exp = issue_token(subject=ctx.tenant_id, audience=TENANT_AUDIENCE, scopes=sorted(ctx.scopes),
                              api_key_id=ctx.key_id, ttl=ttl)
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(ttl.total_seconds()), path="/", httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https")
+    set_session_cookie(response, request, SESSION_COOKIE, token, ttl)
     return SessionOut(token=token, expires_at=datetime.fromtimestamp(exp, UTC))
 
 
@@ -109,6 +116,5 @@ def create_session(request: Request, response: Response, session: SessionDep,
                "always log out. The JWT itself stays valid until it expires; revoke the key to kill it sooner.")
 def delete_session(request: Request) -> Response:
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
-                           secure=request.url.scheme == "https")
+    clear_session_cookie(response, request, SESSION_COOKIE)
     return response

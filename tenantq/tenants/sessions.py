@@ -112,3 +112,17 @@ def decode_token(token: str, *, audience: str = TENANT_AUDIENCE) -> SessionClaim
 
 def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and not token.startswith("tq_")
+
+
+# -- cookies ------------------------------------------------------------------------------------------
+# One place decides the cookie attributes of every session (API, tenant dashboard, operator dashboard):
+# HttpOnly (scripts never read it), SameSite=Lax (no cross-site writes), Secure whenever served over https.
+
+
+def set_session_cookie(response, request, name: str, token: str, ttl: timedelta) -> None:
+    response.set_cookie(name, token, max_age=int(ttl.total_seconds()), path="/", httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https")
+
+
+def clear_session_cookie(response, request, name: str) -> None:
+    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https")

@@ -31,7 +31,14 @@ from tenantq.platform.redis import get_redis
 from tenantq.platform.settings import get_settings
 from tenantq.tenants.dependencies import Operator, TenantContext, authenticate_key, authenticate_session
 from tenantq.tenants.keys import ALL_SCOPES
-from tenantq.tenants.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_token, issue_token
+from tenantq.tenants.sessions import (
+    OPERATOR_AUDIENCE,
+    SESSION_COOKIE,
+    clear_session_cookie,
+    decode_token,
+    issue_token,
+    set_session_cookie,
+)
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -81,10 +88,6 @@ def asset_url(name: str) -> str:
 
 
 templates.env.globals["asset_url"] = asset_url
-
-
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
 
 
 def same_origin(request: Request) -> bool:
@@ -257,15 +260,7 @@ def login(
         subject=ctx.tenant_id, scopes=sorted(ctx.scopes), api_key_id=ctx.key_id, ttl=TENANT_SESSION_TTL
     )
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(TENANT_SESSION_TTL.total_seconds()),
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=_secure(request),
-    )
+    set_session_cookie(response, request, SESSION_COOKIE, token, TENANT_SESSION_TTL)
     return response
 
 
@@ -274,7 +269,7 @@ def logout(request: Request) -> Response:
     if not same_origin(request):
         return Response("Cross-site sign-out refused.", status_code=403, media_type="text/plain")
     response = RedirectResponse("/dashboard/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request))
+    clear_session_cookie(response, request, SESSION_COOKIE)
     return response
 
 
@@ -393,15 +388,7 @@ def admin_login(
     # The cookie holds a short-lived operator JWT, never the admin token itself.
     jwt, _exp = issue_token(subject="operator", audience=OPERATOR_AUDIENCE, ttl=OPERATOR_SESSION_TTL)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        ADMIN_SESSION_COOKIE,
-        jwt,
-        max_age=int(OPERATOR_SESSION_TTL.total_seconds()),
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=_secure(request),
-    )
+    set_session_cookie(response, request, ADMIN_SESSION_COOKIE, jwt, OPERATOR_SESSION_TTL)
     return response
 
 
@@ -410,9 +397,7 @@ def admin_logout(request: Request) -> Response:
     if not same_origin(request):
         return Response("Cross-site sign-out refused.", status_code=403, media_type="text/plain")
     response = RedirectResponse("/admin/login", status_code=303)
-    response.delete_cookie(
-        ADMIN_SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request)
-    )
+    clear_session_cookie(response, request, ADMIN_SESSION_COOKIE)
     return response
 
 
