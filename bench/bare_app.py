@@ -14,12 +14,20 @@ QUEUES = [q for q in os.environ.get("BENCH_BARE_QUEUES", "bare.shared").split(",
 
 app = Celery("bare", broker=BROKER, backend=BROKER)
 app.conf.update(
-    task_serializer="json", result_serializer="json", accept_content=["json"],
-    task_acks_late=True, task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1, worker_disable_prefetch=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_disable_prefetch=True,
     worker_hijack_root_logger=False,
-    broker_transport_options={"priority_steps": list(range(10)), "sep": ":", "queue_order_strategy": "priority",
-                              "visibility_timeout": 3700},
+    broker_transport_options={
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        "visibility_timeout": 3700,
+    },
     task_default_queue=QUEUES[0],
 )
 

@@ -41,8 +41,13 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # Limits generous enough that only the chaos decides how the run goes (no rate limit, no quota, and a
 # killed worker's concurrency leases do not hold the tenant back).
 CHAOS_OVERRIDES: dict[str, Any] = {
-    "submit_rate": 1_000_000, "submit_burst": 10_000_000, "exec_rate": 1_000_000, "concurrency": 10_000,
-    "max_queued": 10_000_000, "hard_limits": False, "max_time_limit_s": 120,
+    "submit_rate": 1_000_000,
+    "submit_burst": 10_000_000,
+    "exec_rate": 1_000_000,
+    "concurrency": 10_000,
+    "max_queued": 10_000_000,
+    "hard_limits": False,
+    "max_time_limit_s": 120,
 }
 
 
@@ -122,24 +127,28 @@ class Chaos:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, n: int, seconds: float) -> list[str]:
-        from tenantq.platform.db import system_session
+        from tenantq.core.db import system_session
         from tenantq.platform.jobs.schemas import JobCreate
         from tenantq.platform.jobs.service import submit_job
-        from tenantq.tenants.models import Tenant
+        from tenantq.tenants.accounts.models import Tenant
 
         ids: list[str] = []
         with system_session() as session:
             tenant = session.get(Tenant, self.tenant.id)
             for _ in range(n):
-                job = submit_job(session, tenant, JobCreate(task="demo.sleep", args={"seconds": seconds}),
-                                 client=self.redis).job
+                job = submit_job(
+                    session,
+                    tenant,
+                    JobCreate(task="demo.sleep", args={"seconds": seconds}),
+                    client=self.redis,
+                ).job
                 ids.append(job.id)
         return ids
 
     def statuses(self, ids: list[str]) -> Counter:
         from sqlalchemy import func, select
 
-        from tenantq.platform.db import system_session
+        from tenantq.core.db import system_session
         from tenantq.platform.jobs.models import Job
 
         with system_session() as session:
@@ -148,8 +157,9 @@ class Chaos:
             ).all()
         return Counter(dict(rows))
 
-    def run(self, *, jobs: int, kills: int, redis_restarts: int, seconds: float = 0.2,
-            timeout: float = 600.0) -> ChaosReport:
+    def run(
+        self, *, jobs: int, kills: int, redis_restarts: int, seconds: float = 0.2, timeout: float = 600.0
+    ) -> ChaosReport:
         report = ChaosReport(jobs=jobs, kills=kills, redis_restarts=redis_restarts)
         self.start()
         t0 = time.monotonic()
@@ -178,8 +188,10 @@ class Chaos:
                 break
             if time.monotonic() > deadline:
                 report.statuses = dict(counts)
-                report.problems.append(f"only {done}/{jobs} jobs terminal after {timeout}s: {dict(counts)}; "
-                                       f"e.g. {self.unfinished()}")
+                report.problems.append(
+                    f"only {done}/{jobs} jobs terminal after {timeout}s: {dict(counts)}; "
+                    f"e.g. {self.unfinished()}"
+                )
                 return report
             time.sleep(0.25)
         report.seconds_to_terminal = round(time.monotonic() - t0, 1)
@@ -190,12 +202,17 @@ class Chaos:
             events_by_job = self.usage(ids)
             open_attempts = self.redis.hlen("tq:usage:open")
             backlog = self.redis.xlen("tq:usage")
-            settled = open_attempts == 0 and backlog == 0 and all(
-                any(e["metric"] == "attempts" for e in events_by_job.get(i, [])) for i in ids)
+            settled = (
+                open_attempts == 0
+                and backlog == 0
+                and all(any(e["metric"] == "attempts" for e in events_by_job.get(i, [])) for i in ids)
+            )
             if settled:
                 break
             if time.monotonic() > deadline:
-                report.problems.append(f"metering not settled: {open_attempts} open attempts, {backlog} unflushed")
+                report.problems.append(
+                    f"metering not settled: {open_attempts} open attempts, {backlog} unflushed"
+                )
                 break
             time.sleep(0.5)
         report.seconds_to_metered = round(time.monotonic() - t0, 1)
@@ -205,25 +222,31 @@ class Chaos:
     def unfinished(self, limit: int = 5) -> list[tuple[str, str, int]]:
         from sqlalchemy import select
 
-        from tenantq.platform.db import system_session
+        from tenantq.core.db import system_session
         from tenantq.platform.jobs.models import Job
 
         with system_session() as session:
-            return [tuple(r) for r in session.execute(
-                select(Job.id, Job.status, Job.attempts)
-                .where(Job.tenant_id == self.tenant.id, Job.status.not_in(TERMINAL)).limit(limit))]
+            return [
+                tuple(r)
+                for r in session.execute(
+                    select(Job.id, Job.status, Job.attempts)
+                    .where(Job.tenant_id == self.tenant.id, Job.status.not_in(TERMINAL))
+                    .limit(limit)
+                )
+            ]
 
     def attempt_rows(self, ids: list[str]) -> dict[str, list[tuple[int, str]]]:
         from sqlalchemy import select
 
-        from tenantq.platform.db import system_session
+        from tenantq.core.db import system_session
         from tenantq.platform.jobs.models import Job, JobAttempt
 
         rows: dict[str, list[tuple[int, str]]] = defaultdict(list)
         with system_session() as session:
             for job_id, attempt, status in session.execute(
                 select(JobAttempt.job_id, JobAttempt.attempt, JobAttempt.status)
-                .join(Job, Job.id == JobAttempt.job_id).where(Job.tenant_id == self.tenant.id)
+                .join(Job, Job.id == JobAttempt.job_id)
+                .where(Job.tenant_id == self.tenant.id)
             ):
                 rows[job_id].append((attempt, status))
         return rows
@@ -231,19 +254,30 @@ class Chaos:
     def usage(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         from sqlalchemy import select
 
-        from tenantq.billing.models import UsageEvent
-        from tenantq.platform.db import system_session
+        from tenantq.billing.usage.models import UsageEvent
+        from tenantq.core.db import system_session
 
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
         with system_session() as session:
             for e in session.scalars(select(UsageEvent).where(UsageEvent.tenant_id == self.tenant.id)):
-                out[e.job_id].append({"id": e.id, "attempt": e.attempt, "metric": e.metric, "state": e.state,
-                                      "quantity": e.quantity})
+                out[e.job_id].append(
+                    {
+                        "id": e.id,
+                        "attempt": e.attempt,
+                        "metric": e.metric,
+                        "state": e.state,
+                        "quantity": e.quantity,
+                    }
+                )
         return out
 
 
-def check(report: ChaosReport, ids: list[str], attempts: dict[str, list[tuple[int, str]]],
-          usage: dict[str, list[dict[str, Any]]]) -> None:
+def check(
+    report: ChaosReport,
+    ids: list[str],
+    attempts: dict[str, list[tuple[int, str]]],
+    usage: dict[str, list[dict[str, Any]]],
+) -> None:
     """The §7.8 invariants; every violation is appended to ``report.problems``."""
     problems = report.problems
     not_ok = {k: v for k, v in report.statuses.items() if k != "succeeded"}
@@ -260,13 +294,17 @@ def check(report: ChaosReport, ids: list[str], attempts: dict[str, list[tuple[in
         for e in events:
             by_metric[e["metric"]].append(e)
         if len(by_metric["jobs"]) != 1:
-            problems.append(f"job {job_id}: {len(by_metric['jobs'])} 'jobs' events; attempt log {rows}; events "
-                            f"{sorted((e['attempt'], e['metric'], e['state']) for e in events)}")
+            problems.append(
+                f"job {job_id}: {len(by_metric['jobs'])} 'jobs' events; attempt log {rows}; events "
+                f"{sorted((e['attempt'], e['metric'], e['state']) for e in events)}"
+            )
         metered = {e["attempt"] for e in events}
         attempt_events = by_metric["attempts"]
         if len(attempt_events) != len(metered) or {e["attempt"] for e in attempt_events} != metered:
-            problems.append(f"job {job_id}: 'attempts' events {sorted(e['attempt'] for e in attempt_events)} "
-                            f"do not match the metered attempts {sorted(metered)}")
+            problems.append(
+                f"job {job_id}: 'attempts' events {sorted(e['attempt'] for e in attempt_events)} "
+                f"do not match the metered attempts {sorted(metered)}"
+            )
         if any(e["quantity"] != 1 for e in attempt_events):
             problems.append(f"job {job_id}: an 'attempts' event with a quantity other than 1")
         succeeded_metered = [e for e in attempt_events if e["state"] == "succeeded"]
@@ -276,8 +314,10 @@ def check(report: ChaosReport, ids: list[str], attempts: dict[str, list[tuple[in
             if not succeeded_metered and any(e["state"] == "lost" for e in attempt_events):
                 report.success_billed_as_lost += 1
             else:
-                problems.append(f"job {job_id}: {len(succeeded_metered)} succeeded attempts billed for "
-                                f"{len(succeeded_rows)} succeeded in the attempt log")
+                problems.append(
+                    f"job {job_id}: {len(succeeded_metered)} succeeded attempts billed for "
+                    f"{len(succeeded_rows)} succeeded in the attempt log"
+                )
         for metric in ("compute_ms", "wall_ms"):
             if {e["attempt"] for e in by_metric[metric]} != metered:
                 problems.append(f"job {job_id}: {metric} not recorded once per metered attempt")
@@ -334,37 +374,53 @@ def main(argv: list[str] | None = None) -> int:
         db_url = make_url(base_db).set(database=name).render_as_string(hide_password=False)
 
         def drop() -> None:
-            from tenantq.platform.db import dispose_engine
+            from tenantq.core.db import dispose_engine
 
             dispose_engine()
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     else:
         db_url = f"sqlite:///{work / 'tenantq.db'}"
-    env = {"TENANTQ_DATABASE_URL": db_url, "TENANTQ_REDIS_URL": server.url, "TENANTQ_DATA_DIR": str(work),
-           "TENANTQ_SECRET_KEY": "chaos-" + uuid.uuid4().hex, "TENANTQ_LOG_JSON": "false"}
+    env = {
+        "TENANTQ_DATABASE_URL": db_url,
+        "TENANTQ_REDIS_URL": server.url,
+        "TENANTQ_DATA_DIR": str(work),
+        "TENANTQ_SECRET_KEY": "chaos-" + uuid.uuid4().hex,
+        "TENANTQ_LOG_JSON": "false",
+    }
     os.environ.update(env)
-    from tenantq.platform.migrate import upgrade
-    from tenantq.platform.settings import reset_settings_cache
+    from tenantq.core.settings import reset_settings_cache
+    from tenantq.ops.migrate import upgrade
 
     reset_settings_cache()
     upgrade(db_url)
-    from tenantq.platform.db import system_session
-    from tenantq.tenants.models import Tenant
-    from tenantq.tenants.service import seed_plans
+    from tenantq.core.db import system_session
+    from tenantq.tenants.accounts.models import Tenant
+    from tenantq.tenants.accounts.service import seed_plans
 
     with system_session() as session:
         seed_plans(session)
-        tenant = Tenant(name=f"chaos-{uuid.uuid4().hex[:6]}", plan_name="pro", status="active",
-                        overrides=dict(CHAOS_OVERRIDES))
+        tenant = Tenant(
+            name=f"chaos-{uuid.uuid4().hex[:6]}",
+            plan_name="pro",
+            status="active",
+            overrides=dict(CHAOS_OVERRIDES),
+        )
         session.add(tenant)
     group = ProcessGroup(env, work)
     client = redis_lib.Redis.from_url(server.url, decode_responses=True)
     chaos = Chaos(group=group, redis_server=server, redis=client, tenant=tenant, env=chaos_env(server.url))
     try:
-        print(f"chaos: {opts.jobs} jobs, {opts.kills} kills, {opts.redis_restarts} redis restart(s); logs in {work}")
-        report = chaos.run(jobs=opts.jobs, kills=opts.kills, redis_restarts=opts.redis_restarts,
-                           seconds=opts.seconds, timeout=opts.timeout)
+        print(
+            f"chaos: {opts.jobs} jobs, {opts.kills} kills, {opts.redis_restarts} redis restart(s); logs in {work}"
+        )
+        report = chaos.run(
+            jobs=opts.jobs,
+            kills=opts.kills,
+            redis_restarts=opts.redis_restarts,
+            seconds=opts.seconds,
+            timeout=opts.timeout,
+        )
     finally:
         group.stop_all()
         server.stop()
@@ -372,8 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"chaos-{stamp}.json"
-    meta = {"at": stamp, "database": "postgresql" if base_db.startswith("postgresql") else "sqlite",
-            "cpus": os.cpu_count(), "job_seconds": opts.seconds}
+    meta = {
+        "at": stamp,
+        "database": "postgresql" if base_db.startswith("postgresql") else "sqlite",
+        "cpus": os.cpu_count(),
+        "job_seconds": opts.seconds,
+    }
     out.write_text(json.dumps({"meta": meta, "results": report.as_dict()}, indent=2, default=str))
     print(table(report))
     for p in report.problems[:20]:

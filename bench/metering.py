@@ -44,8 +44,9 @@ def free_port() -> int:
 
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -75,14 +76,17 @@ def time_hot_path(n: int) -> float:
     import uuid
     from types import SimpleNamespace
 
-    from tenantq.billing import metering
+    from tenantq.billing.usage import metering
     from tenantq.worker import app as celery_app
 
     samples = []
     for _ in range(n):
         job = {"id": str(uuid.uuid4()), "tenant_id": "bench-hot-path", "attempt_base": 0}
-        task = SimpleNamespace(name="demo.echo", app=celery_app,
-                               request=SimpleNamespace(retries=0, hostname="bench@host", timelimit=(None, None)))
+        task = SimpleNamespace(
+            name="demo.echo",
+            app=celery_app,
+            request=SimpleNamespace(retries=0, hostname="bench@host", timelimit=(None, None)),
+        )
         kwargs = {"job": job, "args": {}}
         t0 = time.perf_counter()
         metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
@@ -94,11 +98,17 @@ def time_hot_path(n: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=400, help="jobs per phase")
-    parser.add_argument("--rounds", type=int, default=6, help="on/off pairs (many short pairs beat few long "
-                        "ones on a shared machine)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="on/off pairs (many short pairs beat few long ones on a shared machine)",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
-    parser.add_argument("--postgres", default=None, help="PostgreSQL server URL: bench in a fresh database there")
+    parser.add_argument(
+        "--postgres", default=None, help="PostgreSQL server URL: bench in a fresh database there"
+    )
     opts = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tq-bench-metering-"))
@@ -118,7 +128,7 @@ def main() -> int:
         database_url = make_url(opts.postgres).set(database=name).render_as_string(hide_password=False)
 
         def drop_database() -> None:
-            from tenantq.platform.db import dispose_engine
+            from tenantq.core.db import dispose_engine
 
             dispose_engine()
             with admin.connect() as conn:
@@ -135,10 +145,25 @@ def main() -> int:
     }
     os.environ.update(env)
 
-    from tenantq.platform.supervisor import redis_server_binary
+    from tenantq.ops.supervisor import redis_server_binary
 
-    redis_proc = start([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--dir", str(tmp)], env, tmp / "redis.log")
+    redis_proc = start(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        env,
+        tmp / "redis.log",
+    )
     procs: list[subprocess.Popen] = []
     try:
         import redis as redis_lib
@@ -156,35 +181,50 @@ def main() -> int:
 
         from sqlalchemy import func, select
 
-        from tenantq.billing.models import UsageEvent
-        from tenantq.platform.db import system_session
+        from tenantq.billing.usage.models import UsageEvent
+        from tenantq.core.db import system_session
+        from tenantq.ops.migrate import upgrade
+        from tenantq.platform.dispatch.dispatcher import publish
         from tenantq.platform.jobs.models import Job
         from tenantq.platform.jobs.service import job_message
-        from tenantq.platform.migrate import upgrade
-        from tenantq.tenants.service import create_tenant
-        from tenantq.worker.dispatcher import publish
+        from tenantq.tenants.accounts.service import create_tenant
 
         upgrade(env["TENANTQ_DATABASE_URL"])
         flusher = start([sys.executable, "-m", "tenantq.cli", "billing", "flush"], env, tmp / "flusher.log")
         procs.append(flusher)
 
         def start_worker(name: str, metering: bool) -> subprocess.Popen:
-            return start([sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=WARNING",
-                          f"--concurrency={opts.concurrency}", "--queues=tq.exec", "--without-mingle",
-                          "--without-gossip", f"--hostname=bench-{name}@%h"],
-                         {**env, "TENANTQ_METERING": "1" if metering else "0"}, tmp / f"worker-{name}.log")
+            return start(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "tenantq.worker",
+                    "worker",
+                    "--loglevel=WARNING",
+                    f"--concurrency={opts.concurrency}",
+                    "--queues=tq.exec",
+                    "--without-mingle",
+                    "--without-gossip",
+                    f"--hostname=bench-{name}@%h",
+                ],
+                {**env, "TENANTQ_METERING": "1" if metering else "0"},
+                tmp / f"worker-{name}.log",
+            )
 
         # CPU time is the figure a loaded machine disturbs least: the worker tree's CPU per job, minus
         # what a worker spends booting and stopping with nothing to do (measured here).
-        from tenantq.worker.celery_app import app as celery_app
+        from tenantq.core.celery import app as celery_app
 
         boot_samples = []
         for i in range(2):
             cpu0 = children_cpu()
             idle = start_worker(f"idle-{i}", True)
             deadline = time.monotonic() + 120
-            while not celery_app.control.ping(destination=[f"bench-idle-{i}@{socket.gethostname()}"],
-                                              timeout=0.5):
+            while not celery_app.control.ping(
+                destination=[f"bench-idle-{i}@{socket.gethostname()}"], timeout=0.5
+            ):
                 if time.monotonic() > deadline or idle.poll() is not None:
                     raise RuntimeError(f"idle worker did not answer (see {tmp})")
             stop(idle)
@@ -203,8 +243,10 @@ def main() -> int:
             count = min(opts.jobs, 200) if mode is None else opts.jobs
             with system_session() as session:
                 tenant = create_tenant(session, name=f"bench-{index}-{label}", plan="enterprise")
-                jobs = [Job(tenant_id=tenant.id, task="demo.echo", args={"i": i}, status="queued")
-                        for i in range(count)]
+                jobs = [
+                    Job(tenant_id=tenant.id, task="demo.echo", args={"i": i}, status="queued")
+                    for i in range(count)
+                ]
                 session.add_all(jobs)
                 session.flush()
                 messages = [job_message(j) for j in jobs]
@@ -218,8 +260,10 @@ def main() -> int:
             while True:
                 with system_session() as session:
                     done, first, last = session.execute(
-                        select(func.count(), func.min(Job.started_at), func.max(Job.finished_at))
-                        .where(Job.tenant_id == tenant_id, Job.status == "succeeded")).one()
+                        select(func.count(), func.min(Job.started_at), func.max(Job.finished_at)).where(
+                            Job.tenant_id == tenant_id, Job.status == "succeeded"
+                        )
+                    ).one()
                 if done >= count:
                     break
                 if time.monotonic() > deadline or worker.poll() is not None:
@@ -229,20 +273,35 @@ def main() -> int:
             procs.remove(worker)
             cpu_ms = (children_cpu() - cpu0 - boot_cpu) * 1000 / count
             seconds = (last - first).total_seconds()
-            results.append({"phase": index, "metering": label, "tenant_id": tenant_id, "jobs": count,
-                            "seconds": round(seconds, 3), "jobs_per_s": round(count / seconds, 1),
-                            "worker_cpu_ms_per_job": round(cpu_ms, 3)})
-            print(f"phase {index}: metering {label:>6}  {count} jobs in {seconds:7.2f}s  "
-                  f"{count / seconds:8.1f} jobs/s  worker CPU {cpu_ms:6.2f} ms/job", flush=True)
+            results.append(
+                {
+                    "phase": index,
+                    "metering": label,
+                    "tenant_id": tenant_id,
+                    "jobs": count,
+                    "seconds": round(seconds, 3),
+                    "jobs_per_s": round(count / seconds, 1),
+                    "worker_cpu_ms_per_job": round(cpu_ms, 3),
+                }
+            )
+            print(
+                f"phase {index}: metering {label:>6}  {count} jobs in {seconds:7.2f}s  "
+                f"{count / seconds:8.1f} jobs/s  worker CPU {cpu_ms:6.2f} ms/job",
+                flush=True,
+            )
 
         # Correctness: every metered attempt recorded, nothing for unmetered ones.
         deadline = time.monotonic() + 120
         expected = {r["tenant_id"]: (0 if r["metering"] == "off" else 4 * r["jobs"]) for r in results}
         while True:
             with system_session() as session:
-                counts = dict(session.execute(select(UsageEvent.tenant_id, func.count())
-                                              .where(UsageEvent.tenant_id.in_(list(expected)))
-                                              .group_by(UsageEvent.tenant_id)).all())
+                counts = dict(
+                    session.execute(
+                        select(UsageEvent.tenant_id, func.count())
+                        .where(UsageEvent.tenant_id.in_(list(expected)))
+                        .group_by(UsageEvent.tenant_id)
+                    ).all()
+                )
             if all(counts.get(t, 0) == n for t, n in expected.items()) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -289,10 +348,14 @@ def main() -> int:
         print(f"{'metering':<10}{'runs (jobs/s)':<30}{'median':>10}")
         print(f"{'on':<10}{', '.join(f'{x:.1f}' for x in on):<30}{summary['on_jobs_per_s_median']:>10.1f}")
         print(f"{'off':<10}{', '.join(f'{x:.1f}' for x in off):<30}{summary['off_jobs_per_s_median']:>10.1f}")
-        print(f"on/off ratio of medians: {summary['on_vs_off']:.3f}   per-pair on/off ratios: "
-              f"{', '.join(f'{x:.2f}' for x in pair_ratios)} (median {summary['pair_ratio_median']:.3f})")
-        print(f"worker CPU per job (median, boot excluded): on {cpu_on:.2f} ms, off {cpu_off:.2f} ms "
-              f"(on/off {cpu_on / cpu_off:.3f}); flusher CPU {flusher_cpu_ms:.2f} ms per metered job")
+        print(
+            f"on/off ratio of medians: {summary['on_vs_off']:.3f}   per-pair on/off ratios: "
+            f"{', '.join(f'{x:.2f}' for x in pair_ratios)} (median {summary['pair_ratio_median']:.3f})"
+        )
+        print(
+            f"worker CPU per job (median, boot excluded): on {cpu_on:.2f} ms, off {cpu_off:.2f} ms "
+            f"(on/off {cpu_on / cpu_off:.3f}); flusher CPU {flusher_cpu_ms:.2f} ms per metered job"
+        )
         print(f"usage events complete: {usage_ok}")
         print(f"hot path (prerun + postrun receivers, in-process): {hot_path_us:.0f} us per attempt")
         print(json.dumps(summary))

@@ -30,14 +30,29 @@ from bench.run import Bench, ts, wait_until
 
 
 def run_tenantq(b: Bench, n: int, tenants: int, profile_dir: Path | None) -> float:
-    from tenantq.worker.celery_app import app
+    from tenantq.core.celery import app
 
     module = "bench.profiled_worker" if profile_dir else "tenantq.worker"
     extra = {"TQ_BENCH_PROFILE_DIR": str(profile_dir)} if profile_dir else {}
     for name in ("tq-w1", "tq-w2"):
-        b.spawn(name, [sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel=WARNING",
-                       "--concurrency=2", "--queues=tq.exec", "--without-mingle", "--without-gossip",
-                       f"--hostname={name}-{uuid.uuid4().hex[:4]}@%h"], extra)
+        b.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                module,
+                "worker",
+                "--loglevel=WARNING",
+                "--concurrency=2",
+                "--queues=tq.exec",
+                "--without-mingle",
+                "--without-gossip",
+                f"--hostname={name}-{uuid.uuid4().hex[:4]}@%h",
+            ],
+            extra,
+        )
     b.spawn("dispatcher", [sys.executable, "-m", "tenantq.cli", "dispatcher"])
     b.ping(app, 2)
     ids = b.tenants(tenants, "overhead")
@@ -84,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=2000, help="jobs per side (default 2000)")
     parser.add_argument("--tenants", type=int, default=10, help="tenants the tenantq jobs are spread over")
-    parser.add_argument("--pg", default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-                        help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the tenantq pool processes")
     parser.add_argument("--top", type=int, default=45, help="functions shown with --profile")
     args = parser.parse_args(argv)
@@ -104,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         bare = run_bare(b, args.n)
     finally:
         b.stop()
-    print(f"database {b.database}; n={args.n}; load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(
+        f"database {b.database}; n={args.n}; load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+    )
     print(f"tenantq     {tq:8.1f} jobs/s")
     print(f"bare Celery {bare:8.1f} jobs/s")
     print(f"ratio       {tq / bare:8.2f} (target >= 0.80)")

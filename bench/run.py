@@ -35,10 +35,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-FULL = dict(noisy_a=10_000, noisy_b=20, weighted_per_tenant=1_500, rate_jobs=300, cap_jobs=60,
-            priority_low=1_000, scale_jobs=3_000, idle_samples=100, batch_jobs=5_000, single_jobs=300)
-QUICK = dict(noisy_a=2_000, noisy_b=20, weighted_per_tenant=400, rate_jobs=120, cap_jobs=30,
-             priority_low=1_000, scale_jobs=1_000, idle_samples=30, batch_jobs=2_000, single_jobs=100)
+FULL = dict(
+    noisy_a=10_000,
+    noisy_b=20,
+    weighted_per_tenant=1_500,
+    rate_jobs=300,
+    cap_jobs=60,
+    priority_low=1_000,
+    scale_jobs=3_000,
+    idle_samples=100,
+    batch_jobs=5_000,
+    single_jobs=300,
+)
+QUICK = dict(
+    noisy_a=2_000,
+    noisy_b=20,
+    weighted_per_tenant=400,
+    rate_jobs=120,
+    cap_jobs=30,
+    priority_low=1_000,
+    scale_jobs=1_000,
+    idle_samples=30,
+    batch_jobs=2_000,
+    single_jobs=100,
+)
 
 
 def free_port() -> int:
@@ -55,7 +75,9 @@ def pct(values: list[float], q: float) -> float | None:
     return round(ordered[k], 1)
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+def wait_until(
+    pred: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -98,11 +120,25 @@ class Bench:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        from tenantq.platform.supervisor import redis_server_binary
+        from tenantq.ops.supervisor import redis_server_binary
 
         self.redis_proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import redis
 
         self.r = redis.Redis(port=self.redis_port, decode_responses=True)
@@ -122,10 +158,10 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
         }
         os.environ.update(self.env)
-        from tenantq.platform.db import dispose_engine
-        from tenantq.platform.migrate import upgrade
-        from tenantq.platform.redis import reset_redis
-        from tenantq.platform.settings import reset_settings_cache
+        from tenantq.core.db import dispose_engine
+        from tenantq.core.redis import reset_redis
+        from tenantq.core.settings import reset_settings_cache
+        from tenantq.ops.migrate import upgrade
 
         reset_settings_cache()
         dispose_engine()
@@ -159,7 +195,7 @@ class Bench:
     def stop(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM, wait=10)
-        from tenantq.platform.db import dispose_engine
+        from tenantq.core.db import dispose_engine
 
         dispose_engine()
         if self.db_name:
@@ -174,9 +210,14 @@ class Bench:
     # -- processes ----------------------------------------------------------------------------------
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         log = open(self.dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                            env={**os.environ, **self.env, **(extra_env or {})},
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **self.env, **(extra_env or {})},
+            start_new_session=True,
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 30) -> None:
         proc = self.procs.pop(name, None)
@@ -193,21 +234,49 @@ class Bench:
             proc.wait()
 
     def tq_worker(self, name: str, concurrency: int = 2) -> None:
-        self.spawn(name, [sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=WARNING",
-                          f"--concurrency={concurrency}", "--queues=tq.exec", "--without-mingle", "--without-gossip",
-                          f"--hostname={name}-{uuid.uuid4().hex[:4]}@%h"])
+        self.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tenantq.worker",
+                "worker",
+                "--loglevel=WARNING",
+                f"--concurrency={concurrency}",
+                "--queues=tq.exec",
+                "--without-mingle",
+                "--without-gossip",
+                f"--hostname={name}-{uuid.uuid4().hex[:4]}@%h",
+            ],
+        )
 
     def bare_worker(self, name: str, queues: list[str], concurrency: int = 2) -> None:
-        self.spawn(name, [sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker", "--loglevel=WARNING",
-                          f"--concurrency={concurrency}", f"--queues={','.join(queues)}", "--without-mingle",
-                          "--without-gossip", f"--hostname={name}-{uuid.uuid4().hex[:4]}@%h"],
-                   {"BENCH_BARE_QUEUES": ",".join(queues)})
+        self.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.bare_app",
+                "worker",
+                "--loglevel=WARNING",
+                f"--concurrency={concurrency}",
+                f"--queues={','.join(queues)}",
+                "--without-mingle",
+                "--without-gossip",
+                f"--hostname={name}-{uuid.uuid4().hex[:4]}@%h",
+            ],
+            {"BENCH_BARE_QUEUES": ",".join(queues)},
+        )
 
     def ping(self, app: Any, count: int) -> None:
         wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= count, 180, 0.2, f"{count} workers")
 
     def start_tenantq(self) -> None:
-        from tenantq.worker.celery_app import app
+        from tenantq.core.celery import app
 
         self.tq_app = app
         self.tq_worker("tq-w1")
@@ -222,17 +291,27 @@ class Bench:
 
     # -- tenantq helpers ----------------------------------------------------------------------------
     def tenants(self, n: int, prefix: str, **overrides: Any) -> list[str]:
-        from tenantq.platform.db import system_session
-        from tenantq.tenants.models import Tenant
+        from tenantq.core.db import system_session
+        from tenantq.tenants.accounts.models import Tenant
 
-        base = {"exec_rate": 1_000_000, "concurrency": 100_000, "max_queued": 1_000_000_000, "weight": 1,
-                "submit_rate": 1_000_000, "submit_burst": 10_000_000, "included_jobs": 10**12,
-                "included_compute_seconds": 10**12}
+        base = {
+            "exec_rate": 1_000_000,
+            "concurrency": 100_000,
+            "max_queued": 1_000_000_000,
+            "weight": 1,
+            "submit_rate": 1_000_000,
+            "submit_burst": 10_000_000,
+            "included_jobs": 10**12,
+            "included_compute_seconds": 10**12,
+        }
         ids = []
         with system_session() as session:
             for i in range(n):
-                t = Tenant(name=f"{prefix}-{i}-{uuid.uuid4().hex[:6]}", plan_name="enterprise",
-                           overrides={**base, **overrides})
+                t = Tenant(
+                    name=f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
+                    plan_name="enterprise",
+                    overrides={**base, **overrides},
+                )
                 session.add(t)
                 session.flush()
                 ids.append(t.id)
@@ -240,9 +319,9 @@ class Bench:
 
     def submit(self, tenant_id: str, jobs: list[dict[str, Any]]) -> float:
         """Submit through the batch service (validation, one transaction, one Redis call per 1,000)."""
-        from tenantq.platform.db import system_session
-        from tenantq.platform.queue.service import submit_batch
-        from tenantq.tenants.models import Tenant
+        from tenantq.core.db import system_session
+        from tenantq.platform.dispatch.service import submit_batch
+        from tenantq.tenants.accounts.models import Tenant
 
         t0 = time.perf_counter()
         with system_session() as session:
@@ -263,43 +342,64 @@ class Bench:
     def resume(self, ids: list[str]) -> None:
         self.r.srem("tq:paused", *ids)
 
-    def rows(self, tenant_ids: list[str]) -> list[tuple[str, str, str, int, datetime, datetime | None, datetime | None]]:
+    def rows(
+        self, tenant_ids: list[str]
+    ) -> list[tuple[str, str, str, int, datetime, datetime | None, datetime | None]]:
         from sqlalchemy import select
 
-        from tenantq.platform.db import system_session
+        from tenantq.core.db import system_session
         from tenantq.platform.jobs.models import Job
 
         with system_session() as session:
-            return list(session.execute(
-                select(Job.id, Job.tenant_id, Job.status, Job.priority, Job.created_at, Job.started_at,
-                       Job.finished_at).where(Job.tenant_id.in_(tenant_ids))
-            ).all())
+            return list(
+                session.execute(
+                    select(
+                        Job.id,
+                        Job.tenant_id,
+                        Job.status,
+                        Job.priority,
+                        Job.created_at,
+                        Job.started_at,
+                        Job.finished_at,
+                    ).where(Job.tenant_id.in_(tenant_ids))
+                ).all()
+            )
 
     def count_status(self, tenant_ids: list[str], statuses: tuple[str, ...]) -> int:
         from sqlalchemy import func, select
 
-        from tenantq.platform.db import system_session
+        from tenantq.core.db import system_session
         from tenantq.platform.jobs.models import Job
 
         with system_session() as session:
-            return session.scalar(select(func.count()).select_from(Job).where(
-                Job.tenant_id.in_(tenant_ids), Job.status.in_(statuses)))
+            return session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.tenant_id.in_(tenant_ids), Job.status.in_(statuses))
+            )
 
     def drain(self, tenant_ids: list[str], timeout: float = 300) -> None:
         """Purge what still waits and let what was released finish, so the next scenario starts idle."""
-        from tenantq.platform.db import system_session
-        from tenantq.platform.queue.service import purge
-        from tenantq.tenants.models import Tenant
-        from tenantq.worker.dispatcher import exec_queue_depth
+        from tenantq.core.db import system_session
+        from tenantq.platform.dispatch.dispatcher import exec_queue_depth
+        from tenantq.platform.dispatch.service import purge
+        from tenantq.tenants.accounts.models import Tenant
 
         with system_session() as session:
             for t in tenant_ids:
                 purge(session, session.get(Tenant, t), client=self.r)
         now = time.time
         # Released jobs finish (their leases go); leases of attempts killed with a worker just expire.
-        wait_until(lambda: exec_queue_depth(self.r, "tq.exec") == 0 and self.r.zcard("tq:inflight") == 0
-                   and all(self.r.zcount(f"tq:cc:{t}", now(), "+inf") == 0 for t in tenant_ids),
-                   timeout, 0.2, "drain")
+        wait_until(
+            lambda: (
+                exec_queue_depth(self.r, "tq.exec") == 0
+                and self.r.zcard("tq:inflight") == 0
+                and all(self.r.zcount(f"tq:cc:{t}", now(), "+inf") == 0 for t in tenant_ids)
+            ),
+            timeout,
+            0.2,
+            "drain",
+        )
 
 
 def ts(d: datetime | None) -> float | None:
@@ -307,6 +407,7 @@ def ts(d: datetime | None) -> float | None:
 
 
 # -- scenarios ---------------------------------------------------------------------------------------
+
 
 def noisy_neighbour(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     n_a, n_b = p["noisy_a"], p["noisy_b"]
@@ -319,8 +420,12 @@ def noisy_neighbour(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     waits = [(ts(r[5]) - ts(r[4])) * 1000 for r in b.rows([bt])]
     a_done_when_b_done = b.count_status([a], ("succeeded",))
     b.drain([a, bt])
-    tq = {"b_wait_p50_ms": pct(waits, 50), "b_wait_p95_ms": pct(waits, 95), "a_done_when_b_finished": a_done_when_b_done,
-          "a_submit_s": round(submit_a, 2)}
+    tq = {
+        "b_wait_p50_ms": pct(waits, 50),
+        "b_wait_p95_ms": pct(waits, 95),
+        "a_done_when_b_finished": a_done_when_b_done,
+        "a_submit_s": round(submit_a, 2),
+    }
 
     bare = b.bare_app()
     b.bare_r.delete("bench:start")
@@ -341,9 +446,14 @@ def noisy_neighbour(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     bare.app.control.purge()
     base = {"b_wait_p50_ms": pct(bare_waits, 50), "b_wait_p95_ms": pct(bare_waits, 95)}
     ratio = round(base["b_wait_p95_ms"] / max(tq["b_wait_p95_ms"], 0.1), 1)
-    return {"params": {"a_jobs": n_a, "b_jobs": n_b, "task": "demo.sleep 10 ms"}, "tenantq": tq,
-            "bare_celery_one_queue": base, "p95_ratio_bare_over_tenantq": ratio, "target": "ratio >= 50",
-            "pass": ratio >= 50}
+    return {
+        "params": {"a_jobs": n_a, "b_jobs": n_b, "task": "demo.sleep 10 ms"},
+        "tenantq": tq,
+        "bare_celery_one_queue": base,
+        "p95_ratio_bare_over_tenantq": ratio,
+        "target": "ratio >= 50",
+        "pass": ratio >= 50,
+    }
 
 
 def weighted_share(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
@@ -363,10 +473,18 @@ def weighted_share(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     shares = [round(100 * window[t] / total, 1) for t in ids]
     b.drain(ids)
     ok = all(abs(s - e) <= 5 for s, e in zip(shares, (50, 30, 20), strict=True))
-    return {"params": {"weights": [5, 3, 2], "jobs_per_tenant": n, "window_s": round(end - start, 1),
-                       "executions_in_window": total},
-            "tenantq_share_pct": shares, "bare_celery": "no weights: kombu round-robin gives 33/33/33",
-            "target": "50/30/20 +-5", "pass": ok}
+    return {
+        "params": {
+            "weights": [5, 3, 2],
+            "jobs_per_tenant": n,
+            "window_s": round(end - start, 1),
+            "executions_in_window": total,
+        },
+        "tenantq_share_pct": shares,
+        "bare_celery": "no weights: kombu round-robin gives 33/33/33",
+        "target": "50/30/20 +-5",
+        "pass": ok,
+    }
 
 
 def _rate_figures(starts: list[float], rate: float, burst: float) -> dict[str, Any]:
@@ -375,7 +493,9 @@ def _rate_figures(starts: list[float], rate: float, burst: float) -> dict[str, A
     for window in (1, 2, 5):
         out[f"max_in_{window}s"] = max_in_window(starts, window)
         out[f"bound_{window}s"] = rate * window + burst
-    out["achieved_per_s"] = round((len(starts) - 1) / (starts[-1] - starts[0]), 1) if len(starts) > 1 else None
+    out["achieved_per_s"] = (
+        round((len(starts) - 1) / (starts[-1] - starts[0]), 1) if len(starts) > 1 else None
+    )
     return out
 
 
@@ -401,8 +521,13 @@ def rate_limit(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     base = _rate_figures([float(v) for v in b.bare_r.hvals("bench:start")], 20, 0)
     b.kill("bare-w1", signal.SIGTERM)
     b.kill("bare-w2", signal.SIGTERM)
-    return {"params": {"rate_per_s": 20, "burst": burst, "jobs": n, "worker_instances": 2},
-            "tenantq": tq, "bare_celery_rate_limit_20s": base, "target": "max <= 20T+burst, >= 18/s", "pass": ok}
+    return {
+        "params": {"rate_per_s": 20, "burst": burst, "jobs": n, "worker_instances": 2},
+        "tenantq": tq,
+        "bare_celery_rate_limit_20s": base,
+        "target": "max <= 20T+burst, >= 18/s",
+        "pass": ok,
+    }
 
 
 def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
@@ -414,13 +539,15 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     wait_until(lambda: b.count_status([t], ("succeeded",)) >= n // 3, 600, 0.1, "a third done")
     from sqlalchemy import select
 
-    from tenantq.platform.db import system_session
+    from tenantq.core.db import system_session
     from tenantq.platform.jobs.models import Job
 
     def victim() -> str | None:
         # The worker instance running one of the tenant's jobs right now (hostname "tq-wN-xxxx@host").
         with system_session() as session:
-            hosts = session.scalars(select(Job.worker).where(Job.tenant_id == t, Job.status == "running")).all()
+            hosts = session.scalars(
+                select(Job.worker).where(Job.tenant_id == t, Job.status == "running")
+            ).all()
         return next((h.split("-")[0] + "-" + h.split("-")[1] for h in hosts if h), None)
 
     name = wait_until(victim, 60, 0.01, "a running job")
@@ -428,7 +555,7 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     b.kill(name, signal.SIGKILL)  # the whole worker instance, pool processes included
     b.tq_worker(name)
 
-    from tenantq.worker.dispatcher import exec_queue_depth
+    from tenantq.platform.dispatch.dispatcher import exec_queue_depth
 
     def settled():
         if b.r.zcard(f"tq:q:{t}") or b.r.zcard("tq:inflight") or exec_queue_depth(b.r, "tq.exec"):
@@ -446,16 +573,28 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     peak = max_overlap(intervals)
     first_after = min((ts(r[5]) for r in rows if r[5] and ts(r[5]) > killed_at), default=None)
     b.drain([t])
-    return {"params": {"cap": 3, "jobs": n, "task": "demo.sleep 300 ms", "sigkill": "the worker instance running one of its jobs",
-                       "lease_ttl_s": 5},
-            "tenantq": {"max_overlap": peak, "attempts_killed": len(stranded), "reserved_unstarted": len(reserved),
-                        "succeeded": sum(r[2] == "succeeded" for r in rows),
-                        "first_start_after_kill_s": round(first_after - killed_at, 2) if first_after else None},
-            "bare_celery": "no cluster-wide cap (only per-worker --concurrency)",
-            "note": "messages of the killed worker stay in kombu's unacked set until the visibility timeout "
-                    "(3700 s); the lost-job reconciler re-queues the never-started ones after "
-                    "lost_job_grace_seconds, and a late redelivery is skipped by the start guard",
-            "target": "max_overlap <= 3", "pass": peak <= 3}
+    return {
+        "params": {
+            "cap": 3,
+            "jobs": n,
+            "task": "demo.sleep 300 ms",
+            "sigkill": "the worker instance running one of its jobs",
+            "lease_ttl_s": 5,
+        },
+        "tenantq": {
+            "max_overlap": peak,
+            "attempts_killed": len(stranded),
+            "reserved_unstarted": len(reserved),
+            "succeeded": sum(r[2] == "succeeded" for r in rows),
+            "first_start_after_kill_s": round(first_after - killed_at, 2) if first_after else None,
+        },
+        "bare_celery": "no cluster-wide cap (only per-worker --concurrency)",
+        "note": "messages of the killed worker stay in kombu's unacked set until the visibility timeout "
+        "(3700 s); the lost-job reconciler re-queues the never-started ones after "
+        "lost_job_grace_seconds, and a late redelivery is skipped by the start guard",
+        "target": "max_overlap <= 3",
+        "pass": peak <= 3,
+    }
 
 
 def priority(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
@@ -466,14 +605,21 @@ def priority(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     submitted = time.time()
     b.submit(t, [{"task": "demo.sleep", "args": {"seconds": 0.01}, "priority": 9}])
     waiting = set(b.r.zrange(f"tq:q:{t}", 0, -1))  # not yet handed to a worker when the urgent job arrived
-    rows = wait_until(lambda: [r for r in b.rows([t]) if r[3] == 9 and r[2] == "succeeded"], 300, 0.05, "p9 job")
+    rows = wait_until(
+        lambda: [r for r in b.rows([t]) if r[3] == 9 and r[2] == "succeeded"], 300, 0.05, "p9 job"
+    )
     urgent = rows[0]
     all_rows = b.rows([t])
-    overtaken = sum(1 for r in all_rows if r[0] in waiting and r[3] == 1 and r[5] and ts(r[5]) < ts(urgent[5]))
+    overtaken = sum(
+        1 for r in all_rows if r[0] in waiting and r[3] == 1 and r[5] and ts(r[5]) < ts(urgent[5])
+    )
     ahead = sum(1 for r in all_rows if r[3] == 1 and r[5] and submitted < ts(r[5]) < ts(urgent[5]))
     b.drain([t])
-    tq = {"p9_wait_ms": round((ts(urgent[5]) - ts(urgent[4])) * 1000, 1), "low_started_ahead": ahead,
-          "low_not_yet_released_started_ahead": overtaken}
+    tq = {
+        "p9_wait_ms": round((ts(urgent[5]) - ts(urgent[4])) * 1000, 1),
+        "low_started_ahead": ahead,
+        "low_not_yet_released_started_ahead": overtaken,
+    }
 
     bare = b.bare_app()
     b.bare_r.delete("bench:start")
@@ -486,15 +632,22 @@ def priority(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     sub = time.time()
     bare.sleep.apply_async((0.01, "urgent"), queue="bare.shared", priority=0)
     start = float(wait_until(lambda: b.bare_r.hget("bench:start", "urgent"), 300, 0.05, "bare urgent"))
-    bare_ahead = sum(1 for k, v in b.bare_r.hgetall("bench:start").items() if k != "urgent" and sub < float(v) < start)
+    bare_ahead = sum(
+        1 for k, v in b.bare_r.hgetall("bench:start").items() if k != "urgent" and sub < float(v) < start
+    )
     b.kill("bare-w1", signal.SIGTERM)
     b.kill("bare-w2", signal.SIGTERM)
     bare.app.control.purge()
-    return {"params": {"low_jobs": n, "low_priority": 1, "urgent_priority": 9},
-            "tenantq": tq, "bare_celery_priority_queue": {"p9_wait_ms": round((start - sub) * 1000, 1),
-                                                          "low_started_ahead": bare_ahead},
-            "target": "no job still waiting in the tenant queue starts before the p9 job",
-            "pass": overtaken == 0}
+    return {
+        "params": {"low_jobs": n, "low_priority": 1, "urgent_priority": 9},
+        "tenantq": tq,
+        "bare_celery_priority_queue": {
+            "p9_wait_ms": round((start - sub) * 1000, 1),
+            "low_started_ahead": bare_ahead,
+        },
+        "target": "no job still waiting in the tenant queue starts before the p9 job",
+        "pass": overtaken == 0,
+    }
 
 
 def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
@@ -509,8 +662,12 @@ def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
             b.submit(t, [{"task": "demo.echo", "args": {}}] * per)
         b.resume(ids)
         total = per * k
-        wait_until(lambda ids=ids, total=total: b.count_status(ids, ("succeeded",)) >= total, 900, 0.3,
-                   f"{k} tenants' jobs")
+        wait_until(
+            lambda ids=ids, total=total: b.count_status(ids, ("succeeded",)) >= total,
+            900,
+            0.3,
+            f"{k} tenants' jobs",
+        )
         rows = [r for r in b.rows(ids) if r[2] == "succeeded"]
         span = max(ts(r[6]) for r in rows) - min(ts(r[5]) for r in rows)
         out[f"tenantq_{k}_tenants_jobs_per_s"] = round(total / span, 1)
@@ -537,11 +694,11 @@ def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     n = p["idle_samples"]
     (t,) = b.tenants(1, "idle")
-    from tenantq.platform.db import system_session
+    from tenantq.core.db import system_session
     from tenantq.platform.jobs.models import Job
     from tenantq.platform.jobs.schemas import JobCreate
     from tenantq.platform.jobs.service import submit_job
-    from tenantq.tenants.models import Tenant
+    from tenantq.tenants.accounts.models import Tenant
 
     lat = []
     for _ in range(n):
@@ -569,16 +726,19 @@ def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
         bare_lat.append((st - sent) * 1000)
         time.sleep(0.05)
     b.kill("bare-w1", signal.SIGTERM)
-    return {"params": {"samples": n}, "tenantq_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
-            "bare_celery_ms": {"p50": pct(bare_lat, 50), "p99": pct(bare_lat, 99)}}
+    return {
+        "params": {"samples": n},
+        "tenantq_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99)},
+        "bare_celery_ms": {"p50": pct(bare_lat, 50), "p99": pct(bare_lat, 99)},
+    }
 
 
 def batch_submit(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
-    from tenantq.platform.db import system_session
-    from tenantq.tenants.models import Tenant
-    from tenantq.tenants.service import create_api_key
+    from tenantq.core.db import system_session
+    from tenantq.tenants.accounts.models import Tenant
+    from tenantq.tenants.accounts.service import create_api_key
 
     n, single = p["batch_jobs"], p["single_jobs"]
     (t,) = b.tenants(1, "batch")
@@ -609,11 +769,14 @@ def batch_submit(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
         bare.noop.apply_async((f"s{i}",), queue="bare.nobody")
     bare_rate = n / (time.perf_counter() - t0)
     b.bare_r.delete("bare.nobody")
-    return {"params": {"jobs": n, "batch_size": 1000, "single_jobs": single},
-            "tenantq_batch_http_jobs_per_s": round(batch_rate, 1),
-            "tenantq_single_http_jobs_per_s": round(single_rate, 1),
-            "bare_apply_async_loop_jobs_per_s": round(bare_rate, 1),
-            "target": "batch > bare apply_async loop", "pass": batch_rate > bare_rate}
+    return {
+        "params": {"jobs": n, "batch_size": 1000, "single_jobs": single},
+        "tenantq_batch_http_jobs_per_s": round(batch_rate, 1),
+        "tenantq_single_http_jobs_per_s": round(single_rate, 1),
+        "bare_apply_async_loop_jobs_per_s": round(bare_rate, 1),
+        "target": "batch > bare apply_async loop",
+        "pass": batch_rate > bare_rate,
+    }
 
 
 def _up(http: Any) -> bool:
@@ -643,30 +806,62 @@ def table(results: dict[str, Any]) -> str:
         return cur
 
     lines = [
-        ("1 noisy neighbour: B wait p50/p95 ms", f"{g('1_noisy_neighbour','tenantq','b_wait_p50_ms')} / {g('1_noisy_neighbour','tenantq','b_wait_p95_ms')}",
-         f"{g('1_noisy_neighbour','bare_celery_one_queue','b_wait_p50_ms')} / {g('1_noisy_neighbour','bare_celery_one_queue','b_wait_p95_ms')}",
-         f"p95 ratio {g('1_noisy_neighbour','p95_ratio_bare_over_tenantq')}x", g("1_noisy_neighbour", "pass")),
-        ("2 weighted share 5/3/2 (% of executions)", "/".join(str(x) for x in g("2_weighted_share", "tenantq_share_pct") or []),
-         "no weights (33/33/33)", "50/30/20 +-5", g("2_weighted_share", "pass")),
-        ("3 rate 20/s, 2 workers: max in 1s/2s/5s; rate",
-         f"{g('3_rate_limit','tenantq','max_in_1s')}/{g('3_rate_limit','tenantq','max_in_2s')}/{g('3_rate_limit','tenantq','max_in_5s')}; {g('3_rate_limit','tenantq','achieved_per_s')}/s",
-         f"{g('3_rate_limit','bare_celery_rate_limit_20s','max_in_1s')}/{g('3_rate_limit','bare_celery_rate_limit_20s','max_in_2s')}/{g('3_rate_limit','bare_celery_rate_limit_20s','max_in_5s')}; {g('3_rate_limit','bare_celery_rate_limit_20s','achieved_per_s')}/s",
-         "<= 24/44/104; >= 18/s", g("3_rate_limit", "pass")),
-        ("4 concurrency cap 3 + SIGKILL: max overlap", str(g("4_concurrency_cap", "tenantq", "max_overlap")),
-         "no cluster-wide cap", "<= 3", g("4_concurrency_cap", "pass")),
-        ("5 priority 9 behind 1,000 p1: queued p1 overtaking",
-         f"{g('5_priority','tenantq','low_not_yet_released_started_ahead')} (released ahead {g('5_priority','tenantq','low_started_ahead')}; wait {g('5_priority','tenantq','p9_wait_ms')} ms)",
-         f"ahead {g('5_priority','bare_celery_priority_queue','low_started_ahead')}; wait {g('5_priority','bare_celery_priority_queue','p9_wait_ms')} ms",
-         "0", g("5_priority", "pass")),
-        ("6 no-op jobs/s: 10 vs 1,000 tenants",
-         f"{g('6_scale_in_tenants','tenantq_10_tenants_jobs_per_s')} vs {g('6_scale_in_tenants','tenantq_1000_tenants_jobs_per_s')} ({g('6_scale_in_tenants','tenantq_1000_over_10')})",
-         f"1q {g('6_scale_in_tenants','bare_1_queues_jobs_per_s')}; 10q {g('6_scale_in_tenants','bare_10_queues_jobs_per_s')}; 1000q {g('6_scale_in_tenants','bare_1000_queues_jobs_per_s')}",
-         ">= 0.8", g("6_scale_in_tenants", "pass")),
-        ("7 idle submit->start p50/p99 ms", f"{g('7_idle_dispatch_latency','tenantq_ms','p50')} / {g('7_idle_dispatch_latency','tenantq_ms','p99')}",
-         f"{g('7_idle_dispatch_latency','bare_celery_ms','p50')} / {g('7_idle_dispatch_latency','bare_celery_ms','p99')}", "-", None),
-        ("8 submit jobs/s: batch HTTP (single HTTP)",
-         f"{g('8_batch_submit','tenantq_batch_http_jobs_per_s')} ({g('8_batch_submit','tenantq_single_http_jobs_per_s')})",
-         f"apply_async loop {g('8_batch_submit','bare_apply_async_loop_jobs_per_s')}", "batch > loop", g("8_batch_submit", "pass")),
+        (
+            "1 noisy neighbour: B wait p50/p95 ms",
+            f"{g('1_noisy_neighbour', 'tenantq', 'b_wait_p50_ms')} / {g('1_noisy_neighbour', 'tenantq', 'b_wait_p95_ms')}",
+            f"{g('1_noisy_neighbour', 'bare_celery_one_queue', 'b_wait_p50_ms')} / {g('1_noisy_neighbour', 'bare_celery_one_queue', 'b_wait_p95_ms')}",
+            f"p95 ratio {g('1_noisy_neighbour', 'p95_ratio_bare_over_tenantq')}x",
+            g("1_noisy_neighbour", "pass"),
+        ),
+        (
+            "2 weighted share 5/3/2 (% of executions)",
+            "/".join(str(x) for x in g("2_weighted_share", "tenantq_share_pct") or []),
+            "no weights (33/33/33)",
+            "50/30/20 +-5",
+            g("2_weighted_share", "pass"),
+        ),
+        (
+            "3 rate 20/s, 2 workers: max in 1s/2s/5s; rate",
+            f"{g('3_rate_limit', 'tenantq', 'max_in_1s')}/{g('3_rate_limit', 'tenantq', 'max_in_2s')}/{g('3_rate_limit', 'tenantq', 'max_in_5s')}; {g('3_rate_limit', 'tenantq', 'achieved_per_s')}/s",
+            f"{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_1s')}/{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_2s')}/{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_5s')}; {g('3_rate_limit', 'bare_celery_rate_limit_20s', 'achieved_per_s')}/s",
+            "<= 24/44/104; >= 18/s",
+            g("3_rate_limit", "pass"),
+        ),
+        (
+            "4 concurrency cap 3 + SIGKILL: max overlap",
+            str(g("4_concurrency_cap", "tenantq", "max_overlap")),
+            "no cluster-wide cap",
+            "<= 3",
+            g("4_concurrency_cap", "pass"),
+        ),
+        (
+            "5 priority 9 behind 1,000 p1: queued p1 overtaking",
+            f"{g('5_priority', 'tenantq', 'low_not_yet_released_started_ahead')} (released ahead {g('5_priority', 'tenantq', 'low_started_ahead')}; wait {g('5_priority', 'tenantq', 'p9_wait_ms')} ms)",
+            f"ahead {g('5_priority', 'bare_celery_priority_queue', 'low_started_ahead')}; wait {g('5_priority', 'bare_celery_priority_queue', 'p9_wait_ms')} ms",
+            "0",
+            g("5_priority", "pass"),
+        ),
+        (
+            "6 no-op jobs/s: 10 vs 1,000 tenants",
+            f"{g('6_scale_in_tenants', 'tenantq_10_tenants_jobs_per_s')} vs {g('6_scale_in_tenants', 'tenantq_1000_tenants_jobs_per_s')} ({g('6_scale_in_tenants', 'tenantq_1000_over_10')})",
+            f"1q {g('6_scale_in_tenants', 'bare_1_queues_jobs_per_s')}; 10q {g('6_scale_in_tenants', 'bare_10_queues_jobs_per_s')}; 1000q {g('6_scale_in_tenants', 'bare_1000_queues_jobs_per_s')}",
+            ">= 0.8",
+            g("6_scale_in_tenants", "pass"),
+        ),
+        (
+            "7 idle submit->start p50/p99 ms",
+            f"{g('7_idle_dispatch_latency', 'tenantq_ms', 'p50')} / {g('7_idle_dispatch_latency', 'tenantq_ms', 'p99')}",
+            f"{g('7_idle_dispatch_latency', 'bare_celery_ms', 'p50')} / {g('7_idle_dispatch_latency', 'bare_celery_ms', 'p99')}",
+            "-",
+            None,
+        ),
+        (
+            "8 submit jobs/s: batch HTTP (single HTTP)",
+            f"{g('8_batch_submit', 'tenantq_batch_http_jobs_per_s')} ({g('8_batch_submit', 'tenantq_single_http_jobs_per_s')})",
+            f"apply_async loop {g('8_batch_submit', 'bare_apply_async_loop_jobs_per_s')}",
+            "batch > loop",
+            g("8_batch_submit", "pass"),
+        ),
     ]
     head = ("figure", "tenantq", "bare Celery", "target", "pass")
     widths = [max(len(str(r[i])) for r in [head, *lines]) for i in range(5)]
@@ -680,8 +875,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller parameters (smoke run)")
     parser.add_argument("--only", default="", help="comma-separated scenario numbers to run, e.g. 1,3")
-    parser.add_argument("--pg", default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-                        help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite",
+    )
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -710,13 +908,21 @@ def main(argv: list[str] | None = None) -> int:
     import redis as redis_mod
 
     meta = {
-        "started_at": started.isoformat(), "mode": "quick" if args.quick else "full", "params": params,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                    "note": "shared machine: other sessions were running tests at the same time"},
+        "started_at": started.isoformat(),
+        "mode": "quick" if args.quick else "full",
+        "params": params,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "note": "shared machine: other sessions were running tests at the same time",
+        },
         "versions": {"celery": celery.__version__, "redis_py": redis_mod.__version__},
-        "database": bench.database, "notes": bench.notes, "logs": str(workdir),
+        "database": bench.database,
+        "notes": bench.notes,
+        "logs": str(workdir),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}{'-quick' if args.quick else ''}.json"

@@ -7,7 +7,7 @@ rm -f tenantq/migrations/versions/*_0001_initial_schema.py
 tmp="$(mktemp -d)/regen.db"
 PYTHONPATH="$PWD" TENANTQ_DATABASE_URL="sqlite:///$tmp" python - <<'PY'
 from alembic import command
-from tenantq.platform.migrate import alembic_config
+from tenantq.ops.migrate import alembic_config
 command.revision(alembic_config(), message="initial schema", autogenerate=True, rev_id="0001")
 PY
 sed -i 's/^Create Date: .*/Create Date: 2026-11-24/' tenantq/migrations/versions/*_0001_initial_schema.py

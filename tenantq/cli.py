@@ -14,24 +14,35 @@ import typer
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-app = typer.Typer(help="tenantq: a multi-tenant background job platform on Celery.", no_args_is_help=True,
-                  add_completion=False,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="tenantq: a multi-tenant background job platform on Celery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
-tenant_app = typer.Typer(help="Create, inspect, change, suspend and reactivate tenants.", no_args_is_help=True)
+tenant_app = typer.Typer(
+    help="Create, inspect, change, suspend and reactivate tenants.", no_args_is_help=True
+)
 key_app = typer.Typer(help="Create, list and revoke tenants' API keys.", no_args_is_help=True)
 plan_app = typer.Typer(help="List and change plans (limits and prices).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
-billing_app = typer.Typer(help="Usage and billing: flush usage, reports, close periods into invoices, sync to Stripe.", no_args_is_help=True)
+billing_app = typer.Typer(
+    help="Usage and billing: flush usage, reports, close periods into invoices, sync to Stripe.",
+    no_args_is_help=True,
+)
 app.add_typer(billing_app, name="billing")
 app.add_typer(plan_app, name="plan")
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data directory for the embedded SQLite/Redis (default ./.tenantq, or "
-                 "$TENANTQ_DATA_DIR).", show_default=False),
+    typer.Option(
+        "--data-dir",
+        help="Data directory for the embedded SQLite/Redis (default ./.tenantq, or $TENANTQ_DATA_DIR).",
+        show_default=False,
+    ),
 ]
 # Beat's scheduler class: reads per-tenant schedules from SQL at runtime.
 TENANT_SCHEDULER = "tenantq.platform.schedules.beat:TenantScheduler"
@@ -39,7 +50,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 
 
 def _settings(data_dir: Path | None = None):
-    from tenantq.platform.settings import get_settings, reset_settings_cache
+    from tenantq.core.settings import get_settings, reset_settings_cache
 
     if data_dir is not None:
         os.environ["TENANTQ_DATA_DIR"] = str(data_dir)
@@ -50,8 +61,8 @@ def _settings(data_dir: Path | None = None):
 def _setup_logging(level: str = "INFO") -> None:
     """Structured logs (JSON unless a terminal; TENANTQ_LOG_JSON decides) and the shared metrics directory
     for a long-running role (api, worker, beat, dispatcher)."""
-    from tenantq.platform import logging as tq_logging
-    from tenantq.platform.metrics import ensure_multiproc_dir
+    from tenantq.core import logging as tq_logging
+    from tenantq.ops.metrics import ensure_multiproc_dir
 
     tq_logging.configure(level.upper())
     ensure_multiproc_dir()
@@ -62,7 +73,7 @@ def _emit(as_json: bool, payload: dict, text: str) -> None:
 
 
 def _fail(as_json: bool, exc: Exception) -> None:
-    from tenantq.platform.errors import TenantqError
+    from tenantq.core.errors import TenantqError
 
     if isinstance(exc, TenantqError):
         payload = {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
@@ -80,7 +91,7 @@ def _fail(as_json: bool, exc: Exception) -> None:
 def _ensure_db(settings) -> None:
     """CLI commands on the embedded default migrate it first so they work before `tenantq up` ran."""
     if settings.database_url is None:
-        from tenantq.platform.migrate import upgrade
+        from tenantq.ops.migrate import upgrade
 
         upgrade(settings.effective_database_url)
 
@@ -89,7 +100,7 @@ def _ensure_db(settings) -> None:
 def _cli_session(data_dir: Path | None, as_json: bool) -> Iterator[Session]:
     """What every operator command needs: settings, an up-to-date embedded database and a system
     session (committed on success). Any failure is reported once, in the command's output format."""
-    from tenantq.platform.db import system_session
+    from tenantq.core.db import system_session
 
     settings = _settings(data_dir)
     try:
@@ -112,10 +123,12 @@ def up(
 ) -> None:
     """Run API, dispatcher, worker, beat and the usage flusher (and an embedded Redis unless
     TENANTQ_REDIS_URL is set) in the foreground. Ctrl-C or SIGTERM stops every process."""
-    from tenantq.platform.supervisor import Supervisor
+    from tenantq.ops.supervisor import Supervisor
 
     settings = _settings(data_dir)
-    raise typer.Exit(Supervisor(settings, host=host, port=port, concurrency=concurrency, migrate=migrate).run())
+    raise typer.Exit(
+        Supervisor(settings, host=host, port=port, concurrency=concurrency, migrate=migrate).run()
+    )
 
 
 @app.command()
@@ -128,49 +141,77 @@ def api(
     """Run only the HTTP API (uvicorn)."""
     import uvicorn
 
-    from tenantq.platform.logging import uvicorn_log_config
+    from tenantq.core.logging import uvicorn_log_config
 
     _settings(data_dir)
     _setup_logging()
     # log_config is applied in every uvicorn worker process; tenantq's middleware writes the request log.
-    uvicorn.run("tenantq.platform.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, log_config=uvicorn_log_config())
+    uvicorn.run(
+        "tenantq.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        log_config=uvicorn_log_config(),
+    )
 
 
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Pool processes.")] = 2,
-    queues: Annotated[str | None, typer.Option(help="Comma-separated Celery queues (default: execution + system).")] = None,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated Celery queues (default: execution + system).")
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-    autoscale: Annotated[str | None, typer.Option(help="MAX,MIN: grow the pool up to MAX processes under load "
-                                                  "and shrink to MIN when idle (replaces --concurrency).")] = None,
-    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. worker@$POD_NAME (default: "
-                                                 "tenantq-<pid>@<host>).")] = None,
-    tenant: Annotated[str | None, typer.Option(
-        help="Run a dedicated pool for this tenant (id or name): routes its jobs to tq.exec.t.<id> and consumes "
-        "only that queue. The tenant submits exactly as before.")] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            help="MAX,MIN: grow the pool up to MAX processes under load "
+            "and shrink to MIN when idle (replaces --concurrency)."
+        ),
+    ] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option(help="Celery node name, e.g. worker@$POD_NAME (default: tenantq-<pid>@<host>)."),
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a dedicated pool for this tenant (id or name): routes its jobs to tq.exec.t.<id> and consumes "
+            "only that queue. The tenant submits exactly as before."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
     on more machines; --autoscale sizes one worker's pool with the load."""
     settings = _settings(data_dir)
     _setup_logging(loglevel)
+    from tenantq.core.celery import SYSTEM_QUEUE
     from tenantq.worker import app as celery_app
-    from tenantq.worker.celery_app import SYSTEM_QUEUE
 
     q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
     if tenant:
-        from tenantq.platform.db import system_session
-        from tenantq.platform.redis import get_redis
-        from tenantq.tenants.service import get_tenant_by_ref
-        from tenantq.worker import routing
+        from tenantq.core.db import system_session
+        from tenantq.core.redis import get_redis
+        from tenantq.platform.dispatch import routing
+        from tenantq.tenants.accounts.service import get_tenant_by_ref
 
         with system_session() as session:
             tenant_id = get_tenant_by_ref(session, tenant).id
         q = routing.assign(get_redis(), tenant_id)
     pool = [f"--autoscale={autoscale}"] if autoscale else [f"--concurrency={concurrency}"]
-    celery_app.worker_main(["worker", *pool, f"--queues={q}", f"--loglevel={loglevel}",
-                            f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}"])
+    celery_app.worker_main(
+        [
+            "worker",
+            *pool,
+            f"--queues={q}",
+            f"--loglevel={loglevel}",
+            f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}",
+        ]
+    )
 
 
 @app.command()
@@ -185,8 +226,14 @@ def beat(
     _setup_logging(loglevel)
     from tenantq.worker import app as celery_app
 
-    celery_app.start(["beat", f"--loglevel={loglevel}", f"--scheduler={TENANT_SCHEDULER}",
-                      f"--schedule={settings.resolved_data_dir / 'celerybeat-schedule'}"])
+    celery_app.start(
+        [
+            "beat",
+            f"--loglevel={loglevel}",
+            f"--scheduler={TENANT_SCHEDULER}",
+            f"--schedule={settings.resolved_data_dir / 'celerybeat-schedule'}",
+        ]
+    )
 
 
 @app.command()
@@ -198,7 +245,7 @@ def dispatcher(data_dir: DataDir = None) -> None:
     _settings(data_dir)
     _setup_logging()
     import tenantq.worker  # noqa: F401
-    from tenantq.worker.dispatcher import main
+    from tenantq.platform.dispatch.dispatcher import main
 
     main()
 
@@ -209,7 +256,7 @@ def db_upgrade(
     data_dir: DataDir = None,
 ) -> None:
     """Apply migrations up to REVISION (default: head) and seed the default plans."""
-    from tenantq.platform.migrate import upgrade
+    from tenantq.ops.migrate import upgrade
 
     settings = _settings(data_dir)
     upgrade(settings.effective_database_url, revision)
@@ -219,7 +266,7 @@ def db_upgrade(
 @db_app.command("check")
 def db_check(data_dir: DataDir = None) -> None:
     """Fail if the models and the migrations disagree (alembic check)."""
-    from tenantq.platform.migrate import check
+    from tenantq.ops.migrate import check
 
     settings = _settings(data_dir)
     check(settings.effective_database_url)
@@ -234,7 +281,7 @@ def tenant_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a tenant and print its id."""
-    from tenantq.tenants.service import create_tenant
+    from tenantq.tenants.accounts.service import create_tenant
 
     with _cli_session(data_dir, as_json) as session:
         tenant = create_tenant(session, name=name, plan=plan)
@@ -243,7 +290,13 @@ def tenant_create(
 
 
 def _tenant_payload(t) -> dict:
-    return {"id": t.id, "name": t.name, "plan": t.plan_name, "status": t.status, "overrides": t.overrides or {}}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "plan": t.plan_name,
+        "status": t.status,
+        "overrides": t.overrides or {},
+    }
 
 
 def _tenant_text(p: dict) -> str:
@@ -276,13 +329,15 @@ def _parse_assignments(items: list[str] | None) -> dict:
 
 @tenant_app.command("list")
 def tenant_list(
-    status: Annotated[str | None, typer.Option(help="Only tenants in this status (active, suspended).")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only tenants in this status (active, suspended).")
+    ] = None,
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
     """List tenants with plan, status and overrides."""
-    from tenantq.platform.db import system_session
-    from tenantq.tenants.service import list_tenants
+    from tenantq.core.db import system_session
+    from tenantq.tenants.accounts.service import list_tenants
 
     settings = _settings(data_dir)
     _ensure_db(settings)
@@ -300,16 +355,23 @@ def tenant_update(
     tenant: Annotated[str, typer.Argument(help="Tenant id or name.")],
     plan: Annotated[str | None, typer.Option(help="Move the tenant to this plan.")] = None,
     name: Annotated[str | None, typer.Option(help="Rename the tenant.")] = None,
-    override: Annotated[list[str] | None, typer.Option(
-        "--override", help="Set a limit override FIELD=VALUE (repeatable), e.g. --override submit_rate=20. "
-        "VALUE null removes that override.")] = None,
-    clear_overrides: Annotated[bool, typer.Option("--clear-overrides", help="Remove all overrides first.")] = False,
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--override",
+            help="Set a limit override FIELD=VALUE (repeatable), e.g. --override submit_rate=20. "
+            "VALUE null removes that override.",
+        ),
+    ] = None,
+    clear_overrides: Annotated[
+        bool, typer.Option("--clear-overrides", help="Remove all overrides first.")
+    ] = False,
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
     """Change a tenant's plan, name or limit overrides (validated against the plan)."""
-    from tenantq.platform.db import system_session
-    from tenantq.tenants.service import get_tenant_by_ref, update_tenant
+    from tenantq.core.db import system_session
+    from tenantq.tenants.accounts.service import get_tenant_by_ref, update_tenant
 
     settings = _settings(data_dir)
     try:
@@ -331,8 +393,8 @@ def tenant_update(
 
 
 def _set_status(tenant: str, suspend: bool, as_json: bool, data_dir: Path | None) -> None:
-    from tenantq.platform.redis import get_redis
-    from tenantq.tenants.service import get_tenant_by_ref, reactivate_tenant, suspend_tenant
+    from tenantq.core.redis import get_redis
+    from tenantq.tenants.accounts.service import get_tenant_by_ref, reactivate_tenant, suspend_tenant
 
     with _cli_session(data_dir, as_json) as session:
         t = get_tenant_by_ref(session, tenant)
@@ -364,7 +426,7 @@ def tenant_reactivate(
 
 
 def _plan_payload(p) -> dict:
-    from tenantq.tenants.schemas import PlanOut
+    from tenantq.tenants.accounts.schemas import PlanOut
 
     return PlanOut.model_validate(p).model_dump(mode="json")
 
@@ -372,8 +434,8 @@ def _plan_payload(p) -> dict:
 @plan_app.command("list")
 def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
     """List plans and their limits."""
-    from tenantq.platform.db import system_session
-    from tenantq.tenants.service import list_plans
+    from tenantq.core.db import system_session
+    from tenantq.tenants.accounts.service import list_plans
 
     settings = _settings(data_dir)
     _ensure_db(settings)
@@ -383,26 +445,33 @@ def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
         typer.echo(json.dumps({"items": rows}))
     else:
         for r in rows:
-            typer.echo(f"{r['name']}  submit {r['submit_rate']:g}/s burst {r['submit_burst']}  exec {r['exec_rate']:g}/s"
-                       f"  concurrency {r['concurrency']}  max_queued {r['max_queued']}  weight {r['weight']}"
-                       f"  priority {r['priority_min']}-{r['priority_max']}  base fee {r['base_fee']} {r['currency']}")
+            typer.echo(
+                f"{r['name']}  submit {r['submit_rate']:g}/s burst {r['submit_burst']}  exec {r['exec_rate']:g}/s"
+                f"  concurrency {r['concurrency']}  max_queued {r['max_queued']}  weight {r['weight']}"
+                f"  priority {r['priority_min']}-{r['priority_max']}  base fee {r['base_fee']} {r['currency']}"
+            )
 
 
 @plan_app.command("update")
 def plan_update(
     plan: Annotated[str, typer.Argument(help="Plan name.")],
-    set_: Annotated[list[str], typer.Option("--set", help="FIELD=VALUE to change (repeatable), e.g. --set "
-                                            "submit_rate=20 --set base_fee=19.00.")],
+    set_: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE to change (repeatable), e.g. --set submit_rate=20 --set base_fee=19.00.",
+        ),
+    ],
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
     """Change a plan's limits or prices; every tenant on it is affected from its next request."""
     from pydantic import ValidationError
 
-    from tenantq.platform.db import system_session
-    from tenantq.platform.errors import InvalidInput
-    from tenantq.tenants.schemas import PlanUpdate
-    from tenantq.tenants.service import get_plan, update_plan
+    from tenantq.core.db import system_session
+    from tenantq.core.errors import InvalidInput
+    from tenantq.tenants.accounts.schemas import PlanUpdate
+    from tenantq.tenants.accounts.service import get_plan, update_plan
 
     settings = _settings(data_dir)
     try:
@@ -411,8 +480,10 @@ def plan_update(
         try:
             data = PlanUpdate.model_validate(changes)
         except ValidationError as exc:
-            raise InvalidInput("Invalid plan change.", details=[
-                {"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]) from None
+            raise InvalidInput(
+                "Invalid plan change.",
+                details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
+            ) from None
         with system_session() as session:
             row = update_plan(session, get_plan(session, plan), data)
             payload = _plan_payload(row)
@@ -428,20 +499,28 @@ def key_list(
     data_dir: DataDir = None,
 ) -> None:
     """List TENANT's API keys (ids, names, scopes, timestamps; never the secrets)."""
-    from tenantq.tenants.repository import ApiKeyRepository
-    from tenantq.tenants.schemas import KeyOut
-    from tenantq.tenants.service import get_tenant_by_ref
+    from tenantq.tenants.accounts.repository import ApiKeyRepository
+    from tenantq.tenants.accounts.schemas import KeyOut
+    from tenantq.tenants.accounts.service import get_tenant_by_ref
 
     with _cli_session(data_dir, as_json) as session:
         t = get_tenant_by_ref(session, tenant)
-        rows = [KeyOut.model_validate(k).model_dump(mode="json") for k in ApiKeyRepository(session, t.id).list()]
+        rows = [
+            KeyOut.model_validate(k).model_dump(mode="json") for k in ApiKeyRepository(session, t.id).list()
+        ]
     if as_json:
         typer.echo(json.dumps({"items": rows}))
     else:
         for r in rows:
-            state = "revoked" if r["revoked_at"] else (f"expires {r['expires_at']}" if r["expires_at"] else "active")
-            typer.echo(f"{r['id']}  {r['name'] or '-'}  {','.join(r['scopes'])}  {state}"
-                       f"  last used {r['last_used_at'] or 'never'}")
+            state = (
+                "revoked"
+                if r["revoked_at"]
+                else (f"expires {r['expires_at']}" if r["expires_at"] else "active")
+            )
+            typer.echo(
+                f"{r['id']}  {r['name'] or '-'}  {','.join(r['scopes'])}  {state}"
+                f"  last used {r['last_used_at'] or 'never'}"
+            )
 
 
 @key_app.command("revoke")
@@ -451,9 +530,9 @@ def key_revoke(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke an API key now: every API process rejects it from its next request."""
-    from tenantq.platform.errors import NotFound
-    from tenantq.tenants.models import ApiKey
-    from tenantq.tenants.service import revoke_key
+    from tenantq.core.errors import NotFound
+    from tenantq.tenants.accounts.models import ApiKey
+    from tenantq.tenants.accounts.service import revoke_key
 
     with _cli_session(data_dir, as_json) as session:
         key = session.get(ApiKey, key_id)
@@ -473,7 +552,7 @@ def key_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
-    from tenantq.tenants.service import create_api_key, get_tenant_by_ref
+    from tenantq.tenants.accounts.service import create_api_key, get_tenant_by_ref
 
     with _cli_session(data_dir, as_json) as session:
         t = get_tenant_by_ref(session, tenant)
@@ -485,16 +564,22 @@ def key_create(
 
 @billing_app.command("close")
 def billing_close(
-    period: Annotated[str | None, typer.Option(help="Calendar month (UTC) to close, YYYY-MM. Default: every "
-                                               "month whose grace window has passed.")] = None,
-    force: Annotated[bool, typer.Option(help="Close PERIOD even inside its grace window (it must have ended).")] = False,
+    period: Annotated[
+        str | None,
+        typer.Option(
+            help="Calendar month (UTC) to close, YYYY-MM. Default: every month whose grace window has passed."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Close PERIOD even inside its grace window (it must have ended).")
+    ] = False,
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
     """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
-    from tenantq.billing.invoices import close_due_periods, close_period
-    from tenantq.billing.pricing import format_amount
-    from tenantq.platform.db import system_session
+    from tenantq.billing.invoicing.pricing import format_amount
+    from tenantq.billing.invoicing.service import close_due_periods, close_period
+    from tenantq.core.db import system_session
 
     settings = _settings(data_dir)
     try:
@@ -506,12 +591,21 @@ def billing_close(
         else:
             with system_session() as session:
                 result = close_period(session, period, force=force, closed_by="cli")
-                invoices = [{"id": i.id, "tenant_id": i.tenant_id, "currency": i.currency, "total": format_amount(i.total, i.currency),
-                             "status": i.status} for i in result.invoices]
+                invoices = [
+                    {
+                        "id": i.id,
+                        "tenant_id": i.tenant_id,
+                        "currency": i.currency,
+                        "total": format_amount(i.total, i.currency),
+                        "status": i.status,
+                    }
+                    for i in result.invoices
+                ]
                 payload = {"period": result.period.period, "created": result.created, "invoices": invoices}
             verb = "closed" if result.created else "already closed"
             text = f"{period}: {verb}, {len(invoices)} invoice(s)" + "".join(
-                f"\n  {i['tenant_id']}  {i['total']} {i['currency']}  {i['status']}" for i in invoices)
+                f"\n  {i['tenant_id']}  {i['total']} {i['currency']}  {i['status']}" for i in invoices
+            )
     except Exception as exc:  # noqa: BLE001
         _fail(as_json, exc)
     _emit(as_json, payload, text)
@@ -524,14 +618,19 @@ def billing_stripe_sync(
     data_dir: DataDir = None,
 ) -> None:
     """Push a closed period's invoices to Stripe (customer, items, invoice); a re-run creates nothing twice."""
-    from tenantq.billing.stripe_sync import sync_period
+    from tenantq.billing.invoicing.stripe_sync import sync_period
 
     with _cli_session(data_dir, as_json) as session:
         results = [r.as_dict() for r in sync_period(session, period)]
     payload = {"period": period, "invoices": results}
-    text = "\n".join(f"{r['invoice_id']}  {r['stripe_invoice_id'] or '-'}  "
-                     f"{r['skipped'] or ('created' if r['invoice_created'] else 'linked')}" for r in results)
+    text = "\n".join(
+        f"{r['invoice_id']}  {r['stripe_invoice_id'] or '-'}  "
+        f"{r['skipped'] or ('created' if r['invoice_created'] else 'linked')}"
+        for r in results
+    )
     _emit(as_json, payload, text or f"{period}: no invoices")
+
+
 @billing_app.command("flush")
 def billing_flush(
     once: Annotated[bool, typer.Option("--once", help="Write what is buffered now, then exit.")] = False,
@@ -543,7 +642,7 @@ def billing_flush(
     settings = _settings(data_dir)
     _setup_logging()
     _ensure_db(settings)
-    from tenantq.billing.buffer import main as flush_main
+    from tenantq.billing.usage.buffer import main as flush_main
 
     written = flush_main(once=once)
     if once:
@@ -553,17 +652,19 @@ def billing_flush(
 @billing_app.command("report")
 def billing_report(
     period: Annotated[str, typer.Option("--period", help="Calendar month, UTC: YYYY-MM.")],
-    tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant id or name (default: every tenant, "
-                                               "with revenue per plan).")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="Tenant id or name (default: every tenant, with revenue per plan)."),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="json or csv.")] = "json",
     group_by: Annotated[str, typer.Option("--group-by", help="With --tenant: rows by task or day.")] = "task",
     data_dir: DataDir = None,
 ) -> None:
     """Print a usage report for PERIOD: one tenant's usage by task type or day, or all tenants."""
-    from tenantq.billing import reports
-    from tenantq.platform.db import system_session
-    from tenantq.platform.errors import InvalidInput
-    from tenantq.tenants.service import get_tenant_by_ref
+    from tenantq.billing.invoicing import reports
+    from tenantq.core.db import system_session
+    from tenantq.core.errors import InvalidInput
+    from tenantq.tenants.accounts.service import get_tenant_by_ref
 
     settings = _settings(data_dir)
     try:

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def redis_binary() -> str:
     try:
-        from tenantq.platform.supervisor import redis_server_binary
+        from tenantq.ops.supervisor import redis_server_binary
 
         return redis_server_binary()
     except Exception:  # noqa: BLE001
@@ -58,9 +58,25 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis_lib.Redis(port=self.port)
         deadline = time.monotonic() + 15
@@ -104,7 +120,7 @@ def _make_database(tmp_path_factory) -> tuple[str, callable]:
         url = make_url(base).set(database=name).render_as_string(hide_password=False)
 
         def drop() -> None:
-            from tenantq.platform.db import dispose_engine
+            from tenantq.core.db import dispose_engine
 
             dispose_engine()
             with admin.connect() as conn:
@@ -133,16 +149,16 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from tenantq.platform.db import dispose_engine
-    from tenantq.platform.migrate import upgrade
-    from tenantq.platform.redis import reset_redis
-    from tenantq.platform.settings import reset_settings_cache
+    from tenantq.core.db import dispose_engine
+    from tenantq.core.redis import reset_redis
+    from tenantq.core.settings import reset_settings_cache
+    from tenantq.ops.migrate import upgrade
 
     reset_settings_cache()
     dispose_engine()
     reset_redis()
     # Celery's app was configured at import with whatever env was set then: point it here.
-    from tenantq.worker.celery_app import app as celery_app
+    from tenantq.core.celery import app as celery_app
 
     celery_app.conf.broker_url = redis_server.url
     celery_app.conf.result_backend = redis_server.url
@@ -161,8 +177,7 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
 @pytest.fixture(autouse=True)
 def db_session(platform_env):
     """A session for the test body; factories write through it (and commit, so workers see the rows)."""
-    from tenantq.platform.db import session_factory
-
+    from tenantq.core.db import session_factory
     from tests import factories
 
     session = session_factory()()
@@ -174,7 +189,7 @@ def db_session(platform_env):
 
 @pytest.fixture
 def redis_client(platform_env) -> redis_lib.Redis:
-    from tenantq.platform.redis import get_redis
+    from tenantq.core.redis import get_redis
 
     return get_redis()
 
@@ -184,7 +199,7 @@ def api(platform_env):
     """The ASGI app in-process, driven over httpx by Starlette's TestClient."""
     from fastapi.testclient import TestClient
 
-    from tenantq.platform.app import create_app
+    from tenantq.app import create_app
 
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         yield client
@@ -201,8 +216,14 @@ class ProcessGroup:
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**self.env, **(extra_env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -232,17 +253,32 @@ class ProcessGroup:
             proc.wait()
 
 
-def start_worker(group: ProcessGroup, name: str = "worker", concurrency: int = 2, queues: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=INFO",
-            f"--concurrency={concurrency}", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
-            "--without-mingle", "--without-gossip"]
+def start_worker(
+    group: ProcessGroup,
+    name: str = "worker",
+    concurrency: int = 2,
+    queues: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tenantq.worker",
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     args.append(f"--queues={queues or 'tq.exec,tq.system'}")
     return group.start(name, args, extra_env)
 
 
 def wait_for_workers(count: int = 1, timeout: float = 60.0) -> None:
-    from tenantq.worker.celery_app import app as celery_app
+    from tenantq.core.celery import app as celery_app
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

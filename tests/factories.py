@@ -8,9 +8,9 @@ import factory
 from factory.alchemy import SQLAlchemyModelFactory
 
 from tenantq.platform.jobs.models import Job
-from tenantq.tenants.keys import ALL_SCOPES
-from tenantq.tenants.models import ApiKey, Tenant
-from tenantq.tenants.service import create_api_key
+from tenantq.tenants.access.keys import ALL_SCOPES
+from tenantq.tenants.accounts.models import ApiKey, Tenant
+from tenantq.tenants.accounts.service import create_api_key
 
 _FACTORIES: list[type[SQLAlchemyModelFactory]] = []
 
@@ -56,8 +56,13 @@ class ApiKeyFactory(SQLAlchemyModelFactory):
     @classmethod
     def _create(cls, model_class, *args, **kwargs):
         session = cls._meta.sqlalchemy_session
-        row, full = create_api_key(session, tenant=kwargs["tenant"], scopes=kwargs.get("scopes"),
-                                   name=kwargs.get("name", ""), expires_at=kwargs.get("expires_at"))
+        row, full = create_api_key(
+            session,
+            tenant=kwargs["tenant"],
+            scopes=kwargs.get("scopes"),
+            name=kwargs.get("name", ""),
+            expires_at=kwargs.get("expires_at"),
+        )
         session.commit()
         row.plaintext = full
         return row

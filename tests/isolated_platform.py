@@ -58,8 +58,9 @@ class RecordingSmtpHandler:
     async def handle_DATA(self, server, session, envelope):
         parsed: Message = message_from_bytes(envelope.content)
         with self.lock:
-            self.messages.append({"mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
-                                  "message": parsed})
+            self.messages.append(
+                {"mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos), "message": parsed}
+            )
         return "250 Message accepted for delivery"
 
     def for_recipient(self, address: str) -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ class IsolatedPlatform:
 def _ping(url: str, timeout: float = 60.0) -> None:
     from celery import Celery
 
-    from tenantq.worker.celery_app import app
+    from tenantq.core.celery import app
 
     probe = Celery("probe", broker=url)
     # Same transport options as the workers (key separator, priorities), or the reply cannot be routed.
@@ -157,8 +158,13 @@ class LocalHttpServer:
             def _handle(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                req = {"method": self.command, "path": self.path, "headers": dict(self.headers.items()),
-                       "body": body, "at": time.time()}
+                req = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers.items()),
+                    "body": body,
+                    "at": time.time(),
+                }
                 with outer.lock:
                     outer.requests.append(req)
                     index = len(outer.requests)
@@ -195,4 +201,6 @@ class LocalHttpServer:
 
 
 def json_reply(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})})
+    return Reply(
+        status, json.dumps(payload).encode(), {"content-type": "application/json", **(headers or {})}
+    )

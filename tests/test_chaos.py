@@ -31,16 +31,25 @@ class TestNothingLost:
     # limit + 60 s), longer than this test waits, so metering is reported "not settled". Jobs are never
     # lost; the open attempt is billed once, as lost, later. Non-strict until the reconciler closes
     # attempts of finished jobs at once.
-    @pytest.mark.xfail(strict=False, reason="usage of an attempt killed after its SQL success settles only "
-                       "at the reconciler deadline (time limit + 60 s)")
+    @pytest.mark.xfail(
+        strict=False,
+        reason="usage of an attempt killed after its SQL success settles only "
+        "at the reconciler deadline (time limit + 60 s)",
+    )
     def test_kills_and_a_redis_restart_lose_nothing_and_bill_once(self, platform_env, chaos_redis, tmp_path):
         tenant = TenantFactory(overrides=dict(CHAOS_OVERRIDES))
         logs = tmp_path / "logs"
         logs.mkdir()
         group = ProcessGroup(platform_env, logs)
         client = redis_lib.Redis.from_url(chaos_redis.url, decode_responses=True)
-        chaos = Chaos(group=group, redis_server=chaos_redis, redis=client, tenant=tenant,
-                      env=chaos_env(chaos_redis.url), log=lambda _msg: None)
+        chaos = Chaos(
+            group=group,
+            redis_server=chaos_redis,
+            redis=client,
+            tenant=tenant,
+            env=chaos_env(chaos_redis.url),
+            log=lambda _msg: None,
+        )
         try:
             report = chaos.run(jobs=200, kills=3, redis_restarts=1, seconds=0.1, timeout=150)
         finally:

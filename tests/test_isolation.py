@@ -35,16 +35,16 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from tenantq.billing.invoice_models import BillingPeriod, Invoice, StripeEvent
-from tenantq.billing.models import UsageEvent
-from tenantq.billing.pricing import PRICED_METRICS, set_price
-from tenantq.platform.db import utcnow
-from tenantq.platform.redis import get_redis
-from tenantq.platform.settings import reset_settings_cache
+from tenantq.billing.invoicing.models import BillingPeriod, Invoice, StripeEvent
+from tenantq.billing.invoicing.pricing import PRICED_METRICS, set_price
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.db import utcnow
+from tenantq.core.redis import get_redis
+from tenantq.core.settings import reset_settings_cache
 from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery
-from tenantq.tenants.keys import ALL_SCOPES
-from tenantq.tenants.models import ApiKey, Plan
-from tenantq.tenants.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
+from tenantq.tenants.access.keys import ALL_SCOPES
+from tenantq.tenants.accounts.models import ApiKey, Plan
+from tenantq.tenants.accounts.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
 from tests.billing.invoice_factories import InvoiceFactory, UsageEventFactory
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
@@ -69,11 +69,20 @@ def _stripe_events() -> int:
     return _session().scalar(select(func.count()).select_from(StripeEvent))
 
 
-STRIPE = Signed("Stripe-Signature", "TENANTQ_STRIPE_WEBHOOK_SECRET", _stripe_events,
-                unconfigured=(503, "stripe_webhook_not_configured"), rejected=(400, "invalid_signature"))
+STRIPE = Signed(
+    "Stripe-Signature",
+    "TENANTQ_STRIPE_WEBHOOK_SECRET",
+    _stripe_events,
+    unconfigured=(503, "stripe_webhook_not_configured"),
+    rejected=(400, "invalid_signature"),
+)
 # A well-formed event: were the signature not checked, the route would accept and store it.
-STRIPE_EVENT = {"id": "evt_matrix_unsigned", "object": "event", "type": "invoice.paid",
-                "data": {"object": {"id": "in_matrix", "object": "invoice", "metadata": {}}}}
+STRIPE_EVENT = {
+    "id": "evt_matrix_unsigned",
+    "object": "event",
+    "type": "invoice.paid",
+    "data": {"object": {"id": "in_matrix", "object": "invoice", "metadata": {}}},
+}
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,9 @@ ROUTES: list[Route] = [
     # A waiting job: the owner's cancel dequeues it, so "B changed nothing" is a real check.
     Route("POST", "/v1/jobs/{job_id}/cancel", "jobs:write", RESOURCE, using={"job_id": "queued_job_id"}),
     Route("POST", "/v1/jobs/{job_id}/retry", "jobs:write", RESOURCE),  # job_id builds a failed job
-    Route("POST", "/v1/workflows", "jobs:write", CREATE, {"steps": [{"task": "demo.echo", "args": {"n": 1}}]}),
+    Route(
+        "POST", "/v1/workflows", "jobs:write", CREATE, {"steps": [{"task": "demo.echo", "args": {"n": 1}}]}
+    ),
     Route("GET", "/v1/workflows/{workflow_id}", "jobs:read", RESOURCE),
     Route("POST", "/v1/workflows/{workflow_id}/cancel", "jobs:write", RESOURCE),
     Route("GET", "/v1/invoices", "billing:read", LIST, lists="invoice_id"),
@@ -119,16 +130,30 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/schedules", "jobs:write", CREATE, SCHEDULE),
     Route("GET", "/v1/schedules", "jobs:read", LIST, lists="schedule_id"),
     Route("GET", "/v1/schedules/{schedule_id}", "jobs:read", RESOURCE),
-    Route("PATCH", "/v1/schedules/{schedule_id}", "jobs:write", RESOURCE, {"enabled": False, "interval_seconds": 7200}),
+    Route(
+        "PATCH",
+        "/v1/schedules/{schedule_id}",
+        "jobs:write",
+        RESOURCE,
+        {"enabled": False, "interval_seconds": 7200},
+    ),
     Route("DELETE", "/v1/schedules/{schedule_id}", "jobs:write", RESOURCE),
     Route("POST", "/v1/webhooks", "jobs:write", CREATE, WEBHOOK),
     Route("GET", "/v1/webhooks", "jobs:read", LIST, lists="webhook_id"),
     Route("GET", "/v1/webhooks/{webhook_id}", "jobs:read", RESOURCE),
     Route("DELETE", "/v1/webhooks/{webhook_id}", "jobs:write", RESOURCE),
-    Route("GET", "/v1/webhooks/{webhook_id}/deliveries", "jobs:read", RESOURCE, using={"webhook_id": "delivered_webhook_id"}),
+    Route(
+        "GET",
+        "/v1/webhooks/{webhook_id}/deliveries",
+        "jobs:read",
+        RESOURCE,
+        using={"webhook_id": "delivered_webhook_id"},
+    ),
     Route("GET", "/v1/usage", "usage:read", AGGREGATE, sums="usage"),
     Route("GET", "/v1/usage/report", "usage:read", AGGREGATE, sums="usage"),
-    Route("POST", "/v1/jobs/batch", "jobs:write", CREATE, {"jobs": [{"task": "demo.echo", "args": {"n": 1}}]}),
+    Route(
+        "POST", "/v1/jobs/batch", "jobs:write", CREATE, {"jobs": [{"task": "demo.echo", "args": {"n": 1}}]}
+    ),
     Route("GET", "/v1/queue", "jobs:read", AGGREGATE, sums="queued_jobs"),
     Route("GET", "/v1/keys", "keys:manage", LIST, lists="key_id"),
     Route("POST", "/v1/keys", "keys:manage", CREATE, {"name": "matrix", "scopes": ["jobs:read"]}),
@@ -167,7 +192,9 @@ ADMIN_ROUTES: list[AdminRoute] = [
     AdminRoute("GET", "/admin/v1/billing/periods"),
     # Billing periods are global and close in order: close one long before any usage or tenant of the
     # suite (nothing to bill, nothing to block), and reopen it after, so due periods are as before.
-    AdminRoute("POST", "/admin/v1/billing/close", {"period": "{far_past}"}, after=lambda: _reopen_period(FAR_PAST)),
+    AdminRoute(
+        "POST", "/admin/v1/billing/close", {"period": "{far_past}"}, after=lambda: _reopen_period(FAR_PAST)
+    ),
     AdminRoute("GET", "/admin/v1/billing/prices"),
     AdminRoute("PUT", "/admin/v1/billing/prices/{plan}/{metric}", {"tiers": [{"unit_price": "0.01"}]}),
     AdminRoute("DELETE", "/admin/v1/billing/prices/{plan}/{metric}"),
@@ -226,8 +253,14 @@ def _session():
 def _failed_job(owner: Owner) -> str:
     # Failed for good, so the owner can re-run it (202); cancelling it would be a no-op 200.
     started = utcnow() - timedelta(seconds=5)
-    return JobFactory(tenant=owner.tenant, status="failed", attempts=1, error="RuntimeError: boom",
-                      started_at=started, finished_at=started + timedelta(seconds=1)).id
+    return JobFactory(
+        tenant=owner.tenant,
+        status="failed",
+        attempts=1,
+        error="RuntimeError: boom",
+        started_at=started,
+        finished_at=started + timedelta(seconds=1),
+    ).id
 
 
 def _queued_job(owner: Owner) -> str:
@@ -265,19 +298,33 @@ def _delivered_webhook(owner: Owner) -> str:
     wid = WEBHOOK_BUILDER.create(owner)
     session = _session()
     now = utcnow()
-    delivery = WebhookDelivery(tenant_id=owner.tenant.id, endpoint_id=wid, event_id=f"evt_{uuid.uuid4().hex}",
-                               event_type="job.failed", job_id=None, body='{"matrix": true}', status="failed",
-                               attempts=1, next_attempt_at=None, created_at=now, finished_at=now)
+    delivery = WebhookDelivery(
+        tenant_id=owner.tenant.id,
+        endpoint_id=wid,
+        event_id=f"evt_{uuid.uuid4().hex}",
+        event_type="job.failed",
+        job_id=None,
+        body='{"matrix": true}',
+        status="failed",
+        attempts=1,
+        next_attempt_at=None,
+        created_at=now,
+        finished_at=now,
+    )
     session.add(delivery)
     session.flush()
-    session.add(WebhookAttempt(delivery_id=delivery.id, attempt=1, status_code=500, error="matrix", created_at=now))
+    session.add(
+        WebhookAttempt(delivery_id=delivery.id, attempt=1, status_code=500, error="matrix", created_at=now)
+    )
     session.commit()
     return wid
 
 
 def _delivered_webhook_snapshot(owner: Owner, rid: str) -> Any:
-    return (WEBHOOK_BUILDER.snapshot(owner, rid),
-            owner.api.get(f"/v1/webhooks/{rid}/deliveries", headers=owner.headers).json())
+    return (
+        WEBHOOK_BUILDER.snapshot(owner, rid),
+        owner.api.get(f"/v1/webhooks/{rid}/deliveries", headers=owner.headers).json(),
+    )
 
 
 def _usage(owner: Owner) -> str:
@@ -285,13 +332,20 @@ def _usage(owner: Owner) -> str:
     running and waiting, and what metering records for a finished attempt."""
     task = f"matrix.usage_{uuid.uuid4().hex[:10]}"
     now = utcnow()
-    done = JobFactory(tenant=owner.tenant, task=task, status="succeeded", attempts=1,
-                      started_at=now - timedelta(seconds=3), finished_at=now - timedelta(seconds=1))
+    done = JobFactory(
+        tenant=owner.tenant,
+        task=task,
+        status="succeeded",
+        attempts=1,
+        started_at=now - timedelta(seconds=3),
+        finished_at=now - timedelta(seconds=1),
+    )
     JobFactory(tenant=owner.tenant, task=task, status="running", attempts=1, started_at=now)
     JobFactory(tenant=owner.tenant, task=task, status="queued")
     for metric, quantity in {"jobs": 1, "attempts": 1, "compute_ms": 1500, "wall_ms": 2000}.items():
-        UsageEventFactory(tenant=owner.tenant, job_id=done.id, task=task, metric=metric, quantity=quantity,
-                          occurred_at=now)
+        UsageEventFactory(
+            tenant=owner.tenant, job_id=done.id, task=task, metric=metric, quantity=quantity, occurred_at=now
+        )
     return task
 
 
@@ -323,9 +377,11 @@ BUILDERS: dict[str, Builder] = {
     "queued_job_id": Builder(_queued_job, _job_snapshot),
     "key_id": Builder(_key, _key_snapshot),
     "invoice_id": Builder(_invoice, _invoice_snapshot),
-    "workflow_id": hold_queue(api_builder(
-        "/v1/workflows", {"steps": [{"task": "demo.echo", "args": {"n": 1}}, {"task": "demo.echo"}]}
-    )),
+    "workflow_id": hold_queue(
+        api_builder(
+            "/v1/workflows", {"steps": [{"task": "demo.echo", "args": {"n": 1}}, {"task": "demo.echo"}]}
+        )
+    ),
     "schedule_id": api_builder("/v1/schedules", SCHEDULE),
     "webhook_id": WEBHOOK_BUILDER,
     "delivered_webhook_id": Builder(_delivered_webhook, _delivered_webhook_snapshot),
@@ -352,7 +408,7 @@ def fill(route: Route, owner: Owner) -> tuple[str, list[tuple[Builder, str]]]:
 
 
 def app_routes(prefix: str) -> set[tuple[str, str]]:
-    from tenantq.platform.app import create_app
+    from tenantq.app import create_app
 
     app = create_app()
     try:
@@ -390,20 +446,34 @@ class TestCompleteness:
         assert len({(r.method, r.path) for r in ROUTES}) == len(ROUTES), "duplicate rows in ROUTES"
         table = {(r.method, r.path) for r in ROUTES}
         served = app_routes("/v1/")
-        assert not served - table, f"routes missing from ROUTES in tests/test_isolation.py: {sorted(served - table)}"
-        assert not table - served, f"rows in ROUTES for routes the app does not serve: {sorted(table - served)}"
+        assert not served - table, (
+            f"routes missing from ROUTES in tests/test_isolation.py: {sorted(served - table)}"
+        )
+        assert not table - served, (
+            f"rows in ROUTES for routes the app does not serve: {sorted(table - served)}"
+        )
         admin_table = {(r.method, r.path) for r in ADMIN_ROUTES}
         admin_served = app_routes("/admin/v1/")
-        assert not admin_served - admin_table, f"missing from ADMIN_ROUTES: {sorted(admin_served - admin_table)}"
-        assert not admin_table - admin_served, f"stale ADMIN_ROUTES rows: {sorted(admin_table - admin_served)}"
+        assert not admin_served - admin_table, (
+            f"missing from ADMIN_ROUTES: {sorted(admin_served - admin_table)}"
+        )
+        assert not admin_table - admin_served, (
+            f"stale ADMIN_ROUTES rows: {sorted(admin_table - admin_served)}"
+        )
 
     def test_every_path_parameter_has_a_builder(self):
         for route in ROUTES:
             for name in PARAM.findall(route.path):
                 assert route.using.get(name, name) in BUILDERS, f"{route}: no builder for {{{name}}}"
-            assert (route.kind == SIGNED) == (route.signed is not None), f"{route}: SIGNED rows say how they are signed"
-            assert (route.kind == LIST) == (route.lists in BUILDERS), f"{route}: LIST rows name the listed builder"
-            assert (route.kind == AGGREGATE) == (route.sums in BUILDERS), f"{route}: AGGREGATE rows name a builder"
+            assert (route.kind == SIGNED) == (route.signed is not None), (
+                f"{route}: SIGNED rows say how they are signed"
+            )
+            assert (route.kind == LIST) == (route.lists in BUILDERS), (
+                f"{route}: LIST rows name the listed builder"
+            )
+            assert (route.kind == AGGREGATE) == (route.sums in BUILDERS), (
+                f"{route}: AGGREGATE rows name a builder"
+            )
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
@@ -440,8 +510,10 @@ class TestTenantRoutes:
         if route.kind == PUBLIC:
             pytest.skip("no tenant data behind this route")
         if route.kind == SIGNED:
-            pytest.skip("no tenant credential is accepted here at all (a tenant key is refused like no "
-                        "signature, see test_no_credential_is_401): there is no 'other tenant' to test")
+            pytest.skip(
+                "no tenant credential is accepted here at all (a tenant key is refused like no "
+                "signature, see test_no_credential_is_401): there is no 'other tenant' to test"
+            )
         if route.kind == RESOURCE:
             path, built = fill(route, a)
             before = [bl.snapshot(a, rid) for bl, rid in built]
@@ -475,7 +547,9 @@ class TestTenantRoutes:
             for headers, earlier in zip(b_credentials, before, strict=True):
                 later = call(api, route.method, route.path, route.body, headers)
                 assert later.status_code == 200, later.text
-                assert later.content == earlier.content, f"{route}: A's data changed B's figures: {later.text}"
+                assert later.content == earlier.content, (
+                    f"{route}: A's data changed B's figures: {later.text}"
+                )
                 assert marker not in later.text and a.tenant.id not in later.text
             seen_by_a = call(api, route.method, route.path, route.body, a.headers)
             assert seen_by_a.status_code == 200, seen_by_a.text
@@ -503,9 +577,14 @@ def check_signature_required(api, route: Route, monkeypatch) -> None:
     monkeypatch.delenv(spec.secret_env, raising=False)
     reset_settings_cache()
     try:
-        refused(call(api, route.method, route.path, route.body), spec.unconfigured, "with no secret configured")
-        refused(call(api, route.method, route.path, route.body, owner.headers), spec.unconfigured,
-                "with no secret configured, tenant key")
+        refused(
+            call(api, route.method, route.path, route.body), spec.unconfigured, "with no secret configured"
+        )
+        refused(
+            call(api, route.method, route.path, route.body, owner.headers),
+            spec.unconfigured,
+            "with no secret configured, tenant key",
+        )
         monkeypatch.setenv(spec.secret_env, "whsec_matrix_" + uuid.uuid4().hex)
         reset_settings_cache()
         forged = {spec.header: f"t={int(utcnow().timestamp())},v1={'0' * 64}"}
@@ -588,7 +667,9 @@ class TestOperatorRoutes:
         try:
             for headers in ({}, owner.headers, session_headers(api, owner)):
                 resp = call(api, route.method, path, body, headers)
-                assert resp.status_code == 401, f"{route} with {list(headers)}: {resp.status_code} {resp.text}"
+                assert resp.status_code == 401, (
+                    f"{route} with {list(headers)}: {resp.status_code} {resp.text}"
+                )
             resp = call(api, route.method, path, body, ADMIN)
             assert 200 <= resp.status_code < 300, f"{route}: {resp.status_code} {resp.text}"
         finally:

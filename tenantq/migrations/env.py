@@ -4,8 +4,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from tenantq.platform.db import Base, import_models, make_engine
-from tenantq.platform.settings import get_settings
+from tenantq.core.db import Base, import_models, make_engine
+from tenantq.core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):

@@ -5,7 +5,7 @@ Both talk to the outside world on a tenant's behalf, so both are fenced by opera
   sender addresses in its allowed domains (``tenant.overrides["email_from_domains"]``, a list); a tenant
   without any may only send as ``TENANTQ_SMTP_DEFAULT_FROM``. Transient SMTP failures (4xx replies,
   dropped connections) are retried; a rejected recipient or sender (5xx) is final.
-- ``http.request`` goes through :mod:`tenantq.platform.outbound`: private, loopback, link-local and
+- ``http.request`` goes through :mod:`tenantq.core.outbound`: private, loopback, link-local and
   reserved destinations are refused unless the operator allows them, for every redirect hop too.
   Connection errors, timeouts, 429 and 5xx are retried; ``Retry-After`` is carried on the error as
   ``retry_after`` and used as the minimum delay before the next attempt.
@@ -24,11 +24,11 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tenantq.platform.db import system_session
-from tenantq.platform.outbound import BlockedDestination, guarded_client
-from tenantq.platform.settings import get_settings
-from tenantq.tenants.models import Tenant
-from tenantq.worker.registry import JobContext, RetryableError, task_type
+from tenantq.core.db import system_session
+from tenantq.core.outbound import BlockedDestination, guarded_client
+from tenantq.core.settings import get_settings
+from tenantq.platform.jobs.registry import JobContext, RetryableError, task_type
+from tenantq.tenants.accounts.models import Tenant
 
 # ---------------------------------------------------------------------------------------------------
 # email.send
@@ -36,7 +36,9 @@ from tenantq.worker.registry import JobContext, RetryableError, task_type
 
 # Deliberately simple: one @, no spaces or angle brackets, a dotted-or-plain domain. The SMTP server is
 # the real judge; this only catches garbage before it is queued.
-_ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$")
+_ADDRESS = re.compile(
+    r"^[^@\s<>\"(),;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$"
+)
 _HEADER_UNSAFE = re.compile(r"[\r\n]")
 
 
@@ -62,7 +64,8 @@ class EmailArgs(BaseModel):
     text: str = Field(max_length=1_000_000, description="Plain-text body.")
     html: str | None = Field(default=None, max_length=1_000_000, description="Optional HTML alternative.")
     from_: str | None = Field(
-        default=None, alias="from",
+        default=None,
+        alias="from",
         description="Sender; its domain must be one of the tenant's allowed sender domains. "
         "Default: the operator's default sender.",
     )
@@ -122,7 +125,9 @@ def resolve_sender(requested: str | None, tenant: Tenant | None, default_from: s
         )
     domain = address_domain(requested)
     if domain not in domains:
-        raise SenderNotAllowed(f"Sender domain {domain!r} is not allowed for this tenant; allowed: {domains}.")
+        raise SenderNotAllowed(
+            f"Sender domain {domain!r} is not allowed for this tenant; allowed: {domains}."
+        )
     return requested
 
 
@@ -134,8 +139,10 @@ def _smtp_error(exc: smtplib.SMTPException) -> Exception:
     """Classify an SMTP error as transient (retry) or final."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _msg in exc.recipients.values()]
-        detail = {rcpt: f"{code} {msg.decode(errors='replace') if isinstance(msg, bytes) else msg}"
-                  for rcpt, (code, msg) in exc.recipients.items()}
+        detail = {
+            rcpt: f"{code} {msg.decode(errors='replace') if isinstance(msg, bytes) else msg}"
+            for rcpt, (code, msg) in exc.recipients.items()
+        }
         if any(_is_transient(c) for c in codes):
             return TransientEmailError(f"recipients temporarily refused: {detail}")
         return EmailRejected(f"all recipients refused: {detail}")
@@ -184,11 +191,16 @@ def send_email(args: EmailArgs, ctx: JobContext) -> dict[str, Any]:
     msg = build_message(args, sender, ctx)
     try:
         if settings.smtp_ssl:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port,
-                                                    timeout=settings.smtp_timeout_seconds,
-                                                    context=ssl.create_default_context())
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                settings.smtp_host,
+                settings.smtp_port,
+                timeout=settings.smtp_timeout_seconds,
+                context=ssl.create_default_context(),
+            )
         else:
-            client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds)
+            client = smtplib.SMTP(
+                settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds
+            )
         with client:
             if settings.smtp_starttls and not settings.smtp_ssl:
                 client.starttls(context=ssl.create_default_context())
@@ -206,8 +218,10 @@ def send_email(args: EmailArgs, ctx: JobContext) -> dict[str, Any]:
         "message_id": msg["Message-ID"],
         "from": sender,
         "accepted": accepted,
-        "refused": {rcpt: f"{code} {m.decode(errors='replace') if isinstance(m, bytes) else m}"
-                    for rcpt, (code, m) in refused.items()},
+        "refused": {
+            rcpt: f"{code} {m.decode(errors='replace') if isinstance(m, bytes) else m}"
+            for rcpt, (code, m) in refused.items()
+        },
     }
 
 
@@ -215,12 +229,29 @@ def send_email(args: EmailArgs, ctx: JobContext) -> dict[str, Any]:
 # http.request
 # ---------------------------------------------------------------------------------------------------
 
-RESULT_HEADERS = ("content-type", "content-length", "content-encoding", "location", "retry-after", "etag",
-                  "last-modified", "date", "cache-control")
+RESULT_HEADERS = (
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "location",
+    "retry-after",
+    "etag",
+    "last-modified",
+    "date",
+    "cache-control",
+)
 MAX_RETRY_AFTER_S = 3600.0
 # Hop-by-hop or transport headers the client controls; a tenant setting them would only break things.
-FORBIDDEN_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te",
-                             "proxy-authorization", "proxy-connection"}
+FORBIDDEN_REQUEST_HEADERS = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "proxy-authorization",
+    "proxy-connection",
+}
 
 
 class HttpArgs(BaseModel):
@@ -231,9 +262,15 @@ class HttpArgs(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, max_length=64, description="Request headers.")
     body: str | None = Field(default=None, max_length=1_000_000, description="Raw request body (text).")
     json_: Any = Field(default=None, alias="json", description="JSON request body (instead of 'body').")
-    timeout: float = Field(default=30.0, gt=0, le=3600,
-                           description="Seconds for the whole exchange (capped by the operator's maximum).")
-    follow_redirects: bool = Field(default=True, description="Follow up to 5 redirects (each hop is checked).")
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds for the whole exchange (capped by the operator's maximum).",
+    )
+    follow_redirects: bool = Field(
+        default=True, description="Follow up to 5 redirects (each hop is checked)."
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -335,7 +372,9 @@ def http_request(args: HttpArgs, ctx: JobContext) -> dict[str, Any]:
     try:
         with guarded_client(timeout=timeout, follow_redirects=args.follow_redirects) as client:
             request = client.build_request(
-                args.method, args.url, headers=headers,
+                args.method,
+                args.url,
+                headers=headers,
                 content=args.body.encode() if args.body is not None else None,
                 json=args.json_ if args.json_ is not None else None,
             )
@@ -352,8 +391,10 @@ def http_request(args: HttpArgs, ctx: JobContext) -> dict[str, Any]:
         raise HttpRetryableError(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
     status = response.status_code
     if status == 429 or status >= 500:
-        raise HttpRetryableError(f"HTTP {status} from {args.url}",
-                                 retry_after=parse_retry_after(response.headers.get("retry-after")))
+        raise HttpRetryableError(
+            f"HTTP {status} from {args.url}",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
     if 400 <= status < 500:
         snippet = body[:500].decode(response.encoding or "utf-8", errors="replace")
         raise HttpStatusError(f"HTTP {status} from {args.url}: {snippet}")

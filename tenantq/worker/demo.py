@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantq.worker.registry import AnyArgs, JobContext, RetryableError, task_type
+from tenantq.platform.jobs.registry import AnyArgs, JobContext, RetryableError, task_type
 
 
 @task_type("demo.echo", args=AnyArgs, description="Returns its arguments unchanged.")
@@ -49,8 +49,13 @@ class FlakyError(RetryableError):
     pass
 
 
-@task_type("demo.flaky", args=FlakyArgs, description="Fails the first N attempts, then succeeds.",
-           retry_backoff=0.2, retry_backoff_max=2.0)
+@task_type(
+    "demo.flaky",
+    args=FlakyArgs,
+    description="Fails the first N attempts, then succeeds.",
+    retry_backoff=0.2,
+    retry_backoff_max=2.0,
+)
 def flaky(args: FlakyArgs, ctx: JobContext) -> dict[str, Any]:
     if ctx.attempt <= args.failures:
         raise FlakyError(f"attempt {ctx.attempt} fails on purpose ({args.failures} planned failures)")
@@ -67,9 +72,13 @@ def fail(args: FailArgs, ctx: JobContext) -> None:
     raise RuntimeError(args.message)
 
 
-@task_type("demo.sleep_uninterruptible", args=SleepArgs, cancellable=False,
-           description="Sleeps like demo.sleep but cannot be killed by a cancellation: it checks for a "
-           "cancellation request every 0.1 s and stops early at that safe point.")
+@task_type(
+    "demo.sleep_uninterruptible",
+    args=SleepArgs,
+    cancellable=False,
+    description="Sleeps like demo.sleep but cannot be killed by a cancellation: it checks for a "
+    "cancellation request every 0.1 s and stops early at that safe point.",
+)
 def sleep_uninterruptible(args: SleepArgs, ctx: JobContext) -> dict[str, Any]:
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:

@@ -2,7 +2,7 @@
 
 Receivers here run next to ``tenantq.worker.signals`` (which moves job status in SQL) and never
 raise: a metrics or Redis hiccup must not disturb an attempt. Keys are documented in
-``tenantq.platform.metrics``.
+``tenantq.ops.metrics``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 from celery import signals
 
-from tenantq.worker.registry import RetryScheduled
-from tenantq.platform import metrics
-from tenantq.platform.logging import reset_context, set_context
-from tenantq.platform.redis import get_redis
-from tenantq.platform.settings import get_settings
+from tenantq.core.logging import reset_context, set_context
+from tenantq.core.redis import get_redis
+from tenantq.core.settings import get_settings
+from tenantq.ops import metrics
+from tenantq.platform.jobs.registry import RetryScheduled
 from tenantq.worker.signals import _job_meta
 
 log = logging.getLogger("tenantq.worker.jobs")
@@ -202,7 +202,7 @@ def on_worker_shutdown(**_: Any) -> None:
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
-    from tenantq.platform.logging import apply_formatter
+    from tenantq.core.logging import apply_formatter
 
     if logger is not None:
         apply_formatter(logger)

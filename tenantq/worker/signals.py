@@ -18,10 +18,10 @@ from typing import Any
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
-from tenantq.platform.db import dispose_engine
+from tenantq.core.db import dispose_engine
+from tenantq.core.redis import reset_redis
 from tenantq.platform.jobs import lifecycle
-from tenantq.platform.redis import reset_redis
-from tenantq.worker.registry import REGISTRY
+from tenantq.platform.jobs.registry import REGISTRY
 
 log = logging.getLogger("tenantq.worker")
 
@@ -50,8 +50,13 @@ def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = N
 
 @signals.task_postrun.connect
 def on_postrun(
-    task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, retval: Any = None,
-    state: str | None = None, **_: Any
+    task_id: str,
+    task: Any,
+    args: Any = None,
+    kwargs: dict | None = None,
+    retval: Any = None,
+    state: str | None = None,
+    **_: Any,
 ) -> None:
     job = _job_meta(task, kwargs)
     if job is None:
@@ -63,8 +68,13 @@ def on_postrun(
 
 
 @signals.task_failure.connect
-def on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-               kwargs: dict | None = None, **_: Any) -> None:
+def on_failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    kwargs: dict | None = None,
+    **_: Any,
+) -> None:
     # Only the hard time limit needs this receiver: every other failure reaches postrun. It may fire
     # twice for one timeout; attempt_failed is conditional, so the second is a no-op.
     if not isinstance(exception, TimeLimitExceeded):
@@ -75,8 +85,9 @@ def on_failure(sender: Any = None, task_id: str | None = None, exception: BaseEx
 
 
 @signals.task_revoked.connect
-def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
-               **_: Any) -> None:
+def on_revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None, **_: Any
+) -> None:
     if not terminated or request is None:
         return
     job = _job_meta(sender, getattr(request, "kwargs", None))

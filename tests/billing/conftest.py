@@ -7,13 +7,15 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from tenantq.billing.models import UsageEvent
-from tenantq.tenants.models import Plan
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.tenants.accounts.models import Plan
 
 
 def usage_of(session, job_id: str) -> list[UsageEvent]:
     session.expire_all()
-    return list(session.scalars(select(UsageEvent).where(UsageEvent.job_id == job_id).order_by(UsageEvent.id)))
+    return list(
+        session.scalars(select(UsageEvent).where(UsageEvent.job_id == job_id).order_by(UsageEvent.id))
+    )
 
 
 @pytest.fixture
@@ -21,9 +23,17 @@ def make_plan(db_session):
     """A plan of the test's own, with generous rate limits so only quotas decide admission."""
 
     def make(**values) -> Plan:
-        defaults = {"display_name": "test plan", "submit_rate": 10_000, "submit_burst": 10_000, "exec_rate": 10_000,
-                    "concurrency": 100, "max_queued": 1_000_000, "included_jobs": 1000,
-                    "included_compute_seconds": 3600, "hard_limits": True}
+        defaults = {
+            "display_name": "test plan",
+            "submit_rate": 10_000,
+            "submit_burst": 10_000,
+            "exec_rate": 10_000,
+            "concurrency": 100,
+            "max_queued": 1_000_000,
+            "included_jobs": 1000,
+            "included_compute_seconds": 3600,
+            "hard_limits": True,
+        }
         plan = Plan(name=f"test-{uuid.uuid4().hex[:10]}", **{**defaults, **values})
         db_session.add(plan)
         db_session.commit()

@@ -9,7 +9,7 @@ import factory
 from factory.alchemy import SQLAlchemyModelFactory
 from sqlalchemy import delete
 
-from tenantq.billing.invoice_models import (
+from tenantq.billing.invoicing.models import (
     BillingPeriod,
     Invoice,
     InvoiceLine,
@@ -17,10 +17,10 @@ from tenantq.billing.invoice_models import (
     StripeEvent,
     StripeMeterCursor,
 )
-from tenantq.billing.invoices import Period
-from tenantq.billing.models import UsageEvent
-from tenantq.billing.pricing import price_plan_usage, total
-from tenantq.tenants.models import Plan, Tenant
+from tenantq.billing.invoicing.pricing import price_plan_usage, total
+from tenantq.billing.invoicing.service import Period
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.tenants.accounts.models import Plan, Tenant
 from tests.factories import TenantFactory, _register
 
 # Billing tests live in the distant past so their periods never meet usage from the rest of the suite.
@@ -73,12 +73,26 @@ class InvoiceFactory(SQLAlchemyModelFactory):
         lines = price_plan_usage(session, plan, usage)
         amount = total(lines)
         kwargs.setdefault("status", "open" if amount > 0 else "paid")
-        invoice = model_class(tenant_id=tenant.id, period=p.name, plan_name=plan.name,
-                              currency=plan.currency.lower(), total=amount, period_start=p.start,
-                              period_end=p.end, **kwargs)
+        invoice = model_class(
+            tenant_id=tenant.id,
+            period=p.name,
+            plan_name=plan.name,
+            currency=plan.currency.lower(),
+            total=amount,
+            period_start=p.start,
+            period_end=p.end,
+            **kwargs,
+        )
         invoice.lines = [
-            InvoiceLine(position=i, metric=line.metric, tier=line.tier, description=line.description,
-                        quantity=line.quantity, unit_price=line.unit_price, amount=line.amount)
+            InvoiceLine(
+                position=i,
+                metric=line.metric,
+                tier=line.tier,
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                amount=line.amount,
+            )
             for i, line in enumerate(lines)
         ]
         session.add(invoice)

@@ -26,13 +26,26 @@ def _no_disk(self) -> None:
 _original_create = resources.Invoice._api_create.__func__
 
 
-def _create_invoice(cls, customer=None, subscription=None, description=None, metadata=None,
-                    pending_invoice_items_behavior=None, **kwargs):
+def _create_invoice(
+    cls,
+    customer=None,
+    subscription=None,
+    description=None,
+    metadata=None,
+    pending_invoice_items_behavior=None,
+    **kwargs,
+):
     if subscription is None and pending_invoice_items_behavior == "include" and not kwargs:
         return cls(customer=customer, description=description, metadata=metadata)
-    return _original_create(cls, customer=customer, subscription=subscription, description=description,
-                            metadata=metadata, pending_invoice_items_behavior=pending_invoice_items_behavior,
-                            **kwargs)
+    return _original_create(
+        cls,
+        customer=customer,
+        subscription=subscription,
+        description=description,
+        metadata=metadata,
+        pending_invoice_items_behavior=pending_invoice_items_behavior,
+        **kwargs,
+    )
 
 
 def main(port: int) -> None:

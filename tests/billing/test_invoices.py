@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from tenantq.billing.invoice_models import BillingPeriod, Invoice
-from tenantq.billing.invoices import Period, close_due_periods, close_period, due_periods
-from tenantq.billing.models import UsageEvent
-from tenantq.platform.db import session_factory
-from tenantq.platform.errors import Conflict, InvalidInput
+from tenantq.billing.invoicing.models import BillingPeriod, Invoice
+from tenantq.billing.invoicing.service import Period, close_due_periods, close_period, due_periods
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.db import session_factory
+from tenantq.core.errors import Conflict, InvalidInput
 from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
 from tests.factories import ApiKeyFactory, auth
 
@@ -44,7 +44,9 @@ def pro_usage(tenant, when: datetime) -> None:
 
 def invoices_of(session, tenant_id: str) -> list[Invoice]:
     session.expire_all()
-    return list(session.scalars(select(Invoice).where(Invoice.tenant_id == tenant_id).order_by(Invoice.period)))
+    return list(
+        session.scalars(select(Invoice).where(Invoice.tenant_id == tenant_id).order_by(Invoice.period))
+    )
 
 
 class TestClosePeriod:
@@ -134,7 +136,9 @@ class TestClosePeriod:
         UsageEventFactory(tenant=tenant, occurred_at=at(2001, 4, 10))
         with pytest.raises(Conflict) as earlier:
             close_period(db_session, "2001-04", now=at(2001, 6, 1))
-        assert earlier.value.code == "earlier_period_open" and earlier.value.details["close_first"] == "2001-02"
+        assert (
+            earlier.value.code == "earlier_period_open" and earlier.value.details["close_first"] == "2001-02"
+        )
         close_period(db_session, "2001-02", now=at(2001, 6, 1))
         close_period(db_session, "2001-04", now=at(2001, 6, 1))  # March had no usage: no need to close it
         db_session.commit()
@@ -147,8 +151,13 @@ class TestLateEvents:
     def test_event_recorded_inside_grace_lands_in_its_period(self, db_session):
         tenant = old_tenant("pro")
         # Occurred at the last second of March, reached SQL on April 2nd (inside the 2-day grace).
-        UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=37_000_000,
-                          occurred_at=at(2001, 3, 31, 23, 59, 59), recorded_at=at(2001, 4, 2, 12))
+        UsageEventFactory(
+            tenant=tenant,
+            metric="compute_ms",
+            quantity=37_000_000,
+            occurred_at=at(2001, 3, 31, 23, 59, 59),
+            recorded_at=at(2001, 4, 2, 12),
+        )
         close_period(db_session, "2001-03", now=at(2001, 4, 3))
         db_session.commit()
         [march] = invoices_of(db_session, tenant.id)
@@ -158,13 +167,22 @@ class TestLateEvents:
 
     def test_event_recorded_after_close_lands_in_next_open_period(self, db_session):
         tenant = old_tenant("pro")
-        UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=36_000_000, occurred_at=at(2001, 3, 20))
+        UsageEventFactory(
+            tenant=tenant, metric="compute_ms", quantity=36_000_000, occurred_at=at(2001, 3, 20)
+        )
         march = close_period(db_session, "2001-03", now=at(2001, 4, 3))
         db_session.commit()
         # A worker's buffer was stuck: a March attempt reaches SQL after March was closed.
-        late = UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=2_500_000,
-                                 occurred_at=at(2001, 3, 31, 22), recorded_at=at(2001, 4, 5))
-        UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=36_000_000, occurred_at=at(2001, 4, 10))
+        late = UsageEventFactory(
+            tenant=tenant,
+            metric="compute_ms",
+            quantity=2_500_000,
+            occurred_at=at(2001, 3, 31, 22),
+            recorded_at=at(2001, 4, 5),
+        )
+        UsageEventFactory(
+            tenant=tenant, metric="compute_ms", quantity=36_000_000, occurred_at=at(2001, 4, 10)
+        )
         # Closing March again does not touch it: March's invoice is final.
         assert not close_period(db_session, "2001-03", now=at(2001, 4, 6)).created
         april = close_period(db_session, "2001-04", now=at(2001, 5, 3))
@@ -204,8 +222,8 @@ class TestScheduledClose:
         assert invoice.period == "2001-01" and invoice.total == D("0.00") and invoice.status == "paid"
 
     def test_beat_schedules_the_close(self):
-        import tenantq.billing.invoice_tasks  # noqa: F401
-        from tenantq.worker.celery_app import app
+        import tenantq.billing.invoicing.tasks  # noqa: F401
+        from tenantq.core.celery import app
 
         assert app.conf.beat_schedule["billing.close_due_periods"]["task"] == "billing.close_due_periods"
         assert "billing.close_due_periods" in app.tasks
@@ -243,13 +261,20 @@ class TestInvoiceApi:
         march = api.get(f"/v1/invoices/{items[1]['id']}", headers=auth(key)).json()
         assert set(march) >= {"id", "period", "status", "currency", "total", "lines"}
         assert march["total"] == "53.53" and march["currency"] == "usd" and march["status"] == "open"
-        assert march["lines"][2] == {"metric": "jobs", "description": march["lines"][2]["description"],
-                                     "quantity": "625", "unit_price": "0.0002", "amount": "0.13"}
+        assert march["lines"][2] == {
+            "metric": "jobs",
+            "description": march["lines"][2]["description"],
+            "quantity": "625",
+            "unit_price": "0.0002",
+            "amount": "0.13",
+        }
         assert march["lines"][5]["quantity"] == "1345.678" and march["lines"][5]["amount"] == "0.40"
         assert items[0]["total"] == "49.00"
         page = api.get("/v1/invoices", params={"limit": 1}, headers=auth(key)).json()
         assert len(page["items"]) == 1 and page["next_cursor"]
-        rest = api.get("/v1/invoices", params={"limit": 1, "cursor": page["next_cursor"]}, headers=auth(key)).json()
+        rest = api.get(
+            "/v1/invoices", params={"limit": 1, "cursor": page["next_cursor"]}, headers=auth(key)
+        ).json()
         assert [i["period"] for i in rest["items"]] == ["2001-03"] and rest["next_cursor"] is None
         assert api.get("/v1/invoices", params={"status": "paid"}, headers=auth(key)).json()["items"] == []
 
@@ -261,7 +286,9 @@ class TestInvoiceApi:
         [their_invoice] = invoices_of(db_session, theirs.tenant_id)
         resp = api.get(f"/v1/invoices/{their_invoice.id}", headers=auth(mine))
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
-        assert [i["id"] for i in api.get("/v1/invoices", headers=auth(mine)).json()["items"]] != [their_invoice.id]
+        assert [i["id"] for i in api.get("/v1/invoices", headers=auth(mine)).json()["items"]] != [
+            their_invoice.id
+        ]
         assert len(api.get("/v1/invoices", headers=auth(mine)).json()["items"]) == 1
 
     def test_scope_and_auth(self, api):
@@ -269,7 +296,9 @@ class TestInvoiceApi:
         resp = api.get("/v1/invoices", headers=auth(no_scope))
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "missing_scope"
         assert api.get("/v1/invoices").status_code == 401
-        assert api.get("/v1/invoices", params={"cursor": "!!"}, headers=auth(ApiKeyFactory())).status_code == 422
+        assert (
+            api.get("/v1/invoices", params={"cursor": "!!"}, headers=auth(ApiKeyFactory())).status_code == 422
+        )
 
 
 class TestAdminPeriods:

@@ -17,12 +17,12 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from tenantq.billing import buffer, metering
-from tenantq.billing.buffer import Flusher, stream_backlog
-from tenantq.billing.metering import OPEN, STREAM, Meter
-from tenantq.billing.models import UsageEvent
-from tenantq.platform.settings import reset_settings_cache
-from tenantq.worker.celery_app import app as celery_app
+from tenantq.billing.usage import buffer, metering
+from tenantq.billing.usage.buffer import Flusher, stream_backlog
+from tenantq.billing.usage.metering import OPEN, STREAM, Meter
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.celery import app as celery_app
+from tenantq.core.settings import reset_settings_cache
 from tests.billing.conftest import usage_of
 from tests.conftest import ProcessGroup, start_worker, wait_for_workers, wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
@@ -35,8 +35,14 @@ def fake_task(name: str = "demo.echo", retries: int = 0, hostname: str = "test-w
 
 
 def job_meta(tenant_id: str, **extra) -> dict:
-    return {"id": str(uuid.uuid4()), "tenant_id": tenant_id, "priority": 5, "max_retries": 0, "attempt_base": 0,
-            **extra}
+    return {
+        "id": str(uuid.uuid4()),
+        "tenant_id": tenant_id,
+        "priority": 5,
+        "max_retries": 0,
+        "attempt_base": 0,
+        **extra,
+    }
 
 
 def run_attempt(job: dict, *, retries: int = 0, state: str = "SUCCESS", burn_ms: int = 0) -> None:
@@ -101,11 +107,17 @@ class TestAttemptNumbers:
 
     def test_explicit_attempt_in_the_message_is_used(self, redis_client):
         job = job_meta("t", attempt=4, attempt_base=0)
-        assert Meter(redis_client).open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt == 4
+        assert (
+            Meter(redis_client).open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt
+            == 4
+        )
 
     def test_retries_after_a_resubmission_continue_from_attempt_base(self, redis_client):
         job = job_meta("t", attempt_base=2)
-        assert Meter(redis_client).open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60).attempt == 4
+        assert (
+            Meter(redis_client).open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60).attempt
+            == 4
+        )
 
 
 class TestSignalsToSql:
@@ -234,7 +246,9 @@ class TestReconciler:
 
 @contextmanager
 def unreachable_database():
-    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/nothing", connect_args={"connect_timeout": 2})
+    engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/nothing", connect_args={"connect_timeout": 2}
+    )
     session = sessionmaker(engine)()
     try:
         yield session
@@ -245,7 +259,9 @@ def unreachable_database():
 
 
 class TestFlusherResilience:
-    def test_database_down_keeps_usage_in_the_stream_until_it_is_back(self, db_session, redis_client, monkeypatch):
+    def test_database_down_keeps_usage_in_the_stream_until_it_is_back(
+        self, db_session, redis_client, monkeypatch
+    ):
         tenant = TenantFactory()
         job = job_meta(tenant.id)
         run_attempt(job)
@@ -278,11 +294,28 @@ class TestFlusherResilience:
     def test_insert_reports_only_new_rows_so_quota_counters_add_them_once(self, db_session):
         tenant = TenantFactory()
         job = job_meta(tenant.id)
-        rows = buffer.parse_entry({"events": json.dumps(metering.usage_events(
-            job_id=job["id"], tenant_id=tenant.id, task="demo.echo", attempt=1, state="succeeded", worker="w",
-            finished_at=time.time(), wall_ms=10, compute_ms=5))})
+        rows = buffer.parse_entry(
+            {
+                "events": json.dumps(
+                    metering.usage_events(
+                        job_id=job["id"],
+                        tenant_id=tenant.id,
+                        task="demo.echo",
+                        attempt=1,
+                        state="succeeded",
+                        worker="w",
+                        finished_at=time.time(),
+                        wall_ms=10,
+                        compute_ms=5,
+                    )
+                )
+            }
+        )
         assert len(buffer.insert_events(db_session, rows[:2] + rows[:2])) == 2  # duplicates inside a batch
-        assert sorted(r["metric"] for r in buffer.insert_events(db_session, rows)) == ["compute_ms", "wall_ms"]
+        assert sorted(r["metric"] for r in buffer.insert_events(db_session, rows)) == [
+            "compute_ms",
+            "wall_ms",
+        ]
         assert buffer.insert_events(db_session, rows) == []
         db_session.commit()
 
@@ -295,27 +328,66 @@ class TestFlusherResilience:
         try:
             job = job_meta(tenant.id)
             run_attempt(job)
-            wait_until(lambda: stream_backlog(redis_client)["pending"] >= 1, timeout=30, message="a failed write")
+            wait_until(
+                lambda: stream_backlog(redis_client)["pending"] >= 1, timeout=30, message="a failed write"
+            )
             time.sleep(1.5)
             assert thread.is_alive() and usage_of(db_session, job["id"]) == []
             assert stream_entries_for(redis_client, job["id"])
             monkeypatch.undo()  # the database is back
-            wait_until(lambda: len(usage_of(db_session, job["id"])) == 4, timeout=60, interval=0.3,
-                       message="buffered usage to be written after the outage")
+            wait_until(
+                lambda: len(usage_of(db_session, job["id"])) == 4,
+                timeout=60,
+                interval=0.3,
+                message="buffered usage to be written after the outage",
+            )
         finally:
             flusher.stop_event.set()
             thread.join(30)
         assert stream_entries_for(redis_client, job["id"]) == []
 
-    @pytest.mark.parametrize("fields", [
-        {"events": "not json"},
-        {"events": json.dumps([{"id": "x", "metric": "jobs"}])},
-        {"events": json.dumps([{"id": "j:1:jobs", "tenant_id": "t" * 37, "job_id": "j", "attempt": 1, "task": "x",
-                                "metric": "jobs", "quantity": 1, "state": "succeeded", "occurred_at": 0}])},
-        {"events": json.dumps([{"id": "j:1:jobs", "tenant_id": "t", "job_id": "j", "attempt": 1, "task": "x",
-                                "metric": "jobs", "quantity": 2**64, "state": "succeeded", "occurred_at": 0}])},
-        {"other": "field"},
-    ])
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"events": "not json"},
+            {"events": json.dumps([{"id": "x", "metric": "jobs"}])},
+            {
+                "events": json.dumps(
+                    [
+                        {
+                            "id": "j:1:jobs",
+                            "tenant_id": "t" * 37,
+                            "job_id": "j",
+                            "attempt": 1,
+                            "task": "x",
+                            "metric": "jobs",
+                            "quantity": 1,
+                            "state": "succeeded",
+                            "occurred_at": 0,
+                        }
+                    ]
+                )
+            },
+            {
+                "events": json.dumps(
+                    [
+                        {
+                            "id": "j:1:jobs",
+                            "tenant_id": "t",
+                            "job_id": "j",
+                            "attempt": 1,
+                            "task": "x",
+                            "metric": "jobs",
+                            "quantity": 2**64,
+                            "state": "succeeded",
+                            "occurred_at": 0,
+                        }
+                    ]
+                )
+            },
+            {"other": "field"},
+        ],
+    )
     def test_malformed_entry_goes_to_the_dead_letter_stream(self, redis_client, fields):
         entry_id = redis_client.xadd(STREAM, fields)
         Flusher(redis_client, block_ms=0).drain()
@@ -329,21 +401,25 @@ def open_attempts_of(client, job_id: str) -> dict[str, dict]:
 
 @pytest.mark.e2e
 class TestFlusherProcess:
-    def test_tenantq_billing_flush_writes_and_stops_on_sigterm(self, db_session, redis_client, platform_env,
-                                                               tmp_path):
+    def test_tenantq_billing_flush_writes_and_stops_on_sigterm(
+        self, db_session, redis_client, platform_env, tmp_path
+    ):
         tenant = TenantFactory()
         group = ProcessGroup(platform_env, tmp_path)
         proc = group.start("flusher", [sys.executable, "-m", "tenantq.cli", "billing", "flush"])
         try:
             job = job_meta(tenant.id)
             run_attempt(job)
-            wait_until(lambda: len(usage_of(db_session, job["id"])) == 4, timeout=60, interval=0.3,
-                       message="the flusher process to write the usage")
+            wait_until(
+                lambda: len(usage_of(db_session, job["id"])) == 4,
+                timeout=60,
+                interval=0.3,
+                message="the flusher process to write the usage",
+            )
             os.killpg(proc.pid, signal.SIGTERM)
             assert proc.wait(30) == 0, group.log("flusher")
         finally:
             group.stop_all()
-
 
     def test_flush_once_writes_what_is_buffered_and_exits(self, db_session, platform_env, tmp_path):
         tenant = TenantFactory()
@@ -361,11 +437,16 @@ class TestFlusherProcess:
 
 @pytest.mark.e2e
 class TestRealWorkers:
-    def test_cpu_and_retry_usage_through_a_real_worker(self, api, db_session, redis_client, platform_processes):
+    def test_cpu_and_retry_usage_through_a_real_worker(
+        self, api, db_session, redis_client, platform_processes
+    ):
         key = ApiKeyFactory()
         cpu = api.post("/v1/jobs", json={"task": "demo.cpu", "args": {"ms": 200}}, headers=auth(key)).json()
-        flaky = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2},
-                         headers=auth(key)).json()
+        flaky = api.post(
+            "/v1/jobs",
+            json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2},
+            headers=auth(key),
+        ).json()
         flusher = Flusher(redis_client, block_ms=0)
 
         def recorded():
@@ -377,29 +458,41 @@ class TestRealWorkers:
         assert cpu_events["compute_ms"].quantity >= 150  # CPU of the pool child, not of the worker
         assert cpu_events["wall_ms"].quantity >= cpu_events["compute_ms"].quantity - 20
         assert cpu_events["jobs"].tenant_id == key.tenant_id
-        flaky_attempts = sorted((e.attempt, e.state) for e in usage_of(db_session, flaky["id"]) if e.metric == "attempts")
+        flaky_attempts = sorted(
+            (e.attempt, e.state) for e in usage_of(db_session, flaky["id"]) if e.metric == "attempts"
+        )
         assert flaky_attempts == [(1, "retried"), (2, "succeeded")]
 
-    def test_sigkilled_attempt_is_redelivered_and_billed_once(self, api, db_session, redis_client, platform_processes,
-                                                             platform_env, tmp_path):
+    def test_sigkilled_attempt_is_redelivered_and_billed_once(
+        self, api, db_session, redis_client, platform_processes, platform_env, tmp_path
+    ):
         group = ProcessGroup(platform_env, tmp_path)
         try:
             start_worker(group, name="spare", concurrency=1)
             wait_for_workers(2)
             key = ApiKeyFactory()
-            job = api.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 3}}, headers=auth(key)).json()
-            running = wait_until(lambda: open_attempts_of(redis_client, job["id"]), timeout=60,
-                                 message="the attempt to start")
+            job = api.post(
+                "/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 3}}, headers=auth(key)
+            ).json()
+            running = wait_until(
+                lambda: open_attempts_of(redis_client, job["id"]), timeout=60, message="the attempt to start"
+            )
             (record,) = running.values()
             os.kill(record["pid"], signal.SIGKILL)  # the pool child dies: no postrun, no failure signal
-            wait_until(lambda: api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "succeeded",
-                       timeout=90, message="the redelivered job to succeed")
+            wait_until(
+                lambda: api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "succeeded",
+                timeout=90,
+                message="the redelivered job to succeed",
+            )
             meter, flusher = Meter(redis_client), Flusher(redis_client, block_ms=0)
 
             def settled():
                 meter.reconcile()
                 flusher.drain()
-                return not open_attempts_of(redis_client, job["id"]) and len(usage_of(db_session, job["id"])) == 7
+                return (
+                    not open_attempts_of(redis_client, job["id"])
+                    and len(usage_of(db_session, job["id"])) == 7
+                )
 
             wait_until(settled, timeout=60, interval=0.5, message="the lost attempt to be reconciled")
             # Replaying every signal path once more changes nothing.

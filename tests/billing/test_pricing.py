@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from tenantq.billing.pricing import (
+from tenantq.billing.invoicing.pricing import (
     Line,
     normalize_usage,
     price_usage,
@@ -16,15 +16,20 @@ from tenantq.billing.pricing import (
     to_minor_units,
     total,
 )
-from tenantq.platform.errors import InvalidInput, NotFound
-from tenantq.tenants.models import Plan
+from tenantq.core.errors import InvalidInput, NotFound
+from tenantq.tenants.accounts.models import Plan
 
 D = Decimal
 
 
 def make_plan(session, *, currency: str = "usd", base_fee: str = "0", **kwargs) -> Plan:
-    plan = Plan(name=f"test-{uuid.uuid4().hex[:10]}", display_name="Test", currency=currency,
-                base_fee=D(base_fee), **kwargs)
+    plan = Plan(
+        name=f"test-{uuid.uuid4().hex[:10]}",
+        display_name="Test",
+        currency=currency,
+        base_fee=D(base_fee),
+        **kwargs,
+    )
     session.add(plan)
     session.commit()
     return plan
@@ -38,15 +43,18 @@ class TestSeededPrices:
     def test_pro_plan_hand_computed(self, db_session):
         # Pro: 49.00 base; jobs 100,000 included then 0.0002; compute 36,000 s included, then
         # 10,000 s at 0.0004 and the rest at 0.0003.
-        lines = price_usage("pro", {"jobs": D(100_625), "compute_ms": D(47_345_678), "attempts": D(7)},
-                            db_session)
+        lines = price_usage(
+            "pro", {"jobs": D(100_625), "compute_ms": D(47_345_678), "attempts": D(7)}, db_session
+        )
         got = by_key(lines)
         assert got[("base_fee", None)].amount == D("49.00")
         assert got[("jobs", None)].quantity == D(100_000) and got[("jobs", None)].amount == D("0.00")
         # 625 x 0.0002 = 0.125: half-up gives 0.13 (banker's rounding would give 0.12).
         assert got[("jobs", 1)].quantity == D(625) and got[("jobs", 1)].amount == D("0.13")
         assert got[("compute_seconds", None)].quantity == D(36_000)
-        assert got[("compute_seconds", 1)].quantity == D(10_000) and got[("compute_seconds", 1)].amount == D("4.00")
+        assert got[("compute_seconds", 1)].quantity == D(10_000) and got[("compute_seconds", 1)].amount == D(
+            "4.00"
+        )
         # 47,345.678 s - 36,000 - 10,000 = 1,345.678 s x 0.0003 = 0.4037034 -> 0.40
         assert got[("compute_seconds", 2)].quantity == D("1345.678")
         assert got[("compute_seconds", 2)].amount == D("0.40")
@@ -78,8 +86,16 @@ class TestSeededPrices:
 class TestRounding:
     def test_each_line_rounded_half_up_and_total_is_sum_of_rounded_lines(self, db_session):
         plan = make_plan(db_session)
-        set_price(db_session, plan_name=plan.name, metric="jobs", included_units=D(0), tiers=[(None, D("0.005"))])
-        set_price(db_session, plan_name=plan.name, metric="attempts", included_units=D(0), tiers=[(None, D("0.005"))])
+        set_price(
+            db_session, plan_name=plan.name, metric="jobs", included_units=D(0), tiers=[(None, D("0.005"))]
+        )
+        set_price(
+            db_session,
+            plan_name=plan.name,
+            metric="attempts",
+            included_units=D(0),
+            tiers=[(None, D("0.005"))],
+        )
         lines = price_usage(plan.name, {"jobs": D(1), "attempts": D(1)}, db_session)
         charged = [line for line in lines if line.tier]
         assert [line.amount for line in charged] == [D("0.01"), D("0.01")]
@@ -88,8 +104,13 @@ class TestRounding:
 
     def test_awkward_quantities(self, db_session):
         plan = make_plan(db_session)
-        set_price(db_session, plan_name=plan.name, metric="compute_seconds", included_units=D("0.5"),
-                  tiers=[(D("3.333"), D("0.00333333")), (None, D("0.1234567"))])
+        set_price(
+            db_session,
+            plan_name=plan.name,
+            metric="compute_seconds",
+            included_units=D("0.5"),
+            tiers=[(D("3.333"), D("0.00333333")), (None, D("0.1234567"))],
+        )
         # 7.777 s billable = 7.777 - 0.5 = 7.277: tier 1 3.333 x 0.00333333 = 0.01110998889 -> 0.01;
         # tier 2 3.944 x 0.1234567 = 0.4869132248 -> 0.49
         lines = price_usage(plan.name, {"compute_ms": D(7777)}, db_session)
@@ -102,7 +123,9 @@ class TestRounding:
 
     def test_zero_decimal_currency_rounds_to_whole_units(self, db_session):
         plan = make_plan(db_session, currency="jpy", base_fee="1000")
-        set_price(db_session, plan_name=plan.name, metric="jobs", included_units=D(0), tiers=[(None, D("0.5"))])
+        set_price(
+            db_session, plan_name=plan.name, metric="jobs", included_units=D(0), tiers=[(None, D("0.5"))]
+        )
         lines = price_usage(plan.name, {"jobs": D(3)}, db_session)  # 1.5 yen -> 2
         assert total(lines) == D("1002")
         assert to_minor_units(total(lines), "jpy") == 1002
@@ -119,8 +142,13 @@ class TestRounding:
 class TestTiers:
     def test_boundaries(self, db_session):
         plan = make_plan(db_session)
-        set_price(db_session, plan_name=plan.name, metric="jobs", included_units=D(10),
-                  tiers=[(D(100), D("1")), (D(1000), D("0.5")), (None, D("0.1"))])
+        set_price(
+            db_session,
+            plan_name=plan.name,
+            metric="jobs",
+            included_units=D(10),
+            tiers=[(D(100), D("1")), (D(1000), D("0.5")), (None, D("0.1"))],
+        )
         exactly_first = by_key(price_usage(plan.name, {"jobs": D(110)}, db_session))
         assert exactly_first[("jobs", 1)].quantity == D(100) and ("jobs", 2) not in exactly_first
         spanning = by_key(price_usage(plan.name, {"jobs": D(1511)}, db_session))
@@ -135,15 +163,23 @@ class TestTiers:
 
     def test_metering_units_are_normalized(self):
         usage = normalize_usage({"compute_ms": 1500, "wall_ms": D(1), "jobs": 2, "unknown": 9})
-        assert usage == {"jobs": D(2), "attempts": D(0), "compute_seconds": D("1.5"), "wall_seconds": D("0.001")}
+        assert usage == {
+            "jobs": D(2),
+            "attempts": D(0),
+            "compute_seconds": D("1.5"),
+            "wall_seconds": D("0.001"),
+        }
 
-    @pytest.mark.parametrize("tiers", [
-        [],
-        [(D(10), D("1"))],  # last tier bounded
-        [(D(10), D("1")), (D(5), D("1")), (None, D("1"))],  # bounds not increasing
-        [(None, D("1")), (None, D("1"))],  # unbounded tier not last
-        [(None, D("-1"))],
-    ])
+    @pytest.mark.parametrize(
+        "tiers",
+        [
+            [],
+            [(D(10), D("1"))],  # last tier bounded
+            [(D(10), D("1")), (D(5), D("1")), (None, D("1"))],  # bounds not increasing
+            [(None, D("1")), (None, D("1"))],  # unbounded tier not last
+            [(None, D("-1"))],
+        ],
+    )
     def test_invalid_tiers_rejected(self, db_session, tiers):
         with pytest.raises(InvalidInput):
             set_price(db_session, plan_name="pro", metric="jobs", tiers=tiers)
@@ -159,30 +195,49 @@ class TestOperatorPrices:
         body = {"tiers": [{"up_to": "100", "unit_price": "0.01"}, {"up_to": None, "unit_price": "0.005"}]}
         resp = api.put(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body, headers=ADMIN)
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"plan": plan.name, "metric": "compute_seconds", "included_units": "60",
-                               "included_from_plan": True, "description": "",
-                               "tiers": [{"up_to": "100", "unit_price": "0.01"},
-                                         {"up_to": None, "unit_price": "0.005"}]}
+        assert resp.json() == {
+            "plan": plan.name,
+            "metric": "compute_seconds",
+            "included_units": "60",
+            "included_from_plan": True,
+            "description": "",
+            "tiers": [{"up_to": "100", "unit_price": "0.01"}, {"up_to": None, "unit_price": "0.005"}],
+        }
         # Replacing keeps one row per (plan, metric).
         body = {"included_units": "0", "tiers": [{"unit_price": "0.02"}]}
-        assert api.put(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body,
-                       headers=ADMIN).status_code == 200
-        listed = api.get("/admin/v1/billing/prices", params={"plan": plan.name}, headers=ADMIN).json()["items"]
+        assert (
+            api.put(
+                f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body, headers=ADMIN
+            ).status_code
+            == 200
+        )
+        listed = api.get("/admin/v1/billing/prices", params={"plan": plan.name}, headers=ADMIN).json()[
+            "items"
+        ]
         assert len(listed) == 1 and listed[0]["tiers"] == [{"up_to": None, "unit_price": "0.02"}]
         assert total(price_usage(plan.name, {"compute_seconds": D(50)}, db_session)) == D("1.00")
-        assert api.delete(f"/admin/v1/billing/prices/{plan.name}/compute_seconds",
-                          headers=ADMIN).status_code == 204
-        assert api.get("/admin/v1/billing/prices", params={"plan": plan.name},
-                       headers=ADMIN).json()["items"] == []
+        assert (
+            api.delete(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", headers=ADMIN).status_code
+            == 204
+        )
+        assert (
+            api.get("/admin/v1/billing/prices", params={"plan": plan.name}, headers=ADMIN).json()["items"]
+            == []
+        )
 
     def test_bad_prices(self, api):
-        bad = api.put("/admin/v1/billing/prices/pro/jobs", json={"tiers": [{"up_to": "5", "unit_price": "1"}]},
-                      headers=ADMIN)
+        bad = api.put(
+            "/admin/v1/billing/prices/pro/jobs",
+            json={"tiers": [{"up_to": "5", "unit_price": "1"}]},
+            headers=ADMIN,
+        )
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_price"
-        unknown = api.put("/admin/v1/billing/prices/pro/bananas", json={"tiers": [{"unit_price": "1"}]},
-                          headers=ADMIN)
+        unknown = api.put(
+            "/admin/v1/billing/prices/pro/bananas", json={"tiers": [{"unit_price": "1"}]}, headers=ADMIN
+        )
         assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "invalid_price"
-        missing = api.put("/admin/v1/billing/prices/nope/jobs", json={"tiers": [{"unit_price": "1"}]},
-                          headers=ADMIN)
+        missing = api.put(
+            "/admin/v1/billing/prices/nope/jobs", json={"tiers": [{"unit_price": "1"}]}, headers=ADMIN
+        )
         assert missing.status_code == 404
         assert api.get("/admin/v1/billing/prices").status_code == 401

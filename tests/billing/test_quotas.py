@@ -11,17 +11,17 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tenantq.billing import quotas
-from tenantq.billing.buffer import insert_events
-from tenantq.billing.quotas import (
+from tenantq.billing.usage import quotas
+from tenantq.billing.usage.buffer import insert_events
+from tenantq.billing.usage.quotas import (
     compute_key,
     current_period,
     jobs_key,
     period_bounds,
     sync_counters_from_sql,
 )
-from tenantq.platform.db import utcnow
-from tenantq.platform.errors import InvalidInput
+from tenantq.core.db import utcnow
+from tenantq.core.errors import InvalidInput
 from tenantq.platform.jobs.models import Job
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
@@ -35,14 +35,28 @@ def next_month_start() -> str:
 
 def compute_events(tenant_id: str, ms: int) -> list[dict]:
     job_id = str(uuid.uuid4())
-    return [{"id": f"{job_id}:1:compute_ms", "tenant_id": tenant_id, "job_id": job_id, "attempt": 1,
-             "task": "demo.cpu", "metric": "compute_ms", "quantity": ms, "state": "succeeded", "worker": "w",
-             "occurred_at": utcnow()}]
+    return [
+        {
+            "id": f"{job_id}:1:compute_ms",
+            "tenant_id": tenant_id,
+            "job_id": job_id,
+            "attempt": 1,
+            "task": "demo.cpu",
+            "metric": "compute_ms",
+            "quantity": ms,
+            "state": "succeeded",
+            "worker": "w",
+            "occurred_at": utcnow(),
+        }
+    ]
 
 
 class TestPeriods:
     def test_calendar_month_bounds_in_utc(self):
-        assert period_bounds("2026-12") == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+        assert period_bounds("2026-12") == (
+            datetime(2026, 12, 1, tzinfo=UTC),
+            datetime(2027, 1, 1, tzinfo=UTC),
+        )
         assert quotas.period_of(datetime(2026, 2, 28, 23, 59, tzinfo=UTC)) == "2026-02"
 
     @pytest.mark.parametrize("bad", ["2026-13", "2026-1", "26-01", "", "2026-01-01"])
@@ -74,9 +88,17 @@ class TestJobsQuota:
         plan = make_plan(included_jobs=2, hard_limits=False)
         key = ApiKeyFactory(tenant=TenantFactory(plan_name=plan.name))
         assert [api.post("/v1/jobs", json=ECHO, headers=auth(key)).status_code for _ in range(4)] == [202] * 4
-        jobs = next(q for q in api.get("/v1/usage", headers=auth(key)).json()["quotas"] if q["name"] == "jobs")
-        assert jobs == {"name": "jobs", "used": 4, "limit": 2, "unit": "jobs", "hard": False,
-                        "resets_at": next_month_start()}
+        jobs = next(
+            q for q in api.get("/v1/usage", headers=auth(key)).json()["quotas"] if q["name"] == "jobs"
+        )
+        assert jobs == {
+            "name": "jobs",
+            "used": 4,
+            "limit": 2,
+            "unit": "jobs",
+            "hard": False,
+            "resets_at": next_month_start(),
+        }
 
     def test_tenant_override_beats_the_plan(self, api, make_plan):
         plan = make_plan(included_jobs=100, hard_limits=True)
@@ -98,8 +120,12 @@ class TestComputeQuota:
         assert int(redis_client.get(compute_key(tenant.id, current_period()))) == 2500
         refused = api.post("/v1/jobs", json=ECHO, headers=auth(key))
         assert refused.status_code == 402
-        assert refused.json()["error"]["details"] == {"quota": "compute_seconds", "used": 2.5, "limit": 2,
-                                                      "resets_at": next_month_start()}
+        assert refused.json()["error"]["details"] == {
+            "quota": "compute_seconds",
+            "used": 2.5,
+            "limit": 2,
+            "resets_at": next_month_start(),
+        }
 
 
 class TestCounterReconciliation:
@@ -112,7 +138,9 @@ class TestCounterReconciliation:
         JobFactory(tenant=tenant, status="cancelled", started_at=None)  # dropped before it ran: not counted
         JobFactory(tenant=tenant, status="cancelled", started_at=utcnow())  # cancelled while running: counted
         redis_client.delete(jobs_key(tenant.id, current_period()))  # e.g. Redis lost its data
-        jobs = next(q for q in api.get("/v1/usage", headers=auth(key)).json()["quotas"] if q["name"] == "jobs")
+        jobs = next(
+            q for q in api.get("/v1/usage", headers=auth(key)).json()["quotas"] if q["name"] == "jobs"
+        )
         assert jobs["used"] == 4
 
     def test_periodic_sync_resets_counters_from_sql(self, db_session, redis_client, make_plan):
@@ -135,8 +163,9 @@ class TestCounterReconciliation:
 
 class TestUsageEndpoint:
     def test_shape_and_tenant_scoping(self, api, make_plan):
-        plan = make_plan(included_jobs=10, included_compute_seconds=60, hard_limits=True, concurrency=3,
-                         max_queued=50)
+        plan = make_plan(
+            included_jobs=10, included_compute_seconds=60, hard_limits=True, concurrency=3, max_queued=50
+        )
         mine = ApiKeyFactory(tenant=TenantFactory(plan_name=plan.name))
         other = ApiKeyFactory(tenant=TenantFactory(plan_name=plan.name))
         api.post("/v1/jobs", json=ECHO, headers=auth(mine))
@@ -144,11 +173,24 @@ class TestUsageEndpoint:
             api.post("/v1/jobs", json=ECHO, headers=auth(other))
         body = api.get("/v1/usage", headers=auth(mine)).json()
         start, _end = period_bounds(current_period())
-        assert body["period"] == {"start": start.isoformat().replace("+00:00", "Z"), "end": next_month_start()}
+        assert body["period"] == {
+            "start": start.isoformat().replace("+00:00", "Z"),
+            "end": next_month_start(),
+        }
         by_name = {q["name"]: q for q in body["quotas"]}
-        assert by_name["jobs"]["used"] == 1 and by_name["jobs"]["limit"] == 10 and by_name["jobs"]["hard"] is True
-        assert by_name["compute_seconds"] == {"name": "compute_seconds", "used": 0.0, "limit": 60,
-                                              "unit": "seconds", "hard": True, "resets_at": next_month_start()}
+        assert (
+            by_name["jobs"]["used"] == 1
+            and by_name["jobs"]["limit"] == 10
+            and by_name["jobs"]["hard"] is True
+        )
+        assert by_name["compute_seconds"] == {
+            "name": "compute_seconds",
+            "used": 0.0,
+            "limit": 60,
+            "unit": "seconds",
+            "hard": True,
+            "resets_at": next_month_start(),
+        }
         assert by_name["concurrent_jobs"]["limit"] == 3 and by_name["queued_jobs"]["limit"] == 50
         assert by_name["queued_jobs"]["used"] in (0, 1)  # a session dispatcher may have released it already
 
@@ -171,6 +213,7 @@ class TestConcurrentSubmits:
         group.start("api", [sys.executable, "-m", "tenantq.cli", "api", "--port", str(port)])
         base = f"http://127.0.0.1:{port}"
         try:
+
             def up():
                 try:
                     return httpx.get(f"{base}/healthz", timeout=2).status_code == 200

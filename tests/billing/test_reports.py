@@ -11,36 +11,97 @@ from decimal import Decimal
 
 import pytest
 
-from tenantq.billing import reports
-from tenantq.billing.buffer import insert_events
+from tenantq.billing.invoicing import reports
+from tenantq.billing.usage.buffer import insert_events
 from tests.conftest import ROOT
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 PERIOD = "2026-10"
 
 
-def events(tenant_id: str, job_id: str, attempt: int, task: str, at: datetime, *, compute_ms: int, wall_ms: int,
-           state: str = "succeeded") -> list[dict]:
+def events(
+    tenant_id: str,
+    job_id: str,
+    attempt: int,
+    task: str,
+    at: datetime,
+    *,
+    compute_ms: int,
+    wall_ms: int,
+    state: str = "succeeded",
+) -> list[dict]:
     quantities = {"attempts": 1, "compute_ms": compute_ms, "wall_ms": wall_ms}
     if attempt == 1:
         quantities["jobs"] = 1
-    return [{"id": f"{job_id}:{attempt}:{m}", "tenant_id": tenant_id, "job_id": job_id, "attempt": attempt,
-             "task": task, "metric": m, "quantity": q, "state": state, "worker": "w@h", "occurred_at": at}
-            for m, q in quantities.items()]
+    return [
+        {
+            "id": f"{job_id}:{attempt}:{m}",
+            "tenant_id": tenant_id,
+            "job_id": job_id,
+            "attempt": attempt,
+            "task": task,
+            "metric": m,
+            "quantity": q,
+            "state": state,
+            "worker": "w@h",
+            "occurred_at": at,
+        }
+        for m, q in quantities.items()
+    ]
 
 
 def seed_known_usage(session, tenant_id: str) -> None:
     """demo.cpu: 2 jobs, 3 attempts, 3.5 s CPU, 8.7 s wall; demo.echo: 1 job, 0.12 s CPU, 0.25 s wall."""
     a, b, c, late = (str(uuid.uuid4()) for _ in range(4))
     rows = [
-        *events(tenant_id, a, 1, "demo.echo", datetime(2026, 10, 3, 10, 0, tzinfo=UTC), compute_ms=120, wall_ms=250),
-        *events(tenant_id, b, 1, "demo.cpu", datetime(2026, 10, 3, 23, 59, 59, 500000, tzinfo=UTC),
-                compute_ms=1500, wall_ms=1600, state="retried"),
-        *events(tenant_id, b, 2, "demo.cpu", datetime(2026, 10, 4, 0, 0, 1, tzinfo=UTC), compute_ms=2000, wall_ms=2100),
-        *events(tenant_id, c, 1, "demo.cpu", datetime(2026, 10, 4, 12, 0, tzinfo=UTC), compute_ms=0, wall_ms=5000,
-                state="lost"),
+        *events(
+            tenant_id,
+            a,
+            1,
+            "demo.echo",
+            datetime(2026, 10, 3, 10, 0, tzinfo=UTC),
+            compute_ms=120,
+            wall_ms=250,
+        ),
+        *events(
+            tenant_id,
+            b,
+            1,
+            "demo.cpu",
+            datetime(2026, 10, 3, 23, 59, 59, 500000, tzinfo=UTC),
+            compute_ms=1500,
+            wall_ms=1600,
+            state="retried",
+        ),
+        *events(
+            tenant_id,
+            b,
+            2,
+            "demo.cpu",
+            datetime(2026, 10, 4, 0, 0, 1, tzinfo=UTC),
+            compute_ms=2000,
+            wall_ms=2100,
+        ),
+        *events(
+            tenant_id,
+            c,
+            1,
+            "demo.cpu",
+            datetime(2026, 10, 4, 12, 0, tzinfo=UTC),
+            compute_ms=0,
+            wall_ms=5000,
+            state="lost",
+        ),
         # The first instant of November belongs to November.
-        *events(tenant_id, late, 1, "demo.cpu", datetime(2026, 11, 1, 0, 0, tzinfo=UTC), compute_ms=9999, wall_ms=9999),
+        *events(
+            tenant_id,
+            late,
+            1,
+            "demo.cpu",
+            datetime(2026, 11, 1, 0, 0, tzinfo=UTC),
+            compute_ms=9999,
+            wall_ms=9999,
+        ),
     ]
     insert_events(session, rows)
     session.commit()
@@ -49,12 +110,27 @@ def seed_known_usage(session, tenant_id: str) -> None:
 def fake_price_usage(plan_name: str, usage: dict[str, Decimal]) -> list[dict]:
     """A stand-in price list: base fee 10.00, 0.10 per job, 0.50 per CPU second (no included units)."""
     return [
-        {"metric": "base_fee", "description": "Base fee", "quantity": Decimal(1), "unit_price": Decimal("10.00"),
-         "amount": Decimal("10.00")},
-        {"metric": "jobs", "description": "Jobs", "quantity": usage["jobs"], "unit_price": Decimal("0.10"),
-         "amount": (usage["jobs"] * Decimal("0.10")).quantize(Decimal("0.01"))},
-        {"metric": "compute_seconds", "description": "CPU seconds", "quantity": usage["compute_seconds"],
-         "unit_price": Decimal("0.50"), "amount": (usage["compute_seconds"] * Decimal("0.50")).quantize(Decimal("0.01"))},
+        {
+            "metric": "base_fee",
+            "description": "Base fee",
+            "quantity": Decimal(1),
+            "unit_price": Decimal("10.00"),
+            "amount": Decimal("10.00"),
+        },
+        {
+            "metric": "jobs",
+            "description": "Jobs",
+            "quantity": usage["jobs"],
+            "unit_price": Decimal("0.10"),
+            "amount": (usage["jobs"] * Decimal("0.10")).quantize(Decimal("0.01")),
+        },
+        {
+            "metric": "compute_seconds",
+            "description": "CPU seconds",
+            "quantity": usage["compute_seconds"],
+            "unit_price": Decimal("0.50"),
+            "amount": (usage["compute_seconds"] * Decimal("0.50")).quantize(Decimal("0.01")),
+        },
     ]
 
 
@@ -78,14 +154,22 @@ def tenant_key(db_session, make_plan):
 class TestAllocation:
     def test_rounding_remainder_goes_to_the_largest_row(self):
         assert reports.allocate(Decimal("1.00"), {"a": 1, "b": 1, "c": 1}) == {
-            "a": Decimal("0.33"), "b": Decimal("0.33"), "c": Decimal("0.34")}
-        assert reports.allocate(Decimal("1.81"), {"x": 3500, "y": 120}) == {"x": Decimal("1.75"), "y": Decimal("0.06")}
+            "a": Decimal("0.33"),
+            "b": Decimal("0.33"),
+            "c": Decimal("0.34"),
+        }
+        assert reports.allocate(Decimal("1.81"), {"x": 3500, "y": 120}) == {
+            "x": Decimal("1.75"),
+            "y": Decimal("0.06"),
+        }
         assert reports.allocate(Decimal(5), {"x": 0}) == {}
 
 
 class TestTenantReport:
     def test_csv_by_task_exact(self, api, tenant_key, priced):
-        response = api.get(f"/v1/usage/report?period={PERIOD}&group_by=task&format=csv", headers=auth(tenant_key))
+        response = api.get(
+            f"/v1/usage/report?period={PERIOD}&group_by=task&format=csv", headers=auth(tenant_key)
+        )
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/csv")
         assert response.headers["content-disposition"] == f'attachment; filename="usage-{PERIOD}-by-task.csv"'
@@ -97,7 +181,9 @@ class TestTenantReport:
         )
 
     def test_csv_by_day_exact(self, api, tenant_key, priced):
-        response = api.get(f"/v1/usage/report?period={PERIOD}&group_by=day&format=csv", headers=auth(tenant_key))
+        response = api.get(
+            f"/v1/usage/report?period={PERIOD}&group_by=day&format=csv", headers=auth(tenant_key)
+        )
         assert response.text == (
             "key,jobs,attempts,compute_seconds,wall_seconds,charges\n"
             "2026-10-03,2,2,1.620,1.850,1.01\n"
@@ -108,10 +194,23 @@ class TestTenantReport:
     def test_json_has_decimal_strings_and_fixed_charges(self, api, tenant_key, priced):
         body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(tenant_key)).json()
         assert body["period"] == PERIOD and body["group_by"] == "task" and body["priced"] is True
-        assert body["rows"][0] == {"key": "demo.cpu", "jobs": 2, "attempts": 3, "compute_seconds": "3.500",
-                                   "wall_seconds": "8.700", "charges": "1.95"}
-        assert body["totals"] == {"jobs": 3, "attempts": 4, "compute_seconds": "3.620", "wall_seconds": "8.950",
-                                  "charges": "2.11", "fixed_charges": "10.00", "total_charges": "12.11"}
+        assert body["rows"][0] == {
+            "key": "demo.cpu",
+            "jobs": 2,
+            "attempts": 3,
+            "compute_seconds": "3.500",
+            "wall_seconds": "8.700",
+            "charges": "1.95",
+        }
+        assert body["totals"] == {
+            "jobs": 3,
+            "attempts": 4,
+            "compute_seconds": "3.620",
+            "wall_seconds": "8.950",
+            "charges": "2.11",
+            "fixed_charges": "10.00",
+            "total_charges": "12.11",
+        }
 
     def test_without_a_pricing_engine_charges_are_zero(self, api, tenant_key, unpriced):
         body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(tenant_key)).json()
@@ -123,8 +222,14 @@ class TestTenantReport:
         body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(other)).json()
         assert body["rows"] == [] and body["totals"]["jobs"] == 0
 
-    @pytest.mark.parametrize("query, code", [("period=2026-13", "invalid_period"), ("group_by=week", "invalid_input"),
-                                             ("format=xml", "invalid_input")])
+    @pytest.mark.parametrize(
+        "query, code",
+        [
+            ("period=2026-13", "invalid_period"),
+            ("group_by=week", "invalid_input"),
+            ("format=xml", "invalid_input"),
+        ],
+    )
     def test_bad_parameters_answer_422(self, api, tenant_key, query, code):
         response = api.get(f"/v1/usage/report?{query}", headers=auth(tenant_key))
         assert response.status_code == 422 and response.json()["error"]["code"] == code
@@ -140,38 +245,67 @@ class TestOperatorReport:
         first = TenantFactory(plan_name=plan.name)
         second = TenantFactory(plan_name=plan.name)
         seed_known_usage(db_session, first.id)
-        insert_events(db_session, events(second.id, str(uuid.uuid4()), 1, "demo.cpu",
-                                         datetime(2026, 10, 20, tzinfo=UTC), compute_ms=1000, wall_ms=1000))
+        insert_events(
+            db_session,
+            events(
+                second.id,
+                str(uuid.uuid4()),
+                1,
+                "demo.cpu",
+                datetime(2026, 10, 20, tzinfo=UTC),
+                compute_ms=1000,
+                wall_ms=1000,
+            ),
+        )
         db_session.commit()
-        response = api.get(f"/admin/v1/reports/usage?period={PERIOD}",
-                           headers={"Authorization": "Bearer test-admin-token"})
+        response = api.get(
+            f"/admin/v1/reports/usage?period={PERIOD}", headers={"Authorization": "Bearer test-admin-token"}
+        )
         assert response.status_code == 200
         body = response.json()
         rows = {r["tenant_id"]: r for r in body["rows"]}
-        assert rows[first.id] == {"tenant_id": first.id, "tenant": first.name, "plan": plan.name, "jobs": 3,
-                                  "attempts": 4, "compute_seconds": "3.620", "wall_seconds": "8.950",
-                                  "charges": "12.11"}
+        assert rows[first.id] == {
+            "tenant_id": first.id,
+            "tenant": first.name,
+            "plan": plan.name,
+            "jobs": 3,
+            "attempts": 4,
+            "compute_seconds": "3.620",
+            "wall_seconds": "8.950",
+            "charges": "12.11",
+        }
         assert rows[second.id]["charges"] == "10.60"  # 10.00 base + 0.10 job + 0.50 CPU
         revenue = next(p for p in body["revenue_by_plan"] if p["plan"] == plan.name)
         assert revenue == {"plan": plan.name, "currency": "usd", "tenants": 2, "revenue": "22.71"}
 
     def test_csv_and_operator_credential(self, api, tenant_key, unpriced):
         assert api.get(f"/admin/v1/reports/usage?period={PERIOD}").status_code == 401
-        assert api.get(f"/admin/v1/reports/usage?period={PERIOD}", headers=auth(tenant_key)).status_code == 401
-        response = api.get(f"/admin/v1/reports/usage?period={PERIOD}&format=csv",
-                           headers={"Authorization": "Bearer test-admin-token"})
+        assert (
+            api.get(f"/admin/v1/reports/usage?period={PERIOD}", headers=auth(tenant_key)).status_code == 401
+        )
+        response = api.get(
+            f"/admin/v1/reports/usage?period={PERIOD}&format=csv",
+            headers={"Authorization": "Bearer test-admin-token"},
+        )
         lines = response.text.splitlines()
         assert lines[0] == "tenant_id,tenant,plan,jobs,attempts,compute_seconds,wall_seconds,charges"
-        assert any(line.startswith(f"{tenant_key.tenant_id},") and ",3,4,3.620,8.950,0.00" in line
-                   for line in lines[1:])
+        assert any(
+            line.startswith(f"{tenant_key.tenant_id},") and ",3,4,3.620,8.950,0.00" in line
+            for line in lines[1:]
+        )
 
 
 class TestCli:
     def run(self, platform_env, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tenantq.cli", "billing", "report", *args], check=False,
-                              cwd=ROOT,
-                              env={**platform_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "tenantq.cli", "billing", "report", *args],
+            check=False,
+            cwd=ROOT,
+            env={**platform_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def test_cli_matches_the_api(self, api, platform_env, tenant_key):
         # No monkeypatching here: both sides use whatever pricing engine is installed.
@@ -179,7 +313,9 @@ class TestCli:
         done = self.run(platform_env, "--period", PERIOD, "--tenant", tenant_key.tenant_id, "--format", "csv")
         assert done.returncode == 0, done.stderr
         assert done.stdout == via_api
-        as_json = self.run(platform_env, "--period", PERIOD, "--tenant", tenant_key.tenant_id, "--group-by", "day")
+        as_json = self.run(
+            platform_env, "--period", PERIOD, "--tenant", tenant_key.tenant_id, "--group-by", "day"
+        )
         assert [r["key"] for r in json.loads(as_json.stdout)["rows"]] == ["2026-10-03", "2026-10-04"]
         everyone = json.loads(self.run(platform_env, "--period", PERIOD).stdout)
         assert tenant_key.tenant_id in {r["tenant_id"] for r in everyone["rows"]}

@@ -22,9 +22,9 @@ import stripe
 from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
-from tenantq.billing.invoice_models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
-from tenantq.billing.invoices import close_period
-from tenantq.billing.stripe_sync import (
+from tenantq.billing.invoicing.models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
+from tenantq.billing.invoicing.service import close_period
+from tenantq.billing.invoicing.stripe_sync import (
     metadata_value,
     process_event,
     record_event,
@@ -33,7 +33,7 @@ from tenantq.billing.stripe_sync import (
     sync_invoice,
     sync_period,
 )
-from tenantq.platform.settings import reset_settings_cache
+from tenantq.core.settings import reset_settings_cache
 from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
 from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 
@@ -53,7 +53,10 @@ def localstripe(tmp_path_factory):
     with open(tmp / "localstripe.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.billing.localstripe_server", str(port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)},
         )
     url = f"http://127.0.0.1:{port}"
@@ -189,8 +192,10 @@ class TestStripeSync:
 
         invoice = closed_invoice(db_session)
         runner = CliRunner()
-        out = [json.loads(runner.invoke(app, ["billing", "stripe-sync", "--period", "2001-03", "--json"]).output)
-               for _ in range(2)]
+        out = [
+            json.loads(runner.invoke(app, ["billing", "stripe-sync", "--period", "2001-03", "--json"]).output)
+            for _ in range(2)
+        ]
         assert out[0]["invoices"][0]["invoice_created"] is True
         assert out[1]["invoices"][0]["skipped"] == "already_synced"
         [customer] = stripe_customers_of(stripe_client(), invoice.tenant_id)
@@ -214,13 +219,25 @@ def sign(payload: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = N
 
 def paid_event(stripe_invoice_id: str, invoice_id: str, event_type: str = "invoice.paid") -> bytes:
     now = int(time.time())
-    return json.dumps({
-        "id": f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "type": event_type, "created": now,
-        "livemode": False, "api_version": "2026-10-28",
-        "data": {"object": {"id": stripe_invoice_id, "object": "invoice", "status": "paid",
-                            "metadata": {"tenantq_invoice_id": invoice_id},
-                            "status_transitions": {"paid_at": now}}},
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"evt_{uuid.uuid4().hex[:24]}",
+            "object": "event",
+            "type": event_type,
+            "created": now,
+            "livemode": False,
+            "api_version": "2026-10-28",
+            "data": {
+                "object": {
+                    "id": stripe_invoice_id,
+                    "object": "invoice",
+                    "status": "paid",
+                    "metadata": {"tenantq_invoice_id": invoice_id},
+                    "status_transitions": {"paid_at": now},
+                }
+            },
+        }
+    ).encode()
 
 
 def post_event(api, payload: bytes, signature: str | None):
@@ -243,7 +260,9 @@ def event_count(session) -> int:
 
 class TestWebhook:
     @pytest.mark.e2e
-    def test_signed_invoice_paid_marks_invoice_paid_once(self, api, db_session, webhook_env, platform_processes):
+    def test_signed_invoice_paid_marks_invoice_paid_once(
+        self, api, db_session, webhook_env, platform_processes
+    ):
         invoice = linked_invoice(db_session)
         payload = paid_event(invoice.stripe_invoice_id, invoice.id)
         resp = post_event(api, payload, sign(payload))
@@ -280,7 +299,11 @@ class TestWebhook:
 
     def test_unknown_invoice_and_other_types_are_recorded_and_ignored(self, db_session, webhook_env):
         stranger = json.loads(paid_event("in_nobody", str(uuid.uuid4())))
-        other = {**json.loads(paid_event("in_x", "x")), "id": "evt_" + uuid.uuid4().hex, "type": "customer.created"}
+        other = {
+            **json.loads(paid_event("in_x", "x")),
+            "id": "evt_" + uuid.uuid4().hex,
+            "type": "customer.created",
+        }
         for event, outcome in ((stranger, "unknown_invoice"), (other, "ignored")):
             record_event(db_session, event)
             assert process_event(db_session, event["id"]) == outcome
@@ -288,8 +311,12 @@ class TestWebhook:
     def test_forged_signature_is_rejected(self, api, db_session, webhook_env):
         invoice = linked_invoice(db_session)
         payload = paid_event(invoice.stripe_invoice_id, invoice.id)
-        for signature in (sign(payload, secret="whsec_not_the_secret"), sign(payload + b" "), "t=1,v1=deadbeef",
-                          "garbage"):
+        for signature in (
+            sign(payload, secret="whsec_not_the_secret"),
+            sign(payload + b" "),
+            "t=1,v1=deadbeef",
+            "garbage",
+        ):
             resp = post_event(api, payload, signature)
             assert resp.status_code == 400, resp.text
             err = resp.json()["error"]
@@ -326,8 +353,9 @@ class TestWebhook:
 
 class TestPaidInStripe:
     @pytest.mark.e2e
-    def test_localstripe_payment_webhook_marks_invoice_paid(self, stripe_env, db_session, platform_env,
-                                                            platform_processes, tmp_path):
+    def test_localstripe_payment_webhook_marks_invoice_paid(
+        self, stripe_env, db_session, platform_env, platform_processes, tmp_path
+    ):
         """Full loop over real HTTP: close -> sync -> the customer pays in (local)Stripe -> localstripe signs
         and POSTs invoice.payment_succeeded to tenantq's API process -> the worker marks the invoice paid."""
         port = free_port()
@@ -344,21 +372,29 @@ class TestPaidInStripe:
 
             wait_until(api_up, timeout=60, interval=0.2, message="API process to listen")
             registered = httpx.post(
-                f"{stripe_env}/_config/webhooks/tenantq", auth=(STRIPE_KEY, ""),
-                json={"url": f"{api_url}/v1/stripe/webhook", "secret": WEBHOOK_SECRET,
-                      "events": ["invoice.payment_succeeded"]},
+                f"{stripe_env}/_config/webhooks/tenantq",
+                auth=(STRIPE_KEY, ""),
+                json={
+                    "url": f"{api_url}/v1/stripe/webhook",
+                    "secret": WEBHOOK_SECRET,
+                    "events": ["invoice.payment_succeeded"],
+                },
             )
             assert registered.status_code == 200
 
             invoice = closed_invoice(db_session)
             client = stripe_client()
             [result] = [r for r in sync_period(db_session, "2001-03", client) if r.invoice_id == invoice.id]
-            card = client.v1.payment_methods.create(params={
-                "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040,
-                                         "cvc": "123"}})
+            card = client.v1.payment_methods.create(
+                params={
+                    "type": "card",
+                    "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040, "cvc": "123"},
+                }
+            )
             client.v1.payment_methods.attach(card.id, params={"customer": result.stripe_customer_id})
-            client.v1.customers.update(result.stripe_customer_id,
-                                       params={"invoice_settings": {"default_payment_method": card.id}})
+            client.v1.customers.update(
+                result.stripe_customer_id, params={"invoice_settings": {"default_payment_method": card.id}}
+            )
             assert client.v1.invoices.pay(result.stripe_invoice_id).status == "paid"
 
             def paid() -> bool:
@@ -399,19 +435,34 @@ class FakeMeterApi(BaseHTTPRequestHandler):
             self._reply(200, {"id": f"cus_fake{uuid.uuid4().hex[:10]}", "object": "customer"})
             return
         if self.path != "/v1/billing/meter_events":
-            self._reply(404, {"error": {"type": "invalid_request_error", "message": "Unrecognized request URL"}})
+            self._reply(
+                404, {"error": {"type": "invalid_request_error", "message": "Unrecognized request URL"}}
+            )
             return
         identifier = form.get("identifier")
         with self.server.lock:
             if identifier in self.server.events:
-                self._reply(400, {"error": {
-                    "type": "invalid_request_error", "code": "resource_already_exists",
-                    "message": f"A meter event with identifier {identifier} already exists."}})
+                self._reply(
+                    400,
+                    {
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "resource_already_exists",
+                            "message": f"A meter event with identifier {identifier} already exists.",
+                        }
+                    },
+                )
                 return
-            event = {"object": "billing.meter_event", "event_name": form["event_name"], "identifier": identifier,
-                     "timestamp": int(form["timestamp"]),
-                     "payload": {"stripe_customer_id": form["payload[stripe_customer_id]"],
-                                 "value": form["payload[value]"]}}
+            event = {
+                "object": "billing.meter_event",
+                "event_name": form["event_name"],
+                "identifier": identifier,
+                "timestamp": int(form["timestamp"]),
+                "payload": {
+                    "stripe_customer_id": form["payload[stripe_customer_id]"],
+                    "value": form["payload[value]"],
+                },
+            }
             self.server.events[identifier] = event
         self._reply(200, event)
 
@@ -437,13 +488,27 @@ class TestMeterEvents:
     def test_streams_each_usage_event_once(self, meter_fake, db_session):
         now = at(2001, 3, 20)
         tenant = old_tenant("pro")
-        sent = [UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=q, occurred_at=at(2001, 3, 10, h),
-                                  recorded_at=at(2001, 3, 10, h)) for h, q in ((1, 1500), (2, 2500))]
+        sent = [
+            UsageEventFactory(
+                tenant=tenant,
+                metric="compute_ms",
+                quantity=q,
+                occurred_at=at(2001, 3, 10, h),
+                recorded_at=at(2001, 3, 10, h),
+            )
+            for h, q in ((1, 1500), (2, 2500))
+        ]
         UsageEventFactory(tenant=tenant, metric="jobs", occurred_at=at(2001, 3, 10))  # not a configured meter
-        too_old = UsageEventFactory(tenant=tenant, metric="compute_ms", occurred_at=at(2001, 2, 1),
-                                    recorded_at=at(2001, 3, 10))
-        unsettled = UsageEventFactory(tenant=tenant, metric="compute_ms", quantity=7,
-                                      occurred_at=now - timedelta(seconds=30), recorded_at=now - timedelta(seconds=10))
+        too_old = UsageEventFactory(
+            tenant=tenant, metric="compute_ms", occurred_at=at(2001, 2, 1), recorded_at=at(2001, 3, 10)
+        )
+        unsettled = UsageEventFactory(
+            tenant=tenant,
+            metric="compute_ms",
+            quantity=7,
+            occurred_at=now - timedelta(seconds=30),
+            recorded_at=now - timedelta(seconds=10),
+        )
         client = stripe_client()
 
         first = stream_meter_events(db_session, client, now=now)

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantq.platform.app import create_app
-from tenantq.platform.dashboard.service import has_route
+from tenantq.app import create_app
+from tenantq.dashboard.service import has_route
 from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tenantq.tenants.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_token, looks_like_jwt
+from tenantq.tenants.access.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_token, looks_like_jwt
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
 ADMIN_TOKEN = "test-admin-token"  # set by the platform_env fixture
@@ -64,7 +64,7 @@ class TestTenantLogin:
         assert "Malformed API key" in resp.text and SESSION_COOKIE not in resp.cookies
 
     def test_revoked_key_cannot_sign_in(self, api, db_session):
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         key = ApiKeyFactory()
         key.revoked_at = utcnow()
@@ -135,8 +135,8 @@ class TestTenantPages:
         raw = re.search(r'data-features="([^"]*)"', html).group(1).replace("&#34;", '"')
         flags = json.loads(raw)
         assert flags["jobs"] is True
-        from tenantq.platform.app import create_app
-        from tenantq.platform.dashboard.service import has_route
+        from tenantq.app import create_app
+        from tenantq.dashboard.service import has_route
 
         assert flags["cancel"] == has_route(create_app(), "POST", "/v1/jobs/{id}/cancel")
 
@@ -172,7 +172,7 @@ class TestTenantPages:
         assert "This page does not exist" in resp.text
 
     def test_session_dies_with_its_key(self, api, db_session):
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         key = ApiKeyFactory()
         login(api, key)
@@ -290,13 +290,13 @@ class TestOperatorApi:
         assert len(body["throughput"]) == 30 and {p["name"] for p in body["plans"]} >= {"pro"}
 
     def test_throughput_counts_finished_jobs_per_minute(self, api, db_session):
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         tenant = TenantFactory()
         now = utcnow()
         JobFactory(tenant=tenant, status="succeeded", finished_at=now)
         JobFactory(tenant=tenant, status="failed", finished_at=now)
-        from tenantq.platform.dashboard.service import throughput
+        from tenantq.dashboard.service import throughput
 
         last = throughput(db_session, now)[-1]
         assert last["succeeded"] >= 1 and last["failed"] >= 1
@@ -318,7 +318,7 @@ class TestFeatureDiscovery:
     def test_nested_routers_and_prefixes_are_seen(self):
         from fastapi import APIRouter, FastAPI
 
-        from tenantq.platform.dashboard.service import has_route, route_signatures
+        from tenantq.dashboard.service import has_route, route_signatures
 
         inner = APIRouter(prefix="/tenants")
         inner.add_api_route("/{tenant_id}/suspend", lambda tenant_id: None, methods=["POST"])

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.e2e
 
 
 def cli(args, cwd, env):
-    out = subprocess.run([sys.executable, "-m", "tenantq.cli", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tenantq.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr + out.stdout
     return json.loads(out.stdout)
 
@@ -31,8 +37,13 @@ def test_up_runs_a_job_and_stops_cleanly(tmp_path):
     env["PYTHONPATH"] = str(ROOT)
     port = free_port()
     log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tenantq.cli", "up", "--port", str(port)], cwd=tmp_path,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tenantq.cli", "up", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
 
@@ -48,7 +59,9 @@ def test_up_runs_a_job_and_stops_cleanly(tmp_path):
         assert key["key"].startswith("tq_live_") and tenant["name"] == "acme"
         assert (tmp_path / ".tenantq" / "tenantq.db").exists()
         headers = {"Authorization": f"Bearer {key['key']}"}
-        job = httpx.post(f"{base}/v1/jobs", json={"task": "demo.echo", "args": {"hi": 1}}, headers=headers).json()
+        job = httpx.post(
+            f"{base}/v1/jobs", json={"task": "demo.echo", "args": {"hi": 1}}, headers=headers
+        ).json()
 
         def finished():
             body = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=headers).json()

@@ -21,8 +21,9 @@ def wait_status(api, key, job_id, statuses=("succeeded", "failed", "cancelled"),
 class TestExecution:
     def test_echo_succeeds_with_result(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"hello": "world", "n": [1, 2]}},
-                       headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs", json={"task": "demo.echo", "args": {"hello": "world", "n": [1, 2]}}, headers=auth(key)
+        ).json()
         done = wait_status(api, key, job["id"])
         assert done["status"] == "succeeded"
         assert done["result"] == {"hello": "world", "n": [1, 2]}
@@ -31,30 +32,39 @@ class TestExecution:
 
     def test_failure_records_error(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = api.post("/v1/jobs", json={"task": "demo.fail", "args": {"message": "boom 123"}},
-                       headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs", json={"task": "demo.fail", "args": {"message": "boom 123"}}, headers=auth(key)
+        ).json()
         done = wait_status(api, key, job["id"])
         assert done["status"] == "failed"
         assert "boom 123" in done["error"] and "RuntimeError" in done["error"]
 
     def test_flaky_retries_then_succeeds(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 2}, "max_retries": 3},
-                       headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs",
+            json={"task": "demo.flaky", "args": {"failures": 2}, "max_retries": 3},
+            headers=auth(key),
+        ).json()
         done = wait_status(api, key, job["id"])
         assert done["status"] == "succeeded"
         assert done["attempts"] == 3 and done["result"] == {"attempt": 3}
 
     def test_flaky_without_retries_fails(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}}, headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}}, headers=auth(key)
+        ).json()
         done = wait_status(api, key, job["id"])
         assert done["status"] == "failed" and done["attempts"] == 1
 
     def test_countdown_job_runs_after_delay(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"late": True}, "countdown": 1.5},
-                       headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs",
+            json={"task": "demo.echo", "args": {"late": True}, "countdown": 1.5},
+            headers=auth(key),
+        ).json()
         assert job["status"] == "scheduled"
         done = wait_status(api, key, job["id"])
         assert done["status"] == "succeeded"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 def running_nodes() -> list[str]:
-    from tenantq.worker.celery_app import app
+    from tenantq.core.celery import app
 
     replies = wait_until(lambda: app.control.ping(timeout=1.0), timeout=60, message="a worker to answer ping")
     return sorted(name for reply in replies for name in reply)
@@ -68,7 +68,7 @@ class TestInspect:
     def test_stats_and_conf_show_the_pool_and_settings(self, platform_env, platform_processes):
         stats = celery_cli(platform_env, "inspect", "stats")
         assert all(s["pool"]["max-concurrency"] >= 1 for s in stats.values())
-        # The safety settings reached the worker as configured in tenantq.worker.celery_app.
+        # The safety settings reached the worker as configured in tenantq.core.celery.
         conf = celery_cli(platform_env, "inspect", "conf")
         for node_conf in conf.values():
             assert node_conf["task_acks_late"] is True and node_conf["worker_prefetch_multiplier"] == 1

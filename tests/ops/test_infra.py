@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tenantq.platform.metrics import exported_sample_names
-from tenantq.platform.settings import Settings
+from tenantq.core.settings import Settings
+from tenantq.ops.metrics import exported_sample_names
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
@@ -175,7 +175,7 @@ class TestKubernetes:
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert c["readinessProbe"]["httpGet"]["port"] in ports and ports["http"] == 8000
-        from tenantq.platform.app import create_app
+        from tenantq.app import create_app
 
         assert {"/readyz", "/healthz", "/metrics"} <= set(create_app().openapi()["paths"])
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tenantq.platform import logging as tq_logging
+from tenantq.core import logging as tq_logging
 from tests.conftest import ROOT, wait_until
 from tests.factories import ApiKeyFactory, auth
 
@@ -49,7 +49,7 @@ class TestFormatters:
         assert "INFO tenantq.test: job started" in text and "tenant_id=t1 job_id=j1" in text
 
     def test_json_unless_terminal_and_setting_wins(self, monkeypatch):
-        from tenantq.platform.settings import reset_settings_cache
+        from tenantq.core.settings import reset_settings_cache
 
         class Tty(io.StringIO):
             def isatty(self):
@@ -114,7 +114,9 @@ class TestProcessLogs:
             ("job.succeeded", 2),
         ]
         # Each attempt is its own Celery task: task id "{job id}-{attempt}".
-        assert all(e["tenant_id"] == key.tenant.id and e["task_id"] == f"{job['id']}-{e['attempt']}" for e in mine)
+        assert all(
+            e["tenant_id"] == key.tenant.id and e["task_id"] == f"{job['id']}-{e['attempt']}" for e in mine
+        )
         assert "FlakyError" in mine[1]["error"] and mine[3]["duration_ms"] >= 0
         # Celery's own lines inside the attempt carry the job context too.
         assert any(e["logger"].startswith("celery") and e.get("job_id") == job["id"] for e in found)

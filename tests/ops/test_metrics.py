@@ -9,11 +9,11 @@ from fastapi import Depends
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from tenantq.platform import metrics
-from tenantq.platform.errors import PaymentRequired, TooManyRequests
-from tenantq.platform.settings import Settings
-from tenantq.tenants.dependencies import current_tenant
-from tenantq.worker.queues import TenantQueues
+from tenantq.core.errors import PaymentRequired, TooManyRequests
+from tenantq.core.settings import Settings
+from tenantq.ops import metrics
+from tenantq.platform.dispatch.queues import TenantQueues
+from tenantq.tenants.access.dependencies import current_tenant
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, auth
 from tests.ops.helpers import bucket_count, parse, value
@@ -186,7 +186,7 @@ class TestRejections:
         assert value(s, "tenantq_rejections_total", tenant=t, code="quota_exceeded", status="402") == 1
 
     def test_metrics_token_when_configured(self, api, monkeypatch):
-        from tenantq.platform.settings import reset_settings_cache
+        from tenantq.core.settings import reset_settings_cache
 
         monkeypatch.setenv("TENANTQ_METRICS_TOKEN", "scrape-secret")
         reset_settings_cache()
@@ -312,7 +312,7 @@ class TestMultiprocessFiles:
 
 class TestTenantqUp:
     def test_children_share_one_metrics_dir_under_the_data_dir(self, tmp_path, monkeypatch):
-        from tenantq.platform.supervisor import Supervisor
+        from tenantq.ops.supervisor import Supervisor
 
         monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
         sup = Supervisor(Settings(data_dir=tmp_path), host="127.0.0.1", port=1, concurrency=1, migrate=False)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tenantq.platform.db import utcnow
+from tenantq.core.db import utcnow
 from tenantq.platform.jobs.models import Job
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, auth
@@ -28,23 +28,38 @@ def jobs_with_key(session, tenant_id: str, key: str | None = None) -> int:
 class TestRetention:
     def test_key_is_reusable_after_the_retention_window(self, api, db_session):
         key = ApiKeyFactory()
-        old = JobFactory(tenant=key.tenant, idempotency_key="nightly", args={"day": 1},
-                         created_at=utcnow() - timedelta(hours=25))
-        resp = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"day": 2}, "idempotency_key": "nightly",
-                                          "countdown": 3600}, headers=auth(key))
+        old = JobFactory(
+            tenant=key.tenant,
+            idempotency_key="nightly",
+            args={"day": 1},
+            created_at=utcnow() - timedelta(hours=25),
+        )
+        resp = api.post(
+            "/v1/jobs",
+            json={"task": "demo.echo", "args": {"day": 2}, "idempotency_key": "nightly", "countdown": 3600},
+            headers=auth(key),
+        )
         assert resp.status_code == 202, resp.text
         assert resp.json()["id"] != old.id and resp.json()["idempotency_key"] == "nightly"
         db_session.expire_all()
         assert db_session.get(Job, old.id).idempotency_key is None  # released, job otherwise untouched
-        again = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"day": 2}, "idempotency_key": "nightly",
-                                           "countdown": 3600}, headers=auth(key))
+        again = api.post(
+            "/v1/jobs",
+            json={"task": "demo.echo", "args": {"day": 2}, "idempotency_key": "nightly", "countdown": 3600},
+            headers=auth(key),
+        )
         assert again.status_code == 200 and again.json()["id"] == resp.json()["id"]
 
     def test_key_within_window_still_conflicts(self, api):
         key = ApiKeyFactory()
-        JobFactory(tenant=key.tenant, idempotency_key="k1", args={"a": 1}, created_at=utcnow() - timedelta(hours=23))
-        resp = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"a": 2}, "idempotency_key": "k1"},
-                        headers=auth(key))
+        JobFactory(
+            tenant=key.tenant, idempotency_key="k1", args={"a": 1}, created_at=utcnow() - timedelta(hours=23)
+        )
+        resp = api.post(
+            "/v1/jobs",
+            json={"task": "demo.echo", "args": {"a": 2}, "idempotency_key": "k1"},
+            headers=auth(key),
+        )
         assert resp.status_code == 409 and resp.json()["error"]["code"] == "idempotency_conflict"
 
     def test_keys_are_per_tenant(self, api):
@@ -121,8 +136,10 @@ class TestConcurrentDuplicates:
 
     def test_concurrent_conflicting_parameters_make_one_job_and_409s(self, two_api_processes, db_session):
         key = ApiKeyFactory()
-        bodies = [{"task": "demo.echo", "args": {"variant": i % 2}, "idempotency_key": "race", "countdown": 3600}
-                  for i in range(20)]
+        bodies = [
+            {"task": "demo.echo", "args": {"variant": i % 2}, "idempotency_key": "race", "countdown": 3600}
+            for i in range(20)
+        ]
         responses = hammer(two_api_processes, auth(key), bodies)
         winner = next(r.json() for r in responses if r.status_code == 202)
         for body, resp in zip(bodies, responses):

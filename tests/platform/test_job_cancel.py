@@ -8,10 +8,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from tenantq.platform.dispatch.dispatcher import publish
+from tenantq.platform.dispatch.queues import TenantQueues
 from tenantq.platform.jobs.lifecycle import cancel_key
 from tenantq.platform.jobs.models import JobAttempt
-from tenantq.worker.dispatcher import publish
-from tenantq.worker.queues import TenantQueues
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, JobFactory, auth
 from tests.platform.helpers import get_job, submit, wait_job
@@ -43,12 +43,17 @@ class TestCancelApi:
         key = ApiKeyFactory()
         for status in ("succeeded", "failed", "cancelled"):
             job = JobFactory(tenant=key.tenant, status=status)
-            assert cancel(api, key, job.id) == {"id": job.id, "status": status, "cancellation": "already_finished"}
+            assert cancel(api, key, job.id) == {
+                "id": job.id,
+                "status": status,
+                "cancellation": "already_finished",
+            }
 
     def test_running_uninterruptible_job_is_marked_requested(self, api, db_session):
         key = ApiKeyFactory()
-        job = JobFactory(tenant=key.tenant, task="demo.sleep_uninterruptible", status="running", attempts=1,
-                         task_id="x-1")
+        job = JobFactory(
+            tenant=key.tenant, task="demo.sleep_uninterruptible", status="running", attempts=1, task_id="x-1"
+        )
         body = cancel(api, key, job.id)
         assert body["cancellation"] == "requested" and body["status"] == "running"
         assert get_job(api, key, job.id)["cancel_requested"] is True
@@ -83,8 +88,9 @@ class TestCancelEndToEnd:
         assert body["status"] == "cancelled" and body["started_at"] is None and body["attempt_log"] == []
         assert attempt_rows(db_session, job["id"]) == 0
 
-    def test_cancelled_job_already_handed_to_celery_never_starts(self, api, db_session, redis_client,
-                                                                   platform_processes):
+    def test_cancelled_job_already_handed_to_celery_never_starts(
+        self, api, db_session, redis_client, platform_processes
+    ):
         key = ApiKeyFactory()
         redis_client.sadd("tq:paused", key.tenant_id)
         try:
@@ -95,8 +101,11 @@ class TestCancelEndToEnd:
             publish(message, "tq.exec")  # ...and Celery delivers it after the cancellation
         finally:
             redis_client.srem("tq:paused", key.tenant_id)
-        wait_until(lambda: f"[{message['task_id']}] ignored" in platform_processes.log("worker"), timeout=60,
-                   message="the worker to receive and ignore the cancelled attempt")
+        wait_until(
+            lambda: f"[{message['task_id']}] ignored" in platform_processes.log("worker"),
+            timeout=60,
+            message="the worker to receive and ignore the cancelled attempt",
+        )
         body = get_job(api, key, job["id"])
         assert body["status"] == "cancelled" and body["started_at"] is None and body["attempt_log"] == []
 
@@ -107,18 +116,26 @@ class TestCancelEndToEnd:
         done = wait_job(api, key, job["id"])
         from tenantq.platform.jobs.messages import message_for_attempt
 
-        message = message_for_attempt("demo.echo", {"twice": True}, {"id": job["id"], "tenant_id": key.tenant_id,
-                                                                     "priority": 5, "max_retries": 0}, 1)
+        message = message_for_attempt(
+            "demo.echo",
+            {"twice": True},
+            {"id": job["id"], "tenant_id": key.tenant_id, "priority": 5, "max_retries": 0},
+            1,
+        )
         publish(message, "tq.exec")
-        wait_until(lambda: f"[{message['task_id']}] ignored" in platform_processes.log("worker"), timeout=60,
-                   message="the worker to ignore the replayed attempt")
+        wait_until(
+            lambda: f"[{message['task_id']}] ignored" in platform_processes.log("worker"),
+            timeout=60,
+            message="the worker to ignore the replayed attempt",
+        )
         again = get_job(api, key, job["id"])
         assert again["result"] == {"once": True} and again["attempt_log"] == done["attempt_log"]
 
     def test_cancel_while_waiting_for_a_retry(self, api, redis_client, platform_processes):
         key = ApiKeyFactory()
-        job = submit(api, key, {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2,
-                                "retry_backoff": 60})
+        job = submit(
+            api, key, {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2, "retry_backoff": 60}
+        )
         waiting = wait_job(api, key, job["id"], statuses=("retrying",))
         assert waiting["run_at"] and redis_client.zscore("tq:delayed", job["id"]) is not None
         assert cancel(api, key, job["id"])["cancellation"] == "dequeued"

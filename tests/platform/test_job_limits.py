@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from tenantq.platform.db import utcnow
+from tenantq.core.db import utcnow
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.service import purge_expired_results
 from tests.factories import ApiKeyFactory, JobFactory, auth
@@ -15,14 +15,19 @@ from tests.platform.helpers import get_job, submit, wait_job
 
 class TestTimeLimitValidation:
     def err(self, api, key, body):
-        resp = api.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 1}, **body}, headers=auth(key))
+        resp = api.post(
+            "/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 1}, **body}, headers=auth(key)
+        )
         assert resp.status_code == 422, resp.text
         return resp.json()["error"]
 
     def test_above_plan_maximum_is_422(self, api):
         key = ApiKeyFactory(tenant__plan_name="free")  # free: max_time_limit_s 60
         err = self.err(api, key, {"time_limit": 61})
-        assert err["code"] == "time_limit_not_allowed" and err["details"] == {"field": "time_limit", "max": 60}
+        assert err["code"] == "time_limit_not_allowed" and err["details"] == {
+            "field": "time_limit",
+            "max": 60,
+        }
         assert self.err(api, key, {"soft_time_limit": 90})["details"]["field"] == "soft_time_limit"
 
     def test_soft_must_be_below_hard(self, api):
@@ -33,18 +38,23 @@ class TestTimeLimitValidation:
         key = ApiKeyFactory(tenant__plan_name="free")
         job = submit(api, key, {"task": "demo.echo", "countdown": 3600})
         assert job["time_limit"] == 60 and job["soft_time_limit"] is None
-        job = submit(api, key, {"task": "demo.echo", "countdown": 3600, "soft_time_limit": 2.5, "time_limit": 4})
+        job = submit(
+            api, key, {"task": "demo.echo", "countdown": 3600, "soft_time_limit": 2.5, "time_limit": 4}
+        )
         assert (job["soft_time_limit"], job["time_limit"]) == (2.5, 4)
 
 
 class TestResults:
     def test_expired_result_says_so(self, api, db_session):
         key = ApiKeyFactory()
-        job = JobFactory(tenant=key.tenant, result={"big": "answer"},
-                         result_expires_at=utcnow() - timedelta(seconds=1))
+        job = JobFactory(
+            tenant=key.tenant, result={"big": "answer"}, result_expires_at=utcnow() - timedelta(seconds=1)
+        )
         body = get_job(api, key, job.id)
         assert body["result"] is None and body["result_expired"] is True and body["result_expires_at"]
-        fresh = JobFactory(tenant=key.tenant, result={"x": 1}, result_expires_at=utcnow() + timedelta(hours=1))
+        fresh = JobFactory(
+            tenant=key.tenant, result={"x": 1}, result_expires_at=utcnow() + timedelta(hours=1)
+        )
         body = get_job(api, key, fresh.id)
         assert body["result"] == {"x": 1} and body["result_expired"] is False
 
@@ -61,8 +71,9 @@ class TestResults:
 class TestLimitsEndToEnd:
     def test_soft_time_limit_surfaces_as_a_clear_error(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = submit(api, key, {"task": "demo.sleep", "args": {"seconds": 20}, "soft_time_limit": 1,
-                                "time_limit": 30})
+        job = submit(
+            api, key, {"task": "demo.sleep", "args": {"seconds": 20}, "soft_time_limit": 1, "time_limit": 30}
+        )
         done = wait_job(api, key, job["id"], timeout=60)
         assert done["status"] == "failed"
         assert done["error"].startswith("SoftTimeLimitExceeded: soft time limit of 1s exceeded")
@@ -73,7 +84,9 @@ class TestLimitsEndToEnd:
         job = submit(api, key, {"task": "demo.sleep", "args": {"seconds": 20}, "time_limit": 1})
         done = wait_job(api, key, job["id"], timeout=60)
         assert done["status"] == "failed", done
-        assert done["error"].startswith("TimeLimitExceeded: hard time limit of 1s exceeded; the attempt was killed")
+        assert done["error"].startswith(
+            "TimeLimitExceeded: hard time limit of 1s exceeded; the attempt was killed"
+        )
         [attempt] = done["attempt_log"]
         assert attempt["status"] == "failed" and attempt["finished_at"]
         # The pool replaced the killed child: the worker still runs jobs.
@@ -98,7 +111,7 @@ class TestLimitsEndToEnd:
         assert "larger than the limit of 262144 bytes" in done["error"].splitlines()[0]
 
     def test_purge_task_runs_on_the_worker(self, db_session, platform_processes):
-        from tenantq.worker.celery_app import app
+        from tenantq.core.celery import app
 
         old = JobFactory(result={"a": 1}, result_expires_at=utcnow() - timedelta(minutes=1))
         purged = app.send_task("jobs.purge_expired_results", queue="tq.system").get(timeout=60)

@@ -21,7 +21,9 @@ class TestSubmit:
         # A session-wide dispatcher may already have released the job, so count enqueues instead of
         # looking for the job in the tenant's queue.
         seq_before = int(redis_client.get("tq:seq") or 0)
-        resp = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"x": 1}, "priority": 7}, headers=auth(key))
+        resp = api.post(
+            "/v1/jobs", json={"task": "demo.echo", "args": {"x": 1}, "priority": 7}, headers=auth(key)
+        )
         assert resp.status_code == 202, resp.text
         body = resp.json()
         assert body["status"] == "queued" and body["priority"] == 7 and body["args"] == {"x": 1}
@@ -58,39 +60,67 @@ class TestBadInput:
 
     def test_unknown_task(self, api, db_session):
         key = ApiKeyFactory()
-        err = self.check(api.post("/v1/jobs", json={"task": "nope.nothing"}, headers=auth(key)), 422, "unknown_task")
+        err = self.check(
+            api.post("/v1/jobs", json={"task": "nope.nothing"}, headers=auth(key)), 422, "unknown_task"
+        )
         assert "nope.nothing" in err["message"]
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_args_fail_schema(self, api, db_session):
         key = ApiKeyFactory()
-        err = self.check(api.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": "soon"}},
-                                  headers=auth(key)), 422, "invalid_args")
+        err = self.check(
+            api.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": "soon"}}, headers=auth(key)),
+            422,
+            "invalid_args",
+        )
         assert err["details"][0]["loc"][:2] == ["args", "seconds"]
-        self.check(api.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 1, "extra": 1}},
-                            headers=auth(key)), 422, "invalid_args")
+        self.check(
+            api.post(
+                "/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 1, "extra": 1}}, headers=auth(key)
+            ),
+            422,
+            "invalid_args",
+        )
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_priority_out_of_range(self, api):
         key = ApiKeyFactory()
         for prio in (-1, 10, "high"):
-            self.check(api.post("/v1/jobs", json={"task": "demo.echo", "priority": prio}, headers=auth(key)),
-                       422, "invalid_input")
+            self.check(
+                api.post("/v1/jobs", json={"task": "demo.echo", "priority": prio}, headers=auth(key)),
+                422,
+                "invalid_input",
+            )
 
     def test_priority_outside_plan_range(self, api):
         key = ApiKeyFactory(tenant=TenantFactory(plan_name="free"))
-        self.check(api.post("/v1/jobs", json={"task": "demo.echo", "priority": 9}, headers=auth(key)),
-                   422, "priority_not_allowed")
+        self.check(
+            api.post("/v1/jobs", json={"task": "demo.echo", "priority": 9}, headers=auth(key)),
+            422,
+            "priority_not_allowed",
+        )
 
     def test_malformed_json(self, api):
         key = ApiKeyFactory()
-        resp = api.post("/v1/jobs", content=b'{"task": "demo.echo",', headers={**auth(key), "content-type": "application/json"})
+        resp = api.post(
+            "/v1/jobs",
+            content=b'{"task": "demo.echo",',
+            headers={**auth(key), "content-type": "application/json"},
+        )
         self.check(resp, 400, "malformed_json")
 
     def test_unknown_field_and_negative_countdown(self, api):
         key = ApiKeyFactory()
-        self.check(api.post("/v1/jobs", json={"task": "demo.echo", "colour": "red"}, headers=auth(key)), 422, "invalid_input")
-        self.check(api.post("/v1/jobs", json={"task": "demo.echo", "countdown": -5}, headers=auth(key)), 422, "invalid_input")
+        self.check(
+            api.post("/v1/jobs", json={"task": "demo.echo", "colour": "red"}, headers=auth(key)),
+            422,
+            "invalid_input",
+        )
+        self.check(
+            api.post("/v1/jobs", json={"task": "demo.echo", "countdown": -5}, headers=auth(key)),
+            422,
+            "invalid_input",
+        )
 
     def test_body_too_large(self, api):
         key = ApiKeyFactory()
@@ -100,13 +130,15 @@ class TestBadInput:
 
     def test_missing_and_wrong_key(self, api):
         self.check(api.post("/v1/jobs", json={"task": "demo.echo"}), 401, "unauthorized")
-        self.check(api.get("/v1/jobs", headers={"Authorization": "Bearer tq_live_nonsense"}), 401, "invalid_api_key")
+        self.check(
+            api.get("/v1/jobs", headers={"Authorization": "Bearer tq_live_nonsense"}), 401, "invalid_api_key"
+        )
         key = ApiKeyFactory()
         other = key.plaintext[:-8] + ("A" * 8)
         self.check(api.get("/v1/jobs", headers={"Authorization": f"Bearer {other}"}), 401, "invalid_api_key")
 
     def test_revoked_key(self, api, db_session):
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         key = ApiKeyFactory()
         key.revoked_at = utcnow()

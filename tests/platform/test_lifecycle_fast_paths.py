@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, text
 
-from tenantq.platform.db import get_engine, utcnow
+from tenantq.core.db import get_engine, utcnow
 from tenantq.platform.jobs import lifecycle
 from tenantq.platform.jobs.models import Job, JobAttempt
 from tenantq.platform.webhooks.models import WebhookEndpoint
@@ -20,7 +20,9 @@ def _meta(job: Job, attempt: int = 1) -> dict:
 
 def _attempts(db_session, job_id: str) -> list[JobAttempt]:
     db_session.expire_all()
-    return list(db_session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)))
+    return list(
+        db_session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt))
+    )
 
 
 class TestAttemptStarted:
@@ -32,19 +34,31 @@ class TestAttemptStarted:
         assert (row.status, row.attempts, row.worker, row.task_id) == ("running", 1, "w1@host", "task-1")
         assert row.started_at is not None
         (attempt,) = _attempts(db_session, job.id)
-        assert (attempt.attempt, attempt.status, attempt.task_id, attempt.worker) == (1, "running", "task-1", "w1@host")
+        assert (attempt.attempt, attempt.status, attempt.task_id, attempt.worker) == (
+            1,
+            "running",
+            "task-1",
+            "w1@host",
+        )
         assert attempt.finished_at is None and attempt.error is None
 
     def test_a_redelivered_attempt_reopens_its_row(self, db_session):
         job = JobFactory(status="queued", attempts=0)
         assert lifecycle.attempt_started(_meta(job), "task-1", "w1@host")
         # The worker died mid-run; the attempt row was left with an error (as a lost attempt might be).
-        db_session.execute(text("UPDATE job_attempt SET status='failed', error='lost', finished_at=:t WHERE job_id=:j"),
-                           {"t": utcnow(), "j": job.id})
+        db_session.execute(
+            text("UPDATE job_attempt SET status='failed', error='lost', finished_at=:t WHERE job_id=:j"),
+            {"t": utcnow(), "j": job.id},
+        )
         db_session.commit()
         assert lifecycle.attempt_started(_meta(job), "task-1", "w2@host") is True
         (attempt,) = _attempts(db_session, job.id)
-        assert (attempt.status, attempt.worker, attempt.finished_at, attempt.error) == ("running", "w2@host", None, None)
+        assert (attempt.status, attempt.worker, attempt.finished_at, attempt.error) == (
+            "running",
+            "w2@host",
+            None,
+            None,
+        )
         assert attempt.task_id == "task-1"
 
     def test_refused_for_a_finished_job_or_an_older_attempt(self, db_session):
@@ -64,7 +78,7 @@ class TestAttemptSucceeded:
     def test_result_expiry_follows_the_plan_at_finish_time(self, db_session):
         from datetime import timedelta
 
-        from tenantq.tenants.models import Plan
+        from tenantq.tenants.accounts.models import Plan
 
         tenant = TenantFactory()
         plan = db_session.get(Plan, tenant.plan_name)
@@ -82,7 +96,9 @@ class TestAttemptSucceeded:
             assert row.finished_at >= before - timedelta(seconds=1)
         else:
             assert row.result_expires_at is None
-        assert [(a.status, a.finished_at) for a in _attempts(db_session, job.id)] == [("succeeded", row.finished_at)]
+        assert [(a.status, a.finished_at) for a in _attempts(db_session, job.id)] == [
+            ("succeeded", row.finished_at)
+        ]
 
     def test_a_late_success_never_moves_a_finished_job(self, db_session):
         job = JobFactory(status="queued", attempts=0)
@@ -112,8 +128,11 @@ class TestWebhookHint:
 
     def test_an_enabled_endpoint_keeps_the_lookup(self, db_session):
         tenant = TenantFactory()
-        db_session.add(WebhookEndpoint(tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.failed"],
-                                       secret="whsec_x"))
+        db_session.add(
+            WebhookEndpoint(
+                tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.failed"], secret="whsec_x"
+            )
+        )
         db_session.commit()
         job = JobFactory(tenant=tenant, status="queued", attempts=0)
         meta = _meta(job)
@@ -122,12 +141,21 @@ class TestWebhookHint:
         assert lifecycle.webhooks_possible(meta) is True
         db_session.expire_all()
         assert db_session.get(Job, job.id).status == "failed"
-        assert [(a.status, a.error) for a in _attempts(db_session, job.id)] == [("failed", "ValueError: boom")]
+        assert [(a.status, a.error) for a in _attempts(db_session, job.id)] == [
+            ("failed", "ValueError: boom")
+        ]
 
     def test_a_disabled_endpoint_counts_as_none(self, db_session):
         tenant = TenantFactory()
-        db_session.add(WebhookEndpoint(tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.succeeded"],
-                                       secret="whsec_y", enabled=False))
+        db_session.add(
+            WebhookEndpoint(
+                tenant_id=tenant.id,
+                url="http://127.0.0.1:9/",
+                events=["job.succeeded"],
+                secret="whsec_y",
+                enabled=False,
+            )
+        )
         db_session.commit()
         job = JobFactory(tenant=tenant, status="queued", attempts=0)
         meta = _meta(job)
@@ -150,5 +178,8 @@ class TestIdlePing:
             killer.execute(text("select pg_terminate_backend(:p)"), {"p": pid})
         time.sleep(1.2)  # past PING_IF_IDLE_SECONDS: each check-out pings and finds a dead one
         with engine.connect() as a, engine.connect() as b:
-            pids = {a.execute(text("select pg_backend_pid()")).scalar(), b.execute(text("select pg_backend_pid()")).scalar()}
+            pids = {
+                a.execute(text("select pg_backend_pid()")).scalar(),
+                b.execute(text("select pg_backend_pid()")).scalar(),
+            }
         assert pid not in pids and len(pids) == 2

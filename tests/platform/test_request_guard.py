@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.models import Job
-from tenantq.platform.settings import get_settings
 from tests.factories import ApiKeyFactory, auth
 
 
@@ -49,7 +49,9 @@ class TestBodySize:
                 yield b"x" * 65536
             yield b'"}}'
 
-        resp = api.post("/v1/jobs", content=chunks(), headers={**auth(key), "content-type": "application/json"})
+        resp = api.post(
+            "/v1/jobs", content=chunks(), headers={**auth(key), "content-type": "application/json"}
+        )
         check(resp, 413, "payload_too_large")
         assert job_count(db_session, key.tenant_id) == 0
 
@@ -58,12 +60,20 @@ class TestBodySize:
             yield b'{"task": "demo.echo",'
             yield b' "args": {"a": 1}}'
 
-        resp = api.post("/v1/jobs", content=chunks(), headers={**auth(key), "content-type": "application/json"})
+        resp = api.post(
+            "/v1/jobs", content=chunks(), headers={**auth(key), "content-type": "application/json"}
+        )
         assert resp.status_code == 202 and resp.json()["args"] == {"a": 1}
 
     def test_invalid_content_length(self, api, key):
-        check(api.post("/v1/jobs", content=b"{}", headers={**auth(key), "content-length": "abc",
-                                                           "content-type": "application/json"}), 400)
+        check(
+            api.post(
+                "/v1/jobs",
+                content=b"{}",
+                headers={**auth(key), "content-length": "abc", "content-type": "application/json"},
+            ),
+            400,
+        )
 
 
 class TestJsonShape:
@@ -73,22 +83,35 @@ class TestJsonShape:
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_wrong_types_unknown_fields(self, api, key, db_session):
-        for body in ({"task": "demo.echo", "priority": "high"}, {"task": "demo.echo", "args": [1, 2]},
-                     {"task": 5}, {"task": "demo.echo", "priority": 10**100}, {"task": "demo.echo", "colour": 1},
-                     {}, [], "demo.echo"):
+        for body in (
+            {"task": "demo.echo", "priority": "high"},
+            {"task": "demo.echo", "args": [1, 2]},
+            {"task": 5},
+            {"task": "demo.echo", "priority": 10**100},
+            {"task": "demo.echo", "colour": 1},
+            {},
+            [],
+            "demo.echo",
+        ):
             check(api.post("/v1/jobs", json=body, headers=auth(key)), 422, "invalid_input")
         check(post_raw(api, key, b'{"task": "demo.echo"}', "text/plain"), 422)
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_nan_and_infinity(self, api, key, db_session):
-        for raw in ('{"task": "demo.echo", "countdown": NaN}', '{"task": "demo.echo", "countdown": Infinity}',
-                    '{"task": "demo.echo", "args": {"x": -Infinity}}'):
+        for raw in (
+            '{"task": "demo.echo", "countdown": NaN}',
+            '{"task": "demo.echo", "countdown": Infinity}',
+            '{"task": "demo.echo", "args": {"x": -Infinity}}',
+        ):
             check(post_raw(api, key, raw), 422, "invalid_number")
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_absurd_countdowns(self, api, key, db_session):
         for countdown in (-5, -0.001, 1e308, 10**12, 366 * 24 * 3600 + 1, "tomorrow"):
-            check(api.post("/v1/jobs", json={"task": "demo.echo", "countdown": countdown}, headers=auth(key)), 422)
+            check(
+                api.post("/v1/jobs", json={"task": "demo.echo", "countdown": countdown}, headers=auth(key)),
+                422,
+            )
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_deep_nesting(self, api, key, db_session):
@@ -106,30 +129,38 @@ class TestJsonShape:
 
 
 class TestUnicode:
-    @pytest.mark.parametrize("raw", [
-        '{"task": "demo.echo", "args": {"s": "a\\u0000b"}}',
-        '{"task": "demo.echo", "args": {"a\\u0000": 1}}',
-        '{"task": "demo.echo\\u0000"}',
-        '{"task": "demo.echo", "idempotency_key": "k\\u0000"}',
-        '{"task": "demo.echo", "args": {"deep": [{"s": ["\\u0000"]}]}}',
-    ])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            '{"task": "demo.echo", "args": {"s": "a\\u0000b"}}',
+            '{"task": "demo.echo", "args": {"a\\u0000": 1}}',
+            '{"task": "demo.echo\\u0000"}',
+            '{"task": "demo.echo", "idempotency_key": "k\\u0000"}',
+            '{"task": "demo.echo", "args": {"deep": [{"s": ["\\u0000"]}]}}',
+        ],
+    )
     def test_nul_is_422(self, api, key, db_session, raw):
         check(post_raw(api, key, raw), 422, "invalid_text")
         assert job_count(db_session, key.tenant_id) == 0
 
-    @pytest.mark.parametrize("raw", [
-        '{"task": "demo.echo", "args": {"s": "\\ud800"}}',
-        '{"task": "demo.echo", "args": {"s": "x\\udfff"}}',
-        '{"task": "demo.echo", "args": {"\\ude00": 1}}',
-        '{"task": "demo.echo", "idempotency_key": "\\ud83d"}',
-    ])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            '{"task": "demo.echo", "args": {"s": "\\ud800"}}',
+            '{"task": "demo.echo", "args": {"s": "x\\udfff"}}',
+            '{"task": "demo.echo", "args": {"\\ude00": 1}}',
+            '{"task": "demo.echo", "idempotency_key": "\\ud83d"}',
+        ],
+    )
     def test_lone_surrogates_are_422(self, api, key, db_session, raw):
         check(post_raw(api, key, raw), 422, "invalid_text")
         assert job_count(db_session, key.tenant_id) == 0
 
     def test_rtl_emoji_and_escaped_pairs_round_trip(self, api, key):
         text = "שלום \u202eevil\u202c مرحبا 🚀👩‍💻 e\u0301"
-        raw = json.dumps({"task": "demo.echo", "args": {"text": text, "🔑": "مفتاح"}, "idempotency_key": "🙂-\u05d0"})
+        raw = json.dumps(
+            {"task": "demo.echo", "args": {"text": text, "🔑": "مفتاح"}, "idempotency_key": "🙂-\u05d0"}
+        )
         assert "\\ud83d" in raw  # json.dumps escapes astral characters as surrogate pairs: those are valid
         resp = post_raw(api, key, raw)
         assert resp.status_code == 202, resp.text
@@ -150,12 +181,14 @@ class TestDisconnect:
     def test_client_leaving_mid_body_runs_nothing(self, key, db_session):
         import asyncio
 
-        from tenantq.platform.app import create_app
+        from tenantq.app import create_app
 
         app = create_app()
         sent: list[dict] = []
-        messages = [{"type": "http.request", "body": b'{"task": "demo.echo", "args": {"x": ', "more_body": True},
-                    {"type": "http.disconnect"}]
+        messages = [
+            {"type": "http.request", "body": b'{"task": "demo.echo", "args": {"x": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
 
         async def receive():
             return messages.pop(0)
@@ -163,11 +196,23 @@ class TestDisconnect:
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
-                 "root_path": "", "client": ("127.0.0.1", 1234), "server": ("testserver", 80),
-                 "headers": [(b"authorization", auth(key)["Authorization"].encode()),
-                             (b"content-type", b"application/json")]}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/jobs",
+            "raw_path": b"/v1/jobs",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 1234),
+            "server": ("testserver", 80),
+            "headers": [
+                (b"authorization", auth(key)["Authorization"].encode()),
+                (b"content-type", b"application/json"),
+            ],
+        }
         asyncio.run(app(scope, receive, send))
         assert sent == []
         assert job_count(db_session, key.tenant_id) == 0

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from tenantq.core.settings import reset_settings_cache
 from tenantq.platform.jobs.models import Job
-from tenantq.platform.settings import reset_settings_cache
 from tenantq.platform.webhooks import service
 from tenantq.platform.webhooks.models import WebhookDelivery, WebhookEndpoint
 from tenantq.platform.webhooks.service import sign, verify_signature
@@ -44,7 +44,9 @@ class VerifyingReceiver(LocalHttpServer):
 
     def route(self, req: dict) -> Reply:
         self.ready.wait(10)
-        ok = verify_signature(self.secret, req["headers"].get("tenantq-signature"), req["body"], tolerance=300)
+        ok = verify_signature(
+            self.secret, req["headers"].get("tenantq-signature"), req["body"], tolerance=300
+        )
         (self.verified if ok else self.rejected).append(req)
         if not ok:
             return Reply(400, b"bad signature")
@@ -75,8 +77,15 @@ class TestSignature:
 class TestWebhookApi:
     def test_create_shows_secret_once_then_list_and_delete(self, api, allow_private):
         key = ApiKeyFactory()
-        resp = api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["job.failed",
-                        "job.succeeded", "job.failed"], "description": "ops"}, headers=auth(key))
+        resp = api.post(
+            "/v1/webhooks",
+            json={
+                "url": "http://127.0.0.1:9/hook",
+                "events": ["job.failed", "job.succeeded", "job.failed"],
+                "description": "ops",
+            },
+            headers=auth(key),
+        )
         assert resp.status_code == 201, resp.text
         body = resp.json()
         assert body["secret"].startswith("whsec_") and len(body["secret"]) > 30
@@ -88,13 +97,16 @@ class TestWebhookApi:
         assert api.delete(f"/v1/webhooks/{body['id']}", headers=auth(key)).status_code == 204
         assert api.get(f"/v1/webhooks/{body['id']}/deliveries", headers=auth(key)).status_code == 404
 
-    @pytest.mark.parametrize("url,needle", [
-        ("http://127.0.0.1:8080/hook", "loopback"),
-        ("http://localhost/hook", "loopback"),
-        ("http://169.254.169.254/latest/meta-data", "link-local"),
-        ("http://10.0.0.5/hook", "private"),
-        ("ftp://example.com/hook", "http"),
-    ])
+    @pytest.mark.parametrize(
+        "url,needle",
+        [
+            ("http://127.0.0.1:8080/hook", "loopback"),
+            ("http://localhost/hook", "loopback"),
+            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("http://10.0.0.5/hook", "private"),
+            ("ftp://example.com/hook", "http"),
+        ],
+    )
     def test_private_destinations_are_refused_by_default(self, api, url, needle):
         key = ApiKeyFactory()
         resp = api.post("/v1/webhooks", json={"url": url, "events": ["job.succeeded"]}, headers=auth(key))
@@ -104,14 +116,18 @@ class TestWebhookApi:
 
     def test_unknown_event_type_is_422(self, api, allow_private):
         key = ApiKeyFactory()
-        resp = api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["job.exploded"]},
-                        headers=auth(key))
+        resp = api.post(
+            "/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["job.exploded"]}, headers=auth(key)
+        )
         assert resp.status_code == 422
 
     def test_other_tenants_webhooks_are_404(self, api, allow_private):
         owner, other = ApiKeyFactory(), ApiKeyFactory()
-        wid = api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["job.succeeded"]},
-                       headers=auth(owner)).json()["id"]
+        wid = api.post(
+            "/v1/webhooks",
+            json={"url": "http://127.0.0.1:9/", "events": ["job.succeeded"]},
+            headers=auth(owner),
+        ).json()["id"]
         assert api.get(f"/v1/webhooks/{wid}", headers=auth(other)).status_code == 404
         assert api.get(f"/v1/webhooks/{wid}/deliveries", headers=auth(other)).status_code == 404
         assert api.delete(f"/v1/webhooks/{wid}", headers=auth(other)).status_code == 404
@@ -129,10 +145,15 @@ class TestEvents:
 
     def test_deliveries_are_recorded_once_per_endpoint_and_event(self, db_session):
         tenant = TenantFactory()
-        both = WebhookEndpoint(tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.succeeded", "job.failed"],
-                               secret="whsec_a")
-        failures_only = WebhookEndpoint(tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.failed"],
-                                        secret="whsec_b")
+        both = WebhookEndpoint(
+            tenant_id=tenant.id,
+            url="http://127.0.0.1:9/",
+            events=["job.succeeded", "job.failed"],
+            secret="whsec_a",
+        )
+        failures_only = WebhookEndpoint(
+            tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.failed"], secret="whsec_b"
+        )
         db_session.add_all([both, failures_only])
         db_session.commit()
         job = JobFactory(tenant=tenant, status="succeeded", attempts=1, result={"x": 1})
@@ -147,28 +168,39 @@ class TestEvents:
 
     def test_unfinished_jobs_and_other_tenants_endpoints_produce_nothing(self, db_session):
         tenant, other = TenantFactory(), TenantFactory()
-        db_session.add(WebhookEndpoint(tenant_id=other.id, url="http://127.0.0.1:9/", events=["job.succeeded"],
-                                       secret="whsec_c"))
+        db_session.add(
+            WebhookEndpoint(
+                tenant_id=other.id, url="http://127.0.0.1:9/", events=["job.succeeded"], secret="whsec_c"
+            )
+        )
         db_session.commit()
         assert service.record_job_finished(db_session, JobFactory(tenant=tenant, status="succeeded").id) == []
-        db_session.add(WebhookEndpoint(tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.succeeded"],
-                                       secret="whsec_d"))
+        db_session.add(
+            WebhookEndpoint(
+                tenant_id=tenant.id, url="http://127.0.0.1:9/", events=["job.succeeded"], secret="whsec_d"
+            )
+        )
         db_session.commit()
         assert service.record_job_finished(db_session, JobFactory(tenant=tenant, status="running").id) == []
 
 
 class TestAttempts:
-    def test_duplicate_task_copies_never_repeat_an_attempt_and_lost_ones_are_swept(self, db_session, allow_private):
+    def test_duplicate_task_copies_never_repeat_an_attempt_and_lost_ones_are_swept(
+        self, db_session, allow_private
+    ):
         from datetime import timedelta
 
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         tenant = TenantFactory()
         with VerifyingReceiver() as receiver:
             receiver.secret = "whsec_t"
             receiver.ready.set()
-            db_session.add(WebhookEndpoint(tenant_id=tenant.id, url=receiver.url + "/x", events=["job.succeeded"],
-                                           secret="whsec_t"))
+            db_session.add(
+                WebhookEndpoint(
+                    tenant_id=tenant.id, url=receiver.url + "/x", events=["job.succeeded"], secret="whsec_t"
+                )
+            )
             db_session.commit()
             first_job = JobFactory(tenant=tenant, status="succeeded", attempts=1)
             (did,) = service.record_job_finished(db_session, first_job.id)
@@ -197,8 +229,9 @@ class TestDelivery:
     def deliveries(self, api, key, wid: str) -> list[dict]:
         return api.get(f"/v1/webhooks/{wid}/deliveries", headers=auth(key)).json()["items"]
 
-    def test_succeeded_job_is_delivered_signed_and_retried_after_a_failure(self, api, db_session, allow_private,
-                                                                          isolated_platform):
+    def test_succeeded_job_is_delivered_signed_and_retried_after_a_failure(
+        self, api, db_session, allow_private, isolated_platform
+    ):
         key = ApiKeyFactory()
         tenant = key.tenant
         with VerifyingReceiver(statuses=[500]) as receiver:
@@ -219,7 +252,10 @@ class TestDelivery:
             assert first["headers"]["tenantq-event-id"] == second["headers"]["tenantq-event-id"]
             assert second["at"] - first["at"] >= 0.2  # backed off (base 0.5 s, jitter 50-100%)
             event = json.loads(second["body"])
-            assert event["type"] == "job.succeeded" and second["headers"]["tenantq-event-type"] == "job.succeeded"
+            assert (
+                event["type"] == "job.succeeded"
+                and second["headers"]["tenantq-event-type"] == "job.succeeded"
+            )
             assert event["data"]["job"]["id"] == job.id and event["data"]["job"]["status"] == "succeeded"
             assert event["data"]["job"]["result"] == {"hello": "webhooks"}
             assert event["id"] == second["headers"]["tenantq-event-id"]
@@ -232,8 +268,9 @@ class TestDelivery:
             assert log[1]["status_code"] == 200 and log[1]["error"] is None
             assert all(a["duration_ms"] >= 0 for a in log)
 
-    def test_failed_job_event_and_unreachable_endpoint_gives_up_after_max_attempts(self, api, db_session,
-                                                                                  allow_private, isolated_platform):
+    def test_failed_job_event_and_unreachable_endpoint_gives_up_after_max_attempts(
+        self, api, db_session, allow_private, isolated_platform
+    ):
         key = ApiKeyFactory()
         with VerifyingReceiver() as receiver:
             good = self.register(api, key, receiver.url + "/ok", ["job.failed"])
@@ -254,10 +291,14 @@ class TestDelivery:
                 items = self.deliveries(api, key, dead["id"])
                 return items if items and items[0]["status"] == "failed" else None
 
-            (delivery,) = wait_until(dead_gave_up, timeout=90, interval=0.3, message="the dead endpoint to give up")
+            (delivery,) = wait_until(
+                dead_gave_up, timeout=90, interval=0.3, message="the dead endpoint to give up"
+            )
             # TENANTQ_WEBHOOK_MAX_ATTEMPTS=4 in the isolated worker; connection errors recorded each time.
             assert delivery["attempts"] == 4 and len(delivery["attempt_log"]) == 4
-            assert all(a["status_code"] is None and "ConnectError" in a["error"] for a in delivery["attempt_log"])
+            assert all(
+                a["status_code"] is None and "ConnectError" in a["error"] for a in delivery["attempt_log"]
+            )
             time.sleep(0.5)
             assert self.deliveries(api, key, ignored["id"]) == []
             assert receiver.matching("/success-only") == []

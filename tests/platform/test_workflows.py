@@ -42,7 +42,9 @@ class TestValidation:
 
     def test_unknown_task_and_bad_args_name_the_step(self, api):
         key = ApiKeyFactory()
-        err = self.err(api, key, [{"task": "demo.echo"}, {"group": [{"task": "demo.echo"}, {"task": "nope"}]}])
+        err = self.err(
+            api, key, [{"task": "demo.echo"}, {"group": [{"task": "demo.echo"}, {"task": "nope"}]}]
+        )
         assert err["code"] == "unknown_task" and err["message"].startswith("steps[1].group[1]:")
         err = self.err(api, key, [{"task": "demo.sleep", "args": {"seconds": -1}}])
         assert err["code"] == "invalid_args" and err["message"].startswith("steps[0]:")
@@ -60,14 +62,19 @@ class TestValidation:
 
     def test_time_limit_bounded_by_plan(self, api):
         key = ApiKeyFactory(tenant__plan_name="free")
-        assert self.err(api, key, [{"task": "demo.echo", "time_limit": 61}])["code"] == "time_limit_not_allowed"
+        assert (
+            self.err(api, key, [{"task": "demo.echo", "time_limit": 61}])["code"] == "time_limit_not_allowed"
+        )
 
 
 class TestIsolation:
     def test_another_tenants_workflow_is_404(self, api):
         owner, other = ApiKeyFactory(), ApiKeyFactory()
         wf = create(api, owner, [{"task": "demo.echo", "args": {"secret": 1}}])
-        for method, path in (("get", f"/v1/workflows/{wf['id']}"), ("post", f"/v1/workflows/{wf['id']}/cancel")):
+        for method, path in (
+            ("get", f"/v1/workflows/{wf['id']}"),
+            ("post", f"/v1/workflows/{wf['id']}/cancel"),
+        ):
             resp = getattr(api, method)(path, headers=auth(other))
             assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
         assert api.get("/v1/workflows/nope", headers=auth(owner)).status_code == 404
@@ -107,10 +114,19 @@ class TestStepInput:
 class TestWorkflowsEndToEnd:
     def test_chain_passes_each_result_to_the_next_step(self, api, platform_processes):
         key = ApiKeyFactory()
-        wf = create(api, key, [{"task": "demo.echo", "args": {"n": 1}},
-                               {"task": "demo.echo", "args": {"n": 2}},
-                               {"task": "demo.echo", "args": {"n": 3}}])
-        assert wf["status"] in ("queued", "running") and [s["status"] for s in wf["steps"][1:]] == ["pending"] * 2
+        wf = create(
+            api,
+            key,
+            [
+                {"task": "demo.echo", "args": {"n": 1}},
+                {"task": "demo.echo", "args": {"n": 2}},
+                {"task": "demo.echo", "args": {"n": 3}},
+            ],
+        )
+        assert (
+            wf["status"] in ("queued", "running")
+            and [s["status"] for s in wf["steps"][1:]] == ["pending"] * 2
+        )
         done = wait_wf(api, key, wf["id"])
         assert done["status"] == "succeeded" and done["error"] is None
         assert done["result"] == {"n": 3, "input": {"n": 2, "input": {"n": 1}}}
@@ -123,8 +139,14 @@ class TestWorkflowsEndToEnd:
 
     def test_group_fans_in_a_list_of_results_in_group_order(self, api, platform_processes):
         key = ApiKeyFactory()
-        wf = create(api, key, [{"group": [{"task": "demo.echo", "args": {"part": i}} for i in range(4)]},
-                               {"task": "demo.echo", "args": {"merge": True}}])
+        wf = create(
+            api,
+            key,
+            [
+                {"group": [{"task": "demo.echo", "args": {"part": i}} for i in range(4)]},
+                {"task": "demo.echo", "args": {"merge": True}},
+            ],
+        )
         done = wait_wf(api, key, wf["id"])
         assert done["status"] == "succeeded"
         assert done["result"] == {"merge": True, "input": [{"part": i} for i in range(4)]}
@@ -134,9 +156,15 @@ class TestWorkflowsEndToEnd:
     def test_failed_step_stops_the_chain_and_says_why(self, api, platform_processes):
         key = ApiKeyFactory()
         # demo.fail's arguments are closed: it runs after step 0 without receiving its result.
-        wf = create(api, key, [{"task": "demo.echo", "args": {"a": 1}},
-                               {"group": [{"task": "demo.echo"}, {"task": "demo.fail", "args": {"message": "disk full"}}]},
-                               {"task": "demo.echo"}])
+        wf = create(
+            api,
+            key,
+            [
+                {"task": "demo.echo", "args": {"a": 1}},
+                {"group": [{"task": "demo.echo"}, {"task": "demo.fail", "args": {"message": "disk full"}}]},
+                {"task": "demo.echo"},
+            ],
+        )
         done = wait_wf(api, key, wf["id"])
         assert done["status"] == "failed" and done["failed_step"] == 1
         failed_job = next(j for j in done["steps"][1]["jobs"] if j["task"] == "demo.fail")
@@ -147,20 +175,35 @@ class TestWorkflowsEndToEnd:
 
     def test_retried_step_then_chain_continues(self, api, platform_processes):
         key = ApiKeyFactory()
-        wf = create(api, key, [{"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2},
-                               {"task": "demo.echo", "args": {"after": "flaky"}}])
+        wf = create(
+            api,
+            key,
+            [
+                {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 2},
+                {"task": "demo.echo", "args": {"after": "flaky"}},
+            ],
+        )
         done = wait_wf(api, key, wf["id"])
         assert done["status"] == "succeeded"
         assert done["result"] == {"after": "flaky", "input": {"attempt": 2}}
 
     def test_cancel_stops_unfinished_steps(self, api, redis_client, platform_processes):
         key = ApiKeyFactory()
-        wf = create(api, key, [{"task": "demo.sleep_uninterruptible", "args": {"seconds": 0.1}},
-                               {"group": [{"task": "demo.sleep", "args": {"seconds": 60}}] * 2},
-                               {"task": "demo.echo"}])
+        wf = create(
+            api,
+            key,
+            [
+                {"task": "demo.sleep_uninterruptible", "args": {"seconds": 0.1}},
+                {"group": [{"task": "demo.sleep", "args": {"seconds": 60}}] * 2},
+                {"task": "demo.echo"},
+            ],
+        )
         # Wait until the group is running, then cancel the workflow.
-        wait_until(lambda: get_wf(api, key, wf["id"])["steps"][1]["status"] == "running", timeout=60,
-                   message="the group step to run")
+        wait_until(
+            lambda: get_wf(api, key, wf["id"])["steps"][1]["status"] == "running",
+            timeout=60,
+            message="the group step to run",
+        )
         resp = api.post(f"/v1/workflows/{wf['id']}/cancel", headers=auth(key))
         assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
         done = get_wf(api, key, wf["id"])
@@ -175,7 +218,9 @@ class TestWorkflowsEndToEnd:
         try:
             wf = create(api, key, [{"task": "demo.echo"}, {"task": "demo.echo"}])
             job_id = wf["steps"][0]["jobs"][0]["id"]
-            assert api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key)).json()["cancellation"] == "dequeued"
+            assert (
+                api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key)).json()["cancellation"] == "dequeued"
+            )
         finally:
             redis_client.srem("tq:paused", key.tenant_id)
         body = get_wf(api, key, wf["id"])

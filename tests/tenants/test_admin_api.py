@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from tenantq.tenants.models import Plan, Tenant
+from tenantq.tenants.accounts.models import Plan, Tenant
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
@@ -44,8 +44,11 @@ class TestCredentials:
 class TestTenants:
     def test_create_get_list_update(self, api):
         name = uniq("acme ✨")
-        resp = api.post("/admin/v1/tenants", json={"name": name, "plan": "pro", "overrides": {"submit_rate": 7}},
-                        headers=ADMIN)
+        resp = api.post(
+            "/admin/v1/tenants",
+            json={"name": name, "plan": "pro", "overrides": {"submit_rate": 7}},
+            headers=ADMIN,
+        )
         assert resp.status_code == 201, resp.text
         tenant = resp.json()
         assert tenant["name"] == name and tenant["plan"] == "pro" and tenant["status"] == "active"
@@ -53,10 +56,15 @@ class TestTenants:
         assert api.get(f"/admin/v1/tenants/{tenant['id']}", headers=ADMIN).json() == tenant
         names = [t["name"] for t in api.get("/admin/v1/tenants", headers=ADMIN).json()["items"]]
         assert name in names
-        patched = api.patch(f"/admin/v1/tenants/{tenant['id']}",
-                            json={"plan": "enterprise", "overrides": {"concurrency": 3, "priority_max": 4}},
-                            headers=ADMIN).json()
-        assert patched["plan"] == "enterprise" and patched["overrides"] == {"concurrency": 3, "priority_max": 4}
+        patched = api.patch(
+            f"/admin/v1/tenants/{tenant['id']}",
+            json={"plan": "enterprise", "overrides": {"concurrency": 3, "priority_max": 4}},
+            headers=ADMIN,
+        ).json()
+        assert patched["plan"] == "enterprise" and patched["overrides"] == {
+            "concurrency": 3,
+            "priority_max": 4,
+        }
         # Omitting overrides keeps them; {} clears them.
         kept = api.patch(f"/admin/v1/tenants/{tenant['id']}", json={"plan": "pro"}, headers=ADMIN).json()
         assert kept["overrides"] == {"concurrency": 3, "priority_max": 4}
@@ -83,24 +91,40 @@ class TestTenants:
         assert count(db_session, Tenant) == before
 
     def test_unknown_tenant_404(self, api):
-        for method, path in [("GET", "/admin/v1/tenants/nope"), ("PATCH", "/admin/v1/tenants/nope"),
-                             ("POST", "/admin/v1/tenants/nope/suspend"), ("GET", "/admin/v1/tenants/nope/keys")]:
-            err(api.request(method, path, json={} if method == "PATCH" else None, headers=ADMIN), 404, "not_found")
+        for method, path in [
+            ("GET", "/admin/v1/tenants/nope"),
+            ("PATCH", "/admin/v1/tenants/nope"),
+            ("POST", "/admin/v1/tenants/nope/suspend"),
+            ("GET", "/admin/v1/tenants/nope/keys"),
+        ]:
+            err(
+                api.request(method, path, json={} if method == "PATCH" else None, headers=ADMIN),
+                404,
+                "not_found",
+            )
 
     def test_list_filter_by_status(self, api):
         t = TenantFactory()
         api.post(f"/admin/v1/tenants/{t.id}/suspend", headers=ADMIN)
-        suspended = {x["id"] for x in api.get("/admin/v1/tenants?status=suspended", headers=ADMIN).json()["items"]}
+        suspended = {
+            x["id"] for x in api.get("/admin/v1/tenants?status=suspended", headers=ADMIN).json()["items"]
+        }
         active = {x["id"] for x in api.get("/admin/v1/tenants?status=active", headers=ADMIN).json()["items"]}
         assert t.id in suspended and t.id not in active
         err(api.get("/admin/v1/tenants?status=deleted", headers=ADMIN), 422)
 
     def test_tenant_keys(self, api):
         key = ApiKeyFactory()
-        created = api.post(f"/admin/v1/tenants/{key.tenant_id}/keys", json={"name": "onboarding", "scopes": ["jobs:read"]},
-                           headers=ADMIN)
+        created = api.post(
+            f"/admin/v1/tenants/{key.tenant_id}/keys",
+            json={"name": "onboarding", "scopes": ["jobs:read"]},
+            headers=ADMIN,
+        )
         assert created.status_code == 201
-        assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {created.json()['key']}"}).status_code == 200
+        assert (
+            api.get("/v1/jobs", headers={"Authorization": f"Bearer {created.json()['key']}"}).status_code
+            == 200
+        )
         items = api.get(f"/admin/v1/tenants/{key.tenant_id}/keys", headers=ADMIN).json()["items"]
         assert {i["id"] for i in items} == {key.id, created.json()["id"]}
         assert "key" not in items[0] and key.plaintext not in str(items)
@@ -112,7 +136,10 @@ class TestSuspension:
         tid = key.tenant_id
         body = api.post(f"/admin/v1/tenants/{tid}/suspend", headers=ADMIN).json()
         assert body["status"] == "suspended"
-        assert redis_client.sismember("tq:paused", tid) and redis_client.hget("tq:paused:why", tid) == "suspended"
+        assert (
+            redis_client.sismember("tq:paused", tid)
+            and redis_client.hget("tq:paused:why", tid) == "suspended"
+        )
         resp = api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(key))
         err(resp, 403, "tenant_suspended")
         # Reads still work: the tenant can see its jobs and usage while suspended.
@@ -120,7 +147,9 @@ class TestSuspension:
         # Idempotent.
         assert api.post(f"/admin/v1/tenants/{tid}/suspend", headers=ADMIN).status_code == 200
         api.post(f"/admin/v1/tenants/{tid}/reactivate", headers=ADMIN)
-        assert not redis_client.sismember("tq:paused", tid) and redis_client.hget("tq:paused:why", tid) is None
+        assert (
+            not redis_client.sismember("tq:paused", tid) and redis_client.hget("tq:paused:why", tid) is None
+        )
         assert api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(key)).status_code == 202
 
     def test_reactivation_keeps_an_operator_pause(self, api, redis_client):
@@ -145,12 +174,17 @@ class TestSuspension:
         control = api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(key)).json()["id"]
         wait_until(lambda: status(control) == "succeeded", timeout=60, message="control job")
         # A job queued before the suspension (countdown: it becomes runnable while suspended).
-        job = api.post("/v1/jobs", json={"task": "demo.echo", "args": {"n": 1}, "countdown": 4}, headers=auth(key)).json()
+        job = api.post(
+            "/v1/jobs", json={"task": "demo.echo", "args": {"n": 1}, "countdown": 4}, headers=auth(key)
+        ).json()
         api.post(f"/admin/v1/tenants/{tid}/suspend", headers=ADMIN)
         assert status(job["id"]) == "scheduled"
         # It is promoted to the tenant's queue by the dispatcher, and stays there.
-        wait_until(lambda: redis_client.zscore(f"tq:q:{tid}", job["id"]) is not None, timeout=60,
-                   message="job promoted to the tenant queue")
+        wait_until(
+            lambda: redis_client.zscore(f"tq:q:{tid}", job["id"]) is not None,
+            timeout=60,
+            message="job promoted to the tenant queue",
+        )
         time.sleep(2)  # several dispatcher ticks
         assert redis_client.zscore(f"tq:q:{tid}", job["id"]) is not None
         assert status(job["id"]) == "scheduled"
@@ -163,14 +197,25 @@ class TestPlans:
         names = {p["name"] for p in api.get("/admin/v1/plans", headers=ADMIN).json()["items"]}
         assert {"free", "pro", "enterprise"} <= names
         name = uniq("team")
-        resp = api.post("/admin/v1/plans", json={"name": name, "submit_rate": 12.5, "submit_burst": 30,
-                                                 "priority_min": 2, "priority_max": 7, "base_fee": "19.90"},
-                        headers=ADMIN)
+        resp = api.post(
+            "/admin/v1/plans",
+            json={
+                "name": name,
+                "submit_rate": 12.5,
+                "submit_burst": 30,
+                "priority_min": 2,
+                "priority_max": 7,
+                "base_fee": "19.90",
+            },
+            headers=ADMIN,
+        )
         assert resp.status_code == 201, resp.text
         plan = resp.json()
         assert plan["submit_rate"] == 12.5 and plan["concurrency"] == 2 and plan["display_name"] == name
         assert plan["base_fee"] in ("19.90", "19.9", "19.900000")
-        updated = api.patch(f"/admin/v1/plans/{name}", json={"concurrency": 8, "base_fee": "21.00"}, headers=ADMIN).json()
+        updated = api.patch(
+            f"/admin/v1/plans/{name}", json={"concurrency": 8, "base_fee": "21.00"}, headers=ADMIN
+        ).json()
         assert updated["concurrency"] == 8 and updated["submit_rate"] == 12.5
         from decimal import Decimal
 
@@ -200,7 +245,14 @@ class TestPlans:
     def test_update_refused_when_it_breaks_a_tenants_overrides(self, api):
         name = uniq("p")
         api.post("/admin/v1/plans", json={"name": name}, headers=ADMIN)
-        tenant = api.post("/admin/v1/tenants", json={"name": uniq(), "plan": name, "overrides": {"priority_min": 6}},
-                          headers=ADMIN).json()
-        body = err(api.patch(f"/admin/v1/plans/{name}", json={"priority_max": 5}, headers=ADMIN), 409, "override_conflict")
+        tenant = api.post(
+            "/admin/v1/tenants",
+            json={"name": uniq(), "plan": name, "overrides": {"priority_min": 6}},
+            headers=ADMIN,
+        ).json()
+        body = err(
+            api.patch(f"/admin/v1/plans/{name}", json={"priority_max": 5}, headers=ADMIN),
+            409,
+            "override_conflict",
+        )
         assert body["details"]["tenants"] == [tenant["id"]]

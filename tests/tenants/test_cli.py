@@ -10,7 +10,7 @@ from decimal import Decimal
 from typer.testing import CliRunner
 
 from tenantq.cli import app
-from tenantq.tenants.models import Plan
+from tenantq.tenants.accounts.models import Plan
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 
@@ -24,8 +24,17 @@ class TestTenantCommands:
     def test_update_suspend_reactivate_list(self, api, redis_client):
         tenant = TenantFactory(plan_name="free")
         key = ApiKeyFactory(tenant=tenant)
-        out = cli("tenant", "update", tenant.name, "--plan", "pro", "--override", "concurrency=4",
-                  "--override", "submit_rate=2.5")
+        out = cli(
+            "tenant",
+            "update",
+            tenant.name,
+            "--plan",
+            "pro",
+            "--override",
+            "concurrency=4",
+            "--override",
+            "submit_rate=2.5",
+        )
         assert out["plan"] == "pro" and out["overrides"] == {"concurrency": 4, "submit_rate": 2.5}
         out = cli("tenant", "update", tenant.id, "--override", "concurrency=null")
         assert out["overrides"] == {"submit_rate": 2.5}
@@ -38,7 +47,10 @@ class TestTenantCommands:
         assert tenant.id in {t["id"] for t in listed}
         assert cli("tenant", "reactivate", tenant.name)["status"] == "active"
         assert not redis_client.sismember("tq:paused", tenant.id)
-        assert cli("tenant", "suspend", "no-such-tenant-" + uuid.uuid4().hex, ok=False)["error"]["code"] == "not_found"
+        assert (
+            cli("tenant", "suspend", "no-such-tenant-" + uuid.uuid4().hex, ok=False)["error"]["code"]
+            == "not_found"
+        )
 
 
 class TestPlanAndKeyCommands:
@@ -50,7 +62,9 @@ class TestPlanAndKeyCommands:
         assert {"free", "pro", "enterprise", name} <= names
         out = cli("plan", "update", name, "--set", "weight=6", "--set", "base_fee=19.90")
         assert out["weight"] == 6 and Decimal(out["base_fee"]) == Decimal("19.90")
-        assert cli("plan", "update", name, "--set", "exec_rate=0", ok=False)["error"]["code"] == "invalid_input"
+        assert (
+            cli("plan", "update", name, "--set", "exec_rate=0", ok=False)["error"]["code"] == "invalid_input"
+        )
 
     def test_key_list_and_revoke(self, api):
         key = ApiKeyFactory()

@@ -1,4 +1,4 @@
-from tenantq.tenants.keys import (
+from tenantq.tenants.access.keys import (
     CHECK_LEN,
     KID_LEN,
     SECRET_LEN,

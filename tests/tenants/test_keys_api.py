@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from tenantq.platform.db import utcnow
-from tenantq.tenants.keys import ALL_SCOPES, parse_key
-from tenantq.tenants.models import ApiKey
+from tenantq.core.db import utcnow
+from tenantq.tenants.access.keys import ALL_SCOPES, parse_key
+from tenantq.tenants.accounts.models import ApiKey
 from tests.factories import ApiKeyFactory, auth
 
 KEY_FIELDS = {"id", "prefix", "name", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at"}
@@ -44,7 +44,9 @@ class TestListAndCreate:
         assert parsed is not None and parsed.kid == body["id"] and body["key"].startswith(body["prefix"])
         # The new key works, with exactly its scopes.
         assert api.get("/v1/jobs", headers=bearer(body["key"])).status_code == 200
-        assert api.post("/v1/jobs", json={"task": "demo.echo"}, headers=bearer(body["key"])).status_code == 403
+        assert (
+            api.post("/v1/jobs", json={"task": "demo.echo"}, headers=bearer(body["key"])).status_code == 403
+        )
         # Only the hash is stored.
         row = db_session.get(ApiKey, body["id"])
         assert row.secret_hash != body["key"] and body["key"] not in row.secret_hash
@@ -80,7 +82,9 @@ class TestListAndCreate:
     def test_expiring_key(self, api):
         key = ApiKeyFactory()
         expires = (utcnow() + timedelta(days=1)).isoformat()
-        body = api.post("/v1/keys", json={"scopes": list(ALL_SCOPES), "expires_at": expires}, headers=auth(key)).json()
+        body = api.post(
+            "/v1/keys", json={"scopes": list(ALL_SCOPES), "expires_at": expires}, headers=auth(key)
+        ).json()
         assert body["expires_at"] is not None
 
     def test_expired_key_rejected(self, api, db_session):

@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tenantq.platform.errors import InvalidInput, TooManyRequests
+from tenantq.core.errors import InvalidInput, TooManyRequests
+from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.models import Job
-from tenantq.platform.settings import get_settings
-from tenantq.tenants.limits import TokenBucket, submission_rate_limit
+from tenantq.tenants.access.limits import TokenBucket, submission_rate_limit
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
@@ -51,7 +51,9 @@ class TestSubmissionLimit:
     def test_429_with_headers_and_nothing_written(self, api, db_session):
         tenant = TenantFactory(overrides={"submit_rate": 0.01, "submit_burst": 3})
         key = ApiKeyFactory(tenant=tenant)
-        codes = [api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(key)).status_code for _ in range(3)]
+        codes = [
+            api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(key)).status_code for _ in range(3)
+        ]
         assert codes == [202, 202, 202]
         resp = api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(key))
         assert resp.status_code == 429
@@ -62,7 +64,9 @@ class TestSubmissionLimit:
         assert int(resp.headers["RateLimit-Reset"]) >= int(resp.headers["Retry-After"])
         assert job_count(db_session, tenant.id) == 3
         # Other tenants have their own bucket.
-        assert api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(ApiKeyFactory())).status_code == 202
+        assert (
+            api.post("/v1/jobs", json={"task": "demo.echo"}, headers=auth(ApiKeyFactory())).status_code == 202
+        )
 
     def test_idempotent_replay_does_not_consume(self, api):
         tenant = TenantFactory(overrides={"submit_rate": 0.01, "submit_burst": 1})
@@ -95,7 +99,7 @@ class TestSubmissionLimit:
 @pytest.fixture
 def client_from():
     """An in-process client whose requests come from a given address (the limiter keys on it)."""
-    from tenantq.platform.app import create_app
+    from tenantq.app import create_app
 
     clients = []
 
@@ -131,7 +135,7 @@ class TestAuthFailureLimit:
         assert client_from("192.0.2.200").get("/v1/jobs", headers=auth(key)).status_code == 200
 
     def test_stale_genuine_credentials_do_not_count(self, client_from, db_session):
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         key, revoked = ApiKeyFactory(), ApiKeyFactory()
         revoked.revoked_at = utcnow()
@@ -148,7 +152,9 @@ class TestAuthFailureLimit:
             assert client.get("/v1/jobs").status_code == 401
         assert client.get("/v1/jobs", headers=auth(key)).status_code == 200
         for _ in range(5):
-            assert client.get("/admin/v1/tenants", headers={"Authorization": "Bearer guess"}).status_code == 401
+            assert (
+                client.get("/admin/v1/tenants", headers={"Authorization": "Bearer guess"}).status_code == 401
+            )
         assert client.get("/admin/v1/tenants", headers=ADMIN).status_code == 429
 
 
@@ -218,7 +224,10 @@ class TestAcrossProcesses:
         assert job_count(db_session, tenant.id) == total
         sample = limited[0]
         assert sample.json()["error"]["code"] == "rate_limited"
-        assert all(h in sample.headers for h in ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"))
+        assert all(
+            h in sample.headers
+            for h in ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+        )
 
     def test_revocation_is_seen_by_the_other_process_at_once(self, two_apis):
         first, second = two_apis.urls
@@ -239,7 +248,11 @@ class TestAcrossProcesses:
                 yield b"x" * 65536
             yield b'"}}'
 
-        resp = httpx.post(f"{two_apis.urls[0]}/v1/jobs", content=chunks(),
-                          headers={**auth(key), "content-type": "application/json"}, timeout=30)
+        resp = httpx.post(
+            f"{two_apis.urls[0]}/v1/jobs",
+            content=chunks(),
+            headers={**auth(key), "content-type": "application/json"},
+            timeout=30,
+        )
         assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
         assert job_count(db_session, key.tenant_id) == 0

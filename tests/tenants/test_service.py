@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tenantq.platform.errors import InvalidInput
-from tenantq.tenants.models import Plan
-from tenantq.tenants.service import EffectiveLimits, effective_limits, update_tenant, validate_overrides
+from tenantq.core.errors import InvalidInput
+from tenantq.tenants.accounts.models import Plan
+from tenantq.tenants.accounts.service import (
+    EffectiveLimits,
+    effective_limits,
+    update_tenant,
+    validate_overrides,
+)
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 
@@ -16,17 +21,25 @@ class TestEffectiveLimits:
         limits = effective_limits(db_session, tenant)
         plan = db_session.get(Plan, "pro")
         assert isinstance(limits, EffectiveLimits) and limits.plan == "pro"
-        assert (limits.submit_rate, limits.concurrency, limits.weight) == (plan.submit_rate, plan.concurrency, plan.weight)
+        assert (limits.submit_rate, limits.concurrency, limits.weight) == (
+            plan.submit_rate,
+            plan.concurrency,
+            plan.weight,
+        )
 
     def test_overrides_win(self, db_session):
-        tenant = TenantFactory(plan_name="free", overrides={"concurrency": 7, "priority_max": 9, "exec_rate": 2.5})
+        tenant = TenantFactory(
+            plan_name="free", overrides={"concurrency": 7, "priority_max": 9, "exec_rate": 2.5}
+        )
         limits = effective_limits(db_session, tenant)
         assert limits.concurrency == 7 and limits.priority_max == 9 and limits.exec_rate == 2.5
         assert limits.submit_burst == db_session.get(Plan, "free").submit_burst
 
     def test_bad_stored_overrides_are_ignored_not_fatal(self, db_session):
         # Written around the service (a hand-edited row): unknown keys and out-of-bounds values fall back.
-        tenant = TenantFactory(plan_name="free", overrides={"colour": "red", "concurrency": -4, "priority_min": 8})
+        tenant = TenantFactory(
+            plan_name="free", overrides={"colour": "red", "concurrency": -4, "priority_min": 8}
+        )
         limits = effective_limits(db_session, tenant)
         free = db_session.get(Plan, "free")
         assert limits.concurrency == free.concurrency
@@ -35,8 +48,15 @@ class TestEffectiveLimits:
     def test_validate_overrides(self, db_session):
         free = db_session.get(Plan, "free")  # priority 0-5
         assert validate_overrides(free, {"submit_rate": 3, "hard_limits": None}) == {"submit_rate": 3.0}
-        for bad in ({"submit_rate": 0}, {"weight": 0}, {"priority_min": 6}, {"nope": 1}, {"max_queued": "lots"},
-                    {"submit_rate": float("nan")}, {"concurrency": 10**7}):
+        for bad in (
+            {"submit_rate": 0},
+            {"weight": 0},
+            {"priority_min": 6},
+            {"nope": 1},
+            {"max_queued": "lots"},
+            {"submit_rate": float("nan")},
+            {"concurrency": 10**7},
+        ):
             with pytest.raises(InvalidInput):
                 validate_overrides(free, bad)
 
@@ -51,9 +71,17 @@ class TestOverridesReachSubmission:
     def test_priority_range_and_retries_follow_overrides(self, api):
         tenant = TenantFactory(plan_name="free")  # free: priority 0-5, max_retries 3
         key = ApiKeyFactory(tenant=tenant)
-        assert api.post("/v1/jobs", json={"task": "demo.echo", "priority": 8}, headers=auth(key)).status_code == 422
-        resp = api.patch(f"/admin/v1/tenants/{tenant.id}", json={"overrides": {"priority_max": 9, "max_retries": 5}},
-                         headers={"Authorization": "Bearer test-admin-token"})
+        assert (
+            api.post("/v1/jobs", json={"task": "demo.echo", "priority": 8}, headers=auth(key)).status_code
+            == 422
+        )
+        resp = api.patch(
+            f"/admin/v1/tenants/{tenant.id}",
+            json={"overrides": {"priority_max": 9, "max_retries": 5}},
+            headers={"Authorization": "Bearer test-admin-token"},
+        )
         assert resp.status_code == 200
-        ok = api.post("/v1/jobs", json={"task": "demo.echo", "priority": 8, "max_retries": 5}, headers=auth(key))
+        ok = api.post(
+            "/v1/jobs", json={"task": "demo.echo", "priority": 8, "max_retries": 5}, headers=auth(key)
+        )
         assert ok.status_code == 202, ok.text

@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tenantq.platform.settings import get_settings, reset_settings_cache
-from tenantq.tenants.sessions import (
+from tenantq.core.settings import get_settings, reset_settings_cache
+from tenantq.tenants.access.sessions import (
     ALGORITHM,
     ISSUER,
     OPERATOR_AUDIENCE,
@@ -38,8 +38,15 @@ def forge(header: dict, claims: dict, secret: bytes | None) -> str:
 
 def claims_for(tenant_id: str, **over) -> dict:
     now = int(time.time())
-    base = {"iss": ISSUER, "aud": TENANT_AUDIENCE, "sub": tenant_id, "iat": now, "nbf": now, "exp": now + 600,
-            "scopes": ["jobs:read", "jobs:write"]}
+    base = {
+        "iss": ISSUER,
+        "aud": TENANT_AUDIENCE,
+        "sub": tenant_id,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "scopes": ["jobs:read", "jobs:write"],
+    }
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -79,7 +86,7 @@ class TestExchange:
     def test_secure_cookie_over_https(self, platform_env):
         from fastapi.testclient import TestClient
 
-        from tenantq.platform.app import create_app
+        from tenantq.app import create_app
 
         key = ApiKeyFactory()
         with TestClient(create_app(), base_url="https://testserver") as client:
@@ -89,7 +96,7 @@ class TestExchange:
     def test_session_never_outlives_its_key(self, api):
         from datetime import datetime, timedelta
 
-        from tenantq.platform.db import utcnow
+        from tenantq.core.db import utcnow
 
         expires = utcnow() + timedelta(minutes=10)
         key = ApiKeyFactory(expires_at=expires)
@@ -113,7 +120,9 @@ class TestExchange:
         key = ApiKeyFactory()
         token = api.post("/v1/auth/session", headers=auth(key)).json()["token"]
         # A session cannot mint a fresh session (that would make a stolen session immortal).
-        assert_401(api.post("/v1/auth/session", headers={"Authorization": f"Bearer {token}"}), "api_key_required")
+        assert_401(
+            api.post("/v1/auth/session", headers={"Authorization": f"Bearer {token}"}), "api_key_required"
+        )
 
     def test_logout_clears_cookie(self, api):
         resp = api.delete("/v1/auth/session")
@@ -148,19 +157,25 @@ class TestForgedTokens:
     def test_hs256_signed_with_public_key_pem(self, api, tenant_id):
         # The classic algorithm-confusion attack: an attacker who knows a public key signs HS256 with it.
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         assert_401(self.get(api, forge(good_header(), claims_for(tenant_id), pem)))
         assert_401(self.get(api, forge({**good_header(), "alg": "RS256"}, claims_for(tenant_id), pem)))
 
     def test_expired(self, api, tenant_id):
         now = int(time.time())
-        token = forge(good_header(), claims_for(tenant_id, iat=now - 7200, nbf=now - 7200, exp=now - 3600),
-                      server_secret())
+        token = forge(
+            good_header(),
+            claims_for(tenant_id, iat=now - 7200, nbf=now - 7200, exp=now - 3600),
+            server_secret(),
+        )
         assert_401(self.get(api, token), "expired_session")
 
     def test_missing_exp(self, api, tenant_id):
-        token = forge(good_header(), {k: v for k, v in claims_for(tenant_id).items() if k != "exp"}, server_secret())
+        token = forge(
+            good_header(), {k: v for k, v in claims_for(tenant_id).items() if k != "exp"}, server_secret()
+        )
         assert_401(self.get(api, token))
 
     def test_wrong_audience(self, api, tenant_id):
@@ -173,32 +188,48 @@ class TestForgedTokens:
     def test_tampered_payload(self, api, tenant_id):
         token = forge(good_header(), claims_for(tenant_id, scopes=["jobs:read"]), server_secret())
         head, _payload, sig = token.split(".")
-        widened = b64(json.dumps(claims_for(tenant_id, scopes=["jobs:read", "billing:read", "keys:manage"])).encode())
+        widened = b64(
+            json.dumps(claims_for(tenant_id, scopes=["jobs:read", "billing:read", "keys:manage"])).encode()
+        )
         assert_401(self.get(api, f"{head}.{widened}.{sig}"))
 
     def test_unknown_kid(self, api, tenant_id):
-        assert_401(self.get(api, forge({**good_header(), "kid": "0123456789abcdef"}, claims_for(tenant_id),
-                                       server_secret())))
+        assert_401(
+            self.get(
+                api,
+                forge({**good_header(), "kid": "0123456789abcdef"}, claims_for(tenant_id), server_secret()),
+            )
+        )
         header = good_header()
         del header["kid"]
         assert_401(self.get(api, forge(header, claims_for(tenant_id), server_secret())))
 
     def test_garbage(self, api):
-        for token in ("a.b.c", f"{b64(b'[1]')}.{b64(b'{}')}.x", f"{b64(b'null')}.e30.x", "x" * 5000 + ".a.b",
-                      f"{b64(json.dumps(good_header()).encode())}.{b64(b'[1,2]')}.x"):
+        for token in (
+            "a.b.c",
+            f"{b64(b'[1]')}.{b64(b'{}')}.x",
+            f"{b64(b'null')}.e30.x",
+            "x" * 5000 + ".a.b",
+            f"{b64(json.dumps(good_header()).encode())}.{b64(b'[1,2]')}.x",
+        ):
             assert_401(self.get(api, token))
         assert_401(self.get(api, "...."), "invalid_api_key")  # not even shaped like a JWT
 
     def test_unknown_tenant_and_bad_claim_types(self, api, tenant_id):
         assert_401(self.get(api, forge(good_header(), claims_for("no-such-tenant"), server_secret())))
-        assert_401(self.get(api, forge(good_header(), claims_for(tenant_id, scopes="jobs:read"), server_secret())))
+        assert_401(
+            self.get(api, forge(good_header(), claims_for(tenant_id, scopes="jobs:read"), server_secret()))
+        )
         assert_401(self.get(api, forge(good_header(), claims_for(tenant_id, sub=123), server_secret())))
 
     def test_tenant_session_is_not_an_operator_credential(self, api, tenant_id):
         token, _ = issue_token(subject=tenant_id, scopes=["jobs:read"])
         assert api.get("/admin/v1/tenants", headers={"Authorization": f"Bearer {token}"}).status_code == 401
         operator_token, _ = issue_token(subject="operator", audience=OPERATOR_AUDIENCE)
-        assert api.get("/admin/v1/tenants", headers={"Authorization": f"Bearer {operator_token}"}).status_code == 200
+        assert (
+            api.get("/admin/v1/tenants", headers={"Authorization": f"Bearer {operator_token}"}).status_code
+            == 200
+        )
         # ... and an operator token is not a tenant session.
         assert_401(self.get(api, operator_token))
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from tenantq.core.outbound import BlockedDestination, NetworkPolicy, check_url, guarded_client
 from tenantq.platform.jobs.models import Job
-from tenantq.platform.outbound import BlockedDestination, NetworkPolicy, check_url, guarded_client
 from tenantq.worker.builtin import SenderNotAllowed, parse_retry_after, resolve_sender
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
@@ -32,11 +32,17 @@ def wait_job(session, job_id: str, timeout: float = 60) -> Job:
 class TestSenderRules:
     def test_default_sender_when_from_is_omitted(self, db_session):
         tenant = TenantFactory()
-        assert resolve_sender(None, tenant, "Platform <no-reply@platform.test>") == "Platform <no-reply@platform.test>"
+        assert (
+            resolve_sender(None, tenant, "Platform <no-reply@platform.test>")
+            == "Platform <no-reply@platform.test>"
+        )
 
     def test_tenant_without_domains_may_only_use_the_default(self, db_session):
         tenant = TenantFactory()
-        assert resolve_sender("no-reply@platform.test", tenant, "P <no-reply@platform.test>") == "no-reply@platform.test"
+        assert (
+            resolve_sender("no-reply@platform.test", tenant, "P <no-reply@platform.test>")
+            == "no-reply@platform.test"
+        )
         with pytest.raises(SenderNotAllowed, match="no allowed sender domains"):
             resolve_sender("ceo@acme.test", tenant, "P <no-reply@platform.test>")
 
@@ -52,19 +58,23 @@ class TestSenderRules:
 class TestArgumentValidation:
     def test_bad_email_args_answer_422(self, api):
         key = ApiKeyFactory()
-        for args in ({"to": [], "subject": "s", "text": "t"},
-                     {"to": ["not-an-address"], "subject": "s", "text": "t"},
-                     {"to": ["a@b.test"], "subject": "s\r\nBcc: x@y.test", "text": "t"}):
+        for args in (
+            {"to": [], "subject": "s", "text": "t"},
+            {"to": ["not-an-address"], "subject": "s", "text": "t"},
+            {"to": ["a@b.test"], "subject": "s\r\nBcc: x@y.test", "text": "t"},
+        ):
             resp = api.post("/v1/jobs", json={"task": "email.send", "args": args}, headers=auth(key))
             assert resp.status_code == 422, resp.text
             assert resp.json()["error"]["code"] == "invalid_args"
 
     def test_bad_http_args_answer_422(self, api):
         key = ApiKeyFactory()
-        for args in ({"url": "ftp://example.com/x"},
-                     {"url": "https://example.com", "body": "a", "json": {"b": 1}},
-                     {"url": "https://example.com", "headers": {"Host": "other"}},
-                     {"url": "https://example.com", "method": "TRACE"}):
+        for args in (
+            {"url": "ftp://example.com/x"},
+            {"url": "https://example.com", "body": "a", "json": {"b": 1}},
+            {"url": "https://example.com", "headers": {"Host": "other"}},
+            {"url": "https://example.com", "method": "TRACE"},
+        ):
             resp = api.post("/v1/jobs", json={"task": "http.request", "args": args}, headers=auth(key))
             assert resp.status_code == 422, (args, resp.text)
 
@@ -76,17 +86,29 @@ class TestArgumentValidation:
 
 
 class TestNetworkPolicy:
-    @pytest.mark.parametrize("ip,reason", [
-        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
-        ("169.254.169.254", "link-local"), ("::ffff:10.0.0.1", "private"), ("100.64.0.1", "reserved"),
-        ("0.0.0.0", "unspecified"), ("8.8.8.8", None), ("2606:4700:4700::1111", None),
-    ])
+    @pytest.mark.parametrize(
+        "ip,reason",
+        [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("192.168.0.1", "private"),
+            ("169.254.169.254", "link-local"),
+            ("::ffff:10.0.0.1", "private"),
+            ("100.64.0.1", "reserved"),
+            ("0.0.0.0", "unspecified"),
+            ("8.8.8.8", None),
+            ("2606:4700:4700::1111", None),
+        ],
+    )
     def test_default_policy(self, ip, reason):
         why = NetworkPolicy().why_blocked(ipaddress.ip_address(ip))
         assert (why is None) if reason is None else (reason in why)
 
     def test_allow_and_deny_lists(self):
-        policy = NetworkPolicy(allow=(ipaddress.ip_network("10.0.0.0/8"),), deny=(ipaddress.ip_network("8.8.8.0/24"),))
+        policy = NetworkPolicy(
+            allow=(ipaddress.ip_network("10.0.0.0/8"),), deny=(ipaddress.ip_network("8.8.8.0/24"),)
+        )
         assert policy.why_blocked(ipaddress.ip_address("10.9.9.9")) is None
         assert "deny list" in policy.why_blocked(ipaddress.ip_address("8.8.8.8"))
         assert policy.why_blocked(ipaddress.ip_address("127.0.0.1")) is not None
@@ -103,8 +125,10 @@ class TestNetworkPolicy:
         # The first hop (127.0.0.1) is explicitly allowed; the redirect target (127.0.0.2) is not.
         with LocalHttpServer(lambda req: Reply(302, b"", {"location": "http://127.0.0.2:9/secret"})) as srv:
             policy = NetworkPolicy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
-            with (guarded_client(timeout=5, follow_redirects=True, policy=policy) as client,
-                  pytest.raises(BlockedDestination, match=r"127\.0\.0\.2")):
+            with (
+                guarded_client(timeout=5, follow_redirects=True, policy=policy) as client,
+                pytest.raises(BlockedDestination, match=r"127\.0\.0\.2"),
+            ):
                 client.get(srv.url + "/start")
             assert len(srv.requests) == 1
 
@@ -122,8 +146,9 @@ class TestNetworkPolicy:
 
         with pytest.raises(httpx.ReadTimeout):
             _read_bounded(httpx.Response(200, content=drip()), limit=1000, deadline=time.monotonic() + 0.3)
-        body, truncated = _read_bounded(httpx.Response(200, content=b"y" * 10), limit=4,
-                                        deadline=time.monotonic() + 5)
+        body, truncated = _read_bounded(
+            httpx.Response(200, content=b"y" * 10), limit=4, deadline=time.monotonic() + 5
+        )
         assert (body, truncated) == (b"yyyy", True)
 
     def test_retry_after_parsing(self):
@@ -139,8 +164,11 @@ class TestHttpRequest:
         # The session worker runs with the default policy (private addresses refused).
         key = ApiKeyFactory()
         with LocalHttpServer(lambda req: json_reply({"ok": True})) as srv:
-            job = api.post("/v1/jobs", json={"task": "http.request", "args": {"url": srv.url + "/x"},
-                                             "max_retries": 3}, headers=auth(key)).json()
+            job = api.post(
+                "/v1/jobs",
+                json={"task": "http.request", "args": {"url": srv.url + "/x"}, "max_retries": 3},
+                headers=auth(key),
+            ).json()
             done = wait_job(db_session, job["id"])
             assert done.status == "failed"
             assert "BlockedDestination" in done.error and "loopback address" in done.error
@@ -149,11 +177,25 @@ class TestHttpRequest:
 
     def test_post_json_result_has_status_headers_and_body(self, db_session, isolated_platform):
         tenant = TenantFactory()
-        with LocalHttpServer(lambda req: json_reply({"echo": json.loads(req["body"]), "method": req["method"]},
-                                                    status=201, headers={"x-internal": "no", "etag": "v1"})) as srv:
-            job = isolated_platform.submit(db_session, tenant, "http.request", {
-                "method": "post", "url": srv.url + "/items?a=1", "json": {"n": 1},
-                "headers": {"X-Trace": "abc"}, "timeout": 5})
+        with LocalHttpServer(
+            lambda req: json_reply(
+                {"echo": json.loads(req["body"]), "method": req["method"]},
+                status=201,
+                headers={"x-internal": "no", "etag": "v1"},
+            )
+        ) as srv:
+            job = isolated_platform.submit(
+                db_session,
+                tenant,
+                "http.request",
+                {
+                    "method": "post",
+                    "url": srv.url + "/items?a=1",
+                    "json": {"n": 1},
+                    "headers": {"X-Trace": "abc"},
+                    "timeout": 5,
+                },
+            )
             done = wait_job(db_session, job.id)
             assert done.status == "succeeded", done.error
             result = done.result
@@ -181,8 +223,9 @@ class TestHttpRequest:
             return json_reply({"ok": True})
 
         with LocalHttpServer(route) as srv:
-            job = isolated_platform.submit(db_session, tenant, "http.request", {"url": srv.url + "/flaky"},
-                                           max_retries=2)
+            job = isolated_platform.submit(
+                db_session, tenant, "http.request", {"url": srv.url + "/flaky"}, max_retries=2
+            )
             done = wait_job(db_session, job.id)
             assert done.status == "succeeded", done.error
             assert done.attempts == 2
@@ -196,13 +239,19 @@ class TestHttpRequest:
             return Reply(404, b"no such thing") if req["path"] == "/missing" else Reply(500, b"oops")
 
         with LocalHttpServer(route) as srv:
-            missing = isolated_platform.submit(db_session, tenant, "http.request", {"url": srv.url + "/missing"},
-                                               max_retries=2)
-            broken = isolated_platform.submit(db_session, tenant, "http.request", {"url": srv.url + "/broken"},
-                                              max_retries=1)
+            missing = isolated_platform.submit(
+                db_session, tenant, "http.request", {"url": srv.url + "/missing"}, max_retries=2
+            )
+            broken = isolated_platform.submit(
+                db_session, tenant, "http.request", {"url": srv.url + "/broken"}, max_retries=1
+            )
             missing, broken = wait_job(db_session, missing.id), wait_job(db_session, broken.id)
             assert missing.status == "failed" and missing.attempts == 1
-            assert "HttpStatusError" in missing.error and "HTTP 404" in missing.error and "no such thing" in missing.error
+            assert (
+                "HttpStatusError" in missing.error
+                and "HTTP 404" in missing.error
+                and "no such thing" in missing.error
+            )
             assert broken.status == "failed" and broken.attempts == 2 and "HTTP 500" in broken.error
             assert len(srv.matching("/broken")) == 2
 
@@ -210,8 +259,13 @@ class TestHttpRequest:
         from tests.conftest import free_port
 
         tenant = TenantFactory()
-        job = isolated_platform.submit(db_session, tenant, "http.request",
-                                       {"url": f"http://127.0.0.1:{free_port()}/", "timeout": 2}, max_retries=1)
+        job = isolated_platform.submit(
+            db_session,
+            tenant,
+            "http.request",
+            {"url": f"http://127.0.0.1:{free_port()}/", "timeout": 2},
+            max_retries=1,
+        )
         done = wait_job(db_session, job.id)
         assert done.status == "failed" and done.attempts == 2
         assert "HttpRetryableError" in done.error and "ConnectError" in done.error
@@ -221,10 +275,19 @@ class TestHttpRequest:
 class TestEmailSend:
     def test_message_is_received_by_the_smtp_server(self, db_session, isolated_platform):
         tenant = TenantFactory(overrides={"email_from_domains": ["acme.test"]})
-        job = isolated_platform.submit(db_session, tenant, "email.send", {
-            "to": ["Alice <alice@example.test>", "bob@example.test"], "from": "Billing <billing@acme.test>",
-            "subject": "Your invoice", "text": "Hello in text", "html": "<p>Hello in <b>HTML</b></p>",
-            "reply_to": "help@acme.test"})
+        job = isolated_platform.submit(
+            db_session,
+            tenant,
+            "email.send",
+            {
+                "to": ["Alice <alice@example.test>", "bob@example.test"],
+                "from": "Billing <billing@acme.test>",
+                "subject": "Your invoice",
+                "text": "Hello in text",
+                "html": "<p>Hello in <b>HTML</b></p>",
+                "reply_to": "help@acme.test",
+            },
+        )
         done = wait_job(db_session, job.id)
         assert done.status == "succeeded", done.error
         assert done.result["accepted"] == ["Alice <alice@example.test>", "bob@example.test"]
@@ -237,23 +300,35 @@ class TestEmailSend:
         msg = entry["message"]
         assert msg["Subject"] == "Your invoice" and msg["Reply-To"] == "help@acme.test"
         assert msg["X-Tenantq-Job"] == job.id and msg["Message-ID"] == f"<{job.id}@acme.test>"
-        parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in msg.walk()
-                 if not p.is_multipart()}
+        parts = {
+            p.get_content_type(): p.get_payload(decode=True).decode()
+            for p in msg.walk()
+            if not p.is_multipart()
+        }
         assert "Hello in text" in parts["text/plain"] and "<b>HTML</b>" in parts["text/html"]
 
     def test_default_sender_is_the_operators(self, db_session, isolated_platform):
         tenant = TenantFactory()
-        job = isolated_platform.submit(db_session, tenant, "email.send",
-                                       {"to": ["carol@example.test"], "subject": "Hi", "text": "x"})
+        job = isolated_platform.submit(
+            db_session, tenant, "email.send", {"to": ["carol@example.test"], "subject": "Hi", "text": "x"}
+        )
         done = wait_job(db_session, job.id)
         assert done.status == "succeeded", done.error
         assert done.result["from"] == "Platform <no-reply@platform.test>"
-        assert isolated_platform.smtp.for_recipient("carol@example.test")[0]["mail_from"] == "no-reply@platform.test"
+        assert (
+            isolated_platform.smtp.for_recipient("carol@example.test")[0]["mail_from"]
+            == "no-reply@platform.test"
+        )
 
     def test_sender_outside_allowed_domains_fails_and_sends_nothing(self, db_session, isolated_platform):
         tenant = TenantFactory(overrides={"email_from_domains": ["acme.test"]})
-        job = isolated_platform.submit(db_session, tenant, "email.send", {
-            "to": ["dave@example.test"], "from": "ceo@evil.test", "subject": "x", "text": "x"}, max_retries=3)
+        job = isolated_platform.submit(
+            db_session,
+            tenant,
+            "email.send",
+            {"to": ["dave@example.test"], "from": "ceo@evil.test", "subject": "x", "text": "x"},
+            max_retries=3,
+        )
         done = wait_job(db_session, job.id)
         assert done.status == "failed" and done.attempts == 1
         assert "SenderNotAllowed" in done.error and "evil.test" in done.error
@@ -261,9 +336,13 @@ class TestEmailSend:
 
     def test_transient_4xx_is_retried_then_delivered(self, db_session, isolated_platform):
         tenant = TenantFactory()
-        job = isolated_platform.submit(db_session, tenant, "email.send",
-                                       {"to": ["busy-1@example.test"], "subject": "retry me", "text": "x"},
-                                       max_retries=3)
+        job = isolated_platform.submit(
+            db_session,
+            tenant,
+            "email.send",
+            {"to": ["busy-1@example.test"], "subject": "retry me", "text": "x"},
+            max_retries=3,
+        )
         done = wait_job(db_session, job.id, timeout=90)
         assert done.status == "succeeded", done.error
         assert done.attempts == 2
@@ -272,18 +351,26 @@ class TestEmailSend:
 
     def test_rejected_recipient_is_never_retried(self, db_session, isolated_platform):
         tenant = TenantFactory()
-        job = isolated_platform.submit(db_session, tenant, "email.send",
-                                       {"to": ["reject-me@example.test"], "subject": "x", "text": "x"},
-                                       max_retries=3)
+        job = isolated_platform.submit(
+            db_session,
+            tenant,
+            "email.send",
+            {"to": ["reject-me@example.test"], "subject": "x", "text": "x"},
+            max_retries=3,
+        )
         done = wait_job(db_session, job.id)
         assert done.status == "failed" and done.attempts == 1
         assert "EmailRejected" in done.error and "550" in done.error
 
     def test_partly_refused_recipients_are_reported_not_retried(self, db_session, isolated_platform):
         tenant = TenantFactory()
-        job = isolated_platform.submit(db_session, tenant, "email.send",
-                                       {"to": ["erin@example.test", "reject-2@example.test"], "subject": "x",
-                                        "text": "x"}, max_retries=3)
+        job = isolated_platform.submit(
+            db_session,
+            tenant,
+            "email.send",
+            {"to": ["erin@example.test", "reject-2@example.test"], "subject": "x", "text": "x"},
+            max_retries=3,
+        )
         done = wait_job(db_session, job.id)
         assert done.status == "succeeded" and done.attempts == 1
         assert done.result["accepted"] == ["erin@example.test"]

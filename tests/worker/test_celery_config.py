@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tenantq.platform.settings import reset_settings_cache
-from tenantq.worker.celery_app import MAX_TIME_LIMIT_S, _restore_sweep, create_celery
+from tenantq.core.celery import MAX_TIME_LIMIT_S, _restore_sweep, create_celery
+from tenantq.core.settings import reset_settings_cache
 
 
 class TestVisibilityTimeout:
@@ -11,7 +11,9 @@ class TestVisibilityTimeout:
         app = create_celery()
         options = app.conf.broker_transport_options
         assert options["visibility_timeout"] > MAX_TIME_LIMIT_S
-        assert app.conf.result_backend_transport_options["visibility_timeout"] == options["visibility_timeout"]
+        assert (
+            app.conf.result_backend_transport_options["visibility_timeout"] == options["visibility_timeout"]
+        )
         assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (10, 10)
         assert options["unacked_mutex_expire"] == 300
 
@@ -29,8 +31,11 @@ class TestVisibilityTimeout:
         assert options["unacked_mutex_expire"] == 15
 
     def test_sweep_period_is_bounded(self):
-        assert _restore_sweep(1) == {"unacked_restore_interval": 1, "unacked_restore_throttle": 1,
-                                     "unacked_mutex_expire": 5}
+        assert _restore_sweep(1) == {
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 5,
+        }
         sweep = _restore_sweep(60)
         assert sweep["unacked_restore_interval"] * sweep["unacked_restore_throttle"] <= 12
 

@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
-from tenantq.worker.dispatcher import LEADER_KEY, Dispatcher
-from tenantq.worker.limits import LimitsCache
-from tenantq.worker.queues import INFLIGHT, TenantQueues, lease_key
+from tenantq.platform.dispatch.dispatcher import LEADER_KEY, Dispatcher
+from tenantq.platform.dispatch.limits import LimitsCache
+from tenantq.platform.dispatch.queues import INFLIGHT, TenantQueues, lease_key
 from tests.factories import TenantFactory
 
 # Limits too high to bind (0 is not a valid limit: see LimitOverrides).
@@ -29,10 +29,23 @@ def fill(client, tenant_id, n, priority=5, task="demo.echo"):
     ids = []
     for i in range(n):
         job_id = f"{tenant_id}-{priority}-{i}-{time.monotonic_ns()}"
-        queues.enqueue(tenant_id, job_id, priority, {
-            "task": task, "args": {"i": i}, "task_id": job_id,
-            "job": {"id": job_id, "tenant_id": tenant_id, "priority": priority, "max_retries": 0, "attempt_base": 0},
-        })
+        queues.enqueue(
+            tenant_id,
+            job_id,
+            priority,
+            {
+                "task": task,
+                "args": {"i": i},
+                "task_id": job_id,
+                "job": {
+                    "id": job_id,
+                    "tenant_id": tenant_id,
+                    "priority": priority,
+                    "max_retries": 0,
+                    "attempt_base": 0,
+                },
+            },
+        )
         ids.append(job_id)
     return ids
 
@@ -193,8 +206,9 @@ class TestCrashSafety:
             calls.append(message["job"]["id"])
             raise ConnectionError("broker down")
 
-        d = Dispatcher(client=iso_redis, depth=10, publisher=broken, limits=LimitsCache(ttl=0.2),
-                       use_leader_lock=False)
+        d = Dispatcher(
+            client=iso_redis, depth=10, publisher=broken, limits=LimitsCache(ttl=0.2), use_leader_lock=False
+        )
         d.inflight_deadline = 0.3
         with pytest.raises(ConnectionError):
             d.tick()

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from tenantq.platform.db import utcnow
-from tenantq.worker import limits
-from tenantq.worker.dispatcher import Dispatcher
-from tenantq.worker.queues import TenantQueues, lease_key, wait_key
+from tenantq.core.db import utcnow
+from tenantq.platform.dispatch import limits
+from tenantq.platform.dispatch.dispatcher import Dispatcher
+from tenantq.platform.dispatch.queues import TenantQueues, lease_key, wait_key
 from tests.factories import JobFactory, TenantFactory
 
 
@@ -26,8 +26,17 @@ def fake_task(retries: int = 0):
 
 
 def job_kwargs(tenant_id: str, job_id: str, token: str, **extra):
-    return {"job": {"id": job_id, "tenant_id": tenant_id, "priority": 5, "attempt_base": 0, "dispatch": token,
-                    **extra}, "args": {}}
+    return {
+        "job": {
+            "id": job_id,
+            "tenant_id": tenant_id,
+            "priority": 5,
+            "attempt_base": 0,
+            "dispatch": token,
+            **extra,
+        },
+        "args": {},
+    }
 
 
 def guard(task, kwargs, task_id="t"):

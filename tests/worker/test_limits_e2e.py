@@ -15,12 +15,12 @@ import redis as redis_lib
 from celery import Celery
 from sqlalchemy import select
 
-from tenantq.platform.db import session_factory
+from tenantq.core.db import session_factory
+from tenantq.platform.dispatch.dispatcher import LEADER_KEY
+from tenantq.platform.dispatch.queues import TenantQueues, lease_key
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.jobs.service import submit_job
-from tenantq.worker.dispatcher import LEADER_KEY
-from tenantq.worker.queues import TenantQueues, lease_key
 from tests.conftest import ProcessGroup, RedisServer, start_worker, wait_until
 from tests.factories import TenantFactory
 
@@ -33,9 +33,14 @@ LEASE_TTL = 3
 def cluster(platform_env, tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("limits-redis"))
     server.start()
-    env = {**platform_env, "TENANTQ_REDIS_URL": server.url, "TENANTQ_LEASE_TTL_SECONDS": str(LEASE_TTL),
-           "TENANTQ_LEADER_TTL_SECONDS": "2", "TENANTQ_INFLIGHT_DEADLINE_SECONDS": "5",
-           "TENANTQ_LIMITS_REFRESH_SECONDS": "1"}
+    env = {
+        **platform_env,
+        "TENANTQ_REDIS_URL": server.url,
+        "TENANTQ_LEASE_TTL_SECONDS": str(LEASE_TTL),
+        "TENANTQ_LEADER_TTL_SECONDS": "2",
+        "TENANTQ_INFLIGHT_DEADLINE_SECONDS": "5",
+        "TENANTQ_LIMITS_REFRESH_SECONDS": "1",
+    }
     group = ProcessGroup(env, tmp_path_factory.mktemp("limits-logs"))
     client = redis_lib.Redis(port=server.port, decode_responses=True)
     try:
@@ -54,7 +59,7 @@ def cluster(platform_env, tmp_path_factory):
 def private_app(url: str) -> Celery:
     """A Celery client for the private Redis, with tenantq's transport options (the key separator
     must match, or kombu's binding table gets entries the workers cannot parse)."""
-    from tenantq.worker.celery_app import app
+    from tenantq.core.celery import app
 
     client = Celery(broker=url)
     client.conf.update(broker_transport_options=app.conf.broker_transport_options, task_serializer="json")
@@ -64,15 +69,22 @@ def private_app(url: str) -> Celery:
 def ping_workers(url: str, count: int, timeout: float = 120.0) -> None:
     probe = private_app(url)
     try:
-        wait_until(lambda: len(probe.control.ping(timeout=0.5) or []) >= count, timeout=timeout,
-                   message=f"{count} worker(s) on the private Redis")
+        wait_until(
+            lambda: len(probe.control.ping(timeout=0.5) or []) >= count,
+            timeout=timeout,
+            message=f"{count} worker(s) on the private Redis",
+        )
     finally:
         probe.close()
 
 
 def submit(session, client, tenant, n, task="demo.echo", args=None, priority=5) -> list[str]:
-    return [submit_job(session, tenant, JobCreate(task=task, args=args or {}, priority=priority), client=client).job.id
-            for _ in range(n)]
+    return [
+        submit_job(
+            session, tenant, JobCreate(task=task, args=args or {}, priority=priority), client=client
+        ).job.id
+        for _ in range(n)
+    ]
 
 
 def jobs(ids: list[str]) -> list[Job]:
@@ -83,14 +95,17 @@ def jobs(ids: list[str]) -> list[Job]:
 def wait_done(ids: list[str], timeout: float = 90.0) -> list[Job]:
     def done():
         rows = jobs(ids)
-        return rows if len(rows) == len(ids) and all(j.status in ("succeeded", "failed") for j in rows) else None
+        return (
+            rows if len(rows) == len(ids) and all(j.status in ("succeeded", "failed") for j in rows) else None
+        )
 
     return wait_until(done, timeout=timeout, interval=0.2, message=f"{len(ids)} jobs to finish")
 
 
 def max_overlap(rows: list[Job]) -> int:
-    events = sorted([(j.started_at, 1) for j in rows] + [(j.finished_at, -1) for j in rows],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(j.started_at, 1) for j in rows] + [(j.finished_at, -1) for j in rows], key=lambda e: (e[0], e[1])
+    )
     current = peak = 0
     for _, delta in events:
         current += delta
@@ -122,14 +137,23 @@ class TestLimitsWithRealWorkers:
         message = TenantQueues(client).pop(tenant.id, 1)[0]
         sender = private_app(server.url)
         try:
-            for token in ("dup-1", "dup-2"):  # two releases of the same attempt, as after a reconciler re-queue
+            for token in (
+                "dup-1",
+                "dup-2",
+            ):  # two releases of the same attempt, as after a reconciler re-queue
                 job = {**message["job"], "dispatch": token}
-                sender.send_task(message["task"], kwargs={"job": job, "args": message["args"]}, task_id=job_id,
-                                 queue="tq.exec")
+                sender.send_task(
+                    message["task"],
+                    kwargs={"job": job, "args": message["args"]},
+                    task_id=job_id,
+                    queue="tq.exec",
+                )
         finally:
             sender.close()
         (row,) = wait_done([job_id])
-        wait_until(lambda: "duplicate skipped" in group.log("worker1"), timeout=60, message="the duplicate skip")
+        wait_until(
+            lambda: "duplicate skipped" in group.log("worker1"), timeout=60, message="the duplicate skip"
+        )
         (row,) = jobs([job_id])
         assert row.status == "succeeded" and row.attempts == 1
         assert client.get(f"tq:started:{job_id}:1") in ("dup-1", "dup-2")
@@ -138,8 +162,10 @@ class TestLimitsWithRealWorkers:
     def test_dedicated_pool_takes_the_tenants_jobs(self, cluster, db_session):
         group, server, client = cluster
         tenant = TenantFactory()
-        group.start("pool", [sys.executable, "-m", "tenantq.cli", "worker", "--tenant", tenant.name,
-                             "--concurrency", "1"])
+        group.start(
+            "pool",
+            [sys.executable, "-m", "tenantq.cli", "worker", "--tenant", tenant.name, "--concurrency", "1"],
+        )
         wait_until(lambda: client.hget("tq:route", tenant.id), timeout=60, message="the pool's route")
         ping_workers(server.url, 2)
         ids = submit(db_session, client, tenant, 3)  # submitted exactly as any other tenant does
@@ -170,7 +196,9 @@ class TestLimitsWithRealWorkers:
         group, server, client = cluster
         tenant = TenantFactory(overrides={"concurrency": 2, "exec_rate": 1_000_000})
         stuck = submit(db_session, client, tenant, 2, task="demo.sleep", args={"seconds": 120})
-        wait_until(lambda: all(j.status == "running" for j in jobs(stuck)), timeout=60, message="both running")
+        wait_until(
+            lambda: all(j.status == "running" for j in jobs(stuck)), timeout=60, message="both running"
+        )
         assert client.zcard(lease_key(tenant.id)) == 2
         group.kill("worker1", signal.SIGKILL)  # the whole worker: no postrun will ever fire for them
         start_worker(group, "worker2", concurrency=2)

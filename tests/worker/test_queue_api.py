@@ -6,8 +6,8 @@ depths are exact.
 
 from __future__ import annotations
 
+from tenantq.platform.dispatch.queues import TenantQueues
 from tenantq.platform.jobs.models import Job
-from tenantq.worker.queues import TenantQueues
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -23,25 +23,38 @@ class TestBatch:
     def test_batch_jobs_get_the_same_policy_as_single_submits(self, api, redis_client):
         # Retry and time-limit fields are resolved against the plan exactly as POST /v1/jobs does.
         key = paused_key(redis_client)
-        item = {"task": "demo.sleep", "args": {"seconds": 0}, "max_retries": 2, "soft_time_limit": 4, "time_limit": 5}
+        item = {
+            "task": "demo.sleep",
+            "args": {"seconds": 0},
+            "max_retries": 2,
+            "soft_time_limit": 4,
+            "time_limit": 5,
+        }
         single = api.post("/v1/jobs", json=item, headers=auth(key)).json()
         batch = api.post("/v1/jobs/batch", json={"jobs": [item]}, headers=auth(key)).json()["items"][0]["job"]
         fields = ("max_retries", "soft_time_limit", "time_limit")
-        assert {f: batch[f] for f in fields} == {f: single[f] for f in fields} == {
-            "max_retries": 2, "soft_time_limit": 4, "time_limit": 5}
-        too_long = api.post("/v1/jobs/batch", json={"jobs": [{**item, "time_limit": 10**6}]}, headers=auth(key))
+        assert (
+            {f: batch[f] for f in fields}
+            == {f: single[f] for f in fields}
+            == {"max_retries": 2, "soft_time_limit": 4, "time_limit": 5}
+        )
+        too_long = api.post(
+            "/v1/jobs/batch", json={"jobs": [{**item, "time_limit": 10**6}]}, headers=auth(key)
+        )
         assert too_long.json()["items"][0]["error"]["code"] == "time_limit_not_allowed"
 
     def test_each_job_gets_its_own_answer(self, api, redis_client, db_session):
         key = paused_key(redis_client)
-        body = {"jobs": [
-            {"task": "demo.echo", "args": {"n": 1}},
-            {"task": "demo.nope"},
-            {"task": "demo.sleep", "args": {"seconds": "x"}},
-            {"task": "demo.echo", "priority": 12},
-            {"task": "demo.echo", "args": {"n": 2}, "priority": 9},
-            {"task": "demo.echo", "countdown": 30},
-        ]}
+        body = {
+            "jobs": [
+                {"task": "demo.echo", "args": {"n": 1}},
+                {"task": "demo.nope"},
+                {"task": "demo.sleep", "args": {"seconds": "x"}},
+                {"task": "demo.echo", "priority": 12},
+                {"task": "demo.echo", "args": {"n": 2}, "priority": 9},
+                {"task": "demo.echo", "countdown": 30},
+            ]
+        }
         res = api.post("/v1/jobs/batch", json=body, headers=auth(key))
         assert res.status_code == 200
         items = res.json()["items"]
@@ -59,19 +72,29 @@ class TestBatch:
 
     def test_idempotency_keys(self, api, redis_client):
         key = paused_key(redis_client)
-        first = api.post("/v1/jobs", json={"task": "demo.echo", "idempotency_key": "k1"}, headers=auth(key)).json()
-        items = api.post("/v1/jobs/batch", headers=auth(key), json={"jobs": [
-            {"task": "demo.echo", "idempotency_key": "k1"},
-            {"task": "demo.echo", "idempotency_key": "k2"},
-            {"task": "demo.echo", "idempotency_key": "k2"},
-            {"task": "demo.echo", "args": {"other": 1}, "idempotency_key": "k1"},
-        ]}).json()["items"]
+        first = api.post(
+            "/v1/jobs", json={"task": "demo.echo", "idempotency_key": "k1"}, headers=auth(key)
+        ).json()
+        items = api.post(
+            "/v1/jobs/batch",
+            headers=auth(key),
+            json={
+                "jobs": [
+                    {"task": "demo.echo", "idempotency_key": "k1"},
+                    {"task": "demo.echo", "idempotency_key": "k2"},
+                    {"task": "demo.echo", "idempotency_key": "k2"},
+                    {"task": "demo.echo", "args": {"other": 1}, "idempotency_key": "k1"},
+                ]
+            },
+        ).json()["items"]
         assert [i["status_code"] for i in items] == [200, 202, 409, 409]
         assert items[0]["job"]["id"] == first["id"]
 
     def test_limits_of_the_call(self, api, redis_client):
         key = paused_key(redis_client)
-        too_many = api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 1001}, headers=auth(key))
+        too_many = api.post(
+            "/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 1001}, headers=auth(key)
+        )
         assert too_many.status_code == 422 and too_many.json()["error"]["code"]
         assert api.post("/v1/jobs/batch", json={"jobs": []}, headers=auth(key)).status_code == 422
         assert api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}]}).status_code == 401
@@ -79,8 +102,11 @@ class TestBatch:
     def test_thousand_jobs_in_one_call(self, api, redis_client):
         # A 1,000-job batch needs a submission bucket of at least 1,000 (pro's burst is 200).
         key = paused_key(redis_client, submit_rate=1_000, submit_burst=1_000)
-        res = api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo", "args": {"i": i}} for i in range(1000)]},
-                       headers=auth(key))
+        res = api.post(
+            "/v1/jobs/batch",
+            json={"jobs": [{"task": "demo.echo", "args": {"i": i}} for i in range(1000)]},
+            headers=auth(key),
+        )
         assert res.status_code == 200
         assert {i["status_code"] for i in res.json()["items"]} == {202}
         assert TenantQueues(redis_client).depth(key.tenant_id) == 1000
@@ -107,8 +133,14 @@ class TestQueueFigures:
         other = paused_key(redis_client)
         api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 4}, headers=auth(key))
         mine = api.get("/v1/queue", headers=auth(key)).json()
-        assert mine == {"depth": 4, "running": 0, "concurrency_limit": 3, "rate_limit": 20.0, "paused": True,
-                        "recent_wait_ms": {"p50": None, "p95": None}}
+        assert mine == {
+            "depth": 4,
+            "running": 0,
+            "concurrency_limit": 3,
+            "rate_limit": 20.0,
+            "paused": True,
+            "recent_wait_ms": {"p50": None, "p95": None},
+        }
         assert api.get("/v1/queue", headers=auth(other)).json()["depth"] == 0
 
     def test_wait_percentiles(self, api, redis_client):
@@ -122,11 +154,15 @@ class TestOperator:
     def test_list_pause_resume_purge(self, api, redis_client, db_session):
         key = paused_key(redis_client)
         tid = key.tenant_id
-        jobs = api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 3}, headers=auth(key)).json()["items"]
+        jobs = api.post(
+            "/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 3}, headers=auth(key)
+        ).json()["items"]
         listed = api.get("/admin/v1/queues", headers=ADMIN)
         assert listed.status_code == 200
         row = next(i for i in listed.json()["items"] if i["tenant_id"] == tid)
-        assert row["depth"] == 3 and row["paused"] and row["paused_reason"] == "test" and row["pool"] == "shared"
+        assert (
+            row["depth"] == 3 and row["paused"] and row["paused_reason"] == "test" and row["pool"] == "shared"
+        )
         assert "tq.exec" in listed.json()["exec_queue_depth"]
 
         res = api.post(f"/admin/v1/tenants/{tid}/queue/pause", headers=ADMIN)
@@ -154,7 +190,9 @@ class TestOperator:
         res = api.put(f"/admin/v1/tenants/{tenant.id}/queue/pool", headers=ADMIN)
         assert res.json() == {"tenant_id": tenant.id, "pool": f"tq.exec.t.{tenant.id}"}
         assert redis_client.hget("tq:route", tenant.id) == f"tq.exec.t.{tenant.id}"
-        assert api.delete(f"/admin/v1/tenants/{tenant.id}/queue/pool", headers=ADMIN).json()["pool"] == "shared"
+        assert (
+            api.delete(f"/admin/v1/tenants/{tenant.id}/queue/pool", headers=ADMIN).json()["pool"] == "shared"
+        )
         assert redis_client.hget("tq:route", tenant.id) is None
 
     def test_operator_credential_and_unknown_tenant(self, api):

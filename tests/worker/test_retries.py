@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from tenantq.platform.jobs.models import JobAttempt
-from tenantq.worker.registry import AnyArgs, TaskType
+from tenantq.platform.jobs.registry import AnyArgs, TaskType
 from tests.factories import ApiKeyFactory, JobFactory, auth
 from tests.platform.helpers import get_job, submit, ts, wait_job
 
@@ -42,8 +42,8 @@ class TestBackoff:
 @pytest.fixture
 def defaults_type():
     """A task type registered only in this (API) process, removed afterwards; its jobs never run."""
-    from tenantq.worker.celery_app import app
-    from tenantq.worker.registry import REGISTRY, task_type
+    from tenantq.core.celery import app
+    from tenantq.platform.jobs.registry import REGISTRY, task_type
 
     spec = task_type("test.retry_defaults", max_retries=5)(lambda args, ctx: None)
     yield spec
@@ -60,17 +60,22 @@ class TestRetryValidation:
         assert submit(api, free, body)["max_retries"] == 3
         assert submit(api, pro, {**body, "max_retries": 0})["max_retries"] == 0
 
-
     def test_backoff_fields_validated(self, api):
         key = ApiKeyFactory()
-        resp = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}, "retry_backoff": 5,
-                                          "retry_backoff_max": 1}, headers=auth(key))
+        resp = api.post(
+            "/v1/jobs",
+            json={"task": "demo.flaky", "args": {"failures": 1}, "retry_backoff": 5, "retry_backoff_max": 1},
+            headers=auth(key),
+        )
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_input"
 
     def test_max_retries_bounded_by_plan(self, api):
         key = ApiKeyFactory(tenant__plan_name="free")  # free plan: max_retries 3
-        resp = api.post("/v1/jobs", json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 4},
-                        headers=auth(key))
+        resp = api.post(
+            "/v1/jobs",
+            json={"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 4},
+            headers=auth(key),
+        )
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "max_retries_not_allowed"
 
     def test_rerun_refuses_unfinished_and_succeeded_jobs(self, api):
@@ -91,8 +96,17 @@ class TestRetryValidation:
 class TestRetriesEndToEnd:
     def test_retries_are_spaced_by_the_backoff_and_logged(self, api, db_session, platform_processes):
         key = ApiKeyFactory()
-        job = submit(api, key, {"task": "demo.flaky", "args": {"failures": 2}, "max_retries": 3,
-                                "retry_backoff": 1.0, "retry_backoff_max": 1.5})
+        job = submit(
+            api,
+            key,
+            {
+                "task": "demo.flaky",
+                "args": {"failures": 2},
+                "max_retries": 3,
+                "retry_backoff": 1.0,
+                "retry_backoff_max": 1.5,
+            },
+        )
         done = wait_job(api, key, job["id"])
         assert done["status"] == "succeeded" and done["result"] == {"attempt": 3}
         log = done["attempt_log"]
@@ -108,11 +122,14 @@ class TestRetriesEndToEnd:
         ids = db_session.scalars(select(JobAttempt.task_id).where(JobAttempt.job_id == job["id"])).all()
         assert sorted(ids) == [f"{job['id']}-{n}" for n in (1, 2, 3)]
 
-    def test_exhausted_retries_land_in_dead_letters_and_rerun_continues_numbering(self, api, platform_processes):
+    def test_exhausted_retries_land_in_dead_letters_and_rerun_continues_numbering(
+        self, api, platform_processes
+    ):
         key = ApiKeyFactory()
         # Fails attempts 1-3; max_retries=1 gives attempts 1 and 2, then the job is dead.
-        job = submit(api, key, {"task": "demo.flaky", "args": {"failures": 3}, "max_retries": 1,
-                                "retry_backoff": 0.2})
+        job = submit(
+            api, key, {"task": "demo.flaky", "args": {"failures": 3}, "max_retries": 1, "retry_backoff": 0.2}
+        )
         dead = wait_job(api, key, job["id"])
         assert dead["status"] == "failed" and dead["attempts"] == 2
         assert "attempt 2 fails on purpose" in dead["error"]
@@ -124,19 +141,26 @@ class TestRetriesEndToEnd:
         again = wait_job(api, key, job["id"])
         assert again["status"] == "succeeded" and again["result"] == {"attempt": 4}
         assert [(a["attempt"], a["status"]) for a in again["attempt_log"]] == [
-            (1, "failed"), (2, "failed"), (3, "failed"), (4, "succeeded")]
+            (1, "failed"),
+            (2, "failed"),
+            (3, "failed"),
+            (4, "succeeded"),
+        ]
         assert api.get("/v1/jobs?status=failed", headers=auth(key)).json()["items"] == []
 
     def test_retry_waits_in_the_tenant_queue_and_obeys_a_pause(self, api, redis_client, platform_processes):
         # The retry is an ordinary entry of the tenant's delayed queue: a paused tenant's retry waits.
         key = ApiKeyFactory()
-        job = submit(api, key, {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 1,
-                                "retry_backoff": 3.0})
+        job = submit(
+            api, key, {"task": "demo.flaky", "args": {"failures": 1}, "max_retries": 1, "retry_backoff": 3.0}
+        )
         wait_job(api, key, job["id"], statuses=("retrying",))
         redis_client.sadd("tq:paused", key.tenant_id)
         try:
-            waiting = (redis_client.hget("tq:delayed:t", job["id"]) == key.tenant_id
-                       or redis_client.zscore(f"tq:q:{key.tenant_id}", job["id"]) is not None)
+            waiting = (
+                redis_client.hget("tq:delayed:t", job["id"]) == key.tenant_id
+                or redis_client.zscore(f"tq:q:{key.tenant_id}", job["id"]) is not None
+            )
             assert waiting, "the retry should wait in the tenant's own queues"
             time.sleep(4.0)  # past the 3 s backoff
             body = get_job(api, key, job["id"])
@@ -148,8 +172,11 @@ class TestRetriesEndToEnd:
 
     def test_non_retryable_error_is_not_retried(self, api, platform_processes):
         key = ApiKeyFactory()
-        job = submit(api, key, {"task": "demo.fail", "args": {"message": "bad input"}, "max_retries": 5,
-                                "retry_backoff": 0.1})
+        job = submit(
+            api,
+            key,
+            {"task": "demo.fail", "args": {"message": "bad input"}, "max_retries": 5, "retry_backoff": 0.1},
+        )
         done = wait_job(api, key, job["id"])
         assert done["status"] == "failed" and done["attempts"] == 1
         assert done["error"].startswith("RuntimeError: bad input")

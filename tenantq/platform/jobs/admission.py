@@ -11,26 +11,29 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from tenantq.billing.quotas import check_quota
-from tenantq.platform.errors import Forbidden
-from tenantq.tenants.limits import submission_rate_limit
-from tenantq.tenants.models import Tenant
+from tenantq.billing.usage.quotas import check_quota
+from tenantq.core.errors import Forbidden
+from tenantq.tenants.access.limits import submission_rate_limit
+from tenantq.tenants.accounts.models import Tenant
 
 AdmissionCheck = Callable[[Session, Tenant, int], None]
 
 
 def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
     if tenant.status != "active":
-        raise Forbidden(f"Tenant is {tenant.status}: new jobs are not accepted.", code="tenant_suspended",
-                        details={"status": tenant.status})
+        raise Forbidden(
+            f"Tenant is {tenant.status}: new jobs are not accepted.",
+            code="tenant_suspended",
+            details={"status": tenant.status},
+        )
 
 
 def queue_not_full(session: Session, tenant: Tenant, count: int) -> None:
     """The plan bounds how many jobs may wait in the tenant's queue (issue 4)."""
-    from tenantq.platform.errors import TooManyRequests
-    from tenantq.platform.redis import get_redis
-    from tenantq.worker.limits import limits_for
-    from tenantq.worker.queues import TenantQueues
+    from tenantq.core.errors import TooManyRequests
+    from tenantq.core.redis import get_redis
+    from tenantq.platform.dispatch.limits import limits_for
+    from tenantq.platform.dispatch.queues import TenantQueues
 
     limit = limits_for(session, tenant).max_queued
     if limit <= 0:
@@ -39,7 +42,8 @@ def queue_not_full(session: Session, tenant: Tenant, count: int) -> None:
     if depth + count > limit:
         raise TooManyRequests(
             f"The queue holds {depth} of at most {limit} waiting jobs; {count} more do not fit.",
-            code="queue_full", details={"depth": depth, "limit": limit, "requested": count},
+            code="queue_full",
+            details={"depth": depth, "limit": limit, "requested": count},
             headers={"Retry-After": "1"},
         )
 

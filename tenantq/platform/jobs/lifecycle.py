@@ -24,12 +24,12 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import Integer, String, bindparam, func, literal, null, select, text, update
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import UTCDateTime, get_engine, new_id, system_session, utcnow
+from tenantq.core.db import UTCDateTime, get_engine, new_id, system_session, utcnow
+from tenantq.core.redis import get_redis
+from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import message_for_attempt
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
-from tenantq.platform.redis import get_redis
-from tenantq.platform.settings import get_settings
-from tenantq.tenants.models import Plan, Tenant
+from tenantq.tenants.accounts.models import Plan, Tenant
 
 log = logging.getLogger("tenantq.jobs.lifecycle")
 
@@ -79,7 +79,7 @@ def describe_error(exc: BaseException, meta: dict[str, Any] | None = None) -> st
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     # Keep the summary and the innermost frames (where the error was raised) if it is long.
     room = MAX_ERROR_CHARS - len(summary) - 2
-    return summary + "\n\n" + (trace if len(trace) <= room else "..." + trace[-(room - 3):])
+    return summary + "\n\n" + (trace if len(trace) <= room else "..." + trace[-(room - 3) :])
 
 
 def _secs(value: Any) -> str:
@@ -92,15 +92,21 @@ def _secs(value: Any) -> str:
 
 def _on_attempt(meta: dict[str, Any]) -> list[Any]:
     """WHERE clause: the job is still on this attempt (not a newer one) and not finished."""
-    return [Job.id == meta["id"], Job.attempts == int(meta.get("attempt") or 1),
-            Job.status.not_in(TERMINAL_STATUSES)]
+    return [
+        Job.id == meta["id"],
+        Job.attempts == int(meta.get("attempt") or 1),
+        Job.status.not_in(TERMINAL_STATUSES),
+    ]
 
 
 def _close_attempt(session: Session, meta: dict[str, Any], status: str, error: str | None, now) -> None:
     session.execute(
         update(JobAttempt)
-        .where(JobAttempt.job_id == meta["id"], JobAttempt.attempt == int(meta.get("attempt") or 1),
-               JobAttempt.status == "running")
+        .where(
+            JobAttempt.job_id == meta["id"],
+            JobAttempt.attempt == int(meta.get("attempt") or 1),
+            JobAttempt.status == "running",
+        )
         .values(status=status, error=error, finished_at=now)
     )
 
@@ -162,8 +168,14 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
     move = (
         update(Job)
         .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
-        .values(status="running", attempts=attempt, worker=worker, task_id=task_id, error=None,
-                started_at=func.coalesce(Job.started_at, now))
+        .values(
+            status="running",
+            attempts=attempt,
+            worker=worker,
+            task_id=task_id,
+            error=None,
+            started_at=func.coalesce(Job.started_at, now),
+        )
     )
     engine = get_engine()
     if engine.dialect.name == "postgresql":
@@ -173,10 +185,19 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
         moved_cte = move.returning(Job.id).cte("moved")
         stmt = _attempt_upsert(
             "postgresql",
-            select(literal(new_id(), String), moved_cte.c.id, literal(attempt, Integer), literal("running", String),
-                   literal(task_id, String), literal(worker, String), literal(now, UTCDateTime()),
-                   null(), null()),
-            worker, now,
+            select(
+                literal(new_id(), String),
+                moved_cte.c.id,
+                literal(attempt, Integer),
+                literal("running", String),
+                literal(task_id, String),
+                literal(worker, String),
+                literal(now, UTCDateTime()),
+                null(),
+                null(),
+            ),
+            worker,
+            now,
         ).returning(JobAttempt.id)
         with engine.connect() as conn:
             moved = conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
@@ -201,15 +222,28 @@ def _upsert_insert(dialect: str) -> Any:
     return insert
 
 
-_ATTEMPT_COLUMNS = ["id", "job_id", "attempt", "status", "task_id", "worker", "started_at", "finished_at", "error"]
+_ATTEMPT_COLUMNS = [
+    "id",
+    "job_id",
+    "attempt",
+    "status",
+    "task_id",
+    "worker",
+    "started_at",
+    "finished_at",
+    "error",
+]
 
 
 def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now) -> Any:
     """INSERT the attempt row from ``rows`` (a SELECT of _ATTEMPT_COLUMNS); if the same attempt has a
     row already (redelivered after a worker was lost) reset it to running instead."""
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
-    return _upsert_insert(dialect)(JobAttempt).from_select(_ATTEMPT_COLUMNS, rows).on_conflict_do_update(
-        index_elements=["job_id", "attempt"], set_=reopened)
+    return (
+        _upsert_insert(dialect)(JobAttempt)
+        .from_select(_ATTEMPT_COLUMNS, rows)
+        .on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened)
+    )
 
 
 def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now) -> None:
@@ -219,8 +253,9 @@ def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, wor
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        stmt = _upsert_insert(dialect)(JobAttempt).values(id=new_id(), job_id=job_id, attempt=attempt,
-                                                          task_id=task_id, **reopened)
+        stmt = _upsert_insert(dialect)(JobAttempt).values(
+            id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened
+        )
         session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
         return
     row = session.scalars(
@@ -239,8 +274,11 @@ def may_start(meta: dict[str, Any], task_id: str) -> bool:
     been in Celery's queue)."""
     if task_id in _REFUSED:
         _REFUSED.discard(task_id)
-        log.info("job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
-                 meta["id"], meta.get("attempt"))
+        log.info(
+            "job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
+            meta["id"],
+            meta.get("attempt"),
+        )
         return False
     if cancel_covers(meta["id"], int(meta.get("attempt") or 1)):
         cancelled_before_start(meta)
@@ -261,14 +299,20 @@ def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
         # tells the webhook receiver whether the tenant has any endpoint (see _note_webhooks).
         row = session.execute(
             select(Plan.result_ttl_s, _has_webhooks(Tenant.id))
-            .join(Tenant, Tenant.plan_name == Plan.name).where(Tenant.id == meta["tenant_id"])
+            .join(Tenant, Tenant.plan_name == Plan.name)
+            .where(Tenant.id == meta["tenant_id"])
         ).first()
         ttl = row[0] if row is not None else None
         if row is not None:
             _note_webhooks(meta, bool(row[1]))
         moved = session.execute(
-            update(Job).where(*_on_attempt(meta)).values(
-                status="succeeded", result=result, error=None, finished_at=now,
+            update(Job)
+            .where(*_on_attempt(meta))
+            .values(
+                status="succeeded",
+                result=result,
+                error=None,
+                finished_at=now,
                 result_expires_at=now + timedelta(seconds=int(ttl)) if ttl else None,
             )
         ).rowcount
@@ -313,10 +357,18 @@ SELECT (SELECT count(*) FROM plan_row) AS found, (SELECT hooks FROM plan_row) AS
 
 
 def _succeeded_in_one_statement(engine: Any, meta: dict[str, Any], result: Any, now) -> None:
-    params = {"tenant_id": meta["tenant_id"], "result": result, "now": now, "job_id": meta["id"],
-              "attempt": int(meta.get("attempt") or 1), "terminal": list(TERMINAL_STATUSES)}
+    params = {
+        "tenant_id": meta["tenant_id"],
+        "result": result,
+        "now": now,
+        "job_id": meta["id"],
+        "attempt": int(meta.get("attempt") or 1),
+        "terminal": list(TERMINAL_STATUSES),
+    }
     with engine.connect() as conn:
-        found, hooks = conn.execution_options(isolation_level="AUTOCOMMIT").execute(_SUCCEEDED_SQL, params).one()
+        found, hooks = (
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(_SUCCEEDED_SQL, params).one()
+        )
     if found:
         _note_webhooks(meta, bool(hooks))
 
@@ -335,17 +387,21 @@ def attempt_failed(meta: dict[str, Any], error: str) -> None:
         if moved and meta.get("workflow_id"):
             from tenantq.platform.workflows import service as workflows
 
-            workflows.step_job_failed(session, meta["workflow_id"], int(meta["step_index"]), meta["id"], error)
+            workflows.step_job_failed(
+                session, meta["workflow_id"], int(meta["step_index"]), meta["id"], error
+            )
 
 
-def schedule_retry(task: str, meta: dict[str, Any], args: dict[str, Any], exc: BaseException, delay: float) -> bool:
+def schedule_retry(
+    task: str, meta: dict[str, Any], args: dict[str, Any], exc: BaseException, delay: float
+) -> bool:
     """Put the next attempt on the tenant's delayed queue, then record the failed attempt and set the
     job to ``retrying``. False if the job was cancelled meanwhile (the retry is taken back).
 
     Redis first: a worker dying between the two steps leaves a retry that will run (and whose prerun
     moves the job on), never a job stuck in 'retrying' with nothing queued. A retry that starts
     before the SQL update below simply makes that update match nothing."""
-    from tenantq.worker.queues import TenantQueues
+    from tenantq.platform.dispatch.queues import TenantQueues
 
     attempt = int(meta.get("attempt") or 1)
     error = describe_error(exc, meta)
@@ -375,9 +431,7 @@ def cancelled_before_start(meta: dict[str, Any]) -> None:
     cancel request's own update, undo its 'running'."""
     now = utcnow()
     with system_session() as session:
-        session.execute(
-            update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now)
-        )
+        session.execute(update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now))
         _close_attempt(session, meta, "cancelled", "cancelled before it started", now)
 
 

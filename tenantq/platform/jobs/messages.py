@@ -41,7 +41,9 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
     }
 
 
-def message_for_attempt(task: str, args: dict[str, Any], meta: dict[str, Any], attempt: int) -> dict[str, Any]:
+def message_for_attempt(
+    task: str, args: dict[str, Any], meta: dict[str, Any], attempt: int
+) -> dict[str, Any]:
     """The message for attempt number ``attempt`` of the job described by ``meta``."""
     meta = {**meta, "attempt": attempt, "attempt_base": attempt - 1}
     options: dict[str, Any] = {}

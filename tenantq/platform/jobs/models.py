@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from tenantq.platform.db import Base, UTCDateTime, new_id, utcnow
+from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
 
 JOB_STATUSES = ("queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "rejected")

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from tenantq.platform.errors import InvalidInput, NotFound
+from tenantq.core.errors import InvalidInput, NotFound
 from tenantq.platform.jobs.models import Job
 
 
@@ -49,7 +49,12 @@ class JobRepository:
         return self.session.scalars(self._scoped().where(Job.idempotency_key == key)).first()
 
     def list(
-        self, *, status: str | None = None, task: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
         query = self._scoped()
         if status:
@@ -61,7 +66,9 @@ class JobRepository:
             query = query.where(
                 or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
             )
-        rows = list(self.session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+        rows = list(
+            self.session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+        )
         next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return rows[:limit], next_cursor
 

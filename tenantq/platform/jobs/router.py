@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from tenantq.platform.dependencies import SessionDep
+from tenantq.core.dependencies import SessionDep
 from tenantq.platform.jobs import service
+from tenantq.platform.jobs.registry import all_task_types
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import CancelOut, JobCreate, JobList, JobOut, JobStatus, TaskTypeOut
-from tenantq.tenants.dependencies import CurrentTenant, JobsRead, JobsWrite
-from tenantq.tenants.models import Tenant
-from tenantq.worker.registry import all_task_types
+from tenantq.tenants.access.dependencies import CurrentTenant, JobsRead, JobsWrite
+from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -82,7 +82,9 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     task: Annotated[str | None, Query(max_length=128, description="Only jobs of this task type.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page.")
+    ] = None,
 ) -> JobList:
     items, next_cursor = JobRepository(session, ctx.tenant_id).list(
         status=status, task=task, limit=limit, cursor=cursor
@@ -90,6 +92,13 @@ def list_jobs(
     return JobList(items=[JobOut.model_validate(j) for j in items], next_cursor=next_cursor)
 
 
-@router.get("/task-types", response_model=list[TaskTypeOut], summary="Registered task types and their argument schemas")
+@router.get(
+    "/task-types",
+    response_model=list[TaskTypeOut],
+    summary="Registered task types and their argument schemas",
+)
 def list_task_types(ctx: CurrentTenant) -> list[TaskTypeOut]:
-    return [TaskTypeOut(name=t.name, description=t.description, args_schema=t.json_schema()) for t in all_task_types()]
+    return [
+        TaskTypeOut(name=t.name, description=t.description, args_schema=t.json_schema())
+        for t in all_task_types()
+    ]

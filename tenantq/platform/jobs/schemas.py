@@ -7,46 +7,64 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-JobStatus = Literal["queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected"]
+JobStatus = Literal[
+    "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected"
+]
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=128, description="A registered task type, e.g. 'demo.echo'.")
-    args: dict[str, Any] = Field(default_factory=dict, description="Arguments, validated against the task type's schema.")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments, validated against the task type's schema."
+    )
     priority: int = Field(default=5, ge=0, le=9, description="0 (least urgent) to 9 (most urgent).")
     countdown: float | None = Field(
         default=None, ge=0, le=366 * 24 * 3600, description="Seconds to wait before the job becomes runnable."
     )
-    max_retries: int | None = Field(default=None, ge=0, le=100, description="Retries on retryable errors (bounded by plan).")
+    max_retries: int | None = Field(
+        default=None, ge=0, le=100, description="Retries on retryable errors (bounded by plan)."
+    )
     retry_backoff: float | None = Field(
-        default=None, ge=0.1, le=3600,
+        default=None,
+        ge=0.1,
+        le=3600,
         description="Seconds: the first retry's delay and the floor of every retry delay (default: the task "
         "type's). Later retries wait a random time between the floor and floor * 2**n, capped.",
     )
     retry_backoff_max: float | None = Field(
-        default=None, ge=0.1, le=24 * 3600, description="Seconds: cap of the retry delay (default: the task type's)."
+        default=None,
+        ge=0.1,
+        le=24 * 3600,
+        description="Seconds: cap of the retry delay (default: the task type's).",
     )
     soft_time_limit: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Seconds after which the task gets a SoftTimeLimitExceeded error it may catch to clean "
         "up. Bounded by the plan's max_time_limit_s (422 above); must be below time_limit.",
     )
     time_limit: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Seconds after which the attempt is killed. Default: the task type's, else the plan's "
         "max_time_limit_s, which also bounds it (422 above).",
     )
     idempotency_key: str | None = Field(
-        default=None, min_length=1, max_length=255,
+        default=None,
+        min_length=1,
+        max_length=255,
         description="Same key (per tenant, within the retention window, 24 h by default) returns the same job.",
     )
 
     @model_validator(mode="after")
     def _backoff_cap_above_floor(self) -> JobCreate:
-        if self.retry_backoff is not None and self.retry_backoff_max is not None \
-                and self.retry_backoff_max < self.retry_backoff:
+        if (
+            self.retry_backoff is not None
+            and self.retry_backoff_max is not None
+            and self.retry_backoff_max < self.retry_backoff
+        ):
             raise ValueError("retry_backoff_max must be at least retry_backoff")
         return self
 
@@ -68,23 +86,33 @@ class JobOut(BaseModel):
     args: dict[str, Any]
     priority: int
     status: JobStatus
-    result: Any = Field(default=None, validation_alias=AliasChoices("visible_result", "result"),
-                        description="The task's return value; null once it expired (see result_expired).")
+    result: Any = Field(
+        default=None,
+        validation_alias=AliasChoices("visible_result", "result"),
+        description="The task's return value; null once it expired (see result_expired).",
+    )
     result_expires_at: datetime | None = None
     result_expired: bool = False
     error: str | None = None
-    attempts: int = Field(description="Number of the latest attempt that started (attempts keep counting across "
-                          "retries and re-runs).")
+    attempts: int = Field(
+        description="Number of the latest attempt that started (attempts keep counting across "
+        "retries and re-runs)."
+    )
     max_retries: int = 0
     soft_time_limit: float | None = None
     time_limit: float | None = None
-    cancel_requested: bool = Field(default=False, description="Cancellation was asked while it ran and its task "
-                                   "type cannot be interrupted: it finishes but is not retried.")
+    cancel_requested: bool = Field(
+        default=False,
+        description="Cancellation was asked while it ran and its task "
+        "type cannot be interrupted: it finishes but is not retried.",
+    )
     idempotency_key: str | None = None
     workflow_id: str | None = None
     step_index: int | None = None
     created_at: datetime
-    run_at: datetime | None = Field(default=None, description="When a scheduled or retrying job becomes runnable.")
+    run_at: datetime | None = Field(
+        default=None, description="When a scheduled or retrying job becomes runnable."
+    )
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_log: list[AttemptOut] = Field(default_factory=list)

@@ -14,22 +14,22 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tenantq.platform import metrics
-from tenantq.platform.db import utcnow
-from tenantq.platform.errors import Conflict, InvalidInput, ServiceUnavailable
+from tenantq.core.celery import app as celery_app
+from tenantq.core.db import utcnow
+from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from tenantq.core.redis import get_redis
+from tenantq.core.settings import get_settings
+from tenantq.ops import metrics
+from tenantq.platform.dispatch.queues import TenantQueues
 from tenantq.platform.jobs import lifecycle
 from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.messages import job_meta, message_for_attempt
 from tenantq.platform.jobs.models import RERUNNABLE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, Job
+from tenantq.platform.jobs.registry import TaskType, get_task_type
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
-from tenantq.platform.redis import get_redis
-from tenantq.platform.settings import get_settings
-from tenantq.tenants.models import Tenant
-from tenantq.tenants.service import EffectiveLimits, effective_limits
-from tenantq.worker.celery_app import app as celery_app
-from tenantq.worker.queues import TenantQueues
-from tenantq.worker.registry import TaskType, get_task_type
+from tenantq.tenants.accounts.models import Tenant
+from tenantq.tenants.accounts.service import EffectiveLimits, effective_limits
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -43,7 +43,9 @@ class SubmitResult:
 def job_message(job: Job, *, attempt: int | None = None, first_attempt: int | None = None) -> dict[str, Any]:
     """What the dispatcher publishes to Celery for the job's next attempt (JSON only)."""
     attempt = attempt if attempt is not None else job.attempts + 1
-    meta = job_meta(job, attempt=attempt, first_attempt=first_attempt if first_attempt is not None else attempt)
+    meta = job_meta(
+        job, attempt=attempt, first_attempt=first_attempt if first_attempt is not None else attempt
+    )
     return message_for_attempt(job.task, job.args, meta, attempt)
 
 
@@ -52,11 +54,16 @@ def _same_request(job: Job, data: JobCreate) -> bool:
 
 
 def _idempotency_conflict(existing: Job) -> Conflict:
-    return Conflict("This idempotency key was used with different parameters.",
-                    code="idempotency_conflict", details={"job_id": existing.id})
+    return Conflict(
+        "This idempotency key was used with different parameters.",
+        code="idempotency_conflict",
+        details={"job_id": existing.id},
+    )
 
 
-def validate_submission(session: Session, tenant: Tenant, data: JobCreate) -> tuple[dict[str, Any], JobPolicy]:
+def validate_submission(
+    session: Session, tenant: Tenant, data: JobCreate
+) -> tuple[dict[str, Any], JobPolicy]:
     """Check the request against the registry and the plan; returns (normalised args, policy)."""
     spec = get_spec(data.task)
     args = validate_args(spec, data.args)
@@ -80,8 +87,9 @@ def validate_args(spec: TaskType, args: dict[str, Any], *, ignore: str | None = 
         if not errors:
             return dict(args)
         details = [{"loc": ["args", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
-        raise InvalidInput(f"Arguments do not match the schema of {spec.name!r}.", code="invalid_args",
-                           details=details) from None
+        raise InvalidInput(
+            f"Arguments do not match the schema of {spec.name!r}.", code="invalid_args", details=details
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,11 @@ def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobC
     else:
         max_retries = data.max_retries
     if max_retries > plan.max_retries:
-        raise InvalidInput(f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
-                           code="max_retries_not_allowed", details={"max": plan.max_retries})
+        raise InvalidInput(
+            f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
+            code="max_retries_not_allowed",
+            details={"max": plan.max_retries},
+        )
     soft, hard = resolve_time_limits(spec, plan, data.soft_time_limit, data.time_limit)
     return JobPolicy(max_retries=max_retries, soft_time_limit=soft, time_limit=hard)
 
@@ -122,16 +133,22 @@ def resolve_time_limits(
     bound = plan.max_time_limit_s if plan is not None else None
     for name, value in (("soft_time_limit", soft), ("time_limit", hard)):
         if value is not None and bound is not None and value > bound:
-            raise InvalidInput(f"{name} {value:g}s exceeds the plan's maximum of {bound}s.",
-                               code="time_limit_not_allowed", details={"field": name, "max": bound})
+            raise InvalidInput(
+                f"{name} {value:g}s exceeds the plan's maximum of {bound}s.",
+                code="time_limit_not_allowed",
+                details={"field": name, "max": bound},
+            )
     hard = hard if hard is not None else spec.time_limit
     soft = soft if soft is not None else spec.soft_time_limit
     if bound is not None:
         hard = min(hard, bound) if hard is not None else float(bound)
         soft = min(soft, bound) if soft is not None else None
     if soft is not None and hard is not None and soft >= hard:
-        raise InvalidInput(f"soft_time_limit ({soft:g}s) must be below time_limit ({hard:g}s).",
-                           code="invalid_time_limits", details={"soft_time_limit": soft, "time_limit": hard})
+        raise InvalidInput(
+            f"soft_time_limit ({soft:g}s) must be below time_limit ({hard:g}s).",
+            code="invalid_time_limits",
+            details={"soft_time_limit": soft, "time_limit": hard},
+        )
     return soft, hard
 
 
@@ -160,7 +177,9 @@ def _key_is_live(job: Job, now: datetime) -> bool:
     return job.created_at > now - timedelta(seconds=get_settings().idempotency_retention_seconds)
 
 
-def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: redis.Redis | None = None) -> SubmitResult:
+def submit_job(
+    session: Session, tenant: Tenant, data: JobCreate, *, client: redis.Redis | None = None
+) -> SubmitResult:
     repo = JobRepository(session, tenant.id)
     now = utcnow()
     existing = repo.by_idempotency_key(data.idempotency_key) if data.idempotency_key else None
@@ -175,7 +194,8 @@ def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: red
         # key) in the same transaction as the insert, so concurrent reusers race on the unique
         # constraint and exactly one of them gets the key.
         session.execute(
-            update(Job).where(Job.id == existing.id, Job.idempotency_key == data.idempotency_key)
+            update(Job)
+            .where(Job.id == existing.id, Job.idempotency_key == data.idempotency_key)
             .values(idempotency_key=None)
         )
     repo.add(job)
@@ -198,13 +218,21 @@ def submit_job(session: Session, tenant: Tenant, data: JobCreate, *, client: red
         log.error("enqueue failed for job %s: %s", job.id, exc)
         session.delete(job)
         session.commit()
-        raise ServiceUnavailable("The queue is unavailable; the job was not accepted. Retry later.",
-                                 code="queue_unavailable", headers={"Retry-After": "1"}) from None
+        raise ServiceUnavailable(
+            "The queue is unavailable; the job was not accepted. Retry later.",
+            code="queue_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
     return SubmitResult(job, created=True)
 
 
-def enqueue(job: Job, *, client: redis.Redis | None = None, attempt: int | None = None,
-            first_attempt: int | None = None) -> None:
+def enqueue(
+    job: Job,
+    *,
+    client: redis.Redis | None = None,
+    attempt: int | None = None,
+    first_attempt: int | None = None,
+) -> None:
     """Put the job's next attempt on its tenant's queue (or the delayed set if it has a run_at)."""
     queues = TenantQueues(client or get_redis())
     message = job_message(job, attempt=attempt, first_attempt=first_attempt)
@@ -218,8 +246,9 @@ def enqueue(job: Job, *, client: redis.Redis | None = None, attempt: int | None 
 CancelOutcome = Literal["dequeued", "terminated", "requested", "already_finished"]
 
 
-def cancel_job(session: Session, tenant_id: str, job_id: str, *, client: redis.Redis | None = None
-               ) -> tuple[Job, CancelOutcome]:
+def cancel_job(
+    session: Session, tenant_id: str, job_id: str, *, client: redis.Redis | None = None
+) -> tuple[Job, CancelOutcome]:
     """Cancel a job; the outcome says what happened.
 
     - waiting (queued, scheduled, retrying): taken off the tenant's queue and marked cancelled
@@ -239,7 +268,8 @@ def cancel_job(session: Session, tenant_id: str, job_id: str, *, client: redis.R
             lifecycle.mark_cancelled(job.id, job.attempts + 1, client)
             TenantQueues(client).remove(job.tenant_id, job.id)
             moved = session.execute(
-                update(Job).where(Job.id == job.id, Job.status.in_(WAITING_STATUSES))
+                update(Job)
+                .where(Job.id == job.id, Job.status.in_(WAITING_STATUSES))
                 .values(status="cancelled", finished_at=now, run_at=None)
             ).rowcount
             outcome: CancelOutcome = "dequeued"
@@ -249,13 +279,15 @@ def cancel_job(session: Session, tenant_id: str, job_id: str, *, client: redis.R
             if spec is not None and spec.cancellable and job.task_id:
                 celery_app.control.revoke(job.task_id, terminate=True, signal="SIGTERM")
                 moved = session.execute(
-                    update(Job).where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
                     .values(status="cancelled", finished_at=now)
                 ).rowcount
                 outcome = "terminated"
             else:
                 moved = session.execute(
-                    update(Job).where(Job.id == job.id, Job.status == "running")
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == "running")
                     .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
                 ).rowcount
                 outcome = "requested"
@@ -278,8 +310,11 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     client = client or get_redis()
     job = JobRepository(session, tenant.id).get(job_id)
     if job.status not in RERUNNABLE_STATUSES:
-        raise Conflict(f"Only failed or cancelled jobs can be re-run; this job is {job.status}.",
-                       code="not_rerunnable", details={"status": job.status})
+        raise Conflict(
+            f"Only failed or cancelled jobs can be re-run; this job is {job.status}.",
+            code="not_rerunnable",
+            details={"status": job.status},
+        )
     admit(session, tenant, 1)
     # An attempt cancelled before it started never got a number in SQL; step past it so that its
     # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
@@ -288,9 +323,17 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
         # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
         lifecycle.lock_workflow(session, job.workflow_id)
     moved = session.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES)).values(
-            status="queued", error=None, result=None, result_expires_at=None, started_at=None,
-            finished_at=None, run_at=None, cancel_requested_at=None,
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES))
+        .values(
+            status="queued",
+            error=None,
+            result=None,
+            result_expires_at=None,
+            started_at=None,
+            finished_at=None,
+            run_at=None,
+            cancel_requested_at=None,
         )
     ).rowcount
     if not moved:
@@ -308,13 +351,19 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     except redis.RedisError as exc:
         log.error("enqueue failed for re-run of job %s: %s", job.id, exc)
         error = "ServiceUnavailable: the re-run could not be queued"
-        session.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
-                        .values(status="failed", error=error, finished_at=utcnow()))
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(status="failed", error=error, finished_at=utcnow())
+        )
         if job.workflow_id:
             workflows.step_job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
         session.commit()
-        raise ServiceUnavailable("The queue is unavailable; the job was not re-run. Retry later.",
-                                 code="queue_unavailable", headers={"Retry-After": "1"}) from None
+        raise ServiceUnavailable(
+            "The queue is unavailable; the job was not re-run. Retry later.",
+            code="queue_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
     return job
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from tenantq.platform.db import system_session
-from tenantq.worker.celery_app import SYSTEM_QUEUE, app
+from tenantq.core.celery import SYSTEM_QUEUE, app
+from tenantq.core.db import system_session
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -28,5 +28,9 @@ def purge_expired_results_task() -> int:
 # Beat runs it hourly; a static entry, merged by any scheduler that honours app.conf.beat_schedule.
 app.conf.beat_schedule.setdefault(
     "jobs.purge_expired_results",
-    {"task": "jobs.purge_expired_results", "schedule": PURGE_EVERY_SECONDS, "options": {"queue": SYSTEM_QUEUE}},
+    {
+        "task": "jobs.purge_expired_results",
+        "schedule": PURGE_EVERY_SECONDS,
+        "options": {"queue": SYSTEM_QUEUE},
+    },
 )

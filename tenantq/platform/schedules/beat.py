@@ -22,9 +22,9 @@ from __future__ import annotations
 from celery.beat import Scheduler
 from celery.utils.log import get_logger
 
-from tenantq.platform.db import dispose_engine, session_factory, utcnow
+from tenantq.core.db import dispose_engine, session_factory, utcnow
+from tenantq.core.settings import get_settings
 from tenantq.platform.schedules.service import fire_due, next_due_at
-from tenantq.platform.settings import get_settings
 
 # A child of the "celery" logger: beat configures that one, so these lines reach its log.
 log = get_logger(__name__)
@@ -59,8 +59,13 @@ class TenantScheduler(Scheduler):
             session = session_factory()()
             try:
                 for firing in fire_due(session):
-                    log.info("fired schedule %s due %s -> job %s%s", firing.schedule_id, firing.due.isoformat(),
-                             firing.job_id, f" (refused: {firing.error})" if firing.error else "")
+                    log.info(
+                        "fired schedule %s due %s -> job %s%s",
+                        firing.schedule_id,
+                        firing.due.isoformat(),
+                        firing.job_id,
+                        f" (refused: {firing.error})" if firing.error else "",
+                    )
                 upcoming = next_due_at(session)
             finally:
                 session.close()

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tenantq.platform.db import Base, UTCDateTime, new_id, utcnow
+from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
 
 
 class Schedule(Base):

@@ -6,23 +6,28 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from tenantq.platform.dependencies import SessionDep
+from tenantq.core.dependencies import SessionDep
 from tenantq.platform.schedules import service
 from tenantq.platform.schedules.schemas import ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
-from tenantq.tenants.dependencies import JobsRead, JobsWrite
-from tenantq.tenants.models import Tenant
+from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
+from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 
 LIMIT_ERRORS = {
-    422: {"description": "Invalid task/arguments, cron expression or time zone, or an interval below the "
-                         "plan's minimum (code schedule_interval_too_short)."},
+    422: {
+        "description": "Invalid task/arguments, cron expression or time zone, or an interval below the "
+        "plan's minimum (code schedule_interval_too_short)."
+    },
     429: {"description": "The plan's number of schedules is reached (code schedule_limit_reached)."},
 }
 
 
 @router.post(
-    "/schedules", response_model=ScheduleOut, status_code=201, summary="Create a schedule",
+    "/schedules",
+    response_model=ScheduleOut,
+    status_code=201,
+    summary="Create a schedule",
     description="A job template (task, args, priority) fired by beat on a cron expression in a time zone or "
     "every interval_seconds. Each firing creates a normal job (rate limits, quotas and billing apply).",
     responses=LIMIT_ERRORS,
@@ -37,7 +42,9 @@ def list_schedules(
     ctx: JobsRead,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page.")
+    ] = None,
 ) -> ScheduleList:
     items, next_cursor = service.ScheduleRepository(session, ctx.tenant_id).list(limit=limit, cursor=cursor)
     return ScheduleList(items=[ScheduleOut.model_validate(s) for s in items], next_cursor=next_cursor)
@@ -49,12 +56,16 @@ def get_schedule(schedule_id: str, ctx: JobsRead, session: SessionDep) -> Schedu
 
 
 @router.patch(
-    "/schedules/{schedule_id}", response_model=ScheduleOut, summary="Change a schedule",
+    "/schedules/{schedule_id}",
+    response_model=ScheduleOut,
+    summary="Change a schedule",
     description="Only the given fields change; beat applies the change at its next read (about a second). "
     "Changing the timing or re-enabling recomputes next_run_at from now.",
     responses=LIMIT_ERRORS,
 )
-def update_schedule(schedule_id: str, body: ScheduleUpdate, ctx: JobsWrite, session: SessionDep) -> ScheduleOut:
+def update_schedule(
+    schedule_id: str, body: ScheduleUpdate, ctx: JobsWrite, session: SessionDep
+) -> ScheduleOut:
     tenant = session.get(Tenant, ctx.tenant_id)
     return ScheduleOut.model_validate(service.update_schedule(session, tenant, schedule_id, body))
 

@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_INTERVAL_S = 366 * 24 * 3600
 
-_CRON = ("Standard 5-field cron expression (minute hour day-of-month month day-of-week), e.g. '0 8 * * 1', "
-         "or @hourly/@daily/@weekly/@monthly/@yearly. Give either cron or interval_seconds.")
+_CRON = (
+    "Standard 5-field cron expression (minute hour day-of-month month day-of-week), e.g. '0 8 * * 1', "
+    "or @hourly/@daily/@weekly/@monthly/@yearly. Give either cron or interval_seconds."
+)
 _TZ = "IANA time zone the cron expression is read in, e.g. 'Europe/Paris' (default UTC). DST is honoured."
 _INTERVAL = "Fire every N seconds (bounded below by the plan). Give either cron or interval_seconds."
 
@@ -19,11 +21,14 @@ class ScheduleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=128, description="A label for humans.")
-    task: str = Field(min_length=1, max_length=128, description="A registered task type, e.g. 'http.request'.")
+    task: str = Field(
+        min_length=1, max_length=128, description="A registered task type, e.g. 'http.request'."
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments, validated like a job's.")
     priority: int = Field(default=5, ge=0, le=9, description="Priority of the jobs it creates, 0-9.")
-    max_retries: int | None = Field(default=None, ge=0, le=100,
-                                    description="max_retries of the jobs it creates (bounded by plan).")
+    max_retries: int | None = Field(
+        default=None, ge=0, le=100, description="max_retries of the jobs it creates (bounded by plan)."
+    )
     cron: str | None = Field(default=None, min_length=1, max_length=128, description=_CRON)
     timezone: str = Field(default="UTC", min_length=1, max_length=64, description=_TZ)
     interval_seconds: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
@@ -63,7 +68,8 @@ class ScheduleOut(BaseModel):
     last_run_at: datetime | None = Field(default=None, description="When it last fired (UTC).")
     last_job_id: str | None = Field(default=None, description="The job created by the last firing.")
     last_error: str | None = Field(
-        default=None, description="Why the last firing created no job (e.g. rate limited, quota), if it did not."
+        default=None,
+        description="Why the last firing created no job (e.g. rate limited, quota), if it did not.",
     )
     runs: int = Field(description="How many times it fired.")
     created_at: datetime

@@ -24,14 +24,14 @@ from croniter import croniter
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import utcnow
-from tenantq.platform.errors import InvalidInput, NotFound, TenantqError, TooManyRequests
+from tenantq.core.db import utcnow
+from tenantq.core.errors import InvalidInput, NotFound, TenantqError, TooManyRequests
 from tenantq.platform.jobs.repository import decode_cursor, encode_cursor
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.jobs.service import submit_job, validate_submission
 from tenantq.platform.schedules.models import Schedule
 from tenantq.platform.schedules.schemas import ScheduleCreate, ScheduleUpdate
-from tenantq.tenants.models import Plan, Tenant
+from tenantq.tenants.accounts.models import Plan, Tenant
 
 log = logging.getLogger("tenantq.schedules")
 
@@ -58,17 +58,25 @@ class ScheduleRepository:
         return row
 
     def count(self) -> int:
-        return int(self.session.scalar(
-            select(func.count()).select_from(Schedule).where(Schedule.tenant_id == self.tenant_id)) or 0)
+        return int(
+            self.session.scalar(
+                select(func.count()).select_from(Schedule).where(Schedule.tenant_id == self.tenant_id)
+            )
+            or 0
+        )
 
     def list(self, *, limit: int = 100, cursor: str | None = None) -> tuple[list[Schedule], str | None]:
         query = self._scoped()
         if cursor:
             created, sid = decode_cursor(cursor)
-            query = query.where(or_(Schedule.created_at < created,
-                                    and_(Schedule.created_at == created, Schedule.id < sid)))
-        rows = list(self.session.scalars(
-            query.order_by(Schedule.created_at.desc(), Schedule.id.desc()).limit(limit + 1)))
+            query = query.where(
+                or_(Schedule.created_at < created, and_(Schedule.created_at == created, Schedule.id < sid))
+            )
+        rows = list(
+            self.session.scalars(
+                query.order_by(Schedule.created_at.desc(), Schedule.id.desc()).limit(limit + 1)
+            )
+        )
         next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None  # type: ignore[arg-type]
         return rows[:limit], next_cursor
 
@@ -80,12 +88,16 @@ class ScheduleRepository:
 
 # --- timing ------------------------------------------------------------------------------------------
 
+
 def parse_timezone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidInput(f"Unknown time zone {name!r}; use an IANA name such as 'Europe/Paris' or 'UTC'.",
-                           code="invalid_timezone", details={"timezone": name}) from None
+        raise InvalidInput(
+            f"Unknown time zone {name!r}; use an IANA name such as 'Europe/Paris' or 'UTC'.",
+            code="invalid_timezone",
+            details={"timezone": name},
+        ) from None
 
 
 def check_cron(expr: str) -> str:
@@ -98,7 +110,8 @@ def check_cron(expr: str) -> str:
         raise InvalidInput(
             f"Invalid cron expression {expr!r}: expected 5 fields 'minute hour day-of-month month "
             "day-of-week' (e.g. '0 8 * * 1') or one of " + ", ".join(CRON_MACROS) + ".",
-            code="invalid_cron", details={"cron": expr},
+            code="invalid_cron",
+            details={"cron": expr},
         )
     return expr
 
@@ -133,6 +146,7 @@ def next_after(schedule: Schedule, due: datetime | None, now: datetime) -> datet
 
 # --- plan limits ---------------------------------------------------------------------------------------
 
+
 def plan_limit(session: Session, tenant: Tenant, name: str) -> int:
     """A tenant override (``tenant.overrides[name]``) wins over the plan's value."""
     override = (tenant.overrides or {}).get(name)
@@ -143,10 +157,13 @@ def plan_limit(session: Session, tenant: Tenant, name: str) -> int:
     return int(value) if value is not None else DEFAULT_LIMITS[name]
 
 
-def _check_timing(session: Session, tenant: Tenant, cron: str | None, timezone: str,
-                  interval: int | None) -> tuple[str | None, str]:
+def _check_timing(
+    session: Session, tenant: Tenant, cron: str | None, timezone: str, interval: int | None
+) -> tuple[str | None, str]:
     if (cron is None) == (interval is None):
-        raise InvalidInput("Give exactly one of 'cron' or 'interval_seconds'.", code="invalid_schedule_timing")
+        raise InvalidInput(
+            "Give exactly one of 'cron' or 'interval_seconds'.", code="invalid_schedule_timing"
+        )
     tz = parse_timezone(timezone)
     minimum = plan_limit(session, tenant, "min_schedule_interval_s")
     if cron is not None:
@@ -158,19 +175,26 @@ def _check_timing(session: Session, tenant: Tenant, cron: str | None, timezone: 
         raise InvalidInput(
             f"This schedule would fire every {period:g}s; the plan's minimum interval is {minimum}s.",
             code="schedule_interval_too_short",
-            details={"limit": "min_schedule_interval_s", "minimum_seconds": minimum, "interval_seconds": period},
+            details={
+                "limit": "min_schedule_interval_s",
+                "minimum_seconds": minimum,
+                "interval_seconds": period,
+            },
         )
     return cron, tz.key
 
 
-def _validate_job_template(session: Session, tenant: Tenant, task: str, args: dict[str, Any],
-                           priority: int, max_retries: int | None) -> None:
+def _validate_job_template(
+    session: Session, tenant: Tenant, task: str, args: dict[str, Any], priority: int, max_retries: int | None
+) -> None:
     # Same checks as a job submission (registry, argument schema, plan priority range and max retries).
-    validate_submission(session, tenant, JobCreate(task=task, args=args, priority=priority,
-                                                   max_retries=max_retries))
+    validate_submission(
+        session, tenant, JobCreate(task=task, args=args, priority=priority, max_retries=max_retries)
+    )
 
 
 # --- CRUD ----------------------------------------------------------------------------------------------
+
 
 def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> Schedule:
     repo = ScheduleRepository(session, tenant.id)
@@ -184,13 +208,25 @@ def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> S
     if used >= limit:
         raise TooManyRequests(
             f"The plan allows {limit} schedules and this tenant has {used}; delete one or upgrade the plan.",
-            code="schedule_limit_reached", details={"limit": "max_schedules", "max": limit, "used": used},
+            code="schedule_limit_reached",
+            details={"limit": "max_schedules", "max": limit, "used": used},
         )
     now = utcnow()
-    schedule = Schedule(name=data.name, task=data.task, args=data.args, priority=data.priority,
-                        max_retries=data.max_retries, cron=cron,
-                        timezone=tz, interval_seconds=data.interval_seconds, enabled=data.enabled,
-                        created_at=now, updated_at=now, runs=0, revision=0)
+    schedule = Schedule(
+        name=data.name,
+        task=data.task,
+        args=data.args,
+        priority=data.priority,
+        max_retries=data.max_retries,
+        cron=cron,
+        timezone=tz,
+        interval_seconds=data.interval_seconds,
+        enabled=data.enabled,
+        created_at=now,
+        updated_at=now,
+        runs=0,
+        revision=0,
+    )
     schedule.next_run_at = next_after(schedule, None, now) if data.enabled else None
     repo.add(schedule)
     session.commit()
@@ -214,7 +250,9 @@ def update_schedule(session: Session, tenant: Tenant, schedule_id: str, data: Sc
     if data.interval_seconds is not None:
         cron, interval = None, data.interval_seconds
     if data.cron is not None and data.interval_seconds is not None:
-        raise InvalidInput("Give exactly one of 'cron' or 'interval_seconds'.", code="invalid_schedule_timing")
+        raise InvalidInput(
+            "Give exactly one of 'cron' or 'interval_seconds'.", code="invalid_schedule_timing"
+        )
     timezone = data.timezone if data.timezone is not None else schedule.timezone
     timing_changed = bool(given & {"cron", "interval_seconds", "timezone"})
     if timing_changed:
@@ -248,6 +286,7 @@ def delete_schedule(session: Session, tenant: Tenant, schedule_id: str) -> None:
 
 # --- firing (beat) -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Firing:
     schedule_id: str
@@ -262,12 +301,14 @@ def idempotency_key(schedule_id: str, due: datetime) -> str:
 
 
 def due_schedules(session: Session, now: datetime, limit: int = 500) -> list[Schedule]:
-    return list(session.scalars(
-        select(Schedule)
-        .where(Schedule.enabled.is_(True), Schedule.next_run_at.is_not(None), Schedule.next_run_at <= now)
-        .order_by(Schedule.next_run_at)
-        .limit(limit)
-    ))
+    return list(
+        session.scalars(
+            select(Schedule)
+            .where(Schedule.enabled.is_(True), Schedule.next_run_at.is_not(None), Schedule.next_run_at <= now)
+            .order_by(Schedule.next_run_at)
+            .limit(limit)
+        )
+    )
 
 
 def next_due_at(session: Session) -> datetime | None:
@@ -284,7 +325,9 @@ def claim(session: Session, schedule: Schedule, now: datetime) -> datetime | Non
     result = session.execute(
         update(Schedule)
         .where(Schedule.id == schedule.id, Schedule.revision == schedule.revision, Schedule.enabled.is_(True))
-        .values(next_run_at=following, last_run_at=now, revision=Schedule.revision + 1, runs=Schedule.runs + 1)
+        .values(
+            next_run_at=following, last_run_at=now, revision=Schedule.revision + 1, runs=Schedule.runs + 1
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -296,8 +339,9 @@ def fire(session: Session, schedule: Schedule, now: datetime | None = None) -> F
     now = now or utcnow()
     # Copy what is needed before the claim commits and expires the ORM object.
     sid, tenant_id = schedule.id, schedule.tenant_id
-    template = JobCreate(task=schedule.task, args=schedule.args, priority=schedule.priority,
-                         max_retries=schedule.max_retries)
+    template = JobCreate(
+        task=schedule.task, args=schedule.args, priority=schedule.priority, max_retries=schedule.max_retries
+    )
     due = claim(session, schedule, now)
     if due is None:
         return None
@@ -317,7 +361,8 @@ def fire(session: Session, schedule: Schedule, now: datetime | None = None) -> F
         log.exception("schedule %s: firing for %s failed", sid, due.isoformat())
         error = f"error: {type(exc).__name__}: {exc}"
     session.execute(
-        update(Schedule).where(Schedule.id == sid)
+        update(Schedule)
+        .where(Schedule.id == sid)
         .values(last_job_id=job_id, last_error=error)
         .execution_options(synchronize_session=False)
     )

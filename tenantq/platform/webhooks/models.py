@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tenantq.platform.db import Base, UTCDateTime, new_id, utcnow
+from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
 
 
 class WebhookEndpoint(Base):
@@ -54,7 +54,9 @@ class WebhookAttempt(Base):
     __tablename__ = "webhook_attempt"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_delivery.id", ondelete="CASCADE"), index=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_delivery.id", ondelete="CASCADE"), index=True
+    )
     attempt: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -14,17 +14,18 @@ from typing import Any
 
 from celery import signals
 
-from tenantq.platform.db import system_session
+from tenantq.core.db import system_session
+from tenantq.platform.jobs.registry import REGISTRY
 from tenantq.platform.webhooks.service import record_job_finished
 from tenantq.platform.webhooks.tasks import enqueue_delivery
-from tenantq.worker.registry import REGISTRY
 
 log = logging.getLogger("tenantq.webhooks")
 
 
 @signals.task_postrun.connect
-def on_job_finished(task_id: str, task: Any, kwargs: dict | None = None, state: str | None = None,
-                    **_: Any) -> None:
+def on_job_finished(
+    task_id: str, task: Any, kwargs: dict | None = None, state: str | None = None, **_: Any
+) -> None:
     # Only tenant jobs (registered task types), and only final outcomes: RETRY is not an event.
     if getattr(task, "name", None) not in REGISTRY or state not in ("SUCCESS", "FAILURE"):
         return

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from tenantq.platform.dependencies import SessionDep
+from tenantq.core.dependencies import SessionDep
 from tenantq.platform.webhooks import service
 from tenantq.platform.webhooks.schemas import (
     AttemptOut,
@@ -17,14 +17,17 @@ from tenantq.platform.webhooks.schemas import (
     WebhookList,
     WebhookOut,
 )
-from tenantq.tenants.dependencies import JobsRead, JobsWrite
-from tenantq.tenants.models import Tenant
+from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
+from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
 
 @router.post(
-    "/webhooks", response_model=WebhookCreated, status_code=201, summary="Register a webhook endpoint",
+    "/webhooks",
+    response_model=WebhookCreated,
+    status_code=201,
+    summary="Register a webhook endpoint",
     description="Job events are POSTed as JSON with the headers 'tenantq-signature: t=<unix>,v1=<hex "
     "HMAC-SHA256(secret, \"{t}.{body}\")>', 'tenantq-event-id' and 'tenantq-event-type'. The secret is "
     "returned once, here. Non-2xx answers are retried with exponential backoff.",
@@ -47,23 +50,41 @@ def get_webhook(webhook_id: str, ctx: JobsRead, session: SessionDep) -> WebhookO
     return WebhookOut.model_validate(service.WebhookRepository(session, ctx.tenant_id).get(webhook_id))
 
 
-@router.delete("/webhooks/{webhook_id}", status_code=204, summary="Delete a webhook endpoint",
-               description="Stops deliveries to it; its delivery history is deleted with it.")
+@router.delete(
+    "/webhooks/{webhook_id}",
+    status_code=204,
+    summary="Delete a webhook endpoint",
+    description="Stops deliveries to it; its delivery history is deleted with it.",
+)
 def delete_webhook(webhook_id: str, ctx: JobsWrite, session: SessionDep) -> Response:
     tenant = session.get(Tenant, ctx.tenant_id)
     service.delete_endpoint(session, tenant, webhook_id)
     return Response(status_code=204)
 
 
-@router.get("/webhooks/{webhook_id}/deliveries", response_model=DeliveryList,
-            summary="Recent deliveries to an endpoint, newest first, with every attempt")
+@router.get(
+    "/webhooks/{webhook_id}/deliveries",
+    response_model=DeliveryList,
+    summary="Recent deliveries to an endpoint, newest first, with every attempt",
+)
 def list_deliveries(
     webhook_id: str, ctx: JobsRead, session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> DeliveryList:
     rows = service.WebhookRepository(session, ctx.tenant_id).deliveries(webhook_id, limit=limit)
-    return DeliveryList(items=[
-        DeliveryOut(id=d.id, event_id=d.event_id, event_type=d.event_type, job_id=d.job_id, status=d.status,
-                    attempts=d.attempts, next_attempt_at=d.next_attempt_at, created_at=d.created_at,
-                    finished_at=d.finished_at, attempt_log=[AttemptOut.model_validate(a) for a in attempts])
-        for d, attempts in rows
-    ])
+    return DeliveryList(
+        items=[
+            DeliveryOut(
+                id=d.id,
+                event_id=d.event_id,
+                event_type=d.event_type,
+                job_id=d.job_id,
+                status=d.status,
+                attempts=d.attempts,
+                next_attempt_at=d.next_attempt_at,
+                created_at=d.created_at,
+                finished_at=d.finished_at,
+                attempt_log=[AttemptOut.model_validate(a) for a in attempts],
+            )
+            for d, attempts in rows
+        ]
+    )

@@ -14,10 +14,13 @@ EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed")
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=8, max_length=2048, description="https:// (or http://) URL to POST events to. "
-                     "Private and loopback addresses are refused unless the operator allows them.")
-    events: list[WebhookEvent] = Field(min_length=1, max_length=10,
-                                       description="Event types to receive.")
+    url: str = Field(
+        min_length=8,
+        max_length=2048,
+        description="https:// (or http://) URL to POST events to. "
+        "Private and loopback addresses are refused unless the operator allows them.",
+    )
+    events: list[WebhookEvent] = Field(min_length=1, max_length=10, description="Event types to receive.")
     description: str = Field(default="", max_length=512)
 
 

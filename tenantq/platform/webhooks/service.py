@@ -30,15 +30,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import new_id, utcnow
-from tenantq.platform.errors import InvalidInput, NotFound, TooManyRequests
+from tenantq.core.db import new_id, utcnow
+from tenantq.core.errors import InvalidInput, NotFound, TooManyRequests
+from tenantq.core.outbound import BlockedDestination, check_url, guarded_client
+from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.schemas import JobOut
-from tenantq.platform.outbound import BlockedDestination, check_url, guarded_client
-from tenantq.platform.settings import get_settings
 from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tenantq.platform.webhooks.schemas import WebhookCreate
-from tenantq.tenants.models import Tenant
+from tenantq.tenants.accounts.models import Tenant
 
 log = logging.getLogger("tenantq.webhooks")
 
@@ -57,6 +57,7 @@ STALE_AFTER = timedelta(minutes=5)
 
 # --- signatures ----------------------------------------------------------------------------------------
 
+
 def sign(secret: str, body: str | bytes, timestamp: int | None = None) -> str:
     """The ``tenantq-signature`` header value for ``body`` at ``timestamp``."""
     t = int(time.time()) if timestamp is None else int(timestamp)
@@ -65,8 +66,9 @@ def sign(secret: str, body: str | bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
-def verify_signature(secret: str, header: str | None, body: str | bytes, tolerance: float = 300,
-                     now: float | None = None) -> bool:
+def verify_signature(
+    secret: str, header: str | None, body: str | bytes, tolerance: float = 300, now: float | None = None
+) -> bool:
     """True if ``header`` signs ``body`` (the raw request body) with ``secret`` within ``tolerance`` seconds.
 
     The timestamp bound stops replays of old requests; several ``v1=`` values are accepted (any match).
@@ -96,6 +98,7 @@ def verify_signature(secret: str, header: str | None, body: str | bytes, toleran
 
 # --- endpoints (tenant-scoped) ----------------------------------------------------------------------------
 
+
 class WebhookRepository:
     """Tenant-scoped access to endpoints and their deliveries; the filter lives in ``_endpoint`` queries."""
 
@@ -104,27 +107,45 @@ class WebhookRepository:
         self.tenant_id = tenant_id
 
     def list(self) -> list[WebhookEndpoint]:
-        return list(self.session.scalars(
-            select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == self.tenant_id)
-            .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id)))
+        return list(
+            self.session.scalars(
+                select(WebhookEndpoint)
+                .where(WebhookEndpoint.tenant_id == self.tenant_id)
+                .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id)
+            )
+        )
 
     def get(self, endpoint_id: str) -> WebhookEndpoint:
-        row = self.session.scalars(select(WebhookEndpoint).where(
-            WebhookEndpoint.tenant_id == self.tenant_id, WebhookEndpoint.id == endpoint_id)).first()
+        row = self.session.scalars(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.tenant_id == self.tenant_id, WebhookEndpoint.id == endpoint_id
+            )
+        ).first()
         if row is None:
             raise NotFound("Webhook not found.", details={"id": endpoint_id})
         return row
 
-    def deliveries(self, endpoint_id: str, limit: int = 50) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+    def deliveries(
+        self, endpoint_id: str, limit: int = 50
+    ) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
         endpoint = self.get(endpoint_id)
-        rows = list(self.session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
-                                          WebhookDelivery.tenant_id == self.tenant_id)
-            .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id).limit(limit)))
+        rows = list(
+            self.session.scalars(
+                select(WebhookDelivery)
+                .where(
+                    WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.tenant_id == self.tenant_id
+                )
+                .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id)
+                .limit(limit)
+            )
+        )
         attempts: dict[str, list[WebhookAttempt]] = {r.id: [] for r in rows}
         if rows:
-            for a in self.session.scalars(select(WebhookAttempt).where(
-                    WebhookAttempt.delivery_id.in_(list(attempts))).order_by(WebhookAttempt.attempt)):
+            for a in self.session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id.in_(list(attempts)))
+                .order_by(WebhookAttempt.attempt)
+            ):
                 attempts[a.delivery_id].append(a)
         return [(r, attempts[r.id]) for r in rows]
 
@@ -137,15 +158,26 @@ def create_endpoint(session: Session, tenant: Tenant, data: WebhookCreate) -> tu
     try:
         check_url(data.url)
     except (ValueError, BlockedDestination) as exc:
-        raise InvalidInput(f"Webhook URL not allowed: {exc}", code="webhook_url_not_allowed",
-                           details={"url": data.url}) from None
+        raise InvalidInput(
+            f"Webhook URL not allowed: {exc}", code="webhook_url_not_allowed", details={"url": data.url}
+        ) from None
     repo = WebhookRepository(session, tenant.id)
     if len(repo.list()) >= MAX_ENDPOINTS_PER_TENANT:
-        raise TooManyRequests(f"A tenant may register at most {MAX_ENDPOINTS_PER_TENANT} webhooks.",
-                              code="webhook_limit_reached", details={"max": MAX_ENDPOINTS_PER_TENANT})
+        raise TooManyRequests(
+            f"A tenant may register at most {MAX_ENDPOINTS_PER_TENANT} webhooks.",
+            code="webhook_limit_reached",
+            details={"max": MAX_ENDPOINTS_PER_TENANT},
+        )
     secret = new_secret()
-    endpoint = WebhookEndpoint(tenant_id=tenant.id, url=data.url, events=sorted(set(data.events)),
-                               description=data.description, secret=secret, enabled=True, created_at=utcnow())
+    endpoint = WebhookEndpoint(
+        tenant_id=tenant.id,
+        url=data.url,
+        events=sorted(set(data.events)),
+        description=data.description,
+        secret=secret,
+        enabled=True,
+        created_at=utcnow(),
+    )
     session.add(endpoint)
     session.commit()
     return endpoint, secret
@@ -158,6 +190,7 @@ def delete_endpoint(session: Session, tenant: Tenant, endpoint_id: str) -> None:
 
 
 # --- events (system side: worker) ------------------------------------------------------------------------
+
 
 def event_id_for(job: Job, event_type: str) -> str:
     # Deterministic: the same finish of the same attempt always has the same id (duplicate signals and
@@ -184,21 +217,44 @@ def record_job_finished(session: Session, job_id: str) -> list[str]:
     if job is None or job.status not in JOB_EVENTS:
         return []
     event_type = JOB_EVENTS[job.status]
-    endpoints = [e for e in session.scalars(select(WebhookEndpoint).where(
-        WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.enabled.is_(True))) if event_type in e.events]
+    endpoints = [
+        e
+        for e in session.scalars(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.tenant_id == job.tenant_id, WebhookEndpoint.enabled.is_(True)
+            )
+        )
+        if event_type in e.events
+    ]
     if not endpoints:
         return []
     event_id, body = job_event(job, event_type)
-    seen = set(session.scalars(select(WebhookDelivery.endpoint_id).where(
-        WebhookDelivery.event_id == event_id, WebhookDelivery.endpoint_id.in_([e.id for e in endpoints]))))
+    seen = set(
+        session.scalars(
+            select(WebhookDelivery.endpoint_id).where(
+                WebhookDelivery.event_id == event_id,
+                WebhookDelivery.endpoint_id.in_([e.id for e in endpoints]),
+            )
+        )
+    )
     created: list[str] = []
     now = utcnow()
     for endpoint in endpoints:
         if endpoint.id in seen:
             continue  # this event was already recorded for this endpoint (duplicate signal)
-        delivery = WebhookDelivery(id=new_id(), tenant_id=job.tenant_id, endpoint_id=endpoint.id, event_id=event_id,
-                                   event_type=event_type, job_id=job.id, body=body, status="pending",
-                                   attempts=0, next_attempt_at=now, created_at=now)
+        delivery = WebhookDelivery(
+            id=new_id(),
+            tenant_id=job.tenant_id,
+            endpoint_id=endpoint.id,
+            event_id=event_id,
+            event_type=event_type,
+            job_id=job.id,
+            body=body,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
         session.add(delivery)
         created.append(delivery.id)
     try:
@@ -212,6 +268,7 @@ def record_job_finished(session: Session, job_id: str) -> list[str]:
 
 # --- delivery (system side: webhooks.deliver task) -------------------------------------------------------
 
+
 @dataclass
 class AttemptOutcome:
     outcome: str  # "succeeded" | "retry" | "failed" | "gone" | "not_due"
@@ -223,7 +280,9 @@ def backoff(attempt: int) -> float:
     """Delay after failed attempt number ``attempt`` (1-based): base * 2**(attempt-1), capped, jittered
     within [50%, 100%] so that a receiver's outage does not end in a synchronized stampede."""
     settings = get_settings()
-    ceiling = min(settings.webhook_backoff_max_seconds, settings.webhook_backoff_base_seconds * 2 ** (attempt - 1))
+    ceiling = min(
+        settings.webhook_backoff_max_seconds, settings.webhook_backoff_base_seconds * 2 ** (attempt - 1)
+    )
     return ceiling * random.uniform(0.5, 1.0)
 
 
@@ -245,10 +304,15 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
     # while it is in flight, next_attempt_at keeps the sweeper away.
     claimed = session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == delivery.attempts,
-               WebhookDelivery.status == "pending")
-        .values(attempts=number,
-                next_attempt_at=now + timedelta(seconds=settings.webhook_timeout_seconds) + STALE_AFTER)
+        .where(
+            WebhookDelivery.id == delivery.id,
+            WebhookDelivery.attempts == delivery.attempts,
+            WebhookDelivery.status == "pending",
+        )
+        .values(
+            attempts=number,
+            next_attempt_at=now + timedelta(seconds=settings.webhook_timeout_seconds) + STALE_AFTER,
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -268,8 +332,10 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
     }
     try:
         # Streamed: only the start of the answer is kept, however much the receiver sends.
-        with (guarded_client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client,
-              client.stream("POST", endpoint.url, content=delivery.body.encode(), headers=headers) as response):
+        with (
+            guarded_client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client,
+            client.stream("POST", endpoint.url, content=delivery.body.encode(), headers=headers) as response,
+        ):
             status_code = response.status_code
             if not 200 <= status_code < 300:
                 head = b""
@@ -284,9 +350,16 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
         error = f"{type(exc).__name__}: {exc or 'request failed'}"
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     now = utcnow()
-    session.add(WebhookAttempt(delivery_id=delivery.id, attempt=number, status_code=status_code,
-                               error=error[:MAX_ERROR_CHARS] if error else None, duration_ms=duration_ms,
-                               created_at=now))
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery.id,
+            attempt=number,
+            status_code=status_code,
+            error=error[:MAX_ERROR_CHARS] if error else None,
+            duration_ms=duration_ms,
+            created_at=now,
+        )
+    )
     if error is None:
         delivery.status, delivery.finished_at, delivery.next_attempt_at = "succeeded", now, None
         result = AttemptOutcome("succeeded", number)
@@ -298,15 +371,24 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
         delivery.next_attempt_at = now + timedelta(seconds=delay)
         result = AttemptOutcome("retry", number, delay)
     session.commit()
-    log.info("webhook delivery %s attempt %s -> %s (%s)", delivery.id, number, result.outcome,
-             status_code if status_code is not None else error)
+    log.info(
+        "webhook delivery %s attempt %s -> %s (%s)",
+        delivery.id,
+        number,
+        result.outcome,
+        status_code if status_code is not None else error,
+    )
     return result
 
 
 def stale_deliveries(session: Session, now: datetime | None = None, limit: int = 500) -> list[str]:
     """Pending deliveries whose planned attempt is overdue by ``STALE_AFTER``: their task was lost."""
     cutoff = (now or utcnow()) - STALE_AFTER
-    return list(session.scalars(
-        select(WebhookDelivery.id)
-        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at < cutoff)
-        .order_by(WebhookDelivery.next_attempt_at).limit(limit)))
+    return list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at < cutoff)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+        )
+    )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenantq.platform.db import system_session
+from tenantq.core.celery import SYSTEM_QUEUE, app
+from tenantq.core.db import system_session
 from tenantq.platform.webhooks import service
-from tenantq.worker.celery_app import SYSTEM_QUEUE, app
 
 DELIVER_TASK = "webhooks.deliver"
 SWEEP_TASK = "webhooks.sweep"

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tenantq.platform.db import Base, UTCDateTime, new_id, utcnow
+from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
 
 # queued (no step job started yet) is derived when reading; these are the stored states.
 WORKFLOW_STATUSES = ("running", "succeeded", "failed", "cancelled")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tenantq.platform.dependencies import SessionDep
+from tenantq.core.dependencies import SessionDep
 from tenantq.platform.workflows import service
 from tenantq.platform.workflows.schemas import WorkflowCreate, WorkflowOut
-from tenantq.tenants.dependencies import JobsRead, JobsWrite
-from tenantq.tenants.models import Tenant
+from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
+from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 

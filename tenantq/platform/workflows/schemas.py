@@ -32,21 +32,27 @@ class StepTask(BaseModel):
 class StepGroup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    group: list[StepTask] = Field(min_length=1, max_length=MAX_GROUP,
-                                  description="Tasks run in parallel; the step succeeds when all of them do.")
+    group: list[StepTask] = Field(
+        min_length=1,
+        max_length=MAX_GROUP,
+        description="Tasks run in parallel; the step succeeds when all of them do.",
+    )
 
 
 class WorkflowCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: list[StepTask | StepGroup] = Field(
-        min_length=1, max_length=MAX_STEPS,
+        min_length=1,
+        max_length=MAX_STEPS,
         description="Run in order: a step starts when the previous one succeeded, with its result as `input`.",
     )
 
 
 WorkflowStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-StepStatus = Literal["pending", "skipped", "queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+StepStatus = Literal[
+    "pending", "skipped", "queued", "running", "retrying", "succeeded", "failed", "cancelled"
+]
 
 
 class StepJobOut(BaseModel):
@@ -60,8 +66,10 @@ class StepOut(BaseModel):
     index: int
     kind: Literal["task", "group"]
     tasks: list[str]
-    status: StepStatus = Field(description="pending: not reached yet; skipped: never reached because the "
-                               "workflow stopped earlier; otherwise from its jobs.")
+    status: StepStatus = Field(
+        description="pending: not reached yet; skipped: never reached because the "
+        "workflow stopped earlier; otherwise from its jobs."
+    )
     jobs: list[StepJobOut]
 
 
@@ -69,9 +77,15 @@ class WorkflowOut(BaseModel):
     id: str
     status: WorkflowStatus
     current_step: int
-    failed_step: int | None = Field(default=None, description="The step that stopped the workflow, if one did.")
-    error: str | None = Field(default=None, description="Why the workflow stopped: which step and job, and its error.")
-    result: Any = Field(default=None, description="The last step's result (a list for a group) once succeeded.")
+    failed_step: int | None = Field(
+        default=None, description="The step that stopped the workflow, if one did."
+    )
+    error: str | None = Field(
+        default=None, description="Why the workflow stopped: which step and job, and its error."
+    )
+    result: Any = Field(
+        default=None, description="The last step's result (a list for a group) once succeeded."
+    )
     created_at: datetime
     finished_at: datetime | None = None
     steps: list[StepOut]

@@ -24,14 +24,15 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenantq.platform.db import system_session, utcnow
-from tenantq.platform.errors import InvalidInput, NotFound, ServiceUnavailable
+from tenantq.core.db import system_session, utcnow
+from tenantq.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import service as jobs
 from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job
+from tenantq.platform.jobs.registry import TaskType, get_task_type
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
-from tenantq.platform.settings import get_settings
 from tenantq.platform.workflows.models import WORKFLOW_TERMINAL, Workflow
 from tenantq.platform.workflows.schemas import (
     StepGroup,
@@ -41,8 +42,7 @@ from tenantq.platform.workflows.schemas import (
     WorkflowCreate,
     WorkflowOut,
 )
-from tenantq.tenants.models import Tenant
-from tenantq.worker.registry import TaskType, get_task_type
+from tenantq.tenants.accounts.models import Tenant
 
 log = logging.getLogger("tenantq.workflows")
 
@@ -67,6 +67,7 @@ class WorkflowRepository:
 
 # --- creation ---------------------------------------------------------------------------------------
 
+
 def _items(step: dict[str, Any]) -> list[dict[str, Any]]:
     return step.get("group", [step])
 
@@ -77,13 +78,24 @@ def takes_input(spec: TaskType) -> bool:
     return INPUT_KEY in spec.args_model.model_fields or spec.args_model.model_config.get("extra") == "allow"
 
 
-def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None, item: StepTask) -> dict[str, Any]:
+def _validate_item(
+    session: Session, tenant: Tenant, index: int, pos: int | None, item: StepTask
+) -> dict[str, Any]:
     where = f"steps[{index}]" + (f".group[{pos}]" if pos is not None else "")
     if index > 0 and INPUT_KEY in item.args:
-        raise InvalidInput(f"{where}: the argument {INPUT_KEY!r} is reserved for the previous step's result.",
-                           code="invalid_workflow", details={"step": index})
-    data = JobCreate(task=item.task, args=item.args, priority=item.priority, max_retries=item.max_retries,
-                     soft_time_limit=item.soft_time_limit, time_limit=item.time_limit)
+        raise InvalidInput(
+            f"{where}: the argument {INPUT_KEY!r} is reserved for the previous step's result.",
+            code="invalid_workflow",
+            details={"step": index},
+        )
+    data = JobCreate(
+        task=item.task,
+        args=item.args,
+        priority=item.priority,
+        max_retries=item.max_retries,
+        soft_time_limit=item.soft_time_limit,
+        time_limit=item.time_limit,
+    )
     try:
         spec = jobs.get_spec(item.task)
         # 'input' does not exist before the previous step ran: it is checked when the step is queued.
@@ -91,15 +103,27 @@ def _validate_item(session: Session, tenant: Tenant, index: int, pos: int | None
         policy = jobs.validate_policy(session, tenant, spec, data)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc.message}", code=exc.code, details=exc.details) from None
-    return {"task": item.task, "args": item.args, "priority": item.priority, "max_retries": policy.max_retries,
-            "soft_time_limit": policy.soft_time_limit, "time_limit": policy.time_limit}
+    return {
+        "task": item.task,
+        "args": item.args,
+        "priority": item.priority,
+        "max_retries": policy.max_retries,
+        "soft_time_limit": policy.soft_time_limit,
+        "time_limit": policy.time_limit,
+    }
 
 
 def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> Workflow:
     steps: list[dict[str, Any]] = []
     for index, step in enumerate(data.steps):
         if isinstance(step, StepGroup):
-            steps.append({"group": [_validate_item(session, tenant, index, pos, t) for pos, t in enumerate(step.group)]})
+            steps.append(
+                {
+                    "group": [
+                        _validate_item(session, tenant, index, pos, t) for pos, t in enumerate(step.group)
+                    ]
+                }
+            )
         else:
             steps.append(_validate_item(session, tenant, index, None, step))
     admit(session, tenant, len(_items(steps[0])))
@@ -115,8 +139,11 @@ def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> W
         log.error("enqueue failed for workflow %s: %s", wf.id, exc)
         session.delete(wf)  # cascades to its jobs: nothing of it was runnable
         session.commit()
-        raise ServiceUnavailable("The queue is unavailable; the workflow was not accepted. Retry later.",
-                                 code="queue_unavailable", headers={"Retry-After": "1"}) from None
+        raise ServiceUnavailable(
+            "The queue is unavailable; the workflow was not accepted. Retry later.",
+            code="queue_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
     return wf
 
 
@@ -131,10 +158,19 @@ def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: A
         spec = get_task_type(item["task"])
         if index > 0 and spec is not None and takes_input(spec):
             args[INPUT_KEY] = input_value
-        job = Job(tenant_id=wf.tenant_id, task=item["task"], args=args, priority=item["priority"],
-                  max_retries=item["max_retries"], soft_time_limit=item["soft_time_limit"],
-                  time_limit=item["time_limit"], workflow_id=wf.id, step_index=index, status="queued",
-                  created_at=now)
+        job = Job(
+            tenant_id=wf.tenant_id,
+            task=item["task"],
+            args=args,
+            priority=item["priority"],
+            max_retries=item["max_retries"],
+            soft_time_limit=item["soft_time_limit"],
+            time_limit=item["time_limit"],
+            workflow_id=wf.id,
+            step_index=index,
+            status="queued",
+            created_at=now,
+        )
         size = len(json.dumps(args, separators=(",", ":")).encode())
         try:
             if spec is None:
@@ -148,8 +184,10 @@ def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: A
             # results must not turn into one huge message.
             if size > get_settings().max_body_bytes:
                 job.status, job.finished_at = "failed", now
-                job.error = (f"InputTooLarge: the previous step's result makes arguments of {size} bytes, more "
-                             f"than the limit of {get_settings().max_body_bytes} bytes")
+                job.error = (
+                    f"InputTooLarge: the previous step's result makes arguments of {size} bytes, more "
+                    f"than the limit of {get_settings().max_body_bytes} bytes"
+                )
             else:
                 runnable.append(job)
         session.add(job)
@@ -183,7 +221,10 @@ def enqueue_step_jobs(new_jobs: list[Job]) -> None:
 
 # --- progress (worker side, inside the transaction that finished the job) ---------------------------
 
-def _stop(wf: Workflow, status: str, step: int | None, job_id: str | None, task: str | None, error: str) -> None:
+
+def _stop(
+    wf: Workflow, status: str, step: int | None, job_id: str | None, task: str | None, error: str
+) -> None:
     wf.status = status
     wf.finished_at = utcnow()
     wf.failed_step = step
@@ -248,6 +289,7 @@ def step_job_rerun(session: Session, job: Job) -> None:
 
 # --- tenant actions and views -----------------------------------------------------------------------
 
+
 def cancel_workflow(session: Session, tenant_id: str, workflow_id: str) -> Workflow:
     """Stop the chain and cancel its unfinished step jobs. A finished workflow is left as it is."""
     repo = WorkflowRepository(session, tenant_id)
@@ -283,14 +325,23 @@ def workflow_out(session: Session, wf: Workflow) -> WorkflowOut:
     for index, step in enumerate(wf.steps):
         ids = wf.job_ids[index] if index < len(wf.job_ids) else []
         step_jobs = [by_id[i] for i in ids if i in by_id]
-        steps.append(StepOut(
-            index=index,
-            kind="group" if "group" in step else "task",
-            tasks=[item["task"] for item in _items(step)],
-            status=_step_status(wf, index, step_jobs),  # type: ignore[arg-type]
-            jobs=[StepJobOut(id=j.id, task=j.task, status=j.status,  # type: ignore[arg-type]
-                             error=(j.error or "").splitlines()[0] if j.error else None) for j in step_jobs],
-        ))
+        steps.append(
+            StepOut(
+                index=index,
+                kind="group" if "group" in step else "task",
+                tasks=[item["task"] for item in _items(step)],
+                status=_step_status(wf, index, step_jobs),  # type: ignore[arg-type]
+                jobs=[
+                    StepJobOut(
+                        id=j.id,
+                        task=j.task,
+                        status=j.status,  # type: ignore[arg-type]
+                        error=(j.error or "").splitlines()[0] if j.error else None,
+                    )
+                    for j in step_jobs
+                ],
+            )
+        )
     status = wf.status
     if status == "running" and wf.current_step == 0 and steps[0].status == "queued":
         status = "queued"
@@ -299,6 +350,14 @@ def workflow_out(session: Session, wf: Workflow) -> WorkflowOut:
         last = [by_id[i] for i in wf.job_ids[-1] if i in by_id]
         values = [j.visible_result for j in last]
         result = values if "group" in wf.steps[-1] else (values[0] if values else None)
-    return WorkflowOut(id=wf.id, status=status, current_step=wf.current_step,  # type: ignore[arg-type]
-                       failed_step=wf.failed_step, error=wf.error, result=result, created_at=wf.created_at,
-                       finished_at=wf.finished_at, steps=steps)
+    return WorkflowOut(
+        id=wf.id,
+        status=status,
+        current_step=wf.current_step,  # type: ignore[arg-type]
+        failed_step=wf.failed_step,
+        error=wf.error,
+        result=result,
+        created_at=wf.created_at,
+        finished_at=wf.finished_at,
+        steps=steps,
+    )

@@ -1,0 +1,41 @@
+"""Operator usage report across tenants (``/admin/v1/reports/usage``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from tenantq.billing.invoicing import reports
+from tenantq.billing.usage import quotas
+from tenantq.core.dependencies import SessionDep
+from tenantq.tenants.access.dependencies import Operator
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+@router.get(
+    "/reports/usage",
+    summary="Usage and revenue across tenants for a period",
+    description="One row per tenant (jobs, attempts, compute and wall seconds, charges including fixed "
+    "fees) for a calendar month (UTC), and revenue per plan. `format=csv` answers a CSV attachment of the "
+    "tenant rows.",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+def usage_report(
+    _operator: Operator,
+    session: SessionDep,
+    period: Annotated[
+        str | None, Query(max_length=7, description="YYYY-MM (UTC). Default: current month.")
+    ] = None,
+    format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
+) -> Any:
+    period = period or quotas.current_period()
+    report = reports.operator_report(session, period)
+    if format == "csv":
+        return Response(
+            reports.operator_report_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="usage-{period}-tenants.csv"'},
+        )
+    return report

@@ -1,0 +1,339 @@
+"""Pricing: turn a tenant's usage into priced lines with the plan's prices (data in SQL).
+
+Model, per plan:
+- a base fee (``Plan.base_fee``), one line per period;
+- per priced metric (``plan_price`` row): ``included_units`` free (default: the plan's quota), then
+  graduated tiers over the *billable* quantity ``max(0, usage - included)``: a tier ``up_to`` 10,000
+  at 0.0004 followed by an unbounded tier at 0.0003 charges the first 10,000 billable units at 0.0004
+  and every unit beyond at 0.0003. A metric without a price row is not charged.
+
+Rounding rule (one rule, everywhere): every line amount is ``quantity * unit_price`` rounded
+**half-up to the currency's minor unit** (cents for usd/eur, whole units for jpy, ...); an invoice
+total is the **sum of its rounded lines**, so the lines a customer reads always add up to the total.
+Quantities and unit prices are never rounded.
+
+Metrics priced: ``jobs``, ``attempts``, ``compute_seconds``, ``wall_seconds``. Usage passed in with the
+metering names ``compute_ms`` / ``wall_ms`` is converted exactly (ms / 1000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tenantq.billing.invoicing.models import PlanPrice, PriceTier
+from tenantq.core.errors import InvalidInput, NotFound
+from tenantq.tenants.accounts.models import Plan
+
+PRICED_METRICS = ("jobs", "attempts", "compute_seconds", "wall_seconds")
+BASE_FEE = "base_fee"
+
+METRIC_LABELS = {
+    "jobs": "Jobs",
+    "attempts": "Attempts",
+    "compute_seconds": "Compute seconds",
+    "wall_seconds": "Wall-clock seconds",
+}
+
+# ISO 4217 currencies without a minor unit (Stripe's list of zero-decimal currencies) and with three.
+ZERO_DECIMAL = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+# Seeded prices. None included units = the plan's own quota. Free plans enforce hard quotas, so their
+# overage price only matters for usage that arrives late; it is zero.
+DEFAULT_PRICES: dict[str, list[dict]] = {
+    "free": [
+        {"metric": "jobs", "tiers": [(None, "0")]},
+        {"metric": "compute_seconds", "tiers": [(None, "0")]},
+    ],
+    "pro": [
+        {"metric": "jobs", "tiers": [(None, "0.0002")]},
+        {"metric": "compute_seconds", "tiers": [("10000", "0.0004"), (None, "0.0003")]},
+    ],
+    "enterprise": [
+        {"metric": "jobs", "tiers": [(None, "0.0001")]},
+        {"metric": "compute_seconds", "tiers": [("100000", "0.0003"), (None, "0.00025")]},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Line:
+    """One priced line. ``tier`` is None for the base fee and for the included units."""
+
+    metric: str
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    tier: int | None = None
+
+
+def minor_unit(currency: str) -> Decimal:
+    """The smallest amount of ``currency``: what line amounts are rounded to."""
+    code = currency.lower()
+    if code in ZERO_DECIMAL:
+        return Decimal(1)
+    if code in THREE_DECIMAL:
+        return Decimal("0.001")
+    return Decimal("0.01")
+
+
+def round_amount(value: Decimal, currency: str) -> Decimal:
+    return value.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+
+
+def format_amount(amount: Decimal, currency: str) -> str:
+    """An amount as the API shows it: a Decimal string with exactly the currency's minor digits."""
+    return str(round_amount(Decimal(amount), currency))
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """An already-rounded amount as Stripe's integer minor units (4900 for 49.00 usd)."""
+    scaled = amount / minor_unit(currency)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{amount} {currency} is not rounded to the currency's minor unit")
+    return int(scaled)
+
+
+def total(lines: Iterable[Line]) -> Decimal:
+    """The invoice total: the sum of the already-rounded line amounts."""
+    return sum((line.amount for line in lines), Decimal(0))
+
+
+def normalize_usage(usage: Mapping[str, Decimal | int | float | str]) -> dict[str, Decimal]:
+    """Metering names -> priced metrics; milliseconds become seconds exactly; unknown keys are ignored."""
+    out = {m: Decimal(0) for m in PRICED_METRICS}
+    for key, raw in usage.items():
+        value = Decimal(str(raw)) if not isinstance(raw, Decimal) else raw
+        if key in ("compute_ms", "wall_ms"):
+            out[key.replace("_ms", "_seconds")] += value / 1000
+        elif key in out:
+            out[key] += value
+    return out
+
+
+def _fmt(value: Decimal) -> str:
+    """Human quantity for descriptions: thousands separators, no trailing zeros."""
+    text = f"{value.normalize():,f}"
+    return text
+
+
+def included_units(plan: Plan, price: PlanPrice) -> Decimal:
+    if price.included_units is not None:
+        return Decimal(price.included_units)
+    if price.metric == "jobs":
+        return Decimal(plan.included_jobs)
+    if price.metric == "compute_seconds":
+        return Decimal(plan.included_compute_seconds)
+    return Decimal(0)
+
+
+def price_metric(plan: Plan, price: PlanPrice, quantity: Decimal) -> list[Line]:
+    """Lines for one metric: the included part (amount 0), then one line per tier actually used."""
+    currency = plan.currency
+    label = price.description or METRIC_LABELS.get(price.metric, price.metric)
+    included = included_units(plan, price)
+    lines = [
+        Line(
+            metric=price.metric,
+            description=f"{label}: included ({_fmt(included)} per period)",
+            quantity=min(quantity, included),
+            unit_price=Decimal(0),
+            amount=round_amount(Decimal(0), currency),
+        )
+    ]
+    billable = max(Decimal(0), quantity - included)
+    lower = Decimal(0)
+    for index, tier in enumerate(price.tiers):
+        if billable <= lower:
+            break
+        upper = Decimal(tier.up_to) if tier.up_to is not None else None
+        in_tier = billable - lower if upper is None else min(billable, upper) - lower
+        unit_price = Decimal(tier.unit_price)
+        if upper is None:
+            span = f"above {_fmt(lower)}" if lower else "all"
+        else:
+            span = f"{_fmt(lower)}-{_fmt(upper)}"
+        lines.append(
+            Line(
+                metric=price.metric,
+                description=f"{label}: overage tier {index + 1} ({span} over included)",
+                quantity=in_tier,
+                unit_price=unit_price,
+                amount=round_amount(in_tier * unit_price, currency),
+                tier=index + 1,
+            )
+        )
+        if upper is None:
+            break
+        lower = upper
+    return lines
+
+
+def price_plan_usage(
+    session: Session, plan: Plan, usage: Mapping[str, Decimal | int], *, include_base_fee: bool = True
+) -> list[Line]:
+    prices = list(
+        session.scalars(select(PlanPrice).where(PlanPrice.plan_name == plan.name).order_by(PlanPrice.metric))
+    )
+    quantities = normalize_usage(usage)
+    lines: list[Line] = []
+    if include_base_fee:
+        fee = round_amount(Decimal(plan.base_fee), plan.currency)
+        lines.append(
+            Line(
+                metric=BASE_FEE,
+                description=f"{plan.display_name or plan.name} plan: base fee",
+                quantity=Decimal(1),
+                unit_price=Decimal(plan.base_fee),
+                amount=fee,
+            )
+        )
+    order = {m: i for i, m in enumerate(PRICED_METRICS)}
+    for price in sorted(prices, key=lambda p: order.get(p.metric, len(order))):
+        lines.extend(price_metric(plan, price, quantities.get(price.metric, Decimal(0))))
+    return lines
+
+
+def price_usage(
+    plan_name: str,
+    usage: dict[str, Decimal],
+    session: Session | None = None,
+    *,
+    include_base_fee: bool = True,
+) -> list[Line]:
+    """Price ``usage`` (metric -> quantity) with ``plan_name``'s prices; see the module docstring.
+
+    Reports that charge a slice of a period (one task type, one day) pass ``include_base_fee=False``
+    and should note that included units apply per call. Without a session one is opened (read only).
+    """
+    if session is None:
+        from tenantq.core.db import system_session
+
+        with system_session() as own:
+            return price_usage(plan_name, usage, own, include_base_fee=include_base_fee)
+    plan = session.get(Plan, plan_name)
+    if plan is None:
+        raise NotFound(f"No plan named {plan_name!r}.", details={"plan": plan_name})
+    return price_plan_usage(session, plan, usage, include_base_fee=include_base_fee)
+
+
+# --- Operator: read and edit prices -------------------------------------------------------------
+
+
+def validate_tiers(tiers: list[tuple[Decimal | None, Decimal]]) -> None:
+    if not tiers:
+        raise InvalidInput("A price needs at least one tier.", code="invalid_price")
+    if tiers[-1][0] is not None:
+        raise InvalidInput("The last tier must be unbounded (up_to null).", code="invalid_price")
+    previous = Decimal(0)
+    for up_to, unit_price in tiers:
+        if unit_price < 0:
+            raise InvalidInput("Unit prices cannot be negative.", code="invalid_price")
+        if up_to is not None:
+            if up_to <= previous:
+                raise InvalidInput(
+                    "Tier bounds must increase.", code="invalid_price", details={"up_to": str(up_to)}
+                )
+            previous = up_to
+    if any(up_to is None for up_to, _ in tiers[:-1]):
+        raise InvalidInput("Only the last tier may be unbounded.", code="invalid_price")
+
+
+def set_price(
+    session: Session,
+    *,
+    plan_name: str,
+    metric: str,
+    tiers: list[tuple[Decimal | None, Decimal]],
+    included_units: Decimal | None = None,
+    description: str = "",
+) -> PlanPrice:
+    """Create or replace the price of ``metric`` on ``plan_name``. Closed invoices keep their lines."""
+    if metric not in PRICED_METRICS:
+        raise InvalidInput(
+            f"Unknown metric {metric!r}.", code="invalid_price", details={"allowed": list(PRICED_METRICS)}
+        )
+    if session.get(Plan, plan_name) is None:
+        raise NotFound(f"No plan named {plan_name!r}.", details={"plan": plan_name})
+    if included_units is not None and included_units < 0:
+        raise InvalidInput("included_units cannot be negative.", code="invalid_price")
+    validate_tiers(tiers)
+    price = session.scalars(
+        select(PlanPrice).where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric)
+    ).first()
+    if price is None:
+        price = PlanPrice(plan_name=plan_name, metric=metric)
+        session.add(price)
+    price.included_units = included_units
+    price.description = description
+    price.tiers.clear()
+    session.flush()  # delete the old tiers before inserting new ones with the same positions
+    price.tiers.extend(
+        PriceTier(position=i, up_to=up_to, unit_price=unit_price)
+        for i, (up_to, unit_price) in enumerate(tiers)
+    )
+    session.flush()
+    return price
+
+
+def delete_price(session: Session, *, plan_name: str, metric: str) -> None:
+    price = session.scalars(
+        select(PlanPrice).where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric)
+    ).first()
+    if price is None:
+        raise NotFound(f"Plan {plan_name!r} has no price for {metric!r}.")
+    session.delete(price)
+    session.flush()
+
+
+def list_prices(session: Session, plan_name: str | None = None) -> list[PlanPrice]:
+    query = select(PlanPrice).order_by(PlanPrice.plan_name, PlanPrice.metric)
+    if plan_name:
+        query = query.where(PlanPrice.plan_name == plan_name)
+    return list(session.scalars(query))
+
+
+def seed_prices(session: Session) -> None:
+    """Default prices for the default plans; existing rows (operator edits) are left alone."""
+    for plan_name, specs in DEFAULT_PRICES.items():
+        if session.get(Plan, plan_name) is None:
+            continue
+        for spec in specs:
+            exists = session.scalars(
+                select(PlanPrice.id).where(
+                    PlanPrice.plan_name == plan_name, PlanPrice.metric == spec["metric"]
+                )
+            ).first()
+            if exists is None:
+                set_price(
+                    session,
+                    plan_name=plan_name,
+                    metric=spec["metric"],
+                    tiers=[(Decimal(u) if u is not None else None, Decimal(p)) for u, p in spec["tiers"]],
+                )
+    session.flush()

@@ -1,0 +1,161 @@
+"""Request and response bodies of the invoice, price and period APIs. Money is a string of a Decimal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantq.billing.invoicing.models import Invoice, PlanPrice
+from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
+
+
+def plain(value: Decimal) -> str:
+    """A Decimal without exponent or trailing zeros: 0.0004, 11345.678, 100."""
+    text = f"{Decimal(value).normalize():f}"
+    return text
+
+
+class InvoiceLineOut(BaseModel):
+    metric: str = Field(description="base_fee, jobs, attempts, compute_seconds or wall_seconds.")
+    description: str
+    quantity: str
+    unit_price: str
+    amount: str = Field(description="quantity x unit_price, rounded half-up to the currency's minor unit.")
+
+
+class InvoiceOut(BaseModel):
+    id: str
+    period: str = Field(description="Calendar month (UTC), YYYY-MM.")
+    status: Literal["open", "paid", "void"]
+    currency: str
+    total: str = Field(description="Sum of the line amounts.")
+    lines: list[InvoiceLineOut]
+    issued_at: datetime
+    paid_at: datetime | None = None
+
+    @classmethod
+    def of(cls, invoice: Invoice) -> InvoiceOut:
+        cur = invoice.currency
+        return cls(
+            id=invoice.id,
+            period=invoice.period,
+            status=invoice.status,
+            currency=cur,
+            total=str(round_amount(Decimal(invoice.total), cur)),
+            lines=[
+                InvoiceLineOut(
+                    metric=line.metric,
+                    description=line.description,
+                    quantity=plain(line.quantity),
+                    unit_price=plain(line.unit_price),
+                    amount=str(round_amount(Decimal(line.amount), cur)),
+                )
+                for line in invoice.lines
+            ],
+            issued_at=invoice.issued_at,
+            paid_at=invoice.paid_at,
+        )
+
+
+class InvoiceList(BaseModel):
+    items: list[InvoiceOut]
+    next_cursor: str | None = None
+
+
+class BillingPeriodOut(BaseModel):
+    period: str
+    status: str
+    starts_at: datetime
+    ends_at: datetime
+    closed_at: datetime
+    closed_by: str
+    forced: bool
+    invoice_count: int
+    event_count: int
+    late_event_count: int
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class BillingPeriodsOut(BaseModel):
+    items: list[BillingPeriodOut]
+    due: list[str] = Field(description="Ended months past their grace window, not closed yet.")
+    grace_seconds: int
+
+
+class CloseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC calendar month).")
+    force: bool = Field(default=False, description="Close before the grace window has passed.")
+
+
+class CloseOut(BaseModel):
+    period: BillingPeriodOut
+    created: bool = Field(description="False when the period was already closed (nothing changed).")
+    invoices: list[InvoiceOut]
+
+    @classmethod
+    def of(cls, result) -> CloseOut:
+        return cls(
+            period=BillingPeriodOut.model_validate(result.period),
+            created=result.created,
+            invoices=[InvoiceOut.of(i) for i in result.invoices],
+        )
+
+
+class TierIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    up_to: Decimal | None = Field(
+        default=None, gt=0, description="Upper bound in billable units; null = unbounded."
+    )
+    unit_price: Decimal = Field(ge=0)
+
+
+class PriceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    included_units: Decimal | None = Field(
+        default=None,
+        ge=0,
+        description="Free units per period; null = the plan's quota for jobs/compute seconds.",
+    )
+    tiers: list[TierIn] = Field(min_length=1, max_length=20)
+    description: str = Field(default="", max_length=128)
+
+
+class TierOut(BaseModel):
+    up_to: str | None
+    unit_price: str
+
+
+class PriceOut(BaseModel):
+    plan: str
+    metric: str
+    included_units: str = Field(description="Effective included units per period.")
+    included_from_plan: bool
+    description: str
+    tiers: list[TierOut]
+
+    @classmethod
+    def of(cls, price: PlanPrice, plan) -> PriceOut:
+        return cls(
+            plan=price.plan_name,
+            metric=price.metric,
+            included_units=plain(included_units(plan, price)),
+            included_from_plan=price.included_units is None,
+            description=price.description,
+            tiers=[
+                TierOut(up_to=plain(t.up_to) if t.up_to is not None else None, unit_price=plain(t.unit_price))
+                for t in price.tiers
+            ],
+        )
+
+
+class PriceList(BaseModel):
+    items: list[PriceOut]
+    metrics: list[str] = Field(default_factory=lambda: list(PRICED_METRICS))

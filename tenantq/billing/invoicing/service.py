@@ -1,0 +1,353 @@
+"""Billing periods and invoices: close a calendar month (UTC) into one invoice per tenant.
+
+Closing period P (``close_period``):
+1. refuses until P ended plus the grace window (``TENANTQ_BILLING_GRACE_SECONDS``, default 2 days;
+   the operator may ``force`` it any time after P ended), and refuses while an earlier month that has
+   unbilled usage is still open (periods close in order);
+2. inserts the ``billing_period`` row first: its unique ``period`` makes a second or concurrent close a
+   no-op that returns the invoices of the first;
+3. marks every usage event that is still unbilled and occurred before P's end with
+   ``billed_period = P`` (one UPDATE), then sums exactly the marked events per tenant and metric.
+
+Late events therefore follow one rule, decided by when the event reached SQL, not by its timestamp:
+- an event that occurred in P and was recorded before P closed (typically inside the grace window)
+  is billed in P;
+- an event that occurred in P but was recorded after P closed is still unbilled at the next close and
+  is billed in the next open period (its line quantities include it; ``late_event_count`` counts it).
+Marking before summing means an event committed while a close runs is either in this invoice or in
+the next one, never in both and never in neither.
+
+Who gets an invoice: every tenant with billed usage in P, and every tenant that existed before P
+ended on a plan with a base fee. The plan is the tenant's plan at close time (no proration).
+An invoice with a zero total is issued as ``paid`` (nothing to collect) and is not pushed to Stripe.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tenantq.billing.invoicing.models import BillingPeriod, Invoice, InvoiceLine
+from tenantq.billing.invoicing.pricing import price_plan_usage, total
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.db import utcnow
+from tenantq.core.errors import Conflict, InvalidInput, NotFound
+from tenantq.core.settings import get_settings
+from tenantq.tenants.accounts.models import Plan, Tenant
+
+PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True)
+class Period:
+    """A calendar month in UTC: ``[start, end)``."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        match = PERIOD_RE.match(text or "")
+        if not match:
+            raise InvalidInput(
+                "Period must look like YYYY-MM.", code="invalid_period", details={"period": text}
+            )
+        return cls.of(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def of(cls, year: int, month: int) -> Period:
+        start = datetime(year, month, 1, tzinfo=UTC)
+        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+        return cls(name=f"{year:04d}-{month:02d}", start=start, end=end)
+
+    @classmethod
+    def containing(cls, moment: datetime) -> Period:
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return cls.of(moment.year, moment.month)
+
+    def next(self) -> Period:
+        return Period.containing(self.end)
+
+    def due_at(self, grace: timedelta) -> datetime:
+        return self.end + grace
+
+
+@dataclass
+class CloseResult:
+    period: BillingPeriod
+    created: bool
+    invoices: list[Invoice] = field(default_factory=list)
+
+
+def grace_window() -> timedelta:
+    return timedelta(seconds=get_settings().billing_grace_seconds)
+
+
+def _existing(session: Session, name: str) -> BillingPeriod | None:
+    return session.scalars(select(BillingPeriod).where(BillingPeriod.period == name)).first()
+
+
+def _invoices_of(session: Session, name: str) -> list[Invoice]:
+    return list(session.scalars(select(Invoice).where(Invoice.period == name).order_by(Invoice.tenant_id)))
+
+
+def last_closed_period(session: Session) -> str | None:
+    return session.scalar(select(func.max(BillingPeriod.period)))
+
+
+def close_period(
+    session: Session,
+    period: str,
+    *,
+    now: datetime | None = None,
+    force: bool = False,
+    closed_by: str = "system",
+) -> CloseResult:
+    """Close ``period`` (YYYY-MM) and issue its invoices; see the module docstring.
+
+    Call it at the start of a transaction: a lost race with another closer rolls the session back.
+    The caller commits. Closing an already closed period returns the existing result unchanged.
+    """
+    p = Period.parse(period)
+    now = now or utcnow()
+    existing = _existing(session, p.name)
+    if existing is not None:
+        return CloseResult(period=existing, created=False, invoices=_invoices_of(session, p.name))
+    if now < p.end:
+        raise Conflict(
+            f"Period {p.name} has not ended yet.",
+            code="period_not_ended",
+            details={"period": p.name, "ends_at": p.end.isoformat()},
+        )
+    due = p.due_at(grace_window())
+    if now < due and not force:
+        raise Conflict(
+            f"Period {p.name} is still inside its grace window for late usage.",
+            code="period_not_due",
+            details={"period": p.name, "due_at": due.isoformat()},
+        )
+    last = last_closed_period(session)
+    if last is not None and last > p.name:
+        # Its usage, if any, was already swept into a later invoice; closing it now would bill nothing
+        # but would move the next late events into the wrong month.
+        raise Conflict(
+            f"Period {p.name} precedes the last closed period {last}.",
+            code="period_out_of_order",
+            details={"period": p.name, "last_closed": last},
+        )
+    earlier = select(func.min(UsageEvent.occurred_at)).where(
+        UsageEvent.billed_period.is_(None), UsageEvent.occurred_at < p.start
+    )
+    if last is not None:
+        earlier = earlier.where(UsageEvent.occurred_at >= Period.parse(last).end)
+    earliest_open = session.scalar(earlier)
+    if earliest_open is not None:
+        first = Period.containing(earliest_open).name
+        raise Conflict(
+            f"Close {first} before {p.name}: it has unbilled usage.",
+            code="earlier_period_open",
+            details={"period": p.name, "close_first": first},
+        )
+
+    row = BillingPeriod(
+        period=p.name,
+        starts_at=p.start,
+        ends_at=p.end,
+        status="closed",
+        closed_at=now,
+        closed_by=closed_by,
+        forced=bool(force and now < due),
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another closer inserted the row first (it blocked us until it committed): its invoices stand.
+        session.rollback()
+        existing = _existing(session, p.name)
+        if existing is None:
+            raise
+        return CloseResult(period=existing, created=False, invoices=_invoices_of(session, p.name))
+
+    session.execute(
+        update(UsageEvent)
+        .where(UsageEvent.billed_period.is_(None), UsageEvent.occurred_at < p.end)
+        .values(billed_period=p.name)
+        .execution_options(synchronize_session=False)
+    )
+    usage: dict[str, dict[str, Decimal]] = {}
+    event_count = 0
+    for tenant_id, metric, quantity, count in session.execute(
+        select(UsageEvent.tenant_id, UsageEvent.metric, func.sum(UsageEvent.quantity), func.count())
+        .where(UsageEvent.billed_period == p.name)
+        .group_by(UsageEvent.tenant_id, UsageEvent.metric)
+    ):
+        usage.setdefault(tenant_id, {})[metric] = Decimal(int(quantity or 0))
+        event_count += int(count)
+    late = session.scalar(
+        select(func.count())
+        .select_from(UsageEvent)
+        .where(UsageEvent.billed_period == p.name, UsageEvent.occurred_at < p.start)
+    )
+
+    fee_tenants = session.scalars(
+        select(Tenant.id)
+        .join(Plan, Plan.name == Tenant.plan_name)
+        .where(Tenant.created_at < p.end, Plan.base_fee > 0)
+    )
+    tenant_ids = sorted(set(usage) | set(fee_tenants))
+    invoices = [_issue(session, p, tenant_id, usage.get(tenant_id, {}), now) for tenant_id in tenant_ids]
+    invoices = [inv for inv in invoices if inv is not None]
+    row.invoice_count = len(invoices)
+    row.event_count = event_count
+    row.late_event_count = int(late or 0)
+    session.flush()
+    return CloseResult(period=row, created=True, invoices=invoices)
+
+
+def _issue(
+    session: Session, p: Period, tenant_id: str, usage: dict[str, Decimal], now: datetime
+) -> Invoice | None:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:  # usage of a deleted tenant: nobody to bill
+        return None
+    plan = session.get(Plan, tenant.plan_name)
+    lines = price_plan_usage(session, plan, usage)
+    amount = total(lines)
+    invoice = Invoice(
+        tenant_id=tenant.id,
+        period=p.name,
+        plan_name=plan.name,
+        currency=plan.currency.lower(),
+        status="open" if amount > 0 else "paid",
+        total=amount,
+        period_start=p.start,
+        period_end=p.end,
+        issued_at=now,
+        paid_at=None if amount > 0 else now,
+    )
+    invoice.lines = [
+        InvoiceLine(
+            position=i,
+            metric=line.metric,
+            tier=line.tier,
+            description=line.description,
+            quantity=line.quantity,
+            unit_price=line.unit_price,
+            amount=line.amount,
+        )
+        for i, line in enumerate(lines)
+    ]
+    session.add(invoice)
+    return invoice
+
+
+def due_periods(session: Session, now: datetime | None = None) -> list[str]:
+    """Months whose grace window has passed and that are not closed yet, oldest first."""
+    now = now or utcnow()
+    last = last_closed_period(session)
+    if last is not None:
+        start = Period.parse(last).next()
+    else:
+        candidates = [
+            session.scalar(
+                select(func.min(UsageEvent.occurred_at)).where(UsageEvent.billed_period.is_(None))
+            ),
+            session.scalar(select(func.min(Tenant.created_at))),
+        ]
+        candidates = [c for c in candidates if c is not None]
+        if not candidates:
+            return []
+        start = Period.containing(min(candidates))
+    grace = grace_window()
+    out: list[str] = []
+    p = start
+    while p.due_at(grace) <= now:
+        out.append(p.name)
+        p = p.next()
+    return out
+
+
+def close_due_periods(now: datetime | None = None) -> list[str]:
+    """Close every due period, oldest first, each in its own transaction. Returns the periods closed."""
+    from tenantq.core.db import system_session
+
+    with system_session() as session:
+        names = due_periods(session, now)
+    closed = []
+    for name in names:
+        with system_session() as session:
+            result = close_period(session, name, now=now)
+            if result.created:
+                closed.append(name)
+    return closed
+
+
+def mark_paid(session: Session, invoice: Invoice, when: datetime | None = None) -> bool:
+    """Mark an invoice paid; False if it already was (so a replayed event changes nothing)."""
+    if invoice.status == "paid":
+        return False
+    if invoice.status == "void":
+        raise Conflict("A void invoice cannot be paid.", code="invoice_void", details={"id": invoice.id})
+    invoice.status = "paid"
+    invoice.paid_at = when or utcnow()
+    session.flush()
+    return True
+
+
+# --- Tenant-scoped reads -------------------------------------------------------------------------
+
+
+def _encode_cursor(invoice: Invoice) -> str:
+    return base64.urlsafe_b64encode(f"{invoice.period}|{invoice.id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+        period, invoice_id = raw.split("|", 1)
+        return period, invoice_id
+    except Exception as exc:
+        raise InvalidInput("Invalid cursor.", code="invalid_cursor") from exc
+
+
+class InvoiceRepository:
+    """The only way to read invoices for a tenant: the tenant filter lives in ``_scoped``."""
+
+    def __init__(self, session: Session, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def _scoped(self) -> Select[tuple[Invoice]]:
+        return select(Invoice).where(Invoice.tenant_id == self.tenant_id)
+
+    def get(self, invoice_id: str) -> Invoice:
+        invoice = self.session.scalars(self._scoped().where(Invoice.id == invoice_id)).first()
+        if invoice is None:
+            raise NotFound("Invoice not found.", details={"id": invoice_id})
+        return invoice
+
+    def list(
+        self, *, status: str | None = None, limit: int = 24, cursor: str | None = None
+    ) -> tuple[list[Invoice], str | None]:
+        query = self._scoped()
+        if status:
+            query = query.where(Invoice.status == status)
+        if cursor:
+            period, invoice_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(Invoice.period < period, and_(Invoice.period == period, Invoice.id < invoice_id))
+            )
+        rows = list(
+            self.session.scalars(query.order_by(Invoice.period.desc(), Invoice.id.desc()).limit(limit + 1))
+        )
+        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return rows[:limit], next_cursor

@@ -1,0 +1,483 @@
+"""Usage metering from task signals: what every attempt consumed, recorded exactly once.
+
+Hot path (pool child): ``task_prerun`` allocates the attempt number and writes an *open attempt*
+record to Redis; ``task_postrun`` computes wall and CPU time and, in one Redis transaction, removes the
+open record and appends the attempt's usage events to the stream ``tq:usage``. No SQL runs in the task
+path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the ``usage_event`` table.
+
+Attempts that end without a postrun in the pool child are closed from the open record:
+- hard time limit: ``task_failure`` fires in the worker's main process -> state ``failed``;
+- ``revoke(terminate=True)``: ``task_revoked`` fires in the main process -> state ``cancelled``;
+- SIGKILL / OOM of the pool child or of the whole worker: nothing fires; the reconciler
+  (:func:`reconcile_open_attempts`) closes the attempt as ``lost`` once a later attempt of the same job
+  started (the message was redelivered: ``acks_late`` + ``reject_on_worker_lost``) or once it is past its
+  deadline (time limit + grace). Wall time runs up to that detection, CPU time is unknown and counted 0.
+Those closes are conditional (Lua: only if the open record is still there), so the two signals a hard
+time limit sends, or a reconciler racing a late postrun, close the attempt once.
+
+Event ids are deterministic, ``{job_id}:{attempt}:{metric}``; the flusher inserts idempotently, so
+duplicate signals, redeliveries and stream replays never double count.
+
+Attempt numbers: the message says which attempt it is (``job["attempt"]``, or ``attempt_base`` +
+Celery retries + 1), but a redelivered message says the same thing again. ``task_prerun`` therefore
+allocates ``max(message attempt, last allocated + 1)`` per job, atomically in Redis: a redelivery after a
+crash becomes the next attempt instead of colliding with the one that died.
+
+Redis keys (all under ``tq:usage``):
+- ``tq:usage``              STREAM of closed attempts (field ``events``: JSON list of usage events).
+- ``tq:usage:open``         HASH ``{job_id}:{attempt}`` -> JSON open-attempt record (start, worker, pid,
+                            deadline): attempts that started and have not been closed yet.
+- ``tq:usage:att:{job_id}`` HASH ``n`` = highest attempt allocated, ``t`` = its start (unix seconds);
+                            expires 3 days after the job's last attempt started.
+
+Billable attempts: every attempt that started executing (succeeded, failed, retried, cancelled while
+running, lost). Jobs rejected at submission or cancelled before they started never reach a worker and
+record nothing. ``jobs`` is recorded once per job, with its first attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import signals
+
+from tenantq.core.redis import get_redis
+from tenantq.core.settings import get_settings
+
+log = logging.getLogger("tenantq.metering")
+
+STREAM = "tq:usage"
+OPEN = "tq:usage:open"
+ATTEMPT_PREFIX = "tq:usage:att:"
+# Only needed while the job can still be redelivered or retried (retry backoff is capped at minutes, the
+# visibility timeout at about an hour): refreshed at every attempt, then it expires.
+ATTEMPT_TTL_S = 3 * 24 * 3600
+LOST_GRACE_S = 60.0  # past the time limit an open attempt is surely dead (the worker enforces the limit)
+# Closing an attempt in postrun is retried after these pauses (then the last error is logged).
+CLOSE_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 0.0)
+SUPERSEDED_GRACE_S = 5.0  # a later attempt started this long ago: the earlier one will not report any more
+
+# Every state an attempt's usage events can carry. All are billable: each one means the attempt ran.
+BILLABLE_STATES = ("succeeded", "failed", "retried", "ignored", "rejected", "cancelled", "terminated", "lost")
+
+_POSTRUN_STATES = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "IGNORED": "ignored",
+    "REJECTED": "rejected",
+    None: "terminated",  # postrun with no state: the child was told to stop (SIGTERM) mid-task
+}
+
+_ALLOCATE = """
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local a = tonumber(ARGV[1])
+if a <= n then a = n + 1 end
+redis.call('HSET', KEYS[1], 'n', a, 't', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('HSET', KEYS[2], ARGV[4] .. ':' .. a, ARGV[5])
+return a
+"""
+
+# Forget an attempt that never ran. If it is still the job's latest, give its number back: otherwise
+# every delivery the worker refused (a duplicate dispatch, a replay of a finished attempt) would push
+# the next real attempt's number up, and the job's first real attempt would not be attempt 1, the one
+# that records ``jobs``, so the job would never be billed as a job. Not when the attempt before it is
+# still open (its worker died without reporting): the discarded number is what marks that one as
+# superseded, so the reconciler closes it within seconds rather than at its deadline.
+_DISCARD = """
+if redis.call('HDEL', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  local a = tonumber(ARGV[2])
+  if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') == a
+     and redis.call('HEXISTS', KEYS[2], ARGV[1] .. ':' .. (a - 1)) == 0 then
+    redis.call('HSET', KEYS[1], 'n', a - 1)
+  end
+  return 1
+end
+return 0
+"""
+
+# Close an attempt only if it is still open: exactly one of the competing closers records it.
+_CLOSE_IF_OPEN = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', 'events', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def metering_enabled() -> bool:
+    return get_settings().metering
+
+
+def attempt_key(job_id: str) -> str:
+    return f"{ATTEMPT_PREFIX}{job_id}"
+
+
+def nominal_attempt(job: dict[str, Any], retries: int | None) -> int:
+    """The attempt number the message claims (before redelivery disambiguation)."""
+    if job.get("attempt") is not None:
+        return int(job["attempt"])
+    return int(job.get("attempt_base", 0)) + int(retries or 0) + 1
+
+
+def usage_events(
+    *,
+    job_id: str,
+    tenant_id: str,
+    task: str,
+    attempt: int,
+    state: str,
+    worker: str | None,
+    finished_at: float,
+    wall_ms: int,
+    compute_ms: int,
+) -> list[dict[str, Any]]:
+    """The events one closed attempt produces: attempts, compute_ms, wall_ms, and jobs on attempt 1."""
+    quantities = {"attempts": 1, "compute_ms": max(0, int(compute_ms)), "wall_ms": max(0, int(wall_ms))}
+    if attempt == 1:
+        quantities = {"jobs": 1, **quantities}
+    return [
+        {
+            "id": f"{job_id}:{attempt}:{metric}",
+            "tenant_id": tenant_id,
+            "job_id": job_id,
+            "attempt": attempt,
+            "task": task,
+            "metric": metric,
+            "quantity": qty,
+            "state": state,
+            "worker": worker,
+            "occurred_at": finished_at,
+        }
+        for metric, qty in quantities.items()
+    ]
+
+
+@dataclass
+class OpenAttempt:
+    """What prerun knows about a running attempt; kept locally (pool child) and in ``tq:usage:open``."""
+
+    job_id: str
+    tenant_id: str
+    task: str
+    attempt: int
+    started: float  # unix seconds
+    worker: str | None
+    pid: int
+    deadline: float  # unix seconds after which the attempt is surely over
+    mono: float = 0.0  # monotonic start (local only: wall time immune to clock steps)
+    cpu: float = 0.0  # process_time() at start (local only)
+
+    @property
+    def field(self) -> str:
+        return f"{self.job_id}:{self.attempt}"
+
+    def record(self) -> str:
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "tenant_id": self.tenant_id,
+                "task": self.task,
+                "started": self.started,
+                "worker": self.worker,
+                "pid": self.pid,
+                "deadline": self.deadline,
+            }
+        )
+
+    @classmethod
+    def from_record(cls, field: str, raw: str) -> OpenAttempt:
+        data = json.loads(raw)
+        attempt = int(field.rsplit(":", 1)[1])
+        return cls(
+            job_id=data["job_id"],
+            tenant_id=data["tenant_id"],
+            task=data["task"],
+            attempt=attempt,
+            started=float(data["started"]),
+            worker=data.get("worker"),
+            pid=int(data.get("pid") or 0),
+            deadline=float(data["deadline"]),
+        )
+
+
+class Meter:
+    """Open and close attempts against one Redis client. The signal receivers below use one per process."""
+
+    def __init__(self, client: redis.Redis | None = None) -> None:
+        self.r = client or get_redis()
+        self._allocate = self.r.register_script(_ALLOCATE)
+        self._close_if_open = self.r.register_script(_CLOSE_IF_OPEN)
+        self._discard = self.r.register_script(_DISCARD)
+
+    def open(
+        self,
+        *,
+        job: dict[str, Any],
+        task: str,
+        retries: int | None,
+        worker: str | None,
+        time_limit: float,
+        now: float | None = None,
+    ) -> OpenAttempt:
+        started = time.time() if now is None else now
+        attempt = OpenAttempt(
+            job_id=job["id"],
+            tenant_id=job["tenant_id"],
+            task=task,
+            attempt=0,
+            started=started,
+            worker=worker,
+            pid=os.getpid(),
+            deadline=started + time_limit + LOST_GRACE_S,
+        )
+        attempt.attempt = int(
+            self._allocate(
+                keys=[attempt_key(attempt.job_id), OPEN],
+                args=[
+                    nominal_attempt(job, retries),
+                    started,
+                    ATTEMPT_TTL_S,
+                    attempt.job_id,
+                    attempt.record(),
+                ],
+            )
+        )
+        return attempt
+
+    def close(
+        self, attempt: OpenAttempt, *, state: str, finished: float, wall_ms: int, compute_ms: int
+    ) -> None:
+        """Close from the process that ran the attempt: it has the real figures, so it always records."""
+        events = usage_events(
+            job_id=attempt.job_id,
+            tenant_id=attempt.tenant_id,
+            task=attempt.task,
+            attempt=attempt.attempt,
+            state=state,
+            worker=attempt.worker,
+            finished_at=finished,
+            wall_ms=wall_ms,
+            compute_ms=compute_ms,
+        )
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(OPEN, attempt.field)
+        pipe.xadd(STREAM, {"events": json.dumps(events)})
+        pipe.execute()
+
+    def discard(self, attempt: OpenAttempt) -> None:
+        """Forget an attempt that never ran its task function (and its number, if still the latest)."""
+        self._discard(keys=[attempt_key(attempt.job_id), OPEN], args=[attempt.job_id, attempt.attempt])
+
+    def close_if_open(self, attempt: OpenAttempt, *, state: str, finished: float) -> bool:
+        """Close from elsewhere (main process, reconciler): wall time up to ``finished``, CPU unknown (0)."""
+        finished = max(finished, attempt.started)
+        events = usage_events(
+            job_id=attempt.job_id,
+            tenant_id=attempt.tenant_id,
+            task=attempt.task,
+            attempt=attempt.attempt,
+            state=state,
+            worker=attempt.worker,
+            finished_at=finished,
+            wall_ms=round((finished - attempt.started) * 1000),
+            compute_ms=0,
+        )
+        return bool(self._close_if_open(keys=[OPEN, STREAM], args=[attempt.field, json.dumps(events)]))
+
+    def latest_open(self, job_id: str) -> OpenAttempt | None:
+        """The job's most recently allocated attempt, if it is still open."""
+        n = self.r.hget(attempt_key(job_id), "n")
+        if n is None:
+            return None
+        field = f"{job_id}:{int(n)}"
+        raw = self.r.hget(OPEN, field)
+        return OpenAttempt.from_record(field, raw) if raw else None
+
+    def reconcile(self, now: float | None = None) -> int:
+        """Close open attempts whose process died without reporting. Returns how many were closed as lost.
+
+        An attempt is over when a later attempt of its job has started (the message was redelivered or
+        retried; Celery runs one delivery at a time) or when it is past its deadline. Wall time is counted
+        up to the later attempt's start, or up to now for a deadline.
+        """
+        now = time.time() if now is None else now
+        closed = 0
+        attempts: list[OpenAttempt] = []
+        for field, raw in self.r.hscan_iter(OPEN, count=500):
+            try:
+                attempts.append(OpenAttempt.from_record(field, raw))
+            except (ValueError, KeyError, IndexError, TypeError):
+                log.error("dropping malformed open-attempt record %r", field)
+                self.r.hdel(OPEN, field)
+        for start in range(0, len(attempts), 500):
+            chunk = attempts[start : start + 500]
+            pipe = self.r.pipeline(transaction=False)
+            for attempt in chunk:
+                pipe.hmget(attempt_key(attempt.job_id), ["n", "t"])
+            for attempt, (latest_n, latest_t) in zip(chunk, pipe.execute(), strict=True):
+                n = int(latest_n) if latest_n is not None else attempt.attempt
+                t = float(latest_t) if latest_t is not None else now
+                finished: float | None = None
+                if n > attempt.attempt and now - t >= SUPERSEDED_GRACE_S:
+                    finished = min(t, now)
+                elif now > attempt.deadline:
+                    finished = now
+                if finished is not None and self.close_if_open(attempt, state="lost", finished=finished):
+                    log.warning(
+                        "attempt %s of job %s (worker %s) never reported: closed as lost",
+                        attempt.attempt,
+                        attempt.job_id,
+                        attempt.worker,
+                    )
+                    closed += 1
+        return closed
+
+
+# -- signal receivers (connected when tenantq.worker is imported) ---------------------------------------
+
+_meter: Meter | None = None
+_meter_pid: int | None = None
+# Attempts running in *this* process, by Celery task id. Only the pool child that runs a task has it.
+_running: dict[str, OpenAttempt] = {}
+
+
+def _get_meter() -> Meter:
+    global _meter, _meter_pid
+    if _meter is None or _meter_pid != os.getpid():
+        _meter = Meter()
+        _meter_pid = os.getpid()
+    return _meter
+
+
+def _job_of(task: Any, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    from tenantq.platform.jobs.registry import REGISTRY
+
+    if task is None or getattr(task, "name", None) not in REGISTRY:
+        return None
+    job = (kwargs or {}).get("job")
+    return job if isinstance(job, dict) and "id" in job and "tenant_id" in job else None
+
+
+def _time_limit(task: Any) -> float:
+    """The hard limit this attempt runs under; without one, the broker's visibility timeout bounds it."""
+    request = getattr(task, "request", None)
+    limits = getattr(request, "timelimit", None) or (None, None)
+    hard = limits[0] if limits else None
+    if hard:
+        return float(hard)
+    conf = task.app.conf
+    if conf.task_time_limit:
+        return float(conf.task_time_limit)
+    return float((conf.broker_transport_options or {}).get("visibility_timeout", 3600))
+
+
+@signals.task_prerun.connect
+def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, **_: Any) -> None:
+    if not metering_enabled():
+        return
+    job = _job_of(task, kwargs)
+    if job is None or task_id in _running:  # a duplicate prerun for the same execution opens nothing new
+        return
+    if getattr(task.request, "tq_skip", None):  # the start guard refused it (duplicate, tenant at cap)
+        return
+    mono, cpu = time.monotonic(), time.process_time()
+    try:
+        attempt = _get_meter().open(
+            job=job,
+            task=task.name,
+            retries=getattr(task.request, "retries", 0),
+            worker=getattr(task.request, "hostname", None),
+            time_limit=_time_limit(task),
+        )
+    except redis.RedisError as exc:  # metering must never fail a tenant's task
+        log.error("usage: could not open attempt for job %s: %s", job["id"], exc)
+        return
+    attempt.mono, attempt.cpu = mono, cpu
+    _running[task_id] = attempt
+
+
+@signals.task_postrun.connect
+def on_postrun(
+    task_id: str,
+    task: Any,
+    args: Any = None,
+    kwargs: dict | None = None,
+    state: str | None = None,
+    retval: Any = None,
+    **_: Any,
+) -> None:
+    from tenantq.platform.jobs.registry import NotStarted, RetryScheduled
+
+    attempt = _running.pop(task_id, None)
+    if attempt is None:
+        return
+    if state == "IGNORED" and isinstance(retval, NotStarted):
+        # The wrapper refused to run it (cancelled, or a replay of a finished attempt): not billable.
+        try:
+            _get_meter().discard(attempt)
+        except redis.RedisError as exc:
+            log.error(
+                "usage: could not discard attempt %s of job %s: %s", attempt.attempt, attempt.job_id, exc
+            )
+        return
+    if state == "IGNORED" and isinstance(retval, RetryScheduled):
+        state = "RETRY"  # tenantq retries end the Celery task with Ignore; the attempt ran and failed
+    wall_ms = round((time.monotonic() - attempt.mono) * 1000)
+    compute_ms = round((time.process_time() - attempt.cpu) * 1000)
+    finished = time.time()
+    for delay in CLOSE_RETRY_DELAYS_S:
+        try:
+            _get_meter().close(
+                attempt,
+                state=_POSTRUN_STATES.get(state, str(state).lower()),
+                finished=finished,
+                wall_ms=wall_ms,
+                compute_ms=compute_ms,
+            )
+            return
+        except redis.RedisError as exc:
+            error = exc
+        # A Redis restart lasts about a second: wait it out rather than lose the real figures.
+        time.sleep(delay)
+    # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
+    log.error("usage: could not close attempt %s of job %s: %s", attempt.attempt, attempt.job_id, error)
+
+
+def _close_from_outside(job: dict[str, Any] | None, state: str) -> None:
+    if job is None:
+        return
+    try:
+        meter = _get_meter()
+        attempt = meter.latest_open(job["id"])
+        if attempt is not None:
+            meter.close_if_open(attempt, state=state, finished=time.time())
+    except redis.RedisError as exc:
+        log.error("usage: could not close attempt of job %s: %s", job["id"], exc)
+
+
+@signals.task_failure.connect
+def on_failure(sender: Any = None, task_id: str | None = None, kwargs: dict | None = None, **_: Any) -> None:
+    # In the pool child a failure is followed by postrun, which has the real figures. A failure without
+    # a local attempt was raised in the main process: a hard time limit killed the child.
+    if task_id in _running or not metering_enabled():
+        return
+    _close_from_outside(_job_of(sender, kwargs), "failed")
+
+
+@signals.task_revoked.connect
+def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    # Revoked before it started: nothing ran, nothing is billed. Terminated while running: bill the time.
+    if not terminated or request is None or not metering_enabled():
+        return
+    if getattr(request, "id", None) in _running:
+        return
+    _close_from_outside(_job_of(sender, getattr(request, "kwargs", None)), "cancelled")

@@ -1,0 +1,337 @@
+"""Usage quotas per billing period, enforced at submission from Redis counters reconciled to SQL.
+
+Periods are calendar months in UTC (``YYYY-MM``); a quota resets at the start of the next month.
+Limits come from the tenant's plan (``included_jobs``, ``included_compute_seconds``, ``hard_limits``),
+overridable per tenant through ``Tenant.overrides`` (same keys).
+
+- ``jobs``: jobs accepted in the period. The admission check increments the counter atomically with the
+  limit test (one Lua script), so concurrent submits can never accept more than the limit.
+- ``compute_seconds``: CPU time of attempts that finished in the period. The flusher adds newly inserted
+  ``compute_ms`` events; a hard limit refuses new jobs once the period's CPU time reached it (a running
+  job is not stopped: its usage is known only when it ends).
+Hard limits answer 402 ``quota_exceeded`` with details ``{"quota", "used", "limit", "resets_at"}``.
+Soft limits accept the job; overage is billed by the plan's prices.
+
+Counters are a cache of SQL. A missing counter is seeded from SQL before use, and the periodic task
+``billing.sync_quota_counters`` (also run by the flusher) resets every counter of the current period from
+SQL: jobs = jobs created in the period except rejected ones and ones cancelled before they started;
+compute = sum of ``compute_ms`` usage events in the period. Between syncs a counter can be off by the
+submissions that were refused by a later admission check or failed to enqueue (counted too high) and by
+in-flight submissions during a sync (counted too low).
+
+Redis keys: ``tq:quota:{tenant}:{YYYY-MM}:jobs`` and ``tq:quota:{tenant}:{YYYY-MM}:compute_ms`` (strings),
+``tq:quota:tenants:{YYYY-MM}`` (SET of tenants with counters); all expire ~2 months after use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import redis
+from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy.orm import Session
+
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.db import system_session, utcnow
+from tenantq.core.errors import InvalidInput, PaymentRequired, ServiceUnavailable
+from tenantq.core.redis import get_redis
+from tenantq.platform.jobs.models import Job
+from tenantq.tenants.accounts.models import Plan, Tenant
+
+COUNTER_TTL_S = 62 * 24 * 3600
+_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+# -- periods --------------------------------------------------------------------------------------------
+
+
+def period_of(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def current_period(now: datetime | None = None) -> str:
+    return period_of(now or utcnow())
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """``YYYY-MM`` -> [start, end) in UTC. Raises InvalidInput for anything else."""
+    match = _PERIOD_RE.match(period or "")
+    if not match:
+        raise InvalidInput(
+            "period must be YYYY-MM (a calendar month, UTC).",
+            code="invalid_period",
+            details={"period": period},
+        )
+    year, month = int(match.group(1)), int(match.group(2))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+# -- limits ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    jobs: int
+    compute_seconds: int
+    hard: bool
+    concurrency: int
+    max_queued: int
+
+
+def quota_limits(session: Session, tenant: Tenant) -> QuotaLimits:
+    plan = session.get(Plan, tenant.plan_name)
+    overrides = tenant.overrides or {}
+
+    def pick(name: str, default: Any) -> Any:
+        value = overrides.get(name)
+        return value if value is not None else getattr(plan, name, default) if plan is not None else default
+
+    return QuotaLimits(
+        jobs=int(pick("included_jobs", 0)),
+        compute_seconds=int(pick("included_compute_seconds", 0)),
+        hard=bool(pick("hard_limits", True)),
+        concurrency=int(pick("concurrency", 0)),
+        max_queued=int(pick("max_queued", 0)),
+    )
+
+
+# -- counters -------------------------------------------------------------------------------------------
+
+
+def jobs_key(tenant_id: str, period: str) -> str:
+    return f"tq:quota:{tenant_id}:{period}:jobs"
+
+
+def compute_key(tenant_id: str, period: str) -> str:
+    return f"tq:quota:{tenant_id}:{period}:compute_ms"
+
+
+def tenants_key(period: str) -> str:
+    return f"tq:quota:tenants:{period}"
+
+
+# Check and increment in one step: no interleaving of concurrent submits between test and increment.
+_ADMIT = """
+local n = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cpu = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[4] == '1' then
+  if cpu >= tonumber(ARGV[3]) then return {0, 'compute_seconds', cpu} end
+  if used + n > tonumber(ARGV[2]) then return {0, 'jobs', used} end
+end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+return {1, 'ok', used + n}
+"""
+
+# The flusher only adds to counters that exist: a missing one is seeded from SQL, which already has it.
+_ADD_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+end
+return nil
+"""
+
+
+def sql_jobs_used(session: Session, tenant_id: str | None, period: str) -> dict[str, int]:
+    """Jobs counted against the quota, per tenant: accepted in the period and not refused or dropped
+    before they ever ran."""
+    start, end = period_bounds(period)
+    stmt = (
+        select(Job.tenant_id, func.count())
+        .where(
+            Job.created_at >= start,
+            Job.created_at < end,
+            Job.status != "rejected",
+            not_(and_(Job.status == "cancelled", Job.started_at.is_(None))),
+        )
+        .group_by(Job.tenant_id)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
+    return {t: int(n) for t, n in session.execute(stmt)}
+
+
+def sql_compute_ms(session: Session, tenant_id: str | None, period: str) -> dict[str, int]:
+    start, end = period_bounds(period)
+    stmt = (
+        select(UsageEvent.tenant_id, func.coalesce(func.sum(UsageEvent.quantity), 0))
+        .where(
+            UsageEvent.metric == "compute_ms", UsageEvent.occurred_at >= start, UsageEvent.occurred_at < end
+        )
+        .group_by(UsageEvent.tenant_id)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(UsageEvent.tenant_id == tenant_id)
+    return {t: int(n) for t, n in session.execute(stmt)}
+
+
+def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, period: str) -> None:
+    """Seed missing counters from SQL (first use in a period, or after Redis lost them)."""
+    jk, ck = jobs_key(tenant_id, period), compute_key(tenant_id, period)
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(jk)
+    pipe.exists(ck)
+    have_jobs, have_cpu = pipe.execute()
+    if not have_jobs:
+        client.set(jk, sql_jobs_used(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S)
+        # Remember who has counters this period, so the periodic sync needs no keyspace scan.
+        client.sadd(tenants_key(period), tenant_id)
+        client.expire(tenants_key(period), COUNTER_TTL_S)
+    if not have_cpu:
+        client.set(
+            ck, sql_compute_ms(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S
+        )
+
+
+def _resets_at(period: str) -> str:
+    return period_bounds(period)[1].isoformat().replace("+00:00", "Z")
+
+
+def check_quota(session: Session, tenant: Tenant, count: int) -> None:
+    """Admission check: count ``count`` new jobs against the period's quota, or refuse with 402."""
+    limits = quota_limits(session, tenant)
+    period = current_period()
+    client = get_redis()
+    try:
+        ensure_counters(client, session, tenant.id, period)
+        ok, quota, used = client.register_script(_ADMIT)(
+            keys=[jobs_key(tenant.id, period), compute_key(tenant.id, period)],
+            args=[count, limits.jobs, limits.compute_seconds * 1000, 1 if limits.hard else 0, COUNTER_TTL_S],
+        )
+    except redis.RedisError:
+        raise ServiceUnavailable(
+            "Quota counters are unavailable; the job was not accepted. Retry later.",
+            code="quota_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
+    if int(ok) == 1:
+        return
+    quota = quota.decode() if isinstance(quota, bytes) else quota
+    if quota == "jobs":
+        details = {"quota": "jobs", "used": int(used), "limit": limits.jobs, "resets_at": _resets_at(period)}
+        message = f"The plan's {limits.jobs} jobs for {period} are used up" + (
+            f" ({count} more requested)." if count > 1 else "."
+        )
+    else:
+        details = {
+            "quota": "compute_seconds",
+            "used": round(int(used) / 1000, 3),
+            "limit": limits.compute_seconds,
+            "resets_at": _resets_at(period),
+        }
+        message = f"The plan's {limits.compute_seconds} compute seconds for {period} are used up."
+    raise PaymentRequired(
+        message + " Upgrade the plan or wait for the next period.", code="quota_exceeded", details=details
+    )
+
+
+def add_compute_usage(client: redis.Redis, rows: list[dict[str, Any]]) -> None:
+    """Add newly inserted compute_ms events to their tenant's period counter."""
+    totals: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row["metric"] == "compute_ms" and row["quantity"]:
+            totals[compute_key(row["tenant_id"], period_of(row["occurred_at"]))] += int(row["quantity"])
+    if not totals:
+        return
+    add = client.register_script(_ADD_IF_EXISTS)
+    for key, ms in totals.items():
+        add(keys=[key], args=[ms])
+
+
+def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None = None) -> int:
+    """Reset every counter of ``period`` (default: current) from SQL. Returns counters written."""
+    client = client or get_redis()
+    period = period or current_period()
+    with system_session() as session:
+        jobs = sql_jobs_used(session, None, period)
+        cpu = sql_compute_ms(session, None, period)
+    # Counters of tenants with nothing in SQL any more (e.g. their only jobs were refused) go back to 0.
+    tenants = set(jobs) | set(cpu) | set(client.smembers(tenants_key(period)))
+    pipe = client.pipeline(transaction=False)
+    for tenant_id in tenants:
+        pipe.set(jobs_key(tenant_id, period), jobs.get(tenant_id, 0), ex=COUNTER_TTL_S)
+        pipe.set(compute_key(tenant_id, period), cpu.get(tenant_id, 0), ex=COUNTER_TTL_S)
+    pipe.execute()
+    return 2 * len(tenants)
+
+
+# -- GET /v1/usage --------------------------------------------------------------------------------------
+
+
+def usage_summary(session: Session, tenant: Tenant, now: datetime | None = None) -> dict[str, Any]:
+    """The current period's usage against every quota of the tenant's plan."""
+    period = current_period(now)
+    start, end = period_bounds(period)
+    limits = quota_limits(session, tenant)
+    resets_at = _resets_at(period)
+    try:
+        client = get_redis()
+        ensure_counters(client, session, tenant.id, period)
+        raw_jobs, raw_cpu = client.mget([jobs_key(tenant.id, period), compute_key(tenant.id, period)])
+        jobs_used, cpu_ms = int(raw_jobs or 0), int(raw_cpu or 0)
+    except redis.RedisError:  # Redis is a cache of SQL here: answer from SQL
+        jobs_used = sql_jobs_used(session, tenant.id, period).get(tenant.id, 0)
+        cpu_ms = sql_compute_ms(session, tenant.id, period).get(tenant.id, 0)
+    running = (
+        session.scalar(
+            select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id, Job.status == "running")
+        )
+        or 0
+    )
+    queued = (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.tenant_id == tenant.id, or_(Job.status == "queued", Job.status == "scheduled"))
+        )
+        or 0
+    )
+    return {
+        "period": {
+            "start": start.isoformat().replace("+00:00", "Z"),
+            "end": end.isoformat().replace("+00:00", "Z"),
+        },
+        "quotas": [
+            {
+                "name": "jobs",
+                "used": jobs_used,
+                "limit": limits.jobs,
+                "unit": "jobs",
+                "hard": limits.hard,
+                "resets_at": resets_at,
+            },
+            {
+                "name": "compute_seconds",
+                "used": float(Decimal(cpu_ms) / 1000),
+                "limit": limits.compute_seconds,
+                "unit": "seconds",
+                "hard": limits.hard,
+                "resets_at": resets_at,
+            },
+            {
+                "name": "concurrent_jobs",
+                "used": int(running),
+                "limit": limits.concurrency,
+                "unit": "jobs",
+                "hard": True,
+                "resets_at": None,
+            },
+            {
+                "name": "queued_jobs",
+                "used": int(queued),
+                "limit": limits.max_queued,
+                "unit": "jobs",
+                "hard": True,
+                "resets_at": None,
+            },
+        ],
+    }

@@ -1,0 +1,34 @@
+"""Redis clients shared by the API, the dispatcher and the worker."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+from tenantq.core.settings import get_settings
+
+_client: redis.Redis | None = None
+_client_pid: int | None = None
+
+
+def get_redis() -> redis.Redis:
+    global _client, _client_pid
+    if _client is None or _client_pid != os.getpid():
+        _client = redis.Redis.from_url(
+            get_settings().effective_redis_url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        _client_pid = os.getpid()
+    return _client
+
+
+def reset_redis() -> None:
+    global _client, _client_pid
+    if _client is not None and _client_pid == os.getpid():
+        _client.close()
+    _client = None
+    _client_pid = None

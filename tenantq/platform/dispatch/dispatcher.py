@@ -1,0 +1,399 @@
+"""The dispatcher: releases runnable jobs from per-tenant queues into shallow Celery execution queues.
+
+Why a dispatcher: a Celery worker consuming one queue per tenant slows down with the number of queues
+(every fetch is a BRPOP over all keys: 961 tasks/s with 1 queue, ~130/s with 1,000), kombu's
+round-robin is unweighted, and Celery's ``rate_limit`` is per worker. So tenants' jobs wait in their own
+Redis queues and one process decides, late, which job runs next:
+
+- Weighted fair share by stride scheduling: each backlogged tenant has a *pass* value; the tenant with
+  the smallest pass gets the next release and its pass grows by ``1 / weight``. Over any window a
+  backlogged tenant gets ``weight / sum(weights)`` of the releases. A tenant that (re)appears starts at
+  the current virtual time, so idling never builds up credit, and a tenant held back by its own limits
+  keeps at most one turn of credit.
+- Each release is one Lua call (``queues._DISPATCH``) that checks pause, concurrency lease, token bucket
+  and leadership, pops the tenant's most urgent job and records it in flight: the limits hold
+  cluster-wide and two dispatchers can never release the same job.
+- The execution queues stay shallow (``dispatch_depth`` messages each) so fairness and priority are
+  decided here, not by a long broker list.
+- Highly available: a leader lock (``tq:dispatcher:leader``, value = this instance's id, TTL
+  ``leader_ttl_seconds``) renewed by the leader; standbys poll and take over when it expires. Every
+  release re-checks the lock inside its Lua call (fencing), so a paused ex-leader cannot release.
+- Crash safety: pop -> in-flight ZSET with a deadline -> publish -> ack. The reconciler (leader only)
+  re-queues in-flight entries past their deadline and SQL ``queued`` jobs missing from Redis; the
+  worker's start guard (``limits.start_guard``) makes a duplicate publish harmless.
+
+Redis keys used here besides ``queues``/``limits``: ``tq:dispatcher:leader`` (lock), ``tq:wake`` (a
+one-element list pushed on enqueue so an idle dispatcher wakes at once), ``tq:route`` (``routing``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import select
+
+from tenantq.core.celery import PRIORITY_LEVELS, app, to_celery_priority
+from tenantq.core.redis import get_redis
+from tenantq.core.settings import get_settings
+from tenantq.platform.dispatch import routing
+from tenantq.platform.dispatch.limits import LimitsCache, TenantLimits
+from tenantq.platform.dispatch.queues import (
+    AT_CAP,
+    DISPATCHED_AT,
+    EMPTY,
+    NOT_LEADER,
+    RATE_LIMITED,
+    Released,
+    TenantQueues,
+)
+from tenantq.platform.dispatch.queues import WAKE as WAKE_KEY
+
+log = logging.getLogger("tenantq.dispatcher")
+
+LEADER_KEY = "tq:dispatcher:leader"
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def exec_queue_depth(client: redis.Redis, queue: str) -> int:
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(queue)
+    for level in range(1, PRIORITY_LEVELS):
+        pipe.llen(f"{queue}:{level}")
+    return sum(pipe.execute())
+
+
+def publish(message: dict[str, Any], queue: str) -> None:
+    """Hand one job to Celery. ``message["options"]`` carries per-job Celery options (time limits,
+    expires) straight through to ``send_task``."""
+    job = message["job"]
+    app.send_task(
+        message["task"],
+        kwargs={"job": job, "args": message["args"]},
+        task_id=message.get("task_id") or job["id"],
+        queue=queue,
+        priority=to_celery_priority(job.get("priority", 5)),
+        **(message.get("options") or {}),
+    )
+
+
+Publisher = Callable[[dict[str, Any], str], None]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        queue: str | None = None,
+        depth: int | None = None,
+        *,
+        publisher: Publisher | None = None,
+        limits: LimitsCache | None = None,
+        instance_id: str | None = None,
+        use_leader_lock: bool = True,
+    ):
+        settings = get_settings()
+        self.r = client or get_redis()
+        self.queues = TenantQueues(self.r)
+        self.queue = queue or settings.exec_queue
+        self.depth = depth or settings.dispatch_depth
+        self.publisher = publisher or publish
+        self.limits = limits or LimitsCache()
+        self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.use_leader_lock = use_leader_lock
+        self.leader_ttl = settings.leader_ttl_seconds
+        self.lease_ttl = settings.lease_ttl_seconds
+        self.inflight_deadline = settings.inflight_deadline_seconds
+        self.lost_grace = settings.lost_job_grace_seconds
+        self.reconcile_every = max(1.0, min(10.0, self.inflight_deadline / 3))
+        self.stop_event = threading.Event()
+        self.is_leader = False
+        self._renewed_at = 0.0
+        self._reconciled_at = 0.0
+        self._routes: dict[str, str] = {}
+        self._routes_at = 0.0
+        # Stride scheduling state: pass per tenant, global virtual time.
+        self.passes: dict[str, float] = {}
+        self.vtime = 0.0
+        self.blocked_until: dict[str, float] = {}
+        self._backlogged = False
+        self.target_depth: dict[str, int] = {}
+        self._filled: dict[str, bool] = {}
+        self.released_total = 0
+        self.decisions: list[str] | None = None  # set to [] to record release order (tests, bench)
+        self._renew = self.r.register_script(_RENEW)
+        self._resign = self.r.register_script(_RESIGN)
+
+    # -- leadership -------------------------------------------------------------------------------
+    def ensure_leader(self) -> bool:
+        if not self.use_leader_lock:
+            self.is_leader = True
+            return True
+        now = time.monotonic()
+        ttl_ms = int(self.leader_ttl * 1000)
+        if self.is_leader:
+            if now - self._renewed_at < self.leader_ttl / 3:
+                return True
+            if self._renew(keys=[LEADER_KEY], args=[self.instance_id, ttl_ms]):
+                self._renewed_at = now
+                return True
+            log.warning("lost the dispatcher leader lock")
+            self.is_leader = False
+            self.passes.clear()
+        if self.r.set(LEADER_KEY, self.instance_id, nx=True, px=ttl_ms):
+            log.info("became the dispatcher leader (%s)", self.instance_id)
+            self.is_leader = True
+            self._renewed_at = now
+            self._reconciled_at = 0.0  # reconcile at once: the previous leader may have died mid-release
+        return self.is_leader
+
+    def resign(self) -> None:
+        if self.use_leader_lock and self.is_leader:
+            try:
+                self._resign(keys=[LEADER_KEY], args=[self.instance_id])
+            except redis.RedisError:
+                pass
+        self.is_leader = False
+
+    # -- reconciliation ---------------------------------------------------------------------------
+    def reconcile(self) -> int:
+        """Re-queue what a crash may have stranded. Returns how many jobs were put back."""
+        n = self.queues.reclaim_inflight()
+        n += self.requeue_lost_sql_jobs()
+        if n:
+            log.warning("reconciler re-queued %s job(s)", n)
+        return n
+
+    def requeue_lost_sql_jobs(self, limit: int = 500) -> int:
+        """SQL says queued, Redis has no trace of it (an API crash between commit and enqueue, a Redis
+        restart without persistence): queue it again. A job merely waiting in Celery is recognised
+        by its publish record; if it is requeued anyway, the start guard skips the second copy."""
+        from tenantq.core.db import system_session, utcnow
+        from tenantq.platform.jobs.models import Job
+        from tenantq.platform.jobs.service import job_message
+
+        cutoff = utcnow() - timedelta(seconds=self.lost_grace)
+        with system_session() as session:
+            jobs = list(
+                session.scalars(
+                    select(Job)
+                    .where(Job.status == "queued", Job.created_at < cutoff)
+                    .order_by(Job.created_at)
+                    .limit(limit)
+                )
+            )
+            if not jobs:
+                return 0
+            published = self.r.hmget(DISPATCHED_AT, [j.id for j in jobs])
+            now = time.time()
+            count = 0
+            for job, at in zip(jobs, published, strict=True):
+                if at is not None and now - float(at) < self.lost_grace:
+                    continue
+                if self.queues.is_pending(job.tenant_id, job.id):
+                    continue
+                self.queues.enqueue(job.tenant_id, job.id, job.priority, job_message(job))
+                self.r.hdel(DISPATCHED_AT, job.id)
+                count += 1
+            return count
+
+    # -- scheduling -------------------------------------------------------------------------------
+    def _target_queue(self, tenant: str) -> str:
+        return self._routes.get(tenant, self.queue)
+
+    def _refresh_routes(self) -> None:
+        now = time.monotonic()
+        if now - self._routes_at > 1.0:
+            self._routes = routing.routes(self.r)
+            self._routes_at = now
+
+    def tick(self) -> int:
+        """One pass: promote due delayed jobs, then fill the execution queues. Returns jobs released."""
+        if not self.ensure_leader():
+            return 0
+        now = time.monotonic()
+        if now - self._reconciled_at > self.reconcile_every:
+            self._reconciled_at = now
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - e.g. the database is away: dispatching goes on without it
+                log.exception("reconciliation failed; retrying next round")
+        self.queues.promote_due()
+        self._refresh_routes()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smembers("tq:active")
+        pipe.smembers("tq:paused")
+        active, paused = pipe.execute()
+        tenants = sorted(t for t in active - paused if self.blocked_until.get(t, 0) <= now)
+        # Forget tenants that went idle or were paused: when they come back they start at vtime.
+        for t in list(self.passes):
+            if t not in active or t in paused:
+                del self.passes[t]
+        if not tenants:
+            return 0
+        limits = self.limits.get_many(tenants)
+        room: dict[str, int] = {}
+        heap: list[tuple[float, str]] = []
+        for t in tenants:
+            lim = limits.get(t)
+            if lim is None:
+                continue  # jobs of a deleted tenant: nothing may run them
+            stride = 1.0 / lim.weight
+            # At most one turn of credit for a tenant that was held back by its own limits.
+            self.passes[t] = max(self.passes.get(t, self.vtime), self.vtime - stride)
+            heap.append((self.passes[t], t))
+        heapq.heapify(heap)
+        released: list[Released] = []
+        topped_up: set[str] = set()
+        self._backlogged = False
+        try:
+            while heap:
+                pass_value, t = heapq.heappop(heap)
+                queue = self._target_queue(t)
+                if queue not in room:
+                    room[queue] = self._room(queue)
+                if room[queue] <= 0:
+                    self._backlogged = True
+                    continue  # this tenant's execution queue is full; others may use other queues
+                lim = limits[t]
+                outcome = self.queues.release(
+                    t,
+                    cap=lim.concurrency,
+                    rate=lim.exec_rate,
+                    burst=lim.exec_burst,
+                    lease_ttl=self.lease_ttl,
+                    inflight_deadline=self.inflight_deadline,
+                    leader_key=LEADER_KEY if self.use_leader_lock else "",
+                    leader_id=self.instance_id if self.use_leader_lock else "",
+                )
+                if isinstance(outcome, Released):
+                    self._publish(outcome, queue, lim)
+                    released.append(outcome)
+                    topped_up.add(queue)
+                    room[queue] -= 1
+                    self.vtime = pass_value
+                    self.passes[t] = pass_value + 1.0 / lim.weight
+                    heapq.heappush(heap, (self.passes[t], t))
+                    if self.decisions is not None:
+                        self.decisions.append(t)
+                    if len(released) % 64 == 0 and not self.ensure_leader():
+                        break  # a long tick must not outlive the lock
+                    continue
+                code, retry_ms = outcome
+                if code == NOT_LEADER:
+                    self.is_leader = False
+                    break
+                if code == RATE_LIMITED:
+                    self.blocked_until[t] = time.monotonic() + retry_ms / 1000
+                elif code != EMPTY:
+                    self._backlogged = self._backlogged or code == AT_CAP
+                    # At the cap or paused: look again shortly rather than on every tick.
+                    self.blocked_until[t] = time.monotonic() + 0.005
+        finally:
+            self.queues.ack(released)
+            for queue in room:
+                self._filled[queue] = queue in topped_up
+        self.released_total += len(released)
+        return len(released)
+
+    def _room(self, queue: str) -> int:
+        """How many more jobs this execution queue may take now.
+
+        The depth adapts between 2 and ``dispatch_depth``: a queue found empty right after it was filled
+        means the workers went idle waiting for the dispatcher (deepen by one); a queue still full means
+        nobody took anything since the last tick (shallow by one). It settles near the smallest depth
+        that keeps the workers busy, so a newly arrived urgent job or tenant waits behind as few
+        already-released jobs as possible.
+        """
+        current = exec_queue_depth(self.r, queue)
+        target = self.target_depth.get(queue, min(self.depth, 4))
+        if current == 0 and self._filled.get(queue):
+            target = min(self.depth, target + 1)
+        elif current >= target:
+            target = max(min(self.depth, 2), target - 1)
+        self.target_depth[queue] = target
+        return target - current
+
+    def _publish(self, item: Released, queue: str, limits: TenantLimits) -> None:
+        message = item.message
+        job = dict(message["job"])
+        job["dispatch"] = item.token
+        # The cap travels with the release so the worker's start guard needs no database read.
+        job["cap"] = limits.concurrency
+        if message.get("enqueued_at"):
+            job["enqueued_at"] = message["enqueued_at"]
+        self.publisher({**message, "job": job}, queue)
+
+    def _idle_wait(self) -> None:
+        # Sleep until something is enqueued (tq:wake), a rate-limited tenant gets a token, or 100 ms pass
+        # (delayed jobs, freed concurrency slots and room in the execution queues are polled).
+        now = time.monotonic()
+        upcoming = [u - now for u in self.blocked_until.values() if u > now]
+        timeout = min([0.1, *upcoming]) if upcoming else 0.1
+        if self._backlogged and not upcoming:
+            timeout = 0.005  # backlogged but blocked on room or leases: poll briskly
+        if timeout < 0.01:
+            self.stop_event.wait(max(0.001, timeout))
+            return
+        self.r.blpop([WAKE_KEY], timeout=timeout)
+
+    def run_forever(self) -> None:
+        log.info("dispatcher %s started (queue=%s depth=%s)", self.instance_id, self.queue, self.depth)
+        last_beat = float("-inf")
+        while not self.stop_event.is_set():
+            try:
+                released = self.tick()
+                if self.is_leader and time.monotonic() - last_beat >= 1.0:
+                    # Leader liveness for /metrics and alerts, once a second.
+                    self.r.set("tq:dispatcher:heartbeat", time.time())
+                    last_beat = time.monotonic()
+                if not self.is_leader:
+                    self.stop_event.wait(max(0.05, self.leader_ttl / 5))
+                    continue
+                if released == 0:
+                    self._idle_wait()
+            except redis.ConnectionError as exc:
+                log.warning("redis unavailable, retrying: %s", exc)
+                self.is_leader = False
+                self.stop_event.wait(1.0)
+            except Exception:
+                log.exception("dispatcher tick failed")
+                self.stop_event.wait(1.0)
+        self.resign()
+        log.info("dispatcher stopped")
+
+
+def main() -> None:
+    dispatcher = Dispatcher()
+
+    def _stop(_signum, _frame):
+        dispatcher.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    dispatcher.run_forever()
+
+
+__all__ = ["LEADER_KEY", "Dispatcher", "TenantLimits", "exec_queue_depth", "main", "publish"]

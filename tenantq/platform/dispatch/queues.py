@@ -1,0 +1,377 @@
+"""Per-tenant pending queues in Redis, and the atomic, crash-safe step that releases one job.
+
+Layout (all keys under ``tq:``):
+- ``tq:q:{tenant}``   ZSET of job ids; score orders by priority (9 first) then arrival sequence.
+- ``tq:payload``      HASH job id -> JSON message (task, args, meta) the dispatcher publishes.
+- ``tq:delayed``      ZSET of job ids scored by the unix time they become runnable (countdown/eta).
+- ``tq:delayed:t``    HASH job id -> tenant id for delayed jobs.
+- ``tq:delayed:p``    HASH job id -> priority for delayed jobs.
+- ``tq:active``       SET of tenants whose queue is non-empty (the dispatcher's work list).
+- ``tq:seq``          arrival counter.
+- ``tq:paused``       SET of tenants whose queue is paused (suspended tenant or operator pause):
+                      their jobs stay queued and the dispatcher skips them until removed.
+                      ``tq:paused:why`` HASH tenant -> reason (``operator_pause``, ``suspended``...).
+- ``tq:inflight``     ZSET job id -> deadline (unix s): popped by the dispatcher, publish not yet
+                      acknowledged. ``tq:inflight:m`` HASH job id -> ``{tenant}|{dispatch token}``.
+                      The payload stays in ``tq:payload`` until the ack, so a dispatcher that dies
+                      between pop and publish loses nothing: the reconciler puts the job back.
+- ``tq:dtok``         dispatch token counter: every release of a job gets a fresh token, carried in
+                      the message (``job["dispatch"]``); the worker's start guard uses it to tell a
+                      redelivery of the same message (runs) from a duplicate publish (skipped).
+- ``tq:disp:at``      HASH job id -> unix time of its last publish, removed when the attempt starts:
+                      lets the reconciler tell "waiting in Celery" from "lost".
+- ``tq:rl:{tenant}``  HASH token bucket (``tokens``, ``ts``) for the tenant's execution rate.
+- ``tq:cc:{tenant}``  ZSET of concurrency leases ``{job}:{token}`` -> expiry (unix s). Taken at
+                      release, refreshed by the worker while the attempt runs, removed when it ends;
+                      an expired lease (crashed worker) no longer counts.
+The SQL ``job`` row is written and committed first; these keys only say what is runnable. Keys are
+not hash-tagged: tenantq targets a single Redis (or Sentinel), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+PRIORITY_SPAN = 10**13  # arrival sequence numbers stay below this
+
+PAUSED = "tq:paused"
+PAUSED_WHY = "tq:paused:why"
+INFLIGHT = "tq:inflight"
+INFLIGHT_META = "tq:inflight:m"
+DISPATCHED_AT = "tq:disp:at"
+WAKE = "tq:wake"  # one-element list pushed on enqueue: wakes an idle dispatcher at once
+
+
+def queue_key(tenant_id: str) -> str:
+    return f"tq:q:{tenant_id}"
+
+
+def lease_key(tenant_id: str) -> str:
+    return f"tq:cc:{tenant_id}"
+
+
+def bucket_key(tenant_id: str) -> str:
+    return f"tq:rl:{tenant_id}"
+
+
+def wait_key(tenant_id: str) -> str:
+    return f"tq:wait:{tenant_id}"
+
+
+def score(priority: int, seq: int) -> int:
+    return (9 - priority) * PRIORITY_SPAN + seq
+
+
+_ENQUEUE = """
+local seq = redis.call('INCR', 'tq:seq')
+local prio = tonumber(ARGV[2])
+local score = (9 - prio) * 10000000000000 + seq
+redis.call('HSET', 'tq:payload', ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+redis.call('SADD', 'tq:active', ARGV[4])
+redis.call('LPUSH', 'tq:wake', '1')
+redis.call('LTRIM', 'tq:wake', 0, 0)
+return seq
+"""
+
+# ARGV: tenant, then (job id, priority, payload) triples. One round trip for a whole batch.
+_ENQUEUE_MANY = """
+local tenant = ARGV[1]
+local key = 'tq:q:' .. tenant
+local n = 0
+for i = 2, #ARGV, 3 do
+  local seq = redis.call('INCR', 'tq:seq')
+  local prio = tonumber(ARGV[i + 1])
+  redis.call('HSET', 'tq:payload', ARGV[i], ARGV[i + 2])
+  redis.call('ZADD', key, (9 - prio) * 10000000000000 + seq, ARGV[i])
+  n = n + 1
+end
+if n > 0 then
+  redis.call('SADD', 'tq:active', tenant)
+  redis.call('LPUSH', 'tq:wake', '1')
+  redis.call('LTRIM', 'tq:wake', 0, 0)
+end
+return n
+"""
+
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', 'tq:delayed', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do
+  local tenant = redis.call('HGET', 'tq:delayed:t', id)
+  local prio = tonumber(redis.call('HGET', 'tq:delayed:p', id) or '5')
+  redis.call('ZREM', 'tq:delayed', id)
+  redis.call('HDEL', 'tq:delayed:t', id)
+  redis.call('HDEL', 'tq:delayed:p', id)
+  if tenant then
+    local seq = redis.call('INCR', 'tq:seq')
+    redis.call('ZADD', 'tq:q:' .. tenant, (9 - prio) * 10000000000000 + seq, id)
+    redis.call('SADD', 'tq:active', tenant)
+  end
+end
+return #due
+"""
+
+_POP = """
+local items = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
+local out = {}
+for i = 1, #items, 2 do
+  local id = items[i]
+  local payload = redis.call('HGET', 'tq:payload', id)
+  redis.call('HDEL', 'tq:payload', id)
+  if payload then
+    table.insert(out, payload)
+  end
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('SREM', 'tq:active', ARGV[2])
+end
+return out
+"""
+
+# Release one job of one tenant, atomically checking everything that may forbid it.
+# ARGV: tenant, concurrency cap (0 = none), rate jobs/s (0 = none), burst, lease ttl s,
+#       inflight deadline s, leader key, leader id ('' = no fencing).
+# Returns {code, ...}: 1 released {1, id, token, payload}; -1 empty; -2 at concurrency cap;
+#         -3 not the leader; -4 paused; -5 rate limited {-5, ms until a token}; 0 stale entry.
+_DISPATCH = """
+local tenant = ARGV[1]
+local cap = tonumber(ARGV[2])
+local rate = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local lease_ttl = tonumber(ARGV[5])
+local deadline = tonumber(ARGV[6])
+if ARGV[8] ~= '' and redis.call('GET', ARGV[7]) ~= ARGV[8] then return {-3} end
+if redis.call('SISMEMBER', 'tq:paused', tenant) == 1 then return {-4} end
+local q = 'tq:q:' .. tenant
+local top = redis.call('ZRANGE', q, 0, 0)
+if #top == 0 then
+  redis.call('SREM', 'tq:active', tenant)
+  return {-1}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cc = 'tq:cc:' .. tenant
+redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
+if cap > 0 and redis.call('ZCARD', cc) >= cap then return {-2} end
+if rate > 0 then
+  local rl = 'tq:rl:' .. tenant
+  local b = redis.call('HMGET', rl, 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or burst
+  local ts = tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  if tokens < 1 then
+    redis.call('HSET', rl, 'tokens', tostring(tokens), 'ts', tostring(now))
+    return {-5, math.ceil((1 - tokens) / rate * 1000)}
+  end
+  redis.call('HSET', rl, 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+  redis.call('EXPIRE', rl, math.ceil(burst / rate) + 60)
+end
+local id = top[1]
+redis.call('ZREM', q, id)
+if redis.call('ZCARD', q) == 0 then redis.call('SREM', 'tq:active', tenant) end
+local payload = redis.call('HGET', 'tq:payload', id)
+if not payload then return {0} end
+local token = tostring(redis.call('INCR', 'tq:dtok'))
+redis.call('ZADD', cc, now + lease_ttl, id .. ':' .. token)
+redis.call('ZADD', 'tq:inflight', now + deadline, id)
+redis.call('HSET', 'tq:inflight:m', id, tenant .. '|' .. token)
+return {1, id, token, payload}
+"""
+
+# Put back jobs whose publish was never acknowledged (dispatcher died between pop and ack). They go
+# to the front of their priority level: they were already at the head once.
+_RECLAIM_INFLIGHT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ids = redis.call('ZRANGEBYSCORE', 'tq:inflight', '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local n = 0
+for _, id in ipairs(ids) do
+  local meta = redis.call('HGET', 'tq:inflight:m', id)
+  local payload = redis.call('HGET', 'tq:payload', id)
+  redis.call('ZREM', 'tq:inflight', id)
+  redis.call('HDEL', 'tq:inflight:m', id)
+  if meta and payload then
+    local sep = string.find(meta, '|', 1, true)
+    local tenant = string.sub(meta, 1, sep - 1)
+    local token = string.sub(meta, sep + 1)
+    local prio = 5
+    local ok, msg = pcall(cjson.decode, payload)
+    if ok and msg['job'] and msg['job']['priority'] then prio = tonumber(msg['job']['priority']) end
+    redis.call('ZREM', 'tq:cc:' .. tenant, id .. ':' .. token)
+    redis.call('ZADD', 'tq:q:' .. tenant, (9 - prio) * 10000000000000, id)
+    redis.call('SADD', 'tq:active', tenant)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Purge: drop every pending job of a tenant; returns the ids so SQL can mark them cancelled.
+_PURGE = """
+local q = 'tq:q:' .. ARGV[1]
+local ids = redis.call('ZRANGE', q, 0, -1)
+for i = 1, #ids, 500 do
+  redis.call('HDEL', 'tq:payload', unpack(ids, i, math.min(i + 499, #ids)))
+end
+redis.call('DEL', q)
+redis.call('SREM', 'tq:active', ARGV[1])
+return ids
+"""
+
+
+@dataclass
+class Released:
+    job_id: str
+    token: str
+    message: dict[str, Any]
+
+
+# Outcomes of TenantQueues.release() other than a Released job.
+EMPTY, AT_CAP, NOT_LEADER, PAUSED_CODE, RATE_LIMITED, STALE = -1, -2, -3, -4, -5, 0
+
+
+class TenantQueues:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._enqueue_many = client.register_script(_ENQUEUE_MANY)
+        self._promote = client.register_script(_PROMOTE)
+        self._pop = client.register_script(_POP)
+        self._dispatch = client.register_script(_DISPATCH)
+        self._reclaim = client.register_script(_RECLAIM_INFLIGHT)
+        self._purge = client.register_script(_PURGE)
+
+    @staticmethod
+    def _dump(message: dict[str, Any]) -> str:
+        # The enqueue time travels with the message so the worker can record the queue wait.
+        message.setdefault("enqueued_at", time.time())
+        return json.dumps(message)
+
+    def enqueue(self, tenant_id: str, job_id: str, priority: int, message: dict[str, Any]) -> None:
+        self._enqueue(keys=[queue_key(tenant_id)], args=[job_id, priority, self._dump(message), tenant_id])
+
+    def enqueue_many(self, tenant_id: str, items: list[tuple[str, int, dict[str, Any]]]) -> int:
+        """Enqueue (job id, priority, message) triples of one tenant in one atomic call."""
+        if not items:
+            return 0
+        args: list[Any] = [tenant_id]
+        for job_id, priority, message in items:
+            args.extend((job_id, priority, self._dump(message)))
+        return int(self._enqueue_many(args=args))
+
+    def requeue_front(self, tenant_id: str, job_id: str, priority: int, message: dict[str, Any]) -> None:
+        """Put a job back at the head of its priority level (it was released but could not start)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset("tq:payload", job_id, json.dumps(message))
+        pipe.zadd(queue_key(tenant_id), {job_id: score(priority, 0)})
+        pipe.sadd("tq:active", tenant_id)
+        pipe.lpush(WAKE, "1")
+        pipe.ltrim(WAKE, 0, 0)
+        pipe.execute()
+
+    def schedule(
+        self, tenant_id: str, job_id: str, priority: int, message: dict[str, Any], run_at: float
+    ) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset("tq:payload", job_id, self._dump(message))
+        pipe.hset("tq:delayed:t", job_id, tenant_id)
+        pipe.hset("tq:delayed:p", job_id, priority)
+        pipe.zadd("tq:delayed", {job_id: run_at})
+        pipe.execute()
+
+    def promote_due(self, now: float | None = None, limit: int = 1000) -> int:
+        return int(self._promote(args=[now if now is not None else time.time(), limit]))
+
+    def pop(self, tenant_id: str, count: int = 1) -> list[dict[str, Any]]:
+        """Take jobs out unconditionally (no limits, no in-flight record). Tools and tests only."""
+        raw = self._pop(keys=[queue_key(tenant_id)], args=[count, tenant_id])
+        return [json.loads(p) for p in raw]
+
+    def release(
+        self,
+        tenant_id: str,
+        *,
+        cap: int,
+        rate: float,
+        burst: float,
+        lease_ttl: float,
+        inflight_deadline: float,
+        leader_key: str = "",
+        leader_id: str = "",
+    ) -> Released | tuple[int, int]:
+        """Try to release the tenant's next job. Returns a Released, or (code, retry_after_ms)."""
+        res = self._dispatch(
+            args=[tenant_id, cap, rate, burst, lease_ttl, inflight_deadline, leader_key, leader_id]
+        )
+        code = int(res[0])
+        if code == 1:
+            return Released(job_id=res[1], token=res[2], message=json.loads(res[3]))
+        return code, int(res[1]) if len(res) > 1 else 0
+
+    def ack(self, released: list[Released]) -> None:
+        """The publish of these jobs succeeded: forget the in-flight records and payloads."""
+        if not released:
+            return
+        ids = [r.job_id for r in released]
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(INFLIGHT, *ids)
+        pipe.hdel(INFLIGHT_META, *ids)
+        pipe.hdel("tq:payload", *ids)
+        pipe.hset(DISPATCHED_AT, mapping={i: now for i in ids})
+        pipe.execute()
+
+    def reclaim_inflight(self, limit: int = 1000) -> int:
+        return int(self._reclaim(args=[limit]))
+
+    def purge(self, tenant_id: str) -> list[str]:
+        return list(self._purge(args=[tenant_id]))
+
+    def active_tenants(self) -> list[str]:
+        return sorted(self.r.smembers("tq:active"))
+
+    def depth(self, tenant_id: str) -> int:
+        return int(self.r.zcard(queue_key(tenant_id)))
+
+    def running(self, tenant_id: str) -> int:
+        """Leases held now: jobs released to workers and not finished (includes those not yet started)."""
+        return int(self.r.zcount(lease_key(tenant_id), time.time(), "+inf"))
+
+    def is_pending(self, tenant_id: str, job_id: str) -> bool:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zscore(queue_key(tenant_id), job_id)
+        pipe.zscore("tq:delayed", job_id)
+        pipe.zscore(INFLIGHT, job_id)
+        return any(v is not None for v in pipe.execute())
+
+    def remove(self, tenant_id: str, job_id: str) -> bool:
+        """Take a pending or delayed job out (cancellation). True if it was still waiting."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(queue_key(tenant_id), job_id)
+        pipe.zrem("tq:delayed", job_id)
+        pipe.hdel("tq:payload", job_id)
+        pipe.hdel("tq:delayed:t", job_id)
+        pipe.hdel("tq:delayed:p", job_id)
+        removed_q, removed_d, *_ = pipe.execute()
+        return bool(removed_q or removed_d)
+
+    # -- pause ------------------------------------------------------------------------------------
+    def pause(self, tenant_id: str, reason: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(PAUSED, tenant_id)
+        pipe.hset(PAUSED_WHY, tenant_id, reason)
+        pipe.execute()
+
+    def resume(self, tenant_id: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.srem(PAUSED, tenant_id)
+        pipe.hdel(PAUSED_WHY, tenant_id)
+        pipe.execute()
+
+    def paused(self) -> set[str]:
+        return set(self.r.smembers(PAUSED))

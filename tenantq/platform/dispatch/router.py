@@ -1,0 +1,112 @@
+"""HTTP routes for batch submission, the tenant's queue figures and the operator's queue controls."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tenantq.core.dependencies import SessionDep
+from tenantq.core.errors import NotFound
+from tenantq.core.redis import get_redis
+from tenantq.platform.dispatch import routing, service
+from tenantq.platform.dispatch.schemas import (
+    MAX_BATCH,
+    AdminQueueList,
+    BatchCreate,
+    BatchOut,
+    PauseOut,
+    PoolOut,
+    PurgeOut,
+    QueueOut,
+)
+from tenantq.tenants.access.dependencies import JobsRead, JobsWrite, Operator
+from tenantq.tenants.accounts.models import Tenant
+
+router = APIRouter(tags=["queue"])
+
+
+@router.post(
+    "/v1/jobs/batch",
+    response_model=BatchOut,
+    summary="Submit up to 1,000 jobs in one call",
+    description=f"Each of up to {MAX_BATCH} jobs is validated like POST /v1/jobs and gets its own answer "
+    "(`index`, `status_code` 202/200/4xx, `job` or `error`). Accepted jobs are stored in one transaction and "
+    "queued in one Redis call. Admission applies to the accepted jobs as a whole: if they do not fit the "
+    "tenant's queue the whole call answers 429 `queue_full` and nothing is stored.",
+)
+def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> BatchOut:
+    tenant = session.get(Tenant, ctx.tenant_id)
+    return BatchOut(items=service.submit_batch(session, tenant, body.jobs))
+
+
+@router.get(
+    "/v1/queue", response_model=QueueOut, summary="Your queue: depth, running jobs, limits, recent waits"
+)
+def get_queue(ctx: JobsRead, session: SessionDep) -> QueueOut:
+    return service.queue_stats(session, session.get(Tenant, ctx.tenant_id))
+
+
+def _tenant(session: SessionDep, tenant_id: str) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("Tenant not found.", details={"id": tenant_id})
+    return tenant
+
+
+@router.get(
+    "/admin/v1/queues", response_model=AdminQueueList, summary="Every tenant queue with work or a pause"
+)
+def admin_queues(_op: Operator, session: SessionDep) -> AdminQueueList:
+    return AdminQueueList(**service.admin_queues(session))
+
+
+@router.post(
+    "/admin/v1/tenants/{tenant_id}/queue/pause",
+    response_model=PauseOut,
+    summary="Pause a tenant's queue: jobs stay queued, none is released until resumed",
+)
+def pause_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
+    tenant = _tenant(session, tenant_id)
+    service.pause(tenant)
+    return PauseOut(tenant_id=tenant.id, paused=True, paused_reason=service.OPERATOR_PAUSE)
+
+
+@router.post(
+    "/admin/v1/tenants/{tenant_id}/queue/resume",
+    response_model=PauseOut,
+    summary="Resume a paused queue (409 while the tenant is suspended)",
+)
+def resume_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
+    tenant = _tenant(session, tenant_id)
+    service.resume(tenant)
+    return PauseOut(tenant_id=tenant.id, paused=False)
+
+
+@router.post(
+    "/admin/v1/tenants/{tenant_id}/queue/purge",
+    response_model=PurgeOut,
+    summary="Drop every waiting job of the tenant (they become cancelled)",
+)
+def purge_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PurgeOut:
+    tenant = _tenant(session, tenant_id)
+    return PurgeOut(tenant_id=tenant.id, purged=service.purge(session, tenant))
+
+
+@router.put(
+    "/admin/v1/tenants/{tenant_id}/queue/pool",
+    response_model=PoolOut,
+    summary="Route the tenant's jobs to its dedicated worker pool (run `tenantq worker --tenant`)",
+)
+def assign_pool(tenant_id: str, _op: Operator, session: SessionDep) -> PoolOut:
+    tenant = _tenant(session, tenant_id)
+    return PoolOut(tenant_id=tenant.id, pool=routing.assign(get_redis(), tenant.id))
+
+
+@router.delete(
+    "/admin/v1/tenants/{tenant_id}/queue/pool",
+    response_model=PoolOut,
+    summary="Send the tenant's jobs back to the shared pool",
+)
+def remove_pool(tenant_id: str, _op: Operator, session: SessionDep) -> PoolOut:
+    tenant = _tenant(session, tenant_id)
+    routing.unassign(get_redis(), tenant.id)
+    return PoolOut(tenant_id=tenant.id, pool="shared")

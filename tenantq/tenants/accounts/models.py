@@ -1,0 +1,70 @@
+"""Plans, tenants and API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import JSON, ForeignKey, Integer, Numeric, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
+
+
+class Plan(Base):
+    """A plan is data: the operator edits limits and prices without a deploy."""
+
+    __tablename__ = "plan"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    submit_rate: Mapped[float] = mapped_column(default=10.0)  # jobs/s accepted at the API
+    submit_burst: Mapped[int] = mapped_column(Integer, default=50)
+    exec_rate: Mapped[float] = mapped_column(default=10.0)  # jobs/s released to workers
+    concurrency: Mapped[int] = mapped_column(Integer, default=2)
+    max_queued: Mapped[int] = mapped_column(Integer, default=1000)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    priority_min: Mapped[int] = mapped_column(Integer, default=0)
+    priority_max: Mapped[int] = mapped_column(Integer, default=9)
+    max_time_limit_s: Mapped[int] = mapped_column(Integer, default=300)
+    max_retries: Mapped[int] = mapped_column(Integer, default=3)
+    result_ttl_s: Mapped[int] = mapped_column(Integer, default=7 * 24 * 3600)  # how long job results are kept
+    included_jobs: Mapped[int] = mapped_column(Integer, default=1000)
+    included_compute_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+    hard_limits: Mapped[bool] = mapped_column(default=True)
+    currency: Mapped[str] = mapped_column(String(3), default="usd")
+    base_fee: Mapped[Decimal] = mapped_column(Numeric(18, 6), default=Decimal("0"))
+    # Schedules (issue 5b): shortest allowed period between two firings, and how many a tenant may own.
+    min_schedule_interval_s: Mapped[int] = mapped_column(Integer, default=300)
+    max_schedules: Mapped[int] = mapped_column(Integer, default=5)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Tenant(Base):
+    __tablename__ = "tenant"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    plan_name: Mapped[str] = mapped_column(ForeignKey("plan.name"), default="free")
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
+    overrides: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """Only an HMAC of the secret is stored; the full key is shown once at creation."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public key id, part of the key
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    scopes: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    tenant: Mapped[Tenant] = relationship(lazy="joined")

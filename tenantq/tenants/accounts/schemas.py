@@ -1,0 +1,219 @@
+"""Request and response bodies of the tenant API (/v1/keys, /v1/auth/session) and the operator API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tenantq.tenants.access.keys import ALL_SCOPES
+
+Scope = str
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+def _clean_name(value: str) -> str:
+    """Names are labels: any printable unicode (RTL, emoji) is fine; control characters are not."""
+    value = value.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _check_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; allowed: {list(ALL_SCOPES)}")
+    # Keep the caller's order but drop duplicates.
+    return list(dict.fromkeys(scopes))
+
+
+# ---------------------------------------------------------------------------------------------- keys
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=128, description="A label for the key (any printable text).")
+    scopes: list[Scope] = Field(
+        min_length=1,
+        max_length=len(ALL_SCOPES) * 2,
+        description=f"Scopes of the new key, a subset of the caller's own. Known: {', '.join(ALL_SCOPES)}.",
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="Optional expiry (ISO 8601, in the future)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _clean_name(v)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        return _check_scopes(v)
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(
+        ge=0,
+        le=MAX_GRACE_SECONDS,
+        description="How long the old key keeps working (0 = stop now). Its expires_at becomes now + grace.",
+    )
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The full secret key. Shown once: only its keyed hash is stored.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+# ------------------------------------------------------------------------------------------ sessions
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str | None = Field(default=None, max_length=128, description="Alternative to the bearer header.")
+
+
+class SessionOut(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    expires_at: datetime
+
+
+# ------------------------------------------------------------------------------------ plans + limits
+class LimitOverrides(BaseModel):
+    """The limit fields a plan carries and a tenant may override. Bounds keep one typo from becoming
+    an outage (a rate of 0 would block a tenant; an absurd concurrency would starve everyone)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    submit_rate: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="Jobs/s accepted at the API."
+    )
+    submit_burst: int | None = Field(default=None, ge=1, le=10_000_000, description="Submission bucket size.")
+    exec_rate: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="Jobs/s released to workers."
+    )
+    concurrency: int | None = Field(default=None, ge=1, le=100_000, description="Jobs running at once.")
+    max_queued: int | None = Field(default=None, ge=1, le=1_000_000_000, description="Pending jobs allowed.")
+    weight: int | None = Field(default=None, ge=1, le=1000, description="Fair-share weight.")
+    priority_min: int | None = Field(default=None, ge=0, le=9)
+    priority_max: int | None = Field(default=None, ge=0, le=9)
+    max_time_limit_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    included_jobs: int | None = Field(default=None, ge=0, le=10**12)
+    included_compute_seconds: int | None = Field(default=None, ge=0, le=10**12)
+    hard_limits: bool | None = None
+
+
+LIMIT_FIELDS: tuple[str, ...] = tuple(LimitOverrides.model_fields)
+
+
+class PlanUpdate(LimitOverrides):
+    display_name: str | None = Field(default=None, max_length=128)
+    currency: str | None = Field(default=None, pattern=r"^[a-z]{3}$", description="ISO 4217, lower case.")
+    base_fee: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=6)
+
+    @field_validator("display_name")
+    @classmethod
+    def _display(cls, v: str | None) -> str | None:
+        return None if v is None else _clean_name(v)
+
+
+class PlanCreate(PlanUpdate):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Plan id: lower case, digits, - and _."
+    )
+
+
+class PlanOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    display_name: str
+    submit_rate: float
+    submit_burst: int
+    exec_rate: float
+    concurrency: int
+    max_queued: int
+    weight: int
+    priority_min: int
+    priority_max: int
+    max_time_limit_s: int
+    max_retries: int
+    included_jobs: int
+    included_compute_seconds: int
+    hard_limits: bool
+    currency: str
+    base_fee: Decimal
+    created_at: datetime
+
+
+class PlanList(BaseModel):
+    items: list[PlanOut]
+
+
+# ------------------------------------------------------------------------------------------- tenants
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    plan: str = Field(default="free", max_length=64)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Per-tenant limit overrides.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = _clean_name(v)
+        if not v:
+            raise ValueError("must not be blank")
+        return v
+
+
+class TenantUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    plan: str | None = Field(default=None, max_length=64)
+    overrides: dict[str, Any] | None = Field(
+        default=None, description="Replaces all overrides ({} clears them). Only limit fields are accepted."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else _clean_name(v)
+
+
+class TenantOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    plan: str = Field(validation_alias="plan_name")
+    status: str
+    overrides: dict[str, Any]
+    created_at: datetime
+
+
+class TenantList(BaseModel):
+    items: list[TenantOut]

@@ -1,0 +1,459 @@
+"""Tenant, plan and key operations shared by the tenant API, the operator API, the CLI and tests.
+
+Functions take the session (and a Redis client where the queue is involved) explicitly and flush;
+the caller commits. Suspension touches Redis: the tenant id goes into SET ``tq:paused`` with the
+reason ``"suspended"`` in HASH ``tq:paused:why`` (the dispatcher skips paused tenants, their jobs stay
+queued); reactivation removes it only if the reason is still ``"suspended"``, so an operator's queue
+pause (reason ``"operator_pause"``, issue 4) survives a suspend/reactivate cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tenantq.core.db import utcnow
+from tenantq.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from tenantq.core.settings import get_settings
+from tenantq.tenants.access.keys import ALL_SCOPES, generate_key, hash_key
+from tenantq.tenants.accounts.models import ApiKey, Plan, Tenant
+from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanCreate, PlanUpdate
+
+log = logging.getLogger("tenantq.tenants")
+
+PAUSED_SET = "tq:paused"
+PAUSED_WHY = "tq:paused:why"
+SUSPENDED_REASON = "suspended"
+OPERATOR_PAUSE_REASON = "operator_pause"
+
+DEFAULT_PLANS: list[dict] = [
+    dict(
+        name="free",
+        display_name="Free",
+        submit_rate=5,
+        submit_burst=20,
+        exec_rate=5,
+        concurrency=2,
+        max_queued=1000,
+        weight=1,
+        priority_min=0,
+        priority_max=5,
+        max_time_limit_s=60,
+        max_retries=3,
+        included_jobs=1000,
+        included_compute_seconds=600,
+        hard_limits=True,
+        base_fee="0",
+        min_schedule_interval_s=300,
+        max_schedules=5,
+    ),
+    dict(
+        name="pro",
+        display_name="Pro",
+        submit_rate=50,
+        submit_burst=200,
+        exec_rate=50,
+        concurrency=10,
+        max_queued=50_000,
+        weight=3,
+        priority_min=0,
+        priority_max=9,
+        max_time_limit_s=900,
+        max_retries=10,
+        included_jobs=100_000,
+        included_compute_seconds=36_000,
+        hard_limits=False,
+        base_fee="49.00",
+        min_schedule_interval_s=60,
+        max_schedules=100,
+    ),
+    dict(
+        name="enterprise",
+        display_name="Enterprise",
+        submit_rate=500,
+        submit_burst=2000,
+        exec_rate=500,
+        concurrency=100,
+        max_queued=1_000_000,
+        weight=5,
+        priority_min=0,
+        priority_max=9,
+        max_time_limit_s=3600,
+        max_retries=25,
+        included_jobs=10_000_000,
+        included_compute_seconds=1_000_000,
+        hard_limits=False,
+        base_fee="999.00",
+        min_schedule_interval_s=1,
+        max_schedules=10_000,
+    ),
+]
+
+
+def get_tenant_by_ref(session: Session, ref: str) -> Tenant:
+    tenant = session.scalars(select(Tenant).where(or_(Tenant.id == ref, Tenant.name == ref))).first()
+    if tenant is None:
+        raise NotFound(f"No tenant with id or name {ref!r}.")
+    return tenant
+
+
+def _check_name(name: str, what: str = "Tenant name") -> str:
+    name = name.strip()
+    if not name or len(name) > 128:
+        raise InvalidInput(f"{what} must be 1-128 characters.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInput(f"{what} must not contain control characters.")
+    return name
+
+
+def _get_plan(session: Session, name: str) -> Plan:
+    plan = session.get(Plan, name)
+    if plan is None:
+        raise InvalidInput(f"Unknown plan {name!r}.", code="unknown_plan", details={"plan": name})
+    return plan
+
+
+def create_tenant(
+    session: Session, *, name: str, plan: str = "free", overrides: dict[str, Any] | None = None
+) -> Tenant:
+    name = _check_name(name)
+    plan_row = _get_plan(session, plan)
+    clean = validate_overrides(plan_row, overrides or {})
+    if session.scalars(select(Tenant).where(Tenant.name == name)).first() is not None:
+        raise Conflict(f"A tenant named {name!r} already exists.", code="tenant_exists")
+    tenant = Tenant(name=name, plan_name=plan, overrides=clean)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def get_tenant(session: Session, tenant_id: str) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("Tenant not found.", details={"id": tenant_id})
+    return tenant
+
+
+def list_tenants(session: Session, *, status: str | None = None) -> list[Tenant]:
+    query = select(Tenant).order_by(Tenant.name)
+    if status:
+        query = query.where(Tenant.status == status)
+    return list(session.scalars(query))
+
+
+_UNSET: Any = object()
+
+
+def update_tenant(
+    session: Session,
+    tenant: Tenant,
+    *,
+    name: str | None = None,
+    plan: str | None = None,
+    overrides: dict[str, Any] | None = _UNSET,
+) -> Tenant:
+    """Change name, plan and/or overrides (``overrides`` replaces the whole dict; ``{}`` clears it).
+    The overrides are re-validated against the (new) plan so the merged limits are always coherent."""
+    if name is not None and name.strip() != tenant.name:
+        name = _check_name(name)
+        if session.scalars(select(Tenant).where(Tenant.name == name, Tenant.id != tenant.id)).first():
+            raise Conflict(f"A tenant named {name!r} already exists.", code="tenant_exists")
+        tenant.name = name
+    plan_row = _get_plan(session, plan if plan is not None else tenant.plan_name)
+    new_overrides = (tenant.overrides or {}) if overrides is _UNSET else (overrides or {})
+    tenant.overrides = validate_overrides(plan_row, new_overrides)
+    tenant.plan_name = plan_row.name
+    session.flush()
+    return tenant
+
+
+# ------------------------------------------------------------------------------------- suspension
+# Atomic so that an operator pause set concurrently is never removed by a reactivation.
+_UNPAUSE_IF_SUSPENDED = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+_PAUSE_UNLESS_OPERATOR = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[3] then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
+
+def suspend_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> Tenant:
+    """Refuse new submissions (admission answers 403 ``tenant_suspended``) and pause the tenant's queue:
+    queued jobs stay queued, nothing is dropped. Idempotent: suspending again re-asserts the pause.
+    Redis is written before the commit so a Redis failure leaves the tenant active (503), never
+    suspended-but-running."""
+    tenant.status = "suspended"
+    session.flush()
+    try:
+        client.eval(
+            _PAUSE_UNLESS_OPERATOR,
+            2,
+            PAUSED_SET,
+            PAUSED_WHY,
+            tenant.id,
+            SUSPENDED_REASON,
+            OPERATOR_PAUSE_REASON,
+        )
+    except redis.RedisError as exc:
+        session.rollback()
+        raise ServiceUnavailable(
+            "Redis is unavailable; the tenant was not suspended.",
+            code="queue_unavailable",
+            headers={"Retry-After": "1"},
+        ) from exc
+    session.commit()
+    return tenant
+
+
+def reactivate_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> Tenant:
+    """Accept submissions again and resume the queue (unless the operator paused it separately)."""
+    tenant.status = "active"
+    session.flush()
+    try:
+        client.eval(_UNPAUSE_IF_SUSPENDED, 2, PAUSED_SET, PAUSED_WHY, tenant.id, SUSPENDED_REASON)
+    except redis.RedisError as exc:
+        session.rollback()
+        raise ServiceUnavailable(
+            "Redis is unavailable; the tenant was not reactivated.",
+            code="queue_unavailable",
+            headers={"Retry-After": "1"},
+        ) from exc
+    session.commit()
+    return tenant
+
+
+# ------------------------------------------------------------------------------- limits + overrides
+@dataclass(frozen=True)
+class EffectiveLimits:
+    """A tenant's plan limits with its overrides applied. Dispatcher, quotas and admission read this,
+    never ``Plan`` directly, so an override is honoured everywhere."""
+
+    plan: str
+    submit_rate: float
+    submit_burst: int
+    exec_rate: float
+    concurrency: int
+    max_queued: int
+    weight: int
+    priority_min: int
+    priority_max: int
+    max_time_limit_s: int
+    max_retries: int
+    included_jobs: int
+    included_compute_seconds: int
+    hard_limits: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _plan_limits(plan: Plan) -> dict[str, Any]:
+    return {f: getattr(plan, f) for f in LIMIT_FIELDS}
+
+
+def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def validate_overrides(plan: Plan, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Only known limit fields, each within bounds, and coherent once merged with ``plan``.
+    Returns the cleaned dict to store (``None`` values dropped: they mean "use the plan")."""
+    if not isinstance(overrides, dict):
+        raise InvalidInput("Overrides must be an object.", code="invalid_overrides")
+    try:
+        parsed = LimitOverrides.model_validate(overrides)
+    except ValidationError as exc:
+        raise InvalidInput(
+            "Invalid tenant overrides.",
+            code="invalid_overrides",
+            details={"errors": _validation_details(exc), "allowed": list(LIMIT_FIELDS)},
+        ) from None
+    clean = parsed.model_dump(exclude_none=True)
+    merged = {**_plan_limits(plan), **clean}
+    if merged["priority_min"] > merged["priority_max"]:
+        raise InvalidInput(
+            "priority_min must not exceed priority_max (after applying the plan).",
+            code="invalid_overrides",
+            details={"priority_min": merged["priority_min"], "priority_max": merged["priority_max"]},
+        )
+    return clean
+
+
+def effective_limits(session: Session, tenant: Tenant) -> EffectiveLimits:
+    """Plan + overrides. Overrides were validated when written; an unknown or out-of-bounds value
+    found here anyway (a hand-edited row) is ignored and logged, so one bad row cannot break the
+    dispatcher for everyone."""
+    plan = session.get(Plan, tenant.plan_name)
+    if plan is None:
+        raise NotFound(f"Plan {tenant.plan_name!r} of tenant {tenant.id} does not exist.")
+    merged = _plan_limits(plan)
+    for field_name, value in (tenant.overrides or {}).items():
+        if field_name not in LIMIT_FIELDS or value is None:
+            log.warning("ignoring unknown override %r of tenant %s", field_name, tenant.id)
+            continue
+        try:
+            LimitOverrides.model_validate({field_name: value})
+        except ValidationError:
+            log.warning("ignoring invalid override %s=%r of tenant %s", field_name, value, tenant.id)
+            continue
+        merged[field_name] = value
+    if merged["priority_min"] > merged["priority_max"]:
+        merged["priority_min"], merged["priority_max"] = plan.priority_min, plan.priority_max
+    return EffectiveLimits(plan=plan.name, **merged)
+
+
+# ---------------------------------------------------------------------------------------- plans
+def list_plans(session: Session) -> list[Plan]:
+    return list(session.scalars(select(Plan).order_by(Plan.name)))
+
+
+def get_plan(session: Session, name: str) -> Plan:
+    plan = session.get(Plan, name)
+    if plan is None:
+        raise NotFound("Plan not found.", details={"name": name})
+    return plan
+
+
+def _check_plan_coherent(values: dict[str, Any]) -> None:
+    if values["priority_min"] > values["priority_max"]:
+        raise InvalidInput(
+            "priority_min must not exceed priority_max.",
+            code="invalid_plan",
+            details={"priority_min": values["priority_min"], "priority_max": values["priority_max"]},
+        )
+
+
+def create_plan(session: Session, data: PlanCreate) -> Plan:
+    if session.get(Plan, data.name) is not None:
+        raise Conflict(f"A plan named {data.name!r} already exists.", code="plan_exists")
+    given = data.model_dump(exclude_none=True)
+    plan = Plan(**given)
+    # Column defaults only apply at INSERT; resolve them now so the coherence check sees real values.
+    for column in Plan.__table__.columns:
+        if (
+            getattr(plan, column.name) is None
+            and column.default is not None
+            and not callable(column.default.arg)
+        ):
+            setattr(plan, column.name, column.default.arg)
+    plan.display_name = plan.display_name or data.name
+    _check_plan_coherent({f: getattr(plan, f) for f in LIMIT_FIELDS})
+    session.add(plan)
+    session.flush()
+    return plan
+
+
+def update_plan(session: Session, plan: Plan, data: PlanUpdate) -> Plan:
+    """Apply the given fields. Refused (409) if a tenant on this plan has overrides that would no
+    longer be coherent, so no tenant silently ends up with limits nobody chose."""
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    merged = {**_plan_limits(plan), **{k: v for k, v in changes.items() if k in LIMIT_FIELDS}}
+    _check_plan_coherent(merged)
+    conflicts = []
+    for tenant in session.scalars(select(Tenant).where(Tenant.plan_name == plan.name)):
+        values = {**merged, **{k: v for k, v in (tenant.overrides or {}).items() if k in LIMIT_FIELDS}}
+        if values["priority_min"] > values["priority_max"]:
+            conflicts.append(tenant.id)
+    if conflicts:
+        raise Conflict(
+            "The change conflicts with tenant overrides on this plan.",
+            code="override_conflict",
+            details={"tenants": conflicts[:50]},
+        )
+    for field_name, value in changes.items():
+        setattr(plan, field_name, value)
+    session.flush()
+    return plan
+
+
+def create_api_key(
+    session: Session,
+    *,
+    tenant: Tenant,
+    scopes: list[str] | None = None,
+    name: str = "",
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the full secret key (shown once, never stored)."""
+    scopes = list(dict.fromkeys(scopes)) if scopes else list(ALL_SCOPES)
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise InvalidInput(
+            f"Unknown scopes: {', '.join(unknown)}.",
+            code="unknown_scope",
+            details={"allowed": list(ALL_SCOPES)},
+        )
+    name = name.strip()
+    if len(name) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInput("Key name must be at most 128 printable characters.")
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidInput("expires_at must be in the future.", code="invalid_expiry")
+    settings = get_settings()
+    full, kid, prefix = generate_key(settings.env)
+    row = ApiKey(
+        id=kid,
+        tenant_id=tenant.id,
+        prefix=prefix,
+        secret_hash=hash_key(full, settings.secret_key),
+        name=name,
+        scopes=scopes,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    session.flush()
+    return row, full
+
+
+def seed_plans(session: Session) -> None:
+    from decimal import Decimal
+
+    for spec in DEFAULT_PLANS:
+        if session.get(Plan, spec["name"]) is None:
+            data = dict(spec)
+            data["base_fee"] = Decimal(data["base_fee"])
+            session.add(Plan(**data))
+    session.flush()
+
+
+def revoke_key(session: Session, key: ApiKey) -> ApiKey:
+    """Revoke now. Authentication reads the row on every request (no cache), so every API process
+    rejects the key from the next request on. Idempotent: the first revocation time is kept."""
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
+
+
+def rotate_key(session: Session, key: ApiKey, *, grace_seconds: int) -> tuple[ApiKey, str]:
+    """Issue a replacement with the same name, scopes and expiry; the old key keeps working for
+    ``grace_seconds`` (``expires_at = now + grace``, never later than its own expiry)."""
+    now = utcnow()
+    if key.revoked_at is not None:
+        raise Conflict("A revoked key cannot be rotated.", code="key_revoked", details={"id": key.id})
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Conflict("An expired key cannot be rotated.", code="key_expired", details={"id": key.id})
+    tenant = session.get(Tenant, key.tenant_id)
+    new_row, full = create_api_key(
+        session, tenant=tenant, scopes=list(key.scopes or ()), name=key.name, expires_at=key.expires_at
+    )
+    grace_end = now + timedelta(seconds=grace_seconds)
+    if key.expires_at is None or grace_end < key.expires_at:
+        key.expires_at = grace_end
+    session.flush()
+    return new_row, full
