@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import builtins
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from tenantq.core.db import Base
 from tenantq.core.errors import InvalidInput, NotFound
 
 
@@ -29,7 +30,9 @@ class TenantOwned(Protocol):
     tenant_id: str
 
 
-ModelT = TypeVar("ModelT", bound=TenantOwned)
+# Bound to the declarative base rather than to TenantOwned: mypy checks a protocol bound before it has
+# resolved the models' Mapped[...] columns when models and this module share an import cycle.
+ModelT = TypeVar("ModelT", bound=Base)
 
 
 def encode_cursor(key: datetime | str, row_id: str) -> str:
@@ -87,7 +90,7 @@ class TenantRepository(Generic[ModelT]):
 
     def add(self, row: ModelT) -> ModelT:
         """Add a new row, owned by this repository's tenant whatever the caller set."""
-        row.tenant_id = self.tenant_id
+        cast(TenantOwned, row).tenant_id = self.tenant_id
         self.session.add(row)
         return row
 
@@ -105,7 +108,7 @@ class TenantRepository(Generic[ModelT]):
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(getattr(last, self.page_key), last.id)
+            next_cursor = encode_cursor(getattr(last, self.page_key), cast(TenantOwned, last).id)
         return rows[:limit], next_cursor
 
     @staticmethod

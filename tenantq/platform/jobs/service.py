@@ -1,5 +1,5 @@
-"""Job submission, cancellation, re-runs and result expiry. Routes call these; they take the session
-and tenant explicitly. Worker-side transitions are in ``lifecycle``."""
+"""Job submission (one or a batch), cancellation, re-runs and result expiry. Routes call these; they
+take the session and tenant explicitly. Worker-side transitions are in ``lifecycle``."""
 
 from __future__ import annotations
 
