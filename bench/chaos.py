@@ -127,13 +127,13 @@ class Chaos:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, n: int, seconds: float) -> list[str]:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.schemas import JobCreate
         from tenantq.platform.jobs.service import submit_job
         from tenantq.tenants.accounts.models import Tenant
 
         ids: list[str] = []
-        with system_session() as session:
+        with unscoped_session() as session:
             tenant = session.get(Tenant, self.tenant.id)
             for _ in range(n):
                 job = submit_job(
@@ -148,10 +148,10 @@ class Chaos:
     def statuses(self, ids: list[str]) -> Counter:
         from sqlalchemy import func, select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             rows = session.execute(
                 select(Job.status, func.count()).where(Job.tenant_id == self.tenant.id).group_by(Job.status)
             ).all()
@@ -222,10 +222,10 @@ class Chaos:
     def unfinished(self, limit: int = 5) -> list[tuple[str, str, int]]:
         from sqlalchemy import select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             return [
                 tuple(r)
                 for r in session.execute(
@@ -238,11 +238,11 @@ class Chaos:
     def attempt_rows(self, ids: list[str]) -> dict[str, list[tuple[int, str]]]:
         from sqlalchemy import select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job, JobAttempt
 
         rows: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        with system_session() as session:
+        with unscoped_session() as session:
             for job_id, attempt, status in session.execute(
                 select(JobAttempt.job_id, JobAttempt.attempt, JobAttempt.status)
                 .join(Job, Job.id == JobAttempt.job_id)
@@ -255,10 +255,10 @@ class Chaos:
         from sqlalchemy import select
 
         from tenantq.billing.usage.models import UsageEvent
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
 
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        with system_session() as session:
+        with unscoped_session() as session:
             for e in session.scalars(select(UsageEvent).where(UsageEvent.tenant_id == self.tenant.id)):
                 out[e.job_id].append(
                     {
@@ -394,11 +394,11 @@ def main(argv: list[str] | None = None) -> int:
 
     reset_settings_cache()
     upgrade(db_url)
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.models import Tenant
     from tenantq.tenants.accounts.service import seed_plans
 
-    with system_session() as session:
+    with unscoped_session() as session:
         seed_plans(session)
         tenant = Tenant(
             name=f"chaos-{uuid.uuid4().hex[:6]}",

@@ -291,7 +291,7 @@ class Bench:
 
     # -- tenantq helpers ----------------------------------------------------------------------------
     def tenants(self, n: int, prefix: str, **overrides: Any) -> list[str]:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.tenants.accounts.models import Tenant
 
         base = {
@@ -305,7 +305,7 @@ class Bench:
             "included_compute_seconds": 10**12,
         }
         ids = []
-        with system_session() as session:
+        with unscoped_session() as session:
             for i in range(n):
                 t = Tenant(
                     name=f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
@@ -319,12 +319,12 @@ class Bench:
 
     def submit(self, tenant_id: str, jobs: list[dict[str, Any]]) -> float:
         """Submit through the batch service (validation, one transaction, one Redis call per 1,000)."""
-        from tenantq.core.db import system_session
-        from tenantq.platform.dispatch.service import submit_batch
+        from tenantq.core.db import unscoped_session
+        from tenantq.platform.jobs.service import submit_batch
         from tenantq.tenants.accounts.models import Tenant
 
         t0 = time.perf_counter()
-        with system_session() as session:
+        with unscoped_session() as session:
             tenant = session.get(Tenant, tenant_id)
             for i in range(0, len(jobs), 1000):
                 items = submit_batch(session, tenant, jobs[i : i + 1000])
@@ -347,10 +347,10 @@ class Bench:
     ) -> list[tuple[str, str, str, int, datetime, datetime | None, datetime | None]]:
         from sqlalchemy import select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             return list(
                 session.execute(
                     select(
@@ -368,10 +368,10 @@ class Bench:
     def count_status(self, tenant_ids: list[str], statuses: tuple[str, ...]) -> int:
         from sqlalchemy import func, select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             return session.scalar(
                 select(func.count())
                 .select_from(Job)
@@ -380,12 +380,12 @@ class Bench:
 
     def drain(self, tenant_ids: list[str], timeout: float = 300) -> None:
         """Purge what still waits and let what was released finish, so the next scenario starts idle."""
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.dispatch.dispatcher import exec_queue_depth
         from tenantq.platform.dispatch.service import purge
         from tenantq.tenants.accounts.models import Tenant
 
-        with system_session() as session:
+        with unscoped_session() as session:
             for t in tenant_ids:
                 purge(session, session.get(Tenant, t), client=self.r)
         now = time.time
@@ -539,12 +539,12 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     wait_until(lambda: b.count_status([t], ("succeeded",)) >= n // 3, 600, 0.1, "a third done")
     from sqlalchemy import select
 
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.platform.jobs.models import Job
 
     def victim() -> str | None:
         # The worker instance running one of the tenant's jobs right now (hostname "tq-wN-xxxx@host").
-        with system_session() as session:
+        with unscoped_session() as session:
             hosts = session.scalars(
                 select(Job.worker).where(Job.tenant_id == t, Job.status == "running")
             ).all()
@@ -694,7 +694,7 @@ def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     n = p["idle_samples"]
     (t,) = b.tenants(1, "idle")
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.platform.jobs.models import Job
     from tenantq.platform.jobs.schemas import JobCreate
     from tenantq.platform.jobs.service import submit_job
@@ -702,12 +702,12 @@ def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 
     lat = []
     for _ in range(n):
-        with system_session() as session:
+        with unscoped_session() as session:
             job = submit_job(session, session.get(Tenant, t), JobCreate(task="demo.echo")).job
             job_id, created = job.id, job.created_at
 
         def started(job_id=job_id):
-            with system_session() as s:
+            with unscoped_session() as s:
                 return s.get(Job, job_id).started_at
 
         st = wait_until(started, 60, 0.005, "idle job start")
@@ -736,13 +736,13 @@ def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 def batch_submit(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.models import Tenant
     from tenantq.tenants.accounts.service import create_api_key
 
     n, single = p["batch_jobs"], p["single_jobs"]
     (t,) = b.tenants(1, "batch")
-    with system_session() as session:
+    with unscoped_session() as session:
         _, key = create_api_key(session, tenant=session.get(Tenant, t), name="bench")
     b.pause([t])  # measure submission only
     port = free_port()

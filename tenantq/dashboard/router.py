@@ -143,9 +143,9 @@ def _tenant_page(
         nav=TENANT_NAV,
         tenant={
             "id": ctx.tenant_id,
-            "name": tenant.name if tenant else ctx.tenant_id,
-            "plan": tenant.plan_name if tenant else "",
-            "status": tenant.status if tenant else "",
+            "name": tenant.name,
+            "plan": tenant.plan_name,
+            "status": tenant.status,
         },
         scopes=sorted(ctx.scopes),
         session_key_id=ctx.key_id,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from tenantq.core.db import utcnow
 from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
-from tenantq.platform.dispatch.queues import TenantQueues, lease_key, wait_key
+from tenantq.platform.dispatch.repository import TenantQueues, lease_key, wait_key
 from tests.factories import JobFactory, TenantFactory
 
 

@@ -232,9 +232,9 @@ def price_usage(
     and should note that included units apply per call. Without a session one is opened (read only).
     """
     if session is None:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
 
-        with system_session() as own:
+        with unscoped_session() as own:
             return price_usage(plan_name, usage, own, include_base_fee=include_base_fee)
     plan = session.get(Plan, plan_name)
     if plan is None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.billing.usage.quotas import period_bounds
+from tenantq.billing.usage.repository import UsageRepository
 from tenantq.core.errors import InvalidInput
 from tenantq.tenants.accounts.models import Plan, Tenant
 
@@ -147,15 +148,8 @@ def tenant_usage(session: Session, tenant_id: str, period: str, group_by: str) -
     _check_group_by(group_by)
     start, end = period_bounds(period)
     key = UsageEvent.task if group_by == "task" else _day_expr(session)
-    stmt = (
-        select(key, UsageEvent.metric, func.sum(UsageEvent.quantity))
-        .where(
-            UsageEvent.tenant_id == tenant_id, UsageEvent.occurred_at >= start, UsageEvent.occurred_at < end
-        )
-        .group_by(key, UsageEvent.metric)
-    )
     rows: dict[str, Usage] = defaultdict(Usage)
-    for k, metric, qty in session.execute(stmt):
+    for k, metric, qty in UsageRepository(session, tenant_id).sums_by(key, start, end):
         rows[str(k)].add(metric, qty or 0)
     return dict(sorted(rows.items()))
 

@@ -33,14 +33,16 @@ from decimal import Decimal
 from typing import Any
 
 import redis
-from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy import and_, func, not_, select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
-from tenantq.core.db import system_session, utcnow
+from tenantq.billing.usage.repository import UsageRepository
+from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.errors import InvalidInput, PaymentRequired, ServiceUnavailable
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs.models import Job
+from tenantq.platform.jobs.repository import JobRepository
 from tenantq.tenants.accounts.models import Plan, Tenant
 
 COUNTER_TTL_S = 62 * 24 * 3600
@@ -251,7 +253,7 @@ def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None
     """Reset every counter of ``period`` (default: current) from SQL. Returns counters written."""
     client = client or get_redis()
     period = period or current_period()
-    with system_session() as session:
+    with unscoped_session() as session:
         jobs = sql_jobs_used(session, None, period)
         cpu = sql_compute_ms(session, None, period)
     # Counters of tenants with nothing in SQL any more (e.g. their only jobs were refused) go back to 0.
@@ -280,21 +282,10 @@ def usage_summary(session: Session, tenant: Tenant, now: datetime | None = None)
         jobs_used, cpu_ms = int(raw_jobs or 0), int(raw_cpu or 0)
     except redis.RedisError:  # Redis is a cache of SQL here: answer from SQL
         jobs_used = sql_jobs_used(session, tenant.id, period).get(tenant.id, 0)
-        cpu_ms = sql_compute_ms(session, tenant.id, period).get(tenant.id, 0)
-    running = (
-        session.scalar(
-            select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id, Job.status == "running")
-        )
-        or 0
-    )
-    queued = (
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.tenant_id == tenant.id, or_(Job.status == "queued", Job.status == "scheduled"))
-        )
-        or 0
-    )
+        cpu_ms = UsageRepository(session, tenant.id).metric_total("compute_ms", start, end)
+    tenant_jobs = JobRepository(session, tenant.id)
+    running = tenant_jobs.count(Job.status == "running")
+    queued = tenant_jobs.count(Job.status.in_(("queued", "scheduled")))
     return {
         "period": {
             "start": start.isoformat().replace("+00:00", "Z"),

@@ -48,16 +48,9 @@ from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import routing
 from tenantq.platform.dispatch.limits import LimitsCache, TenantLimits
-from tenantq.platform.dispatch.queues import (
-    AT_CAP,
-    DISPATCHED_AT,
-    EMPTY,
-    NOT_LEADER,
-    RATE_LIMITED,
-    Released,
-    TenantQueues,
-)
-from tenantq.platform.dispatch.queues import WAKE as WAKE_KEY
+from tenantq.platform.dispatch.models import AT_CAP, EMPTY, NOT_LEADER, RATE_LIMITED, Released
+from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues
+from tenantq.platform.dispatch.repository import WAKE as WAKE_KEY
 
 log = logging.getLogger("tenantq.dispatcher")
 
@@ -190,12 +183,12 @@ class Dispatcher:
         """SQL says queued, Redis has no trace of it (an API crash between commit and enqueue, a Redis
         restart without persistence): queue it again. A job merely waiting in Celery is recognised
         by its publish record; if it is requeued anyway, the start guard skips the second copy."""
-        from tenantq.core.db import system_session, utcnow
+        from tenantq.core.db import unscoped_session, utcnow
         from tenantq.platform.jobs.models import Job
         from tenantq.platform.jobs.service import job_message
 
         cutoff = utcnow() - timedelta(seconds=self.lost_grace)
-        with system_session() as session:
+        with unscoped_session() as session:
             jobs = list(
                 session.scalars(
                     select(Job)

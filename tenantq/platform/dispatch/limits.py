@@ -36,10 +36,10 @@ from typing import Any
 from celery import signals
 from sqlalchemy import select
 
-from tenantq.core.db import system_session
+from tenantq.core.db import unscoped_session
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.platform.dispatch.queues import DISPATCHED_AT, TenantQueues, lease_key, wait_key
+from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues, lease_key, wait_key
 
 log = logging.getLogger("tenantq.limits")
 
@@ -86,7 +86,7 @@ def load_limits(tenant_ids: list[str]) -> dict[str, TenantLimits]:
     from tenantq.tenants.accounts.service import effective_limits
 
     out: dict[str, TenantLimits] = {}
-    with system_session() as session:
+    with unscoped_session() as session:
         for i in range(0, len(tenant_ids), 500):
             chunk = tenant_ids[i : i + 500]
             rows = session.execute(

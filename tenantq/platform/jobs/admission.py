@@ -33,7 +33,7 @@ def queue_not_full(session: Session, tenant: Tenant, count: int) -> None:
     from tenantq.core.errors import TooManyRequests
     from tenantq.core.redis import get_redis
     from tenantq.platform.dispatch.limits import limits_for
-    from tenantq.platform.dispatch.queues import TenantQueues
+    from tenantq.platform.dispatch.repository import TenantQueues
 
     limit = limits_for(session, tenant).max_queued
     if limit <= 0:

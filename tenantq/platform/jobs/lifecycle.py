@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import Integer, String, bindparam, func, literal, null, select, text, update
 from sqlalchemy.orm import Session
 
-from tenantq.core.db import UTCDateTime, get_engine, new_id, system_session, utcnow
+from tenantq.core.db import UTCDateTime, get_engine, new_id, unscoped_session, utcnow
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import message_for_attempt
@@ -204,7 +204,7 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
         if not moved:
             _REFUSED.add(task_id)
         return moved
-    with system_session() as session:
+    with unscoped_session() as session:
         moved = session.execute(move).rowcount
         if not moved:
             _REFUSED.add(task_id)
@@ -293,7 +293,7 @@ def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
     if engine.dialect.name == "postgresql" and not meta.get("workflow_id"):
         _succeeded_in_one_statement(engine, meta, result, now)
         return
-    with system_session() as session:
+    with unscoped_session() as session:
         _lock_workflow(session, meta)
         # Read at finish time, so the expiry follows the tenant's plan as it is now. The same query
         # tells the webhook receiver whether the tenant has any endpoint (see _note_webhooks).
@@ -376,7 +376,7 @@ def _succeeded_in_one_statement(engine: Any, meta: dict[str, Any], result: Any, 
 def attempt_failed(meta: dict[str, Any], error: str) -> None:
     """The attempt failed and will not be retried: the job is failed (the dead-letter view)."""
     now = utcnow()
-    with system_session() as session:
+    with unscoped_session() as session:
         _lock_workflow(session, meta)
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(status="failed", error=error, finished_at=now)
@@ -401,7 +401,7 @@ def schedule_retry(
     Redis first: a worker dying between the two steps leaves a retry that will run (and whose prerun
     moves the job on), never a job stuck in 'retrying' with nothing queued. A retry that starts
     before the SQL update below simply makes that update match nothing."""
-    from tenantq.platform.dispatch.queues import TenantQueues
+    from tenantq.platform.dispatch.repository import TenantQueues
 
     attempt = int(meta.get("attempt") or 1)
     error = describe_error(exc, meta)
@@ -410,7 +410,7 @@ def schedule_retry(
     queues = TenantQueues(get_redis())
     message = message_for_attempt(task, args, meta, attempt + 1)
     queues.schedule(meta["tenant_id"], meta["id"], int(meta.get("priority", 5)), message, run_at.timestamp())
-    with system_session() as session:
+    with unscoped_session() as session:
         moved = session.execute(
             update(Job).where(*_on_attempt(meta)).values(status="retrying", error=error, run_at=run_at)
         ).rowcount
@@ -430,7 +430,7 @@ def cancelled_before_start(meta: dict[str, Any]) -> None:
     """The wrapper found a cancellation marker: the function never ran. If prerun got in before the
     cancel request's own update, undo its 'running'."""
     now = utcnow()
-    with system_session() as session:
+    with unscoped_session() as session:
         session.execute(update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now))
         _close_attempt(session, meta, "cancelled", "cancelled before it started", now)
 
@@ -438,6 +438,6 @@ def cancelled_before_start(meta: dict[str, Any]) -> None:
 def attempt_terminated(meta: dict[str, Any], reason: str) -> None:
     """The worker killed the attempt on a revoke(terminate=True): the cancel API asked for it."""
     now = utcnow()
-    with system_session() as session:
+    with unscoped_session() as session:
         session.execute(update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now))
         _close_attempt(session, meta, "cancelled", reason, now)

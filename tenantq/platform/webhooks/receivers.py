@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import signals
 
-from tenantq.core.db import system_session
+from tenantq.core.db import unscoped_session
 from tenantq.platform.jobs.registry import REGISTRY
 from tenantq.platform.webhooks.service import record_job_finished
 from tenantq.platform.webhooks.tasks import enqueue_delivery
@@ -37,7 +37,7 @@ def on_job_finished(
     if not webhooks_possible(job):
         return  # the status transaction just saw no enabled endpoint for this tenant: nothing to record
     try:
-        with system_session() as session:
+        with unscoped_session() as session:
             delivery_ids = record_job_finished(session, job["id"])
         for delivery_id in delivery_ids:
             enqueue_delivery(delivery_id)

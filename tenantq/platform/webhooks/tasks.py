@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tenantq.core.celery import SYSTEM_QUEUE, app
-from tenantq.core.db import system_session
+from tenantq.core.db import unscoped_session
 from tenantq.platform.webhooks import service
 
 DELIVER_TASK = "webhooks.deliver"
@@ -20,7 +20,7 @@ def deliver(self: Any, delivery_id: str) -> dict[str, Any]:
     The attempt budget lives in the delivery row (``attempts`` vs ``TENANTQ_WEBHOOK_MAX_ATTEMPTS``), not in
     Celery's retry counter, so a redelivered message cannot exceed it.
     """
-    with system_session() as session:
+    with unscoped_session() as session:
         outcome = service.attempt_delivery(session, delivery_id)
     if outcome.outcome == "retry":
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
@@ -35,7 +35,7 @@ def enqueue_delivery(delivery_id: str) -> None:
 def sweep() -> dict[str, Any]:
     """Re-enqueue deliveries whose task was lost (e.g. Redis was away when the job finished). Safe to run
     from several beats at once: a delivery attempt is claimed in SQL, so duplicates do nothing."""
-    with system_session() as session:
+    with unscoped_session() as session:
         ids = service.stale_deliveries(session)
     for delivery_id in ids:
         enqueue_delivery(delivery_id)

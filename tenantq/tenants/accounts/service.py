@@ -217,7 +217,6 @@ def suspend_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> Ten
             code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from exc
-    session.commit()
     return tenant
 
 
@@ -234,7 +233,6 @@ def reactivate_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> 
             code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from exc
-    session.commit()
     return tenant
 
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from tenantq.platform.dispatch.models import Released
 
 PRIORITY_SPAN = 10**13  # arrival sequence numbers stay below this
 
@@ -222,17 +223,6 @@ redis.call('DEL', q)
 redis.call('SREM', 'tq:active', ARGV[1])
 return ids
 """
-
-
-@dataclass
-class Released:
-    job_id: str
-    token: str
-    message: dict[str, Any]
-
-
-# Outcomes of TenantQueues.release() other than a Released job.
-EMPTY, AT_CAP, NOT_LEADER, PAUSED_CODE, RATE_LIMITED, STALE = -1, -2, -3, -4, -5, 0
 
 
 class TenantQueues:
