@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tenantq.core import keys
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from tenantq.core.settings import get_settings
@@ -28,8 +29,8 @@ from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanC
 
 log = logging.getLogger("tenantq.tenants")
 
-PAUSED_SET = "tq:paused"
-PAUSED_WHY = "tq:paused:why"
+PAUSED_SET = keys.PAUSED
+PAUSED_WHY = keys.PAUSED_WHY
 SUSPENDED_REASON = "suspended"
 OPERATOR_PAUSE_REASON = "operator_pause"
 
