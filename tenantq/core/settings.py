@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         description="Port on which each worker serves its own host's metrics (multi-host scraping).",
     )
 
-    # Schedules (issue 5b): how often beat re-reads the schedule table, so edits apply without a restart.
+    # Schedules: how often beat re-reads the schedule table, so edits apply without a restart.
     schedule_poll_seconds: float = Field(
         default=1.0,
         gt=0,

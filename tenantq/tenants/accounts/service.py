@@ -4,7 +4,7 @@ Functions take the session (and a Redis client where the queue is involved) expl
 the caller commits. Suspension touches Redis: the tenant id goes into SET ``tq:paused`` with the
 reason ``"suspended"`` in HASH ``tq:paused:why`` (the dispatcher skips paused tenants, their jobs stay
 queued); reactivation removes it only if the reason is still ``"suspended"``, so an operator's queue
-pause (reason ``"operator_pause"``, issue 4) survives a suspend/reactivate cycle.
+pause (reason ``"operator_pause"``) survives a suspend/reactivate cycle.
 """
 
 from __future__ import annotations
