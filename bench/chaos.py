@@ -329,7 +329,8 @@ def check(
             else:
                 problems.append(
                     f"job {job_id}: {len(succeeded_metered)} succeeded attempts billed for "
-                    f"{len(succeeded_rows)} succeeded in the attempt log"
+                    f"{len(succeeded_rows)} succeeded in the attempt log {sorted(rows)}; billed attempts "
+                    f"{sorted((e['attempt'], e['state']) for e in attempt_events)}"
                 )
         for metric in ("compute_ms", "wall_ms"):
             if {e["attempt"] for e in by_metric[metric]} != metered:

@@ -116,7 +116,7 @@ def quota_tenants_key(period: str) -> str:
 
 # -- operations (ops.metrics, worker metrics) -------------------------------------------------------------
 
-METRICS_VOLUME = "tq:metrics:volume"  # ZSET tenant id -> jobs submitted: picks the tenants labelled by name
+METRICS_VOLUME = "tq:metrics:volume"  # ZSET tenant id -> jobs submitted: the busiest get their own label
 METRICS_RUNNING = "tq:metrics:running"  # HASH job id -> JSON of the attempt running now (for gauges)
 WORKERS = "tq:workers"  # ZSET worker hostname -> last heartbeat (unix s)
 
