@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# After an open attempt's deadline: the flusher's reconciler pass (every 10 s), then the flush to SQL.
+RECONCILE_SLACK_S = 30.0
 
 # Limits generous enough that only the chaos decides how the run goes (no rate limit, no quota, and a
 # killed worker's concurrency leases do not hold the tenant back).
@@ -160,6 +162,9 @@ class Chaos:
     def run(
         self, *, jobs: int, kills: int, redis_restarts: int, seconds: float = 0.2, timeout: float = 600.0
     ) -> ChaosReport:
+        from tenantq.billing.usage.metering import OpenAttempt
+        from tenantq.core import keys
+
         report = ChaosReport(jobs=jobs, kills=kills, redis_restarts=redis_restarts)
         self.start()
         t0 = time.monotonic()
@@ -197,21 +202,29 @@ class Chaos:
         report.seconds_to_terminal = round(time.monotonic() - t0, 1)
         report.statuses = dict(self.statuses(ids))
         self.log(f"  all terminal after {report.seconds_to_terminal}s; waiting for metering")
-        # Usage: every attempt closed (killed ones by the flusher's reconciler) and flushed to SQL.
+        # Usage: every attempt closed (killed ones by the flusher's reconciler) and flushed to SQL. A
+        # worker killed after writing its success to SQL but before closing the attempt's usage leaves
+        # the attempt open until the reconciler sees it past its own deadline (start + time limit +
+        # grace), which can be later than the run's timeout: wait for the latest such deadline plus a
+        # reconciler pass and a flush, so a slow but correct close is not reported as a loss.
+        settle_by = deadline
         while True:
             events_by_job = self.usage(ids)
-            open_attempts = self.redis.hlen("tq:usage:open")
-            backlog = self.redis.xlen("tq:usage")
+            open_records = self.redis.hgetall(keys.USAGE_OPEN)
+            backlog = self.redis.xlen(keys.USAGE_STREAM)
             settled = (
-                open_attempts == 0
+                not open_records
                 and backlog == 0
                 and all(any(e["metric"] == "attempts" for e in events_by_job.get(i, [])) for i in ids)
             )
             if settled:
                 break
-            if time.monotonic() > deadline:
+            for field_name, raw in open_records.items():
+                closes_at = OpenAttempt.from_record(field_name, raw).deadline - time.time()
+                settle_by = max(settle_by, time.monotonic() + closes_at + RECONCILE_SLACK_S)
+            if time.monotonic() > settle_by:
                 report.problems.append(
-                    f"metering not settled: {open_attempts} open attempts, {backlog} unflushed"
+                    f"metering not settled: {len(open_records)} open attempts, {backlog} unflushed"
                 )
                 break
             time.sleep(0.5)
@@ -316,7 +329,8 @@ def check(
             else:
                 problems.append(
                     f"job {job_id}: {len(succeeded_metered)} succeeded attempts billed for "
-                    f"{len(succeeded_rows)} succeeded in the attempt log"
+                    f"{len(succeeded_rows)} succeeded in the attempt log {sorted(rows)}; billed attempts "
+                    f"{sorted((e['attempt'], e['state']) for e in attempt_events)}"
                 )
         for metric in ("compute_ms", "wall_ms"):
             if {e["attempt"] for e in by_metric[metric]} != metered:

@@ -1,6 +1,7 @@
-"""tenantq benchmark: the seven figures of issue 4 plus batch submission, each beside bare Celery.
+"""tenantq benchmark: fairness, limits, priority, scale, idle latency and batch submission, each
+beside bare Celery.
 
-    python -m bench.run            # the issue's parameters
+    python -m bench.run            # full parameters
     python -m bench.run --quick    # smaller, for a smoke run (a few minutes)
 
 Everything runs on a private redis-server started here (tenantq on db 0, bare Celery on db 1) and a
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tenantq.core import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -336,11 +339,11 @@ class Bench:
     def pause(self, ids: list[str]) -> None:
         pipe = self.r.pipeline()
         for t in ids:
-            pipe.sadd("tq:paused", t)
+            pipe.sadd(keys.PAUSED, t)
         pipe.execute()
 
     def resume(self, ids: list[str]) -> None:
-        self.r.srem("tq:paused", *ids)
+        self.r.srem(keys.PAUSED, *ids)
 
     def rows(
         self, tenant_ids: list[str]
@@ -393,8 +396,8 @@ class Bench:
         wait_until(
             lambda: (
                 exec_queue_depth(self.r, "tq.exec") == 0
-                and self.r.zcard("tq:inflight") == 0
-                and all(self.r.zcount(f"tq:cc:{t}", now(), "+inf") == 0 for t in tenant_ids)
+                and self.r.zcard(keys.INFLIGHT) == 0
+                and all(self.r.zcount(keys.lease_key(t), now(), "+inf") == 0 for t in tenant_ids)
             ),
             timeout,
             0.2,
@@ -464,7 +467,7 @@ def weighted_share(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
         b.submit(t, [{"task": "demo.sleep", "args": {"seconds": 0.01}}] * n)
     b.resume(ids)
     # Measure while all three are backlogged: until the heaviest tenant's queue runs dry.
-    wait_until(lambda: b.r.zcard(f"tq:q:{ids[0]}") == 0, 900, 0.2, "weight-5 tenant to drain")
+    wait_until(lambda: b.r.zcard(keys.queue_key(ids[0])) == 0, 900, 0.2, "weight-5 tenant to drain")
     rows = [r for r in b.rows(ids) if r[5] is not None]
     end = max(ts(r[5]) for r in rows if r[1] == ids[0]) - 0.5
     start = min(ts(r[5]) for r in rows) + 1.0
@@ -558,7 +561,7 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     from tenantq.platform.dispatch.dispatcher import exec_queue_depth
 
     def settled():
-        if b.r.zcard(f"tq:q:{t}") or b.r.zcard("tq:inflight") or exec_queue_depth(b.r, "tq.exec"):
+        if b.r.zcard(keys.queue_key(t)) or b.r.zcard(keys.INFLIGHT) or exec_queue_depth(b.r, "tq.exec"):
             return None
         rows = b.rows([t])
         if any(r[2] == "running" and ts(r[5]) >= killed_at for r in rows):
@@ -604,7 +607,9 @@ def priority(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     wait_until(lambda: b.count_status([t], ("succeeded",)) >= 20, 300, 0.05, "low jobs running")
     submitted = time.time()
     b.submit(t, [{"task": "demo.sleep", "args": {"seconds": 0.01}, "priority": 9}])
-    waiting = set(b.r.zrange(f"tq:q:{t}", 0, -1))  # not yet handed to a worker when the urgent job arrived
+    waiting = set(
+        b.r.zrange(keys.queue_key(t), 0, -1)
+    )  # not yet handed to a worker when the urgent job arrived
     rows = wait_until(
         lambda: [r for r in b.rows([t]) if r[3] == 9 and r[2] == "succeeded"], 300, 0.05, "p9 job"
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -149,7 +148,6 @@ def _tenant_page(
         },
         scopes=sorted(ctx.scopes),
         session_key_id=ctx.key_id,
-        features_json=json.dumps(service.features(request.app)),
         **extra,
     )
 
@@ -162,7 +160,6 @@ def _admin_page(request: Request, template: str, page: str, title: str, **extra:
         page=page,
         title=title,
         nav=ADMIN_NAV,
-        features_json=json.dumps(service.features(request.app)),
         **extra,
     )
 
@@ -468,7 +465,6 @@ def dashboard_not_found(rest: str, request: Request, session: SessionDep) -> Res
             message="This page does not exist.",
             nav=[],
             tenant=None,
-            features_json="{}",
         )
     return _tenant_page(
         request,

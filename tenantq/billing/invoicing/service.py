@@ -24,9 +24,8 @@ An invoice with a zero total is issued as ``paid`` (nothing to collect) and is n
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select, update
@@ -37,46 +36,10 @@ from tenantq.billing.invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from tenantq.billing.invoicing.pricing import price_plan_usage, total
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.db import utcnow
-from tenantq.core.errors import Conflict, InvalidInput
+from tenantq.core.errors import Conflict
+from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
 from tenantq.tenants.accounts.models import Plan, Tenant
-
-PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-
-
-@dataclass(frozen=True)
-class Period:
-    """A calendar month in UTC: ``[start, end)``."""
-
-    name: str
-    start: datetime
-    end: datetime
-
-    @classmethod
-    def parse(cls, text: str) -> Period:
-        match = PERIOD_RE.match(text or "")
-        if not match:
-            raise InvalidInput(
-                "Period must look like YYYY-MM.", code="invalid_period", details={"period": text}
-            )
-        return cls.of(int(match.group(1)), int(match.group(2)))
-
-    @classmethod
-    def of(cls, year: int, month: int) -> Period:
-        start = datetime(year, month, 1, tzinfo=UTC)
-        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-        return cls(name=f"{year:04d}-{month:02d}", start=start, end=end)
-
-    @classmethod
-    def containing(cls, moment: datetime) -> Period:
-        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return cls.of(moment.year, moment.month)
-
-    def next(self) -> Period:
-        return Period.containing(self.end)
-
-    def due_at(self, grace: timedelta) -> datetime:
-        return self.end + grace
 
 
 @dataclass

@@ -43,6 +43,7 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from tenantq.core import keys
 from tenantq.core.celery import PRIORITY_LEVELS, app, to_celery_priority
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
@@ -54,7 +55,7 @@ from tenantq.platform.dispatch.repository import WAKE as WAKE_KEY
 
 log = logging.getLogger("tenantq.dispatcher")
 
-LEADER_KEY = "tq:dispatcher:leader"
+LEADER_KEY = keys.DISPATCHER_LEADER
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -236,8 +237,8 @@ class Dispatcher:
         self.queues.promote_due()
         self._refresh_routes()
         pipe = self.r.pipeline(transaction=False)
-        pipe.smembers("tq:active")
-        pipe.smembers("tq:paused")
+        pipe.smembers(keys.ACTIVE)
+        pipe.smembers(keys.PAUSED)
         active, paused = pipe.execute()
         tenants = sorted(t for t in active - paused if self.blocked_until.get(t, 0) <= now)
         # Forget tenants that went idle or were paused: when they come back they start at vtime.
@@ -360,7 +361,7 @@ class Dispatcher:
                 released = self.tick()
                 if self.is_leader and time.monotonic() - last_beat >= 1.0:
                     # Leader liveness for /metrics and alerts, once a second.
-                    self.r.set("tq:dispatcher:heartbeat", time.time())
+                    self.r.set(keys.DISPATCHER_HEARTBEAT, time.time())
                     last_beat = time.monotonic()
                 if not self.is_leader:
                     self.stop_event.wait(max(0.05, self.leader_ttl / 5))

@@ -9,6 +9,7 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from tenantq.core import keys
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict
 from tenantq.core.redis import get_redis
@@ -40,7 +41,7 @@ def _figures(client: redis.Redis, tenant_id: str, limits: TenantLimits, paused: 
 
 def queue_stats(session: Session, tenant: Tenant, *, client: redis.Redis | None = None) -> QueueOut:
     client = client or get_redis()
-    paused = bool(client.sismember("tq:paused", tenant.id))
+    paused = bool(client.sismember(keys.PAUSED, tenant.id))
     return QueueOut(**_figures(client, tenant.id, limits_for(session, tenant), paused))
 
 
@@ -51,7 +52,9 @@ def admin_queues(session: Session, *, client: redis.Redis | None = None) -> dict
     paused = queues.paused()
     why = client.hgetall(PAUSED_WHY)
     routes = routing.routes(client)
-    running = {k.split(":", 2)[2] for k in client.scan_iter(match="tq:cc:*", count=1000)}
+    running = {
+        k.removeprefix(keys.LEASE_PREFIX) for k in client.scan_iter(match=keys.LEASE_PREFIX + "*", count=1000)
+    }
     ids = set(queues.active_tenants()) | paused | running
     items: list[AdminQueueOut] = []
     if ids:

@@ -29,7 +29,7 @@ def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
 
 
 def queue_not_full(session: Session, tenant: Tenant, count: int) -> None:
-    """The plan bounds how many jobs may wait in the tenant's queue (issue 4)."""
+    """The plan bounds how many jobs may wait in the tenant's queue."""
     from tenantq.core.errors import TooManyRequests
     from tenantq.core.redis import get_redis
     from tenantq.platform.dispatch.limits import limits_for

@@ -25,6 +25,7 @@ from sqlalchemy import Integer, String, bindparam, func, literal, null, select, 
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import UTCDateTime, get_engine, new_id, unscoped_session, utcnow
+from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import message_for_attempt
@@ -42,10 +43,6 @@ if wanted > current then current = wanted end
 redis.call('SET', KEYS[1], current, 'EX', tonumber(ARGV[2]))
 return current
 """
-
-
-def cancel_key(job_id: str) -> str:
-    return f"tq:cancel:{job_id}"
 
 
 def mark_cancelled(job_id: str, attempt: int, client: redis.Redis | None = None) -> int:
