@@ -37,7 +37,7 @@ def redis_binary() -> str:
         from tenantq.ops.supervisor import redis_server_binary
 
         return redis_server_binary()
-    except Exception:  # noqa: BLE001
+    except Exception:
         found = shutil.which("redis-server")
         if not found:
             raise
