@@ -376,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer(work)
     server.start()
     base_db = os.environ.get("TENANTQ_DATABASE_URL", "")
-    drop: Callable[[], None] = lambda: None
+
+    def drop() -> None:
+        """Nothing to drop for a SQLite file inside ``work``."""
+
     if base_db.startswith("postgresql"):
         from sqlalchemy import create_engine, text
         from sqlalchemy.engine import make_url
@@ -426,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     chaos = Chaos(group=group, redis_server=server, redis=client, tenant=tenant, env=chaos_env(server.url))
     try:
         print(
-            f"chaos: {opts.jobs} jobs, {opts.kills} kills, {opts.redis_restarts} redis restart(s); logs in {work}"
+            f"chaos: {opts.jobs} jobs, {opts.kills} kills, {opts.redis_restarts} redis restart(s); "
+            f"logs in {work}"
         )
         report = chaos.run(
             jobs=opts.jobs,

@@ -23,6 +23,7 @@ Prints a table and one JSON object (also written to --out when given).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -56,10 +57,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     proc.wait()
 
 

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         b.stop()
     print(
-        f"database {b.database}; n={args.n}; load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+        f"database {b.database}; n={args.n}; "
+        f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}"
     )
     print(f"tenantq     {tq:8.1f} jobs/s")
     print(f"bare Celery {bare:8.1f} jobs/s")

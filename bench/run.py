@@ -16,6 +16,7 @@ started_at, written by the API and the worker's prerun) and, for bare Celery, fr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -38,30 +39,30 @@ from tenantq.core import keys
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-FULL = dict(
-    noisy_a=10_000,
-    noisy_b=20,
-    weighted_per_tenant=1_500,
-    rate_jobs=300,
-    cap_jobs=60,
-    priority_low=1_000,
-    scale_jobs=3_000,
-    idle_samples=100,
-    batch_jobs=5_000,
-    single_jobs=300,
-)
-QUICK = dict(
-    noisy_a=2_000,
-    noisy_b=20,
-    weighted_per_tenant=400,
-    rate_jobs=120,
-    cap_jobs=30,
-    priority_low=1_000,
-    scale_jobs=1_000,
-    idle_samples=30,
-    batch_jobs=2_000,
-    single_jobs=100,
-)
+FULL = {
+    "noisy_a": 10_000,
+    "noisy_b": 20,
+    "weighted_per_tenant": 1_500,
+    "rate_jobs": 300,
+    "cap_jobs": 60,
+    "priority_low": 1_000,
+    "scale_jobs": 3_000,
+    "idle_samples": 100,
+    "batch_jobs": 5_000,
+    "single_jobs": 300,
+}
+QUICK = {
+    "noisy_a": 2_000,
+    "noisy_b": 20,
+    "weighted_per_tenant": 400,
+    "rate_jobs": 120,
+    "cap_jobs": 30,
+    "priority_low": 1_000,
+    "scale_jobs": 1_000,
+    "idle_samples": 30,
+    "batch_jobs": 2_000,
+    "single_jobs": 100,
+}
 
 
 def free_port() -> int:
@@ -145,7 +146,7 @@ class Bench:
         import redis
 
         self.r = redis.Redis(port=self.redis_port, decode_responses=True)
-        wait_until(lambda: self._ping(), 15, 0.05, "redis")
+        wait_until(self._ping, 15, 0.05, "redis")
         self.bare_r = redis.Redis(port=self.redis_port, db=1, decode_responses=True)
         db_url = self._make_database()
         self.env = {
@@ -212,15 +213,15 @@ class Bench:
 
     # -- processes ----------------------------------------------------------------------------------
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
-        log = open(self.dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **self.env, **(extra_env or {})},
-            start_new_session=True,
-        )
+        with open(self.dir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            self.procs[name] = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, **self.env, **(extra_env or {})},
+                start_new_session=True,
+            )
 
     def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 30) -> None:
         proc = self.procs.pop(name, None)
@@ -230,10 +231,8 @@ class Bench:
             os.killpg(proc.pid, sig)
             proc.wait(wait)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
 
     def tq_worker(self, name: str, concurrency: int = 2) -> None:
@@ -813,8 +812,14 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         (
             "1 noisy neighbour: B wait p50/p95 ms",
-            f"{g('1_noisy_neighbour', 'tenantq', 'b_wait_p50_ms')} / {g('1_noisy_neighbour', 'tenantq', 'b_wait_p95_ms')}",
-            f"{g('1_noisy_neighbour', 'bare_celery_one_queue', 'b_wait_p50_ms')} / {g('1_noisy_neighbour', 'bare_celery_one_queue', 'b_wait_p95_ms')}",
+            (
+                f"{g('1_noisy_neighbour', 'tenantq', 'b_wait_p50_ms')} / "
+                f"{g('1_noisy_neighbour', 'tenantq', 'b_wait_p95_ms')}"
+            ),
+            (
+                f"{g('1_noisy_neighbour', 'bare_celery_one_queue', 'b_wait_p50_ms')} / "
+                f"{g('1_noisy_neighbour', 'bare_celery_one_queue', 'b_wait_p95_ms')}"
+            ),
             f"p95 ratio {g('1_noisy_neighbour', 'p95_ratio_bare_over_tenantq')}x",
             g("1_noisy_neighbour", "pass"),
         ),
@@ -827,8 +832,17 @@ def table(results: dict[str, Any]) -> str:
         ),
         (
             "3 rate 20/s, 2 workers: max in 1s/2s/5s; rate",
-            f"{g('3_rate_limit', 'tenantq', 'max_in_1s')}/{g('3_rate_limit', 'tenantq', 'max_in_2s')}/{g('3_rate_limit', 'tenantq', 'max_in_5s')}; {g('3_rate_limit', 'tenantq', 'achieved_per_s')}/s",
-            f"{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_1s')}/{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_2s')}/{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_5s')}; {g('3_rate_limit', 'bare_celery_rate_limit_20s', 'achieved_per_s')}/s",
+            (
+                f"{g('3_rate_limit', 'tenantq', 'max_in_1s')}/{g('3_rate_limit', 'tenantq', 'max_in_2s')}/"
+                f"{g('3_rate_limit', 'tenantq', 'max_in_5s')}; "
+                f"{g('3_rate_limit', 'tenantq', 'achieved_per_s')}/s"
+            ),
+            (
+                f"{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_1s')}/"
+                f"{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_2s')}/"
+                f"{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'max_in_5s')}; "
+                f"{g('3_rate_limit', 'bare_celery_rate_limit_20s', 'achieved_per_s')}/s"
+            ),
             "<= 24/44/104; >= 18/s",
             g("3_rate_limit", "pass"),
         ),
@@ -841,28 +855,52 @@ def table(results: dict[str, Any]) -> str:
         ),
         (
             "5 priority 9 behind 1,000 p1: queued p1 overtaking",
-            f"{g('5_priority', 'tenantq', 'low_not_yet_released_started_ahead')} (released ahead {g('5_priority', 'tenantq', 'low_started_ahead')}; wait {g('5_priority', 'tenantq', 'p9_wait_ms')} ms)",
-            f"ahead {g('5_priority', 'bare_celery_priority_queue', 'low_started_ahead')}; wait {g('5_priority', 'bare_celery_priority_queue', 'p9_wait_ms')} ms",
+            (
+                f"{g('5_priority', 'tenantq', 'low_not_yet_released_started_ahead')} "
+                f"(released ahead {g('5_priority', 'tenantq', 'low_started_ahead')}; "
+                f"wait {g('5_priority', 'tenantq', 'p9_wait_ms')} ms)"
+            ),
+            (
+                f"ahead {g('5_priority', 'bare_celery_priority_queue', 'low_started_ahead')}; "
+                f"wait {g('5_priority', 'bare_celery_priority_queue', 'p9_wait_ms')} ms"
+            ),
             "0",
             g("5_priority", "pass"),
         ),
         (
             "6 no-op jobs/s: 10 vs 1,000 tenants",
-            f"{g('6_scale_in_tenants', 'tenantq_10_tenants_jobs_per_s')} vs {g('6_scale_in_tenants', 'tenantq_1000_tenants_jobs_per_s')} ({g('6_scale_in_tenants', 'tenantq_1000_over_10')})",
-            f"1q {g('6_scale_in_tenants', 'bare_1_queues_jobs_per_s')}; 10q {g('6_scale_in_tenants', 'bare_10_queues_jobs_per_s')}; 1000q {g('6_scale_in_tenants', 'bare_1000_queues_jobs_per_s')}",
+            (
+                f"{g('6_scale_in_tenants', 'tenantq_10_tenants_jobs_per_s')} vs "
+                f"{g('6_scale_in_tenants', 'tenantq_1000_tenants_jobs_per_s')} "
+                f"({g('6_scale_in_tenants', 'tenantq_1000_over_10')})"
+            ),
+            (
+                f"1q {g('6_scale_in_tenants', 'bare_1_queues_jobs_per_s')}; "
+                f"10q {g('6_scale_in_tenants', 'bare_10_queues_jobs_per_s')}; "
+                f"1000q {g('6_scale_in_tenants', 'bare_1000_queues_jobs_per_s')}"
+            ),
             ">= 0.8",
             g("6_scale_in_tenants", "pass"),
         ),
         (
             "7 idle submit->start p50/p99 ms",
-            f"{g('7_idle_dispatch_latency', 'tenantq_ms', 'p50')} / {g('7_idle_dispatch_latency', 'tenantq_ms', 'p99')}",
-            f"{g('7_idle_dispatch_latency', 'bare_celery_ms', 'p50')} / {g('7_idle_dispatch_latency', 'bare_celery_ms', 'p99')}",
+            (
+                f"{g('7_idle_dispatch_latency', 'tenantq_ms', 'p50')} / "
+                f"{g('7_idle_dispatch_latency', 'tenantq_ms', 'p99')}"
+            ),
+            (
+                f"{g('7_idle_dispatch_latency', 'bare_celery_ms', 'p50')} / "
+                f"{g('7_idle_dispatch_latency', 'bare_celery_ms', 'p99')}"
+            ),
             "-",
             None,
         ),
         (
             "8 submit jobs/s: batch HTTP (single HTTP)",
-            f"{g('8_batch_submit', 'tenantq_batch_http_jobs_per_s')} ({g('8_batch_submit', 'tenantq_single_http_jobs_per_s')})",
+            (
+                f"{g('8_batch_submit', 'tenantq_batch_http_jobs_per_s')} "
+                f"({g('8_batch_submit', 'tenantq_single_http_jobs_per_s')})"
+            ),
             f"apply_async loop {g('8_batch_submit', 'bare_apply_async_loop_jobs_per_s')}",
             "batch > loop",
             g("8_batch_submit", "pass"),

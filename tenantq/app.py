@@ -11,6 +11,7 @@ from tenantq.core.errors import install_error_handlers
 from tenantq.core.logging import install_request_logging
 from tenantq.core.redis import get_redis
 from tenantq.core.request_guard import RequestGuard
+from tenantq.ops.metrics import observe_request
 
 DESCRIPTION = """
 tenantq runs background jobs for many tenants on Celery.
@@ -54,7 +55,8 @@ def create_app() -> FastAPI:
     # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
     app.add_middleware(RequestGuard)
 
-    install_request_logging(app)  # added last: outermost, so it also logs 413s and timings include everything
+    # Added last: outermost, so it also logs 413s and timings include everything.
+    install_request_logging(app, observe=observe_request)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:

@@ -8,6 +8,7 @@ never see each other's data and need no cleanup between them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ def redis_binary() -> str:
         from tenantq.ops.supervisor import redis_server_binary
 
         return redis_server_binary()
-    except Exception:  # noqa: BLE001
+    except Exception:
         found = shutil.which("redis-server")
         if not found:
             raise
@@ -215,15 +216,15 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**self.env, **(extra_env or {})},
-            start_new_session=True,
-        )
+        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**self.env, **(extra_env or {})},
+                start_new_session=True,
+            )
         self.procs[name] = proc
         return proc
 
@@ -232,24 +233,20 @@ class ProcessGroup:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(30)
 
     def stop_all(self) -> None:
-        for name, proc in list(self.procs.items()):
+        for proc in list(self.procs.values()):
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(15)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             proc.wait()
 
 

@@ -16,10 +16,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tenantq.core.settings import get_settings
 
 # Record attributes promoted to top-level JSON fields when a log call passes them in ``extra``.
 CONTEXT_FIELDS = (
@@ -50,13 +54,13 @@ def current_context() -> dict[str, Any]:
     return dict(_context.get() or {})
 
 
-def set_context(**fields: Any) -> contextvars.Token:
+def set_context(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
     """Bind fields to every log line of this thread/task until ``reset_context(token)``."""
     merged = {**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
     return _context.set(merged)
 
 
-def reset_context(token: contextvars.Token | None = None) -> None:
+def reset_context(token: contextvars.Token[dict[str, Any] | None] | None = None) -> None:
     if token is not None:
         try:
             _context.reset(token)
@@ -121,8 +125,6 @@ class HumanFormatter(logging.Formatter):
 
 
 def use_json(stream: Any = None) -> bool:
-    from tenantq.core.settings import get_settings
-
     forced = get_settings().log_json
     if forced is not None:
         return forced
@@ -196,22 +198,27 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 request_log = logging.getLogger("tenantq.http")
 
+# Receives (method, route template, status, seconds) once per answered request: the metrics, which
+# live above the core, hand it in when the app is assembled.
+RequestObserver = Callable[[str, str, int, float], None]
+
 
 class RequestLogMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware, which turns a client disconnect into a RuntimeError):
     one log line and one metrics observation per HTTP request."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp, observe: RequestObserver) -> None:
         self.app = app
+        self.observe = observe
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         status = 0  # 0 = no response sent (e.g. the client went away first)
 
-        async def send_wrapper(message: dict) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message.get("type") == "http.response.start":
                 status = int(message["status"])
@@ -247,12 +254,10 @@ class RequestLogMiddleware:
                 },
             )
             if status:
-                from tenantq.ops import metrics
-
-                metrics.observe_request(method, route, status, elapsed)
+                self.observe(method, route, status, elapsed)
 
 
-def install_request_logging(app: Any) -> None:
-    """One log line and one metrics observation per HTTP request (method, route, status, duration,
+def install_request_logging(app: Any, observe: RequestObserver) -> None:
+    """One log line and one ``observe`` call per HTTP request (method, route, status, duration,
     tenant when authenticated). Added last, so it is the outermost middleware."""
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, observe=observe)

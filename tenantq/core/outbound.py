@@ -21,6 +21,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
@@ -93,7 +94,7 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
     seen: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
-        ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if ip not in seen:
             seen.append(ip)
     return seen
@@ -137,7 +138,14 @@ class GuardedBackend(httpcore.SyncBackend):
     def __init__(self, policy: NetworkPolicy) -> None:
         self.policy = policy
 
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         ips = resolve(host, port)
         self.policy.check_ips(host, ips)
         last: Exception | None = None
@@ -150,7 +158,9 @@ class GuardedBackend(httpcore.SyncBackend):
                 last = exc
         raise last or httpcore.ConnectError(f"cannot connect to {host}:{port}")
 
-    def connect_unix_socket(self, *args, **kwargs):  # pragma: no cover - never configured
+    def connect_unix_socket(  # pragma: no cover - never configured
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
         raise BlockedDestination("Unix sockets are not allowed.")
 
 

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL (redis://, rediss:// or unix://). Default: the embedded Redis socket in data_dir.",
+        description="Redis URL (redis://, rediss:// or unix://). "
+        "Default: the embedded Redis socket in data_dir.",
     )
     secret_key: str = Field(
         default="dev-insecure-secret-change-me",
@@ -67,9 +68,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(
         default=3700.0,
         gt=0,
-        description="Broker visibility timeout: a message taken by a worker that died unacknowledged is handed to "
-        "another worker after this long. Keep it above the largest plan's max_time_limit_s, or a long attempt is "
-        "redelivered while it still runs.",
+        description="Broker visibility timeout: a message taken by a worker that died unacknowledged is "
+        "handed to another worker after this long. Keep it above the largest plan's max_time_limit_s, or a "
+        "long attempt is redelivered while it still runs.",
     )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     billing_grace_seconds: int = Field(
@@ -101,7 +102,8 @@ class Settings(BaseSettings):
     auth_failure_window_s: int = Field(default=60, description="Window of auth_failure_limit, in seconds.")
     max_result_bytes: int = Field(
         default=256 * 1024,
-        description="Largest job result (JSON-encoded bytes); a larger result fails the job with a clear error.",
+        description="Largest job result (JSON-encoded bytes); "
+        "a larger result fails the job with a clear error.",
     )
     idempotency_retention_seconds: int = Field(
         default=24 * 3600,

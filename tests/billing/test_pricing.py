@@ -135,7 +135,7 @@ class TestRounding:
         assert round_amount(D("0.125"), "usd") == D("0.13")
         assert round_amount(D("0.135"), "usd") == D("0.14")
         assert round_amount(D("0.0049999"), "usd") == D("0.00")
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not rounded to the currency's minor unit"):
             to_minor_units(D("0.125"), "usd")
 
 

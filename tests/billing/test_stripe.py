@@ -167,7 +167,8 @@ class TestStripeSync:
         assert totals == [4900, 5353]
 
     def test_recovers_invoice_created_before_a_crash(self, stripe_env, db_session):
-        """Stripe created the invoice but tenantq died before storing its id: the re-run finds it by metadata."""
+        """Stripe created the invoice but tenantq died before storing its id: the re-run finds it by
+        metadata."""
         invoice = closed_invoice(db_session)
         client = stripe_client()
         first = sync_invoice(db_session, client, invoice)

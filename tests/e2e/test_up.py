@@ -26,6 +26,7 @@ def cli(args, cwd, env):
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert out.returncode == 0, out.stderr + out.stdout
     return json.loads(out.stdout)
@@ -36,14 +37,14 @@ def test_up_runs_a_job_and_stops_cleanly(tmp_path):
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT)
     port = free_port()
-    log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tenantq.cli", "up", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "up.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tenantq.cli", "up", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
 

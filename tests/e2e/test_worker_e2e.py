@@ -70,6 +70,6 @@ class TestExecution:
         assert done["status"] == "succeeded"
         from datetime import datetime
 
-        started = datetime.fromisoformat(done["started_at"].replace("Z", "+00:00"))
-        created = datetime.fromisoformat(done["created_at"].replace("Z", "+00:00"))
+        started = datetime.fromisoformat(done["started_at"])
+        created = datetime.fromisoformat(done["created_at"])
         assert (started - created).total_seconds() >= 1.4

@@ -43,6 +43,7 @@ def celery_cli(platform_env, *args: str) -> dict:
         env=env,
         capture_output=True,
         text=True,
+        check=False,
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -80,25 +81,25 @@ class TestFlower:
         pytest.importorskip("flower")
         port = free_port()
         env = {**os.environ, **platform_env, "PYTHONPATH": str(ROOT), "FLOWER_UNAUTHENTICATED_API": "true"}
-        log = open(tmp_path / "flower.log", "wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tenantq.worker",
-                "flower",
-                "--address=127.0.0.1",
-                f"--port={port}",
-                f"--db={tmp_path / 'flower.db'}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(tmp_path / "flower.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "tenantq.worker",
+                    "flower",
+                    "--address=127.0.0.1",
+                    f"--port={port}",
+                    f"--db={tmp_path / 'flower.db'}",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
 
             def workers():

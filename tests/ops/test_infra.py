@@ -108,14 +108,14 @@ class TestFilesParse:
 
     def test_dockerfile_one_image_non_root_role_by_command(self):
         text = (INFRA / "Dockerfile").read_text()
-        users = re.findall(r"^USER\s+(\S+)", text, re.M)
+        users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
         assert users and users[-1] not in ("root", "0"), "the final image must not run as root"
         assert '"${UID}"' not in users[-1]
-        assert re.search(r"^ARG UID=(\d+)", text, re.M).group(1) != "0"
+        assert re.search(r"^ARG UID=(\d+)", text, re.MULTILINE).group(1) != "0"
         assert 'ENTRYPOINT ["tenantq"]' in text
-        cmd = json.loads(re.search(r"^CMD (\[.*\])", text, re.M).group(1))
+        cmd = json.loads(re.search(r"^CMD (\[.*\])", text, re.MULTILINE).group(1))
         tenantq_cli_accepts(cmd)
-        for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
             for item in src.split():
                 assert (ROOT / item).exists(), f"Dockerfile copies missing {item}"
         assert '".[ops]"' in text and "ops = [" in (ROOT / "pyproject.toml").read_text()
@@ -318,13 +318,15 @@ class TestCompose:
 
 
 class TestPrometheus:
-    REQUIRED = {
-        "TenantqQueueBacklogGrowing",
-        "TenantqHighFailureRate",
-        "TenantqUsageFlushLag",
-        "TenantqDispatcherDown",
-        "TenantqNoWorkers",
-    }
+    REQUIRED = frozenset(
+        {
+            "TenantqQueueBacklogGrowing",
+            "TenantqHighFailureRate",
+            "TenantqUsageFlushLag",
+            "TenantqDispatcherDown",
+            "TenantqNoWorkers",
+        }
+    )
 
     def rules(self) -> list[dict]:
         groups = yaml_docs(PROM / "alerts.yaml")[0]["groups"]
@@ -333,10 +335,10 @@ class TestPrometheus:
     def test_alert_rules_are_complete_and_use_exported_metrics(self):
         rules = self.rules()
         names = [r["alert"] for r in rules]
-        assert len(names) == len(set(names)) and self.REQUIRED <= set(names)
+        assert len(names) == len(set(names)) and set(names) >= self.REQUIRED
         anchors = {
             "#" + re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
-            for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), re.M)
+            for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), re.MULTILINE)
         }
         for r in rules:
             assert re.fullmatch(r"Tenantq[A-Z][A-Za-z]+", r["alert"])
@@ -362,7 +364,9 @@ class TestPrometheus:
     )
     def test_promtool_checks_and_alert_unit_tests(self, tmp_path):
         def run(*args):
-            out = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120, cwd=PROM)
+            out = subprocess.run(
+                ["promtool", *args], capture_output=True, text=True, timeout=120, cwd=PROM, check=False
+            )
             assert out.returncode == 0, out.stdout + out.stderr
 
         run("check", "rules", "alerts.yaml")

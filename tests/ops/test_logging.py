@@ -98,10 +98,11 @@ class TestProcessLogs:
         ).json()
 
         def events():
-            found = []
-            for line in platform_processes.log("worker").splitlines():
-                if job["id"] in line and line.startswith("{"):
-                    found.append(json.loads(line))
+            found = [
+                json.loads(line)
+                for line in platform_processes.log("worker").splitlines()
+                if job["id"] in line and line.startswith("{")
+            ]
             kinds = [e.get("event") for e in found]
             return found if "job.succeeded" in kinds else None
 

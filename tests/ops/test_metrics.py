@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi import Depends
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
@@ -13,7 +12,7 @@ from tenantq.core.errors import PaymentRequired, TooManyRequests
 from tenantq.core.settings import Settings
 from tenantq.ops import metrics
 from tenantq.platform.dispatch.repository import TenantQueues
-from tenantq.tenants.access.dependencies import current_tenant
+from tenantq.tenants.access.dependencies import CurrentTenant
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, auth
 from tests.ops.helpers import bucket_count, parse, value
@@ -168,10 +167,10 @@ class TestRejections:
     def test_429_and_402_are_counted_per_tenant_and_code(self, api):
         app = api.app
 
-        def limited(ctx=Depends(current_tenant)):
+        def limited(ctx: CurrentTenant) -> None:
             raise TooManyRequests("slow down", code="submit_rate_limited", headers={"Retry-After": "1"})
 
-        def over_quota(ctx=Depends(current_tenant)):
+        def over_quota(ctx: CurrentTenant) -> None:
             raise PaymentRequired("quota", code="quota_exceeded")
 
         app.add_api_route("/v1/_test/limited", limited, methods=["POST"])

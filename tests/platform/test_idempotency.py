@@ -142,7 +142,7 @@ class TestConcurrentDuplicates:
         ]
         responses = hammer(two_api_processes, auth(key), bodies)
         winner = next(r.json() for r in responses if r.status_code == 202)
-        for body, resp in zip(bodies, responses):
+        for body, resp in zip(bodies, responses, strict=True):
             if body["args"] == winner["args"]:
                 assert resp.status_code in (200, 202) and resp.json()["id"] == winner["id"]
             else:

@@ -87,7 +87,7 @@ class TestScheduleApi:
         assert api.get(f"/v1/schedules/{sid}", headers=auth(key)).status_code == 404
 
     @pytest.mark.parametrize(
-        "body,code,needle",
+        ("body", "code", "needle"),
         [
             ({"cron": "61 * * * *"}, "invalid_cron", "Invalid cron expression"),
             ({"cron": "0 8 * *"}, "invalid_cron", "5 fields"),

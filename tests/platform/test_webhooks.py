@@ -23,7 +23,8 @@ pytest_plugins = ["tests.isolated_platform"]
 
 @pytest.fixture
 def allow_private(monkeypatch):
-    """This (API) process accepts loopback webhook URLs, like an operator with TENANTQ_HTTP_ALLOW_PRIVATE=1."""
+    """This (API) process accepts loopback webhook URLs, like an operator with
+    TENANTQ_HTTP_ALLOW_PRIVATE=1."""
     monkeypatch.setenv("TENANTQ_HTTP_ALLOW_PRIVATE", "1")
     reset_settings_cache()
     yield
@@ -98,7 +99,7 @@ class TestWebhookApi:
         assert api.get(f"/v1/webhooks/{body['id']}/deliveries", headers=auth(key)).status_code == 404
 
     @pytest.mark.parametrize(
-        "url,needle",
+        ("url", "needle"),
         [
             ("http://127.0.0.1:8080/hook", "loopback"),
             ("http://localhost/hook", "loopback"),

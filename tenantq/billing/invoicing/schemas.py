@@ -14,8 +14,7 @@ from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, ro
 
 def plain(value: Decimal) -> str:
     """A Decimal without exponent or trailing zeros: 0.0004, 11345.678, 100."""
-    text = f"{Decimal(value).normalize():f}"
-    return text
+    return f"{Decimal(value).normalize():f}"
 
 
 class InvoiceLineOut(BaseModel):

@@ -68,9 +68,12 @@ def stripe_client() -> stripe.StripeClient:
         raise ServiceUnavailable(
             "Stripe is not configured (TENANTQ_STRIPE_API_KEY).", code="stripe_not_configured"
         )
-    base = {"api": settings.stripe_api_base.rstrip("/")} if settings.stripe_api_base else None
     # The SDK retries network errors itself, reusing the idempotency key we pass on each call.
-    return stripe.StripeClient(settings.stripe_api_key, base_addresses=base, max_network_retries=2)
+    return stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses={"api": settings.stripe_api_base.rstrip("/")} if settings.stripe_api_base else None,
+        max_network_retries=2,
+    )
 
 
 def stripe_configured() -> bool:
@@ -151,7 +154,7 @@ def sync_invoice(session: Session, client: stripe.StripeClient, invoice: Invoice
     if invoice.status == "void":
         result.skipped = "void"
         return result
-    tenant = session.get(Tenant, invoice.tenant_id)
+    tenant = session.get_one(Tenant, invoice.tenant_id)
     customer_id, result.customer_created = ensure_customer(session, client, tenant)
     result.stripe_customer_id = customer_id
 
@@ -273,7 +276,7 @@ def stream_meter_events(
                 result.too_old += 1
             else:
                 if event.tenant_id not in customers:
-                    tenant = session.get(Tenant, event.tenant_id)
+                    tenant = session.get_one(Tenant, event.tenant_id)
                     customers[event.tenant_id] = ensure_customer(session, client, tenant)[0]
                 try:
                     client.v1.billing.meter_events.create(
@@ -358,7 +361,7 @@ def record_event(session: Session, event: dict[str, Any]) -> tuple[StripeEvent, 
         session.commit()
     except IntegrityError:  # the same event delivered twice at once: the other request stored it
         session.rollback()
-        return session.get(StripeEvent, event["id"]), False
+        return session.get_one(StripeEvent, event["id"]), False
     return row, True
 
 

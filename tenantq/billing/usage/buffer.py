@@ -29,14 +29,17 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.metering import STREAM, Meter
 from tenantq.billing.usage.models import USAGE_METRICS, UsageEvent
+from tenantq.billing.usage.quotas import add_compute_usage, sync_counters_from_sql
 from tenantq.core import keys
 from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.redis import get_redis
@@ -102,17 +105,26 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> list[dict[str
     for r in unique:
         r.setdefault("recorded_at", now)
     dialect = session.get_bind().dialect.name
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        stmt = postgresql.insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        stmt = sqlite.insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
     else:  # pragma: no cover - tenantq supports PostgreSQL and SQLite
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
     # executemany (SQLAlchemy batches it into multi-row INSERT .. RETURNING): one cached statement, a
     # sixth of the CPU of a freshly compiled VALUES list per batch.
-    stmt = insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"]).returning(UsageEvent.id)
-    inserted = set(session.scalars(stmt, unique).all())
+    inserted = set(session.scalars(stmt.returning(UsageEvent.id), unique).all())
     return [r for r in unique if r["id"] in inserted]
+
+
+# One stream's entries as the client decodes them: (entry id, fields).
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+def _entries_of(reply: Any) -> StreamEntries:
+    """The entries of an XREADGROUP reply on one stream (RESP2: ``[[stream, entries]]``, or nothing)."""
+    return cast(StreamEntries, reply[0][1]) if reply else []
 
 
 class Flusher:
@@ -149,7 +161,7 @@ class Flusher:
             ensure_group(self.r)
             self._group_ready = True
 
-    def _write(self, entries: list[tuple[str, dict[str, str]]]) -> int:
+    def _write(self, entries: StreamEntries) -> int:
         """Insert one batch of entries and acknowledge them. Returns events newly inserted.
 
         Raises SQLAlchemyError if the database is unavailable: nothing is acknowledged then.
@@ -166,7 +178,10 @@ class Flusher:
             except ValueError as exc:
                 log.error("usage entry %s is malformed (%s): moved to %s", entry_id, exc, DEAD)
                 pipe = self.r.pipeline(transaction=True)
-                pipe.xadd(DEAD, {**fields, "error": str(exc)[:500], "source_id": entry_id})
+                dead: dict[FieldT, EncodableT] = dict(fields.items())
+                dead["error"] = str(exc)[:500]
+                dead["source_id"] = entry_id
+                pipe.xadd(DEAD, dead)
                 pipe.xack(STREAM, GROUP, entry_id)
                 pipe.xdel(STREAM, entry_id)
                 pipe.execute()
@@ -178,15 +193,12 @@ class Flusher:
             pipe.xdel(STREAM, *good)
             pipe.execute()
         if new_rows:
-            from tenantq.billing.usage.quotas import add_compute_usage
-
             add_compute_usage(self.r, new_rows)
         return len(new_rows)
 
-    def _read(self) -> list[tuple[str, dict[str, str]]]:
+    def _read(self) -> StreamEntries:
         # Our own pending entries first (read earlier, not yet written: e.g. the database was down) ...
-        pending = self.r.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=self.batch)
-        entries = pending[0][1] if pending else []
+        entries = _entries_of(self.r.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=self.batch))
         if entries:
             return entries
         # ... then entries a crashed flusher left pending ...
@@ -194,11 +206,12 @@ class Flusher:
             STREAM, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
         )
         if claimed:
-            return claimed
+            return cast(StreamEntries, claimed)
         # ... then new ones.
         block = self.block_ms if self.block_ms > 0 else None
-        fresh = self.r.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=self.batch, block=block)
-        return fresh[0][1] if fresh else []
+        return _entries_of(
+            self.r.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=self.batch, block=block)
+        )
 
     def flush_once(self) -> int:
         """Read and write one batch. Returns events newly inserted (0 when idle or all duplicates)."""
@@ -231,8 +244,6 @@ class Flusher:
             Meter(self.r).reconcile()
         if now - self._last_quota_sync >= self.quota_sync_every:
             self._last_quota_sync = now
-            from tenantq.billing.usage.quotas import sync_counters_from_sql
-
             sync_counters_from_sql(self.r)
 
     def run_forever(self) -> None:
@@ -278,7 +289,8 @@ def replay(client: redis.Redis, entries: Iterable[dict[str, str]]) -> int:
     """Append entries again (operator tool after restoring a backup; idempotent by event id)."""
     n = 0
     for fields in entries:
-        client.xadd(STREAM, fields)
+        entry: dict[FieldT, EncodableT] = dict(fields.items())
+        client.xadd(STREAM, entry)
         n += 1
     return n
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tenantq.core.celery import app
 from tenantq.core.settings import get_settings
+from tenantq.platform.jobs import lifecycle
 
 
 class AnyArgs(BaseModel):
@@ -36,8 +37,6 @@ class JobContext:
     def cancel_requested(self) -> bool:
         """True once the tenant asked to cancel this job: long, non-cancellable tasks may poll it
         and stop early at a safe point."""
-        from tenantq.platform.jobs import lifecycle
-
         return lifecycle.cancel_covers(self.job_id, self.attempt)
 
 
@@ -110,8 +109,6 @@ def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str,
     result bound. Status bookkeeping happens in signals (prerun/postrun) and, for the outcomes that
     end the Celery task with ``Ignore`` (retry scheduled, cancelled before start), in ``lifecycle``.
     """
-    from tenantq.platform.jobs import lifecycle
-
     attempt = int(job.get("attempt") or 1)
     ctx = JobContext(job_id=job["id"], tenant_id=job["tenant_id"], attempt=attempt, task_id=task.request.id)
     # A cancelled attempt may already have been handed to Celery, a redelivered one may belong to a
@@ -184,7 +181,7 @@ def task_type(
             func=func,
             args_model=args or AnyArgs,
             description=description or (inspect.getdoc(func) or "").strip(),
-            retry_on=tuple(retry_on) + (RetryableError,),
+            retry_on=(*retry_on, RetryableError),
             max_retries=max_retries,
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
@@ -226,5 +223,5 @@ def load_task_types() -> None:
     if _loaded:
         return
     _loaded = True
-    import tenantq.worker.builtin  # noqa: F401
+    import tenantq.worker.builtin
     import tenantq.worker.demo  # noqa: F401
