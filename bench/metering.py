@@ -12,10 +12,10 @@ the CPU time of the worker's process tree per job (``getrusage(RUSAGE_CHILDREN)`
 life, minus the CPU of an idle worker's boot and stop): on a shared machine the CPU figure is the
 stable one, throughput swings with everybody else's load. Phases
 follow a discarded warm-up in ABBA order (on, off, off, on, ...) so drift on a shared machine hits both
-sides alike. It also times the hot path alone in-process (the metering steps of prerun + postrun
-against the same Redis: microseconds per attempt), which is the stable figure on a noisy machine. A usage flusher
-(``tenantq billing flush``) runs throughout, as under ``tenantq up``; at the end the bench checks that
-every metered attempt produced its 4 usage events and unmetered ones none.
+sides alike. It also times the hot path alone in-process (the metering steps of prerun + postrun against
+the same Redis: microseconds per attempt), which is the stable figure on a noisy machine. A usage
+flusher (``tenantq billing flush``) runs throughout, as under ``tenantq up``; at the end the bench
+checks that every metered attempt produced its 4 usage events and unmetered ones none.
 
 Prints a table and one JSON object (also written to --out when given).
 """

@@ -21,8 +21,9 @@ Event ids are deterministic, ``{job_id}:{attempt}:{metric}``; the flusher insert
 duplicate signals, redeliveries and stream replays never double count.
 
 Attempt numbers: the message says which attempt it is (``JobMessage.attempt``), but a redelivered
-message says the same thing again. :func:`open_attempt` therefore allocates ``max(message attempt, last allocated + 1)`` per job, atomically in Redis: a redelivery after a
-crash becomes the next attempt instead of colliding with the one that died.
+message says the same thing again. :func:`open_attempt` therefore allocates ``max(message attempt, last
+allocated + 1)`` per job, atomically in Redis: a redelivery after a crash becomes the next attempt
+instead of colliding with the one that died.
 
 Redis keys (all under ``tq:usage``):
 - ``tq:usage``              STREAM of closed attempts (field ``events``: JSON list of usage events).
