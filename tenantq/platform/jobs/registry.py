@@ -228,5 +228,5 @@ def load_task_types() -> None:
     if _loaded:
         return
     _loaded = True
-    import tenantq.worker.builtin  # noqa: F401
+    import tenantq.worker.builtin
     import tenantq.worker.demo  # noqa: F401
