@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# After an open attempt's deadline: the flusher's reconciler pass (every 10 s), then the flush to SQL.
+RECONCILE_SLACK_S = 30.0
 
 # Limits generous enough that only the chaos decides how the run goes (no rate limit, no quota, and a
 # killed worker's concurrency leases do not hold the tenant back).
@@ -127,13 +129,13 @@ class Chaos:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, n: int, seconds: float) -> list[str]:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.schemas import JobCreate
         from tenantq.platform.jobs.service import submit_job
         from tenantq.tenants.accounts.models import Tenant
 
         ids: list[str] = []
-        with system_session() as session:
+        with unscoped_session() as session:
             tenant = session.get(Tenant, self.tenant.id)
             for _ in range(n):
                 job = submit_job(
@@ -148,10 +150,10 @@ class Chaos:
     def statuses(self, ids: list[str]) -> Counter:
         from sqlalchemy import func, select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             rows = session.execute(
                 select(Job.status, func.count()).where(Job.tenant_id == self.tenant.id).group_by(Job.status)
             ).all()
@@ -160,6 +162,9 @@ class Chaos:
     def run(
         self, *, jobs: int, kills: int, redis_restarts: int, seconds: float = 0.2, timeout: float = 600.0
     ) -> ChaosReport:
+        from tenantq.billing.usage.metering import OpenAttempt
+        from tenantq.core import keys
+
         report = ChaosReport(jobs=jobs, kills=kills, redis_restarts=redis_restarts)
         self.start()
         t0 = time.monotonic()
@@ -197,21 +202,29 @@ class Chaos:
         report.seconds_to_terminal = round(time.monotonic() - t0, 1)
         report.statuses = dict(self.statuses(ids))
         self.log(f"  all terminal after {report.seconds_to_terminal}s; waiting for metering")
-        # Usage: every attempt closed (killed ones by the flusher's reconciler) and flushed to SQL.
+        # Usage: every attempt closed (killed ones by the flusher's reconciler) and flushed to SQL. A
+        # worker killed after writing its success to SQL but before closing the attempt's usage leaves
+        # the attempt open until the reconciler sees it past its own deadline (start + time limit +
+        # grace), which can be later than the run's timeout: wait for the latest such deadline plus a
+        # reconciler pass and a flush, so a slow but correct close is not reported as a loss.
+        settle_by = deadline
         while True:
             events_by_job = self.usage(ids)
-            open_attempts = self.redis.hlen("tq:usage:open")
-            backlog = self.redis.xlen("tq:usage")
+            open_records = self.redis.hgetall(keys.USAGE_OPEN)
+            backlog = self.redis.xlen(keys.USAGE_STREAM)
             settled = (
-                open_attempts == 0
+                not open_records
                 and backlog == 0
                 and all(any(e["metric"] == "attempts" for e in events_by_job.get(i, [])) for i in ids)
             )
             if settled:
                 break
-            if time.monotonic() > deadline:
+            for field_name, raw in open_records.items():
+                closes_at = OpenAttempt.from_record(field_name, raw).deadline - time.time()
+                settle_by = max(settle_by, time.monotonic() + closes_at + RECONCILE_SLACK_S)
+            if time.monotonic() > settle_by:
                 report.problems.append(
-                    f"metering not settled: {open_attempts} open attempts, {backlog} unflushed"
+                    f"metering not settled: {len(open_records)} open attempts, {backlog} unflushed"
                 )
                 break
             time.sleep(0.5)
@@ -222,10 +235,10 @@ class Chaos:
     def unfinished(self, limit: int = 5) -> list[tuple[str, str, int]]:
         from sqlalchemy import select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             return [
                 tuple(r)
                 for r in session.execute(
@@ -238,11 +251,11 @@ class Chaos:
     def attempt_rows(self, ids: list[str]) -> dict[str, list[tuple[int, str]]]:
         from sqlalchemy import select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job, JobAttempt
 
         rows: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        with system_session() as session:
+        with unscoped_session() as session:
             for job_id, attempt, status in session.execute(
                 select(JobAttempt.job_id, JobAttempt.attempt, JobAttempt.status)
                 .join(Job, Job.id == JobAttempt.job_id)
@@ -255,10 +268,10 @@ class Chaos:
         from sqlalchemy import select
 
         from tenantq.billing.usage.models import UsageEvent
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
 
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        with system_session() as session:
+        with unscoped_session() as session:
             for e in session.scalars(select(UsageEvent).where(UsageEvent.tenant_id == self.tenant.id)):
                 out[e.job_id].append(
                     {
@@ -316,7 +329,8 @@ def check(
             else:
                 problems.append(
                     f"job {job_id}: {len(succeeded_metered)} succeeded attempts billed for "
-                    f"{len(succeeded_rows)} succeeded in the attempt log"
+                    f"{len(succeeded_rows)} succeeded in the attempt log {sorted(rows)}; billed attempts "
+                    f"{sorted((e['attempt'], e['state']) for e in attempt_events)}"
                 )
         for metric in ("compute_ms", "wall_ms"):
             if {e["attempt"] for e in by_metric[metric]} != metered:
@@ -394,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
 
     reset_settings_cache()
     upgrade(db_url)
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.models import Tenant
     from tenantq.tenants.accounts.service import seed_plans
 
-    with system_session() as session:
+    with unscoped_session() as session:
         seed_plans(session)
         tenant = Tenant(
             name=f"chaos-{uuid.uuid4().hex[:6]}",

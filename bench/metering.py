@@ -176,7 +176,7 @@ def main() -> int:
         from sqlalchemy import func, select
 
         from tenantq.billing.usage.models import UsageEvent
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.ops.migrate import upgrade
         from tenantq.platform.dispatch.dispatcher import publish
         from tenantq.platform.jobs.models import Job
@@ -235,7 +235,7 @@ def main() -> int:
             metering = mode is not False
             label = "warmup" if mode is None else "on" if metering else "off"
             count = min(opts.jobs, 200) if mode is None else opts.jobs
-            with system_session() as session:
+            with unscoped_session() as session:
                 tenant = create_tenant(session, name=f"bench-{index}-{label}", plan="enterprise")
                 jobs = [
                     Job(tenant_id=tenant.id, task="demo.echo", args={"i": i}, status="queued")
@@ -252,7 +252,7 @@ def main() -> int:
             procs.append(worker)
             deadline = time.monotonic() + max(600, opts.jobs)
             while True:
-                with system_session() as session:
+                with unscoped_session() as session:
                     done, first, last = session.execute(
                         select(func.count(), func.min(Job.started_at), func.max(Job.finished_at)).where(
                             Job.tenant_id == tenant_id, Job.status == "succeeded"
@@ -288,7 +288,7 @@ def main() -> int:
         deadline = time.monotonic() + 120
         expected = {r["tenant_id"]: (0 if r["metering"] == "off" else 4 * r["jobs"]) for r in results}
         while True:
-            with system_session() as session:
+            with unscoped_session() as session:
                 counts = dict(
                     session.execute(
                         select(UsageEvent.tenant_id, func.count())

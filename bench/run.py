@@ -1,6 +1,7 @@
-"""tenantq benchmark: the seven figures of issue 4 plus batch submission, each beside bare Celery.
+"""tenantq benchmark: fairness, limits, priority, scale, idle latency and batch submission, each
+beside bare Celery.
 
-    python -m bench.run            # the issue's parameters
+    python -m bench.run            # full parameters
     python -m bench.run --quick    # smaller, for a smoke run (a few minutes)
 
 Everything runs on a private redis-server started here (tenantq on db 0, bare Celery on db 1) and a
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tenantq.core import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -291,7 +294,7 @@ class Bench:
 
     # -- tenantq helpers ----------------------------------------------------------------------------
     def tenants(self, n: int, prefix: str, **overrides: Any) -> list[str]:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.tenants.accounts.models import Tenant
 
         base = {
@@ -305,7 +308,7 @@ class Bench:
             "included_compute_seconds": 10**12,
         }
         ids = []
-        with system_session() as session:
+        with unscoped_session() as session:
             for i in range(n):
                 t = Tenant(
                     name=f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
@@ -319,12 +322,12 @@ class Bench:
 
     def submit(self, tenant_id: str, jobs: list[dict[str, Any]]) -> float:
         """Submit through the batch service (validation, one transaction, one Redis call per 1,000)."""
-        from tenantq.core.db import system_session
-        from tenantq.platform.dispatch.service import submit_batch
+        from tenantq.core.db import unscoped_session
+        from tenantq.platform.jobs.service import submit_batch
         from tenantq.tenants.accounts.models import Tenant
 
         t0 = time.perf_counter()
-        with system_session() as session:
+        with unscoped_session() as session:
             tenant = session.get(Tenant, tenant_id)
             for i in range(0, len(jobs), 1000):
                 items = submit_batch(session, tenant, jobs[i : i + 1000])
@@ -336,21 +339,21 @@ class Bench:
     def pause(self, ids: list[str]) -> None:
         pipe = self.r.pipeline()
         for t in ids:
-            pipe.sadd("tq:paused", t)
+            pipe.sadd(keys.PAUSED, t)
         pipe.execute()
 
     def resume(self, ids: list[str]) -> None:
-        self.r.srem("tq:paused", *ids)
+        self.r.srem(keys.PAUSED, *ids)
 
     def rows(
         self, tenant_ids: list[str]
     ) -> list[tuple[str, str, str, int, datetime, datetime | None, datetime | None]]:
         from sqlalchemy import select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             return list(
                 session.execute(
                     select(
@@ -368,10 +371,10 @@ class Bench:
     def count_status(self, tenant_ids: list[str], statuses: tuple[str, ...]) -> int:
         from sqlalchemy import func, select
 
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.models import Job
 
-        with system_session() as session:
+        with unscoped_session() as session:
             return session.scalar(
                 select(func.count())
                 .select_from(Job)
@@ -380,12 +383,12 @@ class Bench:
 
     def drain(self, tenant_ids: list[str], timeout: float = 300) -> None:
         """Purge what still waits and let what was released finish, so the next scenario starts idle."""
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.platform.dispatch.dispatcher import exec_queue_depth
         from tenantq.platform.dispatch.service import purge
         from tenantq.tenants.accounts.models import Tenant
 
-        with system_session() as session:
+        with unscoped_session() as session:
             for t in tenant_ids:
                 purge(session, session.get(Tenant, t), client=self.r)
         now = time.time
@@ -393,8 +396,8 @@ class Bench:
         wait_until(
             lambda: (
                 exec_queue_depth(self.r, "tq.exec") == 0
-                and self.r.zcard("tq:inflight") == 0
-                and all(self.r.zcount(f"tq:cc:{t}", now(), "+inf") == 0 for t in tenant_ids)
+                and self.r.zcard(keys.INFLIGHT) == 0
+                and all(self.r.zcount(keys.lease_key(t), now(), "+inf") == 0 for t in tenant_ids)
             ),
             timeout,
             0.2,
@@ -464,7 +467,7 @@ def weighted_share(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
         b.submit(t, [{"task": "demo.sleep", "args": {"seconds": 0.01}}] * n)
     b.resume(ids)
     # Measure while all three are backlogged: until the heaviest tenant's queue runs dry.
-    wait_until(lambda: b.r.zcard(f"tq:q:{ids[0]}") == 0, 900, 0.2, "weight-5 tenant to drain")
+    wait_until(lambda: b.r.zcard(keys.queue_key(ids[0])) == 0, 900, 0.2, "weight-5 tenant to drain")
     rows = [r for r in b.rows(ids) if r[5] is not None]
     end = max(ts(r[5]) for r in rows if r[1] == ids[0]) - 0.5
     start = min(ts(r[5]) for r in rows) + 1.0
@@ -539,12 +542,12 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     wait_until(lambda: b.count_status([t], ("succeeded",)) >= n // 3, 600, 0.1, "a third done")
     from sqlalchemy import select
 
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.platform.jobs.models import Job
 
     def victim() -> str | None:
         # The worker instance running one of the tenant's jobs right now (hostname "tq-wN-xxxx@host").
-        with system_session() as session:
+        with unscoped_session() as session:
             hosts = session.scalars(
                 select(Job.worker).where(Job.tenant_id == t, Job.status == "running")
             ).all()
@@ -558,7 +561,7 @@ def concurrency_cap(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     from tenantq.platform.dispatch.dispatcher import exec_queue_depth
 
     def settled():
-        if b.r.zcard(f"tq:q:{t}") or b.r.zcard("tq:inflight") or exec_queue_depth(b.r, "tq.exec"):
+        if b.r.zcard(keys.queue_key(t)) or b.r.zcard(keys.INFLIGHT) or exec_queue_depth(b.r, "tq.exec"):
             return None
         rows = b.rows([t])
         if any(r[2] == "running" and ts(r[5]) >= killed_at for r in rows):
@@ -604,7 +607,9 @@ def priority(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     wait_until(lambda: b.count_status([t], ("succeeded",)) >= 20, 300, 0.05, "low jobs running")
     submitted = time.time()
     b.submit(t, [{"task": "demo.sleep", "args": {"seconds": 0.01}, "priority": 9}])
-    waiting = set(b.r.zrange(f"tq:q:{t}", 0, -1))  # not yet handed to a worker when the urgent job arrived
+    waiting = set(
+        b.r.zrange(keys.queue_key(t), 0, -1)
+    )  # not yet handed to a worker when the urgent job arrived
     rows = wait_until(
         lambda: [r for r in b.rows([t]) if r[3] == 9 and r[2] == "succeeded"], 300, 0.05, "p9 job"
     )
@@ -694,7 +699,7 @@ def scale_in_tenants(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     n = p["idle_samples"]
     (t,) = b.tenants(1, "idle")
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.platform.jobs.models import Job
     from tenantq.platform.jobs.schemas import JobCreate
     from tenantq.platform.jobs.service import submit_job
@@ -702,12 +707,12 @@ def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 
     lat = []
     for _ in range(n):
-        with system_session() as session:
+        with unscoped_session() as session:
             job = submit_job(session, session.get(Tenant, t), JobCreate(task="demo.echo")).job
             job_id, created = job.id, job.created_at
 
         def started(job_id=job_id):
-            with system_session() as s:
+            with unscoped_session() as s:
                 return s.get(Job, job_id).started_at
 
         st = wait_until(started, 60, 0.005, "idle job start")
@@ -736,13 +741,13 @@ def idle_latency(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
 def batch_submit(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.models import Tenant
     from tenantq.tenants.accounts.service import create_api_key
 
     n, single = p["batch_jobs"], p["single_jobs"]
     (t,) = b.tenants(1, "batch")
-    with system_session() as session:
+    with unscoped_session() as session:
         _, key = create_api_key(session, tenant=session.get(Tenant, t), name="bench")
     b.pause([t])  # measure submission only
     port = free_port()

@@ -6,7 +6,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-import tenantq
 from tenantq.core.db import get_engine
 from tenantq.core.errors import install_error_handlers
 from tenantq.core.logging import install_request_logging

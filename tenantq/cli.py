@@ -100,12 +100,12 @@ def _ensure_db(settings) -> None:
 def _cli_session(data_dir: Path | None, as_json: bool) -> Iterator[Session]:
     """What every operator command needs: settings, an up-to-date embedded database and a system
     session (committed on success). Any failure is reported once, in the command's output format."""
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
 
     settings = _settings(data_dir)
     try:
         _ensure_db(settings)
-        with system_session() as session:
+        with unscoped_session() as session:
             yield session
     except typer.Exit:
         raise
@@ -194,12 +194,12 @@ def worker(
 
     q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
     if tenant:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
         from tenantq.core.redis import get_redis
         from tenantq.platform.dispatch import routing
         from tenantq.tenants.accounts.service import get_tenant_by_ref
 
-        with system_session() as session:
+        with unscoped_session() as session:
             tenant_id = get_tenant_by_ref(session, tenant).id
         q = routing.assign(get_redis(), tenant_id)
     pool = [f"--autoscale={autoscale}"] if autoscale else [f"--concurrency={concurrency}"]
@@ -336,12 +336,12 @@ def tenant_list(
     data_dir: DataDir = None,
 ) -> None:
     """List tenants with plan, status and overrides."""
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import list_tenants
 
     settings = _settings(data_dir)
     _ensure_db(settings)
-    with system_session() as session:
+    with unscoped_session() as session:
         rows = [_tenant_payload(t) for t in list_tenants(session, status=status)]
     if as_json:
         typer.echo(json.dumps({"items": rows}))
@@ -370,14 +370,14 @@ def tenant_update(
     data_dir: DataDir = None,
 ) -> None:
     """Change a tenant's plan, name or limit overrides (validated against the plan)."""
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import get_tenant_by_ref, update_tenant
 
     settings = _settings(data_dir)
     try:
         _ensure_db(settings)
         changes = _parse_assignments(override)
-        with system_session() as session:
+        with unscoped_session() as session:
             t = get_tenant_by_ref(session, tenant)
             overrides = {} if clear_overrides else dict(t.overrides or {})
             for field, value in changes.items():
@@ -434,12 +434,12 @@ def _plan_payload(p) -> dict:
 @plan_app.command("list")
 def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
     """List plans and their limits."""
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import list_plans
 
     settings = _settings(data_dir)
     _ensure_db(settings)
-    with system_session() as session:
+    with unscoped_session() as session:
         rows = [_plan_payload(p) for p in list_plans(session)]
     if as_json:
         typer.echo(json.dumps({"items": rows}))
@@ -468,7 +468,7 @@ def plan_update(
     """Change a plan's limits or prices; every tenant on it is affected from its next request."""
     from pydantic import ValidationError
 
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.core.errors import InvalidInput
     from tenantq.tenants.accounts.schemas import PlanUpdate
     from tenantq.tenants.accounts.service import get_plan, update_plan
@@ -484,7 +484,7 @@ def plan_update(
                 "Invalid plan change.",
                 details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
             ) from None
-        with system_session() as session:
+        with unscoped_session() as session:
             row = update_plan(session, get_plan(session, plan), data)
             payload = _plan_payload(row)
     except Exception as exc:  # noqa: BLE001
@@ -579,7 +579,7 @@ def billing_close(
     """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
     from tenantq.billing.invoicing.pricing import format_amount
     from tenantq.billing.invoicing.service import close_due_periods, close_period
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
 
     settings = _settings(data_dir)
     try:
@@ -589,7 +589,7 @@ def billing_close(
             payload = {"closed": closed}
             text = "closed " + ", ".join(closed) if closed else "no period is due"
         else:
-            with system_session() as session:
+            with unscoped_session() as session:
                 result = close_period(session, period, force=force, closed_by="cli")
                 invoices = [
                     {
@@ -662,7 +662,7 @@ def billing_report(
 ) -> None:
     """Print a usage report for PERIOD: one tenant's usage by task type or day, or all tenants."""
     from tenantq.billing.invoicing import reports
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
     from tenantq.core.errors import InvalidInput
     from tenantq.tenants.accounts.service import get_tenant_by_ref
 
@@ -671,7 +671,7 @@ def billing_report(
         if fmt not in ("json", "csv"):
             raise InvalidInput("--format must be json or csv.", details={"format": fmt})
         _ensure_db(settings)
-        with system_session() as session:
+        with unscoped_session() as session:
             if tenant:
                 report = reports.tenant_report(session, get_tenant_by_ref(session, tenant), period, group_by)
                 text = reports.tenant_report_csv(report) if fmt == "csv" else json.dumps(report, indent=2)

@@ -143,8 +143,10 @@ def session_factory() -> sessionmaker[Session]:
 
 
 @contextmanager
-def system_session() -> Iterator[Session]:
-    """An unscoped session for system work (workers, dispatcher, CLI): it sees every tenant."""
+def unscoped_session() -> Iterator[Session]:
+    """A session that sees every tenant, for system work (workers, dispatcher, beat, the usage flusher,
+    period close, CLI). Nothing filters its queries by tenant: tenant requests go through the
+    tenant-bound repositories of ``tenantq.core.repository`` instead. Commits on success."""
     session = session_factory()()
     try:
         yield session

@@ -12,11 +12,21 @@ from tenantq.core.db import session_factory
 
 
 def get_session() -> Iterator[Session]:
+    """The request's session, which owns its transaction: committed when the route returns, rolled back
+    when it raises. Routes and the services they call only ``flush()``; a service commits itself only
+    where something outside the database must follow the commit (a job queued in Redis after the
+    commit that created its row), and says so."""
     session = session_factory()()
     try:
         yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
     finally:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs when the route returns, before the response is sent, so a failed
+# commit answers 500 instead of a success the database never stored.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     )
     cancel_marker_ttl_seconds: int = Field(
         default=7 * 24 * 3600,
-        description="How long a cancellation marker (tq:cancel:{job}) guards against a late start of a "
+        description="How long a job's cancellation marker (a Redis key) guards against a late start of a "
         "cancelled attempt. Must exceed how long a message can wait in the execution queue.",
     )
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: JSON unless a TTY).")
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         description="Port on which each worker serves its own host's metrics (multi-host scraping).",
     )
 
-    # Schedules (issue 5b): how often beat re-reads the schedule table, so edits apply without a restart.
+    # Schedules: how often beat re-reads the schedule table, so edits apply without a restart.
     schedule_poll_seconds: float = Field(
         default=1.0,
         gt=0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -143,13 +142,12 @@ def _tenant_page(
         nav=TENANT_NAV,
         tenant={
             "id": ctx.tenant_id,
-            "name": tenant.name if tenant else ctx.tenant_id,
-            "plan": tenant.plan_name if tenant else "",
-            "status": tenant.status if tenant else "",
+            "name": tenant.name,
+            "plan": tenant.plan_name,
+            "status": tenant.status,
         },
         scopes=sorted(ctx.scopes),
         session_key_id=ctx.key_id,
-        features_json=json.dumps(service.features(request.app)),
         **extra,
     )
 
@@ -162,7 +160,6 @@ def _admin_page(request: Request, template: str, page: str, title: str, **extra:
         page=page,
         title=title,
         nav=ADMIN_NAV,
-        features_json=json.dumps(service.features(request.app)),
         **extra,
     )
 
@@ -468,7 +465,6 @@ def dashboard_not_found(rest: str, request: Request, session: SessionDep) -> Res
             message="This page does not exist.",
             nav=[],
             tenant=None,
-            features_json="{}",
         )
     return _tenant_page(
         request,

@@ -1,5 +1,5 @@
-"""Data behind the dashboards that no other area serves: API feature discovery, the operator overview
-and the Celery workers view.
+"""Data behind the dashboards that no other area serves: the operator overview and the Celery workers
+view.
 
 The operator functions here read across tenants on purpose (the operator sees everyone); they are only
 reachable through routes guarded by the ``Operator`` dependency. Tenant pages never call them: tenant
@@ -8,101 +8,21 @@ data reaches the browser through the tenant-scoped ``/v1`` API only.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
+from tenantq.core import keys
 from tenantq.core.db import utcnow
+from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.models import Job
 from tenantq.tenants.accounts.models import Plan, Tenant
-
-# Which optional API areas the pages use, as (method, path with parameters blanked). A page asks
-# ``features()`` and shows a "not available on this server" state for an area that is not mounted,
-# so the dashboard ships before (and independently of) the endpoints it draws.
-FEATURE_ROUTES: dict[str, tuple[str, str]] = {
-    "jobs": ("GET", "/v1/jobs"),
-    "cancel": ("POST", "/v1/jobs/{}/cancel"),
-    "retry": ("POST", "/v1/jobs/{}/retry"),
-    "keys": ("GET", "/v1/keys"),
-    "keys_create": ("POST", "/v1/keys"),
-    "keys_revoke": ("DELETE", "/v1/keys/{}"),
-    "usage": ("GET", "/v1/usage"),
-    "usage_report": ("GET", "/v1/usage/report"),
-    "queue": ("GET", "/v1/queue"),
-    "invoices": ("GET", "/v1/invoices"),
-    "invoice": ("GET", "/v1/invoices/{}"),
-    "schedules": ("GET", "/v1/schedules"),
-    "schedules_delete": ("DELETE", "/v1/schedules/{}"),
-    "webhooks": ("GET", "/v1/webhooks"),
-    "webhooks_create": ("POST", "/v1/webhooks"),
-    "webhooks_delete": ("DELETE", "/v1/webhooks/{}"),
-    "webhook_deliveries": ("GET", "/v1/webhooks/{}/deliveries"),
-    "admin_tenants": ("GET", "/admin/v1/tenants"),
-    "admin_tenant_patch": ("PATCH", "/admin/v1/tenants/{}"),
-    "admin_suspend": ("POST", "/admin/v1/tenants/{}/suspend"),
-    "admin_reactivate": ("POST", "/admin/v1/tenants/{}/reactivate"),
-    "admin_plans": ("GET", "/admin/v1/plans"),
-    "admin_plan_patch": ("PATCH", "/admin/v1/plans/{}"),
-    "admin_queues": ("GET", "/admin/v1/queues"),
-    "admin_queue_pause": ("POST", "/admin/v1/tenants/{}/queue/pause"),
-    "admin_queue_resume": ("POST", "/admin/v1/tenants/{}/queue/resume"),
-    "admin_usage_report": ("GET", "/admin/v1/reports/usage"),
-}
-
-_PARAM = re.compile(r"\{[^}]*\}")
-
-
-def _walk_routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    for route in routes:
-        # FastAPI >= 0.16x keeps included routers as lazy branches (``original_router`` plus an include
-        # context carrying the prefix) instead of copying their routes into the parent: walk both shapes.
-        original = getattr(route, "original_router", None)
-        if original is not None:
-            context = getattr(route, "include_context", None)
-            yield from _walk_routes(list(original.routes), prefix + (getattr(context, "prefix", "") or ""))
-            continue
-        methods = getattr(route, "methods", None)
-        path = getattr(route, "path", None)
-        if methods and path is not None:
-            for method in methods:
-                yield method, prefix + path
-
-
-def route_signatures(app: FastAPI) -> frozenset[tuple[str, str]]:
-    """Every (METHOD, path) the app serves, path parameters blanked to ``{}``."""
-    return frozenset((method, _PARAM.sub("{}", path)) for method, path in _walk_routes(list(app.routes)))
-
-
-def has_route(app: FastAPI, method: str, path: str) -> bool:
-    return (method.upper(), _PARAM.sub("{}", path)) in route_signatures(app)
-
-
-def features(app: FastAPI) -> dict[str, bool]:
-    # Routes are fixed once the app is built, so compute the map once per app.
-    cached = getattr(app.state, "dashboard_features", None)
-    if cached is None:
-        sigs = route_signatures(app)
-        cached = {name: sig in sigs for name, sig in FEATURE_ROUTES.items()}
-        app.state.dashboard_features = cached
-    return cached
-
-
-def period_start(now: datetime) -> datetime:
-    """Start of the calendar month (UTC) containing ``now``: the billing period."""
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def next_period_start(start: datetime) -> datetime:
-    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 def exec_queue_depths(client: redis.Redis) -> list[dict[str, Any]]:
@@ -125,7 +45,8 @@ THROUGHPUT_MINUTES = 30
 
 def operator_overview(session: Session, client: redis.Redis, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
-    start = period_start(now)
+    period = Period.containing(now)
+    start = period.start
     tenants = list(
         session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id).limit(MAX_OVERVIEW_TENANTS))
     )
@@ -145,10 +66,10 @@ def operator_overview(session: Session, client: redis.Redis, now: datetime | Non
 
     pipe = client.pipeline(transaction=False)
     for tenant in tenants:
-        pipe.zcard(f"tq:q:{tenant.id}")
+        pipe.zcard(keys.queue_key(tenant.id))
     depths = pipe.execute() if tenants else []
-    paused = client.smembers("tq:paused")
-    paused_why = client.hgetall("tq:paused:why") or {}
+    paused = client.smembers(keys.PAUSED)
+    paused_why = client.hgetall(keys.PAUSED_WHY) or {}
 
     rows = []
     for tenant, depth in zip(tenants, depths, strict=True):
@@ -178,7 +99,7 @@ def operator_overview(session: Session, client: redis.Redis, now: datetime | Non
     ]
     return {
         "generated_at": now,
-        "period": {"start": start, "end": next_period_start(start)},
+        "period": {"start": start, "end": period.end},
         "tenants": rows,
         "truncated": len(tenants) == MAX_OVERVIEW_TENANTS,
         "plans": plans,

@@ -44,16 +44,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from tenantq.core import keys
 from tenantq.core.errors import Unauthorized
 from tenantq.core.settings import get_settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-VOLUME_KEY = "tq:metrics:volume"
-RUNNING_KEY = "tq:metrics:running"
-WORKERS_KEY = "tq:workers"
-DISPATCHER_HEARTBEAT_KEY = "tq:dispatcher:heartbeat"
-USAGE_STREAM = "tq:usage"
+VOLUME_KEY = keys.METRICS_VOLUME
+RUNNING_KEY = keys.METRICS_RUNNING
+WORKERS_KEY = keys.WORKERS
+DISPATCHER_HEARTBEAT_KEY = keys.DISPATCHER_HEARTBEAT
+USAGE_STREAM = keys.USAGE_STREAM
 
 # A worker that has not refreshed its heartbeat for this long is not counted as live.
 WORKER_HEARTBEAT_INTERVAL_S = 10.0
@@ -393,10 +394,10 @@ class ClusterStateCollector:
         settings = get_settings()
         now = time.time()
 
-        tenants = sorted(client.smembers("tq:active"))
+        tenants = sorted(client.smembers(keys.ACTIVE))
         pipe = client.pipeline(transaction=False)
         for t in tenants:
-            pipe.zcard(f"tq:q:{t}")
+            pipe.zcard(keys.queue_key(t))
         depths = pipe.execute() if tenants else []
         by_label: dict[str, int] = defaultdict(int)
         for tenant, depth in zip(tenants, depths, strict=True):
@@ -415,7 +416,7 @@ class ClusterStateCollector:
         yield total
 
         g = GaugeMetricFamily("tenantq_scheduled_jobs", "Jobs waiting for their countdown/eta.")
-        g.add_metric([], int(client.zcard("tq:delayed")))
+        g.add_metric([], int(client.zcard(keys.DELAYED)))
         yield g
 
         g = GaugeMetricFamily(
@@ -432,7 +433,7 @@ class ClusterStateCollector:
         g = GaugeMetricFamily(
             "tenantq_tenants_paused", "Tenants whose queue is paused (suspended or by the operator)."
         )
-        g.add_metric([], int(client.scard("tq:paused")))
+        g.add_metric([], int(client.scard(keys.PAUSED)))
         yield g
 
         running: dict[tuple[str, str], int] = defaultdict(int)

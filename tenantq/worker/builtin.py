@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tenantq.core.db import system_session
+from tenantq.core.db import unscoped_session
 from tenantq.core.outbound import BlockedDestination, guarded_client
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.registry import JobContext, RetryableError, task_type
@@ -185,7 +185,7 @@ def send_email(args: EmailArgs, ctx: JobContext) -> dict[str, Any]:
     settings = get_settings()
     if not settings.smtp_host:
         raise EmailNotConfigured("No SMTP relay is configured (TENANTQ_SMTP_HOST); e-mail cannot be sent.")
-    with system_session() as session:
+    with unscoped_session() as session:
         tenant = session.get(Tenant, ctx.tenant_id)
         sender = resolve_sender(args.from_, tenant, settings.smtp_default_from)
     msg = build_message(args, sender, ctx)

@@ -18,8 +18,8 @@ from tenantq.billing.invoicing.models import (
     StripeMeterCursor,
 )
 from tenantq.billing.invoicing.pricing import price_plan_usage, total
-from tenantq.billing.invoicing.service import Period
 from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.periods import Period
 from tenantq.tenants.accounts.models import Plan, Tenant
 from tests.factories import TenantFactory, _register
 

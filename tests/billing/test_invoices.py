@@ -11,10 +11,11 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from tenantq.billing.invoicing.models import BillingPeriod, Invoice
-from tenantq.billing.invoicing.service import Period, close_due_periods, close_period, due_periods
+from tenantq.billing.invoicing.service import close_due_periods, close_period, due_periods
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.db import session_factory
 from tenantq.core.errors import Conflict, InvalidInput
+from tenantq.core.periods import Period
 from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
 from tests.factories import ApiKeyFactory, auth
 

@@ -271,7 +271,7 @@ class TestFlusherResilience:
         job = job_meta(tenant.id)
         run_attempt(job)
         flusher = Flusher(redis_client, block_ms=0)
-        monkeypatch.setattr(buffer, "system_session", unreachable_database)
+        monkeypatch.setattr(buffer, "unscoped_session", unreachable_database)
         for _ in range(2):
             with pytest.raises(SQLAlchemyError):
                 flusher.flush_once()
@@ -326,7 +326,7 @@ class TestFlusherResilience:
 
     def test_running_flusher_rides_out_a_database_outage(self, db_session, redis_client, monkeypatch):
         tenant = TenantFactory()
-        monkeypatch.setattr(buffer, "system_session", unreachable_database)
+        monkeypatch.setattr(buffer, "unscoped_session", unreachable_database)
         flusher = Flusher(redis_client, consumer=f"outage-{uuid.uuid4().hex[:6]}", block_ms=200, linger=0.1)
         thread = threading.Thread(target=flusher.run_forever, daemon=True)
         thread.start()

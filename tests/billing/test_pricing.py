@@ -241,3 +241,11 @@ class TestOperatorPrices:
         )
         assert missing.status_code == 404
         assert api.get("/admin/v1/billing/prices").status_code == 401
+
+
+class TestNormalizeUsage:
+    @pytest.mark.parametrize("ms, seconds", [("compute_ms", "compute_seconds"), ("wall_ms", "wall_seconds")])
+    def test_a_time_in_both_units_is_refused(self, ms, seconds):
+        # Adding both would bill the same seconds twice.
+        with pytest.raises(ValueError, match="both"):
+            normalize_usage({ms: 1000, seconds: 1})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import threading
 import uuid
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -13,15 +12,10 @@ from sqlalchemy import func, select
 
 from tenantq.billing.usage import quotas
 from tenantq.billing.usage.buffer import insert_events
-from tenantq.billing.usage.quotas import (
-    compute_key,
-    current_period,
-    jobs_key,
-    period_bounds,
-    sync_counters_from_sql,
-)
+from tenantq.billing.usage.quotas import sync_counters_from_sql
 from tenantq.core.db import utcnow
-from tenantq.core.errors import InvalidInput
+from tenantq.core.keys import quota_compute_key, quota_jobs_key, quota_tenants_key
+from tenantq.core.periods import current_period, period_bounds
 from tenantq.platform.jobs.models import Job
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
@@ -49,20 +43,6 @@ def compute_events(tenant_id: str, ms: int) -> list[dict]:
             "occurred_at": utcnow(),
         }
     ]
-
-
-class TestPeriods:
-    def test_calendar_month_bounds_in_utc(self):
-        assert period_bounds("2026-12") == (
-            datetime(2026, 12, 1, tzinfo=UTC),
-            datetime(2027, 1, 1, tzinfo=UTC),
-        )
-        assert quotas.period_of(datetime(2026, 2, 28, 23, 59, tzinfo=UTC)) == "2026-02"
-
-    @pytest.mark.parametrize("bad", ["2026-13", "2026-1", "26-01", "", "2026-01-01"])
-    def test_malformed_periods_are_refused(self, bad):
-        with pytest.raises(InvalidInput):
-            period_bounds(bad)
 
 
 class TestJobsQuota:
@@ -117,7 +97,7 @@ class TestComputeQuota:
         rows = insert_events(db_session, compute_events(tenant.id, 2500))
         db_session.commit()
         quotas.add_compute_usage(redis_client, rows)
-        assert int(redis_client.get(compute_key(tenant.id, current_period()))) == 2500
+        assert int(redis_client.get(quota_compute_key(tenant.id, current_period()))) == 2500
         refused = api.post("/v1/jobs", json=ECHO, headers=auth(key))
         assert refused.status_code == 402
         assert refused.json()["error"]["details"] == {
@@ -137,7 +117,7 @@ class TestCounterReconciliation:
             JobFactory(tenant=tenant, status=status)
         JobFactory(tenant=tenant, status="cancelled", started_at=None)  # dropped before it ran: not counted
         JobFactory(tenant=tenant, status="cancelled", started_at=utcnow())  # cancelled while running: counted
-        redis_client.delete(jobs_key(tenant.id, current_period()))  # e.g. Redis lost its data
+        redis_client.delete(quota_jobs_key(tenant.id, current_period()))  # e.g. Redis lost its data
         jobs = next(
             q for q in api.get("/v1/usage", headers=auth(key)).json()["quotas"] if q["name"] == "jobs"
         )
@@ -150,15 +130,15 @@ class TestCounterReconciliation:
         insert_events(db_session, compute_events(tenant.id, 1234))
         db_session.commit()
         period = current_period()
-        redis_client.set(jobs_key(tenant.id, period), 99)  # drifted: e.g. refused by a later check
-        redis_client.set(compute_key(tenant.id, period), 7)
+        redis_client.set(quota_jobs_key(tenant.id, period), 99)  # drifted: e.g. refused by a later check
+        redis_client.set(quota_compute_key(tenant.id, period), 7)
         stale = str(uuid.uuid4())
-        redis_client.set(jobs_key(stale, period), 5)  # a tenant with nothing in SQL
-        redis_client.sadd(quotas.tenants_key(period), stale)
+        redis_client.set(quota_jobs_key(stale, period), 5)  # a tenant with nothing in SQL
+        redis_client.sadd(quota_tenants_key(period), stale)
         sync_counters_from_sql(redis_client)
-        assert redis_client.get(jobs_key(tenant.id, period)) == "3"
-        assert redis_client.get(compute_key(tenant.id, period)) == "1234"
-        assert redis_client.get(jobs_key(stale, period)) == "0"
+        assert redis_client.get(quota_jobs_key(tenant.id, period)) == "3"
+        assert redis_client.get(quota_compute_key(tenant.id, period)) == "1234"
+        assert redis_client.get(quota_jobs_key(stale, period)) == "0"
 
 
 class TestUsageEndpoint:

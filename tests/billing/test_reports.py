@@ -1,4 +1,8 @@
-"""Usage reports: exact figures and charges for a known set of usage events, JSON, CSV and CLI."""
+"""Usage reports: exact figures and charges for a known set of usage events, JSON, CSV and CLI.
+
+Charges come from the real pricing engine with prices stored on a test plan, and are checked against
+amounts computed by hand; a closed period's report must equal its invoice.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ from decimal import Decimal
 import pytest
 
 from tenantq.billing.invoicing import reports
+from tenantq.billing.invoicing.pricing import set_price
+from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.usage.buffer import insert_events
+from tests.billing.invoice_factories import old_tenant, reset_billing_state
 from tests.conftest import ROOT
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
+D = Decimal
 PERIOD = "2026-10"
 
 
@@ -50,8 +58,9 @@ def events(
     ]
 
 
-def seed_known_usage(session, tenant_id: str) -> None:
-    """demo.cpu: 2 jobs, 3 attempts, 3.5 s CPU, 8.7 s wall; demo.echo: 1 job, 0.12 s CPU, 0.25 s wall."""
+def seed_known_usage(session, tenant_id: str, year: int = 2026) -> None:
+    """October of ``year``: demo.cpu 2 jobs, 3 attempts, 3.5 s CPU, 8.7 s wall; demo.echo 1 job, 0.12 s
+    CPU, 0.25 s wall. Totals: 3 jobs, 4 attempts, 3.620 s CPU, 8.950 s wall."""
     a, b, c, late = (str(uuid.uuid4()) for _ in range(4))
     rows = [
         *events(
@@ -59,7 +68,7 @@ def seed_known_usage(session, tenant_id: str) -> None:
             a,
             1,
             "demo.echo",
-            datetime(2026, 10, 3, 10, 0, tzinfo=UTC),
+            datetime(year, 10, 3, 10, 0, tzinfo=UTC),
             compute_ms=120,
             wall_ms=250,
         ),
@@ -68,7 +77,7 @@ def seed_known_usage(session, tenant_id: str) -> None:
             b,
             1,
             "demo.cpu",
-            datetime(2026, 10, 3, 23, 59, 59, 500000, tzinfo=UTC),
+            datetime(year, 10, 3, 23, 59, 59, 500000, tzinfo=UTC),
             compute_ms=1500,
             wall_ms=1600,
             state="retried",
@@ -78,7 +87,7 @@ def seed_known_usage(session, tenant_id: str) -> None:
             b,
             2,
             "demo.cpu",
-            datetime(2026, 10, 4, 0, 0, 1, tzinfo=UTC),
+            datetime(year, 10, 4, 0, 0, 1, tzinfo=UTC),
             compute_ms=2000,
             wall_ms=2100,
         ),
@@ -87,7 +96,7 @@ def seed_known_usage(session, tenant_id: str) -> None:
             c,
             1,
             "demo.cpu",
-            datetime(2026, 10, 4, 12, 0, tzinfo=UTC),
+            datetime(year, 10, 4, 12, 0, tzinfo=UTC),
             compute_ms=0,
             wall_ms=5000,
             state="lost",
@@ -98,7 +107,7 @@ def seed_known_usage(session, tenant_id: str) -> None:
             late,
             1,
             "demo.cpu",
-            datetime(2026, 11, 1, 0, 0, tzinfo=UTC),
+            datetime(year, 11, 1, 0, 0, tzinfo=UTC),
             compute_ms=9999,
             wall_ms=9999,
         ),
@@ -107,46 +116,32 @@ def seed_known_usage(session, tenant_id: str) -> None:
     session.commit()
 
 
-def fake_price_usage(plan_name: str, usage: dict[str, Decimal]) -> list[dict]:
-    """A stand-in price list: base fee 10.00, 0.10 per job, 0.50 per CPU second (no included units)."""
-    return [
-        {
-            "metric": "base_fee",
-            "description": "Base fee",
-            "quantity": Decimal(1),
-            "unit_price": Decimal("10.00"),
-            "amount": Decimal("10.00"),
-        },
-        {
-            "metric": "jobs",
-            "description": "Jobs",
-            "quantity": usage["jobs"],
-            "unit_price": Decimal("0.10"),
-            "amount": (usage["jobs"] * Decimal("0.10")).quantize(Decimal("0.01")),
-        },
-        {
-            "metric": "compute_seconds",
-            "description": "CPU seconds",
-            "quantity": usage["compute_seconds"],
-            "unit_price": Decimal("0.50"),
-            "amount": (usage["compute_seconds"] * Decimal("0.50")).quantize(Decimal("0.01")),
-        },
-    ]
+@pytest.fixture
+def priced_plan(db_session, make_plan):
+    """A plan priced like a real one: base fee 10.00; jobs 0.10 each after 1 included (its quota);
+    CPU 0.50/s for the first 2 s, then 0.25/s, nothing included; wall 0.01/s.
+
+    For the known usage (3 jobs, 3.620 s CPU, 8.950 s wall), by hand:
+    jobs 2 x 0.10 = 0.20; CPU 2 x 0.50 + 1.620 x 0.25 = 1.405 -> 1.41; wall 8.950 x 0.01 = 0.0895 -> 0.09;
+    usage 1.70, plus the 10.00 base fee: 11.70.
+    """
+    plan = make_plan(base_fee=D("10.00"), included_jobs=1)
+    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.10"))])
+    set_price(
+        db_session,
+        plan_name=plan.name,
+        metric="compute_seconds",
+        included_units=D(0),
+        tiers=[(D(2), D("0.50")), (None, D("0.25"))],
+    )
+    set_price(db_session, plan_name=plan.name, metric="wall_seconds", tiers=[(None, D("0.01"))])
+    db_session.commit()
+    return plan
 
 
 @pytest.fixture
-def priced(monkeypatch):
-    monkeypatch.setattr(reports, "load_pricer", lambda: fake_price_usage)
-
-
-@pytest.fixture
-def unpriced(monkeypatch):
-    monkeypatch.setattr(reports, "load_pricer", lambda: None)
-
-
-@pytest.fixture
-def tenant_key(db_session, make_plan):
-    key = ApiKeyFactory(tenant=TenantFactory(plan_name=make_plan().name))
+def tenant_key(db_session, priced_plan):
+    key = ApiKeyFactory(tenant=TenantFactory(plan_name=priced_plan.name))
     seed_known_usage(db_session, key.tenant_id)
     return key
 
@@ -166,7 +161,10 @@ class TestAllocation:
 
 
 class TestTenantReport:
-    def test_csv_by_task_exact(self, api, tenant_key, priced):
+    def test_csv_by_task_exact(self, api, tenant_key):
+        # Each priced line is spread over the rows by the row's share of its metric: jobs 0.20 -> 0.13 /
+        # 0.07 (2 : 1 jobs); CPU tier 1 1.00 -> 0.97 / 0.03 and tier 2 0.41 -> 0.40 / 0.01 (3500 : 120 ms);
+        # wall 0.09 -> 0.09 / 0.00 (8700 : 250 ms).
         response = api.get(
             f"/v1/usage/report?period={PERIOD}&group_by=task&format=csv", headers=auth(tenant_key)
         )
@@ -175,23 +173,25 @@ class TestTenantReport:
         assert response.headers["content-disposition"] == f'attachment; filename="usage-{PERIOD}-by-task.csv"'
         assert response.text == (
             "key,jobs,attempts,compute_seconds,wall_seconds,charges\n"
-            "demo.cpu,2,3,3.500,8.700,1.95\n"
-            "demo.echo,1,1,0.120,0.250,0.16\n"
-            "total,3,4,3.620,8.950,2.11\n"
+            "demo.cpu,2,3,3.500,8.700,1.59\n"
+            "demo.echo,1,1,0.120,0.250,0.11\n"
+            "total,3,4,3.620,8.950,1.70\n"
         )
 
-    def test_csv_by_day_exact(self, api, tenant_key, priced):
+    def test_csv_by_day_exact(self, api, tenant_key):
+        # Jobs 0.20 -> 0.13 / 0.07 (2 : 1); CPU tier 1 1.00 -> 0.45 / 0.55 and tier 2 0.41 -> 0.18 / 0.23
+        # (1620 : 2000 ms); wall 0.09 -> 0.02 / 0.07 (1850 : 7100 ms).
         response = api.get(
             f"/v1/usage/report?period={PERIOD}&group_by=day&format=csv", headers=auth(tenant_key)
         )
         assert response.text == (
             "key,jobs,attempts,compute_seconds,wall_seconds,charges\n"
-            "2026-10-03,2,2,1.620,1.850,1.01\n"
-            "2026-10-04,1,2,2.000,7.100,1.10\n"
-            "total,3,4,3.620,8.950,2.11\n"
+            "2026-10-03,2,2,1.620,1.850,0.78\n"
+            "2026-10-04,1,2,2.000,7.100,0.92\n"
+            "total,3,4,3.620,8.950,1.70\n"
         )
 
-    def test_json_has_decimal_strings_and_fixed_charges(self, api, tenant_key, priced):
+    def test_json_has_decimal_strings_and_fixed_charges(self, api, tenant_key):
         body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(tenant_key)).json()
         assert body["period"] == PERIOD and body["group_by"] == "task" and body["priced"] is True
         assert body["rows"][0] == {
@@ -200,24 +200,26 @@ class TestTenantReport:
             "attempts": 3,
             "compute_seconds": "3.500",
             "wall_seconds": "8.700",
-            "charges": "1.95",
+            "charges": "1.59",
         }
         assert body["totals"] == {
             "jobs": 3,
             "attempts": 4,
             "compute_seconds": "3.620",
             "wall_seconds": "8.950",
-            "charges": "2.11",
+            "charges": "1.70",
             "fixed_charges": "10.00",
-            "total_charges": "12.11",
+            "total_charges": "11.70",
         }
 
-    def test_without_a_pricing_engine_charges_are_zero(self, api, tenant_key, unpriced):
-        body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(tenant_key)).json()
-        assert body["priced"] is False
-        assert {r["charges"] for r in body["rows"]} == {"0.00"} and body["totals"]["total_charges"] == "0.00"
+    def test_a_plan_without_usage_prices_charges_its_base_fee_only(self, api, db_session, make_plan):
+        key = ApiKeyFactory(tenant=TenantFactory(plan_name=make_plan(base_fee=D("4.50")).name))
+        seed_known_usage(db_session, key.tenant_id)
+        body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(key)).json()
+        assert {r["charges"] for r in body["rows"]} == {"0.00"}
+        assert body["totals"]["fixed_charges"] == "4.50" and body["totals"]["total_charges"] == "4.50"
 
-    def test_another_tenant_sees_only_its_own_usage(self, api, tenant_key, unpriced):
+    def test_another_tenant_sees_only_its_own_usage(self, api, tenant_key):
         other = ApiKeyFactory()
         body = api.get(f"/v1/usage/report?period={PERIOD}", headers=auth(other)).json()
         assert body["rows"] == [] and body["totals"]["jobs"] == 0
@@ -240,8 +242,8 @@ class TestTenantReport:
 
 
 class TestOperatorReport:
-    def test_rows_per_tenant_and_revenue_per_plan(self, api, db_session, make_plan, priced):
-        plan = make_plan()
+    def test_rows_per_tenant_and_revenue_per_plan(self, api, db_session, priced_plan):
+        plan = priced_plan
         first = TenantFactory(plan_name=plan.name)
         second = TenantFactory(plan_name=plan.name)
         seed_known_usage(db_session, first.id)
@@ -272,13 +274,14 @@ class TestOperatorReport:
             "attempts": 4,
             "compute_seconds": "3.620",
             "wall_seconds": "8.950",
-            "charges": "12.11",
+            "charges": "11.70",
         }
-        assert rows[second.id]["charges"] == "10.60"  # 10.00 base + 0.10 job + 0.50 CPU
+        # 10.00 base + 0.00 (its one job is included) + 1 s x 0.50 CPU + 1 s x 0.01 wall.
+        assert rows[second.id]["charges"] == "10.51"
         revenue = next(p for p in body["revenue_by_plan"] if p["plan"] == plan.name)
-        assert revenue == {"plan": plan.name, "currency": "usd", "tenants": 2, "revenue": "22.71"}
+        assert revenue == {"plan": plan.name, "currency": "usd", "tenants": 2, "revenue": "22.21"}
 
-    def test_csv_and_operator_credential(self, api, tenant_key, unpriced):
+    def test_csv_and_operator_credential(self, api, tenant_key):
         assert api.get(f"/admin/v1/reports/usage?period={PERIOD}").status_code == 401
         assert (
             api.get(f"/admin/v1/reports/usage?period={PERIOD}", headers=auth(tenant_key)).status_code == 401
@@ -290,9 +293,38 @@ class TestOperatorReport:
         lines = response.text.splitlines()
         assert lines[0] == "tenant_id,tenant,plan,jobs,attempts,compute_seconds,wall_seconds,charges"
         assert any(
-            line.startswith(f"{tenant_key.tenant_id},") and ",3,4,3.620,8.950,0.00" in line
+            line.startswith(f"{tenant_key.tenant_id},") and ",3,4,3.620,8.950,11.70" in line
             for line in lines[1:]
         )
+
+
+class TestReportEqualsInvoice:
+    """The report prices usage exactly as the period close does: same engine, same quantities."""
+
+    @pytest.fixture(autouse=True)
+    def clean_billing(self, db_session):
+        reset_billing_state(db_session)
+        yield
+        reset_billing_state(db_session)
+
+    def test_closed_period_report_equals_its_invoice(self, db_session, priced_plan):
+        tenant = old_tenant(priced_plan.name)
+        seed_known_usage(db_session, tenant.id, year=2001)
+        report = reports.tenant_report(db_session, tenant, "2001-10")
+        operator = reports.operator_report(db_session, "2001-10")
+        result = close_period(db_session, "2001-10", now=datetime(2001, 11, 5, tzinfo=UTC))
+        db_session.commit()
+        [invoice] = [i for i in result.invoices if i.tenant_id == tenant.id]
+        assert invoice.total == D("11.70")
+        assert D(report["totals"]["total_charges"]) == invoice.total
+        assert D(report["totals"]["fixed_charges"]) == sum(
+            (line.amount for line in invoice.lines if line.metric == "base_fee"), D(0)
+        )
+        assert D(report["totals"]["charges"]) == sum(
+            (line.amount for line in invoice.lines if line.metric != "base_fee"), D(0)
+        )
+        [row] = [r for r in operator["rows"] if r["tenant_id"] == tenant.id]
+        assert D(row["charges"]) == invoice.total
 
 
 class TestCli:
@@ -308,7 +340,6 @@ class TestCli:
         )
 
     def test_cli_matches_the_api(self, api, platform_env, tenant_key):
-        # No monkeypatching here: both sides use whatever pricing engine is installed.
         via_api = api.get(f"/v1/usage/report?period={PERIOD}&format=csv", headers=auth(tenant_key)).text
         done = self.run(platform_env, "--period", PERIOD, "--tenant", tenant_key.tenant_id, "--format", "csv")
         assert done.returncode == 0, done.stderr

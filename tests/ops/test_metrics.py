@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tenantq.core.errors import PaymentRequired, TooManyRequests
 from tenantq.core.settings import Settings
 from tenantq.ops import metrics
-from tenantq.platform.dispatch.queues import TenantQueues
+from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.tenants.access.dependencies import current_tenant
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, auth

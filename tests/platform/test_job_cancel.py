@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tenantq.platform.dispatch.dispatcher import publish
-from tenantq.platform.dispatch.queues import TenantQueues
+from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.lifecycle import cancel_key
 from tenantq.platform.jobs.models import JobAttempt
 from tests.conftest import wait_until

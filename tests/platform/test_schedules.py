@@ -28,7 +28,10 @@ def make_schedule(session, tenant, **fields) -> Schedule:
     from tenantq.platform.schedules.schemas import ScheduleCreate
 
     data = {"task": "demo.echo", "args": {"from": "schedule"}, "interval_seconds": 3600, **fields}
-    return service.create_schedule(session, tenant, ScheduleCreate(**data))
+    schedule = service.create_schedule(session, tenant, ScheduleCreate(**data))
+    # The request's session dependency commits in the API; here the test does, so beat sees the row.
+    session.commit()
+    return schedule
 
 
 class TestScheduleApi:

@@ -13,7 +13,7 @@ import pytest
 
 from tenantq.platform.dispatch.dispatcher import LEADER_KEY, Dispatcher
 from tenantq.platform.dispatch.limits import LimitsCache
-from tenantq.platform.dispatch.queues import INFLIGHT, TenantQueues, lease_key
+from tenantq.platform.dispatch.repository import INFLIGHT, TenantQueues, lease_key
 from tests.factories import TenantFactory
 
 # Limits too high to bind (0 is not a valid limit: see LimitOverrides).

@@ -9,9 +9,10 @@ import json
 from types import SimpleNamespace
 
 from tenantq.core.db import utcnow
+from tenantq.core.keys import lease_key, wait_key
 from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
-from tenantq.platform.dispatch.queues import TenantQueues, lease_key, wait_key
+from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.worker import pipeline
 from tests.factories import JobFactory, TenantFactory

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from tenantq.core.db import session_factory
 from tenantq.platform.dispatch.dispatcher import LEADER_KEY
-from tenantq.platform.dispatch.queues import TenantQueues, lease_key
+from tenantq.platform.dispatch.repository import TenantQueues, lease_key
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.jobs.service import submit_job

@@ -6,7 +6,7 @@ depths are exact.
 
 from __future__ import annotations
 
-from tenantq.platform.dispatch.queues import TenantQueues
+from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.models import Job
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 

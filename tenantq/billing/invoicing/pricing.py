@@ -125,7 +125,15 @@ def total(lines: Iterable[Line]) -> Decimal:
 
 
 def normalize_usage(usage: Mapping[str, Decimal | int | float | str]) -> dict[str, Decimal]:
-    """Metering names -> priced metrics; milliseconds become seconds exactly; unknown keys are ignored."""
+    """Metering names -> priced metrics; milliseconds become seconds exactly; unknown keys are ignored.
+
+    A time given both in milliseconds and in seconds is refused: the two would add up and bill the same
+    CPU or wall time twice.
+    """
+    for ms_name in ("compute_ms", "wall_ms"):
+        seconds_name = ms_name.replace("_ms", "_seconds")
+        if ms_name in usage and seconds_name in usage:
+            raise ValueError(f"usage gives both {ms_name} and {seconds_name}: pass one unit per metric")
     out = {m: Decimal(0) for m in PRICED_METRICS}
     for key, raw in usage.items():
         value = Decimal(str(raw)) if not isinstance(raw, Decimal) else raw
@@ -232,9 +240,9 @@ def price_usage(
     and should note that included units apply per call. Without a session one is opened (read only).
     """
     if session is None:
-        from tenantq.core.db import system_session
+        from tenantq.core.db import unscoped_session
 
-        with system_session() as own:
+        with unscoped_session() as own:
             return price_usage(plan_name, usage, own, include_base_fee=include_base_fee)
     plan = session.get(Plan, plan_name)
     if plan is None:

@@ -4,12 +4,13 @@ Figures come from the ``usage_event`` table (what the flusher has written): jobs
 seconds (CPU) and wall seconds, per calendar month in UTC. Quantities are Decimal and serialised as
 strings; seconds keep millisecond precision.
 
-Charges come from the pricing engine (``tenantq.billing.invoicing.pricing.price_usage``) when it is installed,
-else they are zero. Usage lines are priced on the whole period (included units and tiers apply to the
-period, not to a row) and each usage line's amount is spread over the rows in proportion to the row's
-share of that metric, rounded half-up to the cent with the rounding remainder on the largest row, so
-the rows add up exactly to the priced usage. Lines that are not usage (the plan's base fee) appear in
-``totals.fixed_charges`` only.
+Charges come from the pricing engine that prices invoices (``pricing.price_usage``), fed the same
+metering quantities a period close feeds it, so a report's ``total_charges`` equals the invoice that
+the same usage would produce. Usage lines are priced on the whole period (included units and tiers
+apply to the period, not to a row) and each usage line's amount is spread over the rows in proportion
+to the row's share of that metric, rounded half-up to the cent with the rounding remainder on the
+largest row, so the rows add up exactly to the priced usage. Lines that are not usage (the plan's base
+fee) appear in ``totals.fixed_charges`` only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -25,9 +25,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tenantq.billing.invoicing.pricing import price_usage
 from tenantq.billing.usage.models import UsageEvent
-from tenantq.billing.usage.quotas import period_bounds
+from tenantq.billing.usage.repository import UsageRepository
 from tenantq.core.errors import InvalidInput
+from tenantq.core.periods import period_bounds
 from tenantq.tenants.accounts.models import Plan, Tenant
 
 CENT = Decimal("0.01")
@@ -45,26 +47,13 @@ OPERATOR_COLUMNS = (
     "charges",
 )
 
-# Which report quantity a pricing line's metric is spread by.
+# Which report quantity a pricing line's metric is spread by; other lines (the base fee) are fixed.
 _LINE_METRIC_TO_FIELD = {
     "jobs": "jobs",
     "attempts": "attempts",
-    "compute_ms": "compute_ms",
     "compute_seconds": "compute_ms",
-    "compute": "compute_ms",
-    "wall_ms": "wall_ms",
     "wall_seconds": "wall_ms",
-    "wall": "wall_ms",
 }
-
-
-def load_pricer() -> Callable[[str, dict[str, Decimal]], list[Any]] | None:
-    """6b's pricing function if it is installed; reports show zero charges without it."""
-    try:
-        from tenantq.billing.invoicing.pricing import price_usage  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return price_usage
 
 
 @dataclass
@@ -79,15 +68,12 @@ class Usage:
         setattr(self, metric, getattr(self, metric) + int(quantity))
 
     def for_pricing(self) -> dict[str, Decimal]:
-        """Raw metrics (as stored on usage events) plus the same times in seconds, so the pricer finds
-        the unit it prices in."""
+        """The metrics as stored on usage events: what a period close passes to the pricer."""
         return {
             "jobs": Decimal(self.jobs),
             "attempts": Decimal(self.attempts),
             "compute_ms": Decimal(self.compute_ms),
             "wall_ms": Decimal(self.wall_ms),
-            "compute_seconds": Decimal(self.compute_ms) / 1000,
-            "wall_seconds": Decimal(self.wall_ms) / 1000,
         }
 
     def figures(self) -> dict[str, str | int]:
@@ -100,19 +86,9 @@ class Usage:
         }
 
 
-def _line_value(line: Any, name: str) -> Any:
-    return line.get(name) if isinstance(line, dict) else getattr(line, name, None)
-
-
-def price(plan_name: str, usage: Usage) -> tuple[list[tuple[str | None, Decimal]], bool]:
-    """[(metric, amount)] for the period's usage, and whether a pricer was available."""
-    pricer = load_pricer()
-    if pricer is None:
-        return [], False
-    lines = pricer(plan_name, usage.for_pricing())
-    return [
-        (_line_value(line, "metric"), Decimal(str(_line_value(line, "amount") or 0))) for line in lines
-    ], True
+def price(session: Session, plan_name: str, usage: Usage) -> list[tuple[str, Decimal]]:
+    """[(metric, amount)] of the period's usage, priced as the invoice prices it."""
+    return [(line.metric, line.amount) for line in price_usage(plan_name, usage.for_pricing(), session)]
 
 
 def allocate(amount: Decimal, weights: dict[str, int]) -> dict[str, Decimal]:
@@ -147,15 +123,8 @@ def tenant_usage(session: Session, tenant_id: str, period: str, group_by: str) -
     _check_group_by(group_by)
     start, end = period_bounds(period)
     key = UsageEvent.task if group_by == "task" else _day_expr(session)
-    stmt = (
-        select(key, UsageEvent.metric, func.sum(UsageEvent.quantity))
-        .where(
-            UsageEvent.tenant_id == tenant_id, UsageEvent.occurred_at >= start, UsageEvent.occurred_at < end
-        )
-        .group_by(key, UsageEvent.metric)
-    )
     rows: dict[str, Usage] = defaultdict(Usage)
-    for k, metric, qty in session.execute(stmt):
+    for k, metric, qty in UsageRepository(session, tenant_id).sums_by(key, start, end):
         rows[str(k)].add(metric, qty or 0)
     return dict(sorted(rows.items()))
 
@@ -166,10 +135,10 @@ def tenant_report(session: Session, tenant: Tenant, period: str, group_by: str =
     for usage in rows.values():
         for metric in ("jobs", "attempts", "compute_ms", "wall_ms"):
             totals.add(metric, getattr(usage, metric))
-    lines, priced = price(tenant.plan_name, totals)
+    lines = price(session, tenant.plan_name, totals)
     fixed = Decimal(0)
     for metric, amount in lines:
-        target = _LINE_METRIC_TO_FIELD.get(metric or "")
+        target = _LINE_METRIC_TO_FIELD.get(metric)
         if target is None:
             fixed += amount
             continue
@@ -181,7 +150,7 @@ def tenant_report(session: Session, tenant: Tenant, period: str, group_by: str =
         "period": period,
         "group_by": group_by,
         "currency": plan.currency if plan is not None else None,
-        "priced": priced,
+        "priced": True,
         "rows": [{"key": k, **u.figures()} for k, u in rows.items()],
         "totals": {
             **totals.figures(),
@@ -212,11 +181,9 @@ def operator_report(session: Session, period: str) -> dict[str, Any]:
     by_plan: dict[str, dict[str, Any]] = {}
     rows = []
     totals = Usage()
-    priced_any = False
     for tenant in tenants:
         u = usage.get(tenant.id, Usage())
-        lines, priced = price(tenant.plan_name, u)
-        priced_any = priced_any or priced
+        lines = price(session, tenant.plan_name, u)
         u.charges = sum((a.quantize(CENT, ROUND_HALF_UP) for _m, a in lines), Decimal(0))
         for metric in ("jobs", "attempts", "compute_ms", "wall_ms"):
             totals.add(metric, getattr(u, metric))
@@ -240,7 +207,7 @@ def operator_report(session: Session, period: str) -> dict[str, Any]:
     totals_out.pop("charges")
     return {
         "period": period,
-        "priced": priced_any,
+        "priced": True,
         "rows": rows,
         "revenue_by_plan": [
             {**e, "revenue": str(e["revenue"].quantize(CENT, ROUND_HALF_UP))}

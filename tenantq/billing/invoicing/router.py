@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from tenantq.billing.invoicing import pricing, service
 from tenantq.billing.invoicing.models import BillingPeriod
+from tenantq.billing.invoicing.repository import InvoiceRepository
 from tenantq.billing.invoicing.schemas import (
     BillingPeriodOut,
     BillingPeriodsOut,
@@ -48,7 +49,7 @@ def list_invoices(
         str | None, Query(max_length=512, description="next_cursor of the previous page.")
     ] = None,
 ) -> InvoiceList:
-    items, next_cursor = service.InvoiceRepository(session, ctx.tenant_id).list(
+    items, next_cursor = InvoiceRepository(session, ctx.tenant_id).list(
         status=status, limit=limit, cursor=cursor
     )
     return InvoiceList(items=[InvoiceOut.of(i) for i in items], next_cursor=next_cursor)
@@ -58,7 +59,7 @@ def list_invoices(
     "/v1/invoices/{invoice_id}", response_model=InvoiceOut, tags=["billing"], summary="Get an invoice"
 )
 def get_invoice(invoice_id: str, ctx: BillingRead, session: SessionDep) -> InvoiceOut:
-    return InvoiceOut.of(service.InvoiceRepository(session, ctx.tenant_id).get(invoice_id))
+    return InvoiceOut.of(InvoiceRepository(session, ctx.tenant_id).get(invoice_id))
 
 
 def _accept_event(payload: bytes, signature: str | None) -> dict:
@@ -128,7 +129,6 @@ def list_periods(_op: Operator, session: SessionDep) -> BillingPeriodsOut:
 )
 def close(body: CloseIn, op: Operator, session: SessionDep, response: Response) -> CloseOut:
     result = service.close_period(session, body.period, force=body.force, closed_by=op.subject)
-    session.commit()
     response.status_code = 201 if result.created else 200
     return CloseOut.of(result)
 
@@ -166,7 +166,6 @@ def put_price(plan: str, metric: str, body: PriceIn, _op: Operator, session: Ses
         description=body.description,
         tiers=[(t.up_to, t.unit_price) for t in body.tiers],
     )
-    session.commit()
     return PriceOut.of(price, _plan(session, plan))
 
 
@@ -178,5 +177,4 @@ def put_price(plan: str, metric: str, body: PriceIn, _op: Operator, session: Ses
 )
 def delete_price(plan: str, metric: str, _op: Operator, session: SessionDep) -> Response:
     pricing.delete_price(session, plan_name=plan, metric=metric)
-    session.commit()
     return Response(status_code=204)

@@ -24,13 +24,11 @@ An invoice with a zero total is issued as ``paid`` (nothing to collect) and is n
 
 from __future__ import annotations
 
-import base64
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,46 +36,10 @@ from tenantq.billing.invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from tenantq.billing.invoicing.pricing import price_plan_usage, total
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.db import utcnow
-from tenantq.core.errors import Conflict, InvalidInput, NotFound
+from tenantq.core.errors import Conflict
+from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
 from tenantq.tenants.accounts.models import Plan, Tenant
-
-PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-
-
-@dataclass(frozen=True)
-class Period:
-    """A calendar month in UTC: ``[start, end)``."""
-
-    name: str
-    start: datetime
-    end: datetime
-
-    @classmethod
-    def parse(cls, text: str) -> Period:
-        match = PERIOD_RE.match(text or "")
-        if not match:
-            raise InvalidInput(
-                "Period must look like YYYY-MM.", code="invalid_period", details={"period": text}
-            )
-        return cls.of(int(match.group(1)), int(match.group(2)))
-
-    @classmethod
-    def of(cls, year: int, month: int) -> Period:
-        start = datetime(year, month, 1, tzinfo=UTC)
-        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-        return cls(name=f"{year:04d}-{month:02d}", start=start, end=end)
-
-    @classmethod
-    def containing(cls, moment: datetime) -> Period:
-        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return cls.of(moment.year, moment.month)
-
-    def next(self) -> Period:
-        return Period.containing(self.end)
-
-    def due_at(self, grace: timedelta) -> datetime:
-        return self.end + grace
 
 
 @dataclass
@@ -278,13 +240,13 @@ def due_periods(session: Session, now: datetime | None = None) -> list[str]:
 
 def close_due_periods(now: datetime | None = None) -> list[str]:
     """Close every due period, oldest first, each in its own transaction. Returns the periods closed."""
-    from tenantq.core.db import system_session
+    from tenantq.core.db import unscoped_session
 
-    with system_session() as session:
+    with unscoped_session() as session:
         names = due_periods(session, now)
     closed = []
     for name in names:
-        with system_session() as session:
+        with unscoped_session() as session:
             result = close_period(session, name, now=now)
             if result.created:
                 closed.append(name)
@@ -301,53 +263,3 @@ def mark_paid(session: Session, invoice: Invoice, when: datetime | None = None) 
     invoice.paid_at = when or utcnow()
     session.flush()
     return True
-
-
-# --- Tenant-scoped reads -------------------------------------------------------------------------
-
-
-def _encode_cursor(invoice: Invoice) -> str:
-    return base64.urlsafe_b64encode(f"{invoice.period}|{invoice.id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
-        period, invoice_id = raw.split("|", 1)
-        return period, invoice_id
-    except Exception as exc:
-        raise InvalidInput("Invalid cursor.", code="invalid_cursor") from exc
-
-
-class InvoiceRepository:
-    """The only way to read invoices for a tenant: the tenant filter lives in ``_scoped``."""
-
-    def __init__(self, session: Session, tenant_id: str) -> None:
-        self.session = session
-        self.tenant_id = tenant_id
-
-    def _scoped(self) -> Select[tuple[Invoice]]:
-        return select(Invoice).where(Invoice.tenant_id == self.tenant_id)
-
-    def get(self, invoice_id: str) -> Invoice:
-        invoice = self.session.scalars(self._scoped().where(Invoice.id == invoice_id)).first()
-        if invoice is None:
-            raise NotFound("Invoice not found.", details={"id": invoice_id})
-        return invoice
-
-    def list(
-        self, *, status: str | None = None, limit: int = 24, cursor: str | None = None
-    ) -> tuple[list[Invoice], str | None]:
-        query = self._scoped()
-        if status:
-            query = query.where(Invoice.status == status)
-        if cursor:
-            period, invoice_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(Invoice.period < period, and_(Invoice.period == period, Invoice.id < invoice_id))
-            )
-        rows = list(
-            self.session.scalars(query.order_by(Invoice.period.desc(), Invoice.id.desc()).limit(limit + 1))
-        )
-        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-        return rows[:limit], next_cursor

@@ -41,10 +41,11 @@ from sqlalchemy.orm import Session
 
 from tenantq.billing.invoicing.models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
 from tenantq.billing.invoicing.pricing import to_minor_units
-from tenantq.billing.invoicing.service import Period, mark_paid
+from tenantq.billing.invoicing.service import mark_paid
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.db import utcnow
 from tenantq.core.errors import ServiceUnavailable, TenantqError
+from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
 from tenantq.tenants.accounts.models import Tenant
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from tenantq.billing.invoicing.models import Invoice, StripeEvent
 from tenantq.core.celery import SYSTEM_QUEUE, app
-from tenantq.core.db import system_session, utcnow
+from tenantq.core.db import unscoped_session, utcnow
 
 log = logging.getLogger("tenantq.billing")
 
@@ -35,7 +35,7 @@ def close_due_periods_task() -> list[str]:
 
     closed = close_due_periods()
     if closed and stripe_configured():
-        with system_session() as session:
+        with unscoped_session() as session:
             ids = list(
                 session.scalars(
                     select(Invoice.id).where(
@@ -55,7 +55,7 @@ def stripe_sync_invoice(self, invoice_id: str) -> dict:
     from tenantq.billing.invoicing.stripe_sync import StripeSyncError, stripe_client, sync_invoice
 
     try:
-        with system_session() as session:
+        with unscoped_session() as session:
             invoice = session.get(Invoice, invoice_id)
             if invoice is None:
                 return {"invoice_id": invoice_id, "skipped": "unknown_invoice"}
@@ -68,7 +68,7 @@ def stripe_sync_invoice(self, invoice_id: str) -> dict:
 def stripe_event(event_id: str) -> str:
     from tenantq.billing.invoicing.stripe_sync import process_event
 
-    with system_session() as session:
+    with unscoped_session() as session:
         return process_event(session, event_id)
 
 
@@ -76,7 +76,7 @@ def stripe_event(event_id: str) -> str:
 def stripe_event_sweep() -> int:
     from tenantq.billing.invoicing.stripe_sync import process_event
 
-    with system_session() as session:
+    with unscoped_session() as session:
         ids = list(
             session.scalars(
                 select(StripeEvent.id)
@@ -86,7 +86,7 @@ def stripe_event_sweep() -> int:
             )
         )
     for event_id in ids:
-        with system_session() as session:
+        with unscoped_session() as session:
             process_event(session, event_id)
     return len(ids)
 
@@ -98,7 +98,7 @@ def stripe_meter_events() -> dict:
 
     if not (stripe_configured() and get_settings().stripe_meters):
         return {"skipped": "not_configured"}
-    with system_session() as session:
+    with unscoped_session() as session:
         return stream_meter_events(session, stripe_client()).as_dict()
 
 

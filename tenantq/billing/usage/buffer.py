@@ -37,13 +37,14 @@ from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.metering import STREAM, Meter
 from tenantq.billing.usage.models import USAGE_METRICS, UsageEvent
-from tenantq.core.db import system_session, utcnow
+from tenantq.core import keys
+from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.redis import get_redis
 
 log = logging.getLogger("tenantq.flusher")
 
-GROUP = "tq:usage:flushers"
-DEAD = "tq:usage:dead"
+GROUP = keys.USAGE_FLUSHERS
+DEAD = keys.USAGE_DEAD
 
 
 def ensure_group(client: redis.Redis) -> None:
@@ -169,7 +170,7 @@ class Flusher:
                 pipe.xack(STREAM, GROUP, entry_id)
                 pipe.xdel(STREAM, entry_id)
                 pipe.execute()
-        with system_session() as session:
+        with unscoped_session() as session:
             new_rows = insert_events(session, rows)
         if good:
             pipe = self.r.pipeline(transaction=True)

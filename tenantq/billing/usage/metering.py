@@ -48,15 +48,15 @@ from typing import Any
 
 import redis
 
+from tenantq.core import keys
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import JobMessage
 
 log = logging.getLogger("tenantq.metering")
 
-STREAM = "tq:usage"
-OPEN = "tq:usage:open"
-ATTEMPT_PREFIX = "tq:usage:att:"
+STREAM = keys.USAGE_STREAM
+OPEN = keys.USAGE_OPEN
 # Only needed while the job can still be redelivered or retried (retry backoff is capped at minutes, the
 # visibility timeout at about an hour): refreshed at every attempt, then it expires.
 ATTEMPT_TTL_S = 3 * 24 * 3600
@@ -120,7 +120,7 @@ def metering_enabled() -> bool:
 
 
 def attempt_key(job_id: str) -> str:
-    return f"{ATTEMPT_PREFIX}{job_id}"
+    return keys.usage_attempt_key(job_id)
 
 
 def usage_events(

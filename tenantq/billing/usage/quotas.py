@@ -25,53 +25,28 @@ Redis keys: ``tq:quota:{tenant}:{YYYY-MM}:jobs`` and ``tq:quota:{tenant}:{YYYY-M
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import redis
-from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy import and_, func, not_, select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
-from tenantq.core.db import system_session, utcnow
-from tenantq.core.errors import InvalidInput, PaymentRequired, ServiceUnavailable
+from tenantq.billing.usage.repository import UsageRepository
+from tenantq.core.db import unscoped_session
+from tenantq.core.errors import PaymentRequired, ServiceUnavailable
+from tenantq.core.keys import quota_compute_key, quota_jobs_key, quota_tenants_key
+from tenantq.core.periods import current_period, period_bounds, period_of
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs.models import Job
+from tenantq.platform.jobs.repository import JobRepository
 from tenantq.tenants.accounts.models import Plan, Tenant
 
 COUNTER_TTL_S = 62 * 24 * 3600
-_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-
-
-# -- periods --------------------------------------------------------------------------------------------
-
-
-def period_of(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return f"{moment.year:04d}-{moment.month:02d}"
-
-
-def current_period(now: datetime | None = None) -> str:
-    return period_of(now or utcnow())
-
-
-def period_bounds(period: str) -> tuple[datetime, datetime]:
-    """``YYYY-MM`` -> [start, end) in UTC. Raises InvalidInput for anything else."""
-    match = _PERIOD_RE.match(period or "")
-    if not match:
-        raise InvalidInput(
-            "period must be YYYY-MM (a calendar month, UTC).",
-            code="invalid_period",
-            details={"period": period},
-        )
-    year, month = int(match.group(1)), int(match.group(2))
-    start = datetime(year, month, 1, tzinfo=UTC)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
 
 
 # -- limits ---------------------------------------------------------------------------------------------
@@ -104,18 +79,6 @@ def quota_limits(session: Session, tenant: Tenant) -> QuotaLimits:
 
 
 # -- counters -------------------------------------------------------------------------------------------
-
-
-def jobs_key(tenant_id: str, period: str) -> str:
-    return f"tq:quota:{tenant_id}:{period}:jobs"
-
-
-def compute_key(tenant_id: str, period: str) -> str:
-    return f"tq:quota:{tenant_id}:{period}:compute_ms"
-
-
-def tenants_key(period: str) -> str:
-    return f"tq:quota:tenants:{period}"
 
 
 # Check and increment in one step: no interleaving of concurrent submits between test and increment.
@@ -176,7 +139,7 @@ def sql_compute_ms(session: Session, tenant_id: str | None, period: str) -> dict
 
 def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, period: str) -> None:
     """Seed missing counters from SQL (first use in a period, or after Redis lost them)."""
-    jk, ck = jobs_key(tenant_id, period), compute_key(tenant_id, period)
+    jk, ck = quota_jobs_key(tenant_id, period), quota_compute_key(tenant_id, period)
     pipe = client.pipeline(transaction=False)
     pipe.exists(jk)
     pipe.exists(ck)
@@ -184,8 +147,8 @@ def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, perio
     if not have_jobs:
         client.set(jk, sql_jobs_used(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S)
         # Remember who has counters this period, so the periodic sync needs no keyspace scan.
-        client.sadd(tenants_key(period), tenant_id)
-        client.expire(tenants_key(period), COUNTER_TTL_S)
+        client.sadd(quota_tenants_key(period), tenant_id)
+        client.expire(quota_tenants_key(period), COUNTER_TTL_S)
     if not have_cpu:
         client.set(
             ck, sql_compute_ms(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S
@@ -204,7 +167,7 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
     try:
         ensure_counters(client, session, tenant.id, period)
         ok, quota, used = client.register_script(_ADMIT)(
-            keys=[jobs_key(tenant.id, period), compute_key(tenant.id, period)],
+            keys=[quota_jobs_key(tenant.id, period), quota_compute_key(tenant.id, period)],
             args=[count, limits.jobs, limits.compute_seconds * 1000, 1 if limits.hard else 0, COUNTER_TTL_S],
         )
     except redis.RedisError:
@@ -239,7 +202,7 @@ def add_compute_usage(client: redis.Redis, rows: list[dict[str, Any]]) -> None:
     totals: dict[str, int] = defaultdict(int)
     for row in rows:
         if row["metric"] == "compute_ms" and row["quantity"]:
-            totals[compute_key(row["tenant_id"], period_of(row["occurred_at"]))] += int(row["quantity"])
+            totals[quota_compute_key(row["tenant_id"], period_of(row["occurred_at"]))] += int(row["quantity"])
     if not totals:
         return
     add = client.register_script(_ADD_IF_EXISTS)
@@ -251,15 +214,15 @@ def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None
     """Reset every counter of ``period`` (default: current) from SQL. Returns counters written."""
     client = client or get_redis()
     period = period or current_period()
-    with system_session() as session:
+    with unscoped_session() as session:
         jobs = sql_jobs_used(session, None, period)
         cpu = sql_compute_ms(session, None, period)
     # Counters of tenants with nothing in SQL any more (e.g. their only jobs were refused) go back to 0.
-    tenants = set(jobs) | set(cpu) | set(client.smembers(tenants_key(period)))
+    tenants = set(jobs) | set(cpu) | set(client.smembers(quota_tenants_key(period)))
     pipe = client.pipeline(transaction=False)
     for tenant_id in tenants:
-        pipe.set(jobs_key(tenant_id, period), jobs.get(tenant_id, 0), ex=COUNTER_TTL_S)
-        pipe.set(compute_key(tenant_id, period), cpu.get(tenant_id, 0), ex=COUNTER_TTL_S)
+        pipe.set(quota_jobs_key(tenant_id, period), jobs.get(tenant_id, 0), ex=COUNTER_TTL_S)
+        pipe.set(quota_compute_key(tenant_id, period), cpu.get(tenant_id, 0), ex=COUNTER_TTL_S)
     pipe.execute()
     return 2 * len(tenants)
 
@@ -276,25 +239,16 @@ def usage_summary(session: Session, tenant: Tenant, now: datetime | None = None)
     try:
         client = get_redis()
         ensure_counters(client, session, tenant.id, period)
-        raw_jobs, raw_cpu = client.mget([jobs_key(tenant.id, period), compute_key(tenant.id, period)])
+        raw_jobs, raw_cpu = client.mget(
+            [quota_jobs_key(tenant.id, period), quota_compute_key(tenant.id, period)]
+        )
         jobs_used, cpu_ms = int(raw_jobs or 0), int(raw_cpu or 0)
     except redis.RedisError:  # Redis is a cache of SQL here: answer from SQL
         jobs_used = sql_jobs_used(session, tenant.id, period).get(tenant.id, 0)
-        cpu_ms = sql_compute_ms(session, tenant.id, period).get(tenant.id, 0)
-    running = (
-        session.scalar(
-            select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id, Job.status == "running")
-        )
-        or 0
-    )
-    queued = (
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.tenant_id == tenant.id, or_(Job.status == "queued", Job.status == "scheduled"))
-        )
-        or 0
-    )
+        cpu_ms = UsageRepository(session, tenant.id).metric_total("compute_ms", start, end)
+    tenant_jobs = JobRepository(session, tenant.id)
+    running = tenant_jobs.count(Job.status == "running")
+    queued = tenant_jobs.count(Job.status.in_(("queued", "scheduled")))
     return {
         "period": {
             "start": start.isoformat().replace("+00:00", "Z"),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from tenantq.billing.invoicing import reports
 from tenantq.billing.usage import quotas
+from tenantq.billing.usage.schemas import UsageOut, UsageReport
 from tenantq.core.dependencies import SessionDep
-from tenantq.core.errors import NotFound
 from tenantq.tenants.access.dependencies import UsageRead
-from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -20,27 +19,22 @@ PeriodParam = Annotated[
 ]
 
 
-def _tenant(session, tenant_id: str) -> Tenant:
-    tenant = session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise NotFound("Tenant not found.")
-    return tenant
-
-
 @router.get(
     "/usage",
+    response_model=UsageOut,
     summary="Current period usage against every quota",
     description="Jobs and compute seconds used in the current calendar month (UTC) against the plan's "
     "included amounts (`hard`: over the limit new jobs answer 402; soft: overage is billed), plus running "
     "and queued jobs against the plan's concurrency and queue limits. Jobs count when accepted; compute "
     "seconds when the attempt's usage has been recorded (within seconds of its end).",
 )
-def get_usage(ctx: UsageRead, session: SessionDep) -> dict[str, Any]:
-    return quotas.usage_summary(session, _tenant(session, ctx.tenant_id))
+def get_usage(ctx: UsageRead, session: SessionDep) -> UsageOut:
+    return UsageOut.model_validate(quotas.usage_summary(session, ctx.tenant))
 
 
 @router.get(
     "/usage/report",
+    response_model=UsageReport,
     summary="Usage report for a period, by task type or by day",
     description="Jobs, attempts, compute (CPU) seconds, wall seconds and charges for one calendar month "
     "(UTC), grouped by task type or by UTC day. Quantities and amounts are decimal strings. "
@@ -55,14 +49,13 @@ def get_usage_report(
     period: PeriodParam = None,
     group_by: Annotated[Literal["task", "day"], Query(description="Row key: task type or UTC day.")] = "task",
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
-) -> Any:
-    tenant = _tenant(session, ctx.tenant_id)
+) -> UsageReport | Response:
     period = period or quotas.current_period()
-    report = reports.tenant_report(session, tenant, period, group_by)
+    report = reports.tenant_report(session, ctx.tenant, period, group_by)
     if format == "csv":
         return Response(
             reports.tenant_report_csv(report),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="usage-{period}-by-{group_by}.csv"'},
         )
-    return report
+    return UsageReport.model_validate(report)

@@ -5,8 +5,6 @@
  *   cookie-authenticated writes).
  * - Data is put in the page with textContent / DOM nodes only, never innerHTML: tenant-supplied
  *   strings (task args, errors, key names) cannot inject markup.
- * - An area whose endpoint is not deployed (feature flag false, or 404/405 from the router) shows a
- *   "not available on this server" state instead of an error.
  * - Charts are small hand-written SVG bar charts; nothing is loaded from a CDN.
  */
 "use strict";
@@ -15,8 +13,6 @@
   const body = document.body;
   const AREA = body.dataset.area;
   const PAGE = body.dataset.page;
-  let FEATURES = {};
-  try { FEATURES = JSON.parse(body.dataset.features || "{}"); } catch (e) { FEATURES = {}; }
   const LOGIN = AREA === "admin" ? "/admin/login" : "/dashboard/login";
   const TERMINAL = new Set(["succeeded", "failed", "cancelled", "rejected"]);
   const CANCELLABLE = new Set(["queued", "scheduled", "running", "retrying"]);
@@ -63,10 +59,6 @@
     if (target) target.focus();
   }
   function emptyState(text) { return h("p", { class: "empty" }, text); }
-  function unavailable(what) {
-    return h("p", { class: "unavailable", "data-state": "unavailable" },
-      what + ": not available on this server yet.");
-  }
   function errorBox(text) { return h("p", { class: "banner banner-error", role: "alert" }, text); }
   function say(el, text, kind) {
     if (!el) return;
@@ -117,11 +109,6 @@
     const d = new Date();
     return d.getUTCFullYear() + "-" + String(d.getUTCMonth() + 1).padStart(2, "0");
   }
-  function asItems(data) {
-    if (Array.isArray(data)) return data;
-    if (data && Array.isArray(data.items)) return data.items;
-    return [];
-  }
 
   // ------------------------------------------------------------------------------------------------
   // API
@@ -139,7 +126,7 @@
     try {
       resp = await fetch(url, init);
     } catch (e) {
-      return { ok: false, status: 0, data: null, missing: false, message: "The server could not be reached." };
+      return { ok: false, status: 0, data: null, message: "The server could not be reached." };
     }
     if (resp.status === 401) {
       // Session expired or its key was revoked: back to sign-in, then back here.
@@ -155,8 +142,6 @@
       try { data = await resp.json(); } catch (e) { data = null; }
     }
     const err = data && data.error ? data.error : null;
-    // A 404 from the router itself ("Not Found") or a 405 means the endpoint is not deployed here.
-    const missing = resp.status === 405 || (resp.status === 404 && (!err || err.message === "Not Found"));
     let message = "";
     if (!resp.ok) {
       message = err ? err.message : "Request failed (HTTP " + resp.status + ").";
@@ -164,11 +149,10 @@
         message += " " + err.details.map((d) => (d.loc || []).slice(1).join(".") + ": " + d.msg).join("; ");
       }
     }
-    return { ok: resp.ok, status: resp.status, data, missing, message, code: err ? err.code : null };
+    return { ok: resp.ok, status: resp.status, data, message, code: err ? err.code : null };
   }
 
   function failure(r, what) {
-    if (r.missing) return unavailable(what);
     if (r.status === 403) return errorBox(r.message + " (ask for a key with the right scope, then sign in with it)");
     return errorBox(what + ": " + r.message);
   }
@@ -291,7 +275,7 @@
     let seen = null;
 
     api("GET", "/v1/task-types").then((r) => {
-      if (r.ok) for (const t of asItems(r.data)) fTask.append(h("option", { value: t.name }, t.name));
+      if (r.ok) for (const t of r.data) fTask.append(h("option", { value: t.name }, t.name));
       fTask.value = params.get("task") || "";
       if (fTask.value !== (params.get("task") || "")) {
         fTask.append(h("option", { value: params.get("task") }, params.get("task")));
@@ -402,24 +386,10 @@
       renderAttempts(j);
       cancelBtn.hidden = !CANCELLABLE.has(j.status);
       retryBtn.hidden = !TERMINAL.has(j.status);
-      // Shown but disabled, with the reason, when this server does not offer the action yet.
-      for (const [btn, feature, what] of [[cancelBtn, "cancel", "Cancelling"], [retryBtn, "retry", "Re-running"]]) {
-        btn.disabled = !FEATURES[feature];
-        btn.title = FEATURES[feature] ? "" : what + " jobs is not available on this server yet.";
-      }
-      const note = $("#actions-note");
-      const off = (!cancelBtn.hidden && !FEATURES.cancel) || (!retryBtn.hidden && !FEATURES.retry);
-      note.hidden = !off;
-      note.textContent = off ? (cancelBtn.hidden ? retryBtn.title : cancelBtn.title) : "";
     }
 
     function renderAttempts(j) {
       const el = $("#job-attempts");
-      if (!Array.isArray(j.attempt_log)) {
-        show(el, h("p", { class: "muted" }, j.attempts + (j.attempts === 1 ? " attempt" : " attempts") +
-          " so far. Per-attempt history (attempt_log) is not available on this server yet."));
-        return;
-      }
       if (!j.attempt_log.length) { show(el, emptyState("No attempt has started yet.")); return; }
       show(el, table([{ label: "#", num: true }, { label: "Status" }, { label: "Started" }, { label: "Finished", narrow: true },
         { label: "Duration" }, { label: "Worker", narrow: true }, { label: "Error" }],
@@ -440,9 +410,8 @@
       if (!window.confirm("Cancel this job?")) return;
       cancelBtn.disabled = true;
       const r = await api("POST", "/v1/jobs/" + encodeURIComponent(id) + "/cancel");
-      cancelBtn.disabled = !FEATURES.cancel;
-      if (r.missing) say(msg, "Cancelling jobs is not available on this server yet.", "warn");
-      else if (!r.ok) say(msg, "Could not cancel: " + r.message, "error");
+      cancelBtn.disabled = false;
+      if (!r.ok) say(msg, "Could not cancel: " + r.message, "error");
       else {
         const how = { dequeued: "removed from the queue before it ran", terminated: "stopped while running",
           requested: "cancellation requested; the worker stops it shortly", already_finished: "it had already finished" };
@@ -454,8 +423,7 @@
     retryBtn.addEventListener("click", async () => {
       retryBtn.disabled = true;
       const r = await api("POST", "/v1/jobs/" + encodeURIComponent(id) + "/retry");
-      retryBtn.disabled = !FEATURES.retry;
-      if (r.missing) { say(msg, "Re-running jobs is not available on this server yet.", "warn"); return; }
+      retryBtn.disabled = false;
       if (!r.ok) { say(msg, "Could not re-run: " + r.message, "error"); return; }
       if (r.data && r.data.id && r.data.id !== id) {
         msg.className = "banner banner-ok";
@@ -474,7 +442,6 @@
 
     async function loadQuotas() {
       const el = $("#quotas");
-      if (!FEATURES.usage) { show(el, unavailable("Usage and quotas")); return; }
       const r = await api("GET", "/v1/usage");
       if (!r.ok) { show(el, failure(r, "Usage and quotas")); return; }
       const quotas = r.data.quotas || [];
@@ -516,13 +483,6 @@
       const byTask = $("#by-task"), cj = $("#chart-jobs"), cc = $("#chart-compute");
       csv.href = "/v1/usage/report?" + new URLSearchParams({ period, group_by: "task", format: "csv" });
       csv.setAttribute("download", "tenantq-usage-" + period + ".csv");
-      if (!FEATURES.usage_report) {
-        csv.hidden = true;
-        show(byTask, unavailable("The usage report"));
-        show(cj, unavailable("The usage chart"));
-        cc.replaceChildren();
-        return;
-      }
       const [days, tasks] = await Promise.all([
         api("GET", "/v1/usage/report?" + new URLSearchParams({ period, group_by: "day", format: "json" })),
         api("GET", "/v1/usage/report?" + new URLSearchParams({ period, group_by: "task", format: "json" })),
@@ -562,7 +522,6 @@
 
   pages.queue = function () {
     const el = $("#queue-cards"), status = $("#queue-status");
-    if (!FEATURES.queue) { show(el, unavailable("Queue figures")); return; }
     function card(title, value, extra) {
       return h("section", { class: "card", "aria-label": title }, h("h2", {}, title), h("p", { class: "metric" }, value), extra || null);
     }
@@ -573,7 +532,7 @@
     }
     poll(async () => {
       const r = await api("GET", "/v1/queue");
-      if (!r.ok) { show(el, failure(r, "Queue figures")); return r.missing || r.status === 403; }
+      if (!r.ok) { show(el, failure(r, "Queue figures")); return r.status === 403; }
       const q = r.data;
       const cap = q.concurrency_limit;
       const bar = cap ? h("div", { class: "bar", role: "progressbar", "aria-label": "Running versus concurrency cap",
@@ -591,35 +550,22 @@
     }, 3000);
   };
 
-  function periodLabel(p) {
-    if (!p) return "—";
-    if (typeof p === "string") return p;
-    if (p.start) return fmtTime(p.start) + " – " + fmtTime(p.end);
-    return JSON.stringify(p);
-  }
-
   pages.billing = async function () {
     const el = $("#invoices");
-    if (!FEATURES.invoices) { show(el, unavailable("Invoices")); return; }
     const r = await api("GET", "/v1/invoices");
     if (!r.ok) { show(el, failure(r, "Invoices")); return; }
-    const items = asItems(r.data);
+    const items = r.data.items;
     if (!items.length) { show(el, emptyState("No invoices yet: the first one is issued when the current billing period closes.")); return; }
     show(el, ...items.map((inv) => {
       const lines = h("div", { class: "table-wrap" }, h("p", { class: "muted" }, "Loading lines…"));
       const det = h("details", { class: "card", "data-invoice-id": inv.id },
-        h("summary", {}, periodLabel(inv.period), " · ", badge(inv.status || "open"), " · ", fmtMoney(inv.total, inv.currency)),
+        h("summary", {}, inv.period, " · ", badge(inv.status), " · ", fmtMoney(inv.total, inv.currency)),
         lines);
-      det.addEventListener("toggle", async () => {
+      det.addEventListener("toggle", () => {
         if (!det.open || det.dataset.loaded) return;
         det.dataset.loaded = "1";
-        let full = inv;
-        if (!Array.isArray(inv.lines)) {
-          const d = await api("GET", "/v1/invoices/" + encodeURIComponent(inv.id));
-          if (!d.ok) { show(lines, failure(d, "Invoice lines")); return; }
-          full = d.data;
-        }
-        if (!(full.lines || []).length) { show(lines, emptyState("This invoice has no lines.")); return; }
+        const full = inv;
+        if (!full.lines.length) { show(lines, emptyState("This invoice has no lines.")); return; }
         show(lines, table([{ label: "Description" }, { label: "Metric", narrow: true }, { label: "Quantity", num: true },
           { label: "Unit price", num: true, narrow: true }, { label: "Amount", num: true }],
         full.lines.map((l) => [l.description || l.metric, h("code", {}, l.metric || ""), String(l.quantity), String(l.unit_price), String(l.amount)]),
@@ -635,10 +581,9 @@
     // API keys
     const keysEl = $("#keys"), keysMsg = $("#keys-message"), form = $("#key-form"), newKey = $("#new-key");
     async function loadKeys() {
-      if (!FEATURES.keys) { show(keysEl, unavailable("Key management")); form.hidden = true; return; }
       const r = await api("GET", "/v1/keys");
       if (!r.ok) { show(keysEl, failure(r, "API keys")); if (r.status === 403) form.hidden = true; return; }
-      const items = asItems(r.data);
+      const items = r.data.items;
       if (!items.length) { show(keysEl, emptyState("No API keys.")); return; }
       const now = Date.now();
       show(keysEl, table([{ label: "Name" }, { label: "Key" }, { label: "Scopes", narrow: true }, { label: "Created", narrow: true },
@@ -654,7 +599,7 @@
             h("code", {}, (k.prefix || "") + k.id + "_…"),
             (k.scopes || []).join(", "), timeEl(k.created_at), timeEl(k.last_used_at), timeEl(k.expires_at),
             h("span", {}, badge(state), mine ? h("small", { class: "muted" }, " (this session)") : null),
-            state === "active" && FEATURES.keys_revoke ? h("button", { type: "button", class: "danger small",
+            state === "active" ? h("button", { type: "button", class: "danger small",
               "aria-label": "Revoke key " + (k.name || k.id), onclick: () => revoke(k, mine) }, "Revoke") : ""],
         };
       }), { id: "keys-table" }));
@@ -694,50 +639,46 @@
     // Schedules
     const schedEl = $("#schedules"), schedMsg = $("#schedules-message");
     async function loadSchedules() {
-      if (!FEATURES.schedules) { show(schedEl, unavailable("Schedules")); return; }
       const r = await api("GET", "/v1/schedules");
       if (!r.ok) { show(schedEl, failure(r, "Schedules")); return; }
-      const items = asItems(r.data);
+      const items = r.data.items;
       if (!items.length) { show(schedEl, emptyState("No schedules.")); return; }
       show(schedEl, genericTable(items, ["name", "task", "cron", "interval_seconds", "enabled", "next_run_at", "last_run_at"], {
-        extra: FEATURES.schedules_delete ? { label: "", cell: (s) => h("button", { type: "button", class: "danger small",
+        extra: { label: "", cell: (s) => h("button", { type: "button", class: "danger small",
           "aria-label": "Delete schedule " + (s.name || s.id), onclick: async () => {
             if (!window.confirm("Delete this schedule?")) return;
             const d = await api("DELETE", "/v1/schedules/" + encodeURIComponent(s.id));
             say(schedMsg, d.ok ? "Schedule deleted." : "Could not delete: " + d.message, d.ok ? "ok" : "error");
             loadSchedules();
-          } }, "Delete") } : null,
+          } }, "Delete") },
       }));
     }
 
     // Webhooks
     const hooksEl = $("#webhooks"), hooksMsg = $("#webhooks-message"), hookForm = $("#webhook-form"), newHook = $("#new-webhook");
     async function loadWebhooks() {
-      if (!FEATURES.webhooks) { show(hooksEl, unavailable("Webhook endpoints")); hookForm.hidden = true; return; }
-      if (!FEATURES.webhooks_create) hookForm.hidden = true;
       const r = await api("GET", "/v1/webhooks");
       if (!r.ok) { show(hooksEl, failure(r, "Webhook endpoints")); return; }
-      const items = asItems(r.data);
+      const items = r.data.items;
       if (!items.length) { show(hooksEl, emptyState("No webhook endpoints.")); return; }
       show(hooksEl, ...items.map((w) => {
         const deliveries = h("div", { class: "table-wrap" });
         const det = h("details", {}, h("summary", {}, "Recent deliveries"), deliveries);
         det.addEventListener("toggle", async () => {
           if (!det.open) return;
-          if (!FEATURES.webhook_deliveries) { show(deliveries, unavailable("Delivery history")); return; }
           const d = await api("GET", "/v1/webhooks/" + encodeURIComponent(w.id) + "/deliveries");
           if (!d.ok) { show(deliveries, failure(d, "Delivery history")); return; }
-          const rows = asItems(d.data);
+          const rows = d.data.items;
           show(deliveries, rows.length ? genericTable(rows, ["created_at", "event", "status", "response_status", "attempts", "job_id"])
             : emptyState("No deliveries yet."));
         });
-        const del = FEATURES.webhooks_delete ? h("button", { type: "button", class: "danger small", "aria-label": "Delete endpoint " + w.url,
+        const del = h("button", { type: "button", class: "danger small", "aria-label": "Delete endpoint " + w.url,
           onclick: async () => {
             if (!window.confirm("Delete this webhook endpoint?")) return;
             const d = await api("DELETE", "/v1/webhooks/" + encodeURIComponent(w.id));
             say(hooksMsg, d.ok ? "Endpoint deleted." : "Could not delete: " + d.message, d.ok ? "ok" : "error");
             loadWebhooks();
-          } }, "Delete") : null;
+          } }, "Delete");
         return h("div", { class: "card", "data-webhook-id": w.id },
           h("div", { class: "page-head" }, h("code", { class: "wrap" }, w.url || w.id), del),
           w.events ? h("p", { class: "muted" }, "Events: " + [].concat(w.events).join(", ")) : null, det);
@@ -767,35 +708,20 @@
   // ------------------------------------------------------------------------------------------------
   // Operator pages
 
-  // Some operator endpoints take an optional JSON body: send it, and if the endpoint declares none
-  // that it accepts (422), send the request again without one.
-  async function adminPost(url, payload) {
-    let r = await api("POST", url, payload);
-    if (r.status === 422) r = await api("POST", url);
-    return r;
-  }
-
   pages.tenants = function () {
     const el = $("#tenants"), status = $("#tenants-status"), msg = $("#tenants-message");
     let revenue = new Map();
 
     async function loadRevenue(period) {
-      if (!FEATURES.admin_usage_report) return;
       const r = await api("GET", "/admin/v1/reports/usage?" + new URLSearchParams({ period, format: "json" }));
       if (!r.ok) return;
       revenue = new Map();
-      for (const row of asItems(r.data.rows || r.data)) {
-        const key = row.tenant_id || row.tenant || row.key;
-        if (key !== undefined && row.charges !== undefined) revenue.set(String(key), row.charges);
-      }
+      for (const row of r.data.rows) revenue.set(row.tenant_id, row.charges);
     }
 
     async function changePlan(t, plan, select) {
       select.disabled = true;
-      // The tenant's plan field is ``plan``; older servers name it ``plan_name``.
-      let r = await api("PATCH", "/admin/v1/tenants/" + encodeURIComponent(t.id), { plan });
-      const applied = (d) => d && (d.plan === plan || d.plan_name === plan);
-      if (r.ok && !applied(r.data) || r.status === 422) r = await api("PATCH", "/admin/v1/tenants/" + encodeURIComponent(t.id), { plan_name: plan });
+      const r = await api("PATCH", "/admin/v1/tenants/" + encodeURIComponent(t.id), { plan });
       select.disabled = false;
       say(msg, r.ok ? "Plan of " + t.name + " set to " + plan + "." : "Could not change the plan: " + r.message, r.ok ? "ok" : "error");
       handle.now();
@@ -803,10 +729,8 @@
 
     async function setState(t, action) {
       if (action === "suspend" && !window.confirm("Suspend " + t.name + "? Their jobs stop being run and new ones are refused.")) return;
-      const r = await adminPost("/admin/v1/tenants/" + encodeURIComponent(t.id) + "/" + action,
-        action === "suspend" ? { reason: "Suspended from the operator dashboard" } : undefined);
-      if (r.missing) say(msg, "Suspending tenants is not available on this server yet.", "warn");
-      else say(msg, r.ok ? t.name + (action === "suspend" ? " suspended." : " reactivated.") : "Could not " + action + ": " + r.message,
+      const r = await api("POST", "/admin/v1/tenants/" + encodeURIComponent(t.id) + "/" + action);
+      say(msg, r.ok ? t.name + (action === "suspend" ? " suspended." : " reactivated.") : "Could not " + action + ": " + r.message,
         r.ok ? "ok" : "error");
       handle.now();
     }
@@ -829,19 +753,14 @@
         { label: "Running", num: true }, { label: "Jobs/min", num: true, narrow: true }, { label: "Jobs this period", num: true, narrow: true },
         { label: "Compute s", num: true, narrow: true }, { label: "Revenue", num: true, narrow: true }, { label: "Actions" }],
       o.tenants.map((t) => {
-        let plan = h("span", {}, t.plan);
-        if (FEATURES.admin_tenant_patch) {
-          const sel = h("select", { "aria-label": "Plan of " + t.name }, o.plans.map((p) =>
-            h("option", { value: p.name, selected: p.name === t.plan }, p.display_name)));
-          sel.addEventListener("change", () => changePlan(t, sel.value, sel));
-          plan = sel;
-        }
+        const plan = h("select", { "aria-label": "Plan of " + t.name }, o.plans.map((p) =>
+          h("option", { value: p.name, selected: p.name === t.plan }, p.display_name)));
+        plan.addEventListener("change", () => changePlan(t, plan.value, plan));
         const suspended = t.status === "suspended";
         const action = suspended ? "reactivate" : "suspend";
-        const can = FEATURES["admin_" + action];
         // Holding a tenant's queue (jobs stay queued) without suspending the account.
         const queueAction = t.paused ? "resume" : "pause";
-        const queueBtn = !suspended && FEATURES["admin_queue_" + queueAction] ? h("button", { type: "button", class: "small",
+        const queueBtn = !suspended ? h("button", { type: "button", class: "small",
           "aria-label": (t.paused ? "Resume queue of " : "Pause queue of ") + t.name,
           onclick: () => setQueue(t, queueAction) }, t.paused ? "Resume queue" : "Pause queue") : null;
         return {
@@ -852,15 +771,14 @@
             fmtNum(t.jobs_this_period) + (t.failed_this_period ? " (" + t.failed_this_period + " failed)" : ""),
             fmtNum(t.compute_seconds_this_period, 1),
             revenue.has(t.id) ? String(revenue.get(t.id)) : "—",
-            can || queueBtn ? h("div", { class: "actions" },
-              can ? h("button", { type: "button", class: suspended ? "small" : "danger small",
+            h("div", { class: "actions" },
+              h("button", { type: "button", class: suspended ? "small" : "danger small",
                 "aria-label": (suspended ? "Reactivate " : "Suspend ") + t.name, onclick: () => setState(t, action) },
-              suspended ? "Reactivate" : "Suspend") : null, queueBtn) : h("small", { class: "muted" }, "—")],
+              suspended ? "Reactivate" : "Suspend"), queueBtn)],
         };
       }), { id: "tenants-table" }));
       status.textContent = o.tenants.length + " tenants" + (o.truncated ? " (first 1000)" : "") + " · period from " +
         fmtTime(o.period.start) + " · updated " + new Date().toLocaleTimeString();
-      if (!FEATURES.admin_suspend) say(msg, "Suspending and plan changes need the operator tenants API, which is not available on this server yet.", "warn");
       return false;
     }, 10000);
     $("#refresh").addEventListener("click", () => handle.now());
@@ -893,15 +811,12 @@
         show($("#exec-queues"), failure(o, "Queue depths"));
       }
       const aq = $("#admin-queues");
-      if (!FEATURES.admin_queues) show(aq, unavailable("The operator queues API"));
+      const q = await api("GET", "/admin/v1/queues");
+      if (!q.ok) show(aq, failure(q, "Tenant queues"));
       else {
-        const q = await api("GET", "/admin/v1/queues");
-        if (!q.ok) show(aq, failure(q, "Tenant queues"));
-        else {
-          const items = asItems(q.data.tenants || q.data.queues || q.data);
-          show(aq, items.length ? genericTable(items, ["tenant_id", "name", "depth", "running", "paused", "concurrency_limit"])
-            : emptyState("No tenant has queued jobs."));
-        }
+        const items = q.data.items;
+        show(aq, items.length ? genericTable(items, ["tenant_id", "tenant_name", "depth", "running", "paused", "concurrency_limit"])
+          : emptyState("No tenant has queued jobs."));
       }
       return false;
     }, 5000);
@@ -918,10 +833,9 @@
 
   pages.plans = async function () {
     const el = $("#plans"), msg = $("#plans-message");
-    if (!FEATURES.admin_plans) { show(el, unavailable("Plan management (the operator plans API)")); return; }
     const r = await api("GET", "/admin/v1/plans");
     if (!r.ok) { show(el, failure(r, "Plans")); return; }
-    const plans = asItems(r.data);
+    const plans = r.data.items;
     if (!plans.length) { show(el, emptyState("No plans defined.")); return; }
     show(el, ...plans.map((p) => {
       const inputs = {};
@@ -929,9 +843,7 @@
         const id = "plan-" + p.name + "-" + k;
         const v = p[k];
         const input = typeof v === "boolean" ? h("input", { id, type: "checkbox", checked: v })
-          : h("input", { id, value: v === null ? "" : String(v), inputmode: typeof v === "number" ? "decimal" : null,
-            disabled: !FEATURES.admin_plan_patch });
-        if (typeof v === "boolean" && !FEATURES.admin_plan_patch) input.disabled = true;
+          : h("input", { id, value: v === null ? "" : String(v), inputmode: typeof v === "number" ? "decimal" : null });
         inputs[k] = input;
         return typeof v === "boolean" ? h("div", { class: "field" }, h("label", { class: "check", for: id }, input, " ", label))
           : h("div", { class: "field" }, h("label", { for: id }, label), input);
@@ -939,7 +851,7 @@
       const form = h("form", { class: "card", "data-plan": p.name, "aria-label": "Plan " + p.name },
         h("h2", {}, p.display_name || p.name, " ", h("small", { class: "muted" }, h("code", {}, p.name))),
         h("div", { class: "plan-grid" }, fields),
-        FEATURES.admin_plan_patch ? h("button", { type: "submit", class: "primary" }, "Save " + p.name) : null);
+        h("button", { type: "submit", class: "primary" }, "Save " + p.name));
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
         const changes = {};
@@ -956,7 +868,7 @@
         if (!Object.keys(changes).length) { say(msg, "Nothing changed in " + p.name + ".", "info"); return; }
         const u = await api("PATCH", "/admin/v1/plans/" + encodeURIComponent(p.name), changes);
         if (!u.ok) { say(msg, "Could not save " + p.name + ": " + u.message, "error"); return; }
-        Object.assign(p, u.data && typeof u.data === "object" ? u.data : changes);
+        Object.assign(p, u.data);
         say(msg, "Plan " + p.name + " saved (" + Object.keys(changes).join(", ") + ").", "ok");
       });
       return form;
@@ -974,11 +886,10 @@
       const state = Date.now() >= end.getTime() ? "ended: closes into invoices when the billing close runs" : "open (current period)";
       show(ps, h("p", {}, h("strong", {}, period), " · " + fmtTime(start.toISOString()) + " – " + fmtTime(end.toISOString()) + " · " + state));
       const el = $("#admin-report");
-      if (!FEATURES.admin_usage_report) { show(el, unavailable("The operator usage report")); return; }
       const r = await api("GET", "/admin/v1/reports/usage?" + new URLSearchParams({ period, format: "json" }));
       if (!r.ok) { show(el, failure(r, "The operator usage report")); return; }
-      const rows = asItems(r.data.rows || r.data);
-      show(el, rows.length ? genericTable(rows, ["tenant_id", "tenant", "key", "jobs", "attempts", "compute_seconds", "charges"])
+      const rows = r.data.rows;
+      show(el, rows.length ? genericTable(rows, ["tenant_id", "tenant", "jobs", "attempts", "compute_seconds", "charges"])
         : emptyState("No usage in " + period + "."));
     }
     periodEl.addEventListener("change", () => {

@@ -43,25 +43,19 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from tenantq.core import keys
 from tenantq.core.celery import PRIORITY_LEVELS, app, to_celery_priority
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import routing
 from tenantq.platform.dispatch.limits import LimitsCache, TenantLimits
-from tenantq.platform.dispatch.queues import (
-    AT_CAP,
-    DISPATCHED_AT,
-    EMPTY,
-    NOT_LEADER,
-    RATE_LIMITED,
-    Released,
-    TenantQueues,
-)
-from tenantq.platform.dispatch.queues import WAKE as WAKE_KEY
+from tenantq.platform.dispatch.models import AT_CAP, EMPTY, NOT_LEADER, RATE_LIMITED, Released
+from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues
+from tenantq.platform.dispatch.repository import WAKE as WAKE_KEY
 
 log = logging.getLogger("tenantq.dispatcher")
 
-LEADER_KEY = "tq:dispatcher:leader"
+LEADER_KEY = keys.DISPATCHER_LEADER
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -190,12 +184,12 @@ class Dispatcher:
         """SQL says queued, Redis has no trace of it (an API crash between commit and enqueue, a Redis
         restart without persistence): queue it again. A job merely waiting in Celery is recognised
         by its publish record; if it is requeued anyway, the start guard skips the second copy."""
-        from tenantq.core.db import system_session, utcnow
+        from tenantq.core.db import unscoped_session, utcnow
         from tenantq.platform.jobs.models import Job
         from tenantq.platform.jobs.service import job_message
 
         cutoff = utcnow() - timedelta(seconds=self.lost_grace)
-        with system_session() as session:
+        with unscoped_session() as session:
             jobs = list(
                 session.scalars(
                     select(Job)
@@ -243,8 +237,8 @@ class Dispatcher:
         self.queues.promote_due()
         self._refresh_routes()
         pipe = self.r.pipeline(transaction=False)
-        pipe.smembers("tq:active")
-        pipe.smembers("tq:paused")
+        pipe.smembers(keys.ACTIVE)
+        pipe.smembers(keys.PAUSED)
         active, paused = pipe.execute()
         tenants = sorted(t for t in active - paused if self.blocked_until.get(t, 0) <= now)
         # Forget tenants that went idle or were paused: when they come back they start at vtime.
@@ -367,7 +361,7 @@ class Dispatcher:
                 released = self.tick()
                 if self.is_leader and time.monotonic() - last_beat >= 1.0:
                     # Leader liveness for /metrics and alerts, once a second.
-                    self.r.set("tq:dispatcher:heartbeat", time.time())
+                    self.r.set(keys.DISPATCHER_HEARTBEAT, time.time())
                     last_beat = time.monotonic()
                 if not self.is_leader:
                     self.stop_event.wait(max(0.05, self.leader_ttl / 5))

@@ -36,10 +36,12 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from tenantq.core.db import system_session
+from tenantq.core import keys
+from tenantq.core.db import unscoped_session
+from tenantq.core.keys import DISPATCHED_AT, lease_key, wait_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.platform.dispatch.queues import DISPATCHED_AT, TenantQueues, lease_key, wait_key
+from tenantq.platform.dispatch.repository import TenantQueues
 
 log = logging.getLogger("tenantq.limits")
 
@@ -86,7 +88,7 @@ def load_limits(tenant_ids: list[str]) -> dict[str, TenantLimits]:
     from tenantq.tenants.accounts.service import effective_limits
 
     out: dict[str, TenantLimits] = {}
-    with system_session() as session:
+    with unscoped_session() as session:
         for i in range(0, len(tenant_ids), 500):
             chunk = tenant_ids[i : i + 500]
             rows = session.execute(
@@ -144,13 +146,13 @@ class LimitsCache:
 
 # ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl, queue wait ms ('' = unknown), samples kept.
 # Returns 'ok', 'dup' (another dispatch of this attempt started) or 'full' (no slot: re-queue).
-_START_GUARD = """
-local started = 'tq:started:' .. ARGV[1] .. ':' .. ARGV[2]
+_START_GUARD = keys.lua("""
+local started = '${STARTED_PREFIX}' .. ARGV[1] .. ':' .. ARGV[2]
 local prev = redis.call('GET', started)
 if prev and prev ~= ARGV[3] then return 'dup' end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cc = 'tq:cc:' .. ARGV[4]
+local cc = '${LEASE_PREFIX}' .. ARGV[4]
 local member = ARGV[1] .. ':' .. ARGV[3]
 local cap = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
@@ -162,13 +164,13 @@ if not redis.call('ZSCORE', cc, member) then
 end
 redis.call('ZADD', cc, now + tonumber(ARGV[6]), member)
 redis.call('SET', started, ARGV[3], 'EX', tonumber(ARGV[7]))
-redis.call('HDEL', 'tq:disp:at', ARGV[1])
+redis.call('HDEL', '${DISPATCHED_AT}', ARGV[1])
 if ARGV[8] ~= '' then
-  redis.call('LPUSH', 'tq:wait:' .. ARGV[4], ARGV[8])
-  redis.call('LTRIM', 'tq:wait:' .. ARGV[4], 0, tonumber(ARGV[9]) - 1)
+  redis.call('LPUSH', '${WAIT_PREFIX}' .. ARGV[4], ARGV[8])
+  redis.call('LTRIM', '${WAIT_PREFIX}' .. ARGV[4], 0, tonumber(ARGV[9]) - 1)
 end
 return 'ok'
-"""
+""")
 
 # Refresh leases that still exist (XX: a lease reclaimed meanwhile is not resurrected by a heartbeat).
 _REFRESH = """

@@ -1,4 +1,4 @@
-"""HTTP routes for batch submission, the tenant's queue figures and the operator's queue controls."""
+"""HTTP routes for the tenant's queue figures and the operator's queue controls."""
 
 from __future__ import annotations
 
@@ -9,40 +9,23 @@ from tenantq.core.errors import NotFound
 from tenantq.core.redis import get_redis
 from tenantq.platform.dispatch import routing, service
 from tenantq.platform.dispatch.schemas import (
-    MAX_BATCH,
     AdminQueueList,
-    BatchCreate,
-    BatchOut,
     PauseOut,
     PoolOut,
     PurgeOut,
     QueueOut,
 )
-from tenantq.tenants.access.dependencies import JobsRead, JobsWrite, Operator
+from tenantq.tenants.access.dependencies import JobsRead, Operator
 from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(tags=["queue"])
-
-
-@router.post(
-    "/v1/jobs/batch",
-    response_model=BatchOut,
-    summary="Submit up to 1,000 jobs in one call",
-    description=f"Each of up to {MAX_BATCH} jobs is validated like POST /v1/jobs and gets its own answer "
-    "(`index`, `status_code` 202/200/4xx, `job` or `error`). Accepted jobs are stored in one transaction and "
-    "queued in one Redis call. Admission applies to the accepted jobs as a whole: if they do not fit the "
-    "tenant's queue the whole call answers 429 `queue_full` and nothing is stored.",
-)
-def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> BatchOut:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    return BatchOut(items=service.submit_batch(session, tenant, body.jobs))
 
 
 @router.get(
     "/v1/queue", response_model=QueueOut, summary="Your queue: depth, running jobs, limits, recent waits"
 )
 def get_queue(ctx: JobsRead, session: SessionDep) -> QueueOut:
-    return service.queue_stats(session, session.get(Tenant, ctx.tenant_id))
+    return service.queue_stats(session, ctx.tenant)
 
 
 def _tenant(session: SessionDep, tenant_id: str) -> Tenant:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import redis
 
-ROUTES = "tq:route"
+from tenantq.core import keys
+
+ROUTES = keys.ROUTES
 DEDICATED_PREFIX = "tq.exec.t."
 
 

@@ -29,11 +29,11 @@ def tenant_is_active(session: Session, tenant: Tenant, count: int) -> None:
 
 
 def queue_not_full(session: Session, tenant: Tenant, count: int) -> None:
-    """The plan bounds how many jobs may wait in the tenant's queue (issue 4)."""
+    """The plan bounds how many jobs may wait in the tenant's queue."""
     from tenantq.core.errors import TooManyRequests
     from tenantq.core.redis import get_redis
     from tenantq.platform.dispatch.limits import limits_for
-    from tenantq.platform.dispatch.queues import TenantQueues
+    from tenantq.platform.dispatch.repository import TenantQueues
 
     limit = limits_for(session, tenant).max_queued
     if limit <= 0:

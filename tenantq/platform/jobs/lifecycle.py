@@ -28,7 +28,8 @@ from sqlalchemy import Integer, String, bindparam, func, literal, literal_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from tenantq.core.db import UTCDateTime, get_engine, new_id, system_session, utcnow
+from tenantq.core.db import UTCDateTime, get_engine, new_id, unscoped_session, utcnow
+from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import hooks
@@ -48,10 +49,6 @@ if wanted > current then current = wanted end
 redis.call('SET', KEYS[1], current, 'EX', tonumber(ARGV[2]))
 return current
 """
-
-
-def cancel_key(job_id: str) -> str:
-    return f"tq:cancel:{job_id}"
 
 
 def mark_cancelled(job_id: str, attempt: int, client: redis.Redis | None = None) -> int:
@@ -158,7 +155,7 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bo
         ).returning(JobAttempt.id)
         with engine.connect() as conn:
             return conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
-    with system_session() as session:
+    with unscoped_session() as session:
         if not session.execute(move).rowcount:
             return False
         _open_attempt(session, message.id, attempt, task_id, worker, now)
@@ -247,7 +244,7 @@ def _finish_in_transaction(
     now = values["finished_at"]
     probing = hooks.probing()
     after: list[Any] = []
-    with system_session() as session:
+    with unscoped_session() as session:
         for hook in claiming:
             if hook.lock is not None:
                 hook.lock(session, message)
@@ -380,7 +377,7 @@ def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> boo
     Redis first: a worker dying between the two steps leaves a retry that will run (and whose prerun
     moves the job on), never a job stuck in 'retrying' with nothing queued. A retry that starts
     before the SQL update below simply makes that update match nothing."""
-    from tenantq.platform.dispatch.queues import TenantQueues
+    from tenantq.platform.dispatch.repository import TenantQueues
 
     error = describe_error(exc, message)
     now = utcnow()
@@ -389,7 +386,7 @@ def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> boo
     queues.schedule(
         message.tenant_id, message.id, message.priority, message.next_attempt(), run_at.timestamp()
     )
-    with system_session() as session:
+    with unscoped_session() as session:
         moved = session.execute(
             update(Job).where(*_on_attempt(message)).values(status="retrying", error=error, run_at=run_at)
         ).rowcount
@@ -409,7 +406,7 @@ def cancelled_before_start(message: JobMessage) -> None:
     """The wrapper found a cancellation marker: the function never ran. If prerun got in before the
     cancel request's own update, undo its 'running'."""
     now = utcnow()
-    with system_session() as session:
+    with unscoped_session() as session:
         session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
         _close_attempt(session, message, "cancelled", "cancelled before it started", now)
 
@@ -417,6 +414,6 @@ def cancelled_before_start(message: JobMessage) -> None:
 def attempt_terminated(message: JobMessage, reason: str) -> None:
     """The worker killed the attempt on a revoke(terminate=True): the cancel API asked for it."""
     now = utcnow()
-    with system_session() as session:
+    with unscoped_session() as session:
         session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
         _close_attempt(session, message, "cancelled", reason, now)

@@ -10,9 +10,18 @@ from tenantq.core.dependencies import SessionDep
 from tenantq.platform.jobs import service
 from tenantq.platform.jobs.registry import all_task_types
 from tenantq.platform.jobs.repository import JobRepository
-from tenantq.platform.jobs.schemas import CancelOut, JobCreate, JobList, JobOut, JobStatus, TaskTypeOut
+from tenantq.platform.jobs.schemas import (
+    MAX_BATCH,
+    BatchCreate,
+    BatchOut,
+    CancelOut,
+    JobCreate,
+    JobList,
+    JobOut,
+    JobStatus,
+    TaskTypeOut,
+)
 from tenantq.tenants.access.dependencies import CurrentTenant, JobsRead, JobsWrite
-from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -28,11 +37,23 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     responses={200: {"description": "Existing job for this idempotency key"}},
 )
 def create_job(body: JobCreate, ctx: JobsWrite, session: SessionDep, response: Response) -> JobOut:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    result = service.submit_job(session, tenant, body)
+    result = service.submit_job(session, ctx.tenant, body)
     if not result.created:
         response.status_code = 200
     return JobOut.model_validate(result.job)
+
+
+@router.post(
+    "/jobs/batch",
+    response_model=BatchOut,
+    summary="Submit up to 1,000 jobs in one call",
+    description=f"Each of up to {MAX_BATCH} jobs is validated like POST /v1/jobs and gets its own answer "
+    "(`index`, `status_code` 202/200/4xx, `job` or `error`). Accepted jobs are stored in one transaction and "
+    "queued in one Redis call. Admission applies to the accepted jobs as a whole: if they do not fit the "
+    "tenant's queue the whole call answers 429 `queue_full` and nothing is stored.",
+)
+def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> BatchOut:
+    return BatchOut(items=service.submit_batch(session, ctx.tenant, body.jobs))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
@@ -64,8 +85,7 @@ def cancel_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> CancelOut:
     "(quotas, rate limits) apply as for a new job.",
 )
 def retry_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> JobOut:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    job = service.rerun_job(session, tenant, job_id)
+    job = service.rerun_job(session, ctx.tenant, job_id)
     return JobOut.model_validate(JobRepository(session, ctx.tenant_id).get(job.id))
 
 

@@ -139,3 +139,38 @@ class TaskTypeOut(BaseModel):
     name: str
     description: str
     args_schema: dict[str, Any]
+
+
+# --- batch submission ----------------------------------------------------------------------------
+
+MAX_BATCH = 1000
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Items are validated one by one (each gets its own answer), so they arrive as plain objects here.
+    jobs: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"Up to {MAX_BATCH} job submissions, each shaped like POST /v1/jobs.",
+    )
+
+
+class BatchItemError(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class BatchItem(BaseModel):
+    index: int
+    status_code: int = Field(
+        description="202 accepted, 200 existing job (idempotency key), or the error's status."
+    )
+    job: JobOut | None = None
+    error: BatchItemError | None = None
+
+
+class BatchOut(BaseModel):
+    items: list[BatchItem]

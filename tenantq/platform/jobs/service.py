@@ -1,5 +1,5 @@
-"""Job submission, cancellation, re-runs and result expiry. Routes call these; they take the session
-and tenant explicitly. Worker-side transitions are in ``lifecycle``."""
+"""Job submission (one or a batch), cancellation, re-runs and result expiry. Routes call these; they
+take the session and tenant explicitly. Worker-side transitions are in ``lifecycle``."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ from sqlalchemy.orm import Session
 
 from tenantq.core.celery import app as celery_app
 from tenantq.core.db import utcnow
-from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable, TenantqError
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.ops import metrics
-from tenantq.platform.dispatch.queues import TenantQueues
+from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import lifecycle
 from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.messages import job_meta, message_for_attempt
 from tenantq.platform.jobs.models import RERUNNABLE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, Job
 from tenantq.platform.jobs.registry import TaskType, get_task_type
 from tenantq.platform.jobs.repository import JobRepository
-from tenantq.platform.jobs.schemas import JobCreate
+from tenantq.platform.jobs.schemas import BatchItem, BatchItemError, JobCreate, JobOut
 from tenantq.tenants.accounts.models import Tenant
 from tenantq.tenants.accounts.service import EffectiveLimits, effective_limits
 
@@ -200,6 +200,8 @@ def submit_job(
         )
     repo.add(job)
     try:
+        # Committed here rather than by the request: the job is queued only after the commit that
+        # created its row, and a lost idempotency race must be seen now to answer with the winner.
         session.commit()
     except IntegrityError:
         # A concurrent request with the same idempotency key won the race: answer with its job.
@@ -217,7 +219,7 @@ def submit_job(
         # Compensate: the job was never runnable, so it must not exist either.
         log.error("enqueue failed for job %s: %s", job.id, exc)
         session.delete(job)
-        session.commit()
+        session.commit()  # the error below makes the request roll back: commit the removal first
         raise ServiceUnavailable(
             "The queue is unavailable; the job was not accepted. Retry later.",
             code="queue_unavailable",
@@ -241,6 +243,122 @@ def enqueue(
     else:
         queues.enqueue(job.tenant_id, job.id, job.priority, message)
     metrics.job_submitted(job.tenant_id, job.task, client=queues.r)
+
+
+def _error_item(index: int, exc: TenantqError) -> BatchItem:
+    return BatchItem(
+        index=index,
+        status_code=exc.status_code,
+        error=BatchItemError(code=exc.code, message=exc.message, details=exc.details),
+    )
+
+
+def submit_batch(
+    session: Session, tenant: Tenant, raw_jobs: list[dict[str, Any]], *, client: redis.Redis | None = None
+) -> list[BatchItem]:
+    """Validate each job on its own, insert the accepted ones in one transaction and enqueue them in one
+    Redis call. Admission (suspension, queue bound, quotas) applies to the batch as a whole: a batch that
+    would overflow the queue is refused entirely rather than cut at an arbitrary index."""
+    repo = JobRepository(session, tenant.id)
+    answers: dict[int, BatchItem] = {}
+    accepted: list[tuple[int, JobCreate, Job]] = []
+    now = utcnow()
+    seen_keys: dict[str, int] = {}
+    for index, raw in enumerate(raw_jobs):
+        try:
+            data = JobCreate.model_validate(raw)
+        except ValidationError as exc:
+            details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            answers[index] = BatchItem(
+                index=index,
+                status_code=422,
+                error=BatchItemError(
+                    code="validation_error",
+                    message="The job does not match the JobCreate schema.",
+                    details=details,
+                ),
+            )
+            continue
+        try:
+            if data.idempotency_key:
+                if data.idempotency_key in seen_keys:
+                    raise Conflict(
+                        "This idempotency key appears twice in the batch.",
+                        code="idempotency_conflict",
+                        details={"first_index": seen_keys[data.idempotency_key]},
+                    )
+                seen_keys[data.idempotency_key] = index
+                existing = repo.by_idempotency_key(data.idempotency_key)
+                if existing is not None:
+                    if not _same_request(existing, data):
+                        raise Conflict(
+                            "This idempotency key was used with different parameters.",
+                            code="idempotency_conflict",
+                            details={"job_id": existing.id},
+                        )
+                    answers[index] = BatchItem(
+                        index=index, status_code=200, job=JobOut.model_validate(existing)
+                    )
+                    continue
+            # The same validation and row as POST /v1/jobs (retry policy, time limits, countdown).
+            job = new_job(session, tenant, data, now=now)
+        except TenantqError as exc:
+            answers[index] = _error_item(index, exc)
+            continue
+        accepted.append((index, data, job))
+    if accepted:
+        admit(session, tenant, len(accepted))
+        rows: list[tuple[int, Job]] = []
+        for index, _data, job in accepted:
+            repo.add(job)
+            rows.append((index, job))
+        try:
+            # Committed here rather than by the request: the jobs are queued only after the commit
+            # that created their rows, and a lost idempotency race must be seen now.
+            session.commit()
+        except IntegrityError:
+            # A concurrent request took one of the idempotency keys: fall back to one by one, which
+            # answers each item exactly as POST /v1/jobs would.
+            session.rollback()
+            for index, data, _job in accepted:
+                try:
+                    result = submit_job(session, tenant, data, client=client)
+                    answers[index] = BatchItem(
+                        index=index,
+                        status_code=202 if result.created else 200,
+                        job=JobOut.model_validate(result.job),
+                    )
+                except TenantqError as exc:
+                    answers[index] = _error_item(index, exc)
+            return [answers[i] for i in sorted(answers)]
+        try:
+            enqueue_jobs([job for _, job in rows], client=client)
+        except redis.RedisError as exc:
+            log.error("batch enqueue failed for tenant %s: %s", tenant.id, exc)
+            for _, job in rows:
+                session.delete(job)
+            session.commit()  # the error below makes the request roll back: commit the removal first
+            raise ServiceUnavailable(
+                "The queue is unavailable; no job of the batch was accepted. Retry later.",
+                code="queue_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        for index, job in rows:
+            answers[index] = BatchItem(index=index, status_code=202, job=JobOut.model_validate(job))
+    return [answers[i] for i in sorted(answers)]
+
+
+def enqueue_jobs(jobs: list[Job], *, client: redis.Redis | None = None) -> None:
+    """Make committed jobs runnable: immediate ones in one Lua call per tenant, delayed ones pipelined."""
+    queues = TenantQueues(client or get_redis())
+    by_tenant: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+    for job in jobs:
+        if job.status == "scheduled" and job.run_at is not None:
+            queues.schedule(job.tenant_id, job.id, job.priority, job_message(job), job.run_at.timestamp())
+        else:
+            by_tenant.setdefault(job.tenant_id, []).append((job.id, job.priority, job_message(job)))
+    for tenant_id, items in by_tenant.items():
+        queues.enqueue_many(tenant_id, items)
 
 
 CancelOutcome = Literal["dequeued", "terminated", "requested", "already_finished"]
@@ -293,6 +411,8 @@ def cancel_job(
                 outcome = "requested"
         else:  # an unknown status: refuse rather than guess
             raise Conflict(f"A {job.status} job cannot be cancelled.", code="not_cancellable")
+        # Each pass commits: the worker's start and finish paths must see the cancellation now, and
+        # the re-read below must see what they committed meanwhile.
         session.commit()
         session.refresh(job)
         if moved:
@@ -346,6 +466,7 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
 
         # Resume the workflow in the same commit, before the job can possibly finish again.
         workflows.step_job_rerun(session, job)
+    # Committed before the attempt is queued, so the worker finds the job queued.
     session.commit()
     session.refresh(job)
     try:
@@ -360,7 +481,7 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
         )
         if job.workflow_id:
             workflows.step_job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
-        session.commit()
+        session.commit()  # the error below makes the request roll back: commit the failure first
         raise ServiceUnavailable(
             "The queue is unavailable; the job was not re-run. Retry later.",
             code="queue_unavailable",

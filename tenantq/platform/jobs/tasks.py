@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from tenantq.core.celery import SYSTEM_QUEUE, app
-from tenantq.core.db import system_session
+from tenantq.core.db import unscoped_session
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -18,7 +18,7 @@ def purge_expired_results_task() -> int:
     # Imported here: the jobs service imports tenantq.worker, which imports this module.
     from tenantq.platform.jobs.service import purge_expired_results
 
-    with system_session() as session:
+    with unscoped_session() as session:
         count = purge_expired_results(session)
     if count:
         log.info("purged %s expired job results", count)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Response
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.platform.schedules import service
+from tenantq.platform.schedules.repository import ScheduleRepository
 from tenantq.platform.schedules.schemas import ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
 from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
-from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 
@@ -33,8 +33,7 @@ LIMIT_ERRORS = {
     responses=LIMIT_ERRORS,
 )
 def create_schedule(body: ScheduleCreate, ctx: JobsWrite, session: SessionDep) -> ScheduleOut:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    return ScheduleOut.model_validate(service.create_schedule(session, tenant, body))
+    return ScheduleOut.model_validate(service.create_schedule(session, ctx.tenant, body))
 
 
 @router.get("/schedules", response_model=ScheduleList, summary="List schedules, newest first")
@@ -46,13 +45,13 @@ def list_schedules(
         str | None, Query(max_length=512, description="next_cursor of the previous page.")
     ] = None,
 ) -> ScheduleList:
-    items, next_cursor = service.ScheduleRepository(session, ctx.tenant_id).list(limit=limit, cursor=cursor)
+    items, next_cursor = ScheduleRepository(session, ctx.tenant_id).list(limit=limit, cursor=cursor)
     return ScheduleList(items=[ScheduleOut.model_validate(s) for s in items], next_cursor=next_cursor)
 
 
 @router.get("/schedules/{schedule_id}", response_model=ScheduleOut, summary="Get a schedule")
 def get_schedule(schedule_id: str, ctx: JobsRead, session: SessionDep) -> ScheduleOut:
-    return ScheduleOut.model_validate(service.ScheduleRepository(session, ctx.tenant_id).get(schedule_id))
+    return ScheduleOut.model_validate(ScheduleRepository(session, ctx.tenant_id).get(schedule_id))
 
 
 @router.patch(
@@ -66,12 +65,10 @@ def get_schedule(schedule_id: str, ctx: JobsRead, session: SessionDep) -> Schedu
 def update_schedule(
     schedule_id: str, body: ScheduleUpdate, ctx: JobsWrite, session: SessionDep
 ) -> ScheduleOut:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    return ScheduleOut.model_validate(service.update_schedule(session, tenant, schedule_id, body))
+    return ScheduleOut.model_validate(service.update_schedule(session, ctx.tenant, schedule_id, body))
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204, summary="Delete a schedule")
 def delete_schedule(schedule_id: str, ctx: JobsWrite, session: SessionDep) -> Response:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    service.delete_schedule(session, tenant, schedule_id)
+    service.delete_schedule(session, ctx.tenant, schedule_id)
     return Response(status_code=204)

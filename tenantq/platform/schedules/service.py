@@ -21,15 +21,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import utcnow
 from tenantq.core.errors import InvalidInput, NotFound, TenantqError, TooManyRequests
-from tenantq.platform.jobs.repository import decode_cursor, encode_cursor
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.jobs.service import submit_job, validate_submission
 from tenantq.platform.schedules.models import Schedule
+from tenantq.platform.schedules.repository import ScheduleRepository
 from tenantq.platform.schedules.schemas import ScheduleCreate, ScheduleUpdate
 from tenantq.tenants.accounts.models import Plan, Tenant
 
@@ -39,51 +39,6 @@ CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnig
 # How many upcoming firings of a cron expression are inspected to find its shortest period.
 CRON_SAMPLE = 60
 DEFAULT_LIMITS = {"min_schedule_interval_s": 300, "max_schedules": 5}
-
-
-class ScheduleRepository:
-    """Tenant-scoped access to schedules; the tenant filter lives in ``_scoped`` only."""
-
-    def __init__(self, session: Session, tenant_id: str) -> None:
-        self.session = session
-        self.tenant_id = tenant_id
-
-    def _scoped(self) -> Select[tuple[Schedule]]:
-        return select(Schedule).where(Schedule.tenant_id == self.tenant_id)
-
-    def get(self, schedule_id: str) -> Schedule:
-        row = self.session.scalars(self._scoped().where(Schedule.id == schedule_id)).first()
-        if row is None:
-            raise NotFound("Schedule not found.", details={"id": schedule_id})
-        return row
-
-    def count(self) -> int:
-        return int(
-            self.session.scalar(
-                select(func.count()).select_from(Schedule).where(Schedule.tenant_id == self.tenant_id)
-            )
-            or 0
-        )
-
-    def list(self, *, limit: int = 100, cursor: str | None = None) -> tuple[list[Schedule], str | None]:
-        query = self._scoped()
-        if cursor:
-            created, sid = decode_cursor(cursor)
-            query = query.where(
-                or_(Schedule.created_at < created, and_(Schedule.created_at == created, Schedule.id < sid))
-            )
-        rows = list(
-            self.session.scalars(
-                query.order_by(Schedule.created_at.desc(), Schedule.id.desc()).limit(limit + 1)
-            )
-        )
-        next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None  # type: ignore[arg-type]
-        return rows[:limit], next_cursor
-
-    def add(self, schedule: Schedule) -> Schedule:
-        schedule.tenant_id = self.tenant_id
-        self.session.add(schedule)
-        return schedule
 
 
 # --- timing ------------------------------------------------------------------------------------------
@@ -229,7 +184,7 @@ def create_schedule(session: Session, tenant: Tenant, data: ScheduleCreate) -> S
     )
     schedule.next_run_at = next_after(schedule, None, now) if data.enabled else None
     repo.add(schedule)
-    session.commit()
+    session.flush()
     return schedule
 
 
@@ -273,7 +228,7 @@ def update_schedule(session: Session, tenant: Tenant, schedule_id: str, data: Sc
     schedule.updated_at = now
     # A SQL expression, not a Python increment: a beat claiming concurrently must see its claim fail.
     schedule.revision = Schedule.revision + 1
-    session.commit()
+    session.flush()
     session.refresh(schedule)
     return schedule
 
@@ -281,7 +236,7 @@ def update_schedule(session: Session, tenant: Tenant, schedule_id: str, data: Sc
 def delete_schedule(session: Session, tenant: Tenant, schedule_id: str) -> None:
     schedule = ScheduleRepository(session, tenant.id).get(schedule_id)
     session.delete(schedule)
-    session.commit()
+    session.flush()
 
 
 # --- firing (beat) -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.platform.webhooks import service
+from tenantq.platform.webhooks.repository import WebhookRepository
 from tenantq.platform.webhooks.schemas import (
     AttemptOut,
     DeliveryList,
@@ -18,7 +19,6 @@ from tenantq.platform.webhooks.schemas import (
     WebhookOut,
 )
 from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
-from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
@@ -34,20 +34,19 @@ router = APIRouter(prefix="/v1", tags=["webhooks"])
     responses={422: {"description": "Invalid URL or a destination refused by the network policy."}},
 )
 def create_webhook(body: WebhookCreate, ctx: JobsWrite, session: SessionDep) -> WebhookCreated:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    endpoint, secret = service.create_endpoint(session, tenant, body)
+    endpoint, secret = service.create_endpoint(session, ctx.tenant, body)
     return WebhookCreated(**WebhookOut.model_validate(endpoint).model_dump(), secret=secret)
 
 
 @router.get("/webhooks", response_model=WebhookList, summary="List webhook endpoints")
 def list_webhooks(ctx: JobsRead, session: SessionDep) -> WebhookList:
-    rows = service.WebhookRepository(session, ctx.tenant_id).list()
+    rows = WebhookRepository(session, ctx.tenant_id).list()
     return WebhookList(items=[WebhookOut.model_validate(r) for r in rows])
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookOut, summary="Get a webhook endpoint")
 def get_webhook(webhook_id: str, ctx: JobsRead, session: SessionDep) -> WebhookOut:
-    return WebhookOut.model_validate(service.WebhookRepository(session, ctx.tenant_id).get(webhook_id))
+    return WebhookOut.model_validate(WebhookRepository(session, ctx.tenant_id).get(webhook_id))
 
 
 @router.delete(
@@ -57,8 +56,7 @@ def get_webhook(webhook_id: str, ctx: JobsRead, session: SessionDep) -> WebhookO
     description="Stops deliveries to it; its delivery history is deleted with it.",
 )
 def delete_webhook(webhook_id: str, ctx: JobsWrite, session: SessionDep) -> Response:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    service.delete_endpoint(session, tenant, webhook_id)
+    service.delete_endpoint(session, ctx.tenant, webhook_id)
     return Response(status_code=204)
 
 
@@ -70,7 +68,7 @@ def delete_webhook(webhook_id: str, ctx: JobsWrite, session: SessionDep) -> Resp
 def list_deliveries(
     webhook_id: str, ctx: JobsRead, session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> DeliveryList:
-    rows = service.WebhookRepository(session, ctx.tenant_id).deliveries(webhook_id, limit=limit)
+    rows = WebhookRepository(session, ctx.tenant_id).deliveries(webhook_id, limit=limit)
     return DeliveryList(
         items=[
             DeliveryOut(

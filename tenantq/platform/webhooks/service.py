@@ -31,12 +31,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import new_id, utcnow
-from tenantq.core.errors import InvalidInput, NotFound, TooManyRequests
+from tenantq.core.errors import InvalidInput, TooManyRequests
 from tenantq.core.outbound import BlockedDestination, check_url, guarded_client
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.schemas import JobOut
 from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from tenantq.platform.webhooks.repository import WebhookRepository
 from tenantq.platform.webhooks.schemas import WebhookCreate
 from tenantq.tenants.accounts.models import Tenant
 
@@ -96,58 +97,7 @@ def verify_signature(
     return any(hmac.compare_digest(expected, c) for c in candidates)
 
 
-# --- endpoints (tenant-scoped) ----------------------------------------------------------------------------
-
-
-class WebhookRepository:
-    """Tenant-scoped access to endpoints and their deliveries; the filter lives in ``_endpoint`` queries."""
-
-    def __init__(self, session: Session, tenant_id: str) -> None:
-        self.session = session
-        self.tenant_id = tenant_id
-
-    def list(self) -> list[WebhookEndpoint]:
-        return list(
-            self.session.scalars(
-                select(WebhookEndpoint)
-                .where(WebhookEndpoint.tenant_id == self.tenant_id)
-                .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id)
-            )
-        )
-
-    def get(self, endpoint_id: str) -> WebhookEndpoint:
-        row = self.session.scalars(
-            select(WebhookEndpoint).where(
-                WebhookEndpoint.tenant_id == self.tenant_id, WebhookEndpoint.id == endpoint_id
-            )
-        ).first()
-        if row is None:
-            raise NotFound("Webhook not found.", details={"id": endpoint_id})
-        return row
-
-    def deliveries(
-        self, endpoint_id: str, limit: int = 50
-    ) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
-        endpoint = self.get(endpoint_id)
-        rows = list(
-            self.session.scalars(
-                select(WebhookDelivery)
-                .where(
-                    WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.tenant_id == self.tenant_id
-                )
-                .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id)
-                .limit(limit)
-            )
-        )
-        attempts: dict[str, list[WebhookAttempt]] = {r.id: [] for r in rows}
-        if rows:
-            for a in self.session.scalars(
-                select(WebhookAttempt)
-                .where(WebhookAttempt.delivery_id.in_(list(attempts)))
-                .order_by(WebhookAttempt.attempt)
-            ):
-                attempts[a.delivery_id].append(a)
-        return [(r, attempts[r.id]) for r in rows]
+# --- endpoints (tenant-scoped, through WebhookRepository) ----------------------------------------------------------------------------
 
 
 def new_secret() -> str:
@@ -170,7 +120,6 @@ def create_endpoint(session: Session, tenant: Tenant, data: WebhookCreate) -> tu
         )
     secret = new_secret()
     endpoint = WebhookEndpoint(
-        tenant_id=tenant.id,
         url=data.url,
         events=sorted(set(data.events)),
         description=data.description,
@@ -178,15 +127,15 @@ def create_endpoint(session: Session, tenant: Tenant, data: WebhookCreate) -> tu
         enabled=True,
         created_at=utcnow(),
     )
-    session.add(endpoint)
-    session.commit()
+    repo.add(endpoint)
+    session.flush()
     return endpoint, secret
 
 
 def delete_endpoint(session: Session, tenant: Tenant, endpoint_id: str) -> None:
     endpoint = WebhookRepository(session, tenant.id).get(endpoint_id)
     session.delete(endpoint)
-    session.commit()
+    session.flush()
 
 
 # --- events (system side: worker) ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import exists
 
 from tenantq.core.celery import SYSTEM_QUEUE, app
-from tenantq.core.db import system_session
+from tenantq.core.db import unscoped_session
 from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
 from tenantq.platform.webhooks import service
 from tenantq.platform.webhooks.models import WebhookEndpoint
@@ -26,7 +26,7 @@ def deliver(self: Any, delivery_id: str) -> dict[str, Any]:
     The attempt budget lives in the delivery row (``attempts`` vs ``TENANTQ_WEBHOOK_MAX_ATTEMPTS``), not in
     Celery's retry counter, so a redelivered message cannot exceed it.
     """
-    with system_session() as session:
+    with unscoped_session() as session:
         outcome = service.attempt_delivery(session, delivery_id)
     if outcome.outcome == "retry":
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
@@ -41,7 +41,7 @@ def enqueue_delivery(delivery_id: str) -> None:
 def sweep() -> dict[str, Any]:
     """Re-enqueue deliveries whose task was lost (e.g. Redis was away when the job finished). Safe to run
     from several beats at once: a delivery attempt is claimed in SQL, so duplicates do nothing."""
-    with system_session() as session:
+    with unscoped_session() as session:
         ids = service.stale_deliveries(session)
     for delivery_id in ids:
         enqueue_delivery(delivery_id)
@@ -65,7 +65,7 @@ def record_finished_job(outcome: AttemptOutcome) -> None:
     """After the job's final status is committed: record its deliveries, commit, then enqueue them."""
     if not outcome.concerns(FINISH_HOOK.name):
         return
-    with system_session() as session:
+    with unscoped_session() as session:
         delivery_ids = service.record_job_finished(session, outcome.message.id)
     for delivery_id in delivery_ids:
         enqueue_delivery(delivery_id)

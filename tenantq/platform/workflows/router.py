@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.platform.workflows import service
+from tenantq.platform.workflows.repository import WorkflowRepository
 from tenantq.platform.workflows.schemas import WorkflowCreate, WorkflowOut
 from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
-from tenantq.tenants.accounts.models import Tenant
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 
@@ -25,14 +25,13 @@ router = APIRouter(prefix="/v1", tags=["workflows"])
     "step stops the workflow; `error` then says which step and why.",
 )
 def create_workflow(body: WorkflowCreate, ctx: JobsWrite, session: SessionDep) -> WorkflowOut:
-    tenant = session.get(Tenant, ctx.tenant_id)
-    wf = service.create_workflow(session, tenant, body)
+    wf = service.create_workflow(session, ctx.tenant, body)
     return service.workflow_out(session, wf)
 
 
 @router.get("/workflows/{workflow_id}", response_model=WorkflowOut, summary="Get a workflow and its steps")
 def get_workflow(workflow_id: str, ctx: JobsRead, session: SessionDep) -> WorkflowOut:
-    return service.workflow_out(session, service.WorkflowRepository(session, ctx.tenant_id).get(workflow_id))
+    return service.workflow_out(session, WorkflowRepository(session, ctx.tenant_id).get(workflow_id))
 
 
 @router.post(

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tenantq.core.db import system_session, utcnow
-from tenantq.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from tenantq.core.db import unscoped_session, utcnow
+from tenantq.core.errors import InvalidInput, ServiceUnavailable
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import service as jobs
 from tenantq.platform.jobs.admission import admit
@@ -38,6 +38,7 @@ from tenantq.platform.jobs.registry import TaskType, get_task_type
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import JobCreate
 from tenantq.platform.workflows.models import WORKFLOW_TERMINAL, Workflow
+from tenantq.platform.workflows.repository import WorkflowRepository
 from tenantq.platform.workflows.schemas import (
     StepGroup,
     StepJobOut,
@@ -51,22 +52,6 @@ from tenantq.tenants.accounts.models import Tenant
 log = logging.getLogger("tenantq.workflows")
 
 INPUT_KEY = "input"
-
-
-class WorkflowRepository:
-    """Tenant-scoped access to workflows (the only way the API reads them)."""
-
-    def __init__(self, session: Session, tenant_id: str) -> None:
-        self.session = session
-        self.tenant_id = tenant_id
-
-    def get(self, workflow_id: str) -> Workflow:
-        wf = self.session.scalars(
-            select(Workflow).where(Workflow.tenant_id == self.tenant_id, Workflow.id == workflow_id)
-        ).first()
-        if wf is None:
-            raise NotFound("Workflow not found.", details={"id": workflow_id})
-        return wf
 
 
 # --- creation ---------------------------------------------------------------------------------------
@@ -131,10 +116,13 @@ def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> W
         else:
             steps.append(_validate_item(session, tenant, index, None, step))
     admit(session, tenant, len(_items(steps[0])))
-    wf = Workflow(tenant_id=tenant.id, status="running", steps=steps, job_ids=[], current_step=0)
-    session.add(wf)
+    wf = WorkflowRepository(session, tenant.id).add(
+        Workflow(status="running", steps=steps, job_ids=[], current_step=0)
+    )
     session.flush()
     new = _create_step_jobs(session, wf, 0, None)
+    # Committed here rather than by the request: jobs are queued only after the commit that created
+    # their rows, or a worker could start a job whose row it cannot see yet.
     session.commit()
     try:
         for job in new:
@@ -142,7 +130,7 @@ def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> W
     except redis.RedisError as exc:
         log.error("enqueue failed for workflow %s: %s", wf.id, exc)
         session.delete(wf)  # cascades to its jobs: nothing of it was runnable
-        session.commit()
+        session.commit()  # the error below makes the request roll back: commit the removal first
         raise ServiceUnavailable(
             "The queue is unavailable; the workflow was not accepted. Retry later.",
             code="queue_unavailable",
@@ -214,7 +202,7 @@ def enqueue_step_jobs(new_jobs: list[Job]) -> None:
         except redis.RedisError as exc:
             log.error("could not queue workflow step job %s: %s", job.id, exc)
             error = f"ServiceUnavailable: the step could not be queued: {exc}"
-            with system_session() as session:
+            with unscoped_session() as session:
                 row = session.get(Job, job.id)
                 if row is not None and row.status == "queued":
                     row.status, row.error, row.finished_at = "failed", error, utcnow()
@@ -310,7 +298,7 @@ def step_job_cancelled(session: Session, job: Job) -> None:
     wf = session.get(Workflow, job.workflow_id)
     if wf is not None and wf.status == "running" and wf.current_step == job.step_index:
         _stop(wf, "cancelled", job.step_index, job.id, job.task, "cancelled by request")
-        session.commit()
+        session.flush()
 
 
 def step_job_rerun(session: Session, job: Job) -> None:
@@ -334,7 +322,8 @@ def cancel_workflow(session: Session, tenant_id: str, workflow_id: str) -> Workf
     wf = repo.get(workflow_id)
     if wf.status in WORKFLOW_TERMINAL:
         return wf
-    # Stop the chain first, so that a step finishing meanwhile does not start the next one.
+    # Stop the chain first, and commit it before touching the jobs, so that a step finishing meanwhile
+    # (in a worker's transaction) does not start the next one.
     _stop(wf, "cancelled", None, None, None, "cancelled by request")
     session.commit()
     for job in _step_jobs(session, wf, wf.current_step):

@@ -31,10 +31,13 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 @dataclass(frozen=True)
 class TenantContext:
+    """Who is calling: the tenant row (loaded in the request's session), the key behind the credential
+    and its scopes. Routes take the tenant from here instead of loading it again."""
+
     tenant_id: str
     key_id: str | None
+    tenant: Tenant
     scopes: frozenset[str] = field(default_factory=frozenset)
-    tenant: Tenant | None = None
 
 
 def _bearer(request: Request) -> str | None:

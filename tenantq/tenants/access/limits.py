@@ -21,6 +21,7 @@ import redis
 from sqlalchemy.orm import Session
 
 from tenantq.core.errors import InvalidInput, ServiceUnavailable, TooManyRequests
+from tenantq.core.keys import auth_bucket_key, submit_bucket_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.tenants.accounts.models import Tenant
@@ -96,10 +97,6 @@ def rate_limit_headers(result: BucketResult, burst: int, rate: float) -> dict[st
 
 
 # ------------------------------------------------------------------------------------ submissions
-def submit_bucket_key(tenant_id: str) -> str:
-    return f"tq:rl:submit:{tenant_id}"
-
-
 def submission_rate_limit(session: Session, tenant: Tenant, count: int) -> None:
     """Admission check: take ``count`` tokens from the tenant's submission bucket or refuse with 429."""
     from tenantq.tenants.accounts.service import effective_limits
@@ -139,10 +136,6 @@ def submission_rate_limit(session: Session, tenant: Tenant, count: int) -> None:
 
 
 # ------------------------------------------------------------------------ failed authentication
-def auth_bucket_key(address: str) -> str:
-    return f"tq:rl:auth:{address}"
-
-
 class AuthFailureLimiter:
     """Blocks a client address after ``auth_failure_limit`` failed authentications within
     ``auth_failure_window_s`` (token bucket: the allowance refills continuously). Only presented but

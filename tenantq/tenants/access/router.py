@@ -70,11 +70,10 @@ def list_keys(ctx: KeysManage, session: SessionDep) -> KeyList:
 )
 def create_key(body: KeyCreate, ctx: KeysManage, session: SessionDep) -> KeyCreated:
     _ensure_within_caller(ctx, body.scopes)
-    tenant = service.get_tenant(session, ctx.tenant_id)
     row, full = service.create_api_key(
-        session, tenant=tenant, scopes=body.scopes, name=body.name, expires_at=body.expires_at
+        session, tenant=ctx.tenant, scopes=body.scopes, name=body.name, expires_at=body.expires_at
     )
-    session.commit()
+    session.flush()
     return _created(row, full)
 
 
@@ -88,7 +87,7 @@ def create_key(body: KeyCreate, ctx: KeysManage, session: SessionDep) -> KeyCrea
 )
 def revoke_key(key_id: str, ctx: KeysManage, session: SessionDep) -> Response:
     service.revoke_key(session, ApiKeyRepository(session, ctx.tenant_id).get(key_id))
-    session.commit()
+    session.flush()
     return Response(status_code=204)
 
 
@@ -104,7 +103,7 @@ def rotate_key(key_id: str, body: KeyRotate, ctx: KeysManage, session: SessionDe
     old = ApiKeyRepository(session, ctx.tenant_id).get(key_id)
     _ensure_within_caller(ctx, old.scopes or [])
     row, full = service.rotate_key(session, old, grace_seconds=body.grace_seconds)
-    session.commit()
+    session.flush()
     return _created(row, full)
 
 

@@ -34,7 +34,7 @@ class Plan(Base):
     hard_limits: Mapped[bool] = mapped_column(default=True)
     currency: Mapped[str] = mapped_column(String(3), default="usd")
     base_fee: Mapped[Decimal] = mapped_column(Numeric(18, 6), default=Decimal("0"))
-    # Schedules (issue 5b): shortest allowed period between two firings, and how many a tenant may own.
+    # Schedules: shortest allowed period between two firings, and how many a tenant may own.
     min_schedule_interval_s: Mapped[int] = mapped_column(Integer, default=300)
     max_schedules: Mapped[int] = mapped_column(Integer, default=5)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -46,7 +46,7 @@ def list_tenants(
 @router.post("/tenants", response_model=TenantOut, status_code=201, summary="Create a tenant")
 def create_tenant(body: TenantCreate, op: Operator, session: SessionDep) -> TenantOut:
     tenant = service.create_tenant(session, name=body.name, plan=body.plan, overrides=body.overrides)
-    session.commit()
+    session.flush()
     return TenantOut.model_validate(tenant)
 
 
@@ -68,7 +68,7 @@ def update_tenant(tenant_id: str, body: TenantUpdate, op: Operator, session: Ses
     if "overrides" in body.model_fields_set:
         kwargs["overrides"] = body.overrides or {}
     service.update_tenant(session, tenant, name=body.name, plan=body.plan, **kwargs)
-    session.commit()
+    session.flush()
     return TenantOut.model_validate(tenant)
 
 
@@ -114,7 +114,7 @@ def create_tenant_key(tenant_id: str, body: KeyCreate, op: Operator, session: Se
     row, full = service.create_api_key(
         session, tenant=tenant, scopes=body.scopes, name=body.name, expires_at=body.expires_at
     )
-    session.commit()
+    session.flush()
     return KeyCreated(**KeyOut.model_validate(row).model_dump(), key=full)
 
 
@@ -132,7 +132,7 @@ def list_plans(op: Operator, session: SessionDep) -> PlanList:
 )
 def create_plan(body: PlanCreate, op: Operator, session: SessionDep) -> PlanOut:
     plan = service.create_plan(session, body)
-    session.commit()
+    session.flush()
     return PlanOut.model_validate(plan)
 
 
@@ -145,5 +145,5 @@ def create_plan(body: PlanCreate, op: Operator, session: SessionDep) -> PlanOut:
 )
 def update_plan(plan_name: str, body: PlanUpdate, op: Operator, session: SessionDep) -> PlanOut:
     plan = service.update_plan(session, service.get_plan(session, plan_name), body)
-    session.commit()
+    session.flush()
     return PlanOut.model_validate(plan)

@@ -4,7 +4,7 @@ Functions take the session (and a Redis client where the queue is involved) expl
 the caller commits. Suspension touches Redis: the tenant id goes into SET ``tq:paused`` with the
 reason ``"suspended"`` in HASH ``tq:paused:why`` (the dispatcher skips paused tenants, their jobs stay
 queued); reactivation removes it only if the reason is still ``"suspended"``, so an operator's queue
-pause (reason ``"operator_pause"``, issue 4) survives a suspend/reactivate cycle.
+pause (reason ``"operator_pause"``) survives a suspend/reactivate cycle.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tenantq.core import keys
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from tenantq.core.settings import get_settings
@@ -28,8 +29,8 @@ from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanC
 
 log = logging.getLogger("tenantq.tenants")
 
-PAUSED_SET = "tq:paused"
-PAUSED_WHY = "tq:paused:why"
+PAUSED_SET = keys.PAUSED
+PAUSED_WHY = keys.PAUSED_WHY
 SUSPENDED_REASON = "suspended"
 OPERATOR_PAUSE_REASON = "operator_pause"
 
@@ -217,7 +218,6 @@ def suspend_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> Ten
             code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from exc
-    session.commit()
     return tenant
 
 
@@ -234,7 +234,6 @@ def reactivate_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> 
             code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from exc
-    session.commit()
     return tenant
 
 

@@ -32,113 +32,102 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from tenantq.core import keys
+from tenantq.core.keys import (
+    DISPATCHED_AT,
+    INFLIGHT,
+    INFLIGHT_META,
+    PAUSED,
+    PAUSED_WHY,
+    WAKE,
+    lease_key,
+    queue_key,
+)
+from tenantq.platform.dispatch.models import Released
+
 PRIORITY_SPAN = 10**13  # arrival sequence numbers stay below this
-
-PAUSED = "tq:paused"
-PAUSED_WHY = "tq:paused:why"
-INFLIGHT = "tq:inflight"
-INFLIGHT_META = "tq:inflight:m"
-DISPATCHED_AT = "tq:disp:at"
-WAKE = "tq:wake"  # one-element list pushed on enqueue: wakes an idle dispatcher at once
-
-
-def queue_key(tenant_id: str) -> str:
-    return f"tq:q:{tenant_id}"
-
-
-def lease_key(tenant_id: str) -> str:
-    return f"tq:cc:{tenant_id}"
-
-
-def bucket_key(tenant_id: str) -> str:
-    return f"tq:rl:{tenant_id}"
-
-
-def wait_key(tenant_id: str) -> str:
-    return f"tq:wait:{tenant_id}"
 
 
 def score(priority: int, seq: int) -> int:
     return (9 - priority) * PRIORITY_SPAN + seq
 
 
-_ENQUEUE = """
-local seq = redis.call('INCR', 'tq:seq')
+_ENQUEUE = keys.lua("""
+local seq = redis.call('INCR', '${SEQ}')
 local prio = tonumber(ARGV[2])
 local score = (9 - prio) * 10000000000000 + seq
-redis.call('HSET', 'tq:payload', ARGV[1], ARGV[3])
+redis.call('HSET', '${PAYLOAD}', ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], score, ARGV[1])
-redis.call('SADD', 'tq:active', ARGV[4])
-redis.call('LPUSH', 'tq:wake', '1')
-redis.call('LTRIM', 'tq:wake', 0, 0)
+redis.call('SADD', '${ACTIVE}', ARGV[4])
+redis.call('LPUSH', '${WAKE}', '1')
+redis.call('LTRIM', '${WAKE}', 0, 0)
 return seq
-"""
+""")
 
 # ARGV: tenant, then (job id, priority, payload) triples. One round trip for a whole batch.
-_ENQUEUE_MANY = """
+_ENQUEUE_MANY = keys.lua("""
 local tenant = ARGV[1]
-local key = 'tq:q:' .. tenant
+local key = '${QUEUE_PREFIX}' .. tenant
 local n = 0
 for i = 2, #ARGV, 3 do
-  local seq = redis.call('INCR', 'tq:seq')
+  local seq = redis.call('INCR', '${SEQ}')
   local prio = tonumber(ARGV[i + 1])
-  redis.call('HSET', 'tq:payload', ARGV[i], ARGV[i + 2])
+  redis.call('HSET', '${PAYLOAD}', ARGV[i], ARGV[i + 2])
   redis.call('ZADD', key, (9 - prio) * 10000000000000 + seq, ARGV[i])
   n = n + 1
 end
 if n > 0 then
-  redis.call('SADD', 'tq:active', tenant)
-  redis.call('LPUSH', 'tq:wake', '1')
-  redis.call('LTRIM', 'tq:wake', 0, 0)
+  redis.call('SADD', '${ACTIVE}', tenant)
+  redis.call('LPUSH', '${WAKE}', '1')
+  redis.call('LTRIM', '${WAKE}', 0, 0)
 end
 return n
-"""
+""")
 
-_PROMOTE = """
-local due = redis.call('ZRANGEBYSCORE', 'tq:delayed', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+_PROMOTE = keys.lua("""
+local due = redis.call('ZRANGEBYSCORE', '${DELAYED}', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(due) do
-  local tenant = redis.call('HGET', 'tq:delayed:t', id)
-  local prio = tonumber(redis.call('HGET', 'tq:delayed:p', id) or '5')
-  redis.call('ZREM', 'tq:delayed', id)
-  redis.call('HDEL', 'tq:delayed:t', id)
-  redis.call('HDEL', 'tq:delayed:p', id)
+  local tenant = redis.call('HGET', '${DELAYED_TENANT}', id)
+  local prio = tonumber(redis.call('HGET', '${DELAYED_PRIORITY}', id) or '5')
+  redis.call('ZREM', '${DELAYED}', id)
+  redis.call('HDEL', '${DELAYED_TENANT}', id)
+  redis.call('HDEL', '${DELAYED_PRIORITY}', id)
   if tenant then
-    local seq = redis.call('INCR', 'tq:seq')
-    redis.call('ZADD', 'tq:q:' .. tenant, (9 - prio) * 10000000000000 + seq, id)
-    redis.call('SADD', 'tq:active', tenant)
+    local seq = redis.call('INCR', '${SEQ}')
+    redis.call('ZADD', '${QUEUE_PREFIX}' .. tenant, (9 - prio) * 10000000000000 + seq, id)
+    redis.call('SADD', '${ACTIVE}', tenant)
   end
 end
 return #due
-"""
+""")
 
-_POP = """
+_POP = keys.lua("""
 local items = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
 local out = {}
 for i = 1, #items, 2 do
   local id = items[i]
-  local payload = redis.call('HGET', 'tq:payload', id)
-  redis.call('HDEL', 'tq:payload', id)
+  local payload = redis.call('HGET', '${PAYLOAD}', id)
+  redis.call('HDEL', '${PAYLOAD}', id)
   if payload then
     table.insert(out, payload)
   end
 end
 if redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('SREM', 'tq:active', ARGV[2])
+  redis.call('SREM', '${ACTIVE}', ARGV[2])
 end
 return out
-"""
+""")
 
 # Release one job of one tenant, atomically checking everything that may forbid it.
 # ARGV: tenant, concurrency cap (0 = none), rate jobs/s (0 = none), burst, lease ttl s,
 #       inflight deadline s, leader key, leader id ('' = no fencing).
 # Returns {code, ...}: 1 released {1, id, token, payload}; -1 empty; -2 at concurrency cap;
 #         -3 not the leader; -4 paused; -5 rate limited {-5, ms until a token}; 0 stale entry.
-_DISPATCH = """
+_DISPATCH = keys.lua("""
 local tenant = ARGV[1]
 local cap = tonumber(ARGV[2])
 local rate = tonumber(ARGV[3])
@@ -146,20 +135,20 @@ local burst = tonumber(ARGV[4])
 local lease_ttl = tonumber(ARGV[5])
 local deadline = tonumber(ARGV[6])
 if ARGV[8] ~= '' and redis.call('GET', ARGV[7]) ~= ARGV[8] then return {-3} end
-if redis.call('SISMEMBER', 'tq:paused', tenant) == 1 then return {-4} end
-local q = 'tq:q:' .. tenant
+if redis.call('SISMEMBER', '${PAUSED}', tenant) == 1 then return {-4} end
+local q = '${QUEUE_PREFIX}' .. tenant
 local top = redis.call('ZRANGE', q, 0, 0)
 if #top == 0 then
-  redis.call('SREM', 'tq:active', tenant)
+  redis.call('SREM', '${ACTIVE}', tenant)
   return {-1}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cc = 'tq:cc:' .. tenant
+local cc = '${LEASE_PREFIX}' .. tenant
 redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
 if cap > 0 and redis.call('ZCARD', cc) >= cap then return {-2} end
 if rate > 0 then
-  local rl = 'tq:rl:' .. tenant
+  local rl = '${BUCKET_PREFIX}' .. tenant
   local b = redis.call('HMGET', rl, 'tokens', 'ts')
   local tokens = tonumber(b[1]) or burst
   local ts = tonumber(b[2]) or now
@@ -173,28 +162,28 @@ if rate > 0 then
 end
 local id = top[1]
 redis.call('ZREM', q, id)
-if redis.call('ZCARD', q) == 0 then redis.call('SREM', 'tq:active', tenant) end
-local payload = redis.call('HGET', 'tq:payload', id)
+if redis.call('ZCARD', q) == 0 then redis.call('SREM', '${ACTIVE}', tenant) end
+local payload = redis.call('HGET', '${PAYLOAD}', id)
 if not payload then return {0} end
-local token = tostring(redis.call('INCR', 'tq:dtok'))
+local token = tostring(redis.call('INCR', '${DISPATCH_TOKEN}'))
 redis.call('ZADD', cc, now + lease_ttl, id .. ':' .. token)
-redis.call('ZADD', 'tq:inflight', now + deadline, id)
-redis.call('HSET', 'tq:inflight:m', id, tenant .. '|' .. token)
+redis.call('ZADD', '${INFLIGHT}', now + deadline, id)
+redis.call('HSET', '${INFLIGHT_META}', id, tenant .. '|' .. token)
 return {1, id, token, payload}
-"""
+""")
 
 # Put back jobs whose publish was never acknowledged (dispatcher died between pop and ack). They go
 # to the front of their priority level: they were already at the head once.
-_RECLAIM_INFLIGHT = """
+_RECLAIM_INFLIGHT = keys.lua("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local ids = redis.call('ZRANGEBYSCORE', 'tq:inflight', '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ids = redis.call('ZRANGEBYSCORE', '${INFLIGHT}', '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local n = 0
 for _, id in ipairs(ids) do
-  local meta = redis.call('HGET', 'tq:inflight:m', id)
-  local payload = redis.call('HGET', 'tq:payload', id)
-  redis.call('ZREM', 'tq:inflight', id)
-  redis.call('HDEL', 'tq:inflight:m', id)
+  local meta = redis.call('HGET', '${INFLIGHT_META}', id)
+  local payload = redis.call('HGET', '${PAYLOAD}', id)
+  redis.call('ZREM', '${INFLIGHT}', id)
+  redis.call('HDEL', '${INFLIGHT_META}', id)
   if meta and payload then
     local sep = string.find(meta, '|', 1, true)
     local tenant = string.sub(meta, 1, sep - 1)
@@ -202,37 +191,26 @@ for _, id in ipairs(ids) do
     local prio = 5
     local ok, msg = pcall(cjson.decode, payload)
     if ok and msg['job'] and msg['job']['priority'] then prio = tonumber(msg['job']['priority']) end
-    redis.call('ZREM', 'tq:cc:' .. tenant, id .. ':' .. token)
-    redis.call('ZADD', 'tq:q:' .. tenant, (9 - prio) * 10000000000000, id)
-    redis.call('SADD', 'tq:active', tenant)
+    redis.call('ZREM', '${LEASE_PREFIX}' .. tenant, id .. ':' .. token)
+    redis.call('ZADD', '${QUEUE_PREFIX}' .. tenant, (9 - prio) * 10000000000000, id)
+    redis.call('SADD', '${ACTIVE}', tenant)
     n = n + 1
   end
 end
 return n
-"""
+""")
 
 # Purge: drop every pending job of a tenant; returns the ids so SQL can mark them cancelled.
-_PURGE = """
-local q = 'tq:q:' .. ARGV[1]
+_PURGE = keys.lua("""
+local q = '${QUEUE_PREFIX}' .. ARGV[1]
 local ids = redis.call('ZRANGE', q, 0, -1)
 for i = 1, #ids, 500 do
-  redis.call('HDEL', 'tq:payload', unpack(ids, i, math.min(i + 499, #ids)))
+  redis.call('HDEL', '${PAYLOAD}', unpack(ids, i, math.min(i + 499, #ids)))
 end
 redis.call('DEL', q)
-redis.call('SREM', 'tq:active', ARGV[1])
+redis.call('SREM', '${ACTIVE}', ARGV[1])
 return ids
-"""
-
-
-@dataclass
-class Released:
-    job_id: str
-    token: str
-    message: dict[str, Any]
-
-
-# Outcomes of TenantQueues.release() other than a Released job.
-EMPTY, AT_CAP, NOT_LEADER, PAUSED_CODE, RATE_LIMITED, STALE = -1, -2, -3, -4, -5, 0
+""")
 
 
 class TenantQueues:
@@ -267,9 +245,9 @@ class TenantQueues:
     def requeue_front(self, tenant_id: str, job_id: str, priority: int, message: dict[str, Any]) -> None:
         """Put a job back at the head of its priority level (it was released but could not start)."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset("tq:payload", job_id, json.dumps(message))
+        pipe.hset(keys.PAYLOAD, job_id, json.dumps(message))
         pipe.zadd(queue_key(tenant_id), {job_id: score(priority, 0)})
-        pipe.sadd("tq:active", tenant_id)
+        pipe.sadd(keys.ACTIVE, tenant_id)
         pipe.lpush(WAKE, "1")
         pipe.ltrim(WAKE, 0, 0)
         pipe.execute()
@@ -278,10 +256,10 @@ class TenantQueues:
         self, tenant_id: str, job_id: str, priority: int, message: dict[str, Any], run_at: float
     ) -> None:
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset("tq:payload", job_id, self._dump(message))
-        pipe.hset("tq:delayed:t", job_id, tenant_id)
-        pipe.hset("tq:delayed:p", job_id, priority)
-        pipe.zadd("tq:delayed", {job_id: run_at})
+        pipe.hset(keys.PAYLOAD, job_id, self._dump(message))
+        pipe.hset(keys.DELAYED_TENANT, job_id, tenant_id)
+        pipe.hset(keys.DELAYED_PRIORITY, job_id, priority)
+        pipe.zadd(keys.DELAYED, {job_id: run_at})
         pipe.execute()
 
     def promote_due(self, now: float | None = None, limit: int = 1000) -> int:
@@ -322,7 +300,7 @@ class TenantQueues:
         pipe = self.r.pipeline(transaction=False)
         pipe.zrem(INFLIGHT, *ids)
         pipe.hdel(INFLIGHT_META, *ids)
-        pipe.hdel("tq:payload", *ids)
+        pipe.hdel(keys.PAYLOAD, *ids)
         pipe.hset(DISPATCHED_AT, mapping={i: now for i in ids})
         pipe.execute()
 
@@ -333,7 +311,7 @@ class TenantQueues:
         return list(self._purge(args=[tenant_id]))
 
     def active_tenants(self) -> list[str]:
-        return sorted(self.r.smembers("tq:active"))
+        return sorted(self.r.smembers(keys.ACTIVE))
 
     def depth(self, tenant_id: str) -> int:
         return int(self.r.zcard(queue_key(tenant_id)))
@@ -345,7 +323,7 @@ class TenantQueues:
     def is_pending(self, tenant_id: str, job_id: str) -> bool:
         pipe = self.r.pipeline(transaction=False)
         pipe.zscore(queue_key(tenant_id), job_id)
-        pipe.zscore("tq:delayed", job_id)
+        pipe.zscore(keys.DELAYED, job_id)
         pipe.zscore(INFLIGHT, job_id)
         return any(v is not None for v in pipe.execute())
 
@@ -353,10 +331,10 @@ class TenantQueues:
         """Take a pending or delayed job out (cancellation). True if it was still waiting."""
         pipe = self.r.pipeline(transaction=True)
         pipe.zrem(queue_key(tenant_id), job_id)
-        pipe.zrem("tq:delayed", job_id)
-        pipe.hdel("tq:payload", job_id)
-        pipe.hdel("tq:delayed:t", job_id)
-        pipe.hdel("tq:delayed:p", job_id)
+        pipe.zrem(keys.DELAYED, job_id)
+        pipe.hdel(keys.PAYLOAD, job_id)
+        pipe.hdel(keys.DELAYED_TENANT, job_id)
+        pipe.hdel(keys.DELAYED_PRIORITY, job_id)
         removed_q, removed_d, *_ = pipe.execute()
         return bool(removed_q or removed_d)
 
