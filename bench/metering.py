@@ -12,10 +12,10 @@ the CPU time of the worker's process tree per job (``getrusage(RUSAGE_CHILDREN)`
 life, minus the CPU of an idle worker's boot and stop): on a shared machine the CPU figure is the
 stable one, throughput swings with everybody else's load. Phases
 follow a discarded warm-up in ABBA order (on, off, off, on, ...) so drift on a shared machine hits both
-sides alike. It also times the hot path alone in-process (prerun + postrun receivers against the same
-Redis: microseconds per attempt), which is the stable figure on a noisy machine. A usage flusher
-(``tenantq billing flush``) runs throughout, as under ``tenantq up``; at the end the bench checks that
-every metered attempt produced its 4 usage events and unmetered ones none.
+sides alike. It also times the hot path alone in-process (the metering steps of prerun + postrun against
+the same Redis: microseconds per attempt), which is the stable figure on a noisy machine. A usage
+flusher (``tenantq billing flush``) runs throughout, as under ``tenantq up``; at the end the bench
+checks that every metered attempt produced its 4 usage events and unmetered ones none.
 
 Prints a table and one JSON object (also written to --out when given).
 """
@@ -71,25 +71,19 @@ def children_cpu() -> float:
 
 
 def time_hot_path(n: int) -> float:
-    """Median microseconds the metering receivers add to one attempt (prerun + postrun)."""
+    """Median microseconds the metering steps add to one attempt (open + close)."""
     import uuid
-    from types import SimpleNamespace
 
     from tenantq.billing.usage import metering
-    from tenantq.worker import app as celery_app
+    from tenantq.platform.jobs.messages import JobMessage
 
     samples = []
     for _ in range(n):
-        job = {"id": str(uuid.uuid4()), "tenant_id": "bench-hot-path", "attempt_base": 0}
-        task = SimpleNamespace(
-            name="demo.echo",
-            app=celery_app,
-            request=SimpleNamespace(retries=0, hostname="bench@host", timelimit=(None, None)),
-        )
-        kwargs = {"job": job, "args": {}}
+        message = JobMessage.from_job("demo.echo", {"id": str(uuid.uuid4()), "tenant_id": "bench-hot-path"})
         t0 = time.perf_counter()
-        metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
-        metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state="SUCCESS")
+        usage = metering.open_attempt(message, worker="bench@host", time_limit=3600)
+        if usage is not None:
+            metering.close_attempt(usage, "SUCCESS", ran=True, retried=False)
         samples.append(time.perf_counter() - t0)
     return round(statistics.median(samples) * 1e6, 1)
 
@@ -356,7 +350,7 @@ def main() -> int:
             f"(on/off {cpu_on / cpu_off:.3f}); flusher CPU {flusher_cpu_ms:.2f} ms per metered job"
         )
         print(f"usage events complete: {usage_ok}")
-        print(f"hot path (prerun + postrun receivers, in-process): {hot_path_us:.0f} us per attempt")
+        print(f"hot path (metering steps of prerun + postrun, in-process): {hot_path_us:.0f} us per attempt")
         print(json.dumps(summary))
         if opts.out:
             opts.out.write_text(json.dumps(summary, indent=2) + "\n")

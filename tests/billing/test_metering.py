@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -23,14 +24,18 @@ from tenantq.billing.usage.metering import OPEN, STREAM, Meter
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.celery import app as celery_app
 from tenantq.core.settings import reset_settings_cache
+from tenantq.platform.dispatch import limits
+from tenantq.platform.jobs.messages import JobMessage
+from tenantq.platform.jobs.registry import NotStarted
+from tenantq.worker import pipeline
 from tests.billing.conftest import usage_of
 from tests.conftest import ProcessGroup, start_worker, wait_for_workers, wait_until
-from tests.factories import ApiKeyFactory, TenantFactory, auth
+from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
 
-def fake_task(name: str = "demo.echo", retries: int = 0, hostname: str = "test-worker@host"):
-    """What Celery hands the receivers: the task with its current request."""
-    request = SimpleNamespace(retries=retries, hostname=hostname, timelimit=(None, None), id=None)
+def fake_task(name: str = "demo.echo", hostname: str = "test-worker@host"):
+    """What Celery hands the signal receivers: the task with its current request."""
+    request = SimpleNamespace(hostname=hostname, timelimit=(None, None), id=None)
     return SimpleNamespace(name=name, request=request, app=celery_app)
 
 
@@ -40,19 +45,25 @@ def job_meta(tenant_id: str, **extra) -> dict:
         "tenant_id": tenant_id,
         "priority": 5,
         "max_retries": 0,
-        "attempt_base": 0,
+        "attempt": 1,
         **extra,
     }
 
 
-def run_attempt(job: dict, *, retries: int = 0, state: str = "SUCCESS", burn_ms: int = 0) -> None:
-    task = fake_task(retries=retries)
-    kwargs = {"job": job, "args": {}}
-    metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
+def msg(job: dict, task: str = "demo.echo", *, attempt: int | None = None) -> JobMessage:
+    """The job's message as the worker reads it, optionally for another attempt number."""
+    message = JobMessage.from_job(task, job, {})
+    return message if attempt is None else replace(message, attempt=attempt)
+
+
+def run_attempt(job: dict, *, attempt: int = 1, state: str = "SUCCESS", burn_ms: int = 0) -> None:
+    """The metering steps of one attempt in this process, as the attempt pipeline runs them."""
+    usage = metering.open_attempt(msg(job, attempt=attempt), worker="test-worker@host", time_limit=3600)
     deadline = time.process_time() + burn_ms / 1000
     while time.process_time() < deadline:
         pass
-    metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state=state)
+    if usage is not None:
+        metering.close_attempt(usage, state, ran=True, retried=False)
 
 
 def stream_entries_for(client, job_id: str) -> list[dict]:
@@ -63,11 +74,11 @@ class TestAttemptNumbers:
     def test_redelivery_gets_the_next_attempt_number(self, redis_client):
         meter = Meter(redis_client)
         job = job_meta("t")
-        first = meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        first = meter.open(msg(job), worker="w", time_limit=60)
         # The same message delivered again after a crash claims attempt 1 again: it becomes attempt 2.
-        again = meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
-        # A Celery retry of that message claims attempt 2: it becomes 3, never colliding.
-        retry = meter.open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60)
+        again = meter.open(msg(job), worker="w", time_limit=60)
+        # The next attempt's message (a retry) claims attempt 2: it becomes 3, never colliding.
+        retry = meter.open(msg(job, attempt=2), worker="w", time_limit=60)
         assert (first.attempt, again.attempt, retry.attempt) == (1, 2, 3)
 
     def test_a_refused_delivery_gives_its_number_back(self, redis_client):
@@ -76,48 +87,42 @@ class TestAttemptNumbers:
         meter = Meter(redis_client)
         job = job_meta("t")
         for _ in range(3):
-            meter.discard(meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60))
-        assert meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt == 1
+            meter.discard(meter.open(msg(job), worker="w", time_limit=60))
+        assert meter.open(msg(job), worker="w", time_limit=60).attempt == 1
 
     def test_a_refused_delivery_after_an_unreported_attempt_keeps_its_number(self, redis_client):
         # Attempt 1's worker died without reporting; the replay of its message was refused. The number
         # stays taken, so attempt 1 counts as superseded and the reconciler closes it soon.
         meter = Meter(redis_client)
         job = job_meta("t")
-        meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
-        meter.discard(meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60))
+        meter.open(msg(job), worker="w", time_limit=60)
+        meter.discard(meter.open(msg(job), worker="w", time_limit=60))
         assert redis_client.hget(metering.attempt_key(job["id"]), "n") == "2"
 
     def test_discarding_an_older_attempt_keeps_the_newer_number(self, redis_client):
         meter = Meter(redis_client)
         job = job_meta("t")
-        older = meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
-        meter.open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60)
+        older = meter.open(msg(job), worker="w", time_limit=60)
+        meter.open(msg(job), worker="w", time_limit=60)
         meter.discard(older)
         assert redis_client.hget(metering.attempt_key(job["id"]), "n") == "2"
         assert redis_client.hget(OPEN, f"{job['id']}:1") is None
 
     def test_delivery_refused_by_the_start_guard_opens_no_attempt(self, redis_client):
-        job = job_meta("t")
-        task = fake_task()
-        task.request.tq_skip = "dup"
-        metering.on_prerun(task_id=job["id"], task=task, kwargs={"job": job, "args": {}})
+        job = job_meta("t", dispatch="first")
+        assert limits.start_guard(msg(job), "other-task-id") == "ok"
+        duplicate = {**job, "dispatch": "second"}  # another release of the same attempt
+        task, kwargs = fake_task(), {"job": duplicate, "args": {}}
+        pipeline.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
+        assert task.request.tq_skip == "dup"
         assert redis_client.exists(metering.attempt_key(job["id"])) == 0
-        assert job["id"] not in metering._running
+        pipeline.on_postrun(task_id=job["id"], state="IGNORED", retval=NotStarted())
+        assert job["id"] not in pipeline.ATTEMPTS
+        assert stream_entries_for(redis_client, job["id"]) == []
 
     def test_explicit_attempt_in_the_message_is_used(self, redis_client):
-        job = job_meta("t", attempt=4, attempt_base=0)
-        assert (
-            Meter(redis_client).open(job=job, task="demo.echo", retries=0, worker="w", time_limit=60).attempt
-            == 4
-        )
-
-    def test_retries_after_a_resubmission_continue_from_attempt_base(self, redis_client):
-        job = job_meta("t", attempt_base=2)
-        assert (
-            Meter(redis_client).open(job=job, task="demo.echo", retries=1, worker="w", time_limit=60).attempt
-            == 4
-        )
+        job = job_meta("t", attempt=4, first_attempt=3)
+        assert Meter(redis_client).open(msg(job), worker="w", time_limit=60).attempt == 4
 
 
 class TestSignalsToSql:
@@ -138,13 +143,13 @@ class TestSignalsToSql:
 
     def test_duplicate_signals_and_replayed_entries_insert_nothing_new(self, db_session, redis_client):
         tenant = TenantFactory()
-        job = job_meta(tenant.id)
+        job = job_meta(tenant.id, id=JobFactory(tenant=tenant, status="queued", attempts=0).id)
         task, kwargs = fake_task(), {"job": job, "args": {}}
-        metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
-        metering.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)  # duplicate prerun: same attempt
-        metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state="SUCCESS")
-        metering.on_postrun(task_id=job["id"], task=task, kwargs=kwargs, state="SUCCESS")  # duplicate
-        metering.on_failure(sender=task, task_id=job["id"], kwargs=kwargs)  # stray failure after the close
+        pipeline.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)
+        pipeline.on_prerun(task_id=job["id"], task=task, kwargs=kwargs)  # duplicate prerun: same attempt
+        pipeline.on_postrun(task_id=job["id"], state="SUCCESS", retval=None)
+        pipeline.on_postrun(task_id=job["id"], state="SUCCESS", retval=None)  # duplicate
+        pipeline.on_failure(sender=task, task_id=job["id"], kwargs=kwargs)  # stray failure after the close
         entries = stream_entries_for(redis_client, job["id"])
         assert len(entries) == 1
         flusher = Flusher(redis_client)
@@ -161,8 +166,8 @@ class TestSignalsToSql:
     def test_retry_then_success_bills_both_attempts_and_one_job(self, db_session, redis_client):
         tenant = TenantFactory()
         job = job_meta(tenant.id, max_retries=1)
-        run_attempt(job, retries=0, state="RETRY")
-        run_attempt(job, retries=1, state="SUCCESS")
+        run_attempt(job, attempt=1, state="RETRY")
+        run_attempt(job, attempt=2, state="SUCCESS")
         Flusher(redis_client).drain()
         rows = [(e.attempt, e.metric, e.state) for e in usage_of(db_session, job["id"])]
         assert [r for r in rows if r[1] == "jobs"] == [(1, "jobs", "retried")]
@@ -175,9 +180,9 @@ class TestSignalsToSql:
         # The pool child opened the attempt and was killed by the hard time limit: no postrun. The main
         # process sends task_failure twice (a known Celery behaviour); it has no local attempt.
         meter = Meter(redis_client)
-        meter.open(job=job, task="demo.sleep", retries=0, worker="w@h", time_limit=1)
-        metering.on_failure(sender=fake_task("demo.sleep"), task_id=job["id"], kwargs=kwargs)
-        metering.on_failure(sender=fake_task("demo.sleep"), task_id=job["id"], kwargs=kwargs)
+        meter.open(msg(job, "demo.sleep"), worker="w@h", time_limit=1)
+        pipeline.on_failure(sender=fake_task("demo.sleep"), task_id=job["id"], kwargs=kwargs)
+        pipeline.on_failure(sender=fake_task("demo.sleep"), task_id=job["id"], kwargs=kwargs)
         assert len(stream_entries_for(redis_client, job["id"])) == 1
         Flusher(redis_client).drain()
         events = {e.metric: e for e in usage_of(db_session, job["id"])}
@@ -186,9 +191,9 @@ class TestSignalsToSql:
     def test_revoke_terminate_bills_the_running_attempt_as_cancelled(self, db_session, redis_client):
         tenant = TenantFactory()
         job = job_meta(tenant.id)
-        Meter(redis_client).open(job=job, task="demo.sleep", retries=0, worker="w@h", time_limit=60)
+        Meter(redis_client).open(msg(job, "demo.sleep"), worker="w@h", time_limit=60)
         request = SimpleNamespace(id=job["id"], kwargs={"job": job, "args": {}})
-        metering.on_revoked(sender=fake_task("demo.sleep"), request=request, terminated=True)
+        pipeline.on_revoked(sender=fake_task("demo.sleep"), request=request, terminated=True)
         Flusher(redis_client).drain()
         assert {e.state for e in usage_of(db_session, job["id"])} == {"cancelled"}
 
@@ -196,8 +201,8 @@ class TestSignalsToSql:
         tenant = TenantFactory()
         job = job_meta(tenant.id)
         request = SimpleNamespace(id=job["id"], kwargs={"job": job, "args": {}})
-        metering.on_revoked(sender=fake_task(), request=request, terminated=False)
-        metering.on_revoked(sender=fake_task(), request=request, terminated=True)  # nothing was open
+        pipeline.on_revoked(sender=fake_task(), request=request, terminated=False)
+        pipeline.on_revoked(sender=fake_task(), request=request, terminated=True)  # nothing was open
         assert stream_entries_for(redis_client, job["id"]) == []
 
     def test_metering_off_records_nothing(self, redis_client, monkeypatch):
@@ -219,8 +224,8 @@ class TestReconciler:
         job = job_meta(tenant.id)
         meter = Meter(redis_client)
         t0 = time.time() - 100
-        meter.open(job=job, task="demo.sleep", retries=0, worker="w1@h", time_limit=300, now=t0)
-        meter.open(job=job, task="demo.sleep", retries=0, worker="w2@h", time_limit=300, now=t0 + 12.5)
+        meter.open(msg(job, "demo.sleep"), worker="w1@h", time_limit=300, now=t0)
+        meter.open(msg(job, "demo.sleep"), worker="w2@h", time_limit=300, now=t0 + 12.5)
         assert meter.reconcile() >= 1
         assert redis_client.hget(OPEN, f"{job['id']}:1") is None
         assert redis_client.hget(OPEN, f"{job['id']}:2") is not None  # the redelivery is still running
@@ -235,7 +240,7 @@ class TestReconciler:
         job = job_meta(tenant.id)
         meter = Meter(redis_client)
         t0 = time.time()
-        meter.open(job=job, task="demo.sleep", retries=0, worker="w@h", time_limit=10, now=t0)
+        meter.open(msg(job, "demo.sleep"), worker="w@h", time_limit=10, now=t0)
         meter.reconcile(now=t0 + 10 + metering.LOST_GRACE_S - 1)
         assert redis_client.hget(OPEN, f"{job['id']}:1") is not None  # not yet
         meter.reconcile(now=t0 + 10 + metering.LOST_GRACE_S + 1)

@@ -1,21 +1,28 @@
 """The worker's per-attempt SQL fast paths (bench/overhead.py): the one-statement attempt open, the
-webhook hint taken from the finish transaction, and the idle-only connection ping. Run on SQLite and
-on PostgreSQL (the single-statement path there)."""
+webhook hint (the finish hooks' probe) taken from the finish transaction, and the idle-only connection
+ping. Run on SQLite and on PostgreSQL (the single-statement path there)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select, text
 
 from tenantq.core.db import get_engine, utcnow
 from tenantq.platform.jobs import lifecycle
+from tenantq.platform.jobs.hooks import AttemptOutcome
+from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.models import Job, JobAttempt
+from tenantq.platform.jobs.registry import NotStarted
 from tenantq.platform.webhooks.models import WebhookEndpoint
+from tenantq.worker import app as celery_app
+from tenantq.worker import pipeline  # the worker's assembly: its finish hooks are subscribed
 from tests.factories import JobFactory, TenantFactory
 
 
-def _meta(job: Job, attempt: int = 1) -> dict:
-    return {"id": job.id, "tenant_id": job.tenant_id, "attempt": attempt}
+def _meta(job: Job, attempt: int = 1) -> JobMessage:
+    return JobMessage.from_job("demo.echo", {"id": job.id, "tenant_id": job.tenant_id, "attempt": attempt})
 
 
 def _attempts(db_session, job_id: str) -> list[JobAttempt]:
@@ -65,7 +72,14 @@ class TestAttemptStarted:
         done = JobFactory(status="succeeded", attempts=1)
         assert lifecycle.attempt_started(_meta(done), "task-d", "w") is False
         assert _attempts(db_session, done.id) == []
-        assert lifecycle.may_start(_meta(done), "task-d") is False  # the wrapper will not run it
+        # Through the pipeline: the task wrapper is told not to run it.
+        task = SimpleNamespace(
+            name="demo.echo", request=SimpleNamespace(hostname="w", timelimit=None), app=celery_app
+        )
+        pipeline.on_prerun(task_id="task-d", task=task, kwargs={"job": dict(_meta(done).job), "args": {}})
+        assert task.request.tq_skip == "refused"
+        pipeline.on_postrun(task_id="task-d", state="IGNORED", retval=NotStarted())
+        assert _attempts(db_session, done.id) == []
 
         moved_on = JobFactory(status="running", attempts=3)
         assert lifecycle.attempt_started(_meta(moved_on, attempt=2), "task-old", "w") is False
@@ -117,10 +131,10 @@ class TestWebhookHint:
         job = JobFactory(status="queued", attempts=0)
         meta = _meta(job)
         assert lifecycle.attempt_started(meta, "t", "w")
-        lifecycle.attempt_succeeded(meta, {"ok": True})
-        assert lifecycle.webhooks_possible(meta) is False
-        # Consumed: a second ask (or any attempt this process did not finish) falls back to the lookup.
-        assert lifecycle.webhooks_possible(meta) is True
+        outcome = lifecycle.attempt_succeeded(meta, {"ok": True})
+        assert outcome.probes == {"webhooks": False} and outcome.concerns("webhooks") is False
+        # An outcome applied elsewhere was not probed: the hook falls back to its own lookup.
+        assert AttemptOutcome(meta, "succeeded").concerns("webhooks") is True
         db_session.expire_all()
         row = db_session.get(Job, job.id)
         assert row.status == "succeeded" and row.result == {"ok": True}
@@ -137,8 +151,8 @@ class TestWebhookHint:
         job = JobFactory(tenant=tenant, status="queued", attempts=0)
         meta = _meta(job)
         assert lifecycle.attempt_started(meta, "t", "w")
-        lifecycle.attempt_failed(meta, "ValueError: boom")
-        assert lifecycle.webhooks_possible(meta) is True
+        outcome = lifecycle.attempt_failed(meta, "ValueError: boom")
+        assert outcome.probes == {"webhooks": True} and outcome.concerns("webhooks") is True
         db_session.expire_all()
         assert db_session.get(Job, job.id).status == "failed"
         assert [(a.status, a.error) for a in _attempts(db_session, job.id)] == [
@@ -160,8 +174,8 @@ class TestWebhookHint:
         job = JobFactory(tenant=tenant, status="queued", attempts=0)
         meta = _meta(job)
         assert lifecycle.attempt_started(meta, "t", "w")
-        lifecycle.attempt_succeeded(meta, None)
-        assert lifecycle.webhooks_possible(meta) is False
+        outcome = lifecycle.attempt_succeeded(meta, None)
+        assert outcome.concerns("webhooks") is False
 
 
 class TestIdlePing:

@@ -42,7 +42,7 @@ def fill(client, tenant_id, n, priority=5, task="demo.echo"):
                     "tenant_id": tenant_id,
                     "priority": priority,
                     "max_retries": 0,
-                    "attempt_base": 0,
+                    "attempt": 1,
                 },
             },
         )

@@ -13,6 +13,8 @@ from tenantq.core.keys import lease_key, wait_key
 from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
 from tenantq.platform.dispatch.repository import TenantQueues
+from tenantq.platform.jobs.messages import JobMessage
+from tenantq.worker import pipeline
 from tests.factories import JobFactory, TenantFactory
 
 
@@ -22,76 +24,70 @@ def paused_tenant(redis_client, **overrides):
     return tenant
 
 
-def fake_task(retries: int = 0):
-    return SimpleNamespace(name="demo.echo", request=SimpleNamespace(retries=retries))
-
-
-def job_kwargs(tenant_id: str, job_id: str, token: str, **extra):
-    return {
-        "job": {
-            "id": job_id,
-            "tenant_id": tenant_id,
-            "priority": 5,
-            "attempt_base": 0,
-            "dispatch": token,
-            **extra,
-        },
-        "args": {},
+def message(tenant_id: str, job_id: str, token: str, attempt: int = 1, **extra) -> JobMessage:
+    job = {
+        "id": job_id,
+        "tenant_id": tenant_id,
+        "priority": 5,
+        "attempt": attempt,
+        "dispatch": token,
+        **extra,
     }
+    return JobMessage.from_job("demo.echo", job, {})
 
 
-def guard(task, kwargs, task_id="t"):
-    limits.start_guard(task_id=task_id, task=task, kwargs=kwargs)
-    return getattr(task.request, "tq_skip", None)
+def guard(msg: JobMessage, task_id: str = "t") -> str | None:
+    """The start guard's verdict as the task wrapper sees it: None when the attempt may run."""
+    verdict = limits.start_guard(msg, task_id)
+    return None if verdict in ("ok", "unguarded") else verdict
 
 
 class TestStartGuard:
     def test_first_start_takes_a_lease_and_records_the_wait(self, redis_client):
         t = paused_tenant(redis_client, concurrency=2)
-        task = fake_task()
-        assert guard(task, job_kwargs(t.id, "j1", "10", enqueued_at=1.0)) is None
+        assert guard(message(t.id, "j1", "10", enqueued_at=1.0)) is None
         assert redis_client.get("tq:started:j1:1") == "10"
         assert redis_client.zscore(lease_key(t.id), "j1:10") is not None
         assert redis_client.llen(wait_key(t.id)) == 1
-        limits.release_on_postrun(task_id="t", task=task, kwargs=job_kwargs(t.id, "j1", "10"))
+        limits.release_lease(message(t.id, "j1", "10"))
         assert redis_client.zcard(lease_key(t.id)) == 0
 
     def test_duplicate_dispatch_is_skipped_and_redelivery_runs(self, redis_client):
         t = paused_tenant(redis_client, concurrency=5)
-        assert guard(fake_task(), job_kwargs(t.id, "j2", "20")) is None
-        assert guard(fake_task(), job_kwargs(t.id, "j2", "21")) == "dup"  # another release of attempt 1
-        assert guard(fake_task(), job_kwargs(t.id, "j2", "20")) is None  # same message redelivered
-        assert guard(fake_task(retries=1), job_kwargs(t.id, "j2", "20")) is None  # attempt 2 is new
+        assert guard(message(t.id, "j2", "20")) is None
+        assert guard(message(t.id, "j2", "21")) == "dup"  # another release of attempt 1
+        assert guard(message(t.id, "j2", "20")) is None  # same message redelivered
+        assert guard(message(t.id, "j2", "20", attempt=2)) is None  # attempt 2 is new
 
     def test_no_slot_sends_the_job_back_to_the_head_of_its_queue(self, redis_client):
         t = paused_tenant(redis_client, concurrency=1)
         redis_client.zadd(lease_key(t.id), {"other:1": 9_999_999_999})  # the only slot is taken
         queues = TenantQueues(redis_client)
         queues.enqueue(t.id, "waiting", 5, {"task": "demo.echo", "args": {}, "job": {"id": "waiting"}})
-        assert guard(fake_task(retries=2), job_kwargs(t.id, "j3", "30")) == "full"
+        assert guard(message(t.id, "j3", "30", attempt=3)) == "full"
         assert redis_client.zrange(f"tq:q:{t.id}", 0, -1) == ["j3", "waiting"]
-        message = json.loads(redis_client.hget("tq:payload", "j3"))
-        assert message["job"]["attempt_base"] == 2 and "dispatch" not in message["job"]  # attempt 3 again
+        requeued = json.loads(redis_client.hget("tq:payload", "j3"))
+        assert requeued["job"]["attempt"] == 3 and "dispatch" not in requeued["job"]  # attempt 3 again
         assert redis_client.get("tq:started:j3:3") is None  # the re-release may start it
 
     def test_cap_stamped_by_the_dispatcher_wins_over_the_cache(self, redis_client):
         t = paused_tenant(redis_client, concurrency=5)
         redis_client.zadd(lease_key(t.id), {"other:1": 9_999_999_999})
-        assert guard(fake_task(), job_kwargs(t.id, "j6", "60", cap=1)) == "full"
-        assert guard(fake_task(), job_kwargs(t.id, "j7", "70", cap=2)) is None
+        assert guard(message(t.id, "j6", "60", cap=1)) == "full"
+        assert guard(message(t.id, "j7", "70", cap=2)) is None
 
     def test_jobs_not_released_by_the_dispatcher_are_not_guarded(self, redis_client):
         t = paused_tenant(redis_client, concurrency=1)
-        kwargs = job_kwargs(t.id, "j4", "x")
-        del kwargs["job"]["dispatch"]
-        assert guard(fake_task(), kwargs) is None
+        msg = message(t.id, "j4", "")
+        assert limits.start_guard(msg, "t") == "unguarded"
         assert redis_client.zcard(lease_key(t.id)) == 0
 
     def test_revoked_releases_the_lease(self, redis_client):
         t = paused_tenant(redis_client, concurrency=1)
-        guard(fake_task(), job_kwargs(t.id, "j5", "50"))
-        request = SimpleNamespace(id="t", kwargs=job_kwargs(t.id, "j5", "50"))
-        limits.release_on_revoked(request=request)
+        msg = message(t.id, "j5", "50")
+        guard(msg)
+        request = SimpleNamespace(id="t", kwargs={"job": dict(msg.job), "args": {}})
+        pipeline.on_revoked(sender=SimpleNamespace(name="demo.echo"), request=request)
         assert redis_client.zcard(lease_key(t.id)) == 0
 
 

@@ -1,11 +1,13 @@
-"""Usage metering from task signals: what every attempt consumed, recorded exactly once.
+"""Usage metering, a step of the worker's attempt pipeline: what every attempt consumed, recorded once.
 
-Hot path (pool child): ``task_prerun`` allocates the attempt number and writes an *open attempt*
-record to Redis; ``task_postrun`` computes wall and CPU time and, in one Redis transaction, removes the
-open record and appends the attempt's usage events to the stream ``tq:usage``. No SQL runs in the task
+Hot path (pool child): at the attempt's start :func:`open_attempt` allocates the attempt number and
+writes an *open attempt* record to Redis; at its end :func:`close_attempt` computes wall and CPU time
+and, in one Redis transaction, removes the open record and appends the attempt's usage events to the
+stream ``tq:usage``. No SQL runs in the task
 path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the ``usage_event`` table.
 
-Attempts that end without a postrun in the pool child are closed from the open record:
+Attempts that end without a postrun in the pool child are closed from the open record
+(:func:`close_from_outside`, called by the pipeline in the worker's main process):
 - hard time limit: ``task_failure`` fires in the worker's main process -> state ``failed``;
 - ``revoke(terminate=True)``: ``task_revoked`` fires in the main process -> state ``cancelled``;
 - SIGKILL / OOM of the pool child or of the whole worker: nothing fires; the reconciler
@@ -18,10 +20,10 @@ time limit sends, or a reconciler racing a late postrun, close the attempt once.
 Event ids are deterministic, ``{job_id}:{attempt}:{metric}``; the flusher inserts idempotently, so
 duplicate signals, redeliveries and stream replays never double count.
 
-Attempt numbers: the message says which attempt it is (``job["attempt"]``, or ``attempt_base`` +
-Celery retries + 1), but a redelivered message says the same thing again. ``task_prerun`` therefore
-allocates ``max(message attempt, last allocated + 1)`` per job, atomically in Redis: a redelivery after a
-crash becomes the next attempt instead of colliding with the one that died.
+Attempt numbers: the message says which attempt it is (``JobMessage.attempt``), but a redelivered
+message says the same thing again. :func:`open_attempt` therefore allocates ``max(message attempt, last
+allocated + 1)`` per job, atomically in Redis: a redelivery after a crash becomes the next attempt
+instead of colliding with the one that died.
 
 Redis keys (all under ``tq:usage``):
 - ``tq:usage``              STREAM of closed attempts (field ``events``: JSON list of usage events).
@@ -45,11 +47,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery import signals
 
 from tenantq.core import keys
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
+from tenantq.platform.jobs.messages import JobMessage
 
 log = logging.getLogger("tenantq.metering")
 
@@ -119,13 +121,6 @@ def metering_enabled() -> bool:
 
 def attempt_key(job_id: str) -> str:
     return keys.usage_attempt_key(job_id)
-
-
-def nominal_attempt(job: dict[str, Any], retries: int | None) -> int:
-    """The attempt number the message claims (before redelivery disambiguation)."""
-    if job.get("attempt") is not None:
-        return int(job["attempt"])
-    return int(job.get("attempt_base", 0)) + int(retries or 0) + 1
 
 
 def usage_events(
@@ -210,7 +205,7 @@ class OpenAttempt:
 
 
 class Meter:
-    """Open and close attempts against one Redis client. The signal receivers below use one per process."""
+    """Open and close attempts against one Redis client. The pipeline's steps below use one per process."""
 
     def __init__(self, client: redis.Redis | None = None) -> None:
         self.r = client or get_redis()
@@ -219,20 +214,14 @@ class Meter:
         self._discard = self.r.register_script(_DISCARD)
 
     def open(
-        self,
-        *,
-        job: dict[str, Any],
-        task: str,
-        retries: int | None,
-        worker: str | None,
-        time_limit: float,
-        now: float | None = None,
+        self, message: JobMessage, *, worker: str | None, time_limit: float, now: float | None = None
     ) -> OpenAttempt:
+        """Open the attempt the message claims, or the next number if that one was opened already."""
         started = time.time() if now is None else now
         attempt = OpenAttempt(
-            job_id=job["id"],
-            tenant_id=job["tenant_id"],
-            task=task,
+            job_id=message.id,
+            tenant_id=message.tenant_id,
+            task=message.task,
             attempt=0,
             started=started,
             worker=worker,
@@ -243,7 +232,7 @@ class Meter:
             self._allocate(
                 keys=[attempt_key(attempt.job_id), OPEN],
                 args=[
-                    nominal_attempt(job, retries),
+                    message.attempt,
                     started,
                     ATTEMPT_TTL_S,
                     attempt.job_id,
@@ -342,12 +331,10 @@ class Meter:
         return closed
 
 
-# -- signal receivers (connected when tenantq.worker is imported) ---------------------------------------
+# -- pipeline steps (the worker's attempt pipeline calls these) -------------------------------------------
 
 _meter: Meter | None = None
 _meter_pid: int | None = None
-# Attempts running in *this* process, by Celery task id. Only the pool child that runs a task has it.
-_running: dict[str, OpenAttempt] = {}
 
 
 def _get_meter() -> Meter:
@@ -358,70 +345,26 @@ def _get_meter() -> Meter:
     return _meter
 
 
-def _job_of(task: Any, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
-    from tenantq.platform.jobs.registry import REGISTRY
-
-    if task is None or getattr(task, "name", None) not in REGISTRY:
-        return None
-    job = (kwargs or {}).get("job")
-    return job if isinstance(job, dict) and "id" in job and "tenant_id" in job else None
-
-
-def _time_limit(task: Any) -> float:
-    """The hard limit this attempt runs under; without one, the broker's visibility timeout bounds it."""
-    request = getattr(task, "request", None)
-    limits = getattr(request, "timelimit", None) or (None, None)
-    hard = limits[0] if limits else None
-    if hard:
-        return float(hard)
-    conf = task.app.conf
-    if conf.task_time_limit:
-        return float(conf.task_time_limit)
-    return float((conf.broker_transport_options or {}).get("visibility_timeout", 3600))
-
-
-@signals.task_prerun.connect
-def on_prerun(task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, **_: Any) -> None:
+def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) -> OpenAttempt | None:
+    """At the start of an attempt in the process that runs it. None when metering is off or Redis is
+    away (metering must never fail a tenant's task)."""
     if not metering_enabled():
-        return
-    job = _job_of(task, kwargs)
-    if job is None or task_id in _running:  # a duplicate prerun for the same execution opens nothing new
-        return
-    if getattr(task.request, "tq_skip", None):  # the start guard refused it (duplicate, tenant at cap)
-        return
+        return None
     mono, cpu = time.monotonic(), time.process_time()
     try:
-        attempt = _get_meter().open(
-            job=job,
-            task=task.name,
-            retries=getattr(task.request, "retries", 0),
-            worker=getattr(task.request, "hostname", None),
-            time_limit=_time_limit(task),
-        )
-    except redis.RedisError as exc:  # metering must never fail a tenant's task
-        log.error("usage: could not open attempt for job %s: %s", job["id"], exc)
-        return
+        attempt = _get_meter().open(message, worker=worker, time_limit=time_limit)
+    except redis.RedisError as exc:
+        log.error("usage: could not open attempt for job %s: %s", message.id, exc)
+        return None
     attempt.mono, attempt.cpu = mono, cpu
-    _running[task_id] = attempt
+    return attempt
 
 
-@signals.task_postrun.connect
-def on_postrun(
-    task_id: str,
-    task: Any,
-    args: Any = None,
-    kwargs: dict | None = None,
-    state: str | None = None,
-    retval: Any = None,
-    **_: Any,
-) -> None:
-    from tenantq.platform.jobs.registry import NotStarted, RetryScheduled
-
-    attempt = _running.pop(task_id, None)
-    if attempt is None:
-        return
-    if state == "IGNORED" and isinstance(retval, NotStarted):
-        # The wrapper refused to run it (cancelled, or a replay of a finished attempt): not billable.
+def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, retried: bool) -> None:
+    """At the end of an attempt, in the process that ran it. ``ran`` is False when the task function
+    was never called (cancelled, or a replay of a finished attempt): not billable. ``retried``: the
+    attempt failed and its retry was scheduled (tenantq retries end the Celery task with an Ignore)."""
+    if not ran:
         try:
             _get_meter().discard(attempt)
         except redis.RedisError as exc:
@@ -429,19 +372,15 @@ def on_postrun(
                 "usage: could not discard attempt %s of job %s: %s", attempt.attempt, attempt.job_id, exc
             )
         return
-    if state == "IGNORED" and isinstance(retval, RetryScheduled):
-        state = "RETRY"  # tenantq retries end the Celery task with Ignore; the attempt ran and failed
+    state = "retried" if retried else _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
     wall_ms = round((time.monotonic() - attempt.mono) * 1000)
     compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
+    error: Exception | None = None
     for delay in CLOSE_RETRY_DELAYS_S:
         try:
             _get_meter().close(
-                attempt,
-                state=_POSTRUN_STATES.get(state, str(state).lower()),
-                finished=finished,
-                wall_ms=wall_ms,
-                compute_ms=compute_ms,
+                attempt, state=state, finished=finished, wall_ms=wall_ms, compute_ms=compute_ms
             )
             return
         except redis.RedisError as exc:
@@ -452,32 +391,15 @@ def on_postrun(
     log.error("usage: could not close attempt %s of job %s: %s", attempt.attempt, attempt.job_id, error)
 
 
-def _close_from_outside(job: dict[str, Any] | None, state: str) -> None:
-    if job is None:
+def close_from_outside(message: JobMessage, state: str) -> None:
+    """Close the job's latest open attempt from another process than the one that ran it (the
+    worker's main process after a hard time limit or a terminate): wall time up to now, CPU 0."""
+    if not metering_enabled():
         return
     try:
         meter = _get_meter()
-        attempt = meter.latest_open(job["id"])
+        attempt = meter.latest_open(message.id)
         if attempt is not None:
             meter.close_if_open(attempt, state=state, finished=time.time())
     except redis.RedisError as exc:
-        log.error("usage: could not close attempt of job %s: %s", job["id"], exc)
-
-
-@signals.task_failure.connect
-def on_failure(sender: Any = None, task_id: str | None = None, kwargs: dict | None = None, **_: Any) -> None:
-    # In the pool child a failure is followed by postrun, which has the real figures. A failure without
-    # a local attempt was raised in the main process: a hard time limit killed the child.
-    if task_id in _running or not metering_enabled():
-        return
-    _close_from_outside(_job_of(sender, kwargs), "failed")
-
-
-@signals.task_revoked.connect
-def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
-    # Revoked before it started: nothing ran, nothing is billed. Terminated while running: bill the time.
-    if not terminated or request is None or not metering_enabled():
-        return
-    if getattr(request, "id", None) in _running:
-        return
-    _close_from_outside(_job_of(sender, getattr(request, "kwargs", None)), "cancelled")
+        log.error("usage: could not close attempt of job %s: %s", message.id, exc)

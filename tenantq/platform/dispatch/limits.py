@@ -4,20 +4,20 @@ Where each limit is enforced:
 - Execution rate: a token bucket per tenant (``tq:rl:{tenant}``) consumed by the dispatcher in the same
   Lua call that releases a job (``queues._DISPATCH``), so it holds cluster-wide for any number of workers.
 - Concurrency: a lease (``tq:cc:{tenant}`` ZSET member ``{job}:{dispatch token}`` -> expiry) is taken at
-  release, refreshed by the worker process while the attempt runs (heartbeat thread below), released on
-  ``task_postrun`` whatever the state (also IGNORED, which is how retries and skipped duplicates end)
-  and on ``task_revoked``. A SIGKILLed worker stops refreshing, so its leases expire and the slots return.
-- The start guard (a ``task_prerun`` receiver connected before the status receivers) runs before an
-  attempt starts, in one Lua call:
+  release, refreshed by the worker process while the attempt runs (heartbeat thread below), released
+  at the end of every attempt whatever the state (also IGNORED, which is how retries and skipped
+  duplicates end) and on a revoke. A SIGKILLed worker stops refreshing, so its leases expire and the
+  slots return.
+- The start guard (the first step of the worker's attempt pipeline) runs before an attempt starts, in
+  one Lua call:
   * ``tq:started:{job}:{attempt}`` remembers which dispatch token started that attempt. Another token
     means a duplicate publish (e.g. the reconciler re-queued a job whose publish had in fact succeeded):
     the copy is skipped. The same token is a redelivery of the same message (acks_late after a crash):
     it runs again, as at-least-once delivery requires.
   * The attempt must hold a lease: its own if still alive, else a fresh one if the tenant is below its
-    cap (redelivery after a crash, Celery-level retries). At the cap, the job goes back to the front of
-    its tenant queue instead of running: a redelivered message never runs outside the cap.
-  A skipped copy is flagged on ``task.request.tq_skip``; the task wrapper then raises ``Ignore`` and the
-  status receivers leave SQL alone.
+    cap (redelivery after a crash). At the cap, the job goes back to the front of its tenant queue
+    instead of running: a redelivered message never runs outside the cap.
+  A skipped copy never reaches the task function, and the status step leaves SQL alone.
 
 Plan limits come from SQL (``tenants.service.effective_limits``: plan + ``tenant.overrides``) and are cached for ``limits_refresh_seconds``; a tenant never seen
 before is loaded on first use, so new tenants are served immediately.
@@ -30,10 +30,10 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from celery import signals
 from sqlalchemy import select
 
 from tenantq.core import keys
@@ -183,12 +183,40 @@ return #KEYS
 """
 
 _worker_limits: LimitsCache | None = None
-_held: dict[str, tuple[str, str]] = {}  # task id -> (tenant, lease member) of attempts running here
-_held_lock = threading.Lock()
 _heartbeat_pid: int | None = None
 
-
 _guard: tuple[int, Any, Any] | None = None  # (pid, client, Script): EVALSHA, re-registered per pool process
+
+
+class AttemptMessage(Protocol):
+    """What the start guard reads of an attempt's message (``platform.jobs.messages.JobMessage``,
+    which sits above dispatch, has these)."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def dispatch(self) -> str | None: ...
+    @property
+    def cap(self) -> int | None: ...
+    @property
+    def enqueued_at(self) -> float | None: ...
+    @property
+    def args(self) -> Mapping[str, Any]: ...
+    @property
+    def job(self) -> Mapping[str, Any]: ...
+
+
+# (tenant id, lease member) of the attempts running in this process; given by the attempt pipeline,
+# which keeps each attempt's state.
+Leases = Callable[[], list[tuple[str, str]]]
 
 
 def _guard_script(client: Any) -> Any:
@@ -205,14 +233,13 @@ def _cache() -> LimitsCache:
     return _worker_limits
 
 
-def _heartbeat_loop(pid: int) -> None:
+def _heartbeat_loop(pid: int, leases: Leases) -> None:
     client = get_redis()
     refresh = client.register_script(_REFRESH)
     while _heartbeat_pid == pid:
         ttl = get_settings().lease_ttl_seconds
         time.sleep(max(0.2, ttl / 3))
-        with _held_lock:
-            held = list(_held.values())
+        held = leases()
         if not held:
             continue
         try:
@@ -221,110 +248,85 @@ def _heartbeat_loop(pid: int) -> None:
             log.warning("lease heartbeat failed: %s", exc)
 
 
-def _ensure_heartbeat() -> None:
+def ensure_lease_heartbeat(leases: Leases) -> None:
+    """Refresh the leases of this process's running attempts until the process ends."""
     global _heartbeat_pid
     pid = os.getpid()
     if _heartbeat_pid != pid:  # first attempt in this (possibly freshly forked) pool process
         _heartbeat_pid = pid
-        with _held_lock:
-            _held.clear()
-        threading.Thread(target=_heartbeat_loop, args=(pid,), name="tq-lease-heartbeat", daemon=True).start()
+        threading.Thread(
+            target=_heartbeat_loop, args=(pid, leases), name="tq-lease-heartbeat", daemon=True
+        ).start()
 
 
-def _job_of(task: Any, kwargs: dict | None) -> dict[str, Any] | None:
-    from tenantq.platform.jobs.registry import REGISTRY
-
-    if task is None or getattr(task, "name", None) not in REGISTRY:
+def lease_of(message: AttemptMessage) -> tuple[str, str] | None:
+    """The (tenant, member) of the lease the dispatcher took for this attempt, if it released it."""
+    if message.dispatch is None:
         return None
-    job = (kwargs or {}).get("job")
-    return job if isinstance(job, dict) and "id" in job and "tenant_id" in job else None
+    return message.tenant_id, f"{message.id}:{message.dispatch}"
 
 
-def attempt_of(job: dict[str, Any], retries: int) -> int:
-    return int(job.get("attempt_base", 0)) + int(retries or 0) + 1
-
-
-@signals.task_prerun.connect
-def start_guard(task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, **_: Any) -> None:
-    job = _job_of(task, kwargs)
-    if job is None or not job.get("dispatch"):
-        return  # not released by the dispatcher (direct publish): nothing to guard
+def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) -> str:
+    """Before an attempt starts: 'ok' (it holds its lease and may run), 'unguarded' (not released by
+    the dispatcher: a direct publish, nothing to guard), 'dup' (another dispatch of this attempt
+    started: skip it) or 'full' (no slot: it went back to the head of its tenant queue)."""
+    if message.dispatch is None:
+        return "unguarded"
     client = get_redis()
     settings = get_settings()
-    tenant, token = job["tenant_id"], str(job["dispatch"])
-    attempt = attempt_of(job, task.request.retries)
-    if "cap" in job:  # stamped by the dispatcher at release
-        cap = int(job["cap"] or 0)
+    tenant, token, attempt = message.tenant_id, message.dispatch, message.attempt
+    if message.cap is not None:  # stamped by the dispatcher at release
+        cap = message.cap
     else:
         limits = _cache().get(tenant)
         cap = limits.concurrency if limits else 0
-    enqueued_at = job.get("enqueued_at")
-    wait_ms = round((time.time() - float(enqueued_at)) * 1000, 1) if enqueued_at else ""
-    verdict = _guard_script(client)(
-        args=[
-            job["id"],
-            attempt,
-            token,
-            tenant,
-            cap,
-            settings.lease_ttl_seconds,
-            STARTED_TTL,
-            wait_ms,
-            WAIT_SAMPLES,
-        ]
+    enqueued_at = message.enqueued_at
+    wait_ms = round((time.time() - enqueued_at) * 1000, 1) if enqueued_at else ""
+    verdict = str(
+        _guard_script(client)(
+            args=[
+                message.id,
+                attempt,
+                token,
+                tenant,
+                cap,
+                settings.lease_ttl_seconds,
+                STARTED_TTL,
+                wait_ms,
+                WAIT_SAMPLES,
+            ]
+        )
     )
-    if verdict == "ok":
-        _ensure_heartbeat()
-        with _held_lock:
-            _held[task_id] = (tenant, f"{job['id']}:{token}")
-        return
-    task.request.tq_skip = verdict
     if verdict == "full":
-        # Back to the head of the tenant's queue, with the attempt number preserved.
-        # Same Celery task id (one per attempt) and the same per-job time limits as the original message.
-        hard, soft = (getattr(task.request, "timelimit", None) or (None, None))[:2]
+        # Back to the head of the tenant's queue, the same attempt again: same Celery task id (one per
+        # attempt) and the same per-job time limits as the original message.
+        hard, soft = (timelimit or (None, None))[:2]
         options = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
-        message = {
-            "task": task.name,
-            "args": (kwargs or {}).get("args", {}),
+        requeued = {
+            "task": message.task,
+            "args": dict(message.args),
             "task_id": task_id,
             "options": options,
-            "job": {**{k: v for k, v in job.items() if k != "dispatch"}, "attempt_base": attempt - 1},
+            "job": {k: v for k, v in message.job.items() if k != "dispatch"},
         }
-        TenantQueues(client).requeue_front(tenant, job["id"], int(job.get("priority", 5)), message)
-        log.info("job %s attempt %s found %s at its concurrency cap; re-queued", job["id"], attempt, tenant)
-    else:
+        TenantQueues(client).requeue_front(tenant, message.id, message.priority, requeued)
+        log.info("job %s attempt %s found %s at its concurrency cap; re-queued", message.id, attempt, tenant)
+    elif verdict == "dup":
         log.warning(
-            "job %s attempt %s already started under another dispatch; duplicate skipped", job["id"], attempt
+            "job %s attempt %s already started under another dispatch; duplicate skipped", message.id, attempt
         )
+    return verdict
 
 
-def _release(task_id: str | None, job: dict[str, Any] | None) -> None:
-    if task_id is not None:
-        with _held_lock:
-            _held.pop(task_id, None)
-    if job is None or not job.get("dispatch"):
+def release_lease(message: AttemptMessage) -> None:
+    """Every end of an attempt (success, failure, retry, ignore, reject, revoke) frees its slot."""
+    lease = lease_of(message)
+    if lease is None:
         return
     try:
-        get_redis().zrem(lease_key(job["tenant_id"]), f"{job['id']}:{job['dispatch']}")
+        get_redis().zrem(lease_key(lease[0]), lease[1])
     except Exception as exc:  # noqa: BLE001 - the lease expires on its own
-        log.warning("could not release lease of job %s: %s", job.get("id"), exc)
-
-
-@signals.task_postrun.connect
-def release_on_postrun(
-    task_id: str, task: Any, args: Any = None, kwargs: dict | None = None, **_: Any
-) -> None:
-    # Every end of an attempt (success, failure, retry, ignore, reject) frees its slot.
-    _release(task_id, _job_of(task, kwargs))
-
-
-@signals.task_revoked.connect
-def release_on_revoked(request: Any = None, **_: Any) -> None:
-    kwargs = getattr(request, "kwargs", None) or {}
-    job = kwargs.get("job") if isinstance(kwargs, dict) else None
-    if isinstance(job, dict) and "id" in job and "tenant_id" in job:
-        _release(getattr(request, "id", None), job)
+        log.warning("could not release lease of job %s: %s", message.id, exc)
 
 
 def recent_waits(client: Any, tenant_id: str) -> list[float]:

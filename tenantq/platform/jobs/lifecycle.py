@@ -1,9 +1,12 @@
 """Worker-side job state transitions: one function per thing that can happen to an attempt.
 
-Called from the task signals (start, success, failure, hard time limit, termination) and from the
-task wrapper (retry scheduled, cancelled before start). Every update is conditional on the job still
-being on *this* attempt and not finished, so duplicate or late signals (``task_failure`` can fire
-twice for a hard time limit; a redelivered message replays prerun) never move a job backwards.
+Called from the worker's attempt pipeline (start, success, failure, hard time limit, termination)
+and from the task wrapper (retry scheduled, cancelled before start). Every update is conditional on
+the job still being on *this* attempt and not finished, so duplicate or late signals (``task_failure``
+can fire twice for a hard time limit; a redelivered message replays prerun) never move a job backwards.
+
+A final outcome (succeeded, failed) also runs the finish hooks that claim the message inside the same
+transaction (``tenantq.platform.jobs.hooks``) and evaluates the hooks' probes in the same statement.
 
 Redis key owned here:
 - ``tq:cancel:{job_id}``  attempt number N: attempts <= N of this job were cancelled and must never
@@ -17,18 +20,21 @@ from __future__ import annotations
 import logging
 import traceback
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from sqlalchemy import Integer, String, bindparam, func, literal, null, select, text, update
+from sqlalchemy import Integer, String, bindparam, func, literal, literal_column, null, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import UTCDateTime, get_engine, new_id, unscoped_session, utcnow
 from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.platform.jobs.messages import message_for_attempt
+from tenantq.platform.jobs import hooks
+from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
+from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
 from tenantq.tenants.accounts.models import Plan, Tenant
 
@@ -60,13 +66,13 @@ def cancel_covers(job_id: str, attempt: int) -> bool:
     return cancelled_up_to(job_id) >= attempt
 
 
-def describe_error(exc: BaseException, meta: dict[str, Any] | None = None) -> str:
+def describe_error(exc: BaseException, message: JobMessage | None = None) -> str:
     """First line says what happened in plain words; the traceback follows for the developer."""
-    meta = meta or {}
     if isinstance(exc, SoftTimeLimitExceeded):
-        summary = f"SoftTimeLimitExceeded: soft time limit of {_secs(meta.get('soft_time_limit'))}s exceeded"
+        soft = message.soft_time_limit if message is not None else None
+        summary = f"SoftTimeLimitExceeded: soft time limit of {_secs(soft)}s exceeded"
     elif isinstance(exc, TimeLimitExceeded):
-        limit = meta.get("time_limit") or (exc.args[0] if exc.args else "?")
+        limit = (message.time_limit if message is not None else None) or (exc.args[0] if exc.args else "?")
         summary = f"TimeLimitExceeded: hard time limit of {_secs(limit)}s exceeded; the attempt was killed"
     else:
         summary = f"{type(exc).__name__}: {exc}"
@@ -87,84 +93,35 @@ def _secs(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:g}"
 
 
-def _on_attempt(meta: dict[str, Any]) -> list[Any]:
+def _on_attempt(message: JobMessage) -> list[Any]:
     """WHERE clause: the job is still on this attempt (not a newer one) and not finished."""
     return [
-        Job.id == meta["id"],
-        Job.attempts == int(meta.get("attempt") or 1),
+        Job.id == message.id,
+        Job.attempts == message.attempt,
         Job.status.not_in(TERMINAL_STATUSES),
     ]
 
 
-def _close_attempt(session: Session, meta: dict[str, Any], status: str, error: str | None, now) -> None:
+def _close_attempt(session: Session, message: JobMessage, status: str, error: str | None, now: Any) -> None:
     session.execute(
         update(JobAttempt)
         .where(
-            JobAttempt.job_id == meta["id"],
-            JobAttempt.attempt == int(meta.get("attempt") or 1),
+            JobAttempt.job_id == message.id,
+            JobAttempt.attempt == message.attempt,
             JobAttempt.status == "running",
         )
         .values(status=status, error=error, finished_at=now)
     )
 
 
-def lock_workflow(session: Session, workflow_id: str) -> None:
-    """Taken first, before any read, so that group members finishing at the same time on different
-    workers are serialised (a row lock on PostgreSQL, the write lock on SQLite) and exactly one of
-    them sees the whole group done. Everyone touching a step job and its workflow in one transaction
-    locks the workflow first."""
-    from tenantq.platform.workflows.models import Workflow
-
-    session.execute(update(Workflow).where(Workflow.id == workflow_id).values(updated_at=utcnow()))
-
-
-def _lock_workflow(session: Session, meta: dict[str, Any]) -> None:
-    if meta.get("workflow_id"):
-        lock_workflow(session, meta["workflow_id"])
-
-
-# (job id, attempt) -> whether the tenant had an enabled webhook endpoint when this process committed
-# the attempt's final status. The webhook receiver (``tenantq.platform.webhooks.receivers``, connected
-# after the status receivers, same process) skips its own SQL round trips when there is none: most
-# tenants have no webhooks, and that lookup cost a pooled connection check-out and two queries per job.
-_WEBHOOKS_SEEN: dict[tuple[str, int], bool] = {}
-_WEBHOOKS_SEEN_MAX = 1000  # entries the receiver never consumed (main process: hard time limits)
-
-
-def _has_webhooks(tenant_id: Any) -> Any:
-    from sqlalchemy import exists
-
-    from tenantq.platform.webhooks.models import WebhookEndpoint
-
-    return exists().where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))
-
-
-def _note_webhooks(meta: dict[str, Any], present: bool) -> None:
-    if len(_WEBHOOKS_SEEN) >= _WEBHOOKS_SEEN_MAX:
-        _WEBHOOKS_SEEN.clear()
-    _WEBHOOKS_SEEN[(meta["id"], int(meta.get("attempt") or 1))] = present
-
-
-def webhooks_possible(meta: dict[str, Any]) -> bool:
-    """For the webhook receiver: False only if the transaction that finished this attempt, in this
-    process, saw no enabled endpoint for the tenant (so recording the event would find none either).
-    True when unknown (another process finished it, or the status update failed)."""
-    return _WEBHOOKS_SEEN.pop((meta.get("id"), int(meta.get("attempt") or 1)), True)
-
-
-# Task ids whose start prerun refused, in this pool process: the wrapper, which runs right after
-# prerun in the same process, must not run them.
-_REFUSED: set[str] = set()
-
-
-def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> bool:
+def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bool:
     """prerun: the job is running this attempt; open (or, on redelivery, reopen) its attempt row.
     False if the job finished, was cancelled or moved on to a newer attempt: this one must not run."""
-    attempt = int(meta.get("attempt") or 1)
+    attempt = message.attempt
     now = utcnow()
     move = (
         update(Job)
-        .where(Job.id == meta["id"], Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
+        .where(Job.id == message.id, Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
         .values(
             status="running",
             attempts=attempt,
@@ -197,16 +154,11 @@ def attempt_started(meta: dict[str, Any], task_id: str, worker: str | None) -> b
             now,
         ).returning(JobAttempt.id)
         with engine.connect() as conn:
-            moved = conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
-        if not moved:
-            _REFUSED.add(task_id)
-        return moved
+            return conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
     with unscoped_session() as session:
-        moved = session.execute(move).rowcount
-        if not moved:
-            _REFUSED.add(task_id)
+        if not session.execute(move).rowcount:
             return False
-        _open_attempt(session, meta["id"], attempt, task_id, worker, now)
+        _open_attempt(session, message.id, attempt, task_id, worker, now)
     return True
 
 
@@ -232,7 +184,7 @@ _ATTEMPT_COLUMNS = [
 ]
 
 
-def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now) -> Any:
+def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now: Any) -> Any:
     """INSERT the attempt row from ``rows`` (a SELECT of _ATTEMPT_COLUMNS); if the same attempt has a
     row already (redelivered after a worker was lost) reset it to running instead."""
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
@@ -243,7 +195,9 @@ def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now) -> Any:
     )
 
 
-def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now) -> None:
+def _open_attempt(
+    session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now: Any
+) -> None:
     """Insert the attempt row, or reset it when the same attempt starts again (redelivered after a
     worker was lost). One INSERT .. ON CONFLICT statement where the dialect has it (PostgreSQL,
     SQLite): this runs once per attempt, and a read-then-write would cost a round trip more."""
@@ -265,73 +219,83 @@ def _open_attempt(session: Session, job_id: str, attempt: int, task_id: str, wor
             setattr(row, key, value)
 
 
-def may_start(meta: dict[str, Any], task_id: str) -> bool:
-    """The wrapper's gate, checked before the task function runs: prerun accepted this attempt and no
-    cancellation covers it (a cancel may land after prerun, or the cancelled attempt may already have
-    been in Celery's queue)."""
-    if task_id in _REFUSED:
-        _REFUSED.discard(task_id)
-        log.info(
-            "job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
-            meta["id"],
-            meta.get("attempt"),
-        )
-        return False
-    if cancel_covers(meta["id"], int(meta.get("attempt") or 1)):
-        cancelled_before_start(meta)
+def may_start(message: JobMessage) -> bool:
+    """The wrapper's gate, checked before the task function runs: no cancellation covers this attempt
+    (a cancel may land after prerun, or the cancelled attempt may already have been in Celery's queue)."""
+    if cancel_covers(message.id, message.attempt):
+        cancelled_before_start(message)
         return False
     return True
 
 
-def attempt_succeeded(meta: dict[str, Any], result: Any) -> None:
-    now = utcnow()
-    new_jobs: list[Job] = []
-    engine = get_engine()
-    if engine.dialect.name == "postgresql" and not meta.get("workflow_id"):
-        _succeeded_in_one_statement(engine, meta, result, now)
-        return
+def _probe_values(row: Any, probing: list[FinishHook], offset: int) -> dict[str, bool]:
+    return {hook.name: bool(row[offset + i]) for i, hook in enumerate(probing)}
+
+
+def _finish_in_transaction(
+    message: JobMessage,
+    status: Literal["succeeded", "failed"],
+    error: str | None,
+    values: dict[str, Any],
+    claiming: list[FinishHook],
+) -> AttemptOutcome:
+    """Apply a final outcome in one transaction with the hooks that claim the message; then run what
+    those hooks left for after the commit."""
+    now = values["finished_at"]
+    probing = hooks.probing()
+    after: list[Any] = []
     with unscoped_session() as session:
-        _lock_workflow(session, meta)
-        # Read at finish time, so the expiry follows the tenant's plan as it is now. The same query
-        # tells the webhook receiver whether the tenant has any endpoint (see _note_webhooks).
-        row = session.execute(
-            select(Plan.result_ttl_s, _has_webhooks(Tenant.id))
-            .join(Tenant, Tenant.plan_name == Plan.name)
-            .where(Tenant.id == meta["tenant_id"])
-        ).first()
-        ttl = row[0] if row is not None else None
-        if row is not None:
-            _note_webhooks(meta, bool(row[1]))
-        moved = session.execute(
-            update(Job)
-            .where(*_on_attempt(meta))
-            .values(
-                status="succeeded",
-                result=result,
-                error=None,
-                finished_at=now,
-                result_expires_at=now + timedelta(seconds=int(ttl)) if ttl else None,
-            )
-        ).rowcount
-        _close_attempt(session, meta, "succeeded", None, now)
-        if moved and meta.get("workflow_id"):
-            from tenantq.platform.workflows import service as workflows
+        for hook in claiming:
+            if hook.lock is not None:
+                hook.lock(session, message)
+        probes: dict[str, bool] = {}
+        if status == "succeeded":
+            # Read at finish time, so the expiry follows the tenant's plan as it is now.
+            row = session.execute(
+                select(Plan.result_ttl_s, *[hook.probe(Tenant.id) for hook in probing if hook.probe])
+                .join(Tenant, Tenant.plan_name == Plan.name)
+                .where(Tenant.id == message.tenant_id)
+            ).first()
+            ttl = row[0] if row is not None else None
+            if row is not None:
+                probes = _probe_values(row, probing, 1)
+            values["result_expires_at"] = now + timedelta(seconds=int(ttl)) if ttl else None
+        moved = session.execute(update(Job).where(*_on_attempt(message)).values(**values)).rowcount
+        if status == "failed" and probing:
+            row = session.execute(
+                select(*[hook.probe(literal(message.tenant_id)) for hook in probing if hook.probe])
+            ).one()
+            probes = _probe_values(row, probing, 0)
+        _close_attempt(session, message, status, error, now)
+        outcome = AttemptOutcome(message, status, error, probes)
+        if moved:
+            for hook in claiming:
+                if hook.in_transaction is not None:
+                    after.append(hook.in_transaction(session, outcome))
+    for action in after:
+        if action is not None:
+            action()
+    return outcome
 
-            new_jobs = workflows.step_job_succeeded(session, meta["workflow_id"], int(meta["step_index"]))
-    if new_jobs:
-        from tenantq.platform.workflows import service as workflows
 
-        workflows.enqueue_step_jobs(new_jobs)
+def attempt_succeeded(message: JobMessage, result: Any) -> AttemptOutcome:
+    now = utcnow()
+    claiming = hooks.claiming(message)
+    engine = get_engine()
+    if engine.dialect.name == "postgresql" and not claiming:
+        return _succeeded_in_one_statement(engine, message, result, now)
+    values = {"status": "succeeded", "result": result, "error": None, "finished_at": now}
+    return _finish_in_transaction(message, "succeeded", None, values, claiming)
 
 
-# attempt_succeeded below as one statement (PostgreSQL, jobs outside workflows): the plan's result TTL
-# and the webhook hint are read, the job finished and the attempt row closed, all at once and in one
-# round trip (autocommit; a transaction would add BEGIN and COMMIT). Data-modifying CTEs always run to
-# completion, so the attempt row is closed even when the job update matches nothing, as below.
-_SUCCEEDED_SQL = text("""
+# attempt_succeeded as one statement (PostgreSQL, no hook claims the message): the plan's result TTL
+# and the finish hooks' probes are read, the job finished and the attempt row closed, all at once and
+# in one round trip (autocommit; a transaction would add BEGIN and COMMIT). Data-modifying CTEs always
+# run to completion, so the attempt row is closed even when the job update matches nothing, as below.
+# {probes} and {probe_results} list each probing hook's condition on the tenant row and its answer.
+_SUCCEEDED_SQL = """
 WITH plan_row AS (
-    SELECT plan.result_ttl_s AS ttl,
-           EXISTS (SELECT 1 FROM webhook_endpoint w WHERE w.tenant_id = tenant.id AND w.enabled) AS hooks
+    SELECT plan.result_ttl_s AS ttl{probes}
     FROM tenant JOIN plan ON plan.name = tenant.plan_name
     WHERE tenant.id = :tenant_id
 ), moved AS (
@@ -345,53 +309,68 @@ WITH plan_row AS (
     WHERE job_id = :job_id AND attempt = :attempt AND status = 'running'
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM plan_row) AS found, (SELECT hooks FROM plan_row) AS hooks
-""").bindparams(
-    bindparam("result", type_=Job.__table__.c.result.type),
-    bindparam("now", type_=UTCDateTime()),
-    bindparam("terminal", expanding=True),
-)
+SELECT (SELECT count(*) FROM plan_row) AS found{probe_results}
+"""
+
+_succeeded_statements: dict[tuple[str, ...], Any] = {}
 
 
-def _succeeded_in_one_statement(engine: Any, meta: dict[str, Any], result: Any, now) -> None:
+def _succeeded_statement(probing: list[FinishHook]) -> Any:
+    """The statement for these probing hooks, built once: probes are fixed at assembly."""
+    key = tuple(hook.name for hook in probing)
+    stmt = _succeeded_statements.get(key)
+    if stmt is None:
+        dialect = postgresql.dialect()
+        conditions = [
+            str(
+                hook.probe(literal_column("tenant.id")).compile(
+                    dialect=dialect, compile_kwargs={"literal_binds": True}
+                )
+            )
+            for hook in probing
+            if hook.probe is not None
+        ]
+        sql = _SUCCEEDED_SQL.format(
+            probes="".join(f",\n           {c} AS probe_{i}" for i, c in enumerate(conditions)),
+            probe_results="".join(
+                f", (SELECT probe_{i} FROM plan_row) AS probe_{i}" for i in range(len(conditions))
+            ),
+        )
+        stmt = text(sql).bindparams(
+            bindparam("result", type_=Job.__table__.c.result.type),
+            bindparam("now", type_=UTCDateTime()),
+            bindparam("terminal", expanding=True),
+        )
+        _succeeded_statements[key] = stmt
+    return stmt
+
+
+def _succeeded_in_one_statement(engine: Any, message: JobMessage, result: Any, now: Any) -> AttemptOutcome:
+    probing = hooks.probing()
     params = {
-        "tenant_id": meta["tenant_id"],
+        "tenant_id": message.tenant_id,
         "result": result,
         "now": now,
-        "job_id": meta["id"],
-        "attempt": int(meta.get("attempt") or 1),
+        "job_id": message.id,
+        "attempt": message.attempt,
         "terminal": list(TERMINAL_STATUSES),
     }
     with engine.connect() as conn:
-        found, hooks = (
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(_SUCCEEDED_SQL, params).one()
+        row = (
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            .execute(_succeeded_statement(probing), params)
+            .one()
         )
-    if found:
-        _note_webhooks(meta, bool(hooks))
+    return AttemptOutcome(message, "succeeded", None, _probe_values(row, probing, 1) if row[0] else {})
 
 
-def attempt_failed(meta: dict[str, Any], error: str) -> None:
+def attempt_failed(message: JobMessage, error: str) -> AttemptOutcome:
     """The attempt failed and will not be retried: the job is failed (the dead-letter view)."""
-    now = utcnow()
-    with unscoped_session() as session:
-        _lock_workflow(session, meta)
-        moved = session.execute(
-            update(Job).where(*_on_attempt(meta)).values(status="failed", error=error, finished_at=now)
-        ).rowcount
-        if meta.get("tenant_id"):
-            _note_webhooks(meta, bool(session.scalar(select(_has_webhooks(meta["tenant_id"])))))
-        _close_attempt(session, meta, "failed", error, now)
-        if moved and meta.get("workflow_id"):
-            from tenantq.platform.workflows import service as workflows
-
-            workflows.step_job_failed(
-                session, meta["workflow_id"], int(meta["step_index"]), meta["id"], error
-            )
+    values = {"status": "failed", "error": error, "finished_at": utcnow()}
+    return _finish_in_transaction(message, "failed", error, values, hooks.claiming(message))
 
 
-def schedule_retry(
-    task: str, meta: dict[str, Any], args: dict[str, Any], exc: BaseException, delay: float
-) -> bool:
+def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> bool:
     """Put the next attempt on the tenant's delayed queue, then record the failed attempt and set the
     job to ``retrying``. False if the job was cancelled meanwhile (the retry is taken back).
 
@@ -400,41 +379,41 @@ def schedule_retry(
     before the SQL update below simply makes that update match nothing."""
     from tenantq.platform.dispatch.repository import TenantQueues
 
-    attempt = int(meta.get("attempt") or 1)
-    error = describe_error(exc, meta)
+    error = describe_error(exc, message)
     now = utcnow()
     run_at = now + timedelta(seconds=delay)
     queues = TenantQueues(get_redis())
-    message = message_for_attempt(task, args, meta, attempt + 1)
-    queues.schedule(meta["tenant_id"], meta["id"], int(meta.get("priority", 5)), message, run_at.timestamp())
+    queues.schedule(
+        message.tenant_id, message.id, message.priority, message.next_attempt(), run_at.timestamp()
+    )
     with unscoped_session() as session:
         moved = session.execute(
-            update(Job).where(*_on_attempt(meta)).values(status="retrying", error=error, run_at=run_at)
+            update(Job).where(*_on_attempt(message)).values(status="retrying", error=error, run_at=run_at)
         ).rowcount
-        _close_attempt(session, meta, "failed", error, now)
+        _close_attempt(session, message, "failed", error, now)
         if not moved:
-            cancelled = session.scalar(select(Job.status).where(Job.id == meta["id"])) == "cancelled"
+            cancelled = session.scalar(select(Job.status).where(Job.id == message.id)) == "cancelled"
     if not moved:
         if cancelled:
-            queues.remove(meta["tenant_id"], meta["id"])
+            queues.remove(message.tenant_id, message.id)
             return False
         return True  # the retry already started and moved the job on
-    log.info("job %s attempt %s failed, retry in %.2fs", meta["id"], attempt, delay)
+    log.info("job %s attempt %s failed, retry in %.2fs", message.id, message.attempt, delay)
     return True
 
 
-def cancelled_before_start(meta: dict[str, Any]) -> None:
+def cancelled_before_start(message: JobMessage) -> None:
     """The wrapper found a cancellation marker: the function never ran. If prerun got in before the
     cancel request's own update, undo its 'running'."""
     now = utcnow()
     with unscoped_session() as session:
-        session.execute(update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now))
-        _close_attempt(session, meta, "cancelled", "cancelled before it started", now)
+        session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
+        _close_attempt(session, message, "cancelled", "cancelled before it started", now)
 
 
-def attempt_terminated(meta: dict[str, Any], reason: str) -> None:
+def attempt_terminated(message: JobMessage, reason: str) -> None:
     """The worker killed the attempt on a revoke(terminate=True): the cancel API asked for it."""
     now = utcnow()
     with unscoped_session() as session:
-        session.execute(update(Job).where(*_on_attempt(meta)).values(status="cancelled", finished_at=now))
-        _close_attempt(session, meta, "cancelled", reason, now)
+        session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
+        _close_attempt(session, message, "cancelled", reason, now)

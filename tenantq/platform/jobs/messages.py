@@ -4,10 +4,15 @@ JSON only. ``job`` carries what the worker needs without reading SQL first (ids,
 retry policy, limits); ``options`` are per-attempt Celery options the dispatcher's ``publish()``
 forwards to ``send_task`` (time limits). Every attempt has its own Celery task id, so results,
 events and revokes are per attempt.
+
+On the worker the ``job`` dict is read once, into a :class:`JobMessage`; every step of the attempt
+pipeline and the task wrapper use that object, and it alone says which attempt this is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tenantq.platform.jobs.models import Job
@@ -26,9 +31,6 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
         # Attempt numbers keep counting across re-runs; the retry budget counts from first_attempt.
         "attempt": attempt,
         "first_attempt": first_attempt,
-        # For readers written against the skeleton's message (attempt_base + 1 was the attempt number
-        # before retries moved out of Celery); "attempt" is authoritative.
-        "attempt_base": attempt - 1,
         "retry_backoff": job.retry_backoff,
         "retry_backoff_max": job.retry_backoff_max,
         "soft_time_limit": job.soft_time_limit,
@@ -42,19 +44,103 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
 
 
 def message_for_attempt(
-    task: str, args: dict[str, Any], meta: dict[str, Any], attempt: int
+    task: str, args: Mapping[str, Any], meta: Mapping[str, Any], attempt: int
 ) -> dict[str, Any]:
     """The message for attempt number ``attempt`` of the job described by ``meta``."""
-    meta = {**meta, "attempt": attempt, "attempt_base": attempt - 1}
+    job = {**meta, "attempt": attempt}
     options: dict[str, Any] = {}
-    if meta.get("soft_time_limit"):
-        options["soft_time_limit"] = meta["soft_time_limit"]
-    if meta.get("time_limit"):
-        options["time_limit"] = meta["time_limit"]
+    if job.get("soft_time_limit"):
+        options["soft_time_limit"] = job["soft_time_limit"]
+    if job.get("time_limit"):
+        options["time_limit"] = job["time_limit"]
     return {
         "task": task,
-        "args": args,
-        "task_id": attempt_task_id(meta["id"], attempt),
-        "job": meta,
+        "args": dict(args),
+        "task_id": attempt_task_id(job["id"], attempt),
+        "job": job,
         "options": options,
     }
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    """One attempt's message as the worker received it (Celery kwargs ``job`` and ``args``)."""
+
+    task: str  # the task type (the Celery task name)
+    id: str
+    tenant_id: str
+    attempt: int
+    first_attempt: int  # the retry budget counts from here (a re-run starts a new budget)
+    priority: int
+    max_retries: int
+    retry_backoff: float | None
+    retry_backoff_max: float | None
+    soft_time_limit: float | None
+    time_limit: float | None
+    workflow_id: str | None
+    step_index: int | None
+    submitted_at: float | None  # unix seconds
+    run_at: float | None  # unix seconds: countdown/eta, if any
+    # Stamped by the dispatcher when it released the attempt; absent on a direct publish.
+    dispatch: str | None
+    cap: int | None  # the tenant's concurrency cap at release
+    enqueued_at: float | None
+    args: Mapping[str, Any] = field(repr=False)
+    # The wire dict itself: a message sent on (re-queued at the cap, the next retry) keeps every key.
+    job: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_job(cls, task: str, job: Mapping[str, Any], args: Mapping[str, Any] | None = None) -> JobMessage:
+        cap = job.get("cap")
+        step_index = job.get("step_index")
+        return cls(
+            task=task,
+            id=str(job["id"]),
+            tenant_id=str(job["tenant_id"]),
+            attempt=int(job.get("attempt") or 1),
+            first_attempt=int(job.get("first_attempt") or 1),
+            priority=int(job.get("priority", 5)),
+            max_retries=int(job.get("max_retries") or 0),
+            retry_backoff=_float(job.get("retry_backoff")),
+            retry_backoff_max=_float(job.get("retry_backoff_max")),
+            soft_time_limit=_float(job.get("soft_time_limit")),
+            time_limit=_float(job.get("time_limit")),
+            workflow_id=job.get("workflow_id") or None,
+            step_index=int(step_index) if step_index is not None else None,
+            submitted_at=_float(job.get("submitted_at")),
+            run_at=_float(job.get("run_at")),
+            dispatch=str(job["dispatch"]) if job.get("dispatch") else None,
+            cap=int(cap or 0) if "cap" in job else None,
+            enqueued_at=_float(job.get("enqueued_at")) if job.get("enqueued_at") else None,
+            args=args if args is not None else {},
+            job=job,
+        )
+
+    @classmethod
+    def from_task_kwargs(cls, task: str, kwargs: Mapping[str, Any] | None) -> JobMessage | None:
+        """The message of a tenantq job attempt, or None when these kwargs are not one."""
+        job = (kwargs or {}).get("job")
+        if not isinstance(job, Mapping) or "id" not in job or "tenant_id" not in job:
+            return None
+        args = (kwargs or {}).get("args")
+        return cls.from_job(task, job, args if isinstance(args, Mapping) else {})
+
+    @property
+    def retries_made(self) -> int:
+        """Retries already made within this attempt's retry budget."""
+        return self.attempt - self.first_attempt
+
+    @property
+    def runnable_since(self) -> float | None:
+        """When the job could first have started: submission, or its countdown/eta if later."""
+        if self.submitted_at is None:
+            return None
+        return max(self.submitted_at, self.run_at) if self.run_at is not None else self.submitted_at
+
+    def next_attempt(self) -> dict[str, Any]:
+        """The message for this job's next attempt (a retry)."""
+        return message_for_attempt(self.task, self.args, self.job, self.attempt + 1)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tenantq.core.celery import app
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import lifecycle
+from tenantq.platform.jobs.messages import JobMessage
 
 
 class AnyArgs(BaseModel):
@@ -90,8 +91,8 @@ REGISTRY: dict[str, TaskType] = {}
 
 
 class RetryScheduled(Ignore):
-    """Ends a Celery task whose next attempt was put back on the tenant's delayed queue. Signal
-    receivers see it as ``retval`` with state IGNORED and can tell a retry from other ignores."""
+    """Ends a Celery task whose next attempt was put back on the tenant's delayed queue. The attempt
+    pipeline sees it as ``retval`` with state IGNORED and can tell a retry from other ignores."""
 
     def __init__(self, exc: BaseException | None = None, delay: float | None = None) -> None:
         super().__init__(repr(exc) if exc is not None else "retry scheduled")
@@ -104,34 +105,32 @@ class NotStarted(Ignore):
     task function was called: nothing ran, so nothing is billed."""
 
 
-def _run_attempt(task: Any, spec: TaskType, job: dict[str, Any], args: dict[str, Any]) -> Any:
+def _run_attempt(task: Any, spec: TaskType, message: JobMessage) -> Any:
     """The body of every tenantq task: cancellation gate, validation, the function, retry policy,
-    result bound. Status bookkeeping happens in signals (prerun/postrun) and, for the outcomes that
-    end the Celery task with ``Ignore`` (retry scheduled, cancelled before start), in ``lifecycle``.
+    result bound. Status bookkeeping happens in the worker's attempt pipeline and, for the outcomes
+    that end the Celery task with ``Ignore`` (retry scheduled, cancelled before start), in ``lifecycle``.
     """
-    attempt = int(job.get("attempt") or 1)
-    ctx = JobContext(job_id=job["id"], tenant_id=job["tenant_id"], attempt=attempt, task_id=task.request.id)
-    # A cancelled attempt may already have been handed to Celery, a redelivered one may belong to a
-    # finished job: neither must run.
-    if not lifecycle.may_start(job, ctx.task_id):
+    ctx = JobContext(
+        job_id=message.id, tenant_id=message.tenant_id, attempt=message.attempt, task_id=task.request.id
+    )
+    # A cancelled attempt may already have been handed to Celery: it must not run.
+    if not lifecycle.may_start(message):
         raise NotStarted()
     try:
-        model = spec.args_model.model_validate(args)
+        model = spec.args_model.model_validate(message.args)
     except ValidationError as exc:  # the API validated already; this guards replays and workflow inputs
         raise ValueError(f"invalid arguments: {exc}") from None
     try:
         result = spec.func(model, ctx)
     except spec.retry_on as exc:
-        retries_made = attempt - int(job.get("first_attempt") or 1)
-        if retries_made < int(job.get("max_retries") or 0) and not lifecycle.cancel_covers(
-            ctx.job_id, attempt
-        ):
-            delay = spec.backoff(retries_made, job.get("retry_backoff"), job.get("retry_backoff_max"))
+        retries_made = message.retries_made
+        if retries_made < message.max_retries and not lifecycle.cancel_covers(ctx.job_id, ctx.attempt):
+            delay = spec.backoff(retries_made, message.retry_backoff, message.retry_backoff_max)
             # An error may carry the server's wish (``retry_after``, e.g. HTTP Retry-After) as a floor.
             delay = max(delay, float(getattr(exc, "retry_after", 0) or 0))
             # Back through tenantq's own delayed queue, so fairness, rate and concurrency limits
             # apply to the retry like to any other attempt.
-            if lifecycle.schedule_retry(spec.name, job, args, exc, delay):
+            if lifecycle.schedule_retry(message, exc, delay):
                 raise RetryScheduled(exc, delay) from None
         raise
     if isinstance(result, BaseModel):
@@ -191,10 +190,13 @@ def task_type(
             cancellable=cancellable,
         )
 
-        def run(self, job: dict[str, Any], args: dict[str, Any]) -> Any:
-            if getattr(self.request, "tq_skip", None):  # set by limits.start_guard: duplicate or no slot
+        def run(self: Any, job: dict[str, Any], args: dict[str, Any]) -> Any:
+            # The worker's attempt pipeline parsed ``job`` and ``args`` at prerun and says here whether
+            # this delivery may run (not a duplicate, a slot held, the job still on this attempt).
+            message = getattr(self.request, "tq_message", None)
+            if message is None or getattr(self.request, "tq_skip", None):
                 raise NotStarted()
-            return _run_attempt(self, spec, job, args)
+            return _run_attempt(self, spec, message)
 
         run.__name__ = name.replace(".", "_")
         spec.celery_task = app.task(name=name, bind=True)(run)

@@ -440,8 +440,10 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
     attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
     if job.workflow_id:
+        from tenantq.platform.workflows import service as workflows
+
         # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
-        lifecycle.lock_workflow(session, job.workflow_id)
+        workflows.lock_workflow(session, job.workflow_id)
     moved = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES))

@@ -1,9 +1,9 @@
 """Completion webhooks: endpoints, events, signed deliveries with retries.
 
-Flow: a worker finishes a job -> the job's status is committed (tenantq.worker.signals) -> our postrun
-receiver (``receivers.py``) creates one ``WebhookDelivery`` per subscribed endpoint, commits, and only
-then enqueues ``webhooks.deliver`` on the system queue -> the task POSTs the event and records an
-``WebhookAttempt``; a failure or non-2xx answer is retried with exponential backoff (jittered, capped)
+Flow: a worker finishes a job -> the job's status is committed -> our finish hook (``tasks.py``)
+creates one ``WebhookDelivery`` per subscribed endpoint, commits, and only then enqueues
+``webhooks.deliver`` on the system queue -> the task POSTs the event and records an ``WebhookAttempt``;
+a failure or non-2xx answer is retried with exponential backoff (jittered, capped)
 up to ``TENANTQ_WEBHOOK_MAX_ATTEMPTS``.
 
 Signing (like Stripe's): header ``tenantq-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,

@@ -1,12 +1,18 @@
-"""``webhooks.deliver``: one Celery task per delivery, on the system queue, retried with backoff."""
+"""``webhooks.deliver``: one Celery task per delivery, on the system queue, retried with backoff; and the
+finish hook that records a finished job's deliveries (``FINISH_HOOK``, subscribed by the worker).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import exists
+
 from tenantq.core.celery import SYSTEM_QUEUE, app
 from tenantq.core.db import unscoped_session
+from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
 from tenantq.platform.webhooks import service
+from tenantq.platform.webhooks.models import WebhookEndpoint
 
 DELIVER_TASK = "webhooks.deliver"
 SWEEP_TASK = "webhooks.sweep"
@@ -47,3 +53,22 @@ app.conf.beat_schedule = {
     **(app.conf.beat_schedule or {}),
     SWEEP_TASK: {"task": SWEEP_TASK, "schedule": SWEEP_EVERY_S, "options": {"queue": SYSTEM_QUEUE}},
 }
+
+
+def _has_endpoints(tenant_id: Any) -> Any:
+    """Evaluated in the job's status statement: most tenants have no webhooks, and without this
+    hint each finished job would cost a connection check-out and two queries here."""
+    return exists().where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))
+
+
+def record_finished_job(outcome: AttemptOutcome) -> None:
+    """After the job's final status is committed: record its deliveries, commit, then enqueue them."""
+    if not outcome.concerns(FINISH_HOOK.name):
+        return
+    with unscoped_session() as session:
+        delivery_ids = service.record_job_finished(session, outcome.message.id)
+    for delivery_id in delivery_ids:
+        enqueue_delivery(delivery_id)
+
+
+FINISH_HOOK = FinishHook(name="webhooks", probe=_has_endpoints, after_commit=record_finished_job)

@@ -2,9 +2,10 @@
 
 Chaining is not Celery canvas: each step is an ordinary job of the tenant, queued on the tenant's own
 queue when the previous step succeeded, so every step goes through the dispatcher's fairness, rate and
-concurrency limits. The worker's completion path (``lifecycle.attempt_succeeded``) calls
-``step_job_succeeded`` in the same transaction that marks the job succeeded, with the workflow row
-locked first, so when several members of a group finish at once exactly one of them advances the chain.
+concurrency limits. Workflows subscribe to the job platform's finish hooks (``FINISH_HOOK``): the
+worker's completion path runs ``step_job_succeeded`` in the same transaction that marks the job
+succeeded, with the workflow row locked first, so when several members of a group finish at once
+exactly one of them advances the chain.
 
 Data flow: step N+1 gets step N's result under the argument key ``input`` (for a group: the list of
 its jobs' results, in group order), if its task type can take it (an ``input`` field, or open
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import unscoped_session, utcnow
@@ -29,6 +31,8 @@ from tenantq.core.errors import InvalidInput, ServiceUnavailable
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import service as jobs
 from tenantq.platform.jobs.admission import admit
+from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
+from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job
 from tenantq.platform.jobs.registry import TaskType, get_task_type
 from tenantq.platform.jobs.repository import JobRepository
@@ -208,6 +212,40 @@ def enqueue_step_jobs(new_jobs: list[Job]) -> None:
 
 
 # --- progress (worker side, inside the transaction that finished the job) ---------------------------
+
+
+def lock_workflow(session: Session, workflow_id: str) -> None:
+    """Taken first, before any read, so that group members finishing at the same time on different
+    workers are serialised (a row lock on PostgreSQL, the write lock on SQLite) and exactly one of
+    them sees the whole group done. Everyone touching a step job and its workflow in one transaction
+    locks the workflow first."""
+    session.execute(update(Workflow).where(Workflow.id == workflow_id).values(updated_at=utcnow()))
+
+
+def _lock_for(session: Session, message: JobMessage) -> None:
+    if message.workflow_id is not None:
+        lock_workflow(session, message.workflow_id)
+
+
+def _step_finished(session: Session, outcome: AttemptOutcome) -> Callable[[], None] | None:
+    """The finish hook's part in the job's status transaction (the job row already moved)."""
+    message = outcome.message
+    if message.workflow_id is None:
+        return None
+    step_index = int(message.step_index or 0)
+    if outcome.status == "failed":
+        step_job_failed(session, message.workflow_id, step_index, message.id, outcome.error or "")
+        return None
+    new_jobs = step_job_succeeded(session, message.workflow_id, step_index)
+    return (lambda: enqueue_step_jobs(new_jobs)) if new_jobs else None
+
+
+FINISH_HOOK = FinishHook(
+    name="workflows",
+    claims=lambda message: message.workflow_id is not None,
+    lock=_lock_for,
+    in_transaction=_step_finished,
+)
 
 
 def _stop(

@@ -1,0 +1,335 @@
+"""The attempt pipeline: the worker reports each attempt's life through one receiver per task signal.
+
+Each receiver reads the Celery kwargs once into a :class:`JobMessage`, then runs its steps in the order
+of its list below:
+- ``task_prerun``  (pool child): start guard, status (job running, attempt row opened), metering (open
+  the attempt's usage record), metrics (counters, running set, log context);
+- ``task_postrun`` (pool child): lease release, status (succeeded / failed, attempt row closed; the
+  finish hooks that claim the job run in that transaction), metering (close: usage events), metrics,
+  then the finish hooks' after-commit part (e.g. webhook deliveries). An ``IGNORED`` state means the
+  task wrapper already recorded the outcome (retry scheduled, cancelled before start) or never ran;
+- ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires;
+- ``task_revoked`` (main process) for a revoke: the lease is freed, and an attempt terminated by a
+  cancellation is closed.
+Job status and the attempt log in SQL are driven from here, never by polling the result backend. Each
+transition is conditional on the job still being on that attempt, so late or duplicate signals never
+move a job backwards.
+
+Everything one attempt needs between its start and its end is one :class:`AttemptState`, kept per
+Celery task id in this process. A step that raises is logged and the next step still runs, as with
+separate receivers: a metrics or Redis hiccup never keeps a job's status from being recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import signals
+from celery.exceptions import TimeLimitExceeded
+
+from tenantq.billing.usage import metering
+from tenantq.billing.usage.metering import OpenAttempt
+from tenantq.core.db import dispose_engine
+from tenantq.core.redis import reset_redis
+from tenantq.platform.dispatch import limits
+from tenantq.platform.jobs import hooks, lifecycle
+from tenantq.platform.jobs.hooks import AttemptOutcome
+from tenantq.platform.jobs.messages import JobMessage
+from tenantq.platform.jobs.registry import REGISTRY, NotStarted, RetryScheduled
+from tenantq.worker import metrics
+
+log = logging.getLogger("tenantq.worker")
+
+
+@dataclass
+class AttemptState:
+    """One attempt running in this process, from prerun to postrun."""
+
+    message: JobMessage
+    task_id: str
+    worker: str | None
+    time_limit: float  # the hard limit it runs under (or what bounds it without one)
+    timelimit: Any = None  # Celery's (hard, soft) of this delivery: a re-queued copy keeps them
+    guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, full
+    refused: bool = False  # the status step found the job finished, cancelled or on a newer attempt
+    usage: OpenAttempt | None = None
+    running: metrics.RunningAttempt | None = None
+    # Set at the end: Celery's final state and return value, and the outcome the status step applied.
+    state: str | None = None
+    retval: Any = None
+    outcome: AttemptOutcome | None = None
+
+    @property
+    def skip(self) -> str | None:
+        """Why the task function must not run, if it must not."""
+        if self.guard in ("dup", "full"):
+            return self.guard
+        return "refused" if self.refused else None
+
+    @property
+    def ran(self) -> bool:
+        """Did the task function run? (The wrapper ends a refused attempt with NotStarted.)"""
+        return not (self.state == "IGNORED" and isinstance(self.retval, NotStarted))
+
+    @property
+    def retried(self) -> bool:
+        """tenantq retries end the Celery task with RetryScheduled (an Ignore), not Celery's RETRY."""
+        return self.state == "IGNORED" and isinstance(self.retval, RetryScheduled)
+
+
+class _Attempts:
+    """The attempts running in this process, by Celery task id. The lease heartbeat thread reads it."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, AttemptState] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._items
+
+    def add(self, state: AttemptState) -> None:
+        with self._lock:
+            self._items[state.task_id] = state
+
+    def pop(self, task_id: str) -> AttemptState | None:
+        with self._lock:
+            return self._items.pop(task_id, None)
+
+    def leases(self) -> list[tuple[str, str]]:
+        with self._lock:
+            states = list(self._items.values())
+        return [
+            lease for s in states if s.guard == "ok" and (lease := limits.lease_of(s.message)) is not None
+        ]
+
+
+ATTEMPTS = _Attempts()
+
+
+def _message(task: Any, kwargs: Any) -> JobMessage | None:
+    name = getattr(task, "name", None)
+    if name not in REGISTRY:
+        return None  # a system task (period close, webhook delivery...): not an attempt of a job
+    return JobMessage.from_task_kwargs(name, kwargs if isinstance(kwargs, dict) else None)
+
+
+def _hard_time_limit(task: Any) -> float:
+    """The hard limit this attempt runs under; without one, the broker's visibility timeout bounds it."""
+    request = getattr(task, "request", None)
+    limits_ = getattr(request, "timelimit", None) or (None, None)
+    hard = limits_[0] if limits_ else None
+    if hard:
+        return float(hard)
+    conf = task.app.conf
+    if conf.task_time_limit:
+        return float(conf.task_time_limit)
+    return float((conf.broker_transport_options or {}).get("visibility_timeout", 3600))
+
+
+Step = Callable[[AttemptState], None]
+
+
+def _run(steps: Sequence[Step], attempt: AttemptState) -> None:
+    for step in steps:
+        try:
+            step(attempt)
+        except Exception:
+            log.exception("attempt step %s failed for job %s", step.__name__, attempt.message.id)
+
+
+# -- task_prerun ---------------------------------------------------------------------------------------
+
+
+def _start_guard(attempt: AttemptState) -> None:
+    attempt.guard = limits.start_guard(attempt.message, attempt.task_id, attempt.timelimit)
+    if attempt.guard == "ok":
+        limits.ensure_lease_heartbeat(ATTEMPTS.leases)
+
+
+def _status_started(attempt: AttemptState) -> None:
+    if attempt.skip:
+        return
+    if not lifecycle.attempt_started(attempt.message, attempt.task_id, attempt.worker):
+        attempt.refused = True
+        log.info(
+            "job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
+            attempt.message.id,
+            attempt.message.attempt,
+        )
+
+
+def _meter_started(attempt: AttemptState) -> None:
+    # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
+    # discarded at its end: its number marks an earlier attempt that never reported as superseded.
+    if attempt.guard in ("dup", "full"):
+        return
+    attempt.usage = metering.open_attempt(
+        attempt.message, worker=attempt.worker, time_limit=attempt.time_limit
+    )
+
+
+def _metrics_started(attempt: AttemptState) -> None:
+    attempt.running = metrics.attempt_started(attempt.message, attempt.task_id, attempt.worker)
+
+
+PRERUN_STEPS: tuple[Step, ...] = (
+    _start_guard,  # first: a duplicate or an attempt without a slot must not touch SQL
+    _status_started,  # job running, attempt row opened (or refused: the job moved on)
+    _meter_started,  # the usage record opens once the attempt is known to be one
+    _metrics_started,
+)
+
+
+@signals.task_prerun.connect
+def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
+    message = _message(task, kwargs)
+    if message is None or task_id in ATTEMPTS:  # a duplicate prerun of the same execution: nothing new
+        return
+    request = task.request
+    attempt = AttemptState(
+        message=message,
+        task_id=task_id,
+        worker=getattr(request, "hostname", None),
+        time_limit=_hard_time_limit(task),
+        timelimit=getattr(request, "timelimit", None),
+    )
+    ATTEMPTS.add(attempt)
+    _run(PRERUN_STEPS, attempt)
+    # The task wrapper runs next in this process, on this request: it reads what prerun decided.
+    request.tq_message = message
+    request.tq_skip = attempt.skip
+
+
+# -- task_postrun --------------------------------------------------------------------------------------
+
+
+def _release_lease(attempt: AttemptState) -> None:
+    # Every end (success, failure, retry, ignore, reject) frees the slot, also for a skipped copy.
+    limits.release_lease(attempt.message)
+
+
+def _status_finished(attempt: AttemptState) -> None:
+    if attempt.state == "SUCCESS":
+        attempt.outcome = lifecycle.attempt_succeeded(attempt.message, attempt.retval)
+    elif attempt.state == "FAILURE" and isinstance(attempt.retval, BaseException):
+        error = lifecycle.describe_error(attempt.retval, attempt.message)
+        attempt.outcome = lifecycle.attempt_failed(attempt.message, error)
+
+
+def _meter_finished(attempt: AttemptState) -> None:
+    if attempt.usage is not None:
+        metering.close_attempt(attempt.usage, attempt.state, ran=attempt.ran, retried=attempt.retried)
+
+
+def _metrics_finished(attempt: AttemptState) -> None:
+    metrics.attempt_ended(
+        attempt.message, attempt.running, attempt.state, attempt.retval, retried=attempt.retried
+    )
+
+
+def _finish_hooks(attempt: AttemptState) -> None:
+    if attempt.outcome is not None:
+        hooks.run_after_commit(attempt.outcome)
+
+
+POSTRUN_STEPS: tuple[Step, ...] = (
+    _release_lease,  # first: the tenant's slot is free for its next job as soon as possible
+    _status_finished,  # the final status is committed before anything reports it
+    _meter_finished,
+    _metrics_finished,
+    _finish_hooks,  # last: hooks read the committed outcome (e.g. webhooks record deliveries)
+)
+
+
+@signals.task_postrun.connect
+def on_postrun(task_id: str, retval: Any = None, state: str | None = None, **_: Any) -> None:
+    attempt = ATTEMPTS.pop(task_id)
+    if attempt is None:
+        return
+    attempt.state, attempt.retval = state, retval
+    _run(POSTRUN_STEPS, attempt)
+
+
+# -- the main process's edges --------------------------------------------------------------------------
+
+
+@signals.task_failure.connect
+def on_failure(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    # In the pool child a failure is followed by postrun, which has the real figures. A failure
+    # without a local attempt was raised in the main process: a hard time limit killed the child. It
+    # may fire twice for one timeout; every step below is conditional, so the second is a no-op.
+    if task_id in ATTEMPTS:
+        return
+    message = _message(sender, kwargs)
+    if message is None:
+        return
+    outcome = None
+    if isinstance(exception, TimeLimitExceeded):
+        try:
+            outcome = lifecycle.attempt_failed(message, lifecycle.describe_error(exception, message))
+        except Exception:
+            log.exception("could not record the hard time limit of job %s", message.id)
+    metering.close_from_outside(message, "failed")
+    if outcome is not None:
+        hooks.run_after_commit(outcome)
+
+
+@signals.task_revoked.connect
+def on_revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None, **_: Any
+) -> None:
+    if request is None:
+        return
+    message = _message(sender, getattr(request, "kwargs", None))
+    if message is None:
+        return
+    limits.release_lease(message)
+    if not terminated:
+        return  # revoked before it started: nothing ran, nothing to record or bill
+    try:
+        lifecycle.attempt_terminated(message, f"terminated by cancellation (signal {signum})")
+    except Exception:
+        log.exception("could not record the termination of job %s", message.id)
+    if getattr(request, "id", None) not in ATTEMPTS:
+        metering.close_from_outside(message, "cancelled")
+
+
+# -- the worker process itself -------------------------------------------------------------------------
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool child must not reuse the parent's pooled DB/Redis sockets.
+    dispose_engine()
+    reset_redis()
+
+
+@signals.worker_init.connect
+def _worker_init(**_: Any) -> None:
+    metrics.worker_init()
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    metrics.worker_ready(getattr(sender, "hostname", None))
+
+
+@signals.worker_shutdown.connect
+def _worker_shutdown(**_: Any) -> None:
+    metrics.worker_shutdown()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+    metrics.setup_logger(logger)
