@@ -24,6 +24,7 @@ from tenantq.core.errors import InvalidInput, ServiceUnavailable, TooManyRequest
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.tenants.accounts.models import Tenant
+from tenantq.tenants.accounts.service import effective_limits
 
 log = logging.getLogger("tenantq.limits")
 
@@ -102,8 +103,6 @@ def submit_bucket_key(tenant_id: str) -> str:
 
 def submission_rate_limit(session: Session, tenant: Tenant, count: int) -> None:
     """Admission check: take ``count`` tokens from the tenant's submission bucket or refuse with 429."""
-    from tenantq.tenants.accounts.service import effective_limits
-
     limits = effective_limits(session, tenant)
     rate, burst = float(limits.submit_rate), int(limits.submit_burst)
     if count > burst:

@@ -1,32 +1,52 @@
-"""Tenant-scoped data access for API keys: ``ApiKeyRepository(session, tenant_id)``.
+"""Data access for tenants and plans: ``AccountRepository(session)``.
 
-Like ``JobRepository``, the tenant filter lives in ``_scoped`` and nowhere else: a route cannot read
-or change another tenant's key because no method here reaches a key without that filter. A key of
-another tenant is indistinguishable from a key that does not exist (404, never 403).
+Tenants and plans are the accounts themselves, not data a tenant owns, so this repository is not
+bound to a tenant: its callers are the operator API, the CLI, and the services every area uses to
+read a tenant's plan and limits.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from tenantq.core.errors import NotFound
-from tenantq.tenants.accounts.models import ApiKey
+from tenantq.tenants.accounts.models import Plan, Tenant
 
 
-class ApiKeyRepository:
-    def __init__(self, session: Session, tenant_id: str) -> None:
+class AccountRepository:
+    def __init__(self, session: Session) -> None:
         self.session = session
-        self.tenant_id = tenant_id
 
-    def _scoped(self) -> Select[tuple[ApiKey]]:
-        return select(ApiKey).where(ApiKey.tenant_id == self.tenant_id)
+    # ------------------------------------------------------------------------------------ tenants
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        return self.session.get(Tenant, tenant_id)
 
-    def get(self, key_id: str) -> ApiKey:
-        key = self.session.scalars(self._scoped().where(ApiKey.id == key_id)).first()
-        if key is None:
-            raise NotFound("API key not found.", details={"id": key_id})
-        return key
+    def tenant_by_ref(self, ref: str) -> Tenant | None:
+        """A tenant by id or by name (the CLI accepts either)."""
+        return self.session.scalars(select(Tenant).where(or_(Tenant.id == ref, Tenant.name == ref))).first()
 
-    def list(self) -> list[ApiKey]:
-        return list(self.session.scalars(self._scoped().order_by(ApiKey.created_at.desc(), ApiKey.id)))
+    def name_taken(self, name: str, *, except_id: str | None = None) -> bool:
+        query = select(Tenant.id).where(Tenant.name == name)
+        if except_id is not None:
+            query = query.where(Tenant.id != except_id)
+        return self.session.scalars(query).first() is not None
+
+    def tenants(self, *, status: str | None = None) -> list[Tenant]:
+        query = select(Tenant).order_by(Tenant.name)
+        if status:
+            query = query.where(Tenant.status == status)
+        return list(self.session.scalars(query))
+
+    def tenants_on_plan(self, plan_name: str) -> list[Tenant]:
+        return list(self.session.scalars(select(Tenant).where(Tenant.plan_name == plan_name)))
+
+    # -------------------------------------------------------------------------------------- plans
+    def plan(self, name: str) -> Plan | None:
+        return self.session.get(Plan, name)
+
+    def plans(self) -> list[Plan]:
+        return list(self.session.scalars(select(Plan).order_by(Plan.name)))
+
+    def add(self, row: Tenant | Plan) -> None:
+        self.session.add(row)
+        self.session.flush()
