@@ -256,7 +256,9 @@ def operator_login(request: Request, token: str) -> IssuedSession:
 
 def _is_admin_token(token: str) -> bool:
     expected = get_settings().admin_token
-    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+    if not expected:
+        return False  # operator access is disabled, so no token matches
+    return hmac.compare_digest(token.encode(), expected.encode())
 
 
 def _operator_credential(request: Request) -> OperatorContext:
