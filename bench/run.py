@@ -741,8 +741,8 @@ def batch_submit(b: Bench, p: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     from tenantq.core.db import unscoped_session
+    from tenantq.tenants.access.service import create_api_key
     from tenantq.tenants.accounts.models import Tenant
-    from tenantq.tenants.accounts.service import create_api_key
 
     n, single = p["batch_jobs"], p["single_jobs"]
     (t,) = b.tenants(1, "batch")

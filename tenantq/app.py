@@ -27,8 +27,7 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 ROUTER_MODULES = [
     "tenantq.platform.jobs.router",
     "tenantq.billing.invoicing.router",
-    "tenantq.tenants.access.router",
-    "tenantq.tenants.accounts.router",
+    "tenantq.tenants.access.router",  # includes tenants.accounts.router, behind the operator credential
     "tenantq.platform.workflows.router",
     "tenantq.dashboard.router",
     "tenantq.ops.metrics",

@@ -499,8 +499,8 @@ def key_list(
     data_dir: DataDir = None,
 ) -> None:
     """List TENANT's API keys (ids, names, scopes, timestamps; never the secrets)."""
-    from tenantq.tenants.accounts.repository import ApiKeyRepository
-    from tenantq.tenants.accounts.schemas import KeyOut
+    from tenantq.tenants.access.repository import ApiKeyRepository
+    from tenantq.tenants.access.schemas import KeyOut
     from tenantq.tenants.accounts.service import get_tenant_by_ref
 
     with _cli_session(data_dir, as_json) as session:
@@ -531,8 +531,8 @@ def key_revoke(
 ) -> None:
     """Revoke an API key now: every API process rejects it from its next request."""
     from tenantq.core.errors import NotFound
-    from tenantq.tenants.accounts.models import ApiKey
-    from tenantq.tenants.accounts.service import revoke_key
+    from tenantq.tenants.access.models import ApiKey
+    from tenantq.tenants.access.service import revoke_key
 
     with _cli_session(data_dir, as_json) as session:
         key = session.get(ApiKey, key_id)
@@ -552,7 +552,8 @@ def key_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
-    from tenantq.tenants.accounts.service import create_api_key, get_tenant_by_ref
+    from tenantq.tenants.access.service import create_api_key
+    from tenantq.tenants.accounts.service import get_tenant_by_ref
 
     with _cli_session(data_dir, as_json) as session:
         t = get_tenant_by_ref(session, tenant)

@@ -9,8 +9,9 @@ from factory.alchemy import SQLAlchemyModelFactory
 
 from tenantq.platform.jobs.models import Job
 from tenantq.tenants.access.keys import ALL_SCOPES
-from tenantq.tenants.accounts.models import ApiKey, Tenant
-from tenantq.tenants.accounts.service import create_api_key
+from tenantq.tenants.access.models import ApiKey
+from tenantq.tenants.access.service import create_api_key
+from tenantq.tenants.accounts.models import Tenant
 
 _FACTORIES: list[type[SQLAlchemyModelFactory]] = []
 

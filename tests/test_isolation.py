@@ -43,7 +43,8 @@ from tenantq.core.redis import get_redis
 from tenantq.core.settings import reset_settings_cache
 from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery
 from tenantq.tenants.access.keys import ALL_SCOPES
-from tenantq.tenants.accounts.models import ApiKey, Plan
+from tenantq.tenants.access.models import ApiKey
+from tenantq.tenants.accounts.models import Plan
 from tenantq.tenants.accounts.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
 from tests.billing.invoice_factories import InvoiceFactory, UsageEventFactory
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth

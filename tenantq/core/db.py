@@ -166,4 +166,5 @@ def import_models() -> None:
     import tenantq.platform.schedules.models  # noqa: F401
     import tenantq.platform.webhooks.models  # noqa: F401
     import tenantq.platform.workflows.models  # noqa: F401
+    import tenantq.tenants.access.models  # noqa: F401
     import tenantq.tenants.accounts.models  # noqa: F401

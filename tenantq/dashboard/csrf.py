@@ -22,9 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tenantq.core.errors import error_body
-from tenantq.tenants.access.sessions import SESSION_COOKIE
+from tenantq.tenants.access.sessions import ADMIN_SESSION_COOKIE, SESSION_COOKIE
 
-ADMIN_SESSION_COOKIE = "tq_admin_session"
 CSRF_HEADER = "x-requested-with"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GUARDED_PREFIXES = ("/v1/", "/admin/v1/")

@@ -9,8 +9,6 @@ job yours? is the session valid?) is decided here, server side, with the same ru
 from __future__ import annotations
 
 import hashlib
-import hmac
-from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,22 +23,16 @@ from tenantq.core.errors import NotFound, TenantqError
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.dashboard import service
-from tenantq.dashboard.csrf import ADMIN_SESSION_COOKIE
 from tenantq.dashboard.schemas import Overview, WorkersOut
 from tenantq.platform.jobs.repository import JobRepository
-from tenantq.tenants.access.dependencies import (
-    Operator,
-    TenantContext,
-    authenticate_key,
-    authenticate_session,
-)
+from tenantq.tenants.access import auth
+from tenantq.tenants.access.auth import TenantContext
+from tenantq.tenants.access.dependencies import Operator
 from tenantq.tenants.access.keys import ALL_SCOPES
 from tenantq.tenants.access.sessions import (
-    OPERATOR_AUDIENCE,
+    ADMIN_SESSION_COOKIE,
     SESSION_COOKIE,
     clear_session_cookie,
-    decode_token,
-    issue_token,
     set_session_cookie,
 )
 
@@ -51,8 +43,6 @@ STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".svg": "image/svg+xml",
 }
-TENANT_SESSION_TTL = timedelta(hours=1)
-OPERATOR_SESSION_TTL = timedelta(minutes=30)
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -165,24 +155,17 @@ def _admin_page(request: Request, template: str, page: str, title: str, **extra:
 
 
 def tenant_from_cookie(request: Request, session: SessionDep) -> TenantContext | None:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
     try:
-        return authenticate_session(session, token)
+        return auth.tenant_cookie(request, session)
     except TenantqError:
         return None
 
 
 def operator_from_cookie(request: Request) -> bool:
-    token = request.cookies.get(ADMIN_SESSION_COOKIE)
-    if not token:
-        return False
     try:
-        decode_token(token, audience=OPERATOR_AUDIENCE)
+        return auth.operator_cookie(request) is not None
     except TenantqError:
         return False
-    return True
 
 
 def _to_login(request: Request, login_path: str) -> RedirectResponse:
@@ -245,24 +228,22 @@ def login(
             error="This sign-in form was posted from another site.",
         )
     try:
-        ctx = authenticate_key(session, api_key.strip())
+        issued = auth.key_login(request, session, api_key.strip())
     except TenantqError as exc:
-        return render(
+        page = render(
             request,
             "dashboard/login.html",
-            status_code=401,
+            status_code=exc.status_code,
             area="tenant",
             page="login",
             title="Sign in",
             next=target,
             error=exc.message,
         )
-    # The session carries the key's scopes and dies with the key (authenticate_session checks it).
-    token, _exp = issue_token(
-        subject=ctx.tenant_id, scopes=sorted(ctx.scopes), api_key_id=ctx.key_id, ttl=TENANT_SESSION_TTL
-    )
+        page.headers.update(exc.headers)  # Retry-After when the address is throttled
+        return page
     response = RedirectResponse(target, status_code=303)
-    set_session_cookie(response, request, SESSION_COOKIE, token, TENANT_SESSION_TTL)
+    set_session_cookie(response, request, SESSION_COOKIE, issued.token, issued.ttl)
     return response
 
 
@@ -377,20 +358,15 @@ def admin_login(
         return _admin_login_page(
             request, error="This sign-in form was posted from another site.", next=target, status_code=403
         )
-    expected = get_settings().admin_token
-    if not expected:
-        return _admin_login_page(
-            request,
-            error="Operator access is disabled: TENANTQ_ADMIN_TOKEN is not set.",
-            next=target,
-            status_code=403,
-        )
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        return _admin_login_page(request, error="Wrong operator token.", next=target, status_code=401)
+    try:
+        issued = auth.operator_login(request, token.strip())
+    except TenantqError as exc:
+        page = _admin_login_page(request, error=exc.message, next=target, status_code=exc.status_code)
+        page.headers.update(exc.headers)  # Retry-After when the address is throttled
+        return page
     # The cookie holds a short-lived operator JWT, never the admin token itself.
-    jwt, _exp = issue_token(subject="operator", audience=OPERATOR_AUDIENCE, ttl=OPERATOR_SESSION_TTL)
     response = RedirectResponse(target, status_code=303)
-    set_session_cookie(response, request, ADMIN_SESSION_COOKIE, jwt, OPERATOR_SESSION_TTL)
+    set_session_cookie(response, request, ADMIN_SESSION_COOKIE, issued.token, issued.ttl)
     return response
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from tenantq.core.db import utcnow
 from tenantq.tenants.access.keys import ALL_SCOPES, parse_key
-from tenantq.tenants.accounts.models import ApiKey
+from tenantq.tenants.access.models import ApiKey
 from tests.factories import ApiKeyFactory, auth
 
 KEY_FIELDS = {"id", "prefix", "name", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at"}

@@ -10,7 +10,6 @@ import uuid
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tenantq.core.errors import InvalidInput, TooManyRequests
@@ -94,23 +93,6 @@ class TestSubmissionLimit:
         submission_rate_limit(db_session, tenant, 20)
         with pytest.raises(TooManyRequests):
             submission_rate_limit(db_session, tenant, 20)
-
-
-@pytest.fixture
-def client_from():
-    """An in-process client whose requests come from a given address (the limiter keys on it)."""
-    from tenantq.app import create_app
-
-    clients = []
-
-    def make(address: str) -> TestClient:
-        client = TestClient(create_app(), raise_server_exceptions=False, client=(address, 40000))
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.close()
 
 
 class TestAuthFailureLimit:

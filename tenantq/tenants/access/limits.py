@@ -25,6 +25,7 @@ from tenantq.core.keys import auth_bucket_key, submit_bucket_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.tenants.accounts.models import Tenant
+from tenantq.tenants.accounts.service import effective_limits
 
 log = logging.getLogger("tenantq.limits")
 
@@ -99,8 +100,6 @@ def rate_limit_headers(result: BucketResult, burst: int, rate: float) -> dict[st
 # ------------------------------------------------------------------------------------ submissions
 def submission_rate_limit(session: Session, tenant: Tenant, count: int) -> None:
     """Admission check: take ``count`` tokens from the tenant's submission bucket or refuse with 429."""
-    from tenantq.tenants.accounts.service import effective_limits
-
     limits = effective_limits(session, tenant)
     rate, burst = float(limits.submit_rate), int(limits.submit_burst)
     if count > burst:

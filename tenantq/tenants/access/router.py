@@ -1,33 +1,23 @@
-"""Tenant-facing auth routes: API keys (``/v1/keys``) and dashboard sessions (``/v1/auth/session``)."""
+"""Routes of the access area.
+
+- ``/v1/keys`` and ``/v1/auth/session``: a tenant's API keys and dashboard sessions;
+- ``/admin/v1/tenants/{id}/keys``: a tenant's keys, for the operator (onboarding);
+- the operator API of ``tenants.accounts`` (tenants and plans), mounted here behind the operator
+  credential because accounts, the layer below, cannot name it.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from fastapi import APIRouter, Depends, Request, Response
 
-from fastapi import APIRouter, Request, Response
-
-from tenantq.core.db import utcnow
 from tenantq.core.dependencies import SessionDep
-from tenantq.core.errors import Forbidden, Unauthorized
-from tenantq.tenants.access.dependencies import (
-    KeysManage,
-    TenantContext,
-    _bearer,
-    _throttled,
-    authenticate_key,
-)
-from tenantq.tenants.access.sessions import (
-    DEFAULT_TTL,
-    SESSION_COOKIE,
-    TENANT_AUDIENCE,
-    clear_session_cookie,
-    issue_token,
-    looks_like_jwt,
-    set_session_cookie,
-)
-from tenantq.tenants.accounts import service
-from tenantq.tenants.accounts.repository import ApiKeyRepository
-from tenantq.tenants.accounts.schemas import (
+from tenantq.core.errors import Forbidden
+from tenantq.tenants.access import auth, service
+from tenantq.tenants.access.auth import TenantContext
+from tenantq.tenants.access.dependencies import KeysManage, Operator, current_operator
+from tenantq.tenants.access.models import ApiKey
+from tenantq.tenants.access.repository import ApiKeyRepository
+from tenantq.tenants.access.schemas import (
     KeyCreate,
     KeyCreated,
     KeyList,
@@ -36,8 +26,12 @@ from tenantq.tenants.accounts.schemas import (
     SessionCreate,
     SessionOut,
 )
+from tenantq.tenants.access.sessions import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from tenantq.tenants.accounts import router as accounts_router
+from tenantq.tenants.accounts.service import get_tenant
 
-router = APIRouter(prefix="/v1", tags=["auth"])
+tenant_api = APIRouter(prefix="/v1", tags=["auth"])
+operator_api = APIRouter(prefix="/admin/v1", tags=["operator"])
 
 
 def _ensure_within_caller(ctx: TenantContext, scopes: list[str] | set[str]) -> None:
@@ -51,16 +45,16 @@ def _ensure_within_caller(ctx: TenantContext, scopes: list[str] | set[str]) -> N
         )
 
 
-def _created(row, full: str) -> KeyCreated:
+def _created(row: ApiKey, full: str) -> KeyCreated:
     return KeyCreated(**KeyOut.model_validate(row).model_dump(), key=full)
 
 
-@router.get("/keys", response_model=KeyList, summary="List the tenant's API keys (never their secrets)")
+@tenant_api.get("/keys", response_model=KeyList, summary="List the tenant's API keys (never their secrets)")
 def list_keys(ctx: KeysManage, session: SessionDep) -> KeyList:
     return KeyList(items=[KeyOut.model_validate(k) for k in ApiKeyRepository(session, ctx.tenant_id).list()])
 
 
-@router.post(
+@tenant_api.post(
     "/keys",
     response_model=KeyCreated,
     status_code=201,
@@ -77,7 +71,7 @@ def create_key(body: KeyCreate, ctx: KeysManage, session: SessionDep) -> KeyCrea
     return _created(row, full)
 
 
-@router.delete(
+@tenant_api.delete(
     "/keys/{key_id}",
     status_code=204,
     response_class=Response,
@@ -91,7 +85,7 @@ def revoke_key(key_id: str, ctx: KeysManage, session: SessionDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post(
+@tenant_api.post(
     "/keys/{key_id}/rotate",
     response_model=KeyCreated,
     status_code=201,
@@ -107,7 +101,7 @@ def rotate_key(key_id: str, body: KeyRotate, ctx: KeysManage, session: SessionDe
     return _created(row, full)
 
 
-@router.post(
+@tenant_api.post(
     "/auth/session",
     response_model=SessionOut,
     summary="Exchange an API key for a dashboard session",
@@ -119,36 +113,12 @@ def rotate_key(key_id: str, body: KeyRotate, ctx: KeysManage, session: SessionDe
 def create_session(
     request: Request, response: Response, session: SessionDep, body: SessionCreate | None = None
 ) -> SessionOut:
-    raw = _bearer(request) or (body.api_key if body else None)
-    if not raw:
-        raise Unauthorized(
-            "Send an API key as 'Authorization: Bearer <api key>' or as 'api_key'.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if looks_like_jwt(raw):
-        # Otherwise a stolen session could be extended forever by exchanging it for fresh ones.
-        raise Unauthorized(
-            "A session is opened with an API key, not with another session.", code="api_key_required"
-        )
-    ctx = _throttled(request, lambda: authenticate_key(session, raw))
-    now = utcnow()
-    key = ApiKeyRepository(session, ctx.tenant_id).get(ctx.key_id)
-    ttl = DEFAULT_TTL
-    if key.expires_at is not None:
-        ttl = min(ttl, key.expires_at - now)
-    ttl = max(ttl, timedelta(seconds=1))
-    token, exp = issue_token(
-        subject=ctx.tenant_id,
-        audience=TENANT_AUDIENCE,
-        scopes=sorted(ctx.scopes),
-        api_key_id=ctx.key_id,
-        ttl=ttl,
-    )
-    set_session_cookie(response, request, SESSION_COOKIE, token, ttl)
-    return SessionOut(token=token, expires_at=datetime.fromtimestamp(exp, UTC))
+    issued = auth.key_login(request, session, auth.bearer_token(request) or (body.api_key if body else None))
+    set_session_cookie(response, request, SESSION_COOKIE, issued.token, issued.ttl)
+    return SessionOut(token=issued.token, expires_at=issued.expires_at)
 
 
-@router.delete(
+@tenant_api.delete(
     "/auth/session",
     status_code=204,
     response_class=Response,
@@ -160,3 +130,31 @@ def delete_session(request: Request) -> Response:
     response = Response(status_code=204)
     clear_session_cookie(response, request, SESSION_COOKIE)
     return response
+
+
+@operator_api.get("/tenants/{tenant_id}/keys", response_model=KeyList, summary="List a tenant's API keys")
+def list_tenant_keys(tenant_id: str, op: Operator, session: SessionDep) -> KeyList:
+    tenant = get_tenant(session, tenant_id)
+    return KeyList(items=[KeyOut.model_validate(k) for k in ApiKeyRepository(session, tenant.id).list()])
+
+
+@operator_api.post(
+    "/tenants/{tenant_id}/keys",
+    response_model=KeyCreated,
+    status_code=201,
+    summary="Create an API key for a tenant (onboarding)",
+    description="The full key is in the response once; hand it to the tenant.",
+)
+def create_tenant_key(tenant_id: str, body: KeyCreate, op: Operator, session: SessionDep) -> KeyCreated:
+    tenant = get_tenant(session, tenant_id)
+    row, full = service.create_api_key(
+        session, tenant=tenant, scopes=body.scopes, name=body.name, expires_at=body.expires_at
+    )
+    session.commit()
+    return _created(row, full)
+
+
+router = APIRouter()
+router.include_router(tenant_api)
+router.include_router(accounts_router.router, dependencies=[Depends(current_operator)])
+router.include_router(operator_api)

@@ -22,7 +22,8 @@ ALGORITHM = "HS256"
 ISSUER = "tenantq"
 TENANT_AUDIENCE = "tenantq:dashboard"
 OPERATOR_AUDIENCE = "tenantq:operator"
-SESSION_COOKIE = "tq_session"
+SESSION_COOKIE = "tq_session"  # a tenant session (the dashboard and the API)
+ADMIN_SESSION_COOKIE = "tq_admin_session"  # an operator session (the operator dashboard and the API)
 DEFAULT_TTL = timedelta(hours=1)
 MAX_TOKEN_LENGTH = 4096
 

@@ -1,4 +1,4 @@
-"""Plans, tenants and API keys."""
+"""Plans and tenants: who is a customer and what their plan allows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import JSON, ForeignKey, Integer, Numeric, String
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
 
@@ -33,7 +33,7 @@ class Plan(Base):
     included_compute_seconds: Mapped[int] = mapped_column(Integer, default=3600)
     hard_limits: Mapped[bool] = mapped_column(default=True)
     currency: Mapped[str] = mapped_column(String(3), default="usd")
-    base_fee: Mapped[Decimal] = mapped_column(Numeric(18, 6), default=Decimal("0"))
+    base_fee: Mapped[Decimal] = mapped_column(Numeric(18, 6), default=Decimal(0))
     # Schedules: shortest allowed period between two firings, and how many a tenant may own.
     min_schedule_interval_s: Mapped[int] = mapped_column(Integer, default=300)
     max_schedules: Mapped[int] = mapped_column(Integer, default=5)
@@ -49,22 +49,3 @@ class Tenant(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
     overrides: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class ApiKey(Base):
-    """Only an HMAC of the secret is stored; the full key is shown once at creation."""
-
-    __tablename__ = "api_key"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public key id, part of the key
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
-    prefix: Mapped[str] = mapped_column(String(16))
-    secret_hash: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(128), default="")
-    scopes: Mapped[list] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-
-    tenant: Mapped[Tenant] = relationship(lazy="joined")

@@ -1,5 +1,11 @@
-"""Operator API ``/admin/v1``: tenants, plans and a tenant's keys. Needs the operator credential
-(``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT); a tenant's key answers 401."""
+"""Operator API ``/admin/v1``: tenants and plans.
+
+Every route needs the operator credential (``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience
+JWT; a tenant's key answers 401). The check is not declared here: credentials live in
+``tenants.access``, a layer above accounts, and ``tenants.access.router`` mounts this router behind
+the operator dependency (``tests/test_isolation.py`` proves every ``/admin/v1`` route refuses a
+tenant's key).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,8 @@ from fastapi import APIRouter, Query
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.core.redis import get_redis
-from tenantq.tenants.access.dependencies import Operator
 from tenantq.tenants.accounts import service
-from tenantq.tenants.accounts.repository import ApiKeyRepository
 from tenantq.tenants.accounts.schemas import (
-    KeyCreate,
-    KeyCreated,
-    KeyList,
-    KeyOut,
     PlanCreate,
     PlanList,
     PlanOut,
@@ -32,7 +32,6 @@ router = APIRouter(prefix="/admin/v1", tags=["operator"])
 
 @router.get("/tenants", response_model=TenantList, summary="List tenants")
 def list_tenants(
-    op: Operator,
     session: SessionDep,
     status: Annotated[
         Literal["active", "suspended"] | None, Query(description="Only tenants in this status.")
@@ -44,14 +43,14 @@ def list_tenants(
 
 
 @router.post("/tenants", response_model=TenantOut, status_code=201, summary="Create a tenant")
-def create_tenant(body: TenantCreate, op: Operator, session: SessionDep) -> TenantOut:
+def create_tenant(body: TenantCreate, session: SessionDep) -> TenantOut:
     tenant = service.create_tenant(session, name=body.name, plan=body.plan, overrides=body.overrides)
-    session.flush()
+    session.commit()
     return TenantOut.model_validate(tenant)
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantOut, summary="Get a tenant")
-def get_tenant(tenant_id: str, op: Operator, session: SessionDep) -> TenantOut:
+def get_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     return TenantOut.model_validate(service.get_tenant(session, tenant_id))
 
 
@@ -62,13 +61,13 @@ def get_tenant(tenant_id: str, op: Operator, session: SessionDep) -> TenantOut:
     description="`overrides` replaces all overrides (`{}` clears them); only limit fields are accepted "
     "and the result must be coherent with the plan (e.g. priority_min <= priority_max).",
 )
-def update_tenant(tenant_id: str, body: TenantUpdate, op: Operator, session: SessionDep) -> TenantOut:
+def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep) -> TenantOut:
     tenant = service.get_tenant(session, tenant_id)
     kwargs = {}
     if "overrides" in body.model_fields_set:
         kwargs["overrides"] = body.overrides or {}
     service.update_tenant(session, tenant, name=body.name, plan=body.plan, **kwargs)
-    session.flush()
+    session.commit()
     return TenantOut.model_validate(tenant)
 
 
@@ -79,7 +78,7 @@ def update_tenant(tenant_id: str, body: TenantUpdate, op: Operator, session: Ses
     description="New submissions answer 403 `tenant_suspended`; queued jobs stay queued (the queue is "
     "paused, nothing is dropped) and resume on reactivation.",
 )
-def suspend_tenant(tenant_id: str, op: Operator, session: SessionDep) -> TenantOut:
+def suspend_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     tenant = service.suspend_tenant(session, service.get_tenant(session, tenant_id), get_redis())
     return TenantOut.model_validate(tenant)
 
@@ -91,35 +90,13 @@ def suspend_tenant(tenant_id: str, op: Operator, session: SessionDep) -> TenantO
     description="Accepts submissions again and resumes the queue, unless the operator paused the "
     "queue separately.",
 )
-def reactivate_tenant(tenant_id: str, op: Operator, session: SessionDep) -> TenantOut:
+def reactivate_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     tenant = service.reactivate_tenant(session, service.get_tenant(session, tenant_id), get_redis())
     return TenantOut.model_validate(tenant)
 
 
-@router.get("/tenants/{tenant_id}/keys", response_model=KeyList, summary="List a tenant's API keys")
-def list_tenant_keys(tenant_id: str, op: Operator, session: SessionDep) -> KeyList:
-    tenant = service.get_tenant(session, tenant_id)
-    return KeyList(items=[KeyOut.model_validate(k) for k in ApiKeyRepository(session, tenant.id).list()])
-
-
-@router.post(
-    "/tenants/{tenant_id}/keys",
-    response_model=KeyCreated,
-    status_code=201,
-    summary="Create an API key for a tenant (onboarding)",
-    description="The full key is in the response once; hand it to the tenant.",
-)
-def create_tenant_key(tenant_id: str, body: KeyCreate, op: Operator, session: SessionDep) -> KeyCreated:
-    tenant = service.get_tenant(session, tenant_id)
-    row, full = service.create_api_key(
-        session, tenant=tenant, scopes=body.scopes, name=body.name, expires_at=body.expires_at
-    )
-    session.flush()
-    return KeyCreated(**KeyOut.model_validate(row).model_dump(), key=full)
-
-
 @router.get("/plans", response_model=PlanList, summary="List plans")
-def list_plans(op: Operator, session: SessionDep) -> PlanList:
+def list_plans(session: SessionDep) -> PlanList:
     return PlanList(items=[PlanOut.model_validate(p) for p in service.list_plans(session)])
 
 
@@ -130,9 +107,9 @@ def list_plans(op: Operator, session: SessionDep) -> PlanList:
     summary="Create a plan",
     description="Unspecified fields take the defaults. Rates > 0, 0 <= priority_min <= priority_max <= 9.",
 )
-def create_plan(body: PlanCreate, op: Operator, session: SessionDep) -> PlanOut:
+def create_plan(body: PlanCreate, session: SessionDep) -> PlanOut:
     plan = service.create_plan(session, body)
-    session.flush()
+    session.commit()
     return PlanOut.model_validate(plan)
 
 
@@ -143,7 +120,7 @@ def create_plan(body: PlanCreate, op: Operator, session: SessionDep) -> PlanOut:
     description="Applies to every tenant on the plan from their next request. 409 if a tenant's "
     "overrides would become incoherent.",
 )
-def update_plan(plan_name: str, body: PlanUpdate, op: Operator, session: SessionDep) -> PlanOut:
+def update_plan(plan_name: str, body: PlanUpdate, session: SessionDep) -> PlanOut:
     plan = service.update_plan(session, service.get_plan(session, plan_name), body)
-    session.flush()
+    session.commit()
     return PlanOut.model_validate(plan)

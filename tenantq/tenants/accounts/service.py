@@ -1,4 +1,4 @@
-"""Tenant, plan and key operations shared by the tenant API, the operator API, the CLI and tests.
+"""Tenant and plan operations shared by the operator API, the CLI, the other areas and tests.
 
 Functions take the session (and a Redis client where the queue is involved) explicitly and flush;
 the caller commits. Suspension touches Redis: the tenant id goes into SET ``tq:paused`` with the
@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tenantq.core import keys
-from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
-from tenantq.core.settings import get_settings
-from tenantq.tenants.access.keys import ALL_SCOPES, generate_key, hash_key
-from tenantq.tenants.accounts.models import ApiKey, Plan, Tenant
+from tenantq.tenants.accounts.models import Plan, Tenant
+from tenantq.tenants.accounts.repository import AccountRepository
 from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanCreate, PlanUpdate
 
 log = logging.getLogger("tenantq.tenants")
@@ -35,71 +32,71 @@ SUSPENDED_REASON = "suspended"
 OPERATOR_PAUSE_REASON = "operator_pause"
 
 DEFAULT_PLANS: list[dict] = [
-    dict(
-        name="free",
-        display_name="Free",
-        submit_rate=5,
-        submit_burst=20,
-        exec_rate=5,
-        concurrency=2,
-        max_queued=1000,
-        weight=1,
-        priority_min=0,
-        priority_max=5,
-        max_time_limit_s=60,
-        max_retries=3,
-        included_jobs=1000,
-        included_compute_seconds=600,
-        hard_limits=True,
-        base_fee="0",
-        min_schedule_interval_s=300,
-        max_schedules=5,
-    ),
-    dict(
-        name="pro",
-        display_name="Pro",
-        submit_rate=50,
-        submit_burst=200,
-        exec_rate=50,
-        concurrency=10,
-        max_queued=50_000,
-        weight=3,
-        priority_min=0,
-        priority_max=9,
-        max_time_limit_s=900,
-        max_retries=10,
-        included_jobs=100_000,
-        included_compute_seconds=36_000,
-        hard_limits=False,
-        base_fee="49.00",
-        min_schedule_interval_s=60,
-        max_schedules=100,
-    ),
-    dict(
-        name="enterprise",
-        display_name="Enterprise",
-        submit_rate=500,
-        submit_burst=2000,
-        exec_rate=500,
-        concurrency=100,
-        max_queued=1_000_000,
-        weight=5,
-        priority_min=0,
-        priority_max=9,
-        max_time_limit_s=3600,
-        max_retries=25,
-        included_jobs=10_000_000,
-        included_compute_seconds=1_000_000,
-        hard_limits=False,
-        base_fee="999.00",
-        min_schedule_interval_s=1,
-        max_schedules=10_000,
-    ),
+    {
+        "name": "free",
+        "display_name": "Free",
+        "submit_rate": 5,
+        "submit_burst": 20,
+        "exec_rate": 5,
+        "concurrency": 2,
+        "max_queued": 1000,
+        "weight": 1,
+        "priority_min": 0,
+        "priority_max": 5,
+        "max_time_limit_s": 60,
+        "max_retries": 3,
+        "included_jobs": 1000,
+        "included_compute_seconds": 600,
+        "hard_limits": True,
+        "base_fee": "0",
+        "min_schedule_interval_s": 300,
+        "max_schedules": 5,
+    },
+    {
+        "name": "pro",
+        "display_name": "Pro",
+        "submit_rate": 50,
+        "submit_burst": 200,
+        "exec_rate": 50,
+        "concurrency": 10,
+        "max_queued": 50_000,
+        "weight": 3,
+        "priority_min": 0,
+        "priority_max": 9,
+        "max_time_limit_s": 900,
+        "max_retries": 10,
+        "included_jobs": 100_000,
+        "included_compute_seconds": 36_000,
+        "hard_limits": False,
+        "base_fee": "49.00",
+        "min_schedule_interval_s": 60,
+        "max_schedules": 100,
+    },
+    {
+        "name": "enterprise",
+        "display_name": "Enterprise",
+        "submit_rate": 500,
+        "submit_burst": 2000,
+        "exec_rate": 500,
+        "concurrency": 100,
+        "max_queued": 1_000_000,
+        "weight": 5,
+        "priority_min": 0,
+        "priority_max": 9,
+        "max_time_limit_s": 3600,
+        "max_retries": 25,
+        "included_jobs": 10_000_000,
+        "included_compute_seconds": 1_000_000,
+        "hard_limits": False,
+        "base_fee": "999.00",
+        "min_schedule_interval_s": 1,
+        "max_schedules": 10_000,
+    },
 ]
 
 
 def get_tenant_by_ref(session: Session, ref: str) -> Tenant:
-    tenant = session.scalars(select(Tenant).where(or_(Tenant.id == ref, Tenant.name == ref))).first()
+    tenant = AccountRepository(session).tenant_by_ref(ref)
     if tenant is None:
         raise NotFound(f"No tenant with id or name {ref!r}.")
     return tenant
@@ -115,7 +112,7 @@ def _check_name(name: str, what: str = "Tenant name") -> str:
 
 
 def _get_plan(session: Session, name: str) -> Plan:
-    plan = session.get(Plan, name)
+    plan = AccountRepository(session).plan(name)
     if plan is None:
         raise InvalidInput(f"Unknown plan {name!r}.", code="unknown_plan", details={"plan": name})
     return plan
@@ -127,26 +124,23 @@ def create_tenant(
     name = _check_name(name)
     plan_row = _get_plan(session, plan)
     clean = validate_overrides(plan_row, overrides or {})
-    if session.scalars(select(Tenant).where(Tenant.name == name)).first() is not None:
+    accounts = AccountRepository(session)
+    if accounts.name_taken(name):
         raise Conflict(f"A tenant named {name!r} already exists.", code="tenant_exists")
     tenant = Tenant(name=name, plan_name=plan, overrides=clean)
-    session.add(tenant)
-    session.flush()
+    accounts.add(tenant)
     return tenant
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
-    tenant = session.get(Tenant, tenant_id)
+    tenant = AccountRepository(session).tenant(tenant_id)
     if tenant is None:
         raise NotFound("Tenant not found.", details={"id": tenant_id})
     return tenant
 
 
 def list_tenants(session: Session, *, status: str | None = None) -> list[Tenant]:
-    query = select(Tenant).order_by(Tenant.name)
-    if status:
-        query = query.where(Tenant.status == status)
-    return list(session.scalars(query))
+    return AccountRepository(session).tenants(status=status)
 
 
 _UNSET: Any = object()
@@ -164,7 +158,7 @@ def update_tenant(
     The overrides are re-validated against the (new) plan so the merged limits are always coherent."""
     if name is not None and name.strip() != tenant.name:
         name = _check_name(name)
-        if session.scalars(select(Tenant).where(Tenant.name == name, Tenant.id != tenant.id)).first():
+        if AccountRepository(session).name_taken(name, except_id=tenant.id):
             raise Conflict(f"A tenant named {name!r} already exists.", code="tenant_exists")
         tenant.name = name
     plan_row = _get_plan(session, plan if plan is not None else tenant.plan_name)
@@ -298,7 +292,7 @@ def effective_limits(session: Session, tenant: Tenant) -> EffectiveLimits:
     """Plan + overrides. Overrides were validated when written; an unknown or out-of-bounds value
     found here anyway (a hand-edited row) is ignored and logged, so one bad row cannot break the
     dispatcher for everyone."""
-    plan = session.get(Plan, tenant.plan_name)
+    plan = AccountRepository(session).plan(tenant.plan_name)
     if plan is None:
         raise NotFound(f"Plan {tenant.plan_name!r} of tenant {tenant.id} does not exist.")
     merged = _plan_limits(plan)
@@ -319,11 +313,11 @@ def effective_limits(session: Session, tenant: Tenant) -> EffectiveLimits:
 
 # ---------------------------------------------------------------------------------------- plans
 def list_plans(session: Session) -> list[Plan]:
-    return list(session.scalars(select(Plan).order_by(Plan.name)))
+    return AccountRepository(session).plans()
 
 
 def get_plan(session: Session, name: str) -> Plan:
-    plan = session.get(Plan, name)
+    plan = AccountRepository(session).plan(name)
     if plan is None:
         raise NotFound("Plan not found.", details={"name": name})
     return plan
@@ -339,7 +333,8 @@ def _check_plan_coherent(values: dict[str, Any]) -> None:
 
 
 def create_plan(session: Session, data: PlanCreate) -> Plan:
-    if session.get(Plan, data.name) is not None:
+    accounts = AccountRepository(session)
+    if accounts.plan(data.name) is not None:
         raise Conflict(f"A plan named {data.name!r} already exists.", code="plan_exists")
     given = data.model_dump(exclude_none=True)
     plan = Plan(**given)
@@ -353,8 +348,7 @@ def create_plan(session: Session, data: PlanCreate) -> Plan:
             setattr(plan, column.name, column.default.arg)
     plan.display_name = plan.display_name or data.name
     _check_plan_coherent({f: getattr(plan, f) for f in LIMIT_FIELDS})
-    session.add(plan)
-    session.flush()
+    accounts.add(plan)
     return plan
 
 
@@ -365,7 +359,7 @@ def update_plan(session: Session, plan: Plan, data: PlanUpdate) -> Plan:
     merged = {**_plan_limits(plan), **{k: v for k, v in changes.items() if k in LIMIT_FIELDS}}
     _check_plan_coherent(merged)
     conflicts = []
-    for tenant in session.scalars(select(Tenant).where(Tenant.plan_name == plan.name)):
+    for tenant in AccountRepository(session).tenants_on_plan(plan.name):
         values = {**merged, **{k: v for k, v in (tenant.overrides or {}).items() if k in LIMIT_FIELDS}}
         if values["priority_min"] > values["priority_max"]:
             conflicts.append(tenant.id)
@@ -381,78 +375,10 @@ def update_plan(session: Session, plan: Plan, data: PlanUpdate) -> Plan:
     return plan
 
 
-def create_api_key(
-    session: Session,
-    *,
-    tenant: Tenant,
-    scopes: list[str] | None = None,
-    name: str = "",
-    expires_at: datetime | None = None,
-) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the full secret key (shown once, never stored)."""
-    scopes = list(dict.fromkeys(scopes)) if scopes else list(ALL_SCOPES)
-    unknown = sorted(set(scopes) - set(ALL_SCOPES))
-    if unknown:
-        raise InvalidInput(
-            f"Unknown scopes: {', '.join(unknown)}.",
-            code="unknown_scope",
-            details={"allowed": list(ALL_SCOPES)},
-        )
-    name = name.strip()
-    if len(name) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidInput("Key name must be at most 128 printable characters.")
-    if expires_at is not None and expires_at <= utcnow():
-        raise InvalidInput("expires_at must be in the future.", code="invalid_expiry")
-    settings = get_settings()
-    full, kid, prefix = generate_key(settings.env)
-    row = ApiKey(
-        id=kid,
-        tenant_id=tenant.id,
-        prefix=prefix,
-        secret_hash=hash_key(full, settings.secret_key),
-        name=name,
-        scopes=scopes,
-        expires_at=expires_at,
-    )
-    session.add(row)
-    session.flush()
-    return row, full
-
-
 def seed_plans(session: Session) -> None:
-    from decimal import Decimal
-
+    accounts = AccountRepository(session)
     for spec in DEFAULT_PLANS:
-        if session.get(Plan, spec["name"]) is None:
+        if accounts.plan(spec["name"]) is None:
             data = dict(spec)
             data["base_fee"] = Decimal(data["base_fee"])
-            session.add(Plan(**data))
-    session.flush()
-
-
-def revoke_key(session: Session, key: ApiKey) -> ApiKey:
-    """Revoke now. Authentication reads the row on every request (no cache), so every API process
-    rejects the key from the next request on. Idempotent: the first revocation time is kept."""
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        session.flush()
-    return key
-
-
-def rotate_key(session: Session, key: ApiKey, *, grace_seconds: int) -> tuple[ApiKey, str]:
-    """Issue a replacement with the same name, scopes and expiry; the old key keeps working for
-    ``grace_seconds`` (``expires_at = now + grace``, never later than its own expiry)."""
-    now = utcnow()
-    if key.revoked_at is not None:
-        raise Conflict("A revoked key cannot be rotated.", code="key_revoked", details={"id": key.id})
-    if key.expires_at is not None and key.expires_at <= now:
-        raise Conflict("An expired key cannot be rotated.", code="key_expired", details={"id": key.id})
-    tenant = session.get(Tenant, key.tenant_id)
-    new_row, full = create_api_key(
-        session, tenant=tenant, scopes=list(key.scopes or ()), name=key.name, expires_at=key.expires_at
-    )
-    grace_end = now + timedelta(seconds=grace_seconds)
-    if key.expires_at is None or grace_end < key.expires_at:
-        key.expires_at = grace_end
-    session.flush()
-    return new_row, full
+            accounts.add(Plan(**data))

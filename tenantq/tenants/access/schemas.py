@@ -1,0 +1,90 @@
+"""Request and response bodies of the key and session API (``/v1/keys``, ``/v1/auth/session``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tenantq.tenants.access.keys import ALL_SCOPES
+from tenantq.tenants.accounts.schemas import clean_name
+
+Scope = str
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+def _check_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; allowed: {list(ALL_SCOPES)}")
+    # Keep the caller's order but drop duplicates.
+    return list(dict.fromkeys(scopes))
+
+
+# ---------------------------------------------------------------------------------------------- keys
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=128, description="A label for the key (any printable text).")
+    scopes: list[Scope] = Field(
+        min_length=1,
+        max_length=len(ALL_SCOPES) * 2,
+        description=f"Scopes of the new key, a subset of the caller's own. Known: {', '.join(ALL_SCOPES)}.",
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="Optional expiry (ISO 8601, in the future)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return clean_name(v)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        return _check_scopes(v)
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(
+        ge=0,
+        le=MAX_GRACE_SECONDS,
+        description="How long the old key keeps working (0 = stop now). Its expires_at becomes now + grace.",
+    )
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The full secret key. Shown once: only its keyed hash is stored.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+# ------------------------------------------------------------------------------------------ sessions
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str | None = Field(default=None, max_length=128, description="Alternative to the bearer header.")
+
+
+class SessionOut(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    expires_at: datetime
