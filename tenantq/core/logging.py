@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from tenantq.core import metrics
+from tenantq.core.settings import get_settings
+
 # Record attributes promoted to top-level JSON fields when a log call passes them in ``extra``.
 CONTEXT_FIELDS = (
     "tenant_id",
@@ -121,8 +124,6 @@ class HumanFormatter(logging.Formatter):
 
 
 def use_json(stream: Any = None) -> bool:
-    from tenantq.core.settings import get_settings
-
     forced = get_settings().log_json
     if forced is not None:
         return forced
@@ -247,8 +248,6 @@ class RequestLogMiddleware:
                 },
             )
             if status:
-                from tenantq.ops import metrics
-
                 metrics.observe_request(method, route, status, elapsed)
 
 

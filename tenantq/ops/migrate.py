@@ -6,8 +6,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.orm import Session
 
+from tenantq.billing.invoicing.pricing import seed_prices
+from tenantq.core.db import make_engine
 from tenantq.core.settings import get_settings
+from tenantq.tenants.accounts.service import seed_plans
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -26,16 +30,9 @@ def upgrade(database_url: str | None = None, revision: str = "head") -> None:
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
     # Seed data lives in code so plans can evolve without a migration per price change.
-    from sqlalchemy.orm import Session
-
-    from tenantq.core.db import make_engine
-    from tenantq.tenants.accounts.service import seed_plans
-
     engine = make_engine(url)
     with Session(engine) as session:
         seed_plans(session)
-        from tenantq.billing.invoicing.pricing import seed_prices
-
         seed_prices(session)
         session.commit()
     engine.dispose()

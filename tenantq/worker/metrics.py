@@ -2,7 +2,7 @@
 
 Receivers here run next to ``tenantq.worker.signals`` (which moves job status in SQL) and never
 raise: a metrics or Redis hiccup must not disturb an attempt. Keys are documented in
-``tenantq.ops.metrics``.
+``tenantq.core.metrics``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from celery import signals
 
+from tenantq.core import metrics
 from tenantq.core.logging import reset_context, set_context
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.ops import metrics
 from tenantq.platform.jobs.registry import RetryScheduled
 from tenantq.worker.signals import _job_meta
 

@@ -12,6 +12,7 @@ from tenantq.core.db import utcnow
 from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
 from tenantq.platform.dispatch.queues import TenantQueues, lease_key, wait_key
+from tenantq.platform.jobs.tasks import queued_before
 from tests.factories import JobFactory, TenantFactory
 
 
@@ -99,7 +100,7 @@ class TestLostJobs:
         tenant = TenantFactory()
         old = utcnow().replace(year=utcnow().year - 1)
         lost = JobFactory(tenant=tenant, status="queued", created_at=old)
-        d = Dispatcher(client=iso_redis, use_leader_lock=False)
+        d = Dispatcher(client=iso_redis, use_leader_lock=False, queued_in_sql=queued_before)
         d.lost_grace = 60
         assert d.requeue_lost_sql_jobs(limit=10_000) >= 1
         assert iso_redis.zscore(f"tq:q:{tenant.id}", lost.id) is not None

@@ -32,11 +32,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.metering import STREAM, Meter
 from tenantq.billing.usage.models import USAGE_METRICS, UsageEvent
+from tenantq.billing.usage.quotas import add_compute_usage, sync_counters_from_sql
 from tenantq.core.db import system_session, utcnow
 from tenantq.core.redis import get_redis
 
@@ -102,9 +104,9 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> list[dict[str
         r.setdefault("recorded_at", now)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        insert = postgresql.insert
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        insert = sqlite.insert
     else:  # pragma: no cover - tenantq supports PostgreSQL and SQLite
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
     # executemany (SQLAlchemy batches it into multi-row INSERT .. RETURNING): one cached statement, a
@@ -177,8 +179,6 @@ class Flusher:
             pipe.xdel(STREAM, *good)
             pipe.execute()
         if new_rows:
-            from tenantq.billing.usage.quotas import add_compute_usage
-
             add_compute_usage(self.r, new_rows)
         return len(new_rows)
 
@@ -230,8 +230,6 @@ class Flusher:
             Meter(self.r).reconcile()
         if now - self._last_quota_sync >= self.quota_sync_every:
             self._last_quota_sync = now
-            from tenantq.billing.usage.quotas import sync_counters_from_sql
-
             sync_counters_from_sql(self.r)
 
     def run_forever(self) -> None:
