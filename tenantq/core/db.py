@@ -151,4 +151,3 @@ def system_session() -> Iterator[Session]:
         raise
     finally:
         session.close()
-

@@ -263,7 +263,10 @@ class TestExportedNames:
         samples = {name for name in parse(text) if name.startswith("tenantq_")}
         assert samples <= ops_metrics.exported_sample_names()
         # Everything but a gauge family that happens to be empty (no job running) has samples.
-        assert ops_metrics.exported_sample_names() - samples <= {"tenantq_jobs_running", "tenantq_queue_depth"}
+        assert ops_metrics.exported_sample_names() - samples <= {
+            "tenantq_jobs_running",
+            "tenantq_queue_depth",
+        }
 
 
 class TestMultiprocessFiles:
