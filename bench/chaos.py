@@ -127,10 +127,13 @@ class Chaos:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, n: int, seconds: float) -> list[str]:
+        from tenantq.app import assemble
         from tenantq.core.db import system_session
         from tenantq.platform.jobs.schemas import JobCreate
         from tenantq.platform.jobs.service import submit_job
         from tenantq.tenants.accounts.models import Tenant
+
+        assemble()  # this process admits jobs as the API does: task types, every table, the quota check
 
         ids: list[str] = []
         with system_session() as session:
