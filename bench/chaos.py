@@ -129,10 +129,13 @@ class Chaos:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, n: int, seconds: float) -> list[str]:
+        from tenantq.assembly import assemble
         from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.schemas import JobCreate
         from tenantq.platform.jobs.service import submit_job
         from tenantq.tenants.accounts.models import Tenant
+
+        assemble()  # this process admits jobs as the API does: task types, every table, the quota check
 
         ids: list[str] = []
         with unscoped_session() as session:

@@ -163,6 +163,12 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
 
     celery_app.conf.broker_url = redis_server.url
     celery_app.conf.result_backend = redis_server.url
+    # The tests are an entry point like the API: every table and the plugged-in layers (tests call
+    # services directly, not only through the app); the task types register with the worker package.
+    import tenantq.worker  # noqa: F401
+    from tenantq.assembly import assemble
+
+    assemble()
     upgrade(db_url)
     yield env
     dispose_engine()

@@ -118,9 +118,6 @@ def get_engine() -> Engine:
     """One engine per process; a forked child gets its own (never share pooled sockets across fork)."""
     global _engine, _engine_pid, _sessionmaker
     if _engine is None or _engine_pid != os.getpid():
-        # Every mapper must be configured before the first flush, whatever this process imported
-        # (beat, say, never imports workflows, yet a job row references the workflow table).
-        import_models()
         _engine = make_engine(get_settings().effective_database_url)
         _engine_pid = os.getpid()
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
@@ -156,15 +153,3 @@ def unscoped_session() -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def import_models() -> None:
-    """Import every module that defines tables so ``Base.metadata`` is complete."""
-    import tenantq.billing.invoicing.models  # noqa: F401
-    import tenantq.billing.usage.models  # noqa: F401
-    import tenantq.platform.jobs.models  # noqa: F401
-    import tenantq.platform.schedules.models  # noqa: F401
-    import tenantq.platform.webhooks.models  # noqa: F401
-    import tenantq.platform.workflows.models  # noqa: F401
-    import tenantq.tenants.access.models  # noqa: F401
-    import tenantq.tenants.accounts.models  # noqa: F401

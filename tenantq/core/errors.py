@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tenantq.core.metrics import rejection
+
 
 class TenantqError(Exception):
     status_code = 400
@@ -94,8 +96,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TenantqError)
     async def _tenantq_error(request: Request, exc: TenantqError) -> JSONResponse:
         if exc.status_code in (402, 429):  # rate-limit and quota refusals are an operator signal
-            from tenantq.ops.metrics import rejection
-
             rejection(getattr(request.state, "tenant_id", None), exc.code, exc.status_code)
         return JSONResponse(
             error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=exc.headers

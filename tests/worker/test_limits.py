@@ -14,6 +14,7 @@ from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.messages import JobMessage
+from tenantq.platform.jobs.tasks import queued_before
 from tenantq.worker import pipeline
 from tests.factories import JobFactory, TenantFactory
 
@@ -96,7 +97,7 @@ class TestLostJobs:
         tenant = TenantFactory()
         old = utcnow().replace(year=utcnow().year - 1)
         lost = JobFactory(tenant=tenant, status="queued", created_at=old)
-        d = Dispatcher(client=iso_redis, use_leader_lock=False)
+        d = Dispatcher(client=iso_redis, use_leader_lock=False, queued_in_sql=queued_before)
         d.lost_grace = 60
         assert d.requeue_lost_sql_jobs(limit=10_000) >= 1
         assert iso_redis.zscore(f"tq:q:{tenant.id}", lost.id) is not None

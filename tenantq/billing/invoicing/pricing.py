@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.invoicing.models import PlanPrice, PriceTier
+from tenantq.core.db import unscoped_session
 from tenantq.core.errors import InvalidInput, NotFound
 from tenantq.tenants.accounts.models import Plan
 
@@ -240,8 +241,6 @@ def price_usage(
     and should note that included units apply per call. Without a session one is opened (read only).
     """
     if session is None:
-        from tenantq.core.db import unscoped_session
-
         with unscoped_session() as own:
             return price_usage(plan_name, usage, own, include_base_fee=include_base_fee)
     plan = session.get(Plan, plan_name)

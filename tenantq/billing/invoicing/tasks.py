@@ -20,8 +20,18 @@ from celery.schedules import crontab
 from sqlalchemy import select
 
 from tenantq.billing.invoicing.models import Invoice, StripeEvent
+from tenantq.billing.invoicing.service import close_due_periods
+from tenantq.billing.invoicing.stripe_sync import (
+    StripeSyncError,
+    process_event,
+    stream_meter_events,
+    stripe_client,
+    stripe_configured,
+    sync_invoice,
+)
 from tenantq.core.celery import SYSTEM_QUEUE, app
 from tenantq.core.db import unscoped_session, utcnow
+from tenantq.core.settings import get_settings
 
 log = logging.getLogger("tenantq.billing")
 
@@ -30,9 +40,6 @@ SWEEP_AFTER = timedelta(minutes=2)
 
 @app.task(name="billing.close_due_periods", queue=SYSTEM_QUEUE)
 def close_due_periods_task() -> list[str]:
-    from tenantq.billing.invoicing.service import close_due_periods
-    from tenantq.billing.invoicing.stripe_sync import stripe_configured
-
     closed = close_due_periods()
     if closed and stripe_configured():
         with unscoped_session() as session:
@@ -52,8 +59,6 @@ def close_due_periods_task() -> list[str]:
 
 @app.task(name="billing.stripe_sync_invoice", bind=True, queue=SYSTEM_QUEUE, max_retries=8)
 def stripe_sync_invoice(self, invoice_id: str) -> dict:
-    from tenantq.billing.invoicing.stripe_sync import StripeSyncError, stripe_client, sync_invoice
-
     try:
         with unscoped_session() as session:
             invoice = session.get(Invoice, invoice_id)
@@ -66,16 +71,12 @@ def stripe_sync_invoice(self, invoice_id: str) -> dict:
 
 @app.task(name="billing.stripe_event", queue=SYSTEM_QUEUE)
 def stripe_event(event_id: str) -> str:
-    from tenantq.billing.invoicing.stripe_sync import process_event
-
     with unscoped_session() as session:
         return process_event(session, event_id)
 
 
 @app.task(name="billing.stripe_event_sweep", queue=SYSTEM_QUEUE)
 def stripe_event_sweep() -> int:
-    from tenantq.billing.invoicing.stripe_sync import process_event
-
     with unscoped_session() as session:
         ids = list(
             session.scalars(
@@ -93,9 +94,6 @@ def stripe_event_sweep() -> int:
 
 @app.task(name="billing.stripe_meter_events", queue=SYSTEM_QUEUE)
 def stripe_meter_events() -> dict:
-    from tenantq.billing.invoicing.stripe_sync import stream_meter_events, stripe_client, stripe_configured
-    from tenantq.core.settings import get_settings
-
     if not (stripe_configured() and get_settings().stripe_meters):
         return {"skipped": "not_configured"}
     with unscoped_session() as session:

@@ -6,6 +6,8 @@ flushers are scaled to zero or only the Celery side is deployed. Both are idempo
 
 from __future__ import annotations
 
+from tenantq.billing.usage.metering import Meter
+from tenantq.billing.usage.quotas import sync_counters_from_sql
 from tenantq.core.celery import SYSTEM_QUEUE, app
 
 RECONCILE_EVERY_S = 30.0
@@ -15,16 +17,12 @@ QUOTA_SYNC_EVERY_S = 300.0
 @app.task(name="billing.reconcile_usage")
 def reconcile_usage() -> int:
     """Close attempts whose worker died without reporting (billed as ``lost``)."""
-    from tenantq.billing.usage.metering import Meter
-
     return Meter().reconcile()
 
 
 @app.task(name="billing.sync_quota_counters")
 def sync_quota_counters() -> int:
     """Reset the current period's Redis quota counters from SQL."""
-    from tenantq.billing.usage.quotas import sync_counters_from_sql
-
     return sync_counters_from_sql()
 
 

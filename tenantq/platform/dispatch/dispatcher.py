@@ -37,14 +37,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import select
 
 from tenantq.core import keys
 from tenantq.core.celery import PRIORITY_LEVELS, app, to_celery_priority
+from tenantq.core.db import utcnow
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import routing
@@ -96,6 +97,21 @@ def publish(message: dict[str, Any], queue: str) -> None:
 Publisher = Callable[[dict[str, Any], str], None]
 
 
+@dataclass(frozen=True)
+class QueuedJob:
+    """A job SQL holds as ``queued``, with the message that runs its next attempt."""
+
+    tenant_id: str
+    job_id: str
+    priority: int
+    message: dict[str, Any]
+
+
+# (created before, at most this many) -> SQL's queued jobs, oldest first. The jobs layer sits above
+# this one and provides it (``tenantq.platform.jobs.tasks.queued_before``).
+QueuedInSql = Callable[[datetime, int], list[QueuedJob]]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -107,6 +123,7 @@ class Dispatcher:
         limits: LimitsCache | None = None,
         instance_id: str | None = None,
         use_leader_lock: bool = True,
+        queued_in_sql: QueuedInSql | None = None,
     ):
         settings = get_settings()
         self.r = client or get_redis()
@@ -117,6 +134,8 @@ class Dispatcher:
         self.limits = limits or LimitsCache()
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.use_leader_lock = use_leader_lock
+        # Without it the reconciler re-queues from Redis only (a dispatcher in a test, a bench).
+        self.queued_in_sql = queued_in_sql
         self.leader_ttl = settings.leader_ttl_seconds
         self.lease_ttl = settings.lease_ttl_seconds
         self.inflight_deadline = settings.inflight_deadline_seconds
@@ -184,34 +203,23 @@ class Dispatcher:
         """SQL says queued, Redis has no trace of it (an API crash between commit and enqueue, a Redis
         restart without persistence): queue it again. A job merely waiting in Celery is recognised
         by its publish record; if it is requeued anyway, the start guard skips the second copy."""
-        from tenantq.core.db import unscoped_session, utcnow
-        from tenantq.platform.jobs.models import Job
-        from tenantq.platform.jobs.service import job_message
-
-        cutoff = utcnow() - timedelta(seconds=self.lost_grace)
-        with unscoped_session() as session:
-            jobs = list(
-                session.scalars(
-                    select(Job)
-                    .where(Job.status == "queued", Job.created_at < cutoff)
-                    .order_by(Job.created_at)
-                    .limit(limit)
-                )
-            )
-            if not jobs:
-                return 0
-            published = self.r.hmget(DISPATCHED_AT, [j.id for j in jobs])
-            now = time.time()
-            count = 0
-            for job, at in zip(jobs, published, strict=True):
-                if at is not None and now - float(at) < self.lost_grace:
-                    continue
-                if self.queues.is_pending(job.tenant_id, job.id):
-                    continue
-                self.queues.enqueue(job.tenant_id, job.id, job.priority, job_message(job))
-                self.r.hdel(DISPATCHED_AT, job.id)
-                count += 1
-            return count
+        if self.queued_in_sql is None:
+            return 0
+        jobs = self.queued_in_sql(utcnow() - timedelta(seconds=self.lost_grace), limit)
+        if not jobs:
+            return 0
+        published = self.r.hmget(DISPATCHED_AT, [j.job_id for j in jobs])
+        now = time.time()
+        count = 0
+        for job, at in zip(jobs, published, strict=True):
+            if at is not None and now - float(at) < self.lost_grace:
+                continue
+            if self.queues.is_pending(job.tenant_id, job.job_id):
+                continue
+            self.queues.enqueue(job.tenant_id, job.job_id, job.priority, job.message)
+            self.r.hdel(DISPATCHED_AT, job.job_id)
+            count += 1
+        return count
 
     # -- scheduling -------------------------------------------------------------------------------
     def _target_queue(self, tenant: str) -> str:
@@ -379,8 +387,8 @@ class Dispatcher:
         log.info("dispatcher stopped")
 
 
-def main() -> None:
-    dispatcher = Dispatcher()
+def main(queued_in_sql: QueuedInSql) -> None:
+    dispatcher = Dispatcher(queued_in_sql=queued_in_sql)
 
     def _stop(_signum, _frame):
         dispatcher.stop_event.set()
@@ -390,4 +398,4 @@ def main() -> None:
     dispatcher.run_forever()
 
 
-__all__ = ["LEADER_KEY", "Dispatcher", "TenantLimits", "exec_queue_depth", "main", "publish"]
+__all__ = ["LEADER_KEY", "Dispatcher", "QueuedJob", "TenantLimits", "exec_queue_depth", "main", "publish"]

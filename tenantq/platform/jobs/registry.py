@@ -207,23 +207,8 @@ def task_type(
 
 
 def get_task_type(name: str) -> TaskType | None:
-    load_task_types()
     return REGISTRY.get(name)
 
 
 def all_task_types() -> list[TaskType]:
-    load_task_types()
     return [REGISTRY[k] for k in sorted(REGISTRY)]
-
-
-_loaded = False
-
-
-def load_task_types() -> None:
-    """Import the modules that register task types (built-ins + demo)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import tenantq.worker.builtin
-    import tenantq.worker.demo  # noqa: F401

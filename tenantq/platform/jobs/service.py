@@ -4,6 +4,7 @@ take the session and tenant explicitly. Worker-side transitions are in ``lifecyc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -14,12 +15,12 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tenantq.core import metrics
 from tenantq.core.celery import app as celery_app
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable, TenantqError
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.ops import metrics
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import lifecycle
 from tenantq.platform.jobs.admission import admit
@@ -32,6 +33,35 @@ from tenantq.tenants.accounts.models import Tenant
 from tenantq.tenants.accounts.service import EffectiveLimits, effective_limits
 
 log = logging.getLogger("tenantq.jobs")
+
+
+@dataclass(frozen=True)
+class WorkflowSteps:
+    """What cancelling or re-running a step job tells its workflow. Workflows sit above jobs, so each
+    entry point that cancels or re-runs jobs installs theirs at assembly (``install_workflow_steps``)."""
+
+    # (session, workflow id): lock the workflow row before its step job changes.
+    lock: Callable[[Session, str], None]
+    job_cancelled: Callable[[Session, Job], None]
+    job_rerun: Callable[[Session, Job], None]
+    # (session, workflow id, step index, job id, error): a re-run that could not be queued.
+    job_failed: Callable[[Session, str, int, str, str], None]
+
+
+_workflow_steps: WorkflowSteps | None = None
+
+
+def install_workflow_steps(steps: WorkflowSteps) -> None:
+    global _workflow_steps
+    _workflow_steps = steps
+
+
+def workflow_steps() -> WorkflowSteps:
+    """The installed workflow callbacks; asked for before a step job changes, so a missing assembly
+    fails before anything is written."""
+    if _workflow_steps is None:
+        raise RuntimeError("no workflow steps installed: the entry point must call install_workflow_steps()")
+    return _workflow_steps
 
 
 @dataclass
@@ -378,6 +408,7 @@ def cancel_job(
     """
     client = client or get_redis()
     job = JobRepository(session, tenant_id).get(job_id)
+    steps = workflow_steps() if job.workflow_id else None
     for _ in range(3):  # the job may start (or finish) under us: re-read and decide again
         if job.status in TERMINAL_STATUSES:
             return job, "already_finished"
@@ -416,10 +447,8 @@ def cancel_job(
         session.commit()
         session.refresh(job)
         if moved:
-            if job.workflow_id and outcome != "requested":
-                from tenantq.platform.workflows import service as workflows
-
-                workflows.step_job_cancelled(session, job)
+            if steps is not None and outcome != "requested":
+                steps.job_cancelled(session, job)
             return job, outcome
     raise Conflict("The job changed state while being cancelled; try again.", code="cancel_race")
 
@@ -435,15 +464,14 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
             code="not_rerunnable",
             details={"status": job.status},
         )
+    steps = workflow_steps() if job.workflow_id else None
     admit(session, tenant, 1)
     # An attempt cancelled before it started never got a number in SQL; step past it so that its
     # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
     attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
-    if job.workflow_id:
-        from tenantq.platform.workflows import service as workflows
-
+    if steps is not None and job.workflow_id:
         # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
-        workflows.lock_workflow(session, job.workflow_id)
+        steps.lock(session, job.workflow_id)
     moved = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES))
@@ -461,11 +489,9 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     if not moved:
         session.rollback()
         raise Conflict("The job changed state; try again.", code="not_rerunnable")
-    if job.workflow_id:
-        from tenantq.platform.workflows import service as workflows
-
+    if steps is not None:
         # Resume the workflow in the same commit, before the job can possibly finish again.
-        workflows.step_job_rerun(session, job)
+        steps.job_rerun(session, job)
     # Committed before the attempt is queued, so the worker finds the job queued.
     session.commit()
     session.refresh(job)
@@ -479,8 +505,8 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
             .where(Job.id == job.id, Job.status == "queued")
             .values(status="failed", error=error, finished_at=utcnow())
         )
-        if job.workflow_id:
-            workflows.step_job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
+        if steps is not None and job.workflow_id:
+            steps.job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
         session.commit()  # the error below makes the request roll back: commit the failure first
         raise ServiceUnavailable(
             "The queue is unavailable; the job was not re-run. Retry later.",

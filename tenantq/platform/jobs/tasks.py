@@ -1,11 +1,18 @@
-"""System tasks for jobs (run on the system queue, not tenant task types)."""
+"""System work for jobs: result expiry (a Celery task on the system queue) and the SQL side of the
+dispatcher's lost-job reconciler."""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+
+from sqlalchemy import select
 
 from tenantq.core.celery import SYSTEM_QUEUE, app
 from tenantq.core.db import unscoped_session
+from tenantq.platform.dispatch.dispatcher import QueuedJob
+from tenantq.platform.jobs.models import Job
+from tenantq.platform.jobs.service import job_message, purge_expired_results
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -15,9 +22,6 @@ PURGE_EVERY_SECONDS = 3600.0
 @app.task(name="jobs.purge_expired_results", queue=SYSTEM_QUEUE)
 def purge_expired_results_task() -> int:
     """Null results past their plan's expiry. The API hides them already; this frees the space."""
-    # Imported here: the jobs service imports tenantq.worker, which imports this module.
-    from tenantq.platform.jobs.service import purge_expired_results
-
     with unscoped_session() as session:
         count = purge_expired_results(session)
     if count:
@@ -34,3 +38,16 @@ app.conf.beat_schedule.setdefault(
         "options": {"queue": SYSTEM_QUEUE},
     },
 )
+
+
+def queued_before(cutoff: datetime, limit: int) -> list[QueuedJob]:
+    """Jobs SQL holds as ``queued`` since before ``cutoff``, oldest first: what the dispatcher's
+    reconciler checks against Redis (``Dispatcher.requeue_lost_sql_jobs``)."""
+    with unscoped_session() as session:
+        jobs = session.scalars(
+            select(Job)
+            .where(Job.status == "queued", Job.created_at < cutoff)
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return [QueuedJob(job.tenant_id, job.id, job.priority, job_message(job)) for job in jobs]

@@ -1,0 +1,149 @@
+"""``tenantq billing``: flush usage, reports, close periods into invoices, sync to Stripe."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from tenantq.cli.common import (
+    DataDir,
+    JsonOut,
+    cli_session,
+    emit,
+    ensure_db,
+    fail,
+    load_settings,
+    setup_logging,
+)
+
+app = typer.Typer(
+    help="Usage and billing: flush usage, reports, close periods into invoices, sync to Stripe.",
+    no_args_is_help=True,
+)
+
+
+@app.command("close")
+def billing_close(
+    period: Annotated[
+        str | None,
+        typer.Option(
+            help="Calendar month (UTC) to close, YYYY-MM. Default: every month whose grace window has passed."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Close PERIOD even inside its grace window (it must have ended).")
+    ] = False,
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
+    # lazy: start-up speed
+    from tenantq.billing.invoicing.pricing import format_amount
+    from tenantq.billing.invoicing.service import close_due_periods, close_period
+    from tenantq.core.db import unscoped_session
+
+    settings = load_settings(data_dir)
+    try:
+        ensure_db(settings)
+        if period is None:
+            closed = close_due_periods()
+            payload = {"closed": closed}
+            text = "closed " + ", ".join(closed) if closed else "no period is due"
+        else:
+            with unscoped_session() as session:
+                result = close_period(session, period, force=force, closed_by="cli")
+                invoices = [
+                    {
+                        "id": i.id,
+                        "tenant_id": i.tenant_id,
+                        "currency": i.currency,
+                        "total": format_amount(i.total, i.currency),
+                        "status": i.status,
+                    }
+                    for i in result.invoices
+                ]
+                payload = {"period": result.period.period, "created": result.created, "invoices": invoices}
+            verb = "closed" if result.created else "already closed"
+            text = f"{period}: {verb}, {len(invoices)} invoice(s)" + "".join(
+                f"\n  {i['tenant_id']}  {i['total']} {i['currency']}  {i['status']}" for i in invoices
+            )
+    except Exception as exc:  # noqa: BLE001
+        fail(as_json, exc)
+    emit(as_json, payload, text)
+
+
+@app.command("stripe-sync")
+def billing_stripe_sync(
+    period: Annotated[str, typer.Option(help="Closed calendar month whose invoices to push, YYYY-MM.")],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Push a closed period's invoices to Stripe (customer, items, invoice); a re-run creates nothing twice."""  # noqa: E501  (typer keeps the docstring's line breaks in --help)
+    # lazy: start-up speed
+    from tenantq.billing.invoicing.stripe_sync import sync_period
+
+    with cli_session(data_dir, as_json) as session:
+        results = [r.as_dict() for r in sync_period(session, period)]
+    payload = {"period": period, "invoices": results}
+    text = "\n".join(
+        f"{r['invoice_id']}  {r['stripe_invoice_id'] or '-'}  "
+        f"{r['skipped'] or ('created' if r['invoice_created'] else 'linked')}"
+        for r in results
+    )
+    emit(as_json, payload, text or f"{period}: no invoices")
+
+
+@app.command("flush")
+def billing_flush(
+    once: Annotated[bool, typer.Option("--once", help="Write what is buffered now, then exit.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Write buffered usage (Redis stream tq:usage) to SQL, close lost attempts, resync quotas.
+
+    Runs until stopped; several flushers may run at once (writes are idempotent)."""
+    settings = load_settings(data_dir)
+    setup_logging()
+    ensure_db(settings)
+    # lazy: start-up speed
+    from tenantq.billing.usage.buffer import main as flush_main
+
+    written = flush_main(once=once)
+    if once:
+        typer.echo(f"{written} usage events written")
+
+
+@app.command("report")
+def billing_report(
+    period: Annotated[str, typer.Option("--period", help="Calendar month, UTC: YYYY-MM.")],
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="Tenant id or name (default: every tenant, with revenue per plan)."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json or csv.")] = "json",
+    group_by: Annotated[str, typer.Option("--group-by", help="With --tenant: rows by task or day.")] = "task",
+    data_dir: DataDir = None,
+) -> None:
+    """Print a usage report for PERIOD: one tenant's usage by task type or day, or all tenants."""
+    # lazy: start-up speed
+    from tenantq.billing.invoicing import reports
+    from tenantq.core.db import unscoped_session
+    from tenantq.core.errors import InvalidInput
+    from tenantq.tenants.accounts.service import get_tenant_by_ref
+
+    settings = load_settings(data_dir)
+    try:
+        if fmt not in ("json", "csv"):
+            raise InvalidInput("--format must be json or csv.", details={"format": fmt})
+        ensure_db(settings)
+        with unscoped_session() as session:
+            if tenant:
+                report = reports.tenant_report(session, get_tenant_by_ref(session, tenant), period, group_by)
+                text = reports.tenant_report_csv(report) if fmt == "csv" else json.dumps(report, indent=2)
+            else:
+                report = reports.operator_report(session, period)
+                text = reports.operator_report_csv(report) if fmt == "csv" else json.dumps(report, indent=2)
+    except Exception as exc:  # noqa: BLE001
+        fail(fmt == "json", exc)
+    typer.echo(text, nl=not text.endswith("\n"))

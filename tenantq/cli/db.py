@@ -1,0 +1,36 @@
+"""``tenantq db``: database schema management."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tenantq.cli.common import DataDir, load_settings
+
+app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+
+
+@app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    data_dir: DataDir = None,
+) -> None:
+    """Apply migrations up to REVISION (default: head) and seed the default plans."""
+    # lazy: start-up speed
+    from tenantq.ops.migrate import upgrade
+
+    settings = load_settings(data_dir)
+    upgrade(settings.effective_database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@app.command("check")
+def db_check(data_dir: DataDir = None) -> None:
+    """Fail if the models and the migrations disagree (alembic check)."""
+    # lazy: start-up speed
+    from tenantq.ops.migrate import check
+
+    settings = load_settings(data_dir)
+    check(settings.effective_database_url)
+    typer.echo("no drift between models and migrations")

@@ -1,0 +1,86 @@
+"""``tenantq plan``: list and change plans (limits and prices)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tenantq.cli.common import DataDir, JsonOut, emit, ensure_db, fail, load_settings, parse_assignments
+
+if TYPE_CHECKING:
+    from tenantq.tenants.accounts.models import Plan
+
+app = typer.Typer(help="List and change plans (limits and prices).", no_args_is_help=True)
+
+
+def _plan_payload(p: Plan) -> dict[str, Any]:
+    # lazy: start-up speed
+    from tenantq.tenants.accounts.schemas import PlanOut
+
+    return PlanOut.model_validate(p).model_dump(mode="json")
+
+
+@app.command("list")
+def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
+    """List plans and their limits."""
+    # lazy: start-up speed
+    from tenantq.core.db import unscoped_session
+    from tenantq.tenants.accounts.service import list_plans
+
+    settings = load_settings(data_dir)
+    ensure_db(settings)
+    with unscoped_session() as session:
+        rows = [_plan_payload(p) for p in list_plans(session)]
+    if as_json:
+        typer.echo(json.dumps({"items": rows}))
+    else:
+        for r in rows:
+            typer.echo(
+                f"{r['name']}  submit {r['submit_rate']:g}/s burst {r['submit_burst']}"
+                f"  exec {r['exec_rate']:g}/s  concurrency {r['concurrency']}  max_queued {r['max_queued']}"
+                f"  weight {r['weight']}  priority {r['priority_min']}-{r['priority_max']}"
+                f"  base fee {r['base_fee']} {r['currency']}"
+            )
+
+
+@app.command("update")
+def plan_update(
+    plan: Annotated[str, typer.Argument(help="Plan name.")],
+    set_: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE to change (repeatable), e.g. --set submit_rate=20 --set base_fee=19.00.",
+        ),
+    ],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Change a plan's limits or prices; every tenant on it is affected from its next request."""
+    # lazy: start-up speed
+    from pydantic import ValidationError
+
+    from tenantq.core.db import unscoped_session
+    from tenantq.core.errors import InvalidInput
+    from tenantq.tenants.accounts.schemas import PlanUpdate
+    from tenantq.tenants.accounts.service import get_plan, update_plan
+
+    settings = load_settings(data_dir)
+    try:
+        ensure_db(settings)
+        changes = parse_assignments(set_)
+        try:
+            data = PlanUpdate.model_validate(changes)
+        except ValidationError as exc:
+            raise InvalidInput(
+                "Invalid plan change.",
+                details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
+            ) from None
+        with unscoped_session() as session:
+            row = update_plan(session, get_plan(session, plan), data)
+            payload = _plan_payload(row)
+    except Exception as exc:  # noqa: BLE001
+        fail(as_json, exc)
+    emit(as_json, payload, json.dumps(payload, indent=2))

@@ -1,0 +1,150 @@
+"""Commands that run the platform's processes: everything at once, or one role each."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from tenantq.cli.common import DataDir, load_settings, setup_logging
+
+# Beat's scheduler class: reads per-tenant schedules from SQL at runtime.
+TENANT_SCHEDULER = "tenantq.platform.schedules.beat:TenantScheduler"
+
+
+def up(
+    host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    concurrency: Annotated[int, typer.Option(help="Worker pool processes.")] = 2,
+    migrate: Annotated[bool, typer.Option(help="Apply database migrations before starting.")] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Run API, dispatcher, worker, beat and the usage flusher (and an embedded Redis unless
+    TENANTQ_REDIS_URL is set) in the foreground. Ctrl-C or SIGTERM stops every process."""
+    # lazy: start-up speed
+    from tenantq.ops.supervisor import Supervisor
+
+    settings = load_settings(data_dir)
+    raise typer.Exit(
+        Supervisor(settings, host=host, port=port, concurrency=concurrency, migrate=migrate).run()
+    )
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Run only the HTTP API (uvicorn)."""
+    # lazy: start-up speed
+    import uvicorn
+
+    from tenantq.core.logging import uvicorn_log_config
+
+    load_settings(data_dir)
+    setup_logging()
+    # log_config is applied in every uvicorn worker process; tenantq's middleware writes the request log.
+    uvicorn.run(
+        "tenantq.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        log_config=uvicorn_log_config(),
+    )
+
+
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Pool processes.")] = 2,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated Celery queues (default: execution + system).")
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            help="MAX,MIN: grow the pool up to MAX processes under load "
+            "and shrink to MIN when idle (replaces --concurrency)."
+        ),
+    ] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option(help="Celery node name, e.g. worker@$POD_NAME (default: tenantq-<pid>@<host>)."),
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a dedicated pool for this tenant (id or name): routes its jobs to tq.exec.t.<id> "
+            "and consumes only that queue. The tenant submits exactly as before."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
+    on more machines; --autoscale sizes one worker's pool with the load."""
+    settings = load_settings(data_dir)
+    setup_logging(loglevel)
+    # lazy: start-up speed, and settings (above) must be known before the worker is loaded
+    from tenantq.core.celery import SYSTEM_QUEUE
+    from tenantq.core.db import unscoped_session
+    from tenantq.core.redis import get_redis
+    from tenantq.platform.dispatch import routing
+    from tenantq.tenants.accounts.service import get_tenant_by_ref
+    from tenantq.worker import app as celery_app
+
+    q = queues or f"{settings.exec_queue},{SYSTEM_QUEUE}"
+    if tenant:
+        with unscoped_session() as session:
+            tenant_id = get_tenant_by_ref(session, tenant).id
+        q = routing.assign(get_redis(), tenant_id)
+    pool = [f"--autoscale={autoscale}"] if autoscale else [f"--concurrency={concurrency}"]
+    celery_app.worker_main(
+        [
+            "worker",
+            *pool,
+            f"--queues={q}",
+            f"--loglevel={loglevel}",
+            f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}",
+        ]
+    )
+
+
+def beat(
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    data_dir: DataDir = None,
+) -> None:
+    """Run Celery beat: the operator's periodic tasks and the tenants' schedules (read from SQL, so edits
+    apply without a restart; with two beats running, each schedule's due time still fires once)."""
+    settings = load_settings(data_dir)
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(loglevel)
+    # lazy: start-up speed, and settings (above) must be known before the worker is loaded
+    from tenantq.worker import app as celery_app
+
+    celery_app.start(
+        [
+            "beat",
+            f"--loglevel={loglevel}",
+            f"--scheduler={TENANT_SCHEDULER}",
+            f"--schedule={settings.resolved_data_dir / 'celerybeat-schedule'}",
+        ]
+    )
+
+
+def dispatcher(data_dir: DataDir = None) -> None:
+    """Run the dispatcher that releases jobs from per-tenant queues to the workers.
+
+    Run several for high availability: one leads (a lock in Redis), the others take over if it dies.
+    """
+    load_settings(data_dir)
+    setup_logging()
+    # lazy: start-up speed, and settings (above) must be known before the worker is loaded
+    import tenantq.worker  # noqa: F401  (the Celery app the dispatcher publishes with, and every table)
+    from tenantq.platform.dispatch.dispatcher import main
+    from tenantq.platform.jobs.tasks import queued_before
+
+    main(queued_in_sql=queued_before)
