@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 import tenantq
-import tenantq.worker  # noqa: F401  (registers the task types that submissions are validated against)
+import tenantq.worker  # registers the task types that submissions are validated against
 from tenantq.assembly import assemble
 from tenantq.billing.invoicing.admin_router import router as invoicing_admin_router
 from tenantq.billing.invoicing.router import router as invoicing_router

@@ -7,11 +7,14 @@ areas' models (it sits below them), so each entry point imports this module: the
 the CLI, Alembic's env.py and the tests. It sits above billing, the highest area with tables.
 """
 
-import tenantq.billing.invoicing.models  # noqa: F401
-import tenantq.billing.usage.models  # noqa: F401
-import tenantq.platform.jobs.models  # noqa: F401
-import tenantq.platform.schedules.models  # noqa: F401
-import tenantq.platform.webhooks.models  # noqa: F401
-import tenantq.platform.workflows.models  # noqa: F401
-import tenantq.tenants.access.models  # noqa: F401
-import tenantq.tenants.accounts.models  # noqa: F401
+from tenantq.billing.invoicing import models as invoicing
+from tenantq.billing.usage import models as usage
+from tenantq.platform.jobs import models as jobs
+from tenantq.platform.schedules import models as schedules
+from tenantq.platform.webhooks import models as webhooks
+from tenantq.platform.workflows import models as workflows
+from tenantq.tenants.access import models as access
+from tenantq.tenants.accounts import models as accounts
+
+# Importing them is the point (it registers their tables); a new module with tables joins this list.
+TABLE_MODULES = (accounts, access, jobs, workflows, schedules, webhooks, usage, invoicing)

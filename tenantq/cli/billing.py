@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,7 +39,6 @@ def billing_close(
     data_dir: DataDir = None,
 ) -> None:
     """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
-    # lazy: start-up speed
     from tenantq.billing.invoicing.pricing import format_amount
     from tenantq.billing.invoicing.service import close_due_periods, close_period
     from tenantq.core.db import unscoped_session
@@ -47,6 +46,7 @@ def billing_close(
     settings = load_settings(data_dir)
     try:
         ensure_db(settings)
+        payload: dict[str, Any]
         if period is None:
             closed = close_due_periods()
             payload = {"closed": closed}
@@ -81,7 +81,6 @@ def billing_stripe_sync(
     data_dir: DataDir = None,
 ) -> None:
     """Push a closed period's invoices to Stripe (customer, items, invoice); a re-run creates nothing twice."""  # noqa: E501  (typer keeps the docstring's line breaks in --help)
-    # lazy: start-up speed
     from tenantq.billing.invoicing.stripe_sync import sync_period
 
     with cli_session(data_dir, as_json) as session:
@@ -106,7 +105,6 @@ def billing_flush(
     settings = load_settings(data_dir)
     setup_logging()
     ensure_db(settings)
-    # lazy: start-up speed
     from tenantq.billing.usage.buffer import main as flush_main
 
     written = flush_main(once=once)
@@ -126,7 +124,6 @@ def billing_report(
     data_dir: DataDir = None,
 ) -> None:
     """Print a usage report for PERIOD: one tenant's usage by task type or day, or all tenants."""
-    # lazy: start-up speed
     from tenantq.billing.invoicing import reports
     from tenantq.core.db import unscoped_session
     from tenantq.core.errors import InvalidInput

@@ -30,11 +30,8 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 # Money stays text all the way to Decimal: 19.90 must never pass through a float.
 _TEXT_FIELDS = {"base_fee", "currency", "display_name"}
 
-# The lazy imports below and in the command modules keep `tenantq --help` fast (see tenantq.cli).
-
 
 def load_settings(data_dir: Path | None = None) -> Settings:
-    # lazy: start-up speed
     from tenantq.core.settings import get_settings, reset_settings_cache
 
     if data_dir is not None:
@@ -46,7 +43,6 @@ def load_settings(data_dir: Path | None = None) -> Settings:
 def setup_logging(level: str = "INFO") -> None:
     """Structured logs (JSON unless a terminal; TENANTQ_LOG_JSON decides) and the shared metrics directory
     for a long-running role (api, worker, beat, dispatcher)."""
-    # lazy: start-up speed
     from tenantq.core import logging as tq_logging
     from tenantq.core.metrics import ensure_multiproc_dir
 
@@ -59,7 +55,6 @@ def emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
 
 
 def fail(as_json: bool, exc: Exception) -> NoReturn:
-    # lazy: start-up speed
     from tenantq.core.errors import TenantqError
 
     if isinstance(exc, TenantqError):
@@ -78,7 +73,6 @@ def fail(as_json: bool, exc: Exception) -> NoReturn:
 def ensure_db(settings: Settings) -> None:
     """Assemble the layers (every table, the quota check, ...), and migrate the embedded default first so
     commands work before `tenantq up` ran."""
-    # lazy: start-up speed
     from tenantq.assembly import assemble
     from tenantq.ops.migrate import upgrade
 
@@ -91,7 +85,6 @@ def ensure_db(settings: Settings) -> None:
 def cli_session(data_dir: Path | None, as_json: bool) -> Iterator[Session]:
     """What every operator command needs: settings, an up-to-date embedded database and a system
     session (committed on success). Any failure is reported once, in the command's output format."""
-    # lazy: start-up speed
     from tenantq.core.db import unscoped_session
 
     settings = load_settings(data_dir)

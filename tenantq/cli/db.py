@@ -17,7 +17,6 @@ def db_upgrade(
     data_dir: DataDir = None,
 ) -> None:
     """Apply migrations up to REVISION (default: head) and seed the default plans."""
-    # lazy: start-up speed
     from tenantq.ops.migrate import upgrade
 
     settings = load_settings(data_dir)
@@ -28,7 +27,6 @@ def db_upgrade(
 @app.command("check")
 def db_check(data_dir: DataDir = None) -> None:
     """Fail if the models and the migrations disagree (alembic check)."""
-    # lazy: start-up speed
     from tenantq.ops.migrate import check
 
     settings = load_settings(data_dir)

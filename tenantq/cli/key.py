@@ -19,7 +19,6 @@ def key_list(
     data_dir: DataDir = None,
 ) -> None:
     """List TENANT's API keys (ids, names, scopes, timestamps; never the secrets)."""
-    # lazy: start-up speed
     from tenantq.tenants.access.repository import ApiKeyRepository
     from tenantq.tenants.access.schemas import KeyOut
     from tenantq.tenants.accounts.service import get_tenant_by_ref
@@ -51,7 +50,6 @@ def key_revoke(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke an API key now: every API process rejects it from its next request."""
-    # lazy: start-up speed
     from tenantq.core.errors import NotFound
     from tenantq.tenants.access.models import ApiKey
     from tenantq.tenants.access.service import revoke_key
@@ -61,6 +59,7 @@ def key_revoke(
         if key is None:
             raise NotFound(f"No API key with id {key_id!r}.")
         revoke_key(session, key)
+        assert key.revoked_at is not None  # revoke_key sets it
         payload = {"id": key.id, "tenant_id": key.tenant_id, "revoked_at": key.revoked_at.isoformat()}
     emit(as_json, payload, f"revoked {payload['id']} at {payload['revoked_at']}")
 
@@ -74,7 +73,6 @@ def key_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
-    # lazy: start-up speed
     from tenantq.tenants.access.service import create_api_key
     from tenantq.tenants.accounts.service import get_tenant_by_ref
 

@@ -16,7 +16,6 @@ app = typer.Typer(help="List and change plans (limits and prices).", no_args_is_
 
 
 def _plan_payload(p: Plan) -> dict[str, Any]:
-    # lazy: start-up speed
     from tenantq.tenants.accounts.schemas import PlanOut
 
     return PlanOut.model_validate(p).model_dump(mode="json")
@@ -25,7 +24,6 @@ def _plan_payload(p: Plan) -> dict[str, Any]:
 @app.command("list")
 def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
     """List plans and their limits."""
-    # lazy: start-up speed
     from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import list_plans
 
@@ -59,7 +57,6 @@ def plan_update(
     data_dir: DataDir = None,
 ) -> None:
     """Change a plan's limits or prices; every tenant on it is affected from its next request."""
-    # lazy: start-up speed
     from pydantic import ValidationError
 
     from tenantq.core.db import unscoped_session

@@ -22,7 +22,6 @@ def up(
 ) -> None:
     """Run API, dispatcher, worker, beat and the usage flusher (and an embedded Redis unless
     TENANTQ_REDIS_URL is set) in the foreground. Ctrl-C or SIGTERM stops every process."""
-    # lazy: start-up speed
     from tenantq.ops.supervisor import Supervisor
 
     settings = load_settings(data_dir)
@@ -38,7 +37,6 @@ def api(
     data_dir: DataDir = None,
 ) -> None:
     """Run only the HTTP API (uvicorn)."""
-    # lazy: start-up speed
     import uvicorn
 
     from tenantq.core.logging import uvicorn_log_config
@@ -88,7 +86,7 @@ def worker(
     on more machines; --autoscale sizes one worker's pool with the load."""
     settings = load_settings(data_dir)
     setup_logging(loglevel)
-    # lazy: start-up speed, and settings (above) must be known before the worker is loaded
+    # After load_settings: loading the worker reads the settings.
     from tenantq.core.celery import SYSTEM_QUEUE
     from tenantq.core.db import unscoped_session
     from tenantq.core.redis import get_redis
@@ -122,7 +120,7 @@ def beat(
     settings = load_settings(data_dir)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(loglevel)
-    # lazy: start-up speed, and settings (above) must be known before the worker is loaded
+    # After load_settings: loading the worker reads the settings.
     from tenantq.worker import app as celery_app
 
     celery_app.start(
@@ -142,7 +140,7 @@ def dispatcher(data_dir: DataDir = None) -> None:
     """
     load_settings(data_dir)
     setup_logging()
-    # lazy: start-up speed, and settings (above) must be known before the worker is loaded
+    # After load_settings: loading the worker reads the settings.
     import tenantq.worker  # noqa: F401  (the Celery app the dispatcher publishes with, and every table)
     from tenantq.platform.dispatch.dispatcher import main
     from tenantq.platform.jobs.tasks import queued_before

@@ -33,7 +33,6 @@ def tenant_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a tenant and print its id."""
-    # lazy: start-up speed
     from tenantq.tenants.accounts.service import create_tenant
 
     with cli_session(data_dir, as_json) as session:
@@ -66,7 +65,6 @@ def tenant_list(
     data_dir: DataDir = None,
 ) -> None:
     """List tenants with plan, status and overrides."""
-    # lazy: start-up speed
     from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import list_tenants
 
@@ -101,7 +99,6 @@ def tenant_update(
     data_dir: DataDir = None,
 ) -> None:
     """Change a tenant's plan, name or limit overrides (validated against the plan)."""
-    # lazy: start-up speed
     from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import get_tenant_by_ref, update_tenant
 
@@ -125,7 +122,6 @@ def tenant_update(
 
 
 def _set_status(tenant: str, suspend: bool, as_json: bool, data_dir: Path | None) -> None:
-    # lazy: start-up speed
     from tenantq.core.redis import get_redis
     from tenantq.tenants.accounts.service import get_tenant_by_ref, reactivate_tenant, suspend_tenant
 

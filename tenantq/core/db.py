@@ -10,9 +10,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.types import TypeDecorator
 
 from tenantq.core.settings import get_settings
@@ -26,20 +28,20 @@ NAMING_CONVENTION = {
 }
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite drops tzinfo otherwise)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -66,7 +68,9 @@ _sessionmaker: sessionmaker[Session] | None = None
 
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _pragma(dbapi_conn, _record):  # pragma: no cover - trivial
+    def _pragma(
+        dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry
+    ) -> None:  # pragma: no cover - trivial
         cur = dbapi_conn.cursor()
         # WAL lets the API read while a worker writes; busy_timeout waits instead of failing at once.
         cur.execute("PRAGMA journal_mode=WAL")
@@ -99,18 +103,20 @@ def _ping_idle_connections(engine: Engine) -> None:
     as pool_pre_ping does."""
 
     @event.listens_for(engine, "checkin")
-    def _returned(_dbapi_conn, record) -> None:
+    def _returned(_dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
         if record is not None:
             record.info["tq_returned_at"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_conn, record, _proxy) -> None:
+    def _ping(
+        dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
         returned = record.info.get("tq_returned_at")
         if returned is not None and time.monotonic() - returned < PING_IF_IDLE_SECONDS:
             return
         try:
             engine.dialect.do_ping(dbapi_conn)
-        except Exception as exc:  # noqa: BLE001 - any failure: treat the connection as dead
+        except Exception as exc:  # any failure: treat the connection as dead
             raise DisconnectionError(f"connection failed its ping: {exc}") from exc
 
 

@@ -31,10 +31,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.mmap_dict import MmapedDict
@@ -158,9 +158,12 @@ class TenantLabeler:
             with self._lock:
                 if now - self._loaded_at >= self.refresh_s:
                     try:
-                        self._top = frozenset(get_redis().zrevrange(VOLUME_KEY, 0, self.limit - 1))
-                    except Exception:  # noqa: BLE001  (metrics never fail the caller; keep the old ranking)
-                        pass
+                        # The client decodes replies (core.redis); redis-py types members as bytes | str.
+                        top = cast(list[str], get_redis().zrevrange(VOLUME_KEY, 0, self.limit - 1))
+                        self._top = frozenset(top)
+                    except Exception:
+                        # Metrics never fail the caller: keep the old ranking until the next refresh.
+                        logging.getLogger("tenantq.metrics").debug("tenant ranking not read", exc_info=True)
                     self._loaded_at = now
         return self._top
 
@@ -255,11 +258,11 @@ EVENT_METRICS = (
 )
 
 
-def _safely(fn, *args: Any) -> None:
+def _safely(fn: Callable[..., object], *args: Any) -> None:
     # A metrics failure (full disk, Redis blip) must never fail a submission or an attempt.
     try:
         fn(*args)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logging.getLogger("tenantq.metrics").debug("metrics update failed", exc_info=True)
 
 
@@ -359,8 +362,9 @@ class LockedMultiProcessCollector:
             return list(self._inner.collect())
 
 
-def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104  (scraped from outside the pod)
-    """Serve this host's event metrics (no cluster state) on ``port``: how a worker machine is scraped."""
+def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve this host's event metrics (no cluster state) on ``port``: how a worker machine is scraped.
+    Every interface by default, because the scraper is outside the pod."""
     registry = CollectorRegistry()
     registry.register(LockedMultiProcessCollector(ensure_multiproc_dir()))
     start_http_server(port, addr=addr, registry=registry)

@@ -18,17 +18,17 @@ from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core import keys
+from tenantq.core.celery import SYSTEM_QUEUE
+from tenantq.core.celery import app as celery_app
 from tenantq.core.db import utcnow
 from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
+from tenantq.platform.dispatch.dispatcher import exec_queue_depth
 from tenantq.platform.jobs.models import Job
 from tenantq.tenants.accounts.models import Plan, Tenant
 
 
 def exec_queue_depths(client: redis.Redis) -> list[dict[str, Any]]:
-    from tenantq.core.celery import SYSTEM_QUEUE
-    from tenantq.platform.dispatch.dispatcher import exec_queue_depth
-
     queues = [get_settings().exec_queue, SYSTEM_QUEUE]
     return [{"name": q, "depth": exec_queue_depth(client, q)} for q in queues]
 
@@ -119,6 +119,7 @@ def throughput(session: Session, now: datetime, minutes: int = THROUGHPUT_MINUTE
         )
     )
     for finished_at, status in rows:
+        assert finished_at is not None  # the range condition above leaves out unfinished jobs
         minute = finished_at.replace(second=0, microsecond=0)
         if minute in buckets:
             buckets[minute][status] += 1
@@ -146,8 +147,6 @@ def inspect_workers(timeout: float = INSPECT_TIMEOUT_S) -> dict[str, Any]:
     not listed. Broker errors are reported in the body, not raised: the page says "cannot reach the
     broker" instead of failing.
     """
-    from tenantq.core.celery import app as celery_app
-
     try:
         inspector = celery_app.control.inspect(timeout=timeout)
         stats = inspector.stats() or {}
@@ -155,9 +154,9 @@ def inspect_workers(timeout: float = INSPECT_TIMEOUT_S) -> dict[str, Any]:
         queues = inspector.active_queues() or {}
     except Exception as exc:  # noqa: BLE001 - any broker failure becomes a visible state, never a 500
         return {"workers": [], "error": f"Cannot reach the broker: {type(exc).__name__}"}
-    workers = []
+    workers: list[dict[str, Any]] = []
     for name in sorted(set(stats) | set(active)):
-        s = stats.get(name) or {}
+        s = stats.get(name) or dict[str, Any]()
         pool = s.get("pool") or {}
         total = s.get("total") or {}
         workers.append(

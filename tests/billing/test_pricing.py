@@ -244,7 +244,9 @@ class TestOperatorPrices:
 
 
 class TestNormalizeUsage:
-    @pytest.mark.parametrize("ms, seconds", [("compute_ms", "compute_seconds"), ("wall_ms", "wall_seconds")])
+    @pytest.mark.parametrize(
+        ("ms", "seconds"), [("compute_ms", "compute_seconds"), ("wall_ms", "wall_seconds")]
+    )
     def test_a_time_in_both_units_is_refused(self, ms, seconds):
         # Adding both would bill the same seconds twice.
         with pytest.raises(ValueError, match="both"):

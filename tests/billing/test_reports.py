@@ -225,7 +225,7 @@ class TestTenantReport:
         assert body["rows"] == [] and body["totals"]["jobs"] == 0
 
     @pytest.mark.parametrize(
-        "query, code",
+        ("query", "code"),
         [
             ("period=2026-13", "invalid_period"),
             ("group_by=week", "invalid_input"),

@@ -41,7 +41,7 @@ class TestContaining:
 
     def test_naive_datetimes_are_utc(self):
         # SQLite hands stored UTC timestamps back without a zone.
-        assert period_of(datetime(2026, 12, 31, 23, 59)) == "2026-12"
+        assert period_of(datetime(2026, 12, 31, 23, 59)) == "2026-12"  # noqa: DTZ001  (naive on purpose)
 
     def test_current_period(self):
         assert current_period(at(2027, 1, 15)) == "2027-01"

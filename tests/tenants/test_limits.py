@@ -173,7 +173,7 @@ class TestAcrossProcesses:
         rate, burst, window = 5.0, 10, 3.0
         tenant = TenantFactory(overrides={"submit_rate": rate, "submit_burst": burst})
         key = ApiKeyFactory(tenant=tenant)
-        accepted = {url: 0 for url in two_apis.urls}
+        accepted = dict.fromkeys(two_apis.urls, 0)
         limited: list[httpx.Response] = []
         other: list[int] = []
         lock = threading.Lock()

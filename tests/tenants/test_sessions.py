@@ -1,4 +1,5 @@
-"""Dashboard sessions: exchange, cookie flags, and forged or misused tokens (all 401, or 404 across tenants)."""
+"""Dashboard sessions: exchange, cookie flags, and forged or misused tokens (all 401, or 404 across
+tenants)."""
 
 from __future__ import annotations
 
