@@ -129,13 +129,11 @@ class Chaos:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit(self, n: int, seconds: float) -> list[str]:
-        from tenantq.assembly import assemble
+        import tenantq.worker  # noqa: F401  (task types and assembly, like every entry point)
         from tenantq.core.db import unscoped_session
         from tenantq.platform.jobs.schemas import JobCreate
         from tenantq.platform.jobs.service import submit_job
         from tenantq.tenants.accounts.models import Tenant
-
-        assemble()  # this process admits jobs as the API does: task types, every table, the quota check
 
         ids: list[str] = []
         with unscoped_session() as session:
