@@ -385,12 +385,12 @@ class Bench:
         """Purge what still waits and let what was released finish, so the next scenario starts idle."""
         from tenantq.core.db import unscoped_session
         from tenantq.platform.dispatch.dispatcher import exec_queue_depth
-        from tenantq.platform.dispatch.service import purge
+        from tenantq.platform.jobs.service import purge_queue
         from tenantq.tenants.accounts.models import Tenant
 
         with unscoped_session() as session:
             for t in tenant_ids:
-                purge(session, session.get(Tenant, t), client=self.r)
+                purge_queue(session, session.get(Tenant, t), client=self.r)
         now = time.time
         # Released jobs finish (their leases go); leases of attempts killed with a worker just expire.
         wait_until(

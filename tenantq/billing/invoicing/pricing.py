@@ -147,8 +147,7 @@ def normalize_usage(usage: Mapping[str, Decimal | int | float | str]) -> dict[st
 
 def _fmt(value: Decimal) -> str:
     """Human quantity for descriptions: thousands separators, no trailing zeros."""
-    text = f"{value.normalize():,f}"
-    return text
+    return f"{value.normalize():,f}"
 
 
 def included_units(plan: Plan, price: PlanPrice) -> Decimal:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.invoicing.pricing import price_usage
@@ -112,7 +112,7 @@ def _check_group_by(group_by: str) -> None:
         )
 
 
-def _day_expr(session: Session):
+def _day_expr(session: Session) -> ColumnElement[str]:
     if session.get_bind().dialect.name == "postgresql":
         return func.to_char(func.timezone("UTC", UsageEvent.occurred_at), "YYYY-MM-DD")
     return func.strftime("%Y-%m-%d", UsageEvent.occurred_at)
@@ -174,9 +174,7 @@ def operator_report(session: Session, period: str) -> dict[str, Any]:
     # Tenants that existed during the period owe their base fee even without usage.
     tenants = session.scalars(select(Tenant).where(Tenant.created_at < end).order_by(Tenant.name)).all()
     known = {t.id for t in tenants}
-    tenants = list(tenants) + [
-        t for t in session.scalars(select(Tenant).where(Tenant.id.in_(set(usage) - known)))
-    ]
+    tenants = [*tenants, *session.scalars(select(Tenant).where(Tenant.id.in_(set(usage) - known)))]
     plans = {p.name: p for p in session.scalars(select(Plan))}
     by_plan: dict[str, dict[str, Any]] = {}
     rows = []

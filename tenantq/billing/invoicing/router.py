@@ -1,15 +1,17 @@
-"""HTTP routes: tenants' invoices, the Stripe webhook, and the operator's periods and prices."""
+"""HTTP routes: tenants' invoices and priced usage reports, the Stripe webhook, and the operator's periods
+and prices."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from tenantq.billing.invoicing import pricing, service
+from tenantq.billing.invoicing import pricing, reports, service
 from tenantq.billing.invoicing.models import BillingPeriod
 from tenantq.billing.invoicing.repository import InvoiceRepository
 from tenantq.billing.invoicing.schemas import (
@@ -22,12 +24,16 @@ from tenantq.billing.invoicing.schemas import (
     PriceIn,
     PriceList,
     PriceOut,
+    UsageReport,
 )
+from tenantq.billing.invoicing.stripe_sync import parse_event, record_event
+from tenantq.billing.invoicing.tasks import stripe_event
+from tenantq.billing.usage import quotas
 from tenantq.core.db import session_factory
 from tenantq.core.dependencies import SessionDep
 from tenantq.core.errors import NotFound
 from tenantq.core.settings import get_settings
-from tenantq.tenants.access.dependencies import BillingRead, Operator
+from tenantq.tenants.access.dependencies import BillingRead, Operator, UsageRead
 from tenantq.tenants.accounts.models import Plan
 
 log = logging.getLogger("tenantq.billing")
@@ -62,9 +68,42 @@ def get_invoice(invoice_id: str, ctx: BillingRead, session: SessionDep) -> Invoi
     return InvoiceOut.of(InvoiceRepository(session, ctx.tenant_id).get(invoice_id))
 
 
-def _accept_event(payload: bytes, signature: str | None) -> dict:
-    from tenantq.billing.invoicing.stripe_sync import parse_event, record_event
+PeriodParam = Annotated[
+    str | None, Query(max_length=7, description="Calendar month, UTC: YYYY-MM. Default: the current month.")
+]
 
+
+@router.get(
+    "/v1/usage/report",
+    response_model=UsageReport,
+    tags=["usage"],
+    summary="Usage report for a period, by task type or by day",
+    description="Jobs, attempts, compute (CPU) seconds, wall seconds and charges for one calendar month "
+    "(UTC), grouped by task type or by UTC day. Quantities and amounts are decimal strings. "
+    "`format=csv` answers a CSV attachment with the columns key, jobs, attempts, compute_seconds, "
+    "wall_seconds, charges and a final `total` row. Row charges are the period's usage charges spread "
+    "over the rows pro rata (to the cent); fixed fees appear in `totals.fixed_charges`.",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+def get_usage_report(
+    ctx: UsageRead,
+    session: SessionDep,
+    period: PeriodParam = None,
+    group_by: Annotated[Literal["task", "day"], Query(description="Row key: task type or UTC day.")] = "task",
+    format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
+) -> UsageReport | Response:
+    period = period or quotas.current_period()
+    report = reports.tenant_report(session, ctx.tenant, period, group_by)
+    if format == "csv":
+        return Response(
+            reports.tenant_report_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="usage-{period}-by-{group_by}.csv"'},
+        )
+    return UsageReport.model_validate(report)
+
+
+def _accept_event(payload: bytes, signature: str | None) -> dict[str, Any]:
     event = parse_event(payload, signature)
     session = session_factory()()
     try:
@@ -76,9 +115,7 @@ def _accept_event(payload: bytes, signature: str | None) -> dict:
         # After the commit (record_event committed). Queued again for a redelivery of an event not yet
         # applied (the task is idempotent); if the broker is down, billing.stripe_event_sweep applies it.
         try:
-            from tenantq.billing.invoicing.tasks import stripe_event
-
-            stripe_event.apply_async(args=[event["id"]])
+            stripe_event.apply_async(args=(event["id"],))
         except Exception:  # the stored event is picked up by the sweep
             log.warning(
                 "could not queue stripe event %s; the sweep will apply it", event["id"], exc_info=True
@@ -90,11 +127,12 @@ def _accept_event(payload: bytes, signature: str | None) -> dict:
     "/v1/stripe/webhook",
     tags=["billing"],
     summary="Stripe webhook endpoint",
-    description="Verifies the `Stripe-Signature` header over the raw body (400 `invalid_signature` if it does not "
-    "match or is older than the tolerance), stores the event once per Stripe event id and applies it in the "
-    "`billing.stripe_event` task. A replayed event answers 200 with `duplicate: true` and changes nothing.",
+    description="Verifies the `Stripe-Signature` header over the raw body (400 `invalid_signature` if it "
+    "does not match or is older than the tolerance), stores the event once per Stripe event id and applies "
+    "it in the `billing.stripe_event` task. A replayed event answers 200 with `duplicate: true` and changes "
+    "nothing.",
 )
-async def stripe_webhook(request: Request) -> dict:
+async def stripe_webhook(request: Request) -> dict[str, Any]:
     # The signature covers the exact bytes Stripe sent: read them before anything parses the body.
     payload = await request.body()
     return await run_in_threadpool(_accept_event, payload, request.headers.get("stripe-signature"))
@@ -133,7 +171,7 @@ def close(body: CloseIn, op: Operator, session: SessionDep, response: Response) 
     return CloseOut.of(result)
 
 
-def _plan(session, name: str) -> Plan:
+def _plan(session: Session, name: str) -> Plan:
     plan = session.get(Plan, name)
     if plan is None:
         raise NotFound(f"No plan named {name!r}.", details={"plan": name})

@@ -1,4 +1,7 @@
-"""Request and response bodies of the invoice, price and period APIs. Money is a string of a Decimal."""
+"""Request and response bodies of the invoice, price, period and priced usage report APIs.
+
+Money is a string of a Decimal.
+"""
 
 from __future__ import annotations
 
@@ -158,3 +161,39 @@ class PriceOut(BaseModel):
 class PriceList(BaseModel):
     items: list[PriceOut]
     metrics: list[str] = Field(default_factory=lambda: list(PRICED_METRICS))
+
+
+# --- Priced usage report (``/v1/usage/report``) ---------------------------------------------------
+
+
+class UsageFigures(BaseModel):
+    """Quantities and amounts are decimal strings (seconds to the millisecond, charges to the cent)."""
+
+    jobs: int
+    attempts: int
+    compute_seconds: str
+    wall_seconds: str
+    charges: str
+
+
+class UsageReportRow(BaseModel):
+    key: str = Field(description="Task type or UTC day (YYYY-MM-DD), per group_by.")
+    jobs: int
+    attempts: int
+    compute_seconds: str
+    wall_seconds: str
+    charges: str
+
+
+class UsageReportTotals(UsageFigures):
+    fixed_charges: str = Field(description="Fixed fees of the period (not spread over rows).")
+    total_charges: str
+
+
+class UsageReport(BaseModel):
+    period: str
+    group_by: Literal["task", "day"]
+    currency: str | None
+    priced: bool
+    rows: list[UsageReportRow]
+    totals: UsageReportTotals

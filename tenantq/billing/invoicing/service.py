@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from tenantq.billing.invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from tenantq.billing.invoicing.pricing import price_plan_usage, total
 from tenantq.billing.usage.models import UsageEvent
-from tenantq.core.db import utcnow
+from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.errors import Conflict
 from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
@@ -166,8 +166,8 @@ def close_period(
         .where(Tenant.created_at < p.end, Plan.base_fee > 0)
     )
     tenant_ids = sorted(set(usage) | set(fee_tenants))
-    invoices = [_issue(session, p, tenant_id, usage.get(tenant_id, {}), now) for tenant_id in tenant_ids]
-    invoices = [inv for inv in invoices if inv is not None]
+    issued = (_issue(session, p, tenant_id, usage.get(tenant_id, {}), now) for tenant_id in tenant_ids)
+    invoices = [inv for inv in issued if inv is not None]
     row.invoice_count = len(invoices)
     row.event_count = event_count
     row.late_event_count = int(late or 0)
@@ -181,7 +181,7 @@ def _issue(
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:  # usage of a deleted tenant: nobody to bill
         return None
-    plan = session.get(Plan, tenant.plan_name)
+    plan = session.get_one(Plan, tenant.plan_name)
     lines = price_plan_usage(session, plan, usage)
     amount = total(lines)
     invoice = Invoice(
@@ -225,10 +225,10 @@ def due_periods(session: Session, now: datetime | None = None) -> list[str]:
             ),
             session.scalar(select(func.min(Tenant.created_at))),
         ]
-        candidates = [c for c in candidates if c is not None]
-        if not candidates:
+        found = [c for c in candidates if c is not None]
+        if not found:
             return []
-        start = Period.containing(min(candidates))
+        start = Period.containing(min(found))
     grace = grace_window()
     out: list[str] = []
     p = start
@@ -240,8 +240,6 @@ def due_periods(session: Session, now: datetime | None = None) -> list[str]:
 
 def close_due_periods(now: datetime | None = None) -> list[str]:
     """Close every due period, oldest first, each in its own transaction. Returns the periods closed."""
-    from tenantq.core.db import unscoped_session
-
     with unscoped_session() as session:
         names = due_periods(session, now)
     closed = []

@@ -51,7 +51,7 @@ def close_due_periods_task() -> list[str]:
                 )
             )
         for invoice_id in ids:
-            stripe_sync_invoice.apply_async(args=[invoice_id], queue=SYSTEM_QUEUE)
+            stripe_sync_invoice.apply_async(args=(invoice_id,), queue=SYSTEM_QUEUE)
     if closed:
         log.info("closed billing periods %s", ", ".join(closed))
     return closed

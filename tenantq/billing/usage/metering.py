@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -288,7 +288,8 @@ class Meter:
         if n is None:
             return None
         field = f"{job_id}:{int(n)}"
-        raw = self.r.hget(OPEN, field)
+        # The clients decode responses to str, which redis-py's bytes | str return types cannot express.
+        raw = cast(str | None, self.r.hget(OPEN, field))
         return OpenAttempt.from_record(field, raw) if raw else None
 
     def reconcile(self, now: float | None = None) -> int:

@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import and_, func, not_, select
@@ -218,7 +218,9 @@ def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None
         jobs = sql_jobs_used(session, None, period)
         cpu = sql_compute_ms(session, None, period)
     # Counters of tenants with nothing in SQL any more (e.g. their only jobs were refused) go back to 0.
-    tenants = set(jobs) | set(cpu) | set(client.smembers(quota_tenants_key(period)))
+    # The clients decode responses to str, which redis-py's bytes | str return types cannot express.
+    known = cast(set[str], client.smembers(quota_tenants_key(period)))
+    tenants = set(jobs) | set(cpu) | known
     pipe = client.pipeline(transaction=False)
     for tenant_id in tenants:
         pipe.set(quota_jobs_key(tenant_id, period), jobs.get(tenant_id, 0), ex=COUNTER_TTL_S)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.repository import TenantRepository
@@ -28,7 +29,7 @@ class UsageRepository(TenantRepository[UsageEvent]):
         return int(self.session.scalar(query) or 0)
 
     def sums_by(
-        self, key: ColumnElement[Any], start: datetime, end: datetime
+        self, key: ColumnElement[str] | InstrumentedAttribute[str], start: datetime, end: datetime
     ) -> list[tuple[Any, str, int | None]]:
         """(key, metric, summed quantity) over events that occurred in [start, end), per key and metric."""
         query = (

@@ -1,22 +1,18 @@
-"""Tenant usage routes: current quotas (``/v1/usage``) and usage reports (``/v1/usage/report``)."""
+"""Tenant usage route: the current period's usage against the plan's quotas (``/v1/usage``).
+
+The priced usage report (``/v1/usage/report``) is served by the invoicing router, which owns prices.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query, Response
-
-from tenantq.billing.invoicing import reports
 from tenantq.billing.usage import quotas
-from tenantq.billing.usage.schemas import UsageOut, UsageReport
+from tenantq.billing.usage.schemas import UsageOut
 from tenantq.core.dependencies import SessionDep
 from tenantq.tenants.access.dependencies import UsageRead
 
 router = APIRouter(prefix="/v1", tags=["usage"])
-
-PeriodParam = Annotated[
-    str | None, Query(max_length=7, description="Calendar month, UTC: YYYY-MM. Default: the current month.")
-]
 
 
 @router.get(
@@ -30,32 +26,3 @@ PeriodParam = Annotated[
 )
 def get_usage(ctx: UsageRead, session: SessionDep) -> UsageOut:
     return UsageOut.model_validate(quotas.usage_summary(session, ctx.tenant))
-
-
-@router.get(
-    "/usage/report",
-    response_model=UsageReport,
-    summary="Usage report for a period, by task type or by day",
-    description="Jobs, attempts, compute (CPU) seconds, wall seconds and charges for one calendar month "
-    "(UTC), grouped by task type or by UTC day. Quantities and amounts are decimal strings. "
-    "`format=csv` answers a CSV attachment with the columns key, jobs, attempts, compute_seconds, "
-    "wall_seconds, charges and a final `total` row. Row charges are the period's usage charges spread "
-    "over the rows pro rata (to the cent); fixed fees appear in `totals.fixed_charges`.",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
-)
-def get_usage_report(
-    ctx: UsageRead,
-    session: SessionDep,
-    period: PeriodParam = None,
-    group_by: Annotated[Literal["task", "day"], Query(description="Row key: task type or UTC day.")] = "task",
-    format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
-) -> UsageReport | Response:
-    period = period or quotas.current_period()
-    report = reports.tenant_report(session, ctx.tenant, period, group_by)
-    if format == "csv":
-        return Response(
-            reports.tenant_report_csv(report),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="usage-{period}-by-{group_by}.csv"'},
-        )
-    return UsageReport.model_validate(report)

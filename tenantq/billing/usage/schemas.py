@@ -1,4 +1,4 @@
-"""Response bodies of the tenant usage routes (``/v1/usage`` and ``/v1/usage/report``)."""
+"""Response body of the tenant usage route (``/v1/usage``)."""
 
 from __future__ import annotations
 
@@ -24,36 +24,3 @@ class QuotaOut(BaseModel):
 class UsageOut(BaseModel):
     period: UsagePeriod
     quotas: list[QuotaOut]
-
-
-class UsageFigures(BaseModel):
-    """Quantities and amounts are decimal strings (seconds to the millisecond, charges to the cent)."""
-
-    jobs: int
-    attempts: int
-    compute_seconds: str
-    wall_seconds: str
-    charges: str
-
-
-class UsageReportRow(BaseModel):
-    key: str = Field(description="Task type or UTC day (YYYY-MM-DD), per group_by.")
-    jobs: int
-    attempts: int
-    compute_seconds: str
-    wall_seconds: str
-    charges: str
-
-
-class UsageReportTotals(UsageFigures):
-    fixed_charges: str = Field(description="Fixed fees of the period (not spread over rows).")
-    total_charges: str
-
-
-class UsageReport(BaseModel):
-    period: str
-    group_by: Literal["task", "day"]
-    currency: str | None
-    priced: bool
-    rows: list[UsageReportRow]
-    totals: UsageReportTotals

@@ -28,6 +28,7 @@ one-element list pushed on enqueue so an idle dispatcher wakes at once), ``tq:ro
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -184,10 +185,9 @@ class Dispatcher:
 
     def resign(self) -> None:
         if self.use_leader_lock and self.is_leader:
-            try:
+            # Best effort: a lock that is not released expires after its TTL.
+            with contextlib.suppress(redis.RedisError):
                 self._resign(keys=[LEADER_KEY], args=[self.instance_id])
-            except redis.RedisError:
-                pass
         self.is_leader = False
 
     # -- reconciliation ---------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Dispatcher:
             self._reconciled_at = now
             try:
                 self.reconcile()
-            except Exception:  # noqa: BLE001 - e.g. the database is away: dispatching goes on without it
+            except Exception:  # e.g. the database is away: dispatching goes on without it
                 log.exception("reconciliation failed; retrying next round")
         self.queues.promote_due()
         self._refresh_routes()

@@ -19,8 +19,9 @@ Where each limit is enforced:
     instead of running: a redelivered message never runs outside the cap.
   A skipped copy never reaches the task function, and the status step leaves SQL alone.
 
-Plan limits come from SQL (``tenants.service.effective_limits``: plan + ``tenant.overrides``) and are cached for ``limits_refresh_seconds``; a tenant never seen
-before is loaded on first use, so new tenants are served immediately.
+Plan limits come from SQL (``tenants.service.effective_limits``: plan + ``tenant.overrides``) and are
+cached for ``limits_refresh_seconds``; a tenant never seen before is loaded on first use, so new tenants
+are served immediately.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tenantq.core import keys
 from tenantq.core.db import unscoped_session
@@ -42,6 +44,8 @@ from tenantq.core.keys import DISPATCHED_AT, lease_key, wait_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
+from tenantq.tenants.accounts.models import Plan, Tenant
+from tenantq.tenants.accounts.service import EffectiveLimits, effective_limits
 
 log = logging.getLogger("tenantq.limits")
 
@@ -65,7 +69,7 @@ def default_burst(rate: float) -> float:
     return max(1.0, math.ceil(rate / 5)) if rate > 0 else 0.0
 
 
-def _limits_from(tenant: Any, limits: Any) -> TenantLimits:
+def _limits_from(tenant: Tenant, limits: EffectiveLimits) -> TenantLimits:
     """The dispatcher's view of a tenant's ``EffectiveLimits`` (plan + overrides, merged once, in
     ``tenants.service.effective_limits``)."""
     rate = float(limits.exec_rate or 0)
@@ -84,9 +88,6 @@ def _limits_from(tenant: Any, limits: Any) -> TenantLimits:
 def load_limits(tenant_ids: list[str]) -> dict[str, TenantLimits]:
     """Read the limits of these tenants from SQL (tenant and plan rows in one query). Unknown
     tenants are absent."""
-    from tenantq.tenants.accounts.models import Plan, Tenant
-    from tenantq.tenants.accounts.service import effective_limits
-
     out: dict[str, TenantLimits] = {}
     with unscoped_session() as session:
         for i in range(0, len(tenant_ids), 500):
@@ -125,11 +126,8 @@ class LimitsCache:
                     for t in missing:
                         self._items[t] = (now + self.ttl, loaded.get(t))
         with self._lock:
-            return {
-                t: self._items[t][1]
-                for t in tenant_ids
-                if self._items.get(t) and self._items[t][1] is not None
-            }
+            cached = {t: self._items[t][1] for t in tenant_ids if t in self._items}
+        return {t: limits for t, limits in cached.items() if limits is not None}
 
     def get(self, tenant_id: str) -> TenantLimits | None:
         return self.get_many([tenant_id]).get(tenant_id)
@@ -344,8 +342,6 @@ def percentile(values: list[float], q: float) -> float | None:
 __all__ = ["DISPATCHED_AT", "LimitsCache", "TenantLimits", "load_limits", "percentile", "recent_waits"]
 
 
-def limits_for(session: Any, tenant: Any) -> TenantLimits:
+def limits_for(session: Session, tenant: Tenant) -> TenantLimits:
     """Limits of one tenant read through the caller's session (the API's admission path)."""
-    from tenantq.tenants.accounts.service import effective_limits
-
     return _limits_from(tenant, effective_limits(session, tenant))

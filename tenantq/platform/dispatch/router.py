@@ -1,22 +1,23 @@
-"""HTTP routes for the tenant's queue figures and the operator's queue controls."""
+"""HTTP routes for the tenant's queue figures and the operator's queue controls.
+
+The operator's purge, which also cancels the purged jobs, is served by the jobs router.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from tenantq.core.dependencies import SessionDep
-from tenantq.core.errors import NotFound
 from tenantq.core.redis import get_redis
 from tenantq.platform.dispatch import routing, service
 from tenantq.platform.dispatch.schemas import (
     AdminQueueList,
     PauseOut,
     PoolOut,
-    PurgeOut,
     QueueOut,
 )
 from tenantq.tenants.access.dependencies import JobsRead, Operator
-from tenantq.tenants.accounts.models import Tenant
+from tenantq.tenants.accounts.service import get_tenant
 
 router = APIRouter(tags=["queue"])
 
@@ -26,13 +27,6 @@ router = APIRouter(tags=["queue"])
 )
 def get_queue(ctx: JobsRead, session: SessionDep) -> QueueOut:
     return service.queue_stats(session, ctx.tenant)
-
-
-def _tenant(session: SessionDep, tenant_id: str) -> Tenant:
-    tenant = session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise NotFound("Tenant not found.", details={"id": tenant_id})
-    return tenant
 
 
 @router.get(
@@ -48,7 +42,7 @@ def admin_queues(_op: Operator, session: SessionDep) -> AdminQueueList:
     summary="Pause a tenant's queue: jobs stay queued, none is released until resumed",
 )
 def pause_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
-    tenant = _tenant(session, tenant_id)
+    tenant = get_tenant(session, tenant_id)
     service.pause(tenant)
     return PauseOut(tenant_id=tenant.id, paused=True, paused_reason=service.OPERATOR_PAUSE)
 
@@ -59,19 +53,9 @@ def pause_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
     summary="Resume a paused queue (409 while the tenant is suspended)",
 )
 def resume_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
-    tenant = _tenant(session, tenant_id)
+    tenant = get_tenant(session, tenant_id)
     service.resume(tenant)
     return PauseOut(tenant_id=tenant.id, paused=False)
-
-
-@router.post(
-    "/admin/v1/tenants/{tenant_id}/queue/purge",
-    response_model=PurgeOut,
-    summary="Drop every waiting job of the tenant (they become cancelled)",
-)
-def purge_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PurgeOut:
-    tenant = _tenant(session, tenant_id)
-    return PurgeOut(tenant_id=tenant.id, purged=service.purge(session, tenant))
 
 
 @router.put(
@@ -80,7 +64,7 @@ def purge_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PurgeOut:
     summary="Route the tenant's jobs to its dedicated worker pool (run `tenantq worker --tenant`)",
 )
 def assign_pool(tenant_id: str, _op: Operator, session: SessionDep) -> PoolOut:
-    tenant = _tenant(session, tenant_id)
+    tenant = get_tenant(session, tenant_id)
     return PoolOut(tenant_id=tenant.id, pool=routing.assign(get_redis(), tenant.id))
 
 
@@ -90,6 +74,6 @@ def assign_pool(tenant_id: str, _op: Operator, session: SessionDep) -> PoolOut:
     summary="Send the tenant's jobs back to the shared pool",
 )
 def remove_pool(tenant_id: str, _op: Operator, session: SessionDep) -> PoolOut:
-    tenant = _tenant(session, tenant_id)
+    tenant = get_tenant(session, tenant_id)
     routing.unassign(get_redis(), tenant.id)
     return PoolOut(tenant_id=tenant.id, pool="shared")

@@ -12,6 +12,8 @@ Redis: ``tq:route`` HASH tenant id -> Celery queue name.
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from tenantq.core import keys
@@ -35,4 +37,5 @@ def unassign(client: redis.Redis, tenant_id: str) -> bool:
 
 
 def routes(client: redis.Redis) -> dict[str, str]:
-    return dict(client.hgetall(ROUTES))
+    # The clients decode responses to str, which redis-py's bytes | str return types cannot express.
+    return cast(dict[str, str], client.hgetall(ROUTES))

@@ -34,11 +34,6 @@ class AdminQueueList(BaseModel):
     exec_queue_depth: dict[str, int]
 
 
-class PurgeOut(BaseModel):
-    tenant_id: str
-    purged: int
-
-
 class PauseOut(BaseModel):
     tenant_id: str
     paused: bool

@@ -1,4 +1,8 @@
-"""Queue operations: per-tenant queue figures, operator pause/resume/purge/pools."""
+"""Queue operations: per-tenant queue figures, operator pause/resume/pools.
+
+The operator's purge also cancels the purged jobs' rows, so it lives with the jobs
+(``platform.jobs.service.purge_queue``).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,18 @@ import logging
 from typing import Any
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenantq.core import keys
-from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict
 from tenantq.core.redis import get_redis
+from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import routing
 from tenantq.platform.dispatch.dispatcher import LEADER_KEY, exec_queue_depth
 from tenantq.platform.dispatch.limits import TenantLimits, limits_for, percentile, recent_waits
 from tenantq.platform.dispatch.repository import PAUSED_WHY, TenantQueues
 from tenantq.platform.dispatch.schemas import AdminQueueOut, QueueOut, WaitStats
-from tenantq.platform.jobs.models import Job
 from tenantq.tenants.accounts.models import Tenant
 
 log = logging.getLogger("tenantq.queue")
@@ -29,14 +32,14 @@ OPERATOR_PAUSE = "operator_pause"
 def _figures(client: redis.Redis, tenant_id: str, limits: TenantLimits, paused: bool) -> dict[str, Any]:
     queues = TenantQueues(client)
     waits = recent_waits(client, tenant_id)
-    return dict(
-        depth=queues.depth(tenant_id),
-        running=queues.running(tenant_id),
-        concurrency_limit=limits.concurrency or None,
-        rate_limit=limits.exec_rate or None,
-        paused=paused,
-        recent_wait_ms=WaitStats(p50=percentile(waits, 50), p95=percentile(waits, 95)),
-    )
+    return {
+        "depth": queues.depth(tenant_id),
+        "running": queues.running(tenant_id),
+        "concurrency_limit": limits.concurrency or None,
+        "rate_limit": limits.exec_rate or None,
+        "paused": paused,
+        "recent_wait_ms": WaitStats(p50=percentile(waits, 50), p95=percentile(waits, 95)),
+    }
 
 
 def queue_stats(session: Session, tenant: Tenant, *, client: redis.Redis | None = None) -> QueueOut:
@@ -75,8 +78,6 @@ def admin_queues(session: Session, *, client: redis.Redis | None = None) -> dict
                     **figures,
                 )
             )
-    from tenantq.core.settings import get_settings
-
     exec_queues = {get_settings().exec_queue, *routes.values()}
     return {
         "items": items,
@@ -97,16 +98,3 @@ def resume(tenant: Tenant, *, client: redis.Redis | None = None) -> None:
             details={"status": tenant.status},
         )
     TenantQueues(client or get_redis()).resume(tenant.id)
-
-
-def purge(session: Session, tenant: Tenant, *, client: redis.Redis | None = None) -> int:
-    """Drop every waiting job of the tenant; the SQL rows become ``cancelled`` (nothing silently vanishes)."""
-    ids = TenantQueues(client or get_redis()).purge(tenant.id)
-    now = utcnow()
-    for i in range(0, len(ids), 500):
-        session.execute(
-            update(Job)
-            .where(Job.tenant_id == tenant.id, Job.id.in_(ids[i : i + 500]), Job.status == "queued")
-            .values(status="cancelled", finished_at=now, error="Purged from the queue by the operator.")
-        )
-    return len(ids)

@@ -20,18 +20,31 @@ from __future__ import annotations
 import logging
 import traceback
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from sqlalchemy import Integer, String, bindparam, func, literal, literal_column, null, select, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import (
+    CursorResult,
+    Integer,
+    String,
+    bindparam,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import UTCDateTime, get_engine, new_id, unscoped_session, utcnow
 from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
+from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import hooks
 from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
 from tenantq.platform.jobs.messages import JobMessage
@@ -156,7 +169,8 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bo
         with engine.connect() as conn:
             return conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
     with unscoped_session() as session:
-        if not session.execute(move).rowcount:
+        # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning Result.
+        if not cast(CursorResult[Any], session.execute(move)).rowcount:
             return False
         _open_attempt(session, message.id, attempt, task_id, worker, now)
     return True
@@ -164,11 +178,7 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bo
 
 def _upsert_insert(dialect: str) -> Any:
     """The dialect's INSERT with ON CONFLICT support (PostgreSQL and SQLite have it)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 _ATTEMPT_COLUMNS = [
@@ -260,7 +270,9 @@ def _finish_in_transaction(
             if row is not None:
                 probes = _probe_values(row, probing, 1)
             values["result_expires_at"] = now + timedelta(seconds=int(ttl)) if ttl else None
-        moved = session.execute(update(Job).where(*_on_attempt(message)).values(**values)).rowcount
+        moved = cast(
+            CursorResult[Any], session.execute(update(Job).where(*_on_attempt(message)).values(**values))
+        ).rowcount
         if status == "failed" and probing:
             row = session.execute(
                 select(*[hook.probe(literal(message.tenant_id)) for hook in probing if hook.probe])
@@ -269,9 +281,9 @@ def _finish_in_transaction(
         _close_attempt(session, message, status, error, now)
         outcome = AttemptOutcome(message, status, error, probes)
         if moved:
-            for hook in claiming:
-                if hook.in_transaction is not None:
-                    after.append(hook.in_transaction(session, outcome))
+            after.extend(
+                hook.in_transaction(session, outcome) for hook in claiming if hook.in_transaction is not None
+            )
     for action in after:
         if action is not None:
             action()
@@ -377,8 +389,6 @@ def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> boo
     Redis first: a worker dying between the two steps leaves a retry that will run (and whose prerun
     moves the job on), never a job stuck in 'retrying' with nothing queued. A retry that starts
     before the SQL update below simply makes that update match nothing."""
-    from tenantq.platform.dispatch.repository import TenantQueues
-
     error = describe_error(exc, message)
     now = utcnow()
     run_at = now + timedelta(seconds=delay)
@@ -387,8 +397,11 @@ def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> boo
         message.tenant_id, message.id, message.priority, message.next_attempt(), run_at.timestamp()
     )
     with unscoped_session() as session:
-        moved = session.execute(
-            update(Job).where(*_on_attempt(message)).values(status="retrying", error=error, run_at=run_at)
+        moved = cast(
+            CursorResult[Any],
+            session.execute(
+                update(Job).where(*_on_attempt(message)).values(status="retrying", error=error, run_at=run_at)
+            ),
         ).rowcount
         _close_attempt(session, message, "failed", error, now)
         if not moved:

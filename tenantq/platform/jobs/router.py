@@ -1,4 +1,5 @@
-"""HTTP routes for jobs and task types: parse, call the service, return a schema."""
+"""HTTP routes for jobs, task types and the operator's queue purge: parse, call the service, return a
+schema."""
 
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ from tenantq.platform.jobs.schemas import (
     JobList,
     JobOut,
     JobStatus,
+    PurgeOut,
     TaskTypeOut,
 )
-from tenantq.tenants.access.dependencies import CurrentTenant, JobsRead, JobsWrite
+from tenantq.tenants.access.dependencies import CurrentTenant, JobsRead, JobsWrite, Operator
+from tenantq.tenants.accounts.service import get_tenant
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+# No prefix: the operator's queue purge (under /admin/v1) is served here too, because it cancels jobs.
+router = APIRouter()
 
 
 @router.post(
-    "/jobs",
+    "/v1/jobs",
+    tags=["jobs"],
     response_model=JobOut,
     status_code=202,
     summary="Submit a job",
@@ -44,7 +49,8 @@ def create_job(body: JobCreate, ctx: JobsWrite, session: SessionDep, response: R
 
 
 @router.post(
-    "/jobs/batch",
+    "/v1/jobs/batch",
+    tags=["jobs"],
     response_model=BatchOut,
     summary="Submit up to 1,000 jobs in one call",
     description=f"Each of up to {MAX_BATCH} jobs is validated like POST /v1/jobs and gets its own answer "
@@ -56,13 +62,14 @@ def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> Batc
     return BatchOut(items=service.submit_batch(session, ctx.tenant, body.jobs))
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job")
+@router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobOut, summary="Get a job")
 def get_job(job_id: str, ctx: JobsRead, session: SessionDep) -> JobOut:
     return JobOut.model_validate(JobRepository(session, ctx.tenant_id).get(job_id))
 
 
 @router.post(
-    "/jobs/{job_id}/cancel",
+    "/v1/jobs/{job_id}/cancel",
+    tags=["jobs"],
     response_model=CancelOut,
     summary="Cancel a job",
     description="A queued, scheduled or retrying job is taken off the queue and never starts (`dequeued`). "
@@ -76,7 +83,8 @@ def cancel_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> CancelOut:
 
 
 @router.post(
-    "/jobs/{job_id}/retry",
+    "/v1/jobs/{job_id}/retry",
+    tags=["jobs"],
     response_model=JobOut,
     status_code=202,
     summary="Re-run a failed or cancelled job",
@@ -90,7 +98,8 @@ def retry_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> JobOut:
 
 
 @router.get(
-    "/jobs",
+    "/v1/jobs",
+    tags=["jobs"],
     response_model=JobList,
     summary="List jobs, newest first",
     description="`status=failed` is the dead-letter view: jobs that failed for good (retries exhausted or a "
@@ -113,7 +122,8 @@ def list_jobs(
 
 
 @router.get(
-    "/task-types",
+    "/v1/task-types",
+    tags=["jobs"],
     response_model=list[TaskTypeOut],
     summary="Registered task types and their argument schemas",
 )
@@ -122,3 +132,14 @@ def list_task_types(ctx: CurrentTenant) -> list[TaskTypeOut]:
         TaskTypeOut(name=t.name, description=t.description, args_schema=t.json_schema())
         for t in all_task_types()
     ]
+
+
+@router.post(
+    "/admin/v1/tenants/{tenant_id}/queue/purge",
+    response_model=PurgeOut,
+    tags=["queue"],
+    summary="Drop every waiting job of the tenant (they become cancelled)",
+)
+def purge_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PurgeOut:
+    tenant = get_tenant(session, tenant_id)
+    return PurgeOut(tenant_id=tenant.id, purged=service.purge_queue(session, tenant))

@@ -55,7 +55,8 @@ class JobCreate(BaseModel):
         default=None,
         min_length=1,
         max_length=255,
-        description="Same key (per tenant, within the retention window, 24 h by default) returns the same job.",
+        description="Same key (per tenant, within the retention window, 24 h by default) returns the "
+        "same job.",
     )
 
     @model_validator(mode="after")
@@ -174,3 +175,8 @@ class BatchItem(BaseModel):
 
 class BatchOut(BaseModel):
     items: list[BatchItem]
+
+
+class PurgeOut(BaseModel):
+    tenant_id: str
+    purged: int

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import func, update
+from sqlalchemy import CursorResult, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -140,11 +140,8 @@ def validate_policy(session: Session, tenant: Tenant, spec: TaskType, data: JobC
             code="priority_not_allowed",
             details={"min": plan.priority_min, "max": plan.priority_max},
         )
-    if data.max_retries is None:
-        # The task type's default is the operator's choice, not the tenant's: clamp it, never refuse.
-        max_retries = min(spec.max_retries, plan.max_retries)
-    else:
-        max_retries = data.max_retries
+    # The task type's default is the operator's choice, not the tenant's: clamp it, never refuse.
+    max_retries = min(spec.max_retries, plan.max_retries) if data.max_retries is None else data.max_retries
     if max_retries > plan.max_retries:
         raise InvalidInput(
             f"max_retries {max_retries} exceeds the plan's {plan.max_retries}.",
@@ -416,10 +413,15 @@ def cancel_job(
         if job.status in WAITING_STATUSES:
             lifecycle.mark_cancelled(job.id, job.attempts + 1, client)
             TenantQueues(client).remove(job.tenant_id, job.id)
-            moved = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status.in_(WAITING_STATUSES))
-                .values(status="cancelled", finished_at=now, run_at=None)
+            # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as
+            # returning Result.
+            moved = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.status.in_(WAITING_STATUSES))
+                    .values(status="cancelled", finished_at=now, run_at=None)
+                ),
             ).rowcount
             outcome: CancelOutcome = "dequeued"
         elif job.status == "running":
@@ -427,17 +429,23 @@ def cancel_job(
             spec = get_task_type(job.task)
             if spec is not None and spec.cancellable and job.task_id:
                 celery_app.control.revoke(job.task_id, terminate=True, signal="SIGTERM")
-                moved = session.execute(
-                    update(Job)
-                    .where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
-                    .values(status="cancelled", finished_at=now)
+                moved = cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
+                        .values(status="cancelled", finished_at=now)
+                    ),
                 ).rowcount
                 outcome = "terminated"
             else:
-                moved = session.execute(
-                    update(Job)
-                    .where(Job.id == job.id, Job.status == "running")
-                    .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
+                moved = cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job.id, Job.status == "running")
+                        .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
+                    ),
                 ).rowcount
                 outcome = "requested"
         else:  # an unknown status: refuse rather than guess
@@ -472,19 +480,22 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     if steps is not None and job.workflow_id:
         # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
         steps.lock(session, job.workflow_id)
-    moved = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES))
-        .values(
-            status="queued",
-            error=None,
-            result=None,
-            result_expires_at=None,
-            started_at=None,
-            finished_at=None,
-            run_at=None,
-            cancel_requested_at=None,
-        )
+    moved = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status.in_(RERUNNABLE_STATUSES))
+            .values(
+                status="queued",
+                error=None,
+                result=None,
+                result_expires_at=None,
+                started_at=None,
+                finished_at=None,
+                run_at=None,
+                cancel_requested_at=None,
+            )
+        ),
     ).rowcount
     if not moved:
         session.rollback()
@@ -516,11 +527,28 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     return job
 
 
+def purge_queue(session: Session, tenant: Tenant, *, client: redis.Redis | None = None) -> int:
+    """Drop every waiting job of the tenant from its queue; their rows become ``cancelled``, so nothing
+    silently vanishes. Returns how many jobs were dropped."""
+    ids = TenantQueues(client or get_redis()).purge(tenant.id)
+    now = utcnow()
+    for i in range(0, len(ids), 500):  # bounded IN lists
+        session.execute(
+            update(Job)
+            .where(Job.tenant_id == tenant.id, Job.id.in_(ids[i : i + 500]), Job.status == "queued")
+            .values(status="cancelled", finished_at=now, error="Purged from the queue by the operator.")
+        )
+    return len(ids)
+
+
 def purge_expired_results(session: Session, *, now: datetime | None = None) -> int:
     """Drop results past their expiry (the API already hides them; this frees the space)."""
     now = now or utcnow()
-    count = session.execute(
-        update(Job).where(Job.result_expires_at <= now, Job.result.is_not(None)).values(result=None)
+    count = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job).where(Job.result_expires_at <= now, Job.result.is_not(None)).values(result=None)
+        ),
     ).rowcount
     session.commit()
     return int(count or 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
@@ -14,7 +14,7 @@ from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 
-LIMIT_ERRORS = {
+LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {
         "description": "Invalid task/arguments, cron expression or time zone, or an interval below the "
         "plan's minimum (code schedule_interval_too_short)."

@@ -17,11 +17,11 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import utcnow
@@ -125,7 +125,8 @@ def _check_timing(
         cron = check_cron(cron)
         period = cron_min_period(cron, tz, utcnow())
     else:
-        period = float(interval)  # type: ignore[arg-type]
+        assert interval is not None  # exactly one of the two is given (checked above)
+        period = float(interval)
     if period < minimum:
         raise InvalidInput(
             f"This schedule would fire every {period:g}s; the plan's minimum interval is {minimum}s.",
@@ -277,13 +278,19 @@ def claim(session: Session, schedule: Schedule, now: datetime) -> datetime | Non
     if due is None:
         return None
     following = next_after(schedule, due, now)
-    result = session.execute(
-        update(Schedule)
-        .where(Schedule.id == schedule.id, Schedule.revision == schedule.revision, Schedule.enabled.is_(True))
-        .values(
-            next_run_at=following, last_run_at=now, revision=Schedule.revision + 1, runs=Schedule.runs + 1
-        )
-        .execution_options(synchronize_session=False)
+    # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning Result.
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Schedule)
+            .where(
+                Schedule.id == schedule.id, Schedule.revision == schedule.revision, Schedule.enabled.is_(True)
+            )
+            .values(
+                next_run_at=following, last_run_at=now, revision=Schedule.revision + 1, runs=Schedule.runs + 1
+            )
+            .execution_options(synchronize_session=False)
+        ),
     )
     session.commit()
     return due if result.rowcount == 1 else None

@@ -24,9 +24,10 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -97,7 +98,7 @@ def verify_signature(
     return any(hmac.compare_digest(expected, c) for c in candidates)
 
 
-# --- endpoints (tenant-scoped, through WebhookRepository) ----------------------------------------------------------------------------
+# --- endpoints (tenant-scoped, through WebhookRepository) ----------------------------------------------
 
 
 def new_secret() -> str:
@@ -251,18 +252,22 @@ def attempt_delivery(session: Session, delivery_id: str) -> AttemptOutcome:
     number = delivery.attempts + 1
     # Claim this attempt number before sending, so two copies of the task never make the same attempt;
     # while it is in flight, next_attempt_at keeps the sweeper away.
-    claimed = session.execute(
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery.id,
-            WebhookDelivery.attempts == delivery.attempts,
-            WebhookDelivery.status == "pending",
-        )
-        .values(
-            attempts=number,
-            next_attempt_at=now + timedelta(seconds=settings.webhook_timeout_seconds) + STALE_AFTER,
-        )
-        .execution_options(synchronize_session=False)
+    # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning Result.
+    claimed = cast(
+        CursorResult[Any],
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery.id,
+                WebhookDelivery.attempts == delivery.attempts,
+                WebhookDelivery.status == "pending",
+            )
+            .values(
+                attempts=number,
+                next_attempt_at=now + timedelta(seconds=settings.webhook_timeout_seconds) + STALE_AFTER,
+            )
+            .execution_options(synchronize_session=False)
+        ),
     )
     session.commit()
     if claimed.rowcount != 1:

@@ -20,8 +20,8 @@ class StepTask(BaseModel):
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Arguments. From the second step on, the previous step's result is added under the key "
-        "`input` (a list of results, in group order, after a group), so the key is reserved; task types whose "
-        "arguments have no `input` field and accept no extra keys run without it.",
+        "`input` (a list of results, in group order, after a group), so the key is reserved; task types "
+        "whose arguments have no `input` field and accept no extra keys run without it.",
     )
     priority: int = Field(default=5, ge=0, le=9)
     max_retries: int | None = Field(default=None, ge=0, le=100)
@@ -45,7 +45,8 @@ class WorkflowCreate(BaseModel):
     steps: list[StepTask | StepGroup] = Field(
         min_length=1,
         max_length=MAX_STEPS,
-        description="Run in order: a step starts when the previous one succeeded, with its result as `input`.",
+        description="Run in order: a step starts when the previous one succeeded, with its result as "
+        "`input`.",
     )
 
 

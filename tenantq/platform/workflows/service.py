@@ -170,7 +170,10 @@ def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: A
             spec.validate(args)
         except (ValidationError, ValueError) as exc:
             job.status, job.finished_at = "failed", now
-            job.error = f"InvalidInput: the previous step's result does not fit the arguments of {item['task']!r}: {exc}"
+            job.error = (
+                "InvalidInput: the previous step's result does not fit the arguments of "
+                f"{item['task']!r}: {exc}"
+            )
         else:
             # A step's arguments, input included, are bounded like a request body: a group of big
             # results must not turn into one huge message.
@@ -357,12 +360,12 @@ def workflow_out(session: Session, wf: Workflow) -> WorkflowOut:
                 index=index,
                 kind="group" if "group" in step else "task",
                 tasks=[item["task"] for item in _items(step)],
-                status=_step_status(wf, index, step_jobs),  # type: ignore[arg-type]
+                status=_step_status(wf, index, step_jobs),
                 jobs=[
                     StepJobOut(
                         id=j.id,
                         task=j.task,
-                        status=j.status,  # type: ignore[arg-type]
+                        status=j.status,
                         error=(j.error or "").splitlines()[0] if j.error else None,
                     )
                     for j in step_jobs
@@ -380,7 +383,7 @@ def workflow_out(session: Session, wf: Workflow) -> WorkflowOut:
     return WorkflowOut(
         id=wf.id,
         status=status,
-        current_step=wf.current_step,  # type: ignore[arg-type]
+        current_step=wf.current_step,
         failed_step=wf.failed_step,
         error=wf.error,
         result=result,
