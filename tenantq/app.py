@@ -13,11 +13,12 @@ from tenantq.billing.invoicing.admin_router import router as invoicing_admin_rou
 from tenantq.billing.invoicing.router import router as invoicing_router
 from tenantq.billing.usage.router import router as usage_router
 from tenantq.core.db import get_engine
-from tenantq.core.errors import install_error_handlers
+from tenantq.core.errors import ErrorTrap, install_error_handlers
 from tenantq.core.logging import install_request_logging
 from tenantq.core.metrics import observe_request
 from tenantq.core.redis import get_redis
 from tenantq.core.request_guard import RequestGuard
+from tenantq.core.response_headers import SecurityHeaders
 from tenantq.dashboard.csrf import install_csrf_guard
 from tenantq.dashboard.router import router as dashboard_router
 from tenantq.ops.metrics import router as metrics_router
@@ -32,8 +33,9 @@ DESCRIPTION = """
 tenantq runs background jobs for many tenants on Celery.
 
 Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors always have the shape
-`{"error": {"code": ..., "message": ..., "details": ...}}`. Priorities run from 0 (least urgent) to
-9 (most urgent).
+`{"error": {"code": ..., "message": ..., "details": ...}}`; an unexpected failure answers 500
+`internal_error` with `details.request_id`, the id also sent as the `X-Request-ID` response header and
+written on the server's log lines. Priorities run from 0 (least urgent) to 9 (most urgent).
 """
 
 
@@ -63,8 +65,13 @@ def create_app() -> FastAPI:
     # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
     app.add_middleware(RequestGuard)
 
-    # Added last: outermost, so it also logs 413s and timings include everything.
+    # Outside the guard, so it also logs 413s and timings include everything.
     install_request_logging(app, observe=observe_request)
+    # Outside the request log: the request id it binds is on the log line, and an exception that
+    # escapes everything inside still answers a JSON 500 (and is logged as status 500).
+    app.add_middleware(ErrorTrap)
+    # Outermost: nosniff, no-store and HSTS also on the answers of the middlewares above.
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:

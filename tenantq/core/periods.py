@@ -3,6 +3,11 @@
 Quotas reset, reports group and invoices close on these months, so every area asks this module rather
 than doing month arithmetic itself. Naive datetimes are taken as UTC: the database stores UTC and
 SQLite hands timestamps back without a zone.
+
+Periods run from ``1970-01`` to ``9998-12``: every period's ``start`` and ``end`` (and its neighbours)
+must be representable as a ``datetime``, whose years stop at 9999, and nothing is metered before the
+Unix epoch. A well-formed name outside that range is refused like a malformed one, so no caller turns
+``0000-01`` into a 500.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from tenantq.core.errors import InvalidInput
 
 PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+MIN_YEAR = 1970
+MAX_YEAR = 9998
 
 
 @dataclass(frozen=True, order=True)
@@ -25,13 +32,14 @@ class Period:
 
     @classmethod
     def parse(cls, text: str | None) -> Period:
-        """``YYYY-MM`` -> Period; anything else raises InvalidInput ``invalid_period`` (HTTP 422)."""
+        """``YYYY-MM`` -> Period; anything else (or a year outside ``MIN_YEAR``..``MAX_YEAR``) raises
+        InvalidInput ``invalid_period`` (HTTP 422)."""
         match = PERIOD_RE.match(text or "")
-        if not match:
+        if not match or not MIN_YEAR <= int(match.group(1)) <= MAX_YEAR:
             raise InvalidInput(
-                "Period must be YYYY-MM (a calendar month, UTC).",
+                f"Period must be YYYY-MM (a calendar month, UTC) between {MIN_YEAR}-01 and {MAX_YEAR}-12.",
                 code="invalid_period",
-                details={"period": text},
+                details={"period": text, "min": f"{MIN_YEAR}-01", "max": f"{MAX_YEAR}-12"},
             )
         return cls(int(match.group(1)), int(match.group(2)))
 

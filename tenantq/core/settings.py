@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         "long attempt is redelivered while it still runs.",
     )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
+    hsts_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Strict-Transport-Security max-age sent on https responses; 0 (default) sends none.",
+    )
     billing_grace_seconds: int = Field(
         default=2 * 24 * 3600,
         description="How long after a calendar month ends before it is closed and invoiced; usage recorded "

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tenantq.billing.invoicing.models import Invoice, PlanPrice
 from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
@@ -92,7 +92,7 @@ class CloseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC calendar month).")
-    force: bool = Field(default=False, description="Close before the grace window has passed.")
+    force: StrictBool = Field(default=False, description="Close before the grace window has passed.")
 
 
 class CloseOut(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 JobStatus = Literal[
     "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected"
@@ -19,33 +19,33 @@ class JobCreate(BaseModel):
     args: dict[str, Any] = Field(
         default_factory=dict, description="Arguments, validated against the task type's schema."
     )
-    priority: int = Field(default=5, ge=0, le=9, description="0 (least urgent) to 9 (most urgent).")
-    countdown: float | None = Field(
+    priority: StrictInt = Field(default=5, ge=0, le=9, description="0 (least urgent) to 9 (most urgent).")
+    countdown: StrictFloat | None = Field(
         default=None, ge=0, le=366 * 24 * 3600, description="Seconds to wait before the job becomes runnable."
     )
-    max_retries: int | None = Field(
+    max_retries: StrictInt | None = Field(
         default=None, ge=0, le=100, description="Retries on retryable errors (bounded by plan)."
     )
-    retry_backoff: float | None = Field(
+    retry_backoff: StrictFloat | None = Field(
         default=None,
         ge=0.1,
         le=3600,
         description="Seconds: the first retry's delay and the floor of every retry delay (default: the task "
         "type's). Later retries wait a random time between the floor and floor * 2**n, capped.",
     )
-    retry_backoff_max: float | None = Field(
+    retry_backoff_max: StrictFloat | None = Field(
         default=None,
         ge=0.1,
         le=24 * 3600,
         description="Seconds: cap of the retry delay (default: the task type's).",
     )
-    soft_time_limit: float | None = Field(
+    soft_time_limit: StrictFloat | None = Field(
         default=None,
         gt=0,
         description="Seconds after which the task gets a SoftTimeLimitExceeded error it may catch to clean "
         "up. Bounded by the plan's max_time_limit_s (422 above); must be below time_limit.",
     )
-    time_limit: float | None = Field(
+    time_limit: StrictFloat | None = Field(
         default=None,
         gt=0,
         description="Seconds after which the attempt is killed. Default: the task type's, else the plan's "

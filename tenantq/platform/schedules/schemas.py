@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 MAX_INTERVAL_S = 366 * 24 * 3600
 
@@ -25,14 +25,16 @@ class ScheduleCreate(BaseModel):
         min_length=1, max_length=128, description="A registered task type, e.g. 'http.request'."
     )
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments, validated like a job's.")
-    priority: int = Field(default=5, ge=0, le=9, description="Priority of the jobs it creates, 0-9.")
-    max_retries: int | None = Field(
+    priority: StrictInt = Field(default=5, ge=0, le=9, description="Priority of the jobs it creates, 0-9.")
+    max_retries: StrictInt | None = Field(
         default=None, ge=0, le=100, description="max_retries of the jobs it creates (bounded by plan)."
     )
     cron: str | None = Field(default=None, min_length=1, max_length=128, description=_CRON)
     timezone: str = Field(default="UTC", min_length=1, max_length=64, description=_TZ)
-    interval_seconds: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
-    enabled: bool = Field(default=True, description="Disabled schedules keep their settings but never fire.")
+    interval_seconds: StrictInt | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
+    enabled: StrictBool = Field(
+        default=True, description="Disabled schedules keep their settings but never fire."
+    )
 
 
 class ScheduleUpdate(BaseModel):
@@ -43,12 +45,12 @@ class ScheduleUpdate(BaseModel):
     name: str | None = Field(default=None, max_length=128)
     task: str | None = Field(default=None, min_length=1, max_length=128)
     args: dict[str, Any] | None = None
-    priority: int | None = Field(default=None, ge=0, le=9)
-    max_retries: int | None = Field(default=None, ge=0, le=100)
+    priority: StrictInt | None = Field(default=None, ge=0, le=9)
+    max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
     cron: str | None = Field(default=None, min_length=1, max_length=128, description=_CRON)
     timezone: str | None = Field(default=None, min_length=1, max_length=64, description=_TZ)
-    interval_seconds: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
-    enabled: bool | None = None
+    interval_seconds: StrictInt | None = Field(default=None, ge=1, le=MAX_INTERVAL_S, description=_INTERVAL)
+    enabled: StrictBool | None = None
 
 
 class ScheduleOut(BaseModel):

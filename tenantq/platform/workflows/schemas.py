@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from tenantq.platform.jobs.schemas import JobStatus
 
@@ -23,10 +23,10 @@ class StepTask(BaseModel):
         "`input` (a list of results, in group order, after a group), so the key is reserved; task types "
         "whose arguments have no `input` field and accept no extra keys run without it.",
     )
-    priority: int = Field(default=5, ge=0, le=9)
-    max_retries: int | None = Field(default=None, ge=0, le=100)
-    soft_time_limit: float | None = Field(default=None, gt=0)
-    time_limit: float | None = Field(default=None, gt=0)
+    priority: StrictInt = Field(default=5, ge=0, le=9)
+    max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
+    soft_time_limit: StrictFloat | None = Field(default=None, gt=0)
+    time_limit: StrictFloat | None = Field(default=None, gt=0)
 
 
 class StepGroup(BaseModel):

@@ -1,4 +1,10 @@
-"""FastAPI dependencies: who is calling (checked by ``auth``), and may they (scopes)?"""
+"""FastAPI dependencies: who is calling (checked by ``auth``), and may they (scopes, tenant status)?
+
+A suspended tenant keeps read access (its jobs, usage and invoices) but changes nothing: every tenant
+request other than GET/HEAD/OPTIONS answers 403 ``tenant_suspended``. The check sits in
+``current_tenant``, which every tenant route depends on (directly or through ``RequireScope``), so a
+new write route cannot forget it.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,27 @@ from tenantq.core.dependencies import SessionDep
 from tenantq.core.errors import Forbidden
 from tenantq.tenants.access import auth
 from tenantq.tenants.access.auth import OperatorContext, TenantContext
+from tenantq.tenants.accounts.models import Tenant
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_suspended(tenant: Tenant) -> None:
+    """403 ``tenant_suspended`` unless the tenant is active: the one rule for tenant writes."""
+    if tenant.status != "active":
+        raise Forbidden(
+            f"Tenant is {tenant.status}: it can read but not change anything.",
+            code="tenant_suspended",
+            details={"status": tenant.status},
+        )
 
 
 def current_tenant(request: Request, session: SessionDep) -> TenantContext:
     """An API key or a session JWT as bearer token, or the dashboard's session cookie."""
     ctx = auth.tenant_credential(request, session)
     request.state.tenant_id = ctx.tenant_id  # for request logs and rejection metrics
+    if request.method not in READ_METHODS:
+        refuse_suspended(ctx.tenant)
     return ctx
 
 

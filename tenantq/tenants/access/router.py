@@ -14,7 +14,8 @@ from tenantq.core.dependencies import SessionDep
 from tenantq.core.errors import Forbidden
 from tenantq.tenants.access import auth, service
 from tenantq.tenants.access.auth import TenantContext
-from tenantq.tenants.access.dependencies import KeysManage, Operator, current_operator
+from tenantq.tenants.access.dependencies import KeysManage, Operator, current_operator, refuse_suspended
+from tenantq.tenants.access.keys import parse_key
 from tenantq.tenants.access.models import ApiKey
 from tenantq.tenants.access.repository import ApiKeyRepository
 from tenantq.tenants.access.schemas import (
@@ -108,12 +109,19 @@ def rotate_key(key_id: str, body: KeyRotate, ctx: KeysManage, session: SessionDe
     description="Send the API key as bearer token (or as `api_key` in the body). Answers a short-lived "
     "JWT and sets it as the HttpOnly, SameSite=Lax cookie `tq_session` (Secure over https). The session "
     "carries the key's scopes and dies with the key (revocation, expiry). A session token cannot be "
-    "exchanged for another one.",
+    "exchanged for another one. A suspended tenant gets 403 `tenant_suspended` (its keys still read).",
 )
 def create_session(
     request: Request, response: Response, session: SessionDep, body: SessionCreate | None = None
 ) -> SessionOut:
-    issued = auth.key_login(request, session, auth.bearer_token(request) or (body.api_key if body else None))
+    raw = auth.bearer_token(request) or (body.api_key if body else None)
+    issued = auth.key_login(request, session, raw)
+    # key_login verified the key, so it parses and its row exists; a session is a new credential,
+    # which a suspended tenant may not create (its keys still read).
+    parsed = parse_key(raw or "")
+    key = session.get(ApiKey, parsed.kid) if parsed else None
+    if key is not None:
+        refuse_suspended(key.tenant)
     set_session_cookie(response, request, SESSION_COOKIE, issued.token, issued.ttl)
     return SessionOut(token=issued.token, expires_at=issued.expires_at)
 

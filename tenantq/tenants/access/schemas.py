@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from tenantq.tenants.access.keys import ALL_SCOPES
 from tenantq.tenants.accounts.schemas import clean_name
@@ -31,8 +31,9 @@ class KeyCreate(BaseModel):
         max_length=len(ALL_SCOPES) * 2,
         description=f"Scopes of the new key, a subset of the caller's own. Known: {', '.join(ALL_SCOPES)}.",
     )
-    expires_at: datetime | None = Field(
-        default=None, description="Optional expiry (ISO 8601, in the future)."
+    # Aware only: a naive time has no meaning across zones, and comparing it with now() would fail.
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="Optional expiry: ISO 8601 with a zone offset (e.g. `Z`), in the future."
     )
 
     @field_validator("name")
@@ -49,7 +50,7 @@ class KeyCreate(BaseModel):
 class KeyRotate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_seconds: int = Field(
+    grace_seconds: StrictInt = Field(
         ge=0,
         le=MAX_GRACE_SECONDS,
         description="How long the old key keeps working (0 = stop now). Its expires_at becomes now + grace.",

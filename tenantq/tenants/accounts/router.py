@@ -75,7 +75,8 @@ def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep) -> Te
     "/tenants/{tenant_id}/suspend",
     response_model=TenantOut,
     summary="Suspend a tenant",
-    description="New submissions answer 403 `tenant_suspended`; queued jobs stay queued (the queue is "
+    description="The tenant keeps read access; its writes (jobs, workflows, schedules, webhooks, keys, "
+    "sessions) answer 403 `tenant_suspended`. Queued jobs stay queued (the queue is "
     "paused, nothing is dropped) and resume on reactivation.",
 )
 def suspend_tenant(tenant_id: str, session: SessionDep) -> TenantOut:

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 
 def clean_name(value: str) -> str:
@@ -24,23 +24,27 @@ class LimitOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    submit_rate: float | None = Field(
+    submit_rate: StrictFloat | None = Field(
         default=None, gt=0, le=1_000_000, description="Jobs/s accepted at the API."
     )
-    submit_burst: int | None = Field(default=None, ge=1, le=10_000_000, description="Submission bucket size.")
-    exec_rate: float | None = Field(
+    submit_burst: StrictInt | None = Field(
+        default=None, ge=1, le=10_000_000, description="Submission bucket size."
+    )
+    exec_rate: StrictFloat | None = Field(
         default=None, gt=0, le=1_000_000, description="Jobs/s released to workers."
     )
-    concurrency: int | None = Field(default=None, ge=1, le=100_000, description="Jobs running at once.")
-    max_queued: int | None = Field(default=None, ge=1, le=1_000_000_000, description="Pending jobs allowed.")
-    weight: int | None = Field(default=None, ge=1, le=1000, description="Fair-share weight.")
-    priority_min: int | None = Field(default=None, ge=0, le=9)
-    priority_max: int | None = Field(default=None, ge=0, le=9)
-    max_time_limit_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    max_retries: int | None = Field(default=None, ge=0, le=100)
-    included_jobs: int | None = Field(default=None, ge=0, le=10**12)
-    included_compute_seconds: int | None = Field(default=None, ge=0, le=10**12)
-    hard_limits: bool | None = None
+    concurrency: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Jobs running at once.")
+    max_queued: StrictInt | None = Field(
+        default=None, ge=1, le=1_000_000_000, description="Pending jobs allowed."
+    )
+    weight: StrictInt | None = Field(default=None, ge=1, le=1000, description="Fair-share weight.")
+    priority_min: StrictInt | None = Field(default=None, ge=0, le=9)
+    priority_max: StrictInt | None = Field(default=None, ge=0, le=9)
+    max_time_limit_s: StrictInt | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
+    included_jobs: StrictInt | None = Field(default=None, ge=0, le=10**12)
+    included_compute_seconds: StrictInt | None = Field(default=None, ge=0, le=10**12)
+    hard_limits: StrictBool | None = None
 
 
 LIMIT_FIELDS: tuple[str, ...] = tuple(LimitOverrides.model_fields)
