@@ -19,6 +19,7 @@ from tenantq.core.metrics import observe_request
 from tenantq.core.redis import get_redis
 from tenantq.core.request_guard import RequestGuard
 from tenantq.core.response_headers import SecurityHeaders
+from tenantq.core.settings import check_server_settings, get_settings
 from tenantq.dashboard.csrf import install_csrf_guard
 from tenantq.dashboard.router import router as dashboard_router
 from tenantq.ops.metrics import router as metrics_router
@@ -56,6 +57,8 @@ ROUTERS: list[APIRouter] = [
 
 
 def create_app() -> FastAPI:
+    # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
+    check_server_settings(get_settings())
     assemble()
     app = FastAPI(title="tenantq", version=tenantq.__version__, description=DESCRIPTION)
     install_error_handlers(app)

@@ -141,8 +141,9 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
     env = {
         "TENANTQ_DATABASE_URL": db_url,
         "TENANTQ_REDIS_URL": redis_server.url,
+        # Server roles refuse secrets under 32 bytes and admin tokens under 32 characters.
         "TENANTQ_SECRET_KEY": "test-secret-" + uuid.uuid4().hex,
-        "TENANTQ_ADMIN_TOKEN": "test-admin-token",
+        "TENANTQ_ADMIN_TOKEN": "test-admin-token-0123456789abcdef",
         "TENANTQ_DATA_DIR": str(data_dir),
         # In-process tests all come from one client address ("testclient"): keep the failed-auth
         # throttle out of unrelated tests. tests/tenants/test_limits.py lowers it where it is tested.

@@ -51,7 +51,7 @@ from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
 RESOURCE, LIST, CREATE, GLOBAL, PUBLIC, SIGNED = "resource", "list", "create", "global", "public", "signed"
 AGGREGATE = "aggregate"
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 @dataclass(frozen=True)

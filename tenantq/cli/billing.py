@@ -102,7 +102,9 @@ def billing_flush(
     """Write buffered usage (Redis stream tq:usage) to SQL, close lost attempts, resync quotas.
 
     Runs until stopped; several flushers may run at once (writes are idempotent)."""
-    settings = load_settings(data_dir)
+    from tenantq.cli.run import load_server_settings
+
+    settings = load_server_settings(data_dir)
     setup_logging()
     ensure_db(settings)
     from tenantq.billing.usage.buffer import main as flush_main

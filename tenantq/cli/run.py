@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tenantq.cli.common import DataDir, load_settings, setup_logging
 
+if TYPE_CHECKING:
+    from tenantq.core.settings import Settings
+
 # Beat's scheduler class: reads per-tenant schedules from SQL at runtime.
 TENANT_SCHEDULER = "tenantq.platform.schedules.beat:TenantScheduler"
+
+
+def load_server_settings(data_dir: Path | None, *, embedded: bool | None = None) -> Settings:
+    """Settings for a server role, refused (exit 1, before anything starts) when its secret or admin
+    token could be guessed. On embedded defaults the secret is the data dir's generated one."""
+    from tenantq.core.settings import InsecureSettings, check_server_settings
+
+    settings = load_settings(data_dir)
+    try:
+        check_server_settings(settings, embedded=embedded)
+    except InsecureSettings as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return settings
 
 
 def up(
@@ -24,7 +42,9 @@ def up(
     TENANTQ_REDIS_URL is set) in the foreground. Ctrl-C or SIGTERM stops every process."""
     from tenantq.ops.supervisor import Supervisor
 
-    settings = load_settings(data_dir)
+    # Strict: the children get explicit database and Redis URLs (and this secret), so they apply the
+    # non-embedded rules; a secret set by hand must be long enough even on embedded defaults.
+    settings = load_server_settings(data_dir, embedded=False)
     raise typer.Exit(
         Supervisor(settings, host=host, port=port, concurrency=concurrency, migrate=migrate).run()
     )
@@ -41,7 +61,7 @@ def api(
 
     from tenantq.core.logging import uvicorn_log_config
 
-    load_settings(data_dir)
+    load_server_settings(data_dir)
     setup_logging()
     # log_config is applied in every uvicorn worker process; tenantq's middleware writes the request log.
     uvicorn.run(
@@ -84,7 +104,7 @@ def worker(
 ) -> None:
     """Run a Celery worker (same as `celery -A tenantq.worker worker`). Scale out by running more of them,
     on more machines; --autoscale sizes one worker's pool with the load."""
-    settings = load_settings(data_dir)
+    settings = load_server_settings(data_dir)
     setup_logging(loglevel)
     # After load_settings: loading the worker reads the settings.
     from tenantq.core.celery import SYSTEM_QUEUE
@@ -117,7 +137,7 @@ def beat(
 ) -> None:
     """Run Celery beat: the operator's periodic tasks and the tenants' schedules (read from SQL, so edits
     apply without a restart; with two beats running, each schedule's due time still fires once)."""
-    settings = load_settings(data_dir)
+    settings = load_server_settings(data_dir)
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(loglevel)
     # After load_settings: loading the worker reads the settings.
@@ -138,7 +158,7 @@ def dispatcher(data_dir: DataDir = None) -> None:
 
     Run several for high availability: one leads (a lock in Redis), the others take over if it dies.
     """
-    load_settings(data_dir)
+    load_server_settings(data_dir)
     setup_logging()
     # After load_settings: loading the worker reads the settings.
     import tenantq.worker  # noqa: F401  (the Celery app the dispatcher publishes with, and every table)

@@ -76,6 +76,14 @@ SUBMIT_BUCKET_PREFIX = "tq:rl:submit:"  # HASH per tenant: submission-rate token
 AUTH_BUCKET_PREFIX = "tq:rl:auth:"  # HASH per client address: failed-login token bucket
 
 
+REVOKED_SESSION_PREFIX = "tq:sess:revoked:"  # STRING per logged-out session JWT (jti), expiring at its exp
+
+
+def revoked_session_key(token_id: str) -> str:
+    """Marks a session token as ended by logout (the denylist checked on every session use)."""
+    return f"{REVOKED_SESSION_PREFIX}{token_id}"
+
+
 def submit_bucket_key(tenant_id: str) -> str:
     return f"{SUBMIT_BUCKET_PREFIX}{tenant_id}"
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A server secret or admin token shorter than this is refused at role start (see check_server_settings).
+MIN_SECRET_BYTES = 32
+MIN_ADMIN_TOKEN_CHARS = 32
+# The generated secret of an embedded-defaults data dir (owner-only: it keys every API-key hash).
+SECRET_FILE_NAME = "secret_key"
+
+
+class InsecureSettings(RuntimeError):
+    """A server role was asked to start with a secret or admin token anyone could guess."""
 
 
 class Settings(BaseSettings):
@@ -27,15 +39,19 @@ class Settings(BaseSettings):
         "Default: the embedded Redis socket in data_dir.",
     )
     secret_key: str = Field(
-        default="dev-insecure-secret-change-me",
-        description="Server secret: keys the API-key HMAC and signs dashboard session JWTs.",
+        default="",
+        description="Server secret (at least 32 bytes): keys the API-key HMAC and signs session JWTs. "
+        "Required by every server role, except on embedded defaults (no TENANTQ_DATABASE_URL and no "
+        "TENANTQ_REDIS_URL), where a random one is generated once into data_dir/secret_key.",
     )
     previous_secret_keys: list[str] = Field(
         default_factory=list,
         description="Older secrets still accepted when verifying session JWTs (JSON list), for rotation.",
     )
     admin_token: str | None = Field(
-        default=None, description="Bearer token for the operator API (/admin/v1). Unset disables it."
+        default=None,
+        description="Bearer token for the operator API (/admin/v1), at least 32 characters. Unset (or "
+        "empty) disables operator access; changing or removing it ends every operator session.",
     )
     env: str = Field(
         default="live", description="'live' or 'test': the API key prefix issued (tq_live_/tq_test_)."
@@ -190,6 +206,17 @@ class Settings(BaseSettings):
         default=True, description="Record usage events from task signals (TENANTQ_METERING=0 turns it off)."
     )
 
+    @field_validator("admin_token")
+    @classmethod
+    def _empty_admin_token_is_unset(cls, value: str | None) -> str | None:
+        # Deployments often pass an empty variable for "not set" (compose's ${TENANTQ_ADMIN_TOKEN:-}).
+        return value or None
+
+    @property
+    def runs_on_embedded_defaults(self) -> bool:
+        """No external database and no external Redis: the single-machine setup of `tenantq up`."""
+        return not self.database_url and not self.redis_url
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
@@ -223,9 +250,66 @@ class Settings(BaseSettings):
         return not self.redis_url
 
 
+def embedded_secret(data_dir: Path) -> str:
+    """The secret of an embedded-defaults data dir: generated once, then read back by every process
+    (and CLI command) using that dir, so API keys hashed by one verify in the others."""
+    path = data_dir / SECRET_FILE_NAME
+    with contextlib.suppress(FileNotFoundError):
+        return _read_secret(path)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Written to a private temporary file, then linked into place: a concurrent reader never sees a
+    # partial secret, and of two processes racing here exactly one secret wins (link fails if present).
+    tmp = data_dir / f".{SECRET_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    value = path.read_text().strip()
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise InsecureSettings(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes; remove it.")
+    return value
+
+
+def check_server_settings(settings: Settings, *, embedded: bool | None = None) -> None:
+    """Refuse to run a server role (API, worker, beat, dispatcher, flusher) that anyone could forge
+    credentials for: a missing or short secret (outside embedded defaults, ``embedded``), or a short
+    admin token. Raises ``InsecureSettings`` naming every problem."""
+    if embedded is None:
+        embedded = settings.runs_on_embedded_defaults
+    problems: list[str] = []
+    if not embedded:
+        if not settings.secret_key:
+            problems.append(
+                "TENANTQ_SECRET_KEY is not set (required with TENANTQ_DATABASE_URL or TENANTQ_REDIS_URL)"
+            )
+        elif len(settings.secret_key.encode()) < MIN_SECRET_BYTES:
+            problems.append(f"TENANTQ_SECRET_KEY is shorter than {MIN_SECRET_BYTES} bytes")
+        if any(len(s.encode()) < MIN_SECRET_BYTES for s in settings.previous_secret_keys):
+            problems.append(
+                f"TENANTQ_PREVIOUS_SECRET_KEYS holds a secret shorter than {MIN_SECRET_BYTES} bytes"
+            )
+    if settings.admin_token is not None and len(settings.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        problems.append(f"TENANTQ_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters")
+    if problems:
+        raise InsecureSettings(
+            "refusing to start: " + "; ".join(problems) + ". Generate one with: openssl rand -hex 32"
+        )
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    settings = Settings()
+    if settings.runs_on_embedded_defaults and not settings.secret_key:
+        settings.secret_key = embedded_secret(settings.resolved_data_dir)
+    return settings
 
 
 def reset_settings_cache() -> None:

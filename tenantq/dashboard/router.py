@@ -251,6 +251,7 @@ def login(
 def logout(request: Request) -> Response:
     if not same_origin(request):
         return Response("Cross-site sign-out refused.", status_code=403, media_type="text/plain")
+    auth.end_tenant_session(request)
     response = RedirectResponse("/dashboard/login", status_code=303)
     clear_session_cookie(response, request, SESSION_COOKIE)
     return response
@@ -374,6 +375,7 @@ def admin_login(
 def admin_logout(request: Request) -> Response:
     if not same_origin(request):
         return Response("Cross-site sign-out refused.", status_code=403, media_type="text/plain")
+    auth.end_operator_session(request)
     response = RedirectResponse("/admin/login", status_code=303)
     clear_session_cookie(response, request, ADMIN_SESSION_COOKIE)
     return response

@@ -107,6 +107,8 @@ class Supervisor:
         env["TENANTQ_DATA_DIR"] = str(self.data_dir)
         env["TENANTQ_DATABASE_URL"] = self.settings.effective_database_url
         env["TENANTQ_REDIS_URL"] = self.redis_url
+        # The children see explicit URLs, so they no longer read the data dir's generated secret.
+        env["TENANTQ_SECRET_KEY"] = self.settings.secret_key
         env["PYTHONUNBUFFERED"] = "1"
         # One metrics directory for the API and the worker's pool children, so /metrics sees both.
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)

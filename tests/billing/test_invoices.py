@@ -20,7 +20,7 @@ from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset
 from tests.factories import ApiKeyFactory, auth
 
 D = Decimal
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 def at(*args) -> datetime:

@@ -186,7 +186,7 @@ class TestTiers:
         db_session.rollback()
 
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 class TestOperatorPrices:

@@ -261,7 +261,8 @@ class TestOperatorReport:
         )
         db_session.commit()
         response = api.get(
-            f"/admin/v1/reports/usage?period={PERIOD}", headers={"Authorization": "Bearer test-admin-token"}
+            f"/admin/v1/reports/usage?period={PERIOD}",
+            headers={"Authorization": "Bearer test-admin-token-0123456789abcdef"},
         )
         assert response.status_code == 200
         body = response.json()
@@ -288,7 +289,7 @@ class TestOperatorReport:
         )
         response = api.get(
             f"/admin/v1/reports/usage?period={PERIOD}&format=csv",
-            headers={"Authorization": "Bearer test-admin-token"},
+            headers={"Authorization": "Bearer test-admin-token-0123456789abcdef"},
         )
         lines = response.text.splitlines()
         assert lines[0] == "tenant_id,tenant,plan,jobs,attempts,compute_seconds,wall_seconds,charges"

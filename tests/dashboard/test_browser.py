@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
-ADMIN_TOKEN = "test-admin-token"  # set by the platform_env fixture
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # set by the platform_env fixture
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 30_000

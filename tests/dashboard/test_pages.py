@@ -8,7 +8,7 @@ import pytest
 from tenantq.tenants.access.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_token, looks_like_jwt
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 
-ADMIN_TOKEN = "test-admin-token"  # set by the platform_env fixture
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # set by the platform_env fixture
 PAGES = [
     "/dashboard/jobs",
     "/dashboard/usage",

@@ -12,7 +12,7 @@ from tenantq.tenants.accounts.models import Plan, Tenant
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 def uniq(prefix: str = "t") -> str:

@@ -16,7 +16,7 @@ from tenantq.tenants.access.keys import generate_key
 from tenantq.tenants.access.sessions import ADMIN_SESSION_COOKIE, SESSION_COOKIE
 from tests.factories import ApiKeyFactory, auth
 
-ADMIN_TOKEN = "test-admin-token"  # set by the platform_env fixture
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # set by the platform_env fixture
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LIMIT = 5
 

@@ -19,7 +19,7 @@ from tenantq.tenants.access.limits import TokenBucket, submission_rate_limit
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 def job_count(session, tenant_id: str) -> int:

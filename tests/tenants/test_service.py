@@ -78,7 +78,7 @@ class TestOverridesReachSubmission:
         resp = api.patch(
             f"/admin/v1/tenants/{tenant.id}",
             json={"overrides": {"priority_max": 9, "max_retries": 5}},
-            headers={"Authorization": "Bearer test-admin-token"},
+            headers={"Authorization": "Bearer test-admin-token-0123456789abcdef"},
         )
         assert resp.status_code == 200
         ok = api.post(

@@ -10,7 +10,7 @@ from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.models import Job
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 def paused_key(redis_client, **overrides):

@@ -11,6 +11,10 @@ Entry points (each one runs through ``_guarded``):
 - ``operator_cookie``: an operator dashboard page (the operator session cookie);
 - ``operator_login``: the operator dashboard's sign-in form (the admin token).
 
+While ``TENANTQ_ADMIN_TOKEN`` is unset no operator credential works, not even a session opened before
+it was removed (403 ``operator_disabled``). Logout (``end_tenant_session``, ``end_operator_session``)
+revokes the session server-side, not only its cookie.
+
 The limiter counts wrong credentials per client address across all of them: a wrong key on the
 sign-in form and a wrong key on ``/v1`` spend the same allowance, so a guesser gains nothing by
 moving to another door. An address over its allowance is refused (429) before its credential is
@@ -39,11 +43,13 @@ from tenantq.tenants.access.sessions import (
     ADMIN_SESSION_COOKIE,
     DEFAULT_TTL,
     OPERATOR_AUDIENCE,
+    OPERATOR_SESSION_TTL,
     SESSION_COOKIE,
     TENANT_AUDIENCE,
     decode_token,
     issue_token,
     looks_like_jwt,
+    revoke_token,
 )
 from tenantq.tenants.accounts.models import Tenant
 
@@ -51,8 +57,6 @@ T = TypeVar("T")
 
 # last_used_at is written at most this often per key, so authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-# The operator's dashboard session is shorter than a tenant's: it can change every tenant.
-OPERATOR_SESSION_TTL = timedelta(minutes=30)
 
 # Failures that look like guessing. Not counted: no credential at all, and genuine but stale
 # credentials (revoked/expired key, expired session: their signature or hash verified), so a
@@ -215,28 +219,24 @@ def _verify_key(session: Session, raw: str) -> tuple[ApiKey, Tenant]:
 
 
 def _authenticate_session(session: Session, token: str) -> TenantContext:
-    claims = decode_token(token, audience=TENANT_AUDIENCE)
+    claims = decode_token(token, audience=TENANT_AUDIENCE)  # refuses a session bound to no key
     tenant = session.get(Tenant, claims.subject)
     if tenant is None:
         raise Unauthorized("Invalid session.", code="invalid_session")
-    if claims.key_id:
-        # A session dies with the key it was exchanged for.
-        key = session.get(ApiKey, claims.key_id)
-        now = utcnow()
-        if (
-            key is None
-            or key.tenant_id != tenant.id
-            or (key.revoked_at is not None and key.revoked_at <= now)
-        ):
-            raise Unauthorized("The API key behind this session was revoked.", code="revoked_session")
-        if key.expires_at is not None and key.expires_at <= now:
-            raise Unauthorized("The API key behind this session has expired.", code="revoked_session")
+    # A session dies with the key it was exchanged for.
+    key = session.get(ApiKey, claims.key_id)
+    now = utcnow()
+    if key is None or key.tenant_id != tenant.id or (key.revoked_at is not None and key.revoked_at <= now):
+        raise Unauthorized("The API key behind this session was revoked.", code="revoked_session")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized("The API key behind this session has expired.", code="revoked_session")
     return TenantContext(tenant_id=tenant.id, key_id=claims.key_id, scopes=claims.scopes, tenant=tenant)
 
 
 # ---------------------------------------------------------------------------------------- operator
 def operator_credential(request: Request) -> OperatorContext:
     """``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT, as bearer token or cookie."""
+    _require_operator_access()
     return _guarded(request, lambda: _operator_credential(request))
 
 
@@ -246,7 +246,29 @@ def operator_cookie(request: Request) -> OperatorContext | None:
     token = request.cookies.get(ADMIN_SESSION_COOKIE)
     if not token:
         return None
+    _require_operator_access()
     return _guarded(request, lambda: _operator_session(token))
+
+
+def end_tenant_session(request: Request) -> None:
+    """Logout: revoke the tenant session sent as bearer token or cookie (if any verifies)."""
+    for token in (bearer_token(request), request.cookies.get(SESSION_COOKIE)):
+        if token and looks_like_jwt(token):
+            revoke_token(token, audience=TENANT_AUDIENCE)
+
+
+def end_operator_session(request: Request) -> None:
+    """Logout: revoke the operator session sent as bearer token or cookie (if any verifies)."""
+    for token in (bearer_token(request), request.cookies.get(ADMIN_SESSION_COOKIE)):
+        if token and looks_like_jwt(token):
+            revoke_token(token, audience=OPERATOR_AUDIENCE)
+
+
+def _require_operator_access() -> None:
+    if not get_settings().admin_token:
+        raise Forbidden(
+            "Operator access is disabled: TENANTQ_ADMIN_TOKEN is not set.", code="operator_disabled"
+        )
 
 
 def operator_login(request: Request, token: str) -> IssuedSession:
@@ -280,10 +302,7 @@ def _operator_session(token: str) -> OperatorContext:
 
 
 def _login_operator(token: str) -> OperatorContext:
-    if not get_settings().admin_token:
-        raise Forbidden(
-            "Operator access is disabled: TENANTQ_ADMIN_TOKEN is not set.", code="operator_disabled"
-        )
+    _require_operator_access()
     if not token:
         raise Unauthorized("Operator credential required.")
     if not _is_admin_token(token):

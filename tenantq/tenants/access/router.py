@@ -131,10 +131,12 @@ def create_session(
     status_code=204,
     response_class=Response,
     summary="End the dashboard session",
-    description="Clears the `tq_session` cookie. Needs no credential, so an expired session can "
-    "always log out. The JWT itself stays valid until it expires; revoke the key to kill it sooner.",
+    description="Ends the session sent as bearer token or `tq_session` cookie: the JWT is revoked "
+    "server-side (refused from now on, even if a copy was kept) and the cookie is cleared. Needs no "
+    "valid credential, so an expired session can always log out.",
 )
 def delete_session(request: Request) -> Response:
+    auth.end_tenant_session(request)
     response = Response(status_code=204)
     clear_session_cookie(response, request, SESSION_COOKIE)
     return response

@@ -4,11 +4,20 @@ Tokens are always decoded with one explicit algorithm, audience and issuer, and 
 never let the token choose its algorithm (python-jose accepts forged HS256-with-public-key tokens
 when ``algorithms`` is omitted). The ``kid`` header names the signing secret so it can rotate:
 ``TENANTQ_SECRET_KEY`` signs new tokens; ``TENANTQ_PREVIOUS_SECRET_KEYS`` still verify old ones.
+
+Even a correctly signed token is refused unless it has the shape only ``issue_token`` makes: a lifetime
+(``exp - iat``) within its audience's maximum, a token id (``jti``, so logout can revoke it in a Redis
+denylist until its ``exp``), and its binding: a tenant session names the API key it was exchanged for
+(and dies with it), an operator session carries a fingerprint of the admin token it was opened with (and
+dies when that token is rotated or removed).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +25,8 @@ from jose import JWTError, jwt
 
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Unauthorized
+from tenantq.core.keys import revoked_session_key
+from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 
 ALGORITHM = "HS256"
@@ -25,6 +36,11 @@ OPERATOR_AUDIENCE = "tenantq:operator"
 SESSION_COOKIE = "tq_session"  # a tenant session (the dashboard and the API)
 ADMIN_SESSION_COOKIE = "tq_admin_session"  # an operator session (the operator dashboard and the API)
 DEFAULT_TTL = timedelta(hours=1)
+# The operator's session is shorter than a tenant's: it can change every tenant.
+OPERATOR_SESSION_TTL = timedelta(minutes=30)
+# Hard maximum lifetime (exp - iat) per audience, checked on every decode: a token claiming a longer
+# life was not made here, whatever its signature.
+MAX_LIFETIME = {TENANT_AUDIENCE: DEFAULT_TTL, OPERATOR_AUDIENCE: OPERATOR_SESSION_TTL}
 MAX_TOKEN_LENGTH = 4096
 
 
@@ -43,13 +59,25 @@ def _secrets_by_kid() -> dict[str, str]:
     return {key_id(s): _signing_secret(s) for s in secrets if s}
 
 
+def admin_token_fingerprint(admin_token: str) -> str:
+    """What an operator session remembers of the admin token: enough to tell it changed, nothing that
+    helps guess it (keyed by the token itself, so equal only for the same token)."""
+    return hmac.new(admin_token.encode(), b"tenantq-operator-session", hashlib.sha256).hexdigest()[:32]
+
+
+def _current_admin_fingerprint() -> str | None:
+    token = get_settings().admin_token
+    return admin_token_fingerprint(token) if token else None
+
+
 @dataclass(frozen=True)
 class SessionClaims:
     subject: str  # tenant id, or "operator"
-    key_id: str | None
+    key_id: str | None  # always set on a tenant session; None on an operator session
     scopes: frozenset[str]
     audience: str
     expires_at: int
+    token_id: str
 
 
 def issue_token(
@@ -58,22 +86,34 @@ def issue_token(
     audience: str = TENANT_AUDIENCE,
     scopes: list[str] | None = None,
     api_key_id: str | None = None,
-    ttl: timedelta = DEFAULT_TTL,
+    ttl: timedelta | None = None,
 ) -> tuple[str, int]:
+    """A signed session, living ``ttl`` (default: the audience's maximum). A tenant session needs
+    ``api_key_id``; an operator session is bound to the current admin token (``ValueError`` without
+    one, or with a ``ttl`` over the audience's maximum)."""
     settings = get_settings()
+    ttl = MAX_LIFETIME[audience] if ttl is None else ttl
+    if ttl > MAX_LIFETIME[audience]:
+        raise ValueError(f"session lifetime {ttl} exceeds the maximum {MAX_LIFETIME[audience]}")
     now = utcnow()
     exp = int((now + ttl).timestamp())
-    claims = {
+    claims: dict[str, object] = {
         "iss": ISSUER,
         "aud": audience,
         "sub": subject,
         "iat": int(now.timestamp()),
         "nbf": int(now.timestamp()),
         "exp": exp,
+        "jti": uuid.uuid4().hex,
         "scopes": sorted(scopes or []),
     }
     if api_key_id:
         claims["kid_api"] = api_key_id
+    if audience == OPERATOR_AUDIENCE:
+        fingerprint = _current_admin_fingerprint()
+        if fingerprint is None:
+            raise ValueError("no operator session without TENANTQ_ADMIN_TOKEN")
+        claims["adm"] = fingerprint
     token = jwt.encode(
         claims,
         _signing_secret(settings.secret_key),
@@ -85,8 +125,16 @@ def issue_token(
 
 def decode_token(token: str, *, audience: str = TENANT_AUDIENCE) -> SessionClaims:
     """Verify signature, ``alg`` (HS256 only), ``kid`` (a known secret), ``iss``, ``aud``, ``exp``,
-    ``iat``, ``sub``; anything else answers 401 ``invalid_session`` (``expired_session`` if only
-    expired). Never lets the token choose its algorithm or key."""
+    ``iat``, ``sub``, ``jti``, the lifetime and the binding (see the module); anything else answers 401
+    ``invalid_session`` (``expired_session`` if only expired, ``revoked_session`` if logged out or its
+    admin token changed). Never lets the token choose its algorithm or key."""
+    claims = _verified_claims(token, audience)
+    if get_redis().exists(revoked_session_key(claims.token_id)):
+        raise Unauthorized("This session was ended.", code="revoked_session")
+    return claims
+
+
+def _verified_claims(token: str, audience: str) -> SessionClaims:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthorized("Malformed session token.", code="invalid_session")
     try:
@@ -127,21 +175,51 @@ def decode_token(token: str, *, audience: str = TENANT_AUDIENCE) -> SessionClaim
         raise Unauthorized("Invalid session token.", code="invalid_session") from None
     scopes = claims.get("scopes") or []
     api_key_id = claims.get("kid_api")
+    exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
     if (
         not isinstance(claims.get("sub"), str)
         or not isinstance(scopes, list)
         or not all(isinstance(x, str) for x in scopes)
         or (api_key_id is not None and not isinstance(api_key_id, str))
-        or not isinstance(claims.get("exp"), int)
+        or not isinstance(exp, int)
+        or not isinstance(iat, int)
+        or not isinstance(jti, str)
+        or not jti
     ):
         raise Unauthorized("Invalid session token.", code="invalid_session")
+    if exp - iat > MAX_LIFETIME[audience].total_seconds():
+        raise Unauthorized("Session lifetime exceeds the maximum.", code="invalid_session")
+    if audience == TENANT_AUDIENCE and not api_key_id:
+        raise Unauthorized("Session is bound to no API key.", code="invalid_session")
+    if audience == OPERATOR_AUDIENCE:
+        fingerprint = claims.get("adm")
+        if not isinstance(fingerprint, str):
+            raise Unauthorized("Invalid session token.", code="invalid_session")
+        current = _current_admin_fingerprint()
+        if current is None or not hmac.compare_digest(fingerprint, current):
+            raise Unauthorized("The operator token changed: this session has ended.", code="revoked_session")
     return SessionClaims(
         subject=claims["sub"],
         key_id=api_key_id,
         scopes=frozenset(scopes),
         audience=audience,
-        expires_at=int(claims["exp"]),
+        expires_at=exp,
+        token_id=jti,
     )
+
+
+def revoke_token(token: str, *, audience: str) -> bool:
+    """Logout: deny ``token`` until its ``exp`` (so the denylist never outgrows the live sessions).
+    A token that does not verify, or already expired, needs no revoking: ``False``."""
+    try:
+        claims = _verified_claims(token, audience)
+    except Unauthorized:
+        return False
+    ttl = claims.expires_at - int(time.time())
+    if ttl <= 0:
+        return False
+    get_redis().set(revoked_session_key(claims.token_id), "1", ex=ttl + 1)
+    return True
 
 
 def looks_like_jwt(token: str) -> bool:
