@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,6 @@ def children_cpu() -> float:
 
 def time_hot_path(n: int) -> float:
     """Median microseconds the metering steps add to one attempt (open + close)."""
-    import uuid
 
     from tenantq.billing.usage import metering
     from tenantq.platform.jobs.messages import JobMessage
@@ -132,6 +132,7 @@ def main() -> int:
         **os.environ,
         "TENANTQ_DATABASE_URL": database_url,
         "TENANTQ_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "TENANTQ_SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "TENANTQ_DATA_DIR": str(tmp),
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",

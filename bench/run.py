@@ -151,6 +151,7 @@ class Bench:
         db_url = self._make_database()
         self.env = {
             "TENANTQ_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "TENANTQ_SECRET_KEY": "bench-" + uuid.uuid4().hex,
             "TENANTQ_DATABASE_URL": db_url,
             "TENANTQ_DATA_DIR": str(self.dir / "data"),
             "TENANTQ_LEASE_TTL_SECONDS": "5",

@@ -126,6 +126,22 @@ class TestServerSecret:
         assert out.returncode == 1, out.stdout + out.stderr
         assert "refusing to start" in out.stderr and "TENANTQ_SECRET_KEY" in out.stderr
 
+    @pytest.mark.parametrize("command", ["worker", "beat"])
+    def test_celery_started_directly_refuses_a_weak_secret(self, platform_env, command):
+        env = {k: v for k, v in os.environ.items() if k != "TENANTQ_SECRET_KEY"}
+        env["TENANTQ_SECRET_KEY"] = "x" * 31
+        out = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tenantq.worker", command, "--loglevel=WARNING"],
+            env={**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "refusing to start" in out.stderr and "TENANTQ_SECRET_KEY" in out.stderr
+
     def test_api_factory_refuses_a_weak_secret(self, platform_env, settings_env):
         from tenantq.app import create_app
 
