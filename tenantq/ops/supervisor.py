@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -535,6 +536,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         error: str | None = None
+        trace: list[str] = []
         try:
             self.start()
             self.wait_ready()
@@ -549,15 +551,17 @@ class Supervisor:
         except StartupError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001  (anything else still stops every process first)
-            error = f"{type(exc).__name__}: {exc}"
+            first = next(iter(str(exc).splitlines()), "")
+            error = f"{type(exc).__name__}: {first}"
+            trace = traceback.format_exc().rstrip().splitlines()
         finally:
             # Stopping is not interrupted by a second Ctrl-C: children left half-stopped are worse.
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
             notes = self.stop()
             self.lock.release()
-        for note in notes:
-            self.say("up", note)
+        for line in [*trace, *notes]:
+            self.say("up", line)
         started = self.anchor is not None
         if started:
             why = f" ({self.stop_reason})" if self.stop_reason else ""
