@@ -39,7 +39,11 @@ def up(
     data_dir: DataDir = None,
 ) -> None:
     """Run API, dispatcher, worker, beat and the usage flusher (and an embedded Redis unless
-    TENANTQ_REDIS_URL is set) in the foreground. Ctrl-C or SIGTERM stops every process."""
+    TENANTQ_REDIS_URL is set) in the foreground.
+
+    Prints "tenantq is up" once the API answers /readyz and the worker consumes. A process that exits
+    on its own is restarted (with backoff). Ctrl-C, SIGTERM, SIGHUP (the terminal closed) or a closed
+    stdout stops every process. One `up` per data dir: a second one is refused."""
     from tenantq.ops.supervisor import Supervisor
 
     # Strict: the children get explicit database and Redis URLs (and this secret), so they apply the
@@ -126,6 +130,7 @@ def worker(
             *pool,
             f"--queues={q}",
             f"--loglevel={loglevel}",
+            # `tenantq up` finds its worker's heartbeat under this default name (worker_node_name).
             f"--hostname={hostname or f'tenantq-{os.getpid()}@%h'}",
         ]
     )

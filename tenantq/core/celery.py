@@ -17,6 +17,10 @@ def to_celery_priority(priority: int) -> int:
 
 
 SYSTEM_QUEUE = "tq.system"
+# The operator's tasks (billing, webhooks, housekeeping) go to the system queue by name: task_routes, not
+# a task's ``queue`` attribute (deprecated in Celery 5, ignored from 6). Tenants' task types never follow
+# these routes: the dispatcher publishes each attempt with its execution queue explicit.
+SYSTEM_TASK_ROUTES = ("billing.*", "jobs.*", "webhooks.*")
 
 # The longest an attempt may run (the largest plan's max_time_limit_s).
 MAX_TIME_LIMIT_S = 3600
@@ -98,6 +102,7 @@ def create_celery() -> Celery:
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         task_default_queue=SYSTEM_QUEUE,
+        task_routes={pattern: {"queue": SYSTEM_QUEUE} for pattern in SYSTEM_TASK_ROUTES},
         task_queues=[Queue(settings.exec_queue), Queue(SYSTEM_QUEUE)],
         worker_hijack_root_logger=False,
         timezone="UTC",

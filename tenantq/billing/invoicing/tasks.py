@@ -38,7 +38,7 @@ log = logging.getLogger("tenantq.billing")
 SWEEP_AFTER = timedelta(minutes=2)
 
 
-@app.task(name="billing.close_due_periods", queue=SYSTEM_QUEUE)
+@app.task(name="billing.close_due_periods")
 def close_due_periods_task() -> list[str]:
     closed = close_due_periods()
     if closed and stripe_configured():
@@ -57,7 +57,7 @@ def close_due_periods_task() -> list[str]:
     return closed
 
 
-@app.task(name="billing.stripe_sync_invoice", bind=True, queue=SYSTEM_QUEUE, max_retries=8)
+@app.task(name="billing.stripe_sync_invoice", bind=True, max_retries=8)
 def stripe_sync_invoice(self, invoice_id: str) -> dict:
     try:
         with unscoped_session() as session:
@@ -69,13 +69,13 @@ def stripe_sync_invoice(self, invoice_id: str) -> dict:
         raise self.retry(exc=exc, countdown=min(3600, 30 * 2**self.request.retries)) from None
 
 
-@app.task(name="billing.stripe_event", queue=SYSTEM_QUEUE)
+@app.task(name="billing.stripe_event")
 def stripe_event(event_id: str) -> str:
     with unscoped_session() as session:
         return process_event(session, event_id)
 
 
-@app.task(name="billing.stripe_event_sweep", queue=SYSTEM_QUEUE)
+@app.task(name="billing.stripe_event_sweep")
 def stripe_event_sweep() -> int:
     with unscoped_session() as session:
         ids = list(
@@ -92,7 +92,7 @@ def stripe_event_sweep() -> int:
     return len(ids)
 
 
-@app.task(name="billing.stripe_meter_events", queue=SYSTEM_QUEUE)
+@app.task(name="billing.stripe_meter_events")
 def stripe_meter_events() -> dict:
     if not (stripe_configured() and get_settings().stripe_meters):
         return {"skipped": "not_configured"}

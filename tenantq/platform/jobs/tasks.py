@@ -19,7 +19,7 @@ log = logging.getLogger("tenantq.jobs")
 PURGE_EVERY_SECONDS = 3600.0
 
 
-@app.task(name="jobs.purge_expired_results", queue=SYSTEM_QUEUE)
+@app.task(name="jobs.purge_expired_results")
 def purge_expired_results_task() -> int:
     """Null results past their plan's expiry. The API hides them already; this frees the space."""
     with unscoped_session() as session:
