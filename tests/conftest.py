@@ -148,6 +148,8 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
         # In-process tests all come from one client address ("testclient"): keep the failed-auth
         # throttle out of unrelated tests. tests/tenants/test_limits.py lowers it where it is tested.
         "TENANTQ_AUTH_FAILURE_LIMIT": "1000000",
+        # Not embedded defaults, so /metrics would be closed; tests/security checks that it is.
+        "TENANTQ_METRICS_PUBLIC": "1",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -60,13 +60,18 @@ def api(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     data_dir: DataDir = None,
 ) -> None:
-    """Run only the HTTP API (uvicorn)."""
+    """Run only the HTTP API (uvicorn). X-Forwarded-For is honoured only from the proxies in
+    TENANTQ_FORWARDED_ALLOW_IPS (addresses or CIDRs; default: none)."""
     import uvicorn
 
     from tenantq.core.logging import uvicorn_log_config
 
-    load_server_settings(data_dir)
+    settings = load_server_settings(data_dir)
     setup_logging()
+    # Only the configured proxies may set the client address (X-Forwarded-For), which the failed-login
+    # limiter counts by; uvicorn's own default would trust 127.0.0.1, so any local process could
+    # rotate it. With none configured, proxy headers are ignored altogether.
+    trusted_proxies = settings.forwarded_allow_ips.strip()
     # log_config is applied in every uvicorn worker process; tenantq's middleware writes the request log.
     uvicorn.run(
         "tenantq.app:create_app",
@@ -77,6 +82,8 @@ def api(
         log_level="info",
         access_log=False,
         log_config=uvicorn_log_config(),
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=trusted_proxies or None,
     )
 
 

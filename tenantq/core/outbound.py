@@ -7,7 +7,11 @@ Tenants choose the URLs, so without a policy they could make the platform call i
 - every address the host name resolves to must be allowed, otherwise the request is refused;
 - allowed means: not in ``TENANTQ_HTTP_DENY_CIDRS``; and either in ``TENANTQ_HTTP_ALLOW_CIDRS``, or
   globally routable (``ipaddress.is_global``: private, loopback, link-local, CGNAT, multicast and
-  reserved ranges are not), or ``TENANTQ_HTTP_ALLOW_PRIVATE=1``.
+  reserved ranges are not), or ``TENANTQ_HTTP_ALLOW_PRIVATE=1``;
+- an IPv6 address that carries an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible
+  ``::a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo) is judged as the IPv4 it
+  reaches, so ``[::127.0.0.1]`` is refused like ``127.0.0.1``; the local-use NAT64 prefix
+  ``64:ff9b:1::/48`` is refused outright.
 
 The check runs where the socket is opened (a custom httpcore network backend), and the connection goes
 to the very address that was checked. So redirects (each hop opens its own connection) and DNS answers
@@ -31,6 +35,25 @@ from tenantq.core.settings import Settings, get_settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translation or tunnelling mechanism."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # (server, client): packets go to the client
+    if ip in NAT64_WELL_KNOWN or (ip in IPV4_COMPATIBLE and int(ip) > 1):  # :: and ::1 are IPv6's own
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 class BlockedDestination(Exception):
@@ -58,13 +81,22 @@ class NetworkPolicy:
 
     def why_blocked(self, ip: IPAddress) -> str | None:
         """None if ``ip`` may be contacted, else a short reason."""
-        # An IPv4-mapped IPv6 address (::ffff:127.0.0.1) reaches the IPv4 host: judge that one.
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in net for net in self.deny):
             return "denied by the operator's deny list"
         if any(ip in net for net in self.allow):
             return None
+        # An IPv6 address carrying an IPv4 one (::ffff:127.0.0.1, ::127.0.0.1, 64:ff9b::7f00:1,
+        # 2002:7f00:1::) reaches that IPv4 host: judge that one, lists included.
+        embedded = embedded_ipv4(ip)
+        if embedded is not None:
+            reason = self.why_blocked(embedded)
+            if reason:
+                return f"{reason} (embedded in {ip})"
+            if isinstance(ip, ipaddress.IPv6Address) and ip.teredo is None:
+                return None
+            # Teredo: its relays are the IPv6 side's own business, which is judged below as before.
+        if isinstance(ip, ipaddress.IPv6Address) and ip in NAT64_LOCAL_USE and not self.allow_private:
+            return "local-use NAT64 address (reaches the operator's own IPv4 network)"
         if ip.is_global or self.allow_private:
             return None
         if ip.is_loopback:

@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         '{"compute_ms": "tenantq_compute_ms"}); empty streams nothing.',
     )
     auth_failure_limit: int = Field(
-        default=20, description="Failed authentications allowed per client address per auth_failure_window_s."
+        default=20,
+        description="Failed authentications allowed per client address and credential (API key id, "
+        "operator token) per auth_failure_window_s.",
     )
     auth_failure_window_s: int = Field(default=60, description="Window of auth_failure_limit, in seconds.")
     max_result_bytes: int = Field(
@@ -144,7 +146,19 @@ class Settings(BaseSettings):
     )
     metrics_token: str | None = Field(
         default=None,
-        description="Bearer token required by GET /metrics. Unset: /metrics is open (keep it internal).",
+        description="Bearer token required by GET /metrics. Unset: /metrics answers 403 outside embedded "
+        "defaults unless TENANTQ_METRICS_PUBLIC=1.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve GET /metrics without a token outside embedded defaults (only where the API port "
+        "is reachable by trusted scrapers alone). Ignored when TENANTQ_METRICS_TOKEN is set.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Comma-separated addresses or CIDRs of trusted reverse proxies: only their "
+        "X-Forwarded-For / X-Forwarded-Proto are honoured (passed to uvicorn). Empty: no proxy is trusted "
+        "and the client address is the peer's.",
     )
     worker_metrics_port: int | None = Field(
         default=None,

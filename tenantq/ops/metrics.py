@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from tenantq.core import keys
-from tenantq.core.errors import Unauthorized
+from tenantq.core.errors import Forbidden, Unauthorized
 from tenantq.core.metrics import (
     EVENT_METRICS,
     RUNNING_KEY,
@@ -40,7 +40,7 @@ from tenantq.core.metrics import (
     labeler,
 )
 from tenantq.core.redis import get_redis
-from tenantq.core.settings import get_settings
+from tenantq.core.settings import Settings, get_settings
 from tenantq.platform.dispatch.dispatcher import exec_queue_depth
 
 DISPATCHER_HEARTBEAT_KEY = keys.DISPATCHER_HEARTBEAT
@@ -264,18 +264,22 @@ def render(include_cluster_state: bool = True, path: Path | None = None) -> tupl
 router = APIRouter(tags=["ops"])
 
 
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    description="Prometheus text exposition: job counters and histograms per tenant and task type from "
-    "every API and worker process on this host, plus queue depth, running jobs, workers, dispatcher "
-    "heartbeat and usage backlog read from Redis. When TENANTQ_METRICS_TOKEN is set, requires "
-    "`Authorization: Bearer <token>`.",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
-)
-def metrics_endpoint(request: Request) -> Response:
-    token = get_settings().metrics_token
+def embedded_deployment(settings: Settings) -> bool:
+    """Embedded defaults: nothing configured, or the children of `tenantq up`, which get the data dir's
+    own SQLite file and Redis socket as explicit URLs. Only this host can reach those."""
+    if settings.runs_on_embedded_defaults:
+        return True
+    data_dir = settings.resolved_data_dir
+    return settings.effective_database_url == f"sqlite:///{data_dir / 'tenantq.db'}" and (
+        settings.effective_redis_url == f"unix://{settings.embedded_redis_socket}"
+    )
+
+
+def authorize_scrape(request: Request) -> None:
+    """``/metrics`` lists every tenant id: with a token it needs ``Bearer <token>``; without one it is
+    open only on embedded defaults or when the operator opened it explicitly."""
+    settings = get_settings()
+    token = settings.metrics_token
     if token:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
@@ -285,5 +289,29 @@ def metrics_endpoint(request: Request) -> Response:
                 code="invalid_metrics_token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return
+    if settings.metrics_public or embedded_deployment(settings):
+        return
+    raise Forbidden(
+        "/metrics is closed: set TENANTQ_METRICS_TOKEN (scrapers send it as a Bearer token) or "
+        "TENANTQ_METRICS_PUBLIC=1.",
+        code="metrics_disabled",
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Prometheus text exposition: job counters and histograms per tenant and task type from "
+    "every API and worker process on this host, plus queue depth, running jobs, workers, dispatcher "
+    "heartbeat and usage backlog read from Redis. When TENANTQ_METRICS_TOKEN is set, requires "
+    "`Authorization: Bearer <token>` (401 `invalid_metrics_token` otherwise). Without a token it is open "
+    "on embedded defaults (`tenantq up` with nothing configured) or with TENANTQ_METRICS_PUBLIC=1, and "
+    "answers 403 `metrics_disabled` everywhere else.",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def metrics_endpoint(request: Request) -> Response:
+    authorize_scrape(request)
     body, content_type = render()
     return Response(content=body, media_type=content_type)

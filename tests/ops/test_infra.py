@@ -358,6 +358,11 @@ class TestPrometheus:
         assert jobs["tenantq-api"]["static_configs"][0]["targets"] == ["api:8000"]
         assert jobs["tenantq-worker"]["dns_sd_configs"][0]["port"] == 9808
         assert config["rule_files"] == ["/etc/prometheus/alerts.yaml"]
+        # /metrics needs the metrics token outside embedded defaults; compose mounts it as a secret.
+        assert jobs["tenantq-api"]["authorization"] == {
+            "type": "Bearer",
+            "credentials_file": "/run/secrets/metrics_token",
+        }
 
     @pytest.mark.skipif(
         shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)"
@@ -371,10 +376,14 @@ class TestPrometheus:
 
         run("check", "rules", "alerts.yaml")
         run("test", "rules", "alerts_test.yaml")
+        # promtool checks that the files the config names exist: the compose secret is one of them.
+        token_file = tmp_path / "metrics_token"
+        token_file.write_text("token")
         config = (
             (PROM / "prometheus.yaml")
             .read_text()
             .replace("/etc/prometheus/alerts.yaml", str(PROM / "alerts.yaml"))
+            .replace("/run/secrets/metrics_token", str(token_file))
         )
         (tmp_path / "prometheus.yaml").write_text(config)
         run("check", "config", str(tmp_path / "prometheus.yaml"))

@@ -82,25 +82,24 @@ class TestOneLoginPath:
             resp = key_form(client, wrong_key())
             assert resp.status_code == 401 and "Unknown API key." in resp.text
         assert_throttled_page(key_form(client, wrong_key()))
-        assert_throttled_page(key_form(client, key.plaintext))
-        assert key_form(client_from(new_address()), key.plaintext).status_code == 303
+        # Made-up keys are not the real key's failures: it still signs in (issue 13, item 6).
+        assert key_form(client, key.plaintext).status_code == 303
 
     def test_one_allowance_across_forms_and_apis(self, client_from: ClientFrom) -> None:
         key = ApiKeyFactory()
-        guess = wrong_key()
         client = client_from(new_address())
-        # Five wrong credentials, each at another door...
-        assert key_form(client, guess).status_code == 401
-        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {guess}"}).status_code == 401
+        # Five wrong admin tokens, each at another door...
         assert admin_form(client, "guess").status_code == 401
-        assert client.post("/v1/auth/session", json={"api_key": guess}).status_code == 401
         assert client.get("/admin/v1/tenants", headers={"Authorization": "Bearer guess"}).status_code == 401
-        # ...use up the address's one allowance, for every door and every credential.
-        assert_throttled_api(client.get("/v1/jobs", headers=auth(key)))
-        assert_throttled_api(client.post("/v1/auth/session", headers=auth(key)))
+        assert admin_form(client, "guess-2").status_code == 401
+        assert client.get("/admin/v1/tenants", headers={"Authorization": "Bearer g3"}).status_code == 401
+        assert admin_form(client, "guess-4").status_code == 401
+        # ...use up the operator credential's one allowance from this address, at every door...
         assert_throttled_api(client.get("/admin/v1/tenants", headers=ADMIN))
-        assert_throttled_page(key_form(client, key.plaintext))
         assert_throttled_page(admin_form(client, ADMIN_TOKEN))
+        # ...and nothing else's: a tenant key from the same address still gets in.
+        assert client.get("/v1/jobs", headers=auth(key)).status_code == 200
+        assert key_form(client, key.plaintext).status_code == 303
 
     def test_a_session_offered_as_key_counts_as_a_guess(self, client_from: ClientFrom) -> None:
         key = ApiKeyFactory()

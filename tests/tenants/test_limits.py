@@ -110,9 +110,10 @@ class TestAuthFailureLimit:
         resp = attacker.get("/v1/jobs", headers=bad)
         assert resp.status_code == 429 and resp.json()["error"]["code"] == "too_many_auth_failures"
         assert int(resp.headers["Retry-After"]) >= 1 and resp.headers["RateLimit-Limit"] == "5"
-        # Blocked address: even a correct key waits (the guesser learns nothing more).
-        assert attacker.get("/v1/jobs", headers=auth(key)).status_code == 429
-        assert attacker.get("/admin/v1/tenants", headers=ADMIN).status_code == 429
+        # Malformed keys never name a real key: a credential that verifies is not refused for them
+        # (guessing one key's secret is limited per key id: tests/security/test_network_and_limits.py).
+        assert attacker.get("/v1/jobs", headers=auth(key)).status_code == 200
+        assert attacker.get("/admin/v1/tenants", headers=ADMIN).status_code == 200
         # Another address is not affected.
         assert client_from("192.0.2.200").get("/v1/jobs", headers=auth(key)).status_code == 200
 

@@ -20,7 +20,8 @@ Optionally ``stream_meter_events`` sends usage events as Billing Meter events (`
 ``identifier`` = usage event id, so Stripe dedupes a re-send).
 
 Webhooks: ``verify_event`` checks the ``Stripe-Signature`` header on the raw body with
-``stripe.Webhook.construct_event`` (HMAC-SHA256, timestamp tolerance), ``record_event`` stores the
+``stripe.Webhook.construct_event`` (HMAC-SHA256, timestamp tolerance; ``verify_event`` adds the
+same tolerance for timestamps in the future), ``record_event`` stores the
 event once per Stripe event id, and ``process_event`` (run by the ``billing.stripe_event`` task)
 applies it idempotently: ``invoice.paid`` (or ``invoice.payment_succeeded``) marks the tenantq invoice
 paid, ``invoice.voided`` voids an open one; other event types are stored and ignored.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -321,7 +323,7 @@ def verify_event(payload: bytes, signature: str | None) -> stripe.Event:
     if not signature:
         raise InvalidSignature("Missing Stripe-Signature header.")
     try:
-        return stripe.Webhook.construct_event(
+        event = stripe.Webhook.construct_event(
             payload,
             signature,
             settings.stripe_webhook_secret,
@@ -334,6 +336,20 @@ def verify_event(payload: bytes, signature: str | None) -> stripe.Event:
         raise TenantqError("Webhook body is not valid JSON.", code="malformed_json") from None
     except Exception:  # noqa: BLE001 - signed, but the SDK cannot build an event from it (a JSON array)
         raise TenantqError("Webhook body is not a Stripe event.", code="invalid_event") from None
+    # The SDK only refuses timestamps too far in the past; one far in the future would let a captured
+    # signature be replayed for as long as it lies ahead.
+    if signature_timestamp(signature) > time.time() + settings.stripe_webhook_tolerance_seconds:
+        raise InvalidSignature("Stripe signature rejected: its timestamp is in the future.")
+    return event
+
+
+def signature_timestamp(signature: str) -> int:
+    """The ``t=`` of a ``Stripe-Signature`` header the SDK has verified (so it is there and numeric)."""
+    for item in signature.split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "t":
+            return int(value)
+    raise InvalidSignature("Stripe signature rejected: it has no timestamp.")
 
 
 def parse_event(payload: bytes, signature: str | None) -> dict[str, Any]:

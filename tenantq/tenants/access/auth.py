@@ -15,10 +15,12 @@ While ``TENANTQ_ADMIN_TOKEN`` is unset no operator credential works, not even a 
 it was removed (403 ``operator_disabled``). Logout (``end_tenant_session``, ``end_operator_session``)
 revokes the session server-side, not only its cookie.
 
-The limiter counts wrong credentials per client address across all of them: a wrong key on the
-sign-in form and a wrong key on ``/v1`` spend the same allowance, so a guesser gains nothing by
-moving to another door. An address over its allowance is refused (429) before its credential is
-looked at. The unguarded checks are private to this module so that no caller can skip the limiter.
+The limiter counts wrong credentials per client address and credential (an API key's id, or
+``operator``) across all of them: a wrong secret for one key on the sign-in form and on ``/v1`` spend
+the same allowance, so a guesser gains nothing by moving to another door. A credential over its
+allowance from an address is refused (429) before it is looked at; a credential that verifies is never
+refused for failures of other credentials (see ``AuthFailureLimiter``). The unguarded checks are
+private to this module so that no caller can skip the limiter.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from fastapi import Request
+from jose import JWTError, jwt
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Forbidden, Unauthorized
 from tenantq.core.settings import get_settings
-from tenantq.tenants.access.keys import parse_key, verify_hash
+from tenantq.tenants.access.keys import KID_LEN, parse_key, verify_hash
 from tenantq.tenants.access.limits import AuthFailureLimiter
 from tenantq.tenants.access.models import ApiKey
 from tenantq.tenants.access.sessions import (
@@ -107,24 +110,48 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _guarded(request: Request, check: Callable[[], T]) -> T:
-    """Run ``check``; refuse (429) an address over its allowance before even looking at its
-    credential, and count a wrong credential against the address."""
+OPERATOR_CREDENTIAL = "operator"
+
+
+def tenant_credential_label(raw: str | None) -> str:
+    """Which credential a tenant token claims to be, for the limiter: ``key:<kid>`` for an API key or
+    a session bound to one (read without verifying: it only names a bucket), else its kind."""
+    if not raw:
+        return "none"
+    if looks_like_jwt(raw):
+        try:
+            kid = jwt.get_unverified_claims(raw).get("kid_api")
+        except (JWTError, AttributeError):
+            kid = None
+        # The claim is the caller's text: only a well-formed key id names a bucket.
+        if isinstance(kid, str) and len(kid) == KID_LEN and kid.isalnum() and kid.isascii():
+            return f"key:{kid}"
+        return "session"
+    parsed = parse_key(raw)
+    return f"key:{parsed.kid}" if parsed else "malformed"
+
+
+def _guarded(request: Request, credential: str, check: Callable[[], T]) -> T:
+    """Run ``check``; refuse (429) ``credential`` from an address where it is over its allowance
+    before even looking at it, and count a wrong one against the address and the credential."""
     limiter = AuthFailureLimiter()
     address = client_address(request)
-    limiter.check(address)
+    limiter.check(address, credential)
     try:
         return check()
     except Unauthorized as exc:
         if exc.code in GUESS_CODES:
-            limiter.record_failure(address)
+            throttled = limiter.record_failure(address, credential)
+            if throttled is not None:
+                raise throttled from None
         raise
 
 
 # ------------------------------------------------------------------------------------------ tenants
 def tenant_credential(request: Request, session: Session) -> TenantContext:
     """An API key or a session JWT as bearer token, or the dashboard's session cookie."""
-    return _guarded(request, lambda: _tenant_credential(request, session))
+    token = bearer_token(request) or request.cookies.get(SESSION_COOKIE)
+    return _guarded(request, tenant_credential_label(token), lambda: _tenant_credential(request, session))
 
 
 def tenant_cookie(request: Request, session: Session) -> TenantContext | None:
@@ -132,13 +159,13 @@ def tenant_cookie(request: Request, session: Session) -> TenantContext | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    return _guarded(request, lambda: _authenticate_session(session, token))
+    return _guarded(request, tenant_credential_label(token), lambda: _authenticate_session(session, token))
 
 
 def key_login(request: Request, session: Session, raw: str | None) -> IssuedSession:
     """Exchange an API key for a tenant session. The session carries the key's scopes, never
     outlives the key, and dies with it (``_authenticate_session`` checks the key on every use)."""
-    key, tenant = _guarded(request, lambda: _login_key(session, raw))
+    key, tenant = _guarded(request, tenant_credential_label(raw), lambda: _login_key(session, raw))
     ttl = DEFAULT_TTL
     if key.expires_at is not None:
         ttl = min(ttl, key.expires_at - utcnow())
@@ -237,7 +264,7 @@ def _authenticate_session(session: Session, token: str) -> TenantContext:
 def operator_credential(request: Request) -> OperatorContext:
     """``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT, as bearer token or cookie."""
     _require_operator_access()
-    return _guarded(request, lambda: _operator_credential(request))
+    return _guarded(request, OPERATOR_CREDENTIAL, lambda: _operator_credential(request))
 
 
 def operator_cookie(request: Request) -> OperatorContext | None:
@@ -247,7 +274,7 @@ def operator_cookie(request: Request) -> OperatorContext | None:
     if not token:
         return None
     _require_operator_access()
-    return _guarded(request, lambda: _operator_session(token))
+    return _guarded(request, OPERATOR_CREDENTIAL, lambda: _operator_session(token))
 
 
 def end_tenant_session(request: Request) -> None:
@@ -274,7 +301,7 @@ def _require_operator_access() -> None:
 def operator_login(request: Request, token: str) -> IssuedSession:
     """Check the admin token typed into the operator sign-in form and open an operator session.
     The session is a short-lived operator JWT, so the admin token itself never sits in a cookie."""
-    context = _guarded(request, lambda: _login_operator(token))
+    context = _guarded(request, OPERATOR_CREDENTIAL, lambda: _login_operator(token))
     jwt, exp = issue_token(subject=context.subject, audience=OPERATOR_AUDIENCE, ttl=OPERATOR_SESSION_TTL)
     return IssuedSession(token=jwt, ttl=OPERATOR_SESSION_TTL, expires_at=datetime.fromtimestamp(exp, UTC))
 

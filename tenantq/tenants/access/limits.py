@@ -1,4 +1,4 @@
-"""Cluster-wide rate limits in Redis: tenant submissions and failed authentication per address.
+"""Cluster-wide rate limits in Redis: tenant submissions and failed authentication.
 
 Both use one atomic Lua token bucket, timed by the Redis server's clock (``TIME``), so any number of
 API processes on any number of machines share one bucket and their clock skew does not matter.
@@ -6,8 +6,13 @@ API processes on any number of machines share one bucket and their clock skew do
 Redis keys (prefix ``tq:rl:``):
 - ``tq:rl:submit:{tenant_id}``  HASH {tokens, ts}: submission bucket, rate = ``submit_rate`` jobs/s,
                                 size = ``submit_burst`` (plan + tenant overrides). A batch of N takes N.
-- ``tq:rl:auth:{address}``      HASH {tokens, ts}: failed authentications per client address,
-                                ``auth_failure_limit`` per ``auth_failure_window_s`` (bucket of that size).
+- ``tq:rl:auth:{address}|{credential}``  HASH {tokens, ts}: failed authentications per client address
+                                and credential (``key:<kid>``, ``operator``, ...), ``auth_failure_limit``
+                                per ``auth_failure_window_s`` (bucket of that size). Refuses that
+                                credential from that address before it is checked.
+- ``tq:rl:auth:{address}``      HASH {tokens, ts}: the same allowance for all of an address's failures;
+                                once spent, a further failure answers 429 instead of 401, but a
+                                credential that verifies still gets in.
 Each key expires once its bucket would be full again, so idle tenants and addresses cost nothing.
 """
 
@@ -136,10 +141,17 @@ def submission_rate_limit(session: Session, tenant: Tenant, count: int) -> None:
 
 # ------------------------------------------------------------------------ failed authentication
 class AuthFailureLimiter:
-    """Blocks a client address after ``auth_failure_limit`` failed authentications within
-    ``auth_failure_window_s`` (token bucket: the allowance refills continuously). Only presented but
-    wrong credentials count; a request without any credential is not a guess. When Redis is down the
-    limiter fails open: credentials are still verified, only the throttling is lost."""
+    """Throttles guessing without letting guessers lock anybody else out.
+
+    Guessing only pays against a real credential: an API key's secret has ~190 bits, so a made-up key
+    id is never going to match. So the allowance that refuses *before* a credential is looked at is per
+    client address **and** credential (the key id, ``operator`` for the admin token): after
+    ``auth_failure_limit`` wrong secrets for one key id from one address, that key id is refused (429)
+    from that address for a while, and nothing else is. The address-wide allowance only turns further
+    *failed* checks into 429 (so a scanner is told to stop); a credential that verifies is never
+    refused because of other credentials' failures. Only presented but wrong credentials count; a
+    request without any credential is not a guess. When Redis is down the limiter fails open:
+    credentials are still verified, only the throttling is lost."""
 
     def __init__(self, client: redis.Redis | None = None) -> None:
         settings = get_settings()
@@ -147,27 +159,37 @@ class AuthFailureLimiter:
         self.rate = self.burst / max(1, settings.auth_failure_window_s)
         self.client = client or get_redis()
 
-    def check(self, address: str) -> None:
-        try:
-            result = TokenBucket(self.client).take(
-                auth_bucket_key(address), rate=self.rate, burst=self.burst, n=0
-            )
-        except redis.RedisError as exc:
-            log.warning("auth failure limiter unavailable: %s", exc)
-            return
-        if result.remaining < 1:
-            wait = BucketResult(
-                False, result.remaining, (1 - result.remaining) / self.rate, result.reset_after
-            )
-            raise TooManyRequests(
-                "Too many failed authentication attempts from this address. Retry later.",
-                code="too_many_auth_failures",
-                details={"limit": self.burst, "window_s": get_settings().auth_failure_window_s},
-                headers=rate_limit_headers(wait, self.burst, self.rate),
-            )
+    @staticmethod
+    def credential_key(address: str, credential: str) -> str:
+        return auth_bucket_key(f"{address}|{credential}")
 
-    def record_failure(self, address: str) -> None:
+    def _take(self, key: str, n: int) -> BucketResult | None:
         try:
-            TokenBucket(self.client).take(auth_bucket_key(address), rate=self.rate, burst=self.burst, n=1)
+            return TokenBucket(self.client).take(key, rate=self.rate, burst=self.burst, n=n)
         except redis.RedisError as exc:
             log.warning("auth failure limiter unavailable: %s", exc)
+            return None
+
+    def _refuse(self, result: BucketResult, what: str) -> TooManyRequests:
+        wait = BucketResult(False, result.remaining, (1 - result.remaining) / self.rate, result.reset_after)
+        return TooManyRequests(
+            f"Too many failed authentication attempts {what}. Retry later.",
+            code="too_many_auth_failures",
+            details={"limit": self.burst, "window_s": get_settings().auth_failure_window_s},
+            headers=rate_limit_headers(wait, self.burst, self.rate),
+        )
+
+    def check(self, address: str, credential: str) -> None:
+        """Refuse (429) ``credential`` from ``address`` once its allowance is spent."""
+        result = self._take(self.credential_key(address, credential), 0)
+        if result is not None and result.remaining < 1:
+            raise self._refuse(result, "with this credential from this address")
+
+    def record_failure(self, address: str, credential: str) -> TooManyRequests | None:
+        """Count a wrong ``credential`` from ``address``; returns the 429 to answer instead of the 401
+        when the address has spent its allowance."""
+        self._take(self.credential_key(address, credential), 1)
+        result = self._take(auth_bucket_key(address), 1)
+        if result is not None and not result.allowed:
+            return self._refuse(result, "from this address")
+        return None
