@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import typer
 
-from tenantq.cli import billing, db, key, plan, run, tenant
+from tenantq.cli import billing, db, helpstyle, key, plan, run, status, tenant
+
+helpstyle.install()
 
 app = typer.Typer(
     help="tenantq: a multi-tenant background job platform on Celery.",
@@ -23,6 +25,7 @@ app.command()(run.api)
 app.command()(run.worker)
 app.command()(run.beat)
 app.command()(run.dispatcher)
+app.command()(status.status)
 app.add_typer(db.app, name="db")
 app.add_typer(tenant.app, name="tenant")
 app.add_typer(key.app, name="key")

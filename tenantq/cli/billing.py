@@ -106,10 +106,13 @@ def billing_flush(
 
     settings = load_server_settings(data_dir)
     setup_logging()
-    ensure_db(settings)
     from tenantq.billing.usage.buffer import main as flush_main
 
-    written = flush_main(once=once)
+    try:
+        ensure_db(settings)
+        written = flush_main(once=once)
+    except Exception as exc:  # noqa: BLE001
+        fail(False, exc)
     if once:
         typer.echo(f"{written} usage events written")
 

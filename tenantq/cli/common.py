@@ -54,15 +54,56 @@ def emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
     typer.echo(json.dumps(payload) if as_json else text)
 
 
-def fail(as_json: bool, exc: Exception) -> NoReturn:
+def note(text: str) -> None:
+    """A remark for the person at the terminal: on stderr, so --json output stays one JSON object."""
+    typer.echo(f"tenantq: {text}", err=True)
+
+
+def safe_url(url: str) -> str:
+    """A database or Redis URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.rsplit("@", maxsplit=1)[-1] if "@" in url else url
+
+
+def describe_store(settings: Settings) -> str:
+    """Which data dir and database a command uses: a command run in the wrong folder is spotted here."""
+    if settings.database_url is None:
+        return f"data dir {settings.resolved_data_dir}, database {settings.resolved_data_dir / 'tenantq.db'}"
+    return f"database {safe_url(settings.database_url)}"
+
+
+def _error_of(exc: Exception) -> tuple[str, str, Any]:
+    """(code, one-line message, details) for any failure: a traceback is for bugs, not for a database
+    that is down."""
+    import redis
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     from tenantq.core.errors import TenantqError
+    from tenantq.core.settings import get_settings
 
     if isinstance(exc, TenantqError):
-        payload = {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
-        msg = exc.message
-    else:
-        payload = {"error": {"code": "error", "message": str(exc), "details": None}}
-        msg = str(exc)
+        return exc.code, exc.message, exc.details
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        lines = str(exc.orig or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        url = safe_url(get_settings().effective_database_url)
+        return "database_unavailable", f"cannot reach the database {url}: {reason}", None
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        url = safe_url(get_settings().effective_redis_url)
+        hint = " (the embedded Redis runs only while `tenantq up` does)" if url.startswith("unix:") else ""
+        return "redis_unavailable", f"cannot reach Redis {url}{hint}: {exc}", None
+    lines = str(exc).strip().splitlines()
+    return "error", (lines[0] if lines else type(exc).__name__), None
+
+
+def fail(as_json: bool, exc: Exception) -> NoReturn:
+    code, msg, details = _error_of(exc)
+    payload = {"error": {"code": code, "message": msg, "details": details}}
     if as_json:
         typer.echo(json.dumps(payload))
     else:
@@ -72,13 +113,27 @@ def fail(as_json: bool, exc: Exception) -> NoReturn:
 
 def ensure_db(settings: Settings) -> None:
     """Assemble the layers (every table, the quota check, ...), and migrate the embedded default first so
-    commands work before `tenantq up` ran."""
+    commands work before `tenantq up` ran. A new embedded database is announced: in the wrong folder,
+    it is the sign that this is not the database the running server uses."""
     from tenantq.assembly import assemble
     from tenantq.ops.migrate import upgrade
 
     assemble()
     if settings.database_url is None:
+        created = not (settings.resolved_data_dir / "tenantq.db").exists()
         upgrade(settings.effective_database_url)
+        if created:
+            note(
+                f"created a new, empty database ({describe_store(settings)}); a `tenantq up` started in "
+                "another folder uses its own"
+            )
+
+
+def note_if_empty(rows: list[Any], what: str) -> None:
+    if not rows:
+        from tenantq.core.settings import get_settings
+
+        note(f"no {what} in {describe_store(get_settings())}")
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tenantq.cli.common import DataDir, load_settings
+from tenantq.cli.common import DataDir, fail, load_settings
 
 app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 
@@ -20,7 +20,10 @@ def db_upgrade(
     from tenantq.ops.migrate import upgrade
 
     settings = load_settings(data_dir)
-    upgrade(settings.effective_database_url, revision)
+    try:
+        upgrade(settings.effective_database_url, revision)
+    except Exception as exc:  # noqa: BLE001
+        fail(False, exc)
     typer.echo(f"database at {revision}")
 
 
@@ -30,5 +33,8 @@ def db_check(data_dir: DataDir = None) -> None:
     from tenantq.ops.migrate import check
 
     settings = load_settings(data_dir)
-    check(settings.effective_database_url)
+    try:
+        check(settings.effective_database_url)
+    except Exception as exc:  # noqa: BLE001
+        fail(False, exc)
     typer.echo("no drift between models and migrations")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tenantq.cli.common import DataDir, JsonOut, cli_session, emit
+from tenantq.cli.common import DataDir, JsonOut, cli_session, emit, note_if_empty
 
 app = typer.Typer(help="Create, list and revoke tenants' API keys.", no_args_is_help=True)
 
@@ -28,6 +28,7 @@ def key_list(
         rows = [
             KeyOut.model_validate(k).model_dump(mode="json") for k in ApiKeyRepository(session, t.id).list()
         ]
+    note_if_empty(rows, f"API keys for {tenant}")
     if as_json:
         typer.echo(json.dumps({"items": rows}))
     else:

@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tenantq.cli.common import DataDir, JsonOut, emit, ensure_db, fail, load_settings, parse_assignments
+from tenantq.cli.common import (
+    DataDir,
+    JsonOut,
+    cli_session,
+    emit,
+    ensure_db,
+    fail,
+    load_settings,
+    note_if_empty,
+    parse_assignments,
+)
 
 if TYPE_CHECKING:
     from tenantq.tenants.accounts.models import Plan
@@ -24,13 +34,14 @@ def _plan_payload(p: Plan) -> dict[str, Any]:
 @app.command("list")
 def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
     """List plans and their limits."""
-    from tenantq.core.db import unscoped_session
+    from decimal import Decimal
+
+    from tenantq.billing.invoicing.pricing import format_amount
     from tenantq.tenants.accounts.service import list_plans
 
-    settings = load_settings(data_dir)
-    ensure_db(settings)
-    with unscoped_session() as session:
+    with cli_session(data_dir, as_json) as session:
         rows = [_plan_payload(p) for p in list_plans(session)]
+    note_if_empty(rows, "plans")
     if as_json:
         typer.echo(json.dumps({"items": rows}))
     else:
@@ -39,7 +50,7 @@ def plan_list(as_json: JsonOut = False, data_dir: DataDir = None) -> None:
                 f"{r['name']}  submit {r['submit_rate']:g}/s burst {r['submit_burst']}"
                 f"  exec {r['exec_rate']:g}/s  concurrency {r['concurrency']}  max_queued {r['max_queued']}"
                 f"  weight {r['weight']}  priority {r['priority_min']}-{r['priority_max']}"
-                f"  base fee {r['base_fee']} {r['currency']}"
+                f"  base fee {format_amount(Decimal(r['base_fee']), r['currency'])} {r['currency']}"
             )
 
 

@@ -16,6 +16,7 @@ from tenantq.cli.common import (
     ensure_db,
     fail,
     load_settings,
+    note_if_empty,
     parse_assignments,
 )
 
@@ -65,13 +66,11 @@ def tenant_list(
     data_dir: DataDir = None,
 ) -> None:
     """List tenants with plan, status and overrides."""
-    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import list_tenants
 
-    settings = load_settings(data_dir)
-    ensure_db(settings)
-    with unscoped_session() as session:
+    with cli_session(data_dir, as_json) as session:
         rows = [_tenant_payload(t) for t in list_tenants(session, status=status)]
+    note_if_empty(rows, f"{status} tenants" if status else "tenants")
     if as_json:
         typer.echo(json.dumps({"items": rows}))
     else:

@@ -420,12 +420,13 @@ def overview(_op: Operator, session: SessionDep) -> dict[str, Any]:
 @admin_api.get(
     "/workers",
     response_model=WorkersOut,
-    summary="Celery workers online",
-    description="Workers answering Celery's remote-control inspect (stats, active, active_queues) "
-    f"within {service.INSPECT_TIMEOUT_S:g} s. A broker error is reported in 'error', not as a 5xx.",
+    summary="Workers and their heartbeats",
+    description="Every worker that sent a heartbeat to Redis in the last day, with its age; 'online' "
+    f"is false after {service.WORKER_STALE_AFTER_S:g} s without one. 'running' counts attempts running "
+    "now on all workers. A Redis error is reported in 'error', not as a 5xx.",
 )
 def workers(_op: Operator) -> dict[str, Any]:
-    return service.inspect_workers()
+    return service.heartbeat_workers(get_redis())
 
 
 # Last: any other /dashboard path is a friendly HTML 404, not the API's JSON one.

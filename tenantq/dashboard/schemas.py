@@ -56,14 +56,12 @@ class Overview(BaseModel):
 
 class WorkerOut(BaseModel):
     name: str
-    active: int
-    concurrency: int | None = None
-    processed: int
-    pid: int | None = None
-    uptime_s: int | None = None
-    queues: list[str]
+    last_heartbeat: datetime
+    heartbeat_age_s: float
+    online: bool
 
 
 class WorkersOut(BaseModel):
     workers: list[WorkerOut]
+    running: int = 0
     error: str | None = None

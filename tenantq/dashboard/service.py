@@ -1,5 +1,5 @@
-"""Data behind the dashboards that no other area serves: the operator overview and the Celery workers
-view.
+"""Data behind the dashboards that no other area serves: the operator overview and the workers
+view (from the workers' heartbeats in Redis).
 
 The operator functions here read across tenants on purpose (the operator sees everyone); they are only
 reachable through routes guarded by the ``Operator`` dependency. Tenant pages never call them: tenant
@@ -8,18 +8,17 @@ data reaches the browser through the tenant-scoped ``/v1`` API only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
-from tenantq.core import keys
+from tenantq.core import keys, metrics
 from tenantq.core.celery import SYSTEM_QUEUE
-from tenantq.core.celery import app as celery_app
 from tenantq.core.db import utcnow
 from tenantq.core.periods import Period
 from tenantq.core.settings import get_settings
@@ -126,48 +125,37 @@ def throughput(session: Session, now: datetime, minutes: int = THROUGHPUT_MINUTE
     return [{"minute": minute, **counts} for minute, counts in sorted(buckets.items())]
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    name: str
-    active: int
-    concurrency: int | None
-    processed: int
-    pid: int | None
-    uptime_s: int | None
-    queues: list[str]
+# A worker whose heartbeat is older than this is listed as "not responding" (it refreshes every few
+# seconds; the same threshold as the tenantq_workers metric).
+WORKER_STALE_AFTER_S = 30.0
 
 
-INSPECT_TIMEOUT_S = 1.0
+def heartbeat_workers(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
+    """Workers online, from the heartbeats each worker writes to Redis (``tq:workers``): one ZRANGE,
+    answered in milliseconds, instead of a Celery broadcast that waits its whole timeout for replies.
 
-
-def inspect_workers(timeout: float = INSPECT_TIMEOUT_S) -> dict[str, Any]:
-    """Workers online, from Celery's own remote-control replies (``stats``, ``active``, ``active_queues``).
-
-    A broadcast waits ``timeout`` seconds for replies; workers that do not answer in time are simply
-    not listed. Broker errors are reported in the body, not raised: the page says "cannot reach the
-    broker" instead of failing.
-    """
+    A Redis error is reported in the body, not raised: the page says "cannot reach Redis" instead of
+    failing."""
+    now = time.time() if now is None else now
     try:
-        inspector = celery_app.control.inspect(timeout=timeout)
-        stats = inspector.stats() or {}
-        active = inspector.active() or {}
-        queues = inspector.active_queues() or {}
-    except Exception as exc:  # noqa: BLE001 - any broker failure becomes a visible state, never a 500
-        return {"workers": [], "error": f"Cannot reach the broker: {type(exc).__name__}"}
-    workers: list[dict[str, Any]] = []
-    for name in sorted(set(stats) | set(active)):
-        s = stats.get(name) or dict[str, Any]()
-        pool = s.get("pool") or {}
-        total = s.get("total") or {}
-        workers.append(
-            WorkerInfo(
-                name=name,
-                active=len(active.get(name) or []),
-                concurrency=pool.get("max-concurrency"),
-                processed=int(sum(v for v in total.values() if isinstance(v, int))),
-                pid=s.get("pid"),
-                uptime_s=s.get("uptime"),
-                queues=sorted(q.get("name", "") for q in (queues.get(name) or [])),
-            ).__dict__
+        # withscores=True: (member, score) pairs; redis-py's annotation covers every mode at once.
+        entries = cast(
+            list[tuple[str | bytes, float]],
+            client.zrangebyscore(keys.WORKERS, now - 86_400, "+inf", withscores=True),
         )
-    return {"workers": workers, "error": None}
+        running = client.hlen(metrics.RUNNING_KEY)
+    except redis.RedisError as exc:
+        return {"workers": [], "running": 0, "error": f"Cannot reach Redis: {type(exc).__name__}"}
+    workers = []
+    for raw, seen in sorted(entries, key=lambda e: str(e[0])):
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        age = max(0.0, now - float(seen))
+        workers.append(
+            {
+                "name": name,
+                "last_heartbeat": datetime.fromtimestamp(float(seen), UTC),
+                "heartbeat_age_s": round(age, 1),
+                "online": age <= WORKER_STALE_AFTER_S,
+            }
+        )
+    return {"workers": workers, "running": int(running), "error": None}

@@ -10,6 +10,7 @@ import csv
 import io
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -332,6 +333,65 @@ class TestOperatorDashboard:
         row.get_by_role("button", name=f"Resume queue of {tenant.name}").click()
         row.locator(".status-paused").wait_for(state="detached")
         assert not redis_client.sismember("tq:paused", tenant.id)
+
+
+class TestDashboardDefects:
+    """Issue 15 item 11: what a newcomer saw wrong on the pages."""
+
+    def test_retried_job_wait_is_measured_to_the_first_start(self, page):
+        key = ApiKeyFactory()
+        created = datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
+        # A retried job: the first attempt started 1.5 s after creation; the retry moved run_at later.
+        job = JobFactory(
+            tenant=key.tenant,
+            status="succeeded",
+            attempts=2,
+            created_at=created,
+            started_at=created + timedelta(seconds=1.5),
+            run_at=created + timedelta(seconds=4),
+            finished_at=created + timedelta(seconds=5),
+        )
+        sign_in(page, key)
+        row = page.locator(f'tr[data-job-id="{job.id}"]')
+        row.wait_for()
+        assert row.locator("td").all_inner_texts()[6] == "1.50 s"
+        page.goto(f"/dashboard/jobs/{job.id}")
+        page.locator("#job-summary .status-succeeded").wait_for()
+        waited = page.locator("#job-summary div", has=page.locator("dt", has_text="Waited")).locator("dd")
+        assert waited.inner_text() == "1.50 s"
+
+    @pytest.mark.parametrize(
+        ("status", "offered"), [("succeeded", False), ("failed", True), ("cancelled", True)]
+    )
+    def test_rerun_offered_only_where_the_api_accepts_it(self, page, status, offered):
+        key = ApiKeyFactory()
+        job = JobFactory(tenant=key.tenant, status=status)
+        sign_in(page, key)
+        page.goto(f"/dashboard/jobs/{job.id}")
+        page.locator(f"#job-summary .status-{status}").wait_for()
+        assert page.get_by_role("button", name="Re-run job").is_visible() is offered
+
+    def test_legend_squares_and_money(self, page):
+        operator_sign_in(page)
+        page.goto("/admin/workers")
+        legend = page.locator("#chart-throughput .legend svg").first
+        legend.wait_for()
+        box = legend.bounding_box()
+        assert box is not None and box["width"] <= 12 and box["height"] <= 12
+        page.goto("/admin/plans")
+        fee = page.locator("#plan-free-base_fee")
+        fee.wait_for()
+        assert fee.input_value() == "0.00"
+        # Saving without touching it changes nothing (the formatted fee equals the stored one).
+        page.get_by_role("button", name="Save free").click()
+        assert "Nothing changed in free" in page.locator("#plans-message").inner_text()
+
+    def test_usage_page_explains_its_job_counts(self, page):
+        key = ApiKeyFactory()
+        sign_in(page, key)
+        page.goto("/dashboard/usage")
+        note = page.locator("#jobs-counts-note").inner_text()
+        assert "accepted this period" in note and "ran" in note and "Jobs page lists every job" in note
 
 
 class TestPagesRender:

@@ -3,6 +3,9 @@ and the operator JSON endpoints the dashboard adds."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
 
 from tenantq.tenants.access.sessions import OPERATOR_AUDIENCE, SESSION_COOKIE, decode_token, looks_like_jwt
@@ -293,6 +296,39 @@ class TestOperatorApi:
         assert resp.status_code == 200
         body = resp.json()
         assert isinstance(body["workers"], list) and "error" in body
+
+    def test_workers_come_from_heartbeats_fast(self, api, redis_client):
+        now = time.time()
+        fresh, silent = f"fresh-{uuid.uuid4().hex[:6]}@host", f"silent-{uuid.uuid4().hex[:6]}@host"
+        redis_client.zadd("tq:workers", {fresh: now - 2, silent: now - 600})
+        try:
+            admin_login(api)
+            api.get("/admin/v1/workers")  # warm: the first request builds the app's lazy parts
+            began = time.perf_counter()
+            resp = api.get("/admin/v1/workers")
+            elapsed = time.perf_counter() - began
+        finally:
+            redis_client.zrem("tq:workers", fresh, silent)
+        assert resp.status_code == 200 and resp.json()["error"] is None
+        by_name = {w["name"]: w for w in resp.json()["workers"]}
+        assert by_name[fresh]["online"] is True and 1 <= by_name[fresh]["heartbeat_age_s"] < 30
+        assert by_name[silent]["online"] is False and by_name[silent]["heartbeat_age_s"] >= 600
+        # One Redis read, not a broadcast waiting out its timeout (it took 1-3 s); generous for a loaded CI.
+        assert elapsed < 0.5, elapsed
+
+    def test_workers_redis_down_is_reported_not_raised(self):
+        import redis
+
+        from tenantq.dashboard.service import heartbeat_workers
+
+        dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+        body = heartbeat_workers(dead)
+        assert body["workers"] == [] and body["error"].startswith("Cannot reach Redis")
+
+    def test_usage_page_explains_job_counts(self, api):
+        login(api, ApiKeyFactory())
+        html = api.get("/dashboard/usage").text
+        assert 'id="jobs-counts-note"' in html and "accepted" in html and "ran" in html
 
     def test_operator_endpoints_in_openapi(self, api):
         paths = api.get("/openapi.json").json()["paths"]

@@ -4,13 +4,23 @@ against the same database and Redis as the API."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from tenantq.cli import app
 from tenantq.tenants.accounts.models import Plan
+from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 
@@ -73,3 +83,175 @@ class TestPlanAndKeyCommands:
         assert cli("key", "revoke", key.id)["id"] == key.id
         assert api.get("/v1/jobs", headers=auth(key)).status_code == 401
         assert cli("key", "revoke", "nope", ok=False)["error"]["code"] == "not_found"
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a subprocess, with exactly this environment (no TENANTQ_*
+    from the test session unless given): what a newcomer's shell runs."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TENANTQ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tenantq.cli", *args],
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def all_commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(cmd, "commands"):  # a command group
+            yield from all_commands(cmd, (*prefix, name))
+
+
+class TestHelpPages:
+    """Issue 15 item 8: help pages in the usual style, for every command."""
+
+    def test_no_bool_on_flags_and_arguments_in_capitals(self):
+        commands = list(all_commands(typer.main.get_command(app)))
+        assert ("status",) in commands and ("tenant", "create") in commands
+        for path in commands:
+            out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+            assert "<bool>" not in out and "{" not in out, (path, out)
+        usage = CliRunner().invoke(app, ["tenant", "create", "--help"], env={"COLUMNS": "200"}).output
+        assert "tenant create [OPTIONS] NAME" in usage
+        assert re.search(r"--json\s+Print one JSON object", usage)
+
+
+BAD_DB = "postgresql+psycopg://nobody:hunter2@127.0.0.1:1/nowhere"
+
+
+class TestOneLineErrors:
+    @pytest.mark.parametrize(
+        "args", [("tenant", "list"), ("plan", "list"), ("key", "list", "acme"), ("db", "upgrade")]
+    )
+    def test_unreachable_database_is_one_line(self, args, tmp_path):
+        res = run_cli(
+            *args, env={"TENANTQ_DATABASE_URL": BAD_DB, "TENANTQ_DATA_DIR": str(tmp_path)}, cwd=tmp_path
+        )
+        assert res.returncode == 1 and res.stdout == ""
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert lines[0].startswith("error: cannot reach the database postgresql+psycopg://nobody:***@")
+        assert "hunter2" not in res.stderr and "Traceback" not in res.stderr
+
+    def test_unreachable_database_json(self, tmp_path):
+        res = run_cli(
+            "tenant",
+            "list",
+            "--json",
+            env={"TENANTQ_DATABASE_URL": BAD_DB, "TENANTQ_DATA_DIR": str(tmp_path)},
+            cwd=tmp_path,
+        )
+        assert res.returncode == 1 and res.stderr == ""
+        assert json.loads(res.stdout)["error"]["code"] == "database_unavailable"
+
+
+class TestWhichStore:
+    """Issue 15 item 7: a command in the wrong folder says which data dir and database it used."""
+
+    def test_new_and_empty_store_is_named_on_stderr(self, tmp_path):
+        env: dict[str, str] = {}  # embedded defaults: ./.tenantq under the working directory
+        data_dir = tmp_path / ".tenantq"
+        first = run_cli("tenant", "list", "--json", env=env, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout) == {"items": []}  # stdout stays one JSON object
+        assert f"created a new, empty database (data dir {data_dir}, database {data_dir / 'tenantq.db'})" in (
+            first.stderr
+        )
+        assert f"no tenants in data dir {data_dir}" in first.stderr
+        again = run_cli("tenant", "list", env=env, cwd=tmp_path)
+        assert "created" not in again.stderr and f"no tenants in data dir {data_dir}" in again.stderr
+        assert run_cli("tenant", "create", "acme", env=env, cwd=tmp_path).returncode == 0
+        listed = run_cli("tenant", "list", env=env, cwd=tmp_path)
+        assert "acme" in listed.stdout and listed.stderr == ""
+
+
+class TestStatus:
+    def test_fresh_folder_creates_no_database(self, tmp_path):
+        res = run_cli("status", "--json", env={}, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        s = json.loads(res.stdout)
+        assert s["data_dir"] == str(tmp_path / ".tenantq") and s["data_dir_exists"] is False
+        assert s["database"]["reachable"] is False and "not created yet" in s["database"]["error"]
+        assert s["redis"] == {
+            "url": f"unix://{tmp_path / '.tenantq' / 'redis.sock'}",
+            "embedded": True,
+            "reachable": False,
+            "error": "not running (the embedded Redis runs only while `tenantq up` does)",
+        }
+        assert s["up"] == {"running": False, "pid": None, "api": None, "api_ready": None}
+        assert s["workers"]["online"] == 0
+        assert not (tmp_path / ".tenantq" / "tenantq.db").exists()
+        text = run_cli("status", env={}, cwd=tmp_path).stdout
+        assert "up        not running on this data dir" in text
+
+    def test_running_up_its_api_and_workers(self, platform_env, platform_processes, tmp_path, monkeypatch):
+        """A process holding the data dir's `up` lock, with a real `tenantq api` child on a free port:
+        what `tenantq up` looks like from outside."""
+        from tenantq.core.settings import reset_settings_cache
+        from tenantq.ops.supervisor import DataDirLock
+
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        lock = DataDirLock(data_dir)
+        lock.acquire()
+        group = ProcessGroup(platform_env, tmp_path)
+        port = free_port()
+        group.start("api", [sys.executable, "-m", "tenantq.cli", "api", "--port", str(port)])
+        monkeypatch.setenv("TENANTQ_DATA_DIR", str(data_dir))
+        reset_settings_cache()
+        try:
+
+            def ready() -> bool:
+                out = CliRunner().invoke(app, ["status", "--json"])
+                return json.loads(out.stdout)["up"]["api_ready"] is True
+
+            wait_until(ready, timeout=60, interval=0.5, message="status to see the API ready")
+            s = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)
+        finally:
+            group.stop_all()
+            lock.release()
+            monkeypatch.undo()
+            reset_settings_cache()
+        assert s["up"] == {
+            "running": True,
+            "pid": os.getpid(),
+            "api": f"http://127.0.0.1:{port}",
+            "api_ready": True,
+        }
+        assert s["database"]["reachable"] is True and s["database"]["tenants"] >= 0
+        assert s["redis"]["reachable"] is True and s["redis"]["embedded"] is False
+        assert s["workers"]["online"] >= 1 and any(n.startswith("worker-") for n in s["workers"]["names"])
+
+
+QUICKSTART_POST = re.compile(r"-d '(\{\"task\": \"demo.echo\".*?\})'")
+
+
+class TestReadmeQuickstart:
+    """Issue 15 item 9: the README's Quickstart works as written on the default plan, and the limits it
+    states are the free plan's."""
+
+    def test_quickstart_request_is_accepted_on_free(self, api):
+        readme = (ROOT / "README.md").read_text()
+        body = json.loads(QUICKSTART_POST.search(readme).group(1))
+        created = cli("tenant", "create", f"qs-{uuid.uuid4().hex[:8]}")
+        assert created["plan"] == "free"
+        key = cli("key", "create", created["name"])["key"]
+        resp = api.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert resp.status_code == 202, resp.text
+
+    def test_stated_free_limits_match_the_plan(self, db_session):
+        readme = " ".join((ROOT / "README.md").read_text().split())
+        free = db_session.get(Plan, "free")
+        stated = (
+            f"priority {free.priority_min}-{free.priority_max}",
+            f"time limits up to {free.max_time_limit_s} s",
+            f"at most {free.concurrency} jobs running",
+            f"schedules at most every {free.min_schedule_interval_s} s",
+        )
+        for s in stated:
+            assert s in readme, s

@@ -16,6 +16,8 @@
   const LOGIN = AREA === "admin" ? "/admin/login" : "/dashboard/login";
   const TERMINAL = new Set(["succeeded", "failed", "cancelled", "rejected"]);
   const CANCELLABLE = new Set(["queued", "scheduled", "running", "retrying"]);
+  // POST /v1/jobs/{id}/retry accepts only these.
+  const RERUNNABLE = new Set(["failed", "cancelled"]);
 
   // ------------------------------------------------------------------------------------------------
   // DOM helpers
@@ -88,6 +90,14 @@
     return Math.floor(m / 60) + " h " + (m % 60) + " min";
   }
   function between(a, b) { return a && b ? Date.parse(b) - Date.parse(a) : null; }
+  // Queueing time before the first attempt. started_at is the first attempt's start, while a retry moves
+  // run_at to its own later due time: run_at counts only when it precedes started_at (a countdown).
+  function waitMs(job, now) {
+    const due = job.run_at && (!job.started_at || Date.parse(job.run_at) <= Date.parse(job.started_at))
+      ? job.run_at : job.created_at;
+    if (job.started_at) return Math.max(0, between(due, job.started_at));
+    return TERMINAL.has(job.status) ? null : Math.max(0, now - Date.parse(due));
+  }
   function fmtNum(n, digits) {
     if (n === null || n === undefined || n === "") return "—";
     const x = Number(n);
@@ -96,7 +106,18 @@
   }
   function fmtMoney(amount, currency) {
     if (amount === null || amount === undefined) return "—";
-    return (currency ? String(currency).toUpperCase() + " " : "") + String(amount);
+    return (currency ? String(currency).toUpperCase() + " " : "") + fmtAmount(amount, currency);
+  }
+  // Money as its currency writes it ("999.00", "500" for JPY), from the exact decimal text the API sends.
+  function fmtAmount(amount, currency) {
+    const x = Number(amount);
+    if (amount === "" || isNaN(x)) return String(amount);
+    let digits = 2;
+    try {
+      if (currency) digits = new Intl.NumberFormat("en", { style: "currency", currency: String(currency).toUpperCase() })
+        .resolvedOptions().maximumFractionDigits;
+    } catch (e) { /* unknown currency code: two decimals */ }
+    return x.toFixed(digits);
   }
   function fmtValue(v) {
     if (v === null || v === undefined) return "—";
@@ -285,8 +306,7 @@
 
     function row(job) {
       const now = Date.now();
-      const wait = job.started_at ? between(job.run_at || job.created_at, job.started_at)
-        : (TERMINAL.has(job.status) ? null : now - Date.parse(job.run_at || job.created_at));
+      const wait = waitMs(job, now);
       const dur = job.started_at ? (job.finished_at ? between(job.started_at, job.finished_at) : now - Date.parse(job.started_at)) : null;
       const running = !job.finished_at && job.started_at;
       const attrs = { "data-job-id": job.id, "data-status": job.status };
@@ -362,7 +382,7 @@
         ["Status", badge(j.status)], ["Task", h("code", {}, j.task)], ["Priority", String(j.priority)],
         ["Attempts", String(j.attempts)], ["Created", timeEl(j.created_at)],
         ...(j.run_at ? [["Runs at", timeEl(j.run_at)]] : []), ["Started", timeEl(j.started_at)], ["Finished", timeEl(j.finished_at)],
-        ["Waited", fmtMs(between(j.run_at || j.created_at, j.started_at))],
+        ["Waited", fmtMs(j.started_at ? waitMs(j, Date.now()) : null)],
         ["Duration", fmtMs(between(j.started_at, j.finished_at))],
       ];
       if (j.idempotency_key) items.push(["Idempotency key", h("code", {}, j.idempotency_key)]);
@@ -385,7 +405,7 @@
       }
       renderAttempts(j);
       cancelBtn.hidden = !CANCELLABLE.has(j.status);
-      retryBtn.hidden = !TERMINAL.has(j.status);
+      retryBtn.hidden = !RERUNNABLE.has(j.status);
     }
 
     function renderAttempts(j) {
@@ -790,12 +810,11 @@
       const wEl = $("#workers");
       if (!w.ok) show(wEl, failure(w, "Worker status"));
       else if (w.data.error) show(wEl, errorBox(w.data.error));
-      else if (!w.data.workers.length) show(wEl, emptyState("No worker answered. Start one with `tenantq worker`."));
-      else show(wEl, table([{ label: "Worker" }, { label: "Busy", num: true }, { label: "Processed", num: true },
-        { label: "Up for", narrow: true }, { label: "Queues", narrow: true }],
-      w.data.workers.map((x) => ({ attrs: { "data-worker": x.name }, cells: [h("code", {}, x.name),
-        x.active + (x.concurrency ? " / " + x.concurrency : ""), fmtNum(x.processed), fmtMs((x.uptime_s || 0) * 1000),
-        x.queues.join(", ")] }))));
+      else if (!w.data.workers.length) show(wEl, emptyState("No worker has sent a heartbeat. Start one with `tenantq worker`."));
+      else show(wEl, h("p", { class: "muted" }, fmtNum(w.data.running) + " attempts running now on all workers."),
+        table([{ label: "Worker" }, { label: "State" }, { label: "Last heartbeat", num: true }],
+          w.data.workers.map((x) => ({ attrs: { "data-worker": x.name }, cells: [h("code", {}, x.name),
+            badge(x.online ? "online" : "silent"), fmtMs(x.heartbeat_age_s * 1000) + " ago"] }))));
       if (o.ok) {
         show($("#exec-queues"), table([{ label: "Queue" }, { label: "Messages waiting", num: true }],
           o.data.exec_queues.map((q) => [h("code", {}, q.name), fmtNum(q.depth)])));
@@ -841,7 +860,7 @@
       const inputs = {};
       const fields = PLAN_FIELDS.filter(([k]) => k in p).map(([k, label]) => {
         const id = "plan-" + p.name + "-" + k;
-        const v = p[k];
+        const v = k === "base_fee" ? fmtAmount(p[k], p.currency) : p[k];
         const input = typeof v === "boolean" ? h("input", { id, type: "checkbox", checked: v })
           : h("input", { id, value: v === null ? "" : String(v), inputmode: typeof v === "number" ? "decimal" : null });
         inputs[k] = input;
@@ -863,7 +882,7 @@
             if (input.value.trim() === "" || isNaN(Number(input.value))) { say(msg, k + " must be a number.", "error"); input.focus(); return; }
             val = Number(input.value);
           } else val = input.value;
-          if (val !== old) changes[k] = val;
+          if (k === "base_fee" ? Number(val) !== Number(old) || val.trim() === "" : val !== old) changes[k] = val;
         }
         if (!Object.keys(changes).length) { say(msg, "Nothing changed in " + p.name + ".", "info"); return; }
         const u = await api("PATCH", "/admin/v1/plans/" + encodeURIComponent(p.name), changes);
