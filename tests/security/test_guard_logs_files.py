@@ -21,7 +21,7 @@ from tenantq.core.settings import SECRET_FILE_NAME, embedded_secret
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.schedules.models import Schedule
 from tenantq.platform.webhooks.models import WebhookEndpoint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, auth
 
 
@@ -177,6 +177,22 @@ class TestLogRedaction:
         record.args = args  # a dict, as Celery passes it (LogRecord would unwrap it otherwise)
         for line in format_both(record):
             assert SECRET not in line and "demo.echo[j-1] succeeded" in line, line
+
+    @pytest.mark.e2e
+    def test_a_real_worker_logs_the_success_without_the_result(self, api, platform_processes):
+        key = ApiKeyFactory()
+        job = api.post(
+            "/v1/jobs", json={"task": "demo.echo", "args": {"card": SECRET}}, headers=auth(key)
+        ).json()
+
+        def success_line() -> str | None:
+            lines = [ln for ln in platform_processes.log("worker").splitlines() if job["id"] in ln]
+            done = [ln for ln in lines if "succeeded in" in ln]
+            return "\n".join(lines) if done else None
+
+        lines = wait_until(success_line, timeout=90, interval=0.3, message="Celery's success line")
+        assert "[result not logged]" in lines and SECRET not in lines, lines
+        assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["result"] == {"card": SECRET}
 
 
 # -------------------------------------------------------------------------- item 11: file modes
