@@ -24,7 +24,12 @@ create endpoint in one line). Then, for every row:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +49,17 @@ from tenantq.core.settings import reset_settings_cache
 from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery
 from tenantq.tenants.access.keys import ALL_SCOPES
 from tenantq.tenants.access.models import ApiKey
+from tenantq.tenants.access.sessions import (
+    ADMIN_SESSION_COOKIE,
+    ALGORITHM,
+    ISSUER,
+    OPERATOR_AUDIENCE,
+    SESSION_COOKIE,
+    TENANT_AUDIENCE,
+    _signing_secret,
+    admin_token_fingerprint,
+    key_id,
+)
 from tenantq.tenants.accounts.models import Plan
 from tenantq.tenants.accounts.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
 from tests.billing.invoice_factories import InvoiceFactory, UsageEventFactory
@@ -441,6 +457,78 @@ def session_headers(api, owner: Owner) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# --- forged session tokens ----------------------------------------------------------------------
+# Secrets an attacker would try first: the constant default of earlier releases and common guesses.
+GUESSED_SECRETS = ["dev-insecure-secret-change-me", "secret", "change-me", "tenantq", "s" * 32]
+
+
+# POST /v1/auth/session opens sessions with an API key only, and says so.
+REFUSED_CODES = ("unauthorized", "invalid_session", "api_key_required")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _sign(claims: dict[str, Any], secret: str) -> str:
+    """An HS256 token exactly as the server makes one (derived key, ``kid``), but with ``secret``."""
+    header = {"alg": ALGORITHM, "typ": "JWT", "kid": key_id(secret)}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    sig = hmac.new(_signing_secret(secret).encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(sig)}"
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    header = {"alg": "none", "typ": "JWT"}
+    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}."
+
+
+def _claims(audience: str, subject: str, **extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "scopes": sorted(ALL_SCOPES),
+        **extra,
+    }
+
+
+def forged_tenant_tokens(victim: Owner) -> dict[str, str]:
+    """Tokens naming the victim's tenant and key with every claim right, none signed with the secret."""
+    claims = _claims(TENANT_AUDIENCE, victim.tenant.id, kid_api=victim.key.id)
+    forged = {f"hs256 secret {s!r}": _sign(claims, s) for s in GUESSED_SECRETS}
+    forged["alg none"] = _unsigned(claims)
+    forged["another tenant's id, wrong key"] = _sign(claims, uuid.uuid4().hex * 2)
+    return forged
+
+
+def forged_operator_tokens() -> dict[str, str]:
+    token = ADMIN["Authorization"].removeprefix("Bearer ")
+    claims = _claims(OPERATOR_AUDIENCE, "operator", adm=admin_token_fingerprint(token))
+    forged = {f"hs256 secret {s!r}": _sign(claims, s) for s in GUESSED_SECRETS}
+    forged["alg none"] = _unsigned(claims)
+    forged["wrong key"] = _sign(claims, uuid.uuid4().hex * 2)
+    return forged
+
+
+def refused_everywhere(api, method: str, path: str, body: Any, tokens: dict[str, str], cookie: str) -> None:
+    """Each token, as a bearer header and as the session cookie, answers 401. The cookie request
+    passes the CSRF check, so that only the token can be what refuses it."""
+    for name, token in tokens.items():
+        for headers in (
+            {"Authorization": f"Bearer {token}"},
+            {"Cookie": f"{cookie}={token}", "X-Requested-With": "fetch"},
+        ):
+            resp = call(api, method, path, body, headers)
+            assert resp.status_code == 401, f"{method} {path} with {name} ({list(headers)}): {resp.text}"
+            assert resp.json()["error"]["code"] in REFUSED_CODES, resp.text
+
+
 # ------------------------------------------------------------------------------------------------
 class TestCompleteness:
     def test_every_route_is_in_the_matrix(self):
@@ -491,6 +579,15 @@ class TestTenantRoutes:
         resp = call(api, route.method, path, route.body)
         assert resp.status_code == 401, resp.text
         assert resp.json()["error"]["code"] == "unauthorized"
+
+    def test_forged_session_tokens_are_401(self, api, route):
+        if route.kind in (PUBLIC, SIGNED):
+            pytest.skip("no session credential is read here (see test_no_credential_is_401)")
+        victim = Owner.new(api)
+        path, built = fill(route, victim)
+        before = [b.snapshot(victim, rid) for b, rid in built]
+        refused_everywhere(api, route.method, path, route.body, forged_tenant_tokens(victim), SESSION_COOKIE)
+        assert [b.snapshot(victim, rid) for b, rid in built] == before
 
     def test_key_without_the_scope_is_403(self, api, route):
         if route.kind == SIGNED:
@@ -671,6 +768,7 @@ class TestOperatorRoutes:
                 assert resp.status_code == 401, (
                     f"{route} with {list(headers)}: {resp.status_code} {resp.text}"
                 )
+            refused_everywhere(api, route.method, path, body, forged_operator_tokens(), ADMIN_SESSION_COOKIE)
             resp = call(api, route.method, path, body, ADMIN)
             assert 200 <= resp.status_code < 300, f"{route}: {resp.status_code} {resp.text}"
         finally:

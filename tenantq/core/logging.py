@@ -5,6 +5,11 @@ Every line carries the context known where it was written: ``tenant_id``, ``job_
 for a request. Context comes from two places, merged: a context variable (``bind_context``), so a
 library's own log calls inside a task are tagged too, and the ``extra=`` of the log call.
 
+Secrets and results stay out: both formatters redact token-like query parameters (``api_token``,
+``token``, ``key``, ``secret``, ``password``, ``signature``, ...) and passwords in URLs, in the message,
+the context fields and tracebacks (an HTTP client logs every URL it calls), and Celery's
+"Task ... succeeded" line shows no return value (a job's result is the tenant's data).
+
 JSON or text: ``TENANTQ_LOG_JSON`` (true/false) decides; unset means JSON unless stderr is a terminal,
 so a developer running ``tenantq up`` reads text while containers and CI produce JSON.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -79,12 +85,45 @@ def bind_context(**fields: Any) -> Iterator[None]:
         reset_context(token)
 
 
+# A query parameter whose name says it carries a credential: its value is replaced.
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;](?:[\w.-]*(?:token|secret|passw(?:or)?d|pwd|signature|key|credential|auth)[\w.-]*"
+    r"|sig|code|session|jwt|x-amz-[\w-]+)=)(?P<value>[^&#\s'\"<>]*)",
+    re.IGNORECASE,
+)
+# user:password@ in a URL's authority.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@'\"]*:)(?P<value>[^@/\s'\"]+)(?=@)", re.IGNORECASE
+)
+REDACTED = "[redacted]"
+RESULT_HIDDEN = "[result not logged]"
+
+
+def redact(text: str) -> str:
+    """``text`` with credential-like URL query values and URL passwords replaced by ``[redacted]``."""
+    if "=" not in text and "@" not in text:
+        return text
+    text = _SECRET_PARAM.sub(lambda m: m.group("name") + REDACTED, text)
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+
+
+def _message(record: logging.LogRecord) -> str:
+    args = record.args
+    # Celery's success line: "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s".
+    if isinstance(args, dict) and "return_value" in args:
+        try:
+            return redact(str(record.msg) % {**args, "return_value": RESULT_HIDDEN})
+        except (TypeError, ValueError, KeyError):
+            return RESULT_HIDDEN
+    return redact(record.getMessage())
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = current_context()
     for name in CONTEXT_FIELDS:
         value = getattr(record, name, None)
         if value is not None:
-            fields[name] = value
+            fields[name] = redact(value) if isinstance(value, str) else value
     return fields
 
 
@@ -96,14 +135,14 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _message(record),
         }
         payload.update(_fields(record))
         payload["pid"] = record.process
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
+            payload["exc"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
-            payload["exc"] = record.exc_text
+            payload["exc"] = redact(record.exc_text)
         # default=str: an unexpected object in ``extra`` must never make a log call raise.
         return json.dumps(payload, default=str, ensure_ascii=False)
 
@@ -113,6 +152,13 @@ class HumanFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _message(record)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -9,12 +9,15 @@
   fail halfway), ``NaN``/``Infinity`` (Python's parser accepts them, JSON does not, and they compare
   false against every bound) and nesting deeper than ``MAX_DEPTH`` (the parser's recursion limit
   would otherwise surface as a 500). Each answers 422 in the one error shape, and nothing is written.
+- More than one ``Content-Type`` or ``Content-Length`` header answers 400: the framework reads the
+  first, so the guard must not decide on a different one.
 - NUL (``%00``) in the path or query string answers 422 for the same reason as in bodies.
 Malformed JSON is left to FastAPI (400 ``malformed_json``), so that answer stays the same everywhere.
 """
 
 from __future__ import annotations
 
+import email.message
 import json
 from typing import Any
 
@@ -23,8 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantq.core.errors import error_body
 from tenantq.core.settings import get_settings
-
-MAX_DEPTH = 64
+from tenantq.core.text_checks import MAX_DEPTH, TextProblem, check_value
 
 
 class _Reject(Exception):
@@ -41,47 +43,25 @@ def _reject_constant(name: str) -> Any:
     raise _Reject(422, "invalid_number", f"{name} is not a valid JSON number.")
 
 
-def _bad_text(value: str) -> str | None:
-    if "\x00" in value:
-        return "NUL characters are not allowed in text."
-    for ch in value:
-        if "\ud800" <= ch <= "\udfff":
-            return "Text contains an unpaired UTF-16 surrogate."
-    return None
-
-
 def check_json_value(root: Any) -> None:
-    """Walk a parsed JSON document iteratively (no recursion), raising _Reject on the first problem."""
-    stack: list[tuple[Any, int, list[Any]]] = [(root, 1, [])]
-    while stack:
-        value, depth, loc = stack.pop()
-        if depth > MAX_DEPTH:
-            raise _Reject(
-                422,
-                "too_deeply_nested",
-                f"JSON nesting deeper than {MAX_DEPTH} levels.",
-                {"max_depth": MAX_DEPTH},
-            )
-        if isinstance(value, str):
-            problem = _bad_text(value)
-            if problem:
-                raise _Reject(422, "invalid_text", problem, {"loc": loc})
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                problem = _bad_text(k)
-                if problem:
-                    raise _Reject(422, "invalid_text", problem, {"loc": loc})
-                stack.append((v, depth + 1, [*loc, k]))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                stack.append((v, depth + 1, [*loc, i]))
+    """Raise _Reject (422) on the first bad string, non-finite number or too deep nesting."""
+    try:
+        check_value(root, MAX_DEPTH)
+    except TextProblem as exc:
+        details = {"max_depth": MAX_DEPTH} if exc.code == "too_deeply_nested" else {"loc": exc.loc}
+        raise _Reject(422, exc.code, exc.message, details) from None
 
 
 def _is_json(content_type: str | None) -> bool:
+    """Decide as FastAPI does (``fastapi.routing``), so the guard checks every body FastAPI parses."""
     if not content_type:
         return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
 
 
 def check_json_body(body: bytes) -> None:
@@ -101,6 +81,9 @@ def check_json_body(body: bytes) -> None:
     except ValueError:
         return  # malformed JSON: FastAPI answers it (400 malformed_json) like everywhere else
     check_json_value(parsed)
+
+
+_SINGLE_HEADERS = frozenset({b"content-type", b"content-length"})
 
 
 class RequestGuard:
@@ -137,7 +120,14 @@ class RequestGuard:
         if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in query or b"\x00" in query:
             raise _Reject(422, "invalid_text", "NUL characters are not allowed in the URL.")
         limit = get_settings().max_body_bytes
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        headers: dict[bytes, bytes] = {}
+        for raw_name, value in scope.get("headers", []):
+            name = raw_name.lower()
+            if name in _SINGLE_HEADERS and name in headers:
+                # Starlette reads the first of two, this guard the last: a second header could route
+                # a body past the checks. One of each, or 400.
+                raise _Reject(400, "bad_request", f"More than one {name.decode('latin-1').title()} header.")
+            headers[name] = value
         length = headers.get(b"content-length")
         if length is not None:
             try:

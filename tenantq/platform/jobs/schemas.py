@@ -7,12 +7,14 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
+from tenantq.core.text_checks import SafeRequest, SafeResponse
+
 JobStatus = Literal[
     "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected"
 ]
 
 
-class JobCreate(BaseModel):
+class JobCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=128, description="A registered task type, e.g. 'demo.echo'.")
@@ -70,7 +72,7 @@ class JobCreate(BaseModel):
         return self
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(SafeResponse):
     attempt: int
     status: Literal["running", "succeeded", "failed", "cancelled"]
     started_at: datetime | None = None
@@ -81,7 +83,7 @@ class AttemptOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class JobOut(BaseModel):
+class JobOut(SafeResponse):
     id: str
     task: str
     args: dict[str, Any]
@@ -147,7 +149,7 @@ class TaskTypeOut(BaseModel):
 MAX_BATCH = 1000
 
 
-class BatchCreate(BaseModel):
+class BatchCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     # Items are validated one by one (each gets its own answer), so they arrive as plain objects here.

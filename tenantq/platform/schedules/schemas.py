@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from tenantq.core.text_checks import SafeRequest, SafeResponse
+
 MAX_INTERVAL_S = 366 * 24 * 3600
 
 _CRON = (
@@ -17,7 +19,7 @@ _TZ = "IANA time zone the cron expression is read in, e.g. 'Europe/Paris' (defau
 _INTERVAL = "Fire every N seconds (bounded below by the plan). Give either cron or interval_seconds."
 
 
-class ScheduleCreate(BaseModel):
+class ScheduleCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=128, description="A label for humans.")
@@ -37,7 +39,7 @@ class ScheduleCreate(BaseModel):
     )
 
 
-class ScheduleUpdate(BaseModel):
+class ScheduleUpdate(SafeRequest):
     """Only the fields given change. Setting cron clears interval_seconds and vice versa."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,7 +55,7 @@ class ScheduleUpdate(BaseModel):
     enabled: StrictBool | None = None
 
 
-class ScheduleOut(BaseModel):
+class ScheduleOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
     id: str

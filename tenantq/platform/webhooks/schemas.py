@@ -7,11 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tenantq.core.text_checks import SafeRequest, SafeResponse
+
 WebhookEvent = Literal["job.succeeded", "job.failed"]
 EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed")
 
 
-class WebhookCreate(BaseModel):
+class WebhookCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(
@@ -24,7 +26,7 @@ class WebhookCreate(BaseModel):
     description: str = Field(default="", max_length=512)
 
 
-class WebhookOut(BaseModel):
+class WebhookOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -43,7 +45,7 @@ class WebhookList(BaseModel):
     items: list[WebhookOut]
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
     attempt: int
@@ -53,7 +55,7 @@ class AttemptOut(BaseModel):
     created_at: datetime
 
 
-class DeliveryOut(BaseModel):
+class DeliveryOut(SafeResponse):
     id: str
     event_id: str
     event_type: str

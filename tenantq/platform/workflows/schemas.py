@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt
 
+from tenantq.core.text_checks import SafeRequest, SafeResponse
 from tenantq.platform.jobs.schemas import JobStatus
 
 MAX_STEPS = 50
 MAX_GROUP = 50
 
 
-class StepTask(BaseModel):
+class StepTask(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=128, description="A registered task type.")
@@ -29,7 +30,7 @@ class StepTask(BaseModel):
     time_limit: StrictFloat | None = Field(default=None, gt=0)
 
 
-class StepGroup(BaseModel):
+class StepGroup(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     group: list[StepTask] = Field(
@@ -39,7 +40,7 @@ class StepGroup(BaseModel):
     )
 
 
-class WorkflowCreate(BaseModel):
+class WorkflowCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     steps: list[StepTask | StepGroup] = Field(
@@ -56,14 +57,14 @@ StepStatus = Literal[
 ]
 
 
-class StepJobOut(BaseModel):
+class StepJobOut(SafeResponse):
     id: str
     task: str
     status: JobStatus
     error: str | None = None
 
 
-class StepOut(BaseModel):
+class StepOut(SafeResponse):
     index: int
     kind: Literal["task", "group"]
     tasks: list[str]
@@ -74,7 +75,7 @@ class StepOut(BaseModel):
     jobs: list[StepJobOut]
 
 
-class WorkflowOut(BaseModel):
+class WorkflowOut(SafeResponse):
     id: str
     status: WorkflowStatus
     current_step: int

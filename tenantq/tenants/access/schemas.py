@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from tenantq.core.text_checks import SafeRequest, SafeResponse
 from tenantq.tenants.access.keys import ALL_SCOPES
 from tenantq.tenants.accounts.schemas import clean_name
 
@@ -22,7 +23,7 @@ def _check_scopes(scopes: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- keys
-class KeyCreate(BaseModel):
+class KeyCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=128, description="A label for the key (any printable text).")
@@ -47,7 +48,7 @@ class KeyCreate(BaseModel):
         return _check_scopes(v)
 
 
-class KeyRotate(BaseModel):
+class KeyRotate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     grace_seconds: StrictInt = Field(
@@ -57,7 +58,7 @@ class KeyRotate(BaseModel):
     )
 
 
-class KeyOut(BaseModel):
+class KeyOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -79,7 +80,7 @@ class KeyList(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------ sessions
-class SessionCreate(BaseModel):
+class SessionCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     api_key: str | None = Field(default=None, max_length=128, description="Alternative to the bearer header.")

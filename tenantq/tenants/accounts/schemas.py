@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
+from tenantq.core.text_checks import SafeRequest, SafeResponse
+
 
 def clean_name(value: str) -> str:
     """Names are labels: any printable unicode (RTL, emoji) is fine; control characters are not."""
@@ -18,7 +20,7 @@ def clean_name(value: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ plans + limits
-class LimitOverrides(BaseModel):
+class LimitOverrides(SafeRequest):
     """The limit fields a plan carries and a tenant may override. Bounds keep one typo from becoming
     an outage (a rate of 0 would block a tenant; an absurd concurrency would starve everyone)."""
 
@@ -95,7 +97,7 @@ class PlanList(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------- tenants
-class TenantCreate(BaseModel):
+class TenantCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
@@ -111,7 +113,7 @@ class TenantCreate(BaseModel):
         return v
 
 
-class TenantUpdate(BaseModel):
+class TenantUpdate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=128)
@@ -126,7 +128,7 @@ class TenantUpdate(BaseModel):
         return None if v is None else clean_name(v)
 
 
-class TenantOut(BaseModel):
+class TenantOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
