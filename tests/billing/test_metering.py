@@ -14,6 +14,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+import redis
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
@@ -119,6 +120,29 @@ class TestAttemptNumbers:
         pipeline.on_postrun(task_id=job["id"], state="IGNORED", retval=NotStarted())
         assert job["id"] not in pipeline.ATTEMPTS
         assert stream_entries_for(redis_client, job["id"]) == []
+
+    def test_open_waits_out_a_redis_restart(self, redis_client, monkeypatch):
+        """An attempt that starts while Redis restarts is still opened (and so billed) once Redis is back,
+        and the wait is not counted as the tenant's wall time."""
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        real_open = Meter.open
+        failures = [redis.ConnectionError("refused: restarting")] * 2
+
+        def flaky_open(self, *args, **kwargs):
+            if failures:
+                raise failures.pop()
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Meter, "open", flaky_open)
+        before = time.monotonic()
+        usage = metering.open_attempt(msg(job), worker="test-worker@host", time_limit=3600)
+        assert usage is not None and not failures
+        assert usage.mono - before >= 0.7  # waited 0.25 s + 0.5 s for "Redis" ...
+        metering.close_attempt(usage, "SUCCESS", ran=True, retried=False)
+        (entry,) = stream_entries_for(redis_client, job["id"])
+        wall = {e["metric"]: e["quantity"] for e in json.loads(entry["events"])}["wall_ms"]
+        assert float(wall) < 500  # ... and bills only what ran after the open
 
     def test_explicit_attempt_in_the_message_is_used(self, redis_client):
         job = job_meta("t", attempt=4, first_attempt=3)

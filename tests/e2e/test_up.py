@@ -295,6 +295,8 @@ def test_an_error_while_starting_stops_what_was_started(workdir):
     mark = workdir.name
     env = up_env(mark)
     env["TENANTQ_DATABASE_URL"] = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    # Outside embedded defaults a server secret is required before anything starts.
+    env["TENANTQ_SECRET_KEY"] = "e2e-" + "0123456789abcdef" * 2
     try:
         out = subprocess.run(
             [sys.executable, "-m", "tenantq.cli", "up", "--port", str(free_port())],

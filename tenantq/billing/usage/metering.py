@@ -61,8 +61,9 @@ OPEN = keys.USAGE_OPEN
 # visibility timeout at about an hour): refreshed at every attempt, then it expires.
 ATTEMPT_TTL_S = 3 * 24 * 3600
 LOST_GRACE_S = 60.0  # past the time limit an open attempt is surely dead (the worker enforces the limit)
-# Closing an attempt in postrun is retried after these pauses (then the last error is logged).
-CLOSE_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 0.0)
+# Opening an attempt in prerun and closing it in postrun are retried after these pauses (then the last
+# error is logged).
+REDIS_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 0.0)
 SUPERSEDED_GRACE_S = 5.0  # a later attempt started this long ago: the earlier one will not report any more
 
 # Every state an attempt's usage events can carry. All are billable: each one means the attempt ran.
@@ -351,14 +352,20 @@ def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) 
     away (metering must never fail a tenant's task)."""
     if not metering_enabled():
         return None
-    mono, cpu = time.monotonic(), time.process_time()
-    try:
-        attempt = _get_meter().open(message, worker=worker, time_limit=time_limit)
-    except redis.RedisError as exc:
-        log.error("usage: could not open attempt for job %s: %s", message.id, exc)
-        return None
-    attempt.mono, attempt.cpu = mono, cpu
-    return attempt
+    error: Exception | None = None
+    for delay in REDIS_RETRY_DELAYS_S:
+        try:
+            attempt = _get_meter().open(message, worker=worker, time_limit=time_limit)
+        except redis.RedisError as exc:
+            error = exc
+            # A Redis restart lasts about a second: wait it out, or the attempt would run unbilled.
+            time.sleep(delay)
+            continue
+        # Measured from here: the task body starts right after this step, and a wait above is ours.
+        attempt.mono, attempt.cpu = time.monotonic(), time.process_time()
+        return attempt
+    log.error("usage: could not open attempt for job %s: %s", message.id, error)
+    return None
 
 
 def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, retried: bool) -> None:
@@ -378,7 +385,7 @@ def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, 
     compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
     error: Exception | None = None
-    for delay in CLOSE_RETRY_DELAYS_S:
+    for delay in REDIS_RETRY_DELAYS_S:
         try:
             _get_meter().close(
                 attempt, state=state, finished=finished, wall_ms=wall_ms, compute_ms=compute_ms
