@@ -205,7 +205,7 @@ ADMIN_ROUTES: list[AdminRoute] = [
     AdminRoute("POST", "/admin/v1/plans", {"name": "matrix-{uniq}"}),
     AdminRoute("PATCH", "/admin/v1/plans/{plan_name}", {"concurrency": 4}),
     AdminRoute("GET", "/admin/v1/overview"),
-    AdminRoute("GET", "/admin/v1/workers"),  # no worker needed: inspect gives up after its timeout
+    AdminRoute("GET", "/admin/v1/workers"),  # no worker needed: reads the heartbeats in Redis
     AdminRoute("GET", "/admin/v1/billing/periods"),
     # Billing periods are global and close in order: close one long before any usage or tenant of the
     # suite (nothing to bill, nothing to block), and reopen it after, so due periods are as before.
