@@ -336,7 +336,7 @@ class TestOperatorDashboard:
 
 
 class TestDashboardDefects:
-    """Issue 15 item 11: what a newcomer saw wrong on the pages."""
+    """What a newcomer saw wrong on the pages."""
 
     def test_retried_job_wait_is_measured_to_the_first_start(self, page):
         key = ApiKeyFactory()

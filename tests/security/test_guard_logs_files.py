@@ -1,4 +1,4 @@
-"""Issue 13, items 3, 9, 10 and 11: one Content-Type per request and text checks behind the guard,
+"""One Content-Type per request and text checks behind the guard,
 tracebacks without server paths, worker logs without secrets or results, and private data files."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-# ------------------------------------------------------------------------------- item 3: input
+# ------------------------------------------------------------------------------- input
 class TestContentTypeAndStoredText:
     @pytest.mark.parametrize("second", ["text/plain", "application/json"])
     def test_a_second_content_type_is_400_and_nothing_is_written(self, api, db_session, second):
@@ -104,7 +104,7 @@ class TestContentTypeAndStoredText:
         assert one.status_code == 200 and one.json()["args"] == {"s": "a?b"}
 
 
-# ---------------------------------------------------------------------- item 9: tracebacks
+# ---------------------------------------------------------------------- tracebacks
 def _failing_task(host: str) -> None:
     raise RuntimeError(f"could not reach the queue on {host}")
 
@@ -144,7 +144,7 @@ class TestTenantTracebacks:
         assert str(ROOT) not in shown
 
 
-# ------------------------------------------------------------------------ item 10: worker logs
+# ------------------------------------------------------------------------ worker logs
 SECRET = "s3cr3t-value-123"
 URL = f"https://api.example.com/hook?page=2&api_token={SECRET}&Signature={SECRET}&access_token={SECRET}"
 
@@ -195,7 +195,7 @@ class TestLogRedaction:
         assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["result"] == {"card": SECRET}
 
 
-# -------------------------------------------------------------------------- item 11: file modes
+# -------------------------------------------------------------------------- file modes
 class TestFileModes:
     def test_the_secret_and_its_dir_are_private_even_if_they_were_not(self, tmp_path):
         data_dir = tmp_path / "data"

@@ -1,4 +1,4 @@
-"""Issue 13, items 7, 8, 14, 15 and 16: suspended tenants only read, typed request bodies, security
+"""Suspended tenants only read, typed request bodies, security
 headers, and no unhandled error outside the one JSON error shape."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def json_log() -> Iterator[io.StringIO]:
         lg.setLevel(level)
 
 
-# ------------------------------------------------------------------------------- item 16: 500s
+# ------------------------------------------------------------------------------- 500s
 class TestUnhandledErrors:
     def test_unhandled_exception_is_a_json_500_with_a_logged_request_id(self, json_log):
         from tenantq.app import create_app
@@ -114,7 +114,7 @@ class TestUnhandledErrors:
         assert api.get("/admin/v1/reports/usage?period=9998-12", headers=admin()).status_code == 200
 
 
-# --------------------------------------------------------------------------- item 8: datetimes
+# --------------------------------------------------------------------------- datetimes
 class TestDatetimes:
     def test_naive_expires_at_answers_422_and_creates_no_key(self, api, db_session):
         key = ApiKeyFactory()
@@ -142,7 +142,7 @@ class TestDatetimes:
         assert_error(resp, 422, "invalid_input")
 
 
-# ------------------------------------------------------------------------ item 15: strict types
+# ------------------------------------------------------------------------ strict types
 class TestStrictTypes:
     @pytest.mark.parametrize(
         "body",
@@ -196,7 +196,7 @@ class TestStrictTypes:
         assert_error(resp, 422, "invalid_input")
 
 
-# ---------------------------------------------------------------------- item 14: response headers
+# ---------------------------------------------------------------------- response headers
 class TestResponseHeaders:
     def test_json_answers_are_nosniff_and_no_store(self, api):
         key = ApiKeyFactory()
@@ -228,7 +228,7 @@ class TestResponseHeaders:
             reset_settings_cache()
 
 
-# -------------------------------------------------------------------- item 7: suspended tenants
+# -------------------------------------------------------------------- suspended tenants
 class TestSuspendedTenant:
     def test_suspended_tenant_reads_but_every_write_is_refused(self, api, db_session):
         key = ApiKeyFactory()

@@ -1,4 +1,4 @@
-"""Issue 13, items 5, 6, 12 and 13: ``/metrics`` is closed outside embedded defaults, the failed-login
+"""``/metrics`` is closed outside embedded defaults, the failed-login
 limiter never locks out a verified credential and trusts only configured proxies, IPv6 forms of private
 IPv4 addresses are refused, and Stripe signatures dated in the future are refused."""
 
@@ -52,7 +52,7 @@ def new_address() -> str:
     return f"198.19.{n % 250}.{n // 250 % 250 + 1}"
 
 
-# -- item 5: /metrics ---------------------------------------------------------------------------------
+# -- /metrics ---------------------------------------------------------------------------------
 class TestMetricsAccess:
     def test_closed_outside_embedded_defaults_without_token(
         self, api: TestClient, monkeypatch: pytest.MonkeyPatch
@@ -98,7 +98,7 @@ class TestMetricsAccess:
         assert not embedded_deployment(external)
 
 
-# -- item 6: failed-login limiter -----------------------------------------------------------------------
+# -- failed-login limiter -----------------------------------------------------------------------
 class TestFailedLoginLimiter:
     LIMIT = 20
 
@@ -192,7 +192,7 @@ class TestForwardedFor:
             group.stop_all()
 
 
-# -- item 12: IPv6 forms of private IPv4 ------------------------------------------------------------------
+# -- IPv6 forms of private IPv4 ------------------------------------------------------------------
 class TestEmbeddedIpv4:
     @pytest.mark.parametrize(
         "host",
@@ -226,7 +226,7 @@ class TestEmbeddedIpv4:
         assert resp.status_code == 422, resp.text
 
 
-# -- item 13: Stripe signatures from the future ---------------------------------------------------------
+# -- Stripe signatures from the future ---------------------------------------------------------
 WEBHOOK_SECRET = "whsec_" + uuid.uuid4().hex
 
 

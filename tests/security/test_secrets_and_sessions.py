@@ -1,4 +1,4 @@
-"""Issue 13, items 1, 2 and 4: no role starts with a guessable secret or admin token, sessions have a
+"""No role starts with a guessable secret or admin token, sessions have a
 bounded life and a binding (a live API key, the current admin token), and logout revokes server-side."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def error_code(resp) -> str:
     return resp.json()["error"]["code"]
 
 
-# ---------------------------------------------------------------------------------------------- item 1
+# ------------------------------------------------------------------------------------ server secret
 class TestServerSecret:
     @pytest.mark.parametrize("role", ROLES, ids=" ".join)
     @pytest.mark.parametrize("secret", [None, "", "x" * 31], ids=["unset", "empty", "short"])
@@ -214,7 +214,7 @@ class TestServerSecret:
         assert api.get("/v1/jobs", headers=bearer(no_jti)).status_code == 401
 
 
-# ---------------------------------------------------------------------------------------------- item 2
+# --------------------------------------------------------------------------------- admin token length
 class TestAdminTokenLength:
     @pytest.mark.parametrize("role", [["api"], ["dispatcher"]], ids=" ".join)
     def test_roles_refuse_a_short_admin_token(self, platform_env, role):
@@ -231,7 +231,7 @@ class TestAdminTokenLength:
             check_server_settings(Settings(**base, admin_token="a" * 31))
 
 
-# ---------------------------------------------------------------------------------------------- item 4
+# ------------------------------------------------------------------------------- operator sessions
 def operator_session(api) -> str:
     resp = api.post("/admin/login", data={"token": get_settings().admin_token}, follow_redirects=False)
     assert resp.status_code == 303, resp.text

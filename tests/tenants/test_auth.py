@@ -82,7 +82,7 @@ class TestOneLoginPath:
             resp = key_form(client, wrong_key())
             assert resp.status_code == 401 and "Unknown API key." in resp.text
         assert_throttled_page(key_form(client, wrong_key()))
-        # Made-up keys are not the real key's failures: it still signs in (issue 13, item 6).
+        # Made-up keys are not the real key's failures: it still signs in.
         assert key_form(client, key.plaintext).status_code == 303
 
     def test_one_allowance_across_forms_and_apis(self, client_from: ClientFrom) -> None:

@@ -108,7 +108,7 @@ def all_commands(group: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str
 
 
 class TestHelpPages:
-    """Issue 15 item 8: help pages in the usual style, for every command."""
+    """Help pages in the usual style, for every command."""
 
     def test_no_bool_on_flags_and_arguments_in_capitals(self):
         commands = list(all_commands(typer.main.get_command(app)))
@@ -151,7 +151,7 @@ class TestOneLineErrors:
 
 
 class TestWhichStore:
-    """Issue 15 item 7: a command in the wrong folder says which data dir and database it used."""
+    """A command in the wrong folder says which data dir and database it used."""
 
     def test_new_and_empty_store_is_named_on_stderr(self, tmp_path):
         env: dict[str, str] = {}  # embedded defaults: ./.tenantq under the working directory
@@ -232,7 +232,7 @@ QUICKSTART_POST = re.compile(r"-d '(\{\"task\": \"demo.echo\".*?\})'")
 
 
 class TestReadmeQuickstart:
-    """Issue 15 item 9: the README's Quickstart works as written on the default plan, and the limits it
+    """The README's Quickstart works as written on the default plan, and the limits it
     states are the free plan's."""
 
     def test_quickstart_request_is_accepted_on_free(self, api):
