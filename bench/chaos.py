@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         from sqlalchemy.engine import make_url
 
         name = f"tq_chaos_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(base_db, isolation_level="AUTOCOMMIT")
+        # Created from the server's maintenance database: the database named in the URL need not exist.
+        admin = create_engine(make_url(base_db).set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         db_url = make_url(base_db).set(database=name).render_as_string(hide_password=False)

@@ -1,7 +1,7 @@
 """Metering overhead: no-op (`demo.echo`) throughput with usage metering on vs off, same run.
 
     PYTHONPATH=$PWD python bench/metering.py [--jobs 400] [--rounds 6] [--concurrency 2] [--out FILE]
-                                             [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/test]
+                                             [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 
 Starts its own redis-server (127.0.0.1, free port) and a SQLite database in a temporary directory (or,
 with --postgres, a fresh database on that server, dropped at the end). For
@@ -115,7 +115,8 @@ def main() -> int:
         from sqlalchemy.engine import make_url
 
         name = f"tq_bench_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(opts.postgres, isolation_level="AUTOCOMMIT")
+        # Created from the server's maintenance database: the database named in the URL need not exist.
+        admin = create_engine(make_url(opts.postgres).set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         database_url = make_url(opts.postgres).set(database=name).render_as_string(hide_password=False)

@@ -185,7 +185,9 @@ class Bench:
                 from sqlalchemy import create_engine, text
                 from sqlalchemy.engine import make_url
 
-                admin = create_engine(self.pg_admin_url, isolation_level="AUTOCOMMIT")
+                # From the server's maintenance database: the database named in the URL need not exist.
+                admin_url = make_url(self.pg_admin_url).set(database="postgres")
+                admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
                 name = f"tq_bench_{uuid.uuid4().hex[:8]}"
                 with admin.connect() as conn:
                     conn.execute(text(f'CREATE DATABASE "{name}"'))

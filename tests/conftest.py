@@ -115,7 +115,8 @@ def _make_database(tmp_path_factory) -> tuple[str, callable]:
         from sqlalchemy.engine import make_url
 
         name = f"tq_test_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        # Created from the server's maintenance database: the database named in the URL need not exist.
+        admin = create_engine(make_url(base).set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = make_url(base).set(database=name).render_as_string(hide_password=False)
