@@ -10,6 +10,9 @@ the same number of times in the same loop: the ratio to it says how much slower 
 interpreter a command is, which stays comparable between a quiet and a loaded machine. Targets (issue
 15, quiet machine): ``--help`` under 0.3 s, ``tenant list`` and ``key create`` under 1 s.
 
+It times the tenantq that ``python -m tenantq.cli`` finds from the current directory: run it from the
+checkout to measure (for old code, ``cd`` into a worktree of it and run this file by path).
+
 Prints median and p90 per command and writes the figures to ``bench/results/cli-startup-<ts>.json``.
 """
 
