@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 import tenantq
@@ -56,12 +60,58 @@ ROUTERS: list[APIRouter] = [
 ]
 
 
+# Swagger UI and ReDoc from the fastapi-offline package (MIT), which ships swagger-ui-dist's bundle
+# (Apache-2.0) and ReDoc's standalone bundle (MIT): FastAPI's own pages load them from a CDN, which
+# leaves /docs blank on a machine without internet access. The files are served as they ship.
+DOCS_ASSETS_URL = "/docs-assets"
+DOCS_ASSETS_DIR = files("fastapi_offline") / "static"
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, every asset served by this app itself."""
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS_DIR)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect_url,
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get(oauth2_redirect_url, include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app() -> FastAPI:
     # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
     check_server_settings(get_settings())
     assemble()
-    app = FastAPI(title="tenantq", version=tenantq.__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="tenantq",
+        version=tenantq.__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
+    install_docs(app)
     # Dashboard cookies must not let another site make state-changing API calls (see the module).
     install_csrf_guard(app)
 

@@ -112,21 +112,98 @@ def fail(as_json: bool, exc: Exception) -> NoReturn:
 
 
 def ensure_db(settings: Settings) -> None:
-    """Assemble the layers (every table, the quota check, ...), and migrate the embedded default first so
-    commands work before `tenantq up` ran. A new embedded database is announced: in the wrong folder,
-    it is the sign that this is not the database the running server uses."""
-    from tenantq.assembly import assemble
-    from tenantq.ops.migrate import upgrade
+    """Register every table, and migrate the embedded default first so commands work before `tenantq up`
+    ran. A new embedded database is announced: in the wrong folder, it is the sign that this is not the
+    database the running server uses.
 
-    assemble()
+    Operator commands never submit, cancel or run jobs, so they do not assemble the layers
+    (:mod:`tenantq.assembly` loads Celery, httpx and every service: half a second of start-up).
+    Alembic (another ~0.2 s) runs only when the database is not at the shipped head; the seed plans and
+    prices are topped up either way, as :func:`tenantq.ops.migrate.upgrade` does."""
+    import tenantq.models  # noqa: F401  (every table: foreign keys resolve by table name)
+
     if settings.database_url is None:
-        created = not (settings.resolved_data_dir / "tenantq.db").exists()
-        upgrade(settings.effective_database_url)
+        db_path = settings.resolved_data_dir / "tenantq.db"
+        created = not db_path.exists()
+        if created or not _at_head(db_path):
+            from tenantq.ops.migrate import upgrade
+
+            upgrade(settings.effective_database_url)
+        else:
+            _seed()
         if created:
             note(
                 f"created a new, empty database ({describe_store(settings)}); a `tenantq up` started in "
                 "another folder uses its own"
             )
+
+
+def _seed() -> None:
+    from tenantq.billing.invoicing.pricing import seed_prices
+    from tenantq.core.db import unscoped_session
+    from tenantq.tenants.accounts.service import seed_plans
+
+    with unscoped_session() as session:
+        seed_plans(session)
+        seed_prices(session)
+
+
+def shipped_heads() -> set[str] | None:
+    """The head revisions of the migrations shipped in the package, read from the revision files' text
+    (importing them means importing Alembic). None when a file is not in the plain form Alembic
+    generates, and the caller then lets Alembic decide."""
+    import ast
+
+    versions = Path(__file__).resolve().parent.parent / "migrations" / "versions"
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions.glob("*.py"):
+        found: dict[str, Any] = {}
+        for node in ast.parse(path.read_text()).body:
+            target: ast.expr
+            value: ast.expr | None
+            if isinstance(node, ast.AnnAssign):
+                target, value = node.target, node.value
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    found[target.id] = ast.literal_eval(value) if value is not None else None
+                except ValueError:
+                    return None
+        rev, down = found.get("revision"), found.get("down_revision")
+        if not isinstance(rev, str) or "down_revision" not in found:
+            return None
+        revisions.add(rev)
+        if isinstance(down, str):
+            parents.add(down)
+        elif isinstance(down, tuple | list):
+            parents.update(str(d) for d in down)
+        elif down is not None:
+            return None
+    heads = revisions - parents
+    return heads or None
+
+
+def _at_head(db_path: Path) -> bool:
+    """Whether the embedded database's Alembic version is the shipped head (read with sqlite3, without
+    SQLAlchemy's engine or Alembic's runtime)."""
+    import sqlite3
+
+    heads = shipped_heads()
+    if heads is None:
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            stored = {row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False  # no version table yet, or unreadable: Alembic decides and reports
+    return stored == heads
 
 
 def note_if_empty(rows: list[Any], what: str) -> None:

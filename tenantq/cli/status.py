@@ -8,8 +8,6 @@ import itertools
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +118,9 @@ def _api_address(up_pid: int) -> str | None:
 
 
 def _api_ready(base: str) -> bool:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{base}/readyz", timeout=PROBE_TIMEOUT_S) as resp:
             return bool(resp.status == 200)

@@ -255,3 +255,97 @@ class TestReadmeQuickstart:
         )
         for s in stated:
             assert s in readme, s
+
+
+class TestStartupCost:
+    """Commands load only what they run (bench/cli_startup.py has the timings)."""
+
+    HEAVY = (
+        "sqlalchemy",
+        "celery",
+        "alembic",
+        "fastapi",
+        "httpx",
+        "tenantq.assembly",
+        "tenantq.core.settings",
+    )
+
+    def _loaded_after(self, args: list[str], tmp_path: Path) -> list[str]:
+        code = (
+            "import json, sys\n"
+            "from typer.testing import CliRunner\n"
+            "from tenantq.cli import app\n"
+            f"res = CliRunner().invoke(app, {args!r})\n"
+            "assert res.exit_code == 0, res.output\n"
+            f"print(json.dumps(sorted(m for m in {self.HEAVY!r} if m in sys.modules)))\n"
+        )
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TENANTQ_")}
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**base, "PYTHONPATH": str(ROOT), "TENANTQ_DATA_DIR": str(tmp_path)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    def test_help_loads_no_platform(self, tmp_path):
+        assert self._loaded_after(["--help"], tmp_path) == []
+        assert self._loaded_after(["tenant", "--help"], tmp_path) == []
+
+    def test_operator_commands_skip_assembly_celery_and_a_current_migration(self, tmp_path):
+        assert (
+            run_cli(
+                "tenant", "create", "acme", env={"TENANTQ_DATA_DIR": str(tmp_path)}, cwd=tmp_path
+            ).returncode
+            == 0
+        )
+        loaded = self._loaded_after(["tenant", "list"], tmp_path)
+        assert "sqlalchemy" in loaded  # it did read the database
+        assert not {"alembic", "celery", "tenantq.assembly"} & set(loaded), loaded
+
+
+class TestMigrationCheck:
+    """The embedded database skips Alembic only when it is at the shipped head."""
+
+    def test_shipped_heads_agree_with_alembic(self):
+        from alembic.script import ScriptDirectory
+
+        from tenantq.cli.common import shipped_heads
+        from tenantq.ops.migrate import alembic_config
+
+        assert shipped_heads() == set(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+    def test_at_head_reads_the_version_table(self, tmp_path):
+        import sqlite3
+
+        from tenantq.cli.common import _at_head, shipped_heads
+        from tenantq.ops.migrate import upgrade
+
+        db = tmp_path / "tenantq.db"
+        assert not _at_head(db)  # no file
+        sqlite3.connect(db).close()
+        assert not _at_head(db)  # no version table
+        upgrade(f"sqlite:///{db}")
+        assert _at_head(db)
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = 'older'")
+        assert not _at_head(db)
+        assert shipped_heads() != {"older"}
+
+    def test_seed_plans_are_topped_up_without_alembic(self, tmp_path):
+        import sqlite3
+
+        env = {"TENANTQ_DATA_DIR": str(tmp_path)}
+        assert run_cli("plan", "list", env=env, cwd=tmp_path).returncode == 0
+        with sqlite3.connect(tmp_path / "tenantq.db") as conn:
+            prices = "SELECT id FROM plan_price WHERE plan_name = 'pro'"
+            conn.execute(f"DELETE FROM price_tier WHERE price_id IN ({prices})")
+            conn.execute("DELETE FROM plan_price WHERE plan_name = 'pro'")
+            assert conn.execute("DELETE FROM plan WHERE name = 'pro'").rowcount == 1
+        res = run_cli("plan", "list", "--json", env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "pro" in {p["name"] for p in json.loads(res.stdout)["items"]}
