@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
 from typing import Any, cast
 
 import redis
@@ -36,14 +34,12 @@ from sqlalchemy import and_, func, not_, select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.usage.models import UsageEvent
-from tenantq.billing.usage.repository import UsageRepository
 from tenantq.core.db import unscoped_session
 from tenantq.core.errors import PaymentRequired, ServiceUnavailable
 from tenantq.core.keys import quota_compute_key, quota_jobs_key, quota_tenants_key
 from tenantq.core.periods import current_period, period_bounds, period_of
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs.models import Job
-from tenantq.platform.jobs.repository import JobRepository
 from tenantq.tenants.accounts.models import Plan, Tenant
 
 COUNTER_TTL_S = 62 * 24 * 3600
@@ -155,7 +151,7 @@ def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, perio
         )
 
 
-def _resets_at(period: str) -> str:
+def resets_at(period: str) -> str:
     return period_bounds(period)[1].isoformat().replace("+00:00", "Z")
 
 
@@ -180,7 +176,7 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
         return
     quota = quota.decode() if isinstance(quota, bytes) else quota
     if quota == "jobs":
-        details = {"quota": "jobs", "used": int(used), "limit": limits.jobs, "resets_at": _resets_at(period)}
+        details = {"quota": "jobs", "used": int(used), "limit": limits.jobs, "resets_at": resets_at(period)}
         message = f"The plan's {limits.jobs} jobs for {period} are used up" + (
             f" ({count} more requested)." if count > 1 else "."
         )
@@ -189,7 +185,7 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
             "quota": "compute_seconds",
             "used": round(int(used) / 1000, 3),
             "limit": limits.compute_seconds,
-            "resets_at": _resets_at(period),
+            "resets_at": resets_at(period),
         }
         message = f"The plan's {limits.compute_seconds} compute seconds for {period} are used up."
     raise PaymentRequired(
@@ -227,67 +223,3 @@ def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None
         pipe.set(quota_compute_key(tenant_id, period), cpu.get(tenant_id, 0), ex=COUNTER_TTL_S)
     pipe.execute()
     return 2 * len(tenants)
-
-
-# -- GET /v1/usage --------------------------------------------------------------------------------------
-
-
-def usage_summary(session: Session, tenant: Tenant, now: datetime | None = None) -> dict[str, Any]:
-    """The current period's usage against every quota of the tenant's plan."""
-    period = current_period(now)
-    start, end = period_bounds(period)
-    limits = quota_limits(session, tenant)
-    resets_at = _resets_at(period)
-    try:
-        client = get_redis()
-        ensure_counters(client, session, tenant.id, period)
-        raw_jobs, raw_cpu = client.mget(
-            [quota_jobs_key(tenant.id, period), quota_compute_key(tenant.id, period)]
-        )
-        jobs_used, cpu_ms = int(raw_jobs or 0), int(raw_cpu or 0)
-    except redis.RedisError:  # Redis is a cache of SQL here: answer from SQL
-        jobs_used = sql_jobs_used(session, tenant.id, period).get(tenant.id, 0)
-        cpu_ms = UsageRepository(session, tenant.id).metric_total("compute_ms", start, end)
-    tenant_jobs = JobRepository(session, tenant.id)
-    running = tenant_jobs.count(Job.status == "running")
-    queued = tenant_jobs.count(Job.status.in_(("queued", "scheduled")))
-    return {
-        "period": {
-            "start": start.isoformat().replace("+00:00", "Z"),
-            "end": end.isoformat().replace("+00:00", "Z"),
-        },
-        "quotas": [
-            {
-                "name": "jobs",
-                "used": jobs_used,
-                "limit": limits.jobs,
-                "unit": "jobs",
-                "hard": limits.hard,
-                "resets_at": resets_at,
-            },
-            {
-                "name": "compute_seconds",
-                "used": float(Decimal(cpu_ms) / 1000),
-                "limit": limits.compute_seconds,
-                "unit": "seconds",
-                "hard": limits.hard,
-                "resets_at": resets_at,
-            },
-            {
-                "name": "concurrent_jobs",
-                "used": int(running),
-                "limit": limits.concurrency,
-                "unit": "jobs",
-                "hard": True,
-                "resets_at": None,
-            },
-            {
-                "name": "queued_jobs",
-                "used": int(queued),
-                "limit": limits.max_queued,
-                "unit": "jobs",
-                "hard": True,
-                "resets_at": None,
-            },
-        ],
-    }

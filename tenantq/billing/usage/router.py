@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tenantq.billing.usage import quotas
+from tenantq.billing.usage import service
 from tenantq.billing.usage.schemas import UsageOut
 from tenantq.core.dependencies import SessionDep
 from tenantq.tenants.access.dependencies import UsageRead
@@ -25,4 +25,4 @@ router = APIRouter(prefix="/v1", tags=["usage"])
     "seconds when the attempt's usage has been recorded (within seconds of its end).",
 )
 def get_usage(ctx: UsageRead, session: SessionDep) -> UsageOut:
-    return UsageOut.model_validate(quotas.usage_summary(session, ctx.tenant))
+    return UsageOut.model_validate(service.usage_summary(session, ctx.tenant))
