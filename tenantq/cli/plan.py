@@ -12,9 +12,6 @@ from tenantq.cli.common import (
     JsonOut,
     cli_session,
     emit,
-    ensure_db,
-    fail,
-    load_settings,
     note_if_empty,
     parse_assignments,
 )
@@ -70,14 +67,11 @@ def plan_update(
     """Change a plan's limits or prices; every tenant on it is affected from its next request."""
     from pydantic import ValidationError
 
-    from tenantq.core.db import unscoped_session
     from tenantq.core.errors import InvalidInput
     from tenantq.tenants.accounts.schemas import PlanUpdate
     from tenantq.tenants.accounts.service import get_plan, update_plan
 
-    settings = load_settings(data_dir)
-    try:
-        ensure_db(settings)
+    with cli_session(data_dir, as_json) as session:
         changes = parse_assignments(set_)
         try:
             data = PlanUpdate.model_validate(changes)
@@ -86,9 +80,6 @@ def plan_update(
                 "Invalid plan change.",
                 details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
             ) from None
-        with unscoped_session() as session:
-            row = update_plan(session, get_plan(session, plan), data)
-            payload = _plan_payload(row)
-    except Exception as exc:  # noqa: BLE001
-        fail(as_json, exc)
+        row = update_plan(session, get_plan(session, plan), data)
+        payload = _plan_payload(row)
     emit(as_json, payload, json.dumps(payload, indent=2))

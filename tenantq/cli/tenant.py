@@ -13,9 +13,6 @@ from tenantq.cli.common import (
     JsonOut,
     cli_session,
     emit,
-    ensure_db,
-    fail,
-    load_settings,
     note_if_empty,
     parse_assignments,
 )
@@ -98,25 +95,19 @@ def tenant_update(
     data_dir: DataDir = None,
 ) -> None:
     """Change a tenant's plan, name or limit overrides (validated against the plan)."""
-    from tenantq.core.db import unscoped_session
     from tenantq.tenants.accounts.service import get_tenant_by_ref, update_tenant
 
-    settings = load_settings(data_dir)
-    try:
-        ensure_db(settings)
+    with cli_session(data_dir, as_json) as session:
         changes = parse_assignments(override)
-        with unscoped_session() as session:
-            t = get_tenant_by_ref(session, tenant)
-            overrides = {} if clear_overrides else dict(t.overrides or {})
-            for field, value in changes.items():
-                if value is None:
-                    overrides.pop(field, None)
-                else:
-                    overrides[field] = value
-            update_tenant(session, t, name=name, plan=plan, overrides=overrides)
-            payload = _tenant_payload(t)
-    except Exception as exc:  # noqa: BLE001
-        fail(as_json, exc)
+        t = get_tenant_by_ref(session, tenant)
+        overrides = {} if clear_overrides else dict(t.overrides or {})
+        for field, value in changes.items():
+            if value is None:
+                overrides.pop(field, None)
+            else:
+                overrides[field] = value
+        update_tenant(session, t, name=name, plan=plan, overrides=overrides)
+        payload = _tenant_payload(t)
     emit(as_json, payload, _tenant_text(payload))
 
 
