@@ -35,7 +35,9 @@ from tenantq.billing.usage import metering
 from tenantq.billing.usage.metering import OpenAttempt
 from tenantq.core.db import dispose_engine
 from tenantq.core.redis import reset_redis
+from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import limits
+from tenantq.platform.dispatch.dispatcher import publish
 from tenantq.platform.jobs import hooks, lifecycle
 from tenantq.platform.jobs.hooks import AttemptOutcome
 from tenantq.platform.jobs.messages import JobMessage
@@ -43,6 +45,11 @@ from tenantq.platform.jobs.registry import REGISTRY, NotStarted, RetryScheduled
 from tenantq.worker import metrics
 
 log = logging.getLogger("tenantq.worker")
+
+
+# Start-guard verdicts under which the task function does not run and the attempt is not one ('requeue':
+# a 'busy' copy that could not be sent back for later; the task wrapper rejects it back to the broker).
+_NOT_STARTED = ("dup", "full", "busy", "requeue")
 
 
 @dataclass
@@ -54,7 +61,8 @@ class AttemptState:
     worker: str | None
     time_limit: float  # the hard limit it runs under (or what bounds it without one)
     timelimit: Any = None  # Celery's (hard, soft) of this delivery: a re-queued copy keeps them
-    guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, full
+    queue: str | None = None  # the execution queue this delivery came from
+    guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, busy, full, requeue
     refused: bool = False  # the status step found the job finished, cancelled or on a newer attempt
     usage: OpenAttempt | None = None
     running: metrics.RunningAttempt | None = None
@@ -66,7 +74,7 @@ class AttemptState:
     @property
     def skip(self) -> str | None:
         """Why the task function must not run, if it must not."""
-        if self.guard in ("dup", "full"):
+        if self.guard in _NOT_STARTED:
             return self.guard
         return "refused" if self.refused else None
 
@@ -148,6 +156,32 @@ def _start_guard(attempt: AttemptState) -> None:
     attempt.guard = limits.start_guard(attempt.message, attempt.task_id, attempt.timelimit)
     if attempt.guard == "ok":
         limits.ensure_lease_heartbeat(ATTEMPTS.leases)
+    elif attempt.guard == "busy":
+        _send_back_for_later(attempt)
+
+
+def _send_back_for_later(attempt: AttemptState) -> None:
+    """A second delivery of a release whose first delivery still runs (the broker restored a message
+    that was not lost, e.g. after a connection loss). Running it would run the job twice; dropping it
+    would lose the job if the first delivery's worker dies later. So the same message (same task id,
+    same dispatch token, same limits) goes back to its execution queue due a heartbeat from now: by
+    then the first delivery has ended (the copy is refused, the job being finished) or its lease has
+    lapsed (the copy runs, as a redelivery after a crash would)."""
+    hard, soft = (attempt.timelimit or (None, None))[:2]
+    options: dict[str, Any] = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
+    options["countdown"] = max(1.0, get_settings().lease_ttl_seconds / 3)
+    message = {
+        "task": attempt.message.task,
+        "args": dict(attempt.message.args),
+        "task_id": attempt.task_id,
+        "options": options,
+        "job": dict(attempt.message.job),
+    }
+    try:
+        publish(message, attempt.queue or get_settings().exec_queue)
+    except Exception:
+        log.exception("job %s: could not send a held-back copy back for later", attempt.message.id)
+        attempt.guard = "requeue"
 
 
 def _status_started(attempt: AttemptState) -> None:
@@ -165,7 +199,7 @@ def _status_started(attempt: AttemptState) -> None:
 def _meter_started(attempt: AttemptState) -> None:
     # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
     # discarded at its end: its number marks an earlier attempt that never reported as superseded.
-    if attempt.guard in ("dup", "full"):
+    if attempt.guard in _NOT_STARTED:
         return
     attempt.usage = metering.open_attempt(
         attempt.message, worker=attempt.worker, time_limit=attempt.time_limit
@@ -196,6 +230,7 @@ def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
         worker=getattr(request, "hostname", None),
         time_limit=_hard_time_limit(task),
         timelimit=getattr(request, "timelimit", None),
+        queue=(getattr(request, "delivery_info", None) or {}).get("routing_key"),
     )
     ATTEMPTS.add(attempt)
     _run(PRERUN_STEPS, attempt)
@@ -208,8 +243,10 @@ def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
 
 
 def _release_lease(attempt: AttemptState) -> None:
-    # Every end (success, failure, retry, ignore, reject) frees the slot, also for a skipped copy.
-    limits.release_lease(attempt.message)
+    # Every end (success, failure, retry, ignore, reject) frees the slot, also for a skipped copy; not
+    # for a copy held back because its first delivery still runs: that lease is the first delivery's.
+    if attempt.guard not in ("busy", "requeue"):
+        limits.release_lease(attempt.message)
 
 
 def _status_finished(attempt: AttemptState) -> None:
@@ -237,8 +274,10 @@ def _finish_hooks(attempt: AttemptState) -> None:
 
 
 POSTRUN_STEPS: tuple[Step, ...] = (
-    _release_lease,  # first: the tenant's slot is free for its next job as soon as possible
     _status_finished,  # the final status is committed before anything reports it
+    # Then the slot is free: a copy of this delivery that arrives once the lease is gone finds the job
+    # finished (refused), never still running (it would run the job a second time).
+    _release_lease,
     _meter_finished,
     _metrics_finished,
     _finish_hooks,  # last: hooks read the committed outcome (e.g. webhooks record deliveries)

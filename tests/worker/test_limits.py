@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from tenantq.core.celery import app as celery_app
 from tenantq.core.db import utcnow
 from tenantq.core.keys import lease_key, wait_key
 from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.messages import JobMessage
+from tenantq.platform.jobs.registry import NotStarted
 from tenantq.platform.jobs.tasks import queued_before
 from tenantq.worker import pipeline
 from tests.factories import JobFactory, TenantFactory
@@ -57,8 +59,21 @@ class TestStartGuard:
         t = paused_tenant(redis_client, concurrency=5)
         assert guard(message(t.id, "j2", "20")) is None
         assert guard(message(t.id, "j2", "21")) == "dup"  # another release of attempt 1
-        assert guard(message(t.id, "j2", "20")) is None  # same message redelivered
+        # The same message delivered again while the first delivery holds its lease: held back.
+        assert guard(message(t.id, "j2", "20")) == "busy"
+        # Once the first delivery's lease is gone (it ended, or its worker died and the lease lapsed),
+        # the redelivery runs.
+        redis_client.zrem(lease_key(t.id), "j2:20")
+        assert guard(message(t.id, "j2", "20")) is None
         assert guard(message(t.id, "j2", "20", attempt=2)) is None  # attempt 2 is new
+
+    def test_redelivery_after_the_holder_died_runs_once_its_lease_lapsed(self, redis_client):
+        t = paused_tenant(redis_client, concurrency=5)
+        assert guard(message(t.id, "j8", "80")) is None
+        # The holder died: no heartbeat, so its lease's expiry passes.
+        redis_client.zadd(lease_key(t.id), {"j8:80": 1.0})
+        assert guard(message(t.id, "j8", "80")) is None
+        assert redis_client.zscore(lease_key(t.id), "j8:80") > 1.0  # the redelivery holds it now
 
     def test_no_slot_sends_the_job_back_to_the_head_of_its_queue(self, redis_client):
         t = paused_tenant(redis_client, concurrency=1)
@@ -106,3 +121,47 @@ class TestLostJobs:
         iso_redis.hset("tq:disp:at", recent.id, 9_999_999_999)
         d.requeue_lost_sql_jobs(limit=10_000)
         assert iso_redis.zscore(f"tq:q:{tenant.id}", recent.id) is None
+
+
+class TestHeldBackCopy:
+    """A copy of a delivery whose first delivery still runs (a broker restored its message after a
+    connection loss) must neither run nor be lost: it goes back to its queue for later."""
+
+    def test_busy_copy_is_sent_back_and_leaves_the_first_deliverys_lease(self, redis_client, monkeypatch):
+        t = paused_tenant(redis_client, concurrency=5)
+        first = message(t.id, "j9", "90")
+        assert guard(first) is None
+        sent: list[tuple[dict, str]] = []
+        monkeypatch.setattr(pipeline, "publish", lambda msg, queue: sent.append((msg, queue)))
+        request = SimpleNamespace(
+            hostname="w@h", timelimit=(30, 20), id="t9", delivery_info={"routing_key": "tq.exec"}
+        )
+        task = SimpleNamespace(name="demo.echo", request=request, app=celery_app)
+        pipeline.on_prerun(task_id="t9", task=task, kwargs={"job": dict(first.job), "args": {"a": 1}})
+        assert request.tq_skip == "busy"
+        assert len(sent) == 1
+        copy, queue = sent[0]
+        assert queue == "tq.exec"
+        assert copy["task_id"] == "t9" and copy["job"]["dispatch"] == "90" and copy["args"] == {"a": 1}
+        assert copy["options"]["time_limit"] == 30 and copy["options"]["soft_time_limit"] == 20
+        assert copy["options"]["countdown"] >= 1.0
+        pipeline.on_postrun(task_id="t9", state="IGNORED", retval=NotStarted())
+        # The first delivery still holds its slot, and no usage was opened for the copy.
+        assert redis_client.zscore(lease_key(t.id), "j9:90") is not None
+        assert redis_client.exists("tq:usage:att:j9") == 0
+
+    def test_copy_that_cannot_be_sent_back_is_rejected_to_the_broker(self, redis_client, monkeypatch):
+        t = paused_tenant(redis_client, concurrency=5)
+        first = message(t.id, "j10", "100")
+        assert guard(first) is None
+
+        def broken(msg, queue):
+            raise ConnectionError("broker away")
+
+        monkeypatch.setattr(pipeline, "publish", broken)
+        request = SimpleNamespace(hostname="w@h", timelimit=(None, None), id="t10", delivery_info={})
+        task = SimpleNamespace(name="demo.echo", request=request, app=celery_app)
+        pipeline.on_prerun(task_id="t10", task=task, kwargs={"job": dict(first.job), "args": {}})
+        assert request.tq_skip == "requeue"
+        pipeline.on_postrun(task_id="t10", state="REJECTED", retval=None)
+        assert redis_client.zscore(lease_key(t.id), "j10:100") is not None

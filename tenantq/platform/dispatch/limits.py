@@ -143,7 +143,8 @@ class LimitsCache:
 # -- worker side --------------------------------------------------------------------------------------
 
 # ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl, queue wait ms ('' = unknown), samples kept.
-# Returns 'ok', 'dup' (another dispatch of this attempt started) or 'full' (no slot: re-queue).
+# Returns 'ok', 'dup' (another dispatch of this attempt started), 'busy' (this dispatch of the attempt
+# started and its holder is alive: try again later) or 'full' (no slot: re-queue).
 _START_GUARD = keys.lua("""
 local started = '${STARTED_PREFIX}' .. ARGV[1] .. ':' .. ARGV[2]
 local prev = redis.call('GET', started)
@@ -154,6 +155,11 @@ local cc = '${LEASE_PREFIX}' .. ARGV[4]
 local member = ARGV[1] .. ':' .. ARGV[3]
 local cap = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
+if prev and redis.call('ZSCORE', cc, member) then
+  -- A redelivery of this very release while its lease is alive: the delivery that started it still
+  -- runs (its heartbeat keeps the lease), e.g. the broker restored the message after a connection loss.
+  return 'busy'
+end
 if not redis.call('ZSCORE', cc, member) then
   if cap > 0 and redis.call('ZCARD', cc) >= cap then
     if prev then redis.call('DEL', started) end
@@ -267,7 +273,9 @@ def lease_of(message: AttemptMessage) -> tuple[str, str] | None:
 def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) -> str:
     """Before an attempt starts: 'ok' (it holds its lease and may run), 'unguarded' (not released by
     the dispatcher: a direct publish, nothing to guard), 'dup' (another dispatch of this attempt
-    started: skip it) or 'full' (no slot: it went back to the head of its tenant queue)."""
+    started: skip it), 'busy' (this very dispatch is running elsewhere, its lease alive: the caller
+    sends this copy back for later, see the worker pipeline) or 'full' (no slot: it went back to the
+    head of its tenant queue)."""
     if message.dispatch is None:
         return "unguarded"
     client = get_redis()
@@ -309,6 +317,12 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
         }
         TenantQueues(client).requeue_front(tenant, message.id, message.priority, requeued)
         log.info("job %s attempt %s found %s at its concurrency cap; re-queued", message.id, attempt, tenant)
+    elif verdict == "busy":
+        log.warning(
+            "job %s attempt %s delivered again while its first delivery still runs; held back",
+            message.id,
+            attempt,
+        )
     elif verdict == "dup":
         log.warning(
             "job %s attempt %s already started under another dispatch; duplicate skipped", message.id, attempt

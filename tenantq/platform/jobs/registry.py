@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tenantq.core.celery import app
@@ -194,7 +194,10 @@ def task_type(
             # The worker's attempt pipeline parsed ``job`` and ``args`` at prerun and says here whether
             # this delivery may run (not a duplicate, a slot held, the job still on this attempt).
             message = getattr(self.request, "tq_message", None)
-            if message is None or getattr(self.request, "tq_skip", None):
+            skip = getattr(self.request, "tq_skip", None)
+            if skip == "requeue":  # held back, and could not be sent back for later: the broker keeps it
+                raise Reject("held back while its first delivery runs", requeue=True)
+            if message is None or skip:
                 raise NotStarted()
             return _run_attempt(self, spec, message)
 
