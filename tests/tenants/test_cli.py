@@ -308,6 +308,82 @@ class TestStartupCost:
         assert not {"alembic", "celery", "tenantq.assembly"} & set(loaded), loaded
 
 
+class TestOperatorCommandsLoadNoWebFramework:
+    """FastAPI and Starlette (a quarter of a second of start-up) load only for the API: the error
+    classes every command raises and catches live apart from their HTTP handlers
+    (``tenantq.core.errors`` / ``tenantq.core.http_errors``)."""
+
+    WEB = ("fastapi", "starlette")
+    # (arguments, exit code): each command really runs against a migrated embedded database; the two
+    # refused ones cover the error paths (no Redis, no such tenant).
+    COMMANDS: tuple[tuple[list[str], int], ...] = (
+        (["tenant", "create", "acme"], 0),
+        (["tenant", "list"], 0),
+        (["tenant", "update", "acme", "--override", "concurrency=2"], 0),
+        (["tenant", "suspend", "acme"], 1),  # no `tenantq up` here, so no embedded Redis
+        (["key", "create", "acme"], 0),
+        (["key", "list", "acme"], 0),
+        (["key", "list", "no-such-tenant"], 1),
+        (["plan", "list"], 0),
+        (["plan", "update", "pro", "--set", "weight=3"], 0),
+        (["billing", "close"], 0),
+        (["db", "check"], 0),
+        (["status"], 0),
+    )
+
+    # ``python -m tenantq.cli ARGS``, which then writes the names of the web modules it loaded to $OUT.
+    RUN_AND_REPORT = (
+        "import atexit, json, os, runpy, sys\n"
+        "def report():\n"
+        "    web = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette'))\n"
+        "    with open(os.environ['OUT'], 'w') as f:\n"
+        "        json.dump(web, f)\n"
+        "atexit.register(report)\n"
+        "sys.argv = ['tenantq', *sys.argv[1:]]\n"
+        "runpy.run_module('tenantq.cli', run_name='__main__', alter_sys=True)\n"
+    )
+
+    def test_no_fastapi_or_starlette_in_sys_modules(self, tmp_path):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TENANTQ_")}
+        out = tmp_path / "web-modules.json"
+        loaded = {}
+        for args, expected in self.COMMANDS:  # in order: the first creates the tenant the others use
+            out.unlink(missing_ok=True)
+            res = subprocess.run(
+                [sys.executable, "-c", self.RUN_AND_REPORT, *args],
+                env={**base, "PYTHONPATH": str(ROOT), "TENANTQ_DATA_DIR": str(tmp_path), "OUT": str(out)},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert res.returncode == expected, (args, res.stdout, res.stderr)
+            loaded[" ".join(args)] = json.loads(out.read_text())
+        assert {cmd: web for cmd, web in loaded.items() if web} == {}
+        assert len(loaded) == len(self.COMMANDS)
+
+    def test_the_api_does_load_them(self):
+        # The check above looks at the right names: the app's error handling is where they come in.
+        code = (
+            "import sys\n"
+            "import tenantq.core.errors\n"
+            "assert 'fastapi' not in sys.modules and 'starlette' not in sys.modules\n"
+            "import tenantq.core.http_errors\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette'}))\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "['fastapi', 'starlette']"
+
+
 class TestMigrationCheck:
     """The embedded database skips Alembic only when it is at the shipped head."""
 
