@@ -17,7 +17,7 @@ from tenantq.billing.invoicing.admin_router import router as invoicing_admin_rou
 from tenantq.billing.invoicing.router import router as invoicing_router
 from tenantq.billing.usage.router import router as usage_router
 from tenantq.core.db import get_engine
-from tenantq.core.errors import ErrorTrap, install_error_handlers
+from tenantq.core.http_errors import ErrorTrap, install_error_handlers
 from tenantq.core.logging import install_request_logging
 from tenantq.core.metrics import observe_request
 from tenantq.core.redis import get_redis

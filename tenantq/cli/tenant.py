@@ -113,7 +113,8 @@ def tenant_update(
 
 def _set_status(tenant: str, suspend: bool, as_json: bool, data_dir: Path | None) -> None:
     from tenantq.core.redis import get_redis
-    from tenantq.tenants.accounts.service import get_tenant_by_ref, reactivate_tenant, suspend_tenant
+    from tenantq.tenants.accounts.service import get_tenant_by_ref
+    from tenantq.tenants.accounts.suspension import reactivate_tenant, suspend_tenant
 
     with cli_session(data_dir, as_json) as session:
         t = get_tenant_by_ref(session, tenant)

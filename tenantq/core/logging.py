@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any
 
 from tenantq.core.settings import get_settings
+
+if TYPE_CHECKING:  # the CLI and the worker log through this module without loading Starlette
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Record attributes promoted to top-level JSON fields when a log call passes them in ``extra``.
 CONTEXT_FIELDS = (

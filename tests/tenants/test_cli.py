@@ -308,6 +308,85 @@ class TestStartupCost:
         assert not {"alembic", "celery", "tenantq.assembly"} & set(loaded), loaded
 
 
+class TestOperatorCommandsLoadNoWebFramework:
+    """FastAPI and Starlette (a quarter of a second of start-up) load only for the API: the error
+    classes every command raises and catches live apart from their HTTP handlers
+    (``tenantq.core.errors`` / ``tenantq.core.http_errors``). The Redis client (another tenth of a
+    second) loads only for the commands that use Redis: suspension is apart from the tenant service
+    (``tenantq.tenants.accounts.suspension``)."""
+
+    # (arguments, exit code, whether it may load the Redis client): each command really runs against a
+    # migrated embedded database; the refused ones cover the error paths (no Redis, no such tenant),
+    # where the error report checks for Redis errors.
+    COMMANDS: tuple[tuple[list[str], int, bool], ...] = (
+        (["tenant", "create", "acme"], 0, False),
+        (["tenant", "list"], 0, False),
+        (["tenant", "update", "acme", "--override", "concurrency=2"], 0, False),
+        (["tenant", "suspend", "acme"], 1, True),  # no `tenantq up` here, so no embedded Redis
+        (["key", "create", "acme"], 0, False),
+        (["key", "list", "acme"], 0, False),
+        (["key", "list", "no-such-tenant"], 1, True),
+        (["plan", "list"], 0, False),
+        (["plan", "update", "pro", "--set", "weight=3"], 0, False),
+        (["billing", "close"], 0, False),
+        (["db", "check"], 0, False),
+        (["status"], 0, True),  # it asks Redis which workers are online
+    )
+    # ``python -m tenantq.cli ARGS``, which then writes the top-level packages it loaded to $OUT.
+    RUN_AND_REPORT = (
+        "import atexit, json, os, runpy, sys\n"
+        "def report():\n"
+        "    with open(os.environ['OUT'], 'w') as f:\n"
+        "        json.dump(sorted({m.split('.')[0] for m in sys.modules}), f)\n"
+        "atexit.register(report)\n"
+        "sys.argv = ['tenantq', *sys.argv[1:]]\n"
+        "runpy.run_module('tenantq.cli', run_name='__main__', alter_sys=True)\n"
+    )
+
+    def test_no_fastapi_or_starlette_and_redis_only_where_used(self, tmp_path):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TENANTQ_")}
+        out = tmp_path / "packages.json"
+        unwanted = {}
+        for args, expected, uses_redis in self.COMMANDS:  # in order: the first creates the tenant
+            out.unlink(missing_ok=True)
+            res = subprocess.run(
+                [sys.executable, "-c", self.RUN_AND_REPORT, *args],
+                env={**base, "PYTHONPATH": str(ROOT), "TENANTQ_DATA_DIR": str(tmp_path), "OUT": str(out)},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert res.returncode == expected, (args, res.stdout, res.stderr)
+            loaded = set(json.loads(out.read_text()))
+            assert "sqlalchemy" in loaded  # the report works: every one of them reads the database
+            found = loaded & ({"fastapi", "starlette"} | (set() if uses_redis else {"redis"}))
+            if found:
+                unwanted[" ".join(args)] = sorted(found)
+        assert unwanted == {}
+
+    def test_the_api_does_load_them(self):
+        # The check above looks at the right names: the app's error handling is where they come in.
+        code = (
+            "import sys\n"
+            "import tenantq.core.errors\n"
+            "assert 'fastapi' not in sys.modules and 'starlette' not in sys.modules\n"
+            "import tenantq.core.http_errors\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette'}))\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "['fastapi', 'starlette']"
+
+
 class TestMigrationCheck:
     """The embedded database skips Alembic only when it is at the shipped head."""
 

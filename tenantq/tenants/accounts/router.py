@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.core.redis import get_redis
-from tenantq.tenants.accounts import service
+from tenantq.tenants.accounts import service, suspension
 from tenantq.tenants.accounts.schemas import (
     PlanCreate,
     PlanList,
@@ -80,7 +80,7 @@ def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep) -> Te
     "paused, nothing is dropped) and resume on reactivation.",
 )
 def suspend_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
-    tenant = service.suspend_tenant(session, service.get_tenant(session, tenant_id), get_redis())
+    tenant = suspension.suspend_tenant(session, service.get_tenant(session, tenant_id), get_redis())
     return TenantOut.model_validate(tenant)
 
 
@@ -92,7 +92,7 @@ def suspend_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     "queue separately.",
 )
 def reactivate_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
-    tenant = service.reactivate_tenant(session, service.get_tenant(session, tenant_id), get_redis())
+    tenant = suspension.reactivate_tenant(session, service.get_tenant(session, tenant_id), get_redis())
     return TenantOut.model_validate(tenant)
 
 

@@ -1,10 +1,8 @@
 """Tenant and plan operations shared by the operator API, the CLI, the other areas and tests.
 
-Functions take the session (and a Redis client where the queue is involved) explicitly and flush;
-the caller commits. Suspension touches Redis: the tenant id goes into SET ``tq:paused`` with the
-reason ``"suspended"`` in HASH ``tq:paused:why`` (the dispatcher skips paused tenants, their jobs stay
-queued); reactivation removes it only if the reason is still ``"suspended"``, so an operator's queue
-pause (reason ``"operator_pause"``) survives a suspend/reactivate cycle.
+Functions take the session explicitly and flush; the caller commits. Suspension, the one operation
+that also touches the queue in Redis, is in :mod:`tenantq.tenants.accounts.suspension`: this module
+imports no Redis client, so the CLI's tenant and key commands do not load one.
 """
 
 from __future__ import annotations
@@ -14,18 +12,18 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-import redis
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from tenantq.core import keys
-from tenantq.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from tenantq.core.errors import Conflict, InvalidInput, NotFound
 from tenantq.tenants.accounts.models import Plan, Tenant
 from tenantq.tenants.accounts.repository import AccountRepository
 from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanCreate, PlanUpdate
 
 log = logging.getLogger("tenantq.tenants")
 
+# The queue pause a suspension sets (see tenantq.tenants.accounts.suspension).
 PAUSED_SET = keys.PAUSED
 PAUSED_WHY = keys.PAUSED_WHY
 SUSPENDED_REASON = "suspended"
@@ -166,68 +164,6 @@ def update_tenant(
     tenant.overrides = validate_overrides(plan_row, new_overrides)
     tenant.plan_name = plan_row.name
     session.flush()
-    return tenant
-
-
-# ------------------------------------------------------------------------------------- suspension
-# Atomic so that an operator pause set concurrently is never removed by a reactivation.
-_UNPAUSE_IF_SUSPENDED = """
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
-  redis.call('SREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
-_PAUSE_UNLESS_OPERATOR = """
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[3] then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-end
-return 1
-"""
-
-
-def suspend_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> Tenant:
-    """Refuse new submissions (admission answers 403 ``tenant_suspended``) and pause the tenant's queue:
-    queued jobs stay queued, nothing is dropped. Idempotent: suspending again re-asserts the pause.
-    Redis is written before the commit so a Redis failure leaves the tenant active (503), never
-    suspended-but-running."""
-    tenant.status = "suspended"
-    session.flush()
-    try:
-        client.eval(
-            _PAUSE_UNLESS_OPERATOR,
-            2,
-            PAUSED_SET,
-            PAUSED_WHY,
-            tenant.id,
-            SUSPENDED_REASON,
-            OPERATOR_PAUSE_REASON,
-        )
-    except redis.RedisError as exc:
-        session.rollback()
-        raise ServiceUnavailable(
-            "Redis is unavailable; the tenant was not suspended.",
-            code="queue_unavailable",
-            headers={"Retry-After": "1"},
-        ) from exc
-    return tenant
-
-
-def reactivate_tenant(session: Session, tenant: Tenant, client: redis.Redis) -> Tenant:
-    """Accept submissions again and resume the queue (unless the operator paused it separately)."""
-    tenant.status = "active"
-    session.flush()
-    try:
-        client.eval(_UNPAUSE_IF_SUSPENDED, 2, PAUSED_SET, PAUSED_WHY, tenant.id, SUSPENDED_REASON)
-    except redis.RedisError as exc:
-        session.rollback()
-        raise ServiceUnavailable(
-            "Redis is unavailable; the tenant was not reactivated.",
-            code="queue_unavailable",
-            headers={"Retry-After": "1"},
-        ) from exc
     return tenant
 
 
