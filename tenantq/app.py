@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Literal
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 import tenantq
@@ -20,6 +22,7 @@ from tenantq.core.db import get_engine
 from tenantq.core.errors import ErrorTrap, install_error_handlers
 from tenantq.core.logging import install_request_logging
 from tenantq.core.metrics import observe_request
+from tenantq.core.openapi import install_openapi
 from tenantq.core.redis import get_redis
 from tenantq.core.request_guard import RequestGuard
 from tenantq.core.response_headers import SecurityHeaders
@@ -32,6 +35,7 @@ from tenantq.platform.jobs.router import router as jobs_router
 from tenantq.platform.schedules.router import router as schedules_router
 from tenantq.platform.webhooks.router import router as webhooks_router
 from tenantq.platform.workflows.router import router as workflows_router
+from tenantq.tenants.access.openapi import CREDENTIALS
 from tenantq.tenants.access.router import router as access_router
 
 DESCRIPTION = """
@@ -42,6 +46,17 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 `internal_error` with `details.request_id`, the id also sent as the `X-Request-ID` response header and
 written on the server's log lines. Priorities run from 0 (least urgent) to 9 (most urgent).
 """
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(
+        description="`ok`, or `error: <exception type>`, per dependency (`database`, `redis`)."
+    )
 
 
 # Every router the app serves, in one list, so the reader sees every route in one place.
@@ -126,11 +141,17 @@ def create_app() -> FastAPI:
     # Outermost: nosniff, no-store and HSTS also on the answers of the middlewares above.
     app.add_middleware(SecurityHeaders)
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["ops"], response_model=Liveness, summary="Liveness: the process answers")
+    def healthz() -> Liveness:
+        return Liveness(status="ok")
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database and Redis reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Readiness,
+        summary="Readiness: database and Redis reachable",
+        responses={503: {"model": Readiness, "description": "The database or Redis is unreachable."}},
+    )
     def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -151,4 +172,6 @@ def create_app() -> FastAPI:
 
     for router in ROUTERS:
         app.include_router(router)
+    # Security, every operation's error answers and the one error model (see core.openapi).
+    install_openapi(app, CREDENTIALS)
     return app

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from tenantq.billing.invoicing import reports
+from tenantq.billing.invoicing.schemas import OperatorUsageReport
 from tenantq.billing.usage import quotas
 from tenantq.core.dependencies import SessionDep
+from tenantq.core.periods import PERIOD_PATTERN
 from tenantq.tenants.access.dependencies import Operator
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -20,16 +22,20 @@ router = APIRouter(prefix="/admin/v1", tags=["admin"])
     description="One row per tenant (jobs, attempts, compute and wall seconds, charges including fixed "
     "fees) for a calendar month (UTC), and revenue per plan. `format=csv` answers a CSV attachment of the "
     "tenant rows.",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    response_model=OperatorUsageReport,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def usage_report(
     _operator: Operator,
     session: SessionDep,
     period: Annotated[
-        str | None, Query(max_length=7, description="YYYY-MM (UTC). Default: current month.")
+        str | None,
+        Query(
+            pattern=PERIOD_PATTERN, description="YYYY-MM (UTC). Default: current month.", examples=["2026-11"]
+        ),
     ] = None,
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
-) -> Any:
+) -> OperatorUsageReport | Response:
     period = period or quotas.current_period()
     report = reports.operator_report(session, period)
     if format == "csv":
@@ -38,4 +44,4 @@ def usage_report(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="usage-{period}-tenants.csv"'},
         )
-    return report
+    return OperatorUsageReport.model_validate(report)

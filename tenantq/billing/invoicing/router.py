@@ -24,14 +24,17 @@ from tenantq.billing.invoicing.schemas import (
     PriceIn,
     PriceList,
     PriceOut,
+    StripeEventAck,
     UsageReport,
 )
 from tenantq.billing.invoicing.stripe_sync import parse_event, record_event
 from tenantq.billing.invoicing.tasks import stripe_event
 from tenantq.billing.usage import quotas
 from tenantq.core.db import session_factory
-from tenantq.core.dependencies import SessionDep
+from tenantq.core.dependencies import CursorQuery, SessionDep
 from tenantq.core.errors import NotFound
+from tenantq.core.openapi import errors
+from tenantq.core.periods import PERIOD_PATTERN
 from tenantq.core.settings import get_settings
 from tenantq.tenants.access.dependencies import BillingRead, Operator, UsageRead
 from tenantq.tenants.accounts.models import Plan
@@ -51,9 +54,7 @@ def list_invoices(
         Literal["open", "paid", "void"] | None, Query(description="Only invoices in this status.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 24,
-    cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: CursorQuery = None,
 ) -> InvoiceList:
     items, next_cursor = InvoiceRepository(session, ctx.tenant_id).list(
         status=status, limit=limit, cursor=cursor
@@ -69,7 +70,12 @@ def get_invoice(invoice_id: str, ctx: BillingRead, session: SessionDep) -> Invoi
 
 
 PeriodParam = Annotated[
-    str | None, Query(max_length=7, description="Calendar month, UTC: YYYY-MM. Default: the current month.")
+    str | None,
+    Query(
+        pattern=PERIOD_PATTERN,
+        description="Calendar month, UTC: YYYY-MM (1970-01 to 9998-12). Default: the current month.",
+        examples=["2026-11"],
+    ),
 ]
 
 
@@ -83,7 +89,7 @@ PeriodParam = Annotated[
     "`format=csv` answers a CSV attachment with the columns key, jobs, attempts, compute_seconds, "
     "wall_seconds, charges and a final `total` row. Row charges are the period's usage charges spread "
     "over the rows pro rata (to the cent); fixed fees appear in `totals.fixed_charges`.",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def get_usage_report(
     ctx: UsageRead,
@@ -131,6 +137,14 @@ def _accept_event(payload: bytes, signature: str | None) -> dict[str, Any]:
     "does not match or is older than the tolerance), stores the event once per Stripe event id and applies "
     "it in the `billing.stripe_event` task. A replayed event answers 200 with `duplicate: true` and changes "
     "nothing.",
+    response_model=StripeEventAck,
+    responses=errors(
+        400,
+        503,
+        s400="Missing or wrong `Stripe-Signature` (code `invalid_signature`), or a body that is not an "
+        "event.",
+        s503="Stripe webhooks are not configured (code `stripe_webhook_not_configured`).",
+    ),
 )
 async def stripe_webhook(request: Request) -> dict[str, Any]:
     # The signature covers the exact bytes Stripe sent: read them before anything parses the body.
@@ -164,6 +178,7 @@ def list_periods(_op: Operator, session: SessionDep) -> BillingPeriodsOut:
     description="Idempotent: closing a closed period returns its invoices with `created: false`. 409 "
     "`period_not_due` inside the grace window unless `force`, `period_not_ended` before the month ended, "
     "`earlier_period_open` if an earlier month with usage is still open.",
+    responses={201: {"model": CloseOut, "description": "The period was closed now."}, **errors(409)},
 )
 def close(body: CloseIn, op: Operator, session: SessionDep, response: Response) -> CloseOut:
     result = service.close_period(session, body.period, force=body.force, closed_by=op.subject)

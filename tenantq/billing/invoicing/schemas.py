@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tenantq.billing.invoicing.models import Invoice, PlanPrice
 from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
+from tenantq.core.periods import PERIOD_PATTERN
 from tenantq.core.text_checks import SafeRequest
 
 
@@ -92,7 +93,11 @@ class BillingPeriodsOut(BaseModel):
 class CloseIn(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
-    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC calendar month).")
+    period: str = Field(
+        pattern=PERIOD_PATTERN,
+        description="YYYY-MM (UTC calendar month, 1970-01 to 9998-12).",
+        examples=["2026-10"],
+    )
     force: StrictBool = Field(default=False, description="Close before the grace window has passed.")
 
 
@@ -198,3 +203,46 @@ class UsageReport(BaseModel):
     priced: bool
     rows: list[UsageReportRow]
     totals: UsageReportTotals
+
+
+# --- Operator usage report (``/admin/v1/reports/usage``) -------------------------------------------
+
+
+class TenantUsageRow(UsageFigures):
+    tenant_id: str
+    tenant: str
+    plan: str
+
+
+class PlanRevenue(BaseModel):
+    plan: str
+    currency: str | None = None
+    tenants: int
+    revenue: str = Field(description="Decimal string, to the cent.")
+
+
+class OperatorUsageTotals(BaseModel):
+    jobs: int
+    attempts: int
+    compute_seconds: str
+    wall_seconds: str
+    tenants: int
+    revenue: dict[str, str] = Field(description="Revenue per currency (decimal strings, to the cent).")
+
+
+class OperatorUsageReport(BaseModel):
+    period: str
+    priced: bool
+    rows: list[TenantUsageRow]
+    revenue_by_plan: list[PlanRevenue]
+    totals: OperatorUsageTotals
+
+
+# --- Stripe webhook -------------------------------------------------------------------------------
+
+
+class StripeEventAck(BaseModel):
+    received: bool
+    id: str = Field(description="The Stripe event id.")
+    duplicate: bool = Field(description="The event was received before; nothing changed.")
+    processed: bool = Field(description="The event has been applied (else its task will apply it).")

@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from tenantq.core.text_checks import SafeRequest, SafeResponse
+from tenantq.platform.jobs.registry import all_task_types
 
 JobStatus = Literal[
     "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected"
 ]
 
 
+def _registered_task_types(schema: dict[str, Any]) -> None:
+    # Read when the OpenAPI document is built, after the entry point registered every task type.
+    schema["enum"] = sorted(t.name for t in all_task_types())
+
+
+# A task type's name in a request: the server accepts exactly the registered ones (422 unknown_task).
+TaskName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="A registered task type (`GET /v1/task-types`), e.g. 'demo.echo'.",
+        json_schema_extra=_registered_task_types,
+    ),
+]
+
+
 class JobCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1, max_length=128, description="A registered task type, e.g. 'demo.echo'.")
+    task: TaskName
     args: dict[str, Any] = Field(
         default_factory=dict, description="Arguments, validated against the task type's schema."
     )
@@ -72,7 +90,7 @@ class JobCreate(SafeRequest):
         return self
 
 
-class AttemptOut(SafeResponse):
+class JobAttemptOut(SafeResponse):
     attempt: int
     status: Literal["running", "succeeded", "failed", "cancelled"]
     started_at: datetime | None = None
@@ -118,7 +136,7 @@ class JobOut(SafeResponse):
     )
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    attempt_log: list[AttemptOut] = Field(default_factory=list)
+    attempt_log: list[JobAttemptOut] = Field(default_factory=list)
 
     model_config = ConfigDict(from_attributes=True)
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from tenantq.core.text_checks import SafeRequest, SafeResponse
+from tenantq.platform.jobs.schemas import TaskName
 
 MAX_INTERVAL_S = 366 * 24 * 3600
 
@@ -23,9 +24,7 @@ class ScheduleCreate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=128, description="A label for humans.")
-    task: str = Field(
-        min_length=1, max_length=128, description="A registered task type, e.g. 'http.request'."
-    )
+    task: TaskName
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments, validated like a job's.")
     priority: StrictInt = Field(default=5, ge=0, le=9, description="Priority of the jobs it creates, 0-9.")
     max_retries: StrictInt | None = Field(
@@ -45,7 +44,7 @@ class ScheduleUpdate(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=128)
-    task: str | None = Field(default=None, min_length=1, max_length=128)
+    task: TaskName | None = None
     args: dict[str, Any] | None = None
     priority: StrictInt | None = Field(default=None, ge=0, le=9)
     max_retries: StrictInt | None = Field(default=None, ge=0, le=100)

@@ -19,6 +19,9 @@ class WebhookCreate(SafeRequest):
     url: str = Field(
         min_length=8,
         max_length=2048,
+        # Scheme and host, as check_url requires; whether the host is allowed is decided on registration.
+        pattern=r"^https?://[^/?#@\s]+([/?#]\S*)?$",
+        json_schema_extra={"format": "uri"},
         description="https:// (or http://) URL to POST events to. "
         "Private and loopback addresses are refused unless the operator allows them.",
     )
@@ -45,7 +48,7 @@ class WebhookList(BaseModel):
     items: list[WebhookOut]
 
 
-class AttemptOut(SafeResponse):
+class DeliveryAttemptOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
     attempt: int
@@ -65,7 +68,7 @@ class DeliveryOut(SafeResponse):
     next_attempt_at: datetime | None = None
     created_at: datetime
     finished_at: datetime | None = None
-    attempt_log: list[AttemptOut]
+    attempt_log: list[DeliveryAttemptOut]
 
 
 class DeliveryList(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
@@ -10,7 +11,8 @@ from tenantq.core.text_checks import SafeRequest, SafeResponse
 from tenantq.tenants.access.keys import ALL_SCOPES
 from tenantq.tenants.accounts.schemas import clean_name
 
-Scope = str
+# A scope in a request: one of ALL_SCOPES (published as an enum; the validator below names the unknown).
+Scope = Annotated[str, Field(json_schema_extra={"enum": list(ALL_SCOPES)})]
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
