@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -29,6 +30,7 @@ from tenantq.core.response_headers import SecurityHeaders
 from tenantq.core.settings import check_server_settings, get_settings
 from tenantq.dashboard.csrf import install_csrf_guard
 from tenantq.dashboard.router import router as dashboard_router
+from tenantq.ops.metrics import METRICS_SCHEMES
 from tenantq.ops.metrics import router as metrics_router
 from tenantq.platform.dispatch.router import router as queue_router
 from tenantq.platform.jobs.router import router as jobs_router
@@ -114,6 +116,10 @@ def install_docs(app: FastAPI) -> None:
         )
 
 
+def operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def create_app() -> FastAPI:
     # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
     check_server_settings(get_settings())
@@ -124,6 +130,9 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        # operationId = the route function's name (`create_job`, `list_jobs`): what a generated client
+        # names its functions. tests/contract checks they are unique.
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
     install_docs(app)
@@ -173,5 +182,5 @@ def create_app() -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     # Security, every operation's error answers and the one error model (see core.openapi).
-    install_openapi(app, CREDENTIALS)
+    install_openapi(app, CREDENTIALS, METRICS_SCHEMES)
     return app

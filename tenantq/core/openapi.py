@@ -200,9 +200,13 @@ def _set_error(responses: dict[str, Any], status: int) -> None:
 
 
 def complete_schema(
-    app: FastAPI, schema: dict[str, Any], credentials: Iterable[Credential]
+    app: FastAPI,
+    schema: dict[str, Any],
+    credentials: Iterable[Credential],
+    schemes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Add security, error answers and the error model to FastAPI's document (see the module)."""
+    """Add security, error answers and the error model to FastAPI's document (see the module).
+    ``schemes`` are security schemes that routes name themselves (``openapi_extra``)."""
     credentials = list(credentials)
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -212,6 +216,7 @@ def complete_schema(
     defs = schemas[ERROR_SCHEMA].pop("$defs", {})
     schemas.update(defs)
     security_schemes = components.setdefault("securitySchemes", {})
+    security_schemes.update(schemes or {})
     for credential in credentials:
         security_schemes.update(credential.schemes)
 
@@ -239,7 +244,9 @@ def complete_schema(
     return schema
 
 
-def install_openapi(app: FastAPI, credentials: Iterable[Credential]) -> None:
+def install_openapi(
+    app: FastAPI, credentials: Iterable[Credential], schemes: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Serve the completed document at ``app.openapi_url`` (built once, on first request)."""
     credentials = list(credentials)
 
@@ -255,7 +262,7 @@ def install_openapi(app: FastAPI, credentials: Iterable[Credential]) -> None:
                 tags=app.openapi_tags,
                 servers=app.servers,
             )
-            app.openapi_schema = complete_schema(app, schema, credentials)
+            app.openapi_schema = complete_schema(app, schema, credentials, schemes)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -74,6 +74,8 @@ def live_api(platform_env, redis_server, tmp_path_factory) -> Iterator[LiveApi]:
         "TENANTQ_DATA_DIR": str(tmp_path_factory.mktemp("contract-data")),
         # Configured, so the webhook answers 400 to a bad signature rather than 503 "not configured".
         "TENANTQ_STRIPE_WEBHOOK_SECRET": "whsec_contract_" + "0" * 32,
+        # The generated-client test registers a webhook on this host (nothing is delivered: no worker).
+        "TENANTQ_HTTP_ALLOW_PRIVATE": "1",
     }
     group = ProcessGroup(env, tmp_path_factory.mktemp("contract-logs"))
     subprocess.run(

@@ -91,7 +91,7 @@ class BillingPeriodsOut(BaseModel):
 
 
 class CloseIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"period": "2026-10"}]})
 
     period: str = Field(
         pattern=PERIOD_PATTERN,
@@ -125,7 +125,21 @@ class TierIn(SafeRequest):
 
 
 class PriceIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "included_units": "1000",
+                    "description": "Jobs",
+                    "tiers": [
+                        {"up_to": "100000", "unit_price": "0.001"},
+                        {"up_to": None, "unit_price": "0.0005"},
+                    ],
+                }
+            ]
+        },
+    )
 
     included_units: Decimal | None = Field(
         default=None,

@@ -33,7 +33,20 @@ TaskName = Annotated[
 
 
 class JobCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "demo.echo",
+                    "args": {"order": 1042},
+                    "priority": 5,
+                    "max_retries": 3,
+                    "idempotency_key": "order-1042",
+                }
+            ]
+        },
+    )
 
     task: TaskName
     args: dict[str, Any] = Field(
@@ -138,10 +151,61 @@ class JobOut(SafeResponse):
     finished_at: datetime | None = None
     attempt_log: list[JobAttemptOut] = Field(default_factory=list)
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0192f3c4-8a1b-7d2e-9f00-5b6c7d8e9f01",
+                    "task": "demo.echo",
+                    "args": {"order": 1042},
+                    "priority": 5,
+                    "status": "succeeded",
+                    "result": {"order": 1042},
+                    "result_expires_at": "2026-12-07T12:00:03Z",
+                    "result_expired": False,
+                    "error": None,
+                    "attempts": 1,
+                    "max_retries": 3,
+                    "soft_time_limit": None,
+                    "time_limit": 300.0,
+                    "cancel_requested": False,
+                    "idempotency_key": "order-1042",
+                    "workflow_id": None,
+                    "step_index": None,
+                    "created_at": "2026-11-30T12:00:00Z",
+                    "run_at": None,
+                    "started_at": "2026-11-30T12:00:01Z",
+                    "finished_at": "2026-11-30T12:00:03Z",
+                    "attempt_log": [
+                        {
+                            "attempt": 1,
+                            "status": "succeeded",
+                            "started_at": "2026-11-30T12:00:01Z",
+                            "finished_at": "2026-11-30T12:00:03Z",
+                            "error": None,
+                            "worker": "worker-1@host",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
 
 class CancelOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0192f3c4-8a1b-7d2e-9f00-5b6c7d8e9f01",
+                    "status": "cancelled",
+                    "cancellation": "dequeued",
+                }
+            ]
+        }
+    )
+
     id: str
     status: JobStatus
     cancellation: Literal["dequeued", "terminated", "requested", "already_finished"] = Field(
@@ -168,7 +232,19 @@ MAX_BATCH = 1000
 
 
 class BatchCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "jobs": [
+                        {"task": "demo.echo", "args": {"order": 1042}},
+                        {"task": "demo.echo", "args": {"order": 1043}, "priority": 2},
+                    ]
+                }
+            ]
+        },
+    )
 
     # Items are validated one by one (each gets its own answer), so they arrive as plain objects here.
     jobs: list[dict[str, Any]] = Field(

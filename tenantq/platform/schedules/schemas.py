@@ -21,7 +21,20 @@ _INTERVAL = "Fire every N seconds (bounded below by the plan). Give either cron 
 
 
 class ScheduleCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "nightly export",
+                    "task": "demo.echo",
+                    "args": {"report": "daily"},
+                    "cron": "0 3 * * *",
+                    "timezone": "Europe/Paris",
+                }
+            ]
+        },
+    )
 
     name: str = Field(default="", max_length=128, description="A label for humans.")
     task: TaskName
@@ -41,7 +54,7 @@ class ScheduleCreate(SafeRequest):
 class ScheduleUpdate(SafeRequest):
     """Only the fields given change. Setting cron clears interval_seconds and vice versa."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
 
     name: str | None = Field(default=None, max_length=128)
     task: TaskName | None = None

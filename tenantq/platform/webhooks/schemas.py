@@ -14,7 +14,18 @@ EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed")
 
 
 class WebhookCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://hooks.example.com/tenantq",
+                    "events": ["job.succeeded", "job.failed"],
+                    "description": "order service",
+                }
+            ]
+        },
+    )
 
     url: str = Field(
         min_length=8,
@@ -41,6 +52,22 @@ class WebhookOut(SafeResponse):
 
 
 class WebhookCreated(WebhookOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0192f3c4-9b2c-7e3f-a011-6c7d8e9f0a12",
+                    "url": "https://hooks.example.com/tenantq",
+                    "events": ["job.succeeded", "job.failed"],
+                    "description": "order service",
+                    "enabled": True,
+                    "created_at": "2026-11-30T12:00:00Z",
+                    "secret": "whsec_3q2-7wXf0cK1mZ9aLr5yT8uVb4nE6hJd",
+                }
+            ]
+        }
+    )
+
     secret: str = Field(description="Signing secret (shown once). Verify 'tenantq-signature' with it.")
 
 

@@ -41,7 +41,19 @@ class StepGroup(SafeRequest):
 
 
 class WorkflowCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "steps": [
+                        {"task": "demo.echo", "args": {"order": 1042}},
+                        {"group": [{"task": "demo.echo"}, {"task": "demo.echo", "priority": 7}]},
+                    ]
+                }
+            ]
+        },
+    )
 
     steps: list[StepTask | StepGroup] = Field(
         min_length=1,

@@ -26,7 +26,18 @@ def _check_scopes(scopes: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- keys
 class KeyCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ci deploys",
+                    "scopes": ["jobs:read", "jobs:write"],
+                    "expires_at": "2027-06-30T00:00:00Z",
+                }
+            ]
+        },
+    )
 
     name: str = Field(default="", max_length=128, description="A label for the key (any printable text).")
     scopes: list[Scope] = Field(
@@ -51,7 +62,7 @@ class KeyCreate(SafeRequest):
 
 
 class KeyRotate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"grace_seconds": 3600}]})
 
     grace_seconds: StrictInt = Field(
         ge=0,
@@ -83,7 +94,12 @@ class KeyList(BaseModel):
 
 # ------------------------------------------------------------------------------------------ sessions
 class SessionCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"api_key": "tq_live_6ZJ6SetEDUMM_K0ocYfjgsO679YxxR7OxuuSXiEpp6ffC4iWvSQ"}]
+        },
+    )
 
     api_key: str | None = Field(default=None, max_length=128, description="Alternative to the bearer header.")
 
