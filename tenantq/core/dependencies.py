@@ -9,6 +9,7 @@ from fastapi import Depends, Query
 from sqlalchemy.orm import Session
 
 from tenantq.core.db import session_factory
+from tenantq.core.periods import PERIOD_PATTERN
 from tenantq.core.repository import CURSOR_PATTERN
 
 
@@ -41,5 +42,17 @@ CursorQuery = Annotated[
         pattern=CURSOR_PATTERN,
         description="`next_cursor` of the previous page (opaque).",
         examples=["MjAyNi0xMS0zMFQxMjowMDowMCswMDowMHxqXzE"],
+    ),
+]
+
+# A billing period in a query. The pattern is published; the check is Period.parse's, which accepts
+# exactly what it matches and answers 422 ``invalid_period`` otherwise.
+PeriodQuery = Annotated[
+    str | None,
+    Query(
+        max_length=7,
+        description="Calendar month, UTC: YYYY-MM (1970-01 to 9998-12). Default: the current month.",
+        examples=["2026-11"],
+        json_schema_extra={"pattern": PERIOD_PATTERN},
     ),
 ]

@@ -36,7 +36,7 @@ class Period:
     def parse(cls, text: str | None) -> Period:
         """``YYYY-MM`` -> Period; anything else (or a year outside ``MIN_YEAR``..``MAX_YEAR``) raises
         InvalidInput ``invalid_period`` (HTTP 422)."""
-        match = PERIOD_RE.match(text or "")
+        match = PERIOD_RE.fullmatch(text or "")  # match() would take a trailing newline
         if not match or not MIN_YEAR <= int(match.group(1)) <= MAX_YEAR:
             raise InvalidInput(
                 f"Period must be YYYY-MM (a calendar month, UTC) between {MIN_YEAR}-01 and {MAX_YEAR}-12.",

@@ -14,7 +14,7 @@ import jsonschema_rs
 import pytest
 
 from tenantq.core.errors import InvalidInput
-from tenantq.core.periods import Period
+from tenantq.core.periods import PERIOD_PATTERN, Period
 from tenantq.core.repository import encode_cursor
 from tenantq.platform.jobs.registry import all_task_types
 from tenantq.tenants.access.keys import ALL_SCOPES
@@ -152,17 +152,21 @@ def test_constraints_are_the_servers(document) -> None:
     assert schemas["StepTask"]["properties"]["task"]["enum"] == registered
     assert schemas["ScheduleCreate"]["properties"]["task"]["enum"] == registered
     # Periods: the pattern accepts exactly what Period.parse accepts.
-    report = document["paths"]["/v1/usage/report"]["get"]["parameters"]
-    period = next(p for p in report if p["name"] == "period")
-    pattern = re.compile(period["schema"]["anyOf"][0]["pattern"])
-    assert schemas["CloseIn"]["properties"]["period"]["pattern"] == pattern.pattern
-    for text in ("1969-12", "1970-01", "2026-11", "2026-13", "2026-00", "9998-12", "9999-01", "226-01", "x"):
+    for path in ("/v1/usage/report", "/admin/v1/reports/usage"):
+        parameters = document["paths"][path]["get"]["parameters"]
+        period = next(p for p in parameters if p["name"] == "period")
+        assert period["schema"]["pattern"] == PERIOD_PATTERN, path
+    assert schemas["CloseIn"]["properties"]["period"]["pattern"] == PERIOD_PATTERN
+    # Python's re and the document's ECMA regex agree on this pattern's syntax (no flags, no lookaround).
+    pattern = re.compile(PERIOD_PATTERN)
+    samples = ("1969-12", "1970-01", "2026-11", "2026-13", "2026-00", "9998-12", "9999-01", "226-01", "x")
+    for text in (*samples, "2026-11\n", " 2026-11"):
         try:
             Period.parse(text)
             accepted = True
         except InvalidInput:
             accepted = False
-        assert bool(pattern.match(text)) == accepted, text
+        assert bool(pattern.fullmatch(text)) == accepted, text
     # Cursors: what the server hands out matches, anything else does not.
     listing = document["paths"]["/v1/jobs"]["get"]["parameters"]
     cursor = next(p for p in listing if p["name"] == "cursor")["schema"]["anyOf"][0]
@@ -171,7 +175,7 @@ def test_constraints_are_the_servers(document) -> None:
         encode_cursor(Period.parse("2026-11").start, "0192f3c4-8a1b-7d2e-9f00-5b6c7d8e9f01")
     )
     assert not cursor_re.match("not a cursor!")
-    # Webhook URLs: http(s) with a host and no credentials.
+    # Webhook URLs: http(s) with a host, no credentials; the service refuses what the pattern refuses.
     url = re.compile(schemas["WebhookCreate"]["properties"]["url"]["pattern"])
     assert url.match("https://hooks.example.com/tenantq?x=1")
     for bad in ("ftp://example.com/", "https://user:pw@example.com/", "https:///path", "example.com"):
@@ -193,3 +197,17 @@ def test_405_allow_lists_every_method_of_the_path(api, method, path, allow) -> N
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://user:pw@hooks.example.com/", "https://hooks.example.com/a b", "https:///hook", "ftp://h/"],
+)
+def test_the_service_refuses_what_the_url_pattern_refuses(api, url) -> None:
+    from tests.factories import ApiKeyFactory, auth
+
+    response = api.post(
+        "/v1/webhooks", json={"url": url, "events": ["job.failed"]}, headers=auth(ApiKeyFactory())
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "webhook_url_not_allowed"

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, Response
 from tenantq.billing.invoicing import reports
 from tenantq.billing.invoicing.schemas import OperatorUsageReport
 from tenantq.billing.usage import quotas
-from tenantq.core.dependencies import SessionDep
-from tenantq.core.periods import PERIOD_PATTERN
+from tenantq.core.dependencies import PeriodQuery, SessionDep
 from tenantq.tenants.access.dependencies import Operator
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -28,12 +27,7 @@ router = APIRouter(prefix="/admin/v1", tags=["admin"])
 def usage_report(
     _operator: Operator,
     session: SessionDep,
-    period: Annotated[
-        str | None,
-        Query(
-            pattern=PERIOD_PATTERN, description="YYYY-MM (UTC). Default: current month.", examples=["2026-11"]
-        ),
-    ] = None,
+    period: PeriodQuery = None,
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
 ) -> OperatorUsageReport | Response:
     period = period or quotas.current_period()

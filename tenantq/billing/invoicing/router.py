@@ -31,10 +31,9 @@ from tenantq.billing.invoicing.stripe_sync import parse_event, record_event
 from tenantq.billing.invoicing.tasks import stripe_event
 from tenantq.billing.usage import quotas
 from tenantq.core.db import session_factory
-from tenantq.core.dependencies import CursorQuery, SessionDep
+from tenantq.core.dependencies import CursorQuery, PeriodQuery, SessionDep
 from tenantq.core.errors import NotFound
 from tenantq.core.openapi import errors
-from tenantq.core.periods import PERIOD_PATTERN
 from tenantq.core.settings import get_settings
 from tenantq.tenants.access.dependencies import BillingRead, Operator, UsageRead
 from tenantq.tenants.accounts.models import Plan
@@ -69,16 +68,6 @@ def get_invoice(invoice_id: str, ctx: BillingRead, session: SessionDep) -> Invoi
     return InvoiceOut.of(InvoiceRepository(session, ctx.tenant_id).get(invoice_id))
 
 
-PeriodParam = Annotated[
-    str | None,
-    Query(
-        pattern=PERIOD_PATTERN,
-        description="Calendar month, UTC: YYYY-MM (1970-01 to 9998-12). Default: the current month.",
-        examples=["2026-11"],
-    ),
-]
-
-
 @router.get(
     "/v1/usage/report",
     response_model=UsageReport,
@@ -94,7 +83,7 @@ PeriodParam = Annotated[
 def get_usage_report(
     ctx: UsageRead,
     session: SessionDep,
-    period: PeriodParam = None,
+    period: PeriodQuery = None,
     group_by: Annotated[Literal["task", "day"], Query(description="Row key: task type or UTC day.")] = "task",
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
 ) -> UsageReport | Response:

@@ -93,10 +93,13 @@ class BillingPeriodsOut(BaseModel):
 class CloseIn(SafeRequest):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"period": "2026-10"}]})
 
+    # The shape is checked here (422 invalid_input), the range by Period.parse (422 invalid_period); the
+    # document publishes both in one pattern.
     period: str = Field(
-        pattern=PERIOD_PATTERN,
+        pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
         description="YYYY-MM (UTC calendar month, 1970-01 to 9998-12).",
         examples=["2026-10"],
+        json_schema_extra={"pattern": PERIOD_PATTERN},
     )
     force: StrictBool = Field(default=False, description="Close before the grace window has passed.")
 

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tenantq.core.text_checks import SafeRequest, SafeResponse
 
+# A webhook URL: http(s), a host, no credentials, no white space.
+URL_PATTERN = r"^https?://[^/?#@\s]+([/?#]\S*)?$"
+
 WebhookEvent = Literal["job.succeeded", "job.failed"]
 EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed")
 
@@ -30,9 +33,8 @@ class WebhookCreate(SafeRequest):
     url: str = Field(
         min_length=8,
         max_length=2048,
-        # Scheme and host, as check_url requires; whether the host is allowed is decided on registration.
-        pattern=r"^https?://[^/?#@\s]+([/?#]\S*)?$",
-        json_schema_extra={"format": "uri"},
+        # Published; the service checks it (422 webhook_url_not_allowed), then the network policy.
+        json_schema_extra={"format": "uri", "pattern": URL_PATTERN},
         description="https:// (or http://) URL to POST events to. "
         "Private and loopback addresses are refused unless the operator allows them.",
     )
