@@ -7,6 +7,7 @@ schema for every success, true constraints, unique names, examples that validate
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -211,3 +212,27 @@ def test_the_service_refuses_what_the_url_pattern_refuses(api, url) -> None:
     )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "webhook_url_not_allowed"
+
+
+def operator() -> dict[str, str]:
+    return {"Authorization": f"Bearer {os.environ['TENANTQ_ADMIN_TOKEN']}"}
+
+
+def test_an_empty_period_is_malformed_not_the_current_month(api) -> None:
+    from tests.factories import ApiKeyFactory, auth
+
+    tenant = api.get("/v1/usage/report?period=", headers=auth(ApiKeyFactory()))
+    everyone = api.get("/admin/v1/reports/usage?period=", headers=operator())
+    for response in (tenant, everyone):
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_period"
+
+
+@pytest.mark.parametrize("field", ["included_jobs", "included_compute_seconds"])
+def test_plan_quotas_are_bounded_by_their_column(api, field) -> None:
+    # Found by schemathesis on PostgreSQL: 10**12 passed the schema and overflowed the INTEGER column.
+    response = api.patch("/admin/v1/plans/free", json={field: 2**31}, headers=operator())
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_input"
+    schema = api.get("/openapi.json").json()["components"]["schemas"]["PlanUpdate"]["properties"][field]
+    assert schema["anyOf"][0]["maximum"] == 2**31 - 1

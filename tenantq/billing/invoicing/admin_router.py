@@ -30,7 +30,8 @@ def usage_report(
     period: PeriodQuery = None,
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
 ) -> OperatorUsageReport | Response:
-    period = period or quotas.current_period()
+    # Absent means the current month; an empty value is a malformed period (422 invalid_period).
+    period = quotas.current_period() if period is None else period
     report = reports.operator_report(session, period)
     if format == "csv":
         return Response(

@@ -87,7 +87,8 @@ def get_usage_report(
     group_by: Annotated[Literal["task", "day"], Query(description="Row key: task type or UTC day.")] = "task",
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
 ) -> UsageReport | Response:
-    period = period or quotas.current_period()
+    # Absent means the current month; an empty value is a malformed period (422 invalid_period).
+    period = quotas.current_period() if period is None else period
     report = reports.tenant_report(session, ctx.tenant, period, group_by)
     if format == "csv":
         return Response(

@@ -20,6 +20,9 @@ def clean_name(value: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ plans + limits
+INT32_MAX = 2**31 - 1
+
+
 class LimitOverrides(SafeRequest):
     """The limit fields a plan carries and a tenant may override. Bounds keep one typo from becoming
     an outage (a rate of 0 would block a tenant; an absurd concurrency would starve everyone)."""
@@ -44,8 +47,9 @@ class LimitOverrides(SafeRequest):
     priority_max: StrictInt | None = Field(default=None, ge=0, le=9)
     max_time_limit_s: StrictInt | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
-    included_jobs: StrictInt | None = Field(default=None, ge=0, le=10**12)
-    included_compute_seconds: StrictInt | None = Field(default=None, ge=0, le=10**12)
+    # INTEGER columns: 32 bits on PostgreSQL, which refuses more (a 500 before this bound).
+    included_jobs: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
+    included_compute_seconds: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
     hard_limits: StrictBool | None = None
 
 
