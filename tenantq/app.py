@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Literal
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 import tenantq
@@ -20,18 +23,21 @@ from tenantq.core.db import get_engine
 from tenantq.core.http_errors import ErrorTrap, install_error_handlers
 from tenantq.core.logging import install_request_logging
 from tenantq.core.metrics import observe_request
+from tenantq.core.openapi import install_openapi
 from tenantq.core.redis import get_redis
 from tenantq.core.request_guard import RequestGuard
 from tenantq.core.response_headers import SecurityHeaders
 from tenantq.core.settings import check_server_settings, get_settings
 from tenantq.dashboard.csrf import install_csrf_guard
 from tenantq.dashboard.router import router as dashboard_router
+from tenantq.ops.metrics import METRICS_SCHEMES
 from tenantq.ops.metrics import router as metrics_router
 from tenantq.platform.dispatch.router import router as queue_router
 from tenantq.platform.jobs.router import router as jobs_router
 from tenantq.platform.schedules.router import router as schedules_router
 from tenantq.platform.webhooks.router import router as webhooks_router
 from tenantq.platform.workflows.router import router as workflows_router
+from tenantq.tenants.access.openapi import CREDENTIALS
 from tenantq.tenants.access.router import router as access_router
 
 DESCRIPTION = """
@@ -42,6 +48,17 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 `internal_error` with `details.request_id`, the id also sent as the `X-Request-ID` response header and
 written on the server's log lines. Priorities run from 0 (least urgent) to 9 (most urgent).
 """
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(
+        description="`ok`, or `error: <exception type>`, per dependency (`database`, `redis`)."
+    )
 
 
 # Every router the app serves, in one list, so the reader sees every route in one place.
@@ -99,6 +116,10 @@ def install_docs(app: FastAPI) -> None:
         )
 
 
+def operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def create_app() -> FastAPI:
     # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
     check_server_settings(get_settings())
@@ -109,6 +130,9 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        # operationId = the route function's name (`create_job`, `list_jobs`): what a generated client
+        # names its functions. tests/contract checks they are unique.
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
     install_docs(app)
@@ -126,11 +150,17 @@ def create_app() -> FastAPI:
     # Outermost: nosniff, no-store and HSTS also on the answers of the middlewares above.
     app.add_middleware(SecurityHeaders)
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["ops"], response_model=Liveness, summary="Liveness: the process answers")
+    def healthz() -> Liveness:
+        return Liveness(status="ok")
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database and Redis reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Readiness,
+        summary="Readiness: database and Redis reachable",
+        responses={503: {"model": Readiness, "description": "The database or Redis is unreachable."}},
+    )
     def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -151,4 +181,6 @@ def create_app() -> FastAPI:
 
     for router in ROUTERS:
         app.include_router(router)
+    # Security, every operation's error answers and the one error model (see core.openapi).
+    install_openapi(app, CREDENTIALS, METRICS_SCHEMES)
     return app

@@ -22,7 +22,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantq.core.errors import TenantqError, error_body
@@ -64,11 +66,24 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_input", "Request failed validation.", errors), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
         code = codes.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method served at the path template the request matched (``/v1/jobs``: GET and POST).
+    Starlette's 405 names only the methods of the first route whose path matched, while
+    ``GET /v1/jobs`` and ``POST /v1/jobs`` are two routes. The template is the first match's, as routing
+    picks it: ``/v1/jobs/batch`` is POST only, though ``GET /v1/jobs/{job_id}`` would take the path."""
+    routes = [r for r in iter_route_contexts(request.app.router.routes) if r.methods and r.path_format]
+    template = next((r.path_format for r in routes if r.matches(request.scope)[0] != Match.NONE), None)
+    return sorted({m for r in routes if r.path_format == template for m in r.methods or ()})
 
 
 def _incoming_request_id(scope: Scope) -> str:

@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from tenantq.core.errors import InvalidInput
 
 PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# PERIOD_RE and the MIN_YEAR..MAX_YEAR range in one regular expression, for schemas: 1970-01 to 9998-12.
+PERIOD_PATTERN = r"^(19[7-9]\d|[2-8]\d{3}|9[0-8]\d{2}|99[0-8]\d|999[0-8])-(0[1-9]|1[0-2])$"
 MIN_YEAR = 1970
 MAX_YEAR = 9998
 
@@ -34,7 +36,7 @@ class Period:
     def parse(cls, text: str | None) -> Period:
         """``YYYY-MM`` -> Period; anything else (or a year outside ``MIN_YEAR``..``MAX_YEAR``) raises
         InvalidInput ``invalid_period`` (HTTP 422)."""
-        match = PERIOD_RE.match(text or "")
+        match = PERIOD_RE.fullmatch(text or "")  # match() would take a trailing newline
         if not match or not MIN_YEAR <= int(match.group(1)) <= MAX_YEAR:
             raise InvalidInput(
                 f"Period must be YYYY-MM (a calendar month, UTC) between {MIN_YEAR}-01 and {MAX_YEAR}-12.",

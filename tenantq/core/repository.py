@@ -35,6 +35,10 @@ class TenantOwned(Protocol):
 ModelT = TypeVar("ModelT", bound=Base)
 
 
+# What encode_cursor writes: URL-safe base64 without padding.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
 def encode_cursor(key: datetime | str, row_id: str) -> str:
     """An opaque keyset cursor: the sort key and id of the last row of a page."""
     value = key.isoformat() if isinstance(key, datetime) else key

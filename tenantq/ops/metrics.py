@@ -39,6 +39,7 @@ from tenantq.core.metrics import (
     ensure_multiproc_dir,
     labeler,
 )
+from tenantq.core.openapi import errors
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import Settings, get_settings
 from tenantq.platform.dispatch.dispatcher import exec_queue_depth
@@ -263,6 +264,15 @@ def render(include_cluster_state: bool = True, path: Path | None = None) -> tupl
 
 router = APIRouter(tags=["ops"])
 
+# The scrape credential, for the OpenAPI document (tenantq.app passes it to install_openapi).
+METRICS_SCHEMES: dict[str, dict[str, Any]] = {
+    "MetricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer $TENANTQ_METRICS_TOKEN`, when the operator set one.",
+    }
+}
+
 
 def embedded_deployment(settings: Settings) -> bool:
     """Embedded defaults: nothing configured, or the children of `tenantq up`, which get the data dir's
@@ -309,7 +319,17 @@ def authorize_scrape(request: Request) -> None:
     "on embedded defaults (`tenantq up` with nothing configured) or with TENANTQ_METRICS_PUBLIC=1, and "
     "answers 403 `metrics_disabled` everywhere else.",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **errors(
+            401,
+            403,
+            s401="TENANTQ_METRICS_TOKEN is set and the request lacks it (code `invalid_metrics_token`).",
+            s403="No token is set and the endpoint is closed (code `metrics_disabled`).",
+        ),
+    },
+    # The token when one is set; none on embedded defaults or with TENANTQ_METRICS_PUBLIC=1.
+    openapi_extra={"security": [{"MetricsToken": []}, {}]},
 )
 def metrics_endpoint(request: Request) -> Response:
     authorize_scrape(request)

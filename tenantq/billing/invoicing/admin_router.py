@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from tenantq.billing.invoicing import reports
+from tenantq.billing.invoicing.schemas import OperatorUsageReport
 from tenantq.billing.usage import quotas
-from tenantq.core.dependencies import SessionDep
+from tenantq.core.dependencies import PeriodQuery, SessionDep
 from tenantq.tenants.access.dependencies import Operator
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -20,17 +21,17 @@ router = APIRouter(prefix="/admin/v1", tags=["admin"])
     description="One row per tenant (jobs, attempts, compute and wall seconds, charges including fixed "
     "fees) for a calendar month (UTC), and revenue per plan. `format=csv` answers a CSV attachment of the "
     "tenant rows.",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    response_model=OperatorUsageReport,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def usage_report(
     _operator: Operator,
     session: SessionDep,
-    period: Annotated[
-        str | None, Query(max_length=7, description="YYYY-MM (UTC). Default: current month.")
-    ] = None,
+    period: PeriodQuery = None,
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
-) -> Any:
-    period = period or quotas.current_period()
+) -> OperatorUsageReport | Response:
+    # Absent means the current month; an empty value is a malformed period (422 invalid_period).
+    period = quotas.current_period() if period is None else period
     report = reports.operator_report(session, period)
     if format == "csv":
         return Response(
@@ -38,4 +39,4 @@ def usage_report(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="usage-{period}-tenants.csv"'},
         )
-    return report
+    return OperatorUsageReport.model_validate(report)

@@ -24,14 +24,16 @@ from tenantq.billing.invoicing.schemas import (
     PriceIn,
     PriceList,
     PriceOut,
+    StripeEventAck,
     UsageReport,
 )
 from tenantq.billing.invoicing.stripe_sync import parse_event, record_event
 from tenantq.billing.invoicing.tasks import stripe_event
 from tenantq.billing.usage import quotas
 from tenantq.core.db import session_factory
-from tenantq.core.dependencies import SessionDep
+from tenantq.core.dependencies import CursorQuery, PeriodQuery, SessionDep
 from tenantq.core.errors import NotFound
+from tenantq.core.openapi import errors
 from tenantq.core.settings import get_settings
 from tenantq.tenants.access.dependencies import BillingRead, Operator, UsageRead
 from tenantq.tenants.accounts.models import Plan
@@ -51,9 +53,7 @@ def list_invoices(
         Literal["open", "paid", "void"] | None, Query(description="Only invoices in this status.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 24,
-    cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: CursorQuery = None,
 ) -> InvoiceList:
     items, next_cursor = InvoiceRepository(session, ctx.tenant_id).list(
         status=status, limit=limit, cursor=cursor
@@ -68,11 +68,6 @@ def get_invoice(invoice_id: str, ctx: BillingRead, session: SessionDep) -> Invoi
     return InvoiceOut.of(InvoiceRepository(session, ctx.tenant_id).get(invoice_id))
 
 
-PeriodParam = Annotated[
-    str | None, Query(max_length=7, description="Calendar month, UTC: YYYY-MM. Default: the current month.")
-]
-
-
 @router.get(
     "/v1/usage/report",
     response_model=UsageReport,
@@ -83,16 +78,17 @@ PeriodParam = Annotated[
     "`format=csv` answers a CSV attachment with the columns key, jobs, attempts, compute_seconds, "
     "wall_seconds, charges and a final `total` row. Row charges are the period's usage charges spread "
     "over the rows pro rata (to the cent); fixed fees appear in `totals.fixed_charges`.",
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def get_usage_report(
     ctx: UsageRead,
     session: SessionDep,
-    period: PeriodParam = None,
+    period: PeriodQuery = None,
     group_by: Annotated[Literal["task", "day"], Query(description="Row key: task type or UTC day.")] = "task",
     format: Annotated[Literal["json", "csv"], Query(description="Response format.")] = "json",
 ) -> UsageReport | Response:
-    period = period or quotas.current_period()
+    # Absent means the current month; an empty value is a malformed period (422 invalid_period).
+    period = quotas.current_period() if period is None else period
     report = reports.tenant_report(session, ctx.tenant, period, group_by)
     if format == "csv":
         return Response(
@@ -131,6 +127,14 @@ def _accept_event(payload: bytes, signature: str | None) -> dict[str, Any]:
     "does not match or is older than the tolerance), stores the event once per Stripe event id and applies "
     "it in the `billing.stripe_event` task. A replayed event answers 200 with `duplicate: true` and changes "
     "nothing.",
+    response_model=StripeEventAck,
+    responses=errors(
+        400,
+        503,
+        s400="Missing or wrong `Stripe-Signature` (code `invalid_signature`), or a body that is not an "
+        "event.",
+        s503="Stripe webhooks are not configured (code `stripe_webhook_not_configured`).",
+    ),
 )
 async def stripe_webhook(request: Request) -> dict[str, Any]:
     # The signature covers the exact bytes Stripe sent: read them before anything parses the body.
@@ -164,6 +168,7 @@ def list_periods(_op: Operator, session: SessionDep) -> BillingPeriodsOut:
     description="Idempotent: closing a closed period returns its invoices with `created: false`. 409 "
     "`period_not_due` inside the grace window unless `force`, `period_not_ended` before the month ended, "
     "`earlier_period_open` if an earlier month with usage is still open.",
+    responses={201: {"model": CloseOut, "description": "The period was closed now."}, **errors(409)},
 )
 def close(body: CloseIn, op: Operator, session: SessionDep, response: Response) -> CloseOut:
     result = service.close_period(session, body.period, force=body.force, closed_by=op.subject)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tenantq.billing.invoicing.models import Invoice, PlanPrice
 from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
+from tenantq.core.periods import PERIOD_PATTERN
 from tenantq.core.text_checks import SafeRequest
 
 
@@ -90,9 +91,16 @@ class BillingPeriodsOut(BaseModel):
 
 
 class CloseIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"period": "2026-10"}]})
 
-    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC calendar month).")
+    # The shape is checked here (422 invalid_input), the range by Period.parse (422 invalid_period); the
+    # document publishes both in one pattern.
+    period: str = Field(
+        pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+        description="YYYY-MM (UTC calendar month, 1970-01 to 9998-12).",
+        examples=["2026-10"],
+        json_schema_extra={"pattern": PERIOD_PATTERN},
+    )
     force: StrictBool = Field(default=False, description="Close before the grace window has passed.")
 
 
@@ -120,7 +128,21 @@ class TierIn(SafeRequest):
 
 
 class PriceIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "included_units": "1000",
+                    "description": "Jobs",
+                    "tiers": [
+                        {"up_to": "100000", "unit_price": "0.001"},
+                        {"up_to": None, "unit_price": "0.0005"},
+                    ],
+                }
+            ]
+        },
+    )
 
     included_units: Decimal | None = Field(
         default=None,
@@ -198,3 +220,46 @@ class UsageReport(BaseModel):
     priced: bool
     rows: list[UsageReportRow]
     totals: UsageReportTotals
+
+
+# --- Operator usage report (``/admin/v1/reports/usage``) -------------------------------------------
+
+
+class TenantUsageRow(UsageFigures):
+    tenant_id: str
+    tenant: str
+    plan: str
+
+
+class PlanRevenue(BaseModel):
+    plan: str
+    currency: str | None = None
+    tenants: int
+    revenue: str = Field(description="Decimal string, to the cent.")
+
+
+class OperatorUsageTotals(BaseModel):
+    jobs: int
+    attempts: int
+    compute_seconds: str
+    wall_seconds: str
+    tenants: int
+    revenue: dict[str, str] = Field(description="Revenue per currency (decimal strings, to the cent).")
+
+
+class OperatorUsageReport(BaseModel):
+    period: str
+    priced: bool
+    rows: list[TenantUsageRow]
+    revenue_by_plan: list[PlanRevenue]
+    totals: OperatorUsageTotals
+
+
+# --- Stripe webhook -------------------------------------------------------------------------------
+
+
+class StripeEventAck(BaseModel):
+    received: bool
+    id: str = Field(description="The Stripe event id.")
+    duplicate: bool = Field(description="The event was received before; nothing changed.")
+    processed: bool = Field(description="The event has been applied (else its task will apply it).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tenantq.core.dependencies import SessionDep
+from tenantq.core.openapi import errors
 from tenantq.core.redis import get_redis
 from tenantq.platform.dispatch import routing, service
 from tenantq.platform.dispatch.schemas import (
@@ -51,6 +52,7 @@ def pause_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
     "/admin/v1/tenants/{tenant_id}/queue/resume",
     response_model=PauseOut,
     summary="Resume a paused queue (409 while the tenant is suspended)",
+    responses=errors(409, s409="The tenant is suspended (code `tenant_not_active`)."),
 )
 def resume_queue(tenant_id: str, _op: Operator, session: SessionDep) -> PauseOut:
     tenant = get_tenant(session, tenant_id)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from tenantq.core.dependencies import SessionDep
+from tenantq.core.dependencies import CursorQuery, SessionDep
+from tenantq.core.openapi import errors
 from tenantq.platform.jobs import service
 from tenantq.platform.jobs.registry import all_task_types
 from tenantq.platform.jobs.repository import JobRepository
@@ -29,6 +30,18 @@ from tenantq.tenants.accounts.service import get_tenant
 # No prefix: the operator's queue purge (under /admin/v1) is served here too, because it cancels jobs.
 router = APIRouter()
 
+# What admission answers for new work (a submission, a batch, a re-run).
+SUBMIT_ERRORS = errors(
+    402,
+    429,
+    503,
+    s429="The submission rate limit (code `rate_limited`) or the queue's size (code `queue_full`) is "
+    "reached, or too many failed credentials (code `too_many_auth_failures`). `Retry-After` says when to "
+    "retry.",
+    s503="The queue or the rate limiter is unavailable (code `queue_unavailable`); the job was not "
+    "accepted. Retry after `Retry-After` seconds.",
+)
+
 
 @router.post(
     "/v1/jobs",
@@ -39,7 +52,16 @@ router = APIRouter()
     description="Validates the arguments against the task type's schema and queues the job on the tenant's "
     "own queue. Answers 202 with the new job, or 200 with the existing job when the idempotency key was "
     "already used with the same parameters (409 if the parameters differ).",
-    responses={200: {"description": "Existing job for this idempotency key"}},
+    responses={
+        200: {
+            "model": JobOut,
+            "description": "The existing job of this idempotency key (nothing new queued).",
+        },
+        **SUBMIT_ERRORS,
+        **errors(
+            409, s409="The idempotency key was used with other parameters (code `idempotency_conflict`)."
+        ),
+    },
 )
 def create_job(body: JobCreate, ctx: JobsWrite, session: SessionDep, response: Response) -> JobOut:
     result = service.submit_job(session, ctx.tenant, body)
@@ -57,6 +79,7 @@ def create_job(body: JobCreate, ctx: JobsWrite, session: SessionDep, response: R
     "(`index`, `status_code` 202/200/4xx, `job` or `error`). Accepted jobs are stored in one transaction and "
     "queued in one Redis call. Admission applies to the accepted jobs as a whole: if they do not fit the "
     "tenant's queue the whole call answers 429 `queue_full` and nothing is stored.",
+    responses=SUBMIT_ERRORS,
 )
 def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> BatchOut:
     return BatchOut(items=service.submit_batch(session, ctx.tenant, body.jobs))
@@ -76,6 +99,7 @@ def get_job(job_id: str, ctx: JobsRead, session: SessionDep) -> JobOut:
     "A running job is killed if its task type allows it (`terminated`), else it is marked for cancellation "
     "(`requested`): it finishes but is not retried. A finished job is left as it is (`already_finished`, "
     "still 200, so cancelling twice is harmless).",
+    responses=errors(409, s409="The job changed state while being cancelled; retry (code `cancel_race`)."),
 )
 def cancel_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> CancelOut:
     job, outcome = service.cancel_job(session, ctx.tenant_id, job_id)
@@ -91,6 +115,10 @@ def cancel_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> CancelOut:
     description="Queues the job again as a new attempt of the same job (attempt numbers continue; the "
     "automatic retry budget starts afresh). 409 if the job is not failed or cancelled. Admission checks "
     "(quotas, rate limits) apply as for a new job.",
+    responses={
+        **SUBMIT_ERRORS,
+        **errors(409, s409="The job is not failed or cancelled (code `not_rerunnable`)."),
+    },
 )
 def retry_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> JobOut:
     job = service.rerun_job(session, ctx.tenant, job_id)
@@ -111,9 +139,7 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     task: Annotated[str | None, Query(max_length=128, description="Only jobs of this task type.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: CursorQuery = None,
 ) -> JobList:
     items, next_cursor = JobRepository(session, ctx.tenant_id).list(
         status=status, task=task, limit=limit, cursor=cursor

@@ -3,21 +3,52 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from tenantq.core.text_checks import SafeRequest, SafeResponse
+from tenantq.platform.jobs.registry import all_task_types
 
 JobStatus = Literal[
     "queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled", "rejected"
 ]
 
 
-class JobCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+def _registered_task_types(schema: dict[str, Any]) -> None:
+    # Read when the OpenAPI document is built, after the entry point registered every task type.
+    schema["enum"] = sorted(t.name for t in all_task_types())
 
-    task: str = Field(min_length=1, max_length=128, description="A registered task type, e.g. 'demo.echo'.")
+
+# A task type's name in a request: the server accepts exactly the registered ones (422 unknown_task).
+TaskName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="A registered task type (`GET /v1/task-types`), e.g. 'demo.echo'.",
+        json_schema_extra=_registered_task_types,
+    ),
+]
+
+
+class JobCreate(SafeRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "demo.echo",
+                    "args": {"order": 1042},
+                    "priority": 5,
+                    "max_retries": 3,
+                    "idempotency_key": "order-1042",
+                }
+            ]
+        },
+    )
+
+    task: TaskName
     args: dict[str, Any] = Field(
         default_factory=dict, description="Arguments, validated against the task type's schema."
     )
@@ -72,7 +103,7 @@ class JobCreate(SafeRequest):
         return self
 
 
-class AttemptOut(SafeResponse):
+class JobAttemptOut(SafeResponse):
     attempt: int
     status: Literal["running", "succeeded", "failed", "cancelled"]
     started_at: datetime | None = None
@@ -118,12 +149,63 @@ class JobOut(SafeResponse):
     )
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    attempt_log: list[AttemptOut] = Field(default_factory=list)
+    attempt_log: list[JobAttemptOut] = Field(default_factory=list)
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0192f3c4-8a1b-7d2e-9f00-5b6c7d8e9f01",
+                    "task": "demo.echo",
+                    "args": {"order": 1042},
+                    "priority": 5,
+                    "status": "succeeded",
+                    "result": {"order": 1042},
+                    "result_expires_at": "2026-12-07T12:00:03Z",
+                    "result_expired": False,
+                    "error": None,
+                    "attempts": 1,
+                    "max_retries": 3,
+                    "soft_time_limit": None,
+                    "time_limit": 300.0,
+                    "cancel_requested": False,
+                    "idempotency_key": "order-1042",
+                    "workflow_id": None,
+                    "step_index": None,
+                    "created_at": "2026-11-30T12:00:00Z",
+                    "run_at": None,
+                    "started_at": "2026-11-30T12:00:01Z",
+                    "finished_at": "2026-11-30T12:00:03Z",
+                    "attempt_log": [
+                        {
+                            "attempt": 1,
+                            "status": "succeeded",
+                            "started_at": "2026-11-30T12:00:01Z",
+                            "finished_at": "2026-11-30T12:00:03Z",
+                            "error": None,
+                            "worker": "worker-1@host",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
 
 class CancelOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0192f3c4-8a1b-7d2e-9f00-5b6c7d8e9f01",
+                    "status": "cancelled",
+                    "cancellation": "dequeued",
+                }
+            ]
+        }
+    )
+
     id: str
     status: JobStatus
     cancellation: Literal["dequeued", "terminated", "requested", "already_finished"] = Field(
@@ -150,7 +232,19 @@ MAX_BATCH = 1000
 
 
 class BatchCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "jobs": [
+                        {"task": "demo.echo", "args": {"order": 1042}},
+                        {"task": "demo.echo", "args": {"order": 1043}, "priority": 2},
+                    ]
+                }
+            ]
+        },
+    )
 
     # Items are validated one by one (each gets its own answer), so they arrive as plain objects here.
     jobs: list[dict[str, Any]] = Field(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from tenantq.core.dependencies import SessionDep
+from tenantq.core.dependencies import CursorQuery, SessionDep
+from tenantq.core.openapi import errors
 from tenantq.platform.schedules import service
 from tenantq.platform.schedules.repository import ScheduleRepository
 from tenantq.platform.schedules.schemas import ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
@@ -14,13 +15,13 @@ from tenantq.tenants.access.dependencies import JobsRead, JobsWrite
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 
-LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
-    422: {
-        "description": "Invalid task/arguments, cron expression or time zone, or an interval below the "
-        "plan's minimum (code schedule_interval_too_short)."
-    },
-    429: {"description": "The plan's number of schedules is reached (code schedule_limit_reached)."},
-}
+LIMIT_ERRORS = errors(
+    422,
+    429,
+    s422="Invalid task/arguments, cron expression or time zone, or an interval below the plan's minimum "
+    "(code schedule_interval_too_short).",
+    s429="The plan's number of schedules is reached (code schedule_limit_reached).",
+)
 
 
 @router.post(
@@ -41,9 +42,7 @@ def list_schedules(
     ctx: JobsRead,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: CursorQuery = None,
 ) -> ScheduleList:
     items, next_cursor = ScheduleRepository(session, ctx.tenant_id).list(limit=limit, cursor=cursor)
     return ScheduleList(items=[ScheduleOut.model_validate(s) for s in items], next_cursor=next_cursor)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from tenantq.core.text_checks import SafeRequest, SafeResponse
+from tenantq.platform.jobs.schemas import TaskName
 
 MAX_INTERVAL_S = 366 * 24 * 3600
 
@@ -20,12 +21,23 @@ _INTERVAL = "Fire every N seconds (bounded below by the plan). Give either cron 
 
 
 class ScheduleCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "nightly export",
+                    "task": "demo.echo",
+                    "args": {"report": "daily"},
+                    "cron": "0 3 * * *",
+                    "timezone": "Europe/Paris",
+                }
+            ]
+        },
+    )
 
     name: str = Field(default="", max_length=128, description="A label for humans.")
-    task: str = Field(
-        min_length=1, max_length=128, description="A registered task type, e.g. 'http.request'."
-    )
+    task: TaskName
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments, validated like a job's.")
     priority: StrictInt = Field(default=5, ge=0, le=9, description="Priority of the jobs it creates, 0-9.")
     max_retries: StrictInt | None = Field(
@@ -42,10 +54,10 @@ class ScheduleCreate(SafeRequest):
 class ScheduleUpdate(SafeRequest):
     """Only the fields given change. Setting cron clears interval_seconds and vice versa."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
 
     name: str | None = Field(default=None, max_length=128)
-    task: str | None = Field(default=None, min_length=1, max_length=128)
+    task: TaskName | None = None
     args: dict[str, Any] | None = None
     priority: StrictInt | None = Field(default=None, ge=0, le=9)
     max_retries: StrictInt | None = Field(default=None, ge=0, le=100)

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from tenantq.core.dependencies import SessionDep
+from tenantq.core.openapi import errors
 from tenantq.platform.webhooks import service
 from tenantq.platform.webhooks.repository import WebhookRepository
 from tenantq.platform.webhooks.schemas import (
-    AttemptOut,
+    DeliveryAttemptOut,
     DeliveryList,
     DeliveryOut,
     WebhookCreate,
@@ -31,7 +32,12 @@ router = APIRouter(prefix="/v1", tags=["webhooks"])
     description="Job events are POSTed as JSON with the headers 'tenantq-signature: t=<unix>,v1=<hex "
     "HMAC-SHA256(secret, \"{t}.{body}\")>', 'tenantq-event-id' and 'tenantq-event-type'. The secret is "
     "returned once, here. Non-2xx answers are retried with exponential backoff.",
-    responses={422: {"description": "Invalid URL or a destination refused by the network policy."}},
+    responses=errors(
+        422,
+        429,
+        s422="Invalid URL, or a destination refused by the network policy (code `webhook_url_not_allowed`).",
+        s429="The plan's number of webhook endpoints is reached (code `webhook_limit_reached`).",
+    ),
 )
 def create_webhook(body: WebhookCreate, ctx: JobsWrite, session: SessionDep) -> WebhookCreated:
     endpoint, secret = service.create_endpoint(session, ctx.tenant, body)
@@ -81,7 +87,7 @@ def list_deliveries(
                 next_attempt_at=d.next_attempt_at,
                 created_at=d.created_at,
                 finished_at=d.finished_at,
-                attempt_log=[AttemptOut.model_validate(a) for a in attempts],
+                attempt_log=[DeliveryAttemptOut.model_validate(a) for a in attempts],
             )
             for d, attempts in rows
         ]

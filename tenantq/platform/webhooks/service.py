@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.schemas import JobOut
 from tenantq.platform.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tenantq.platform.webhooks.repository import WebhookRepository
-from tenantq.platform.webhooks.schemas import WebhookCreate
+from tenantq.platform.webhooks.schemas import URL_PATTERN, WebhookCreate
 from tenantq.tenants.accounts.models import Tenant
 
 log = logging.getLogger("tenantq.webhooks")
@@ -106,6 +107,13 @@ def new_secret() -> str:
 
 
 def create_endpoint(session: Session, tenant: Tenant, data: WebhookCreate) -> tuple[WebhookEndpoint, str]:
+    if not re.fullmatch(URL_PATTERN, data.url):
+        raise InvalidInput(
+            "Webhook URL not allowed: give an http:// or https:// URL with a host, without credentials "
+            "or white space.",
+            code="webhook_url_not_allowed",
+            details={"url": data.url},
+        )
     try:
         check_url(data.url)
     except (ValueError, BlockedDestination) as exc:

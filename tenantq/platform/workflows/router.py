@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tenantq.core.dependencies import SessionDep
+from tenantq.core.openapi import errors
 from tenantq.platform.workflows import service
 from tenantq.platform.workflows.repository import WorkflowRepository
 from tenantq.platform.workflows.schemas import WorkflowCreate, WorkflowOut
@@ -23,6 +24,9 @@ router = APIRouter(prefix="/v1", tags=["workflows"])
     "as the argument `input` (a list of results, in group order, after a group) if its task type takes "
     "it. A failed or cancelled "
     "step stops the workflow; `error` then says which step and why.",
+    responses=errors(
+        402, 503, s503="The queue is unavailable (code `queue_unavailable`); nothing was started."
+    ),
 )
 def create_workflow(body: WorkflowCreate, ctx: JobsWrite, session: SessionDep) -> WorkflowOut:
     wf = service.create_workflow(session, ctx.tenant, body)

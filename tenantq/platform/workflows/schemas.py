@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt
 
 from tenantq.core.text_checks import SafeRequest, SafeResponse
-from tenantq.platform.jobs.schemas import JobStatus
+from tenantq.platform.jobs.schemas import JobStatus, TaskName
 
 MAX_STEPS = 50
 MAX_GROUP = 50
@@ -17,7 +17,7 @@ MAX_GROUP = 50
 class StepTask(SafeRequest):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1, max_length=128, description="A registered task type.")
+    task: TaskName
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Arguments. From the second step on, the previous step's result is added under the key "
@@ -41,7 +41,19 @@ class StepGroup(SafeRequest):
 
 
 class WorkflowCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "steps": [
+                        {"task": "demo.echo", "args": {"order": 1042}},
+                        {"group": [{"task": "demo.echo"}, {"task": "demo.echo", "priority": 7}]},
+                    ]
+                }
+            ]
+        },
+    )
 
     steps: list[StepTask | StepGroup] = Field(
         min_length=1,

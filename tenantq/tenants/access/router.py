@@ -12,11 +12,13 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.core.errors import Forbidden
+from tenantq.core.openapi import errors
 from tenantq.tenants.access import auth, service
 from tenantq.tenants.access.auth import TenantContext
 from tenantq.tenants.access.dependencies import KeysManage, Operator, current_operator, refuse_suspended
 from tenantq.tenants.access.keys import parse_key
 from tenantq.tenants.access.models import ApiKey
+from tenantq.tenants.access.openapi import KEY_LOGIN_SECURITY
 from tenantq.tenants.access.repository import ApiKeyRepository
 from tenantq.tenants.access.schemas import (
     KeyCreate,
@@ -93,6 +95,7 @@ def revoke_key(key_id: str, ctx: KeysManage, session: SessionDep) -> Response:
     summary="Rotate an API key",
     description="Creates a replacement with the same name, scopes and expiry and lets the old key "
     "work for `grace_seconds` more (its `expires_at` becomes now + grace; 0 stops it now).",
+    responses=errors(409, s409="The key is revoked or expired (codes `key_revoked`, `key_expired`)."),
 )
 def rotate_key(key_id: str, body: KeyRotate, ctx: KeysManage, session: SessionDep) -> KeyCreated:
     old = ApiKeyRepository(session, ctx.tenant_id).get(key_id)
@@ -110,6 +113,15 @@ def rotate_key(key_id: str, body: KeyRotate, ctx: KeysManage, session: SessionDe
     "JWT and sets it as the HttpOnly, SameSite=Lax cookie `tq_session` (Secure over https). The session "
     "carries the key's scopes and dies with the key (revocation, expiry). A session token cannot be "
     "exchanged for another one. A suspended tenant gets 403 `tenant_suspended` (its keys still read).",
+    openapi_extra={"security": KEY_LOGIN_SECURITY},
+    responses=errors(
+        401,
+        403,
+        429,
+        s401="No API key, or one that is unknown, revoked or expired (a session token is refused too).",
+        s403="The tenant is suspended (code `tenant_suspended`).",
+        s429="Too many failed credentials from this address (code `too_many_auth_failures`).",
+    ),
 )
 def create_session(
     request: Request, response: Response, session: SessionDep, body: SessionCreate | None = None

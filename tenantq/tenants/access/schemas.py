@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
@@ -10,7 +11,8 @@ from tenantq.core.text_checks import SafeRequest, SafeResponse
 from tenantq.tenants.access.keys import ALL_SCOPES
 from tenantq.tenants.accounts.schemas import clean_name
 
-Scope = str
+# A scope in a request: one of ALL_SCOPES (published as an enum; the validator below names the unknown).
+Scope = Annotated[str, Field(json_schema_extra={"enum": list(ALL_SCOPES)})]
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
@@ -24,7 +26,18 @@ def _check_scopes(scopes: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- keys
 class KeyCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ci deploys",
+                    "scopes": ["jobs:read", "jobs:write"],
+                    "expires_at": "2027-06-30T00:00:00Z",
+                }
+            ]
+        },
+    )
 
     name: str = Field(default="", max_length=128, description="A label for the key (any printable text).")
     scopes: list[Scope] = Field(
@@ -49,7 +62,7 @@ class KeyCreate(SafeRequest):
 
 
 class KeyRotate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"grace_seconds": 3600}]})
 
     grace_seconds: StrictInt = Field(
         ge=0,
@@ -81,7 +94,12 @@ class KeyList(BaseModel):
 
 # ------------------------------------------------------------------------------------------ sessions
 class SessionCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"api_key": "tq_live_6ZJ6SetEDUMM_K0ocYfjgsO679YxxR7OxuuSXiEpp6ffC4iWvSQ"}]
+        },
+    )
 
     api_key: str | None = Field(default=None, max_length=128, description="Alternative to the bearer header.")
 

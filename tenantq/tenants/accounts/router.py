@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from tenantq.core.dependencies import SessionDep
+from tenantq.core.openapi import errors
 from tenantq.core.redis import get_redis
 from tenantq.tenants.accounts import service, suspension
 from tenantq.tenants.accounts.schemas import (
@@ -42,7 +43,13 @@ def list_tenants(
     )
 
 
-@router.post("/tenants", response_model=TenantOut, status_code=201, summary="Create a tenant")
+@router.post(
+    "/tenants",
+    response_model=TenantOut,
+    status_code=201,
+    summary="Create a tenant",
+    responses=errors(409, s409="A tenant with this name exists (code `tenant_exists`)."),
+)
 def create_tenant(body: TenantCreate, session: SessionDep) -> TenantOut:
     tenant = service.create_tenant(session, name=body.name, plan=body.plan, overrides=body.overrides)
     session.commit()
@@ -60,6 +67,7 @@ def get_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     summary="Change a tenant's name, plan or overrides",
     description="`overrides` replaces all overrides (`{}` clears them); only limit fields are accepted "
     "and the result must be coherent with the plan (e.g. priority_min <= priority_max).",
+    responses=errors(409, s409="A tenant with this name exists (code `tenant_exists`)."),
 )
 def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep) -> TenantOut:
     tenant = service.get_tenant(session, tenant_id)
@@ -78,6 +86,7 @@ def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep) -> Te
     description="The tenant keeps read access; its writes (jobs, workflows, schedules, webhooks, keys, "
     "sessions) answer 403 `tenant_suspended`. Queued jobs stay queued (the queue is "
     "paused, nothing is dropped) and resume on reactivation.",
+    responses=errors(503, s503="Redis is unavailable; nothing changed (code `queue_unavailable`)."),
 )
 def suspend_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     tenant = suspension.suspend_tenant(session, service.get_tenant(session, tenant_id), get_redis())
@@ -90,6 +99,7 @@ def suspend_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     summary="Reactivate a tenant",
     description="Accepts submissions again and resumes the queue, unless the operator paused the "
     "queue separately.",
+    responses=errors(503, s503="Redis is unavailable; nothing changed (code `queue_unavailable`)."),
 )
 def reactivate_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
     tenant = suspension.reactivate_tenant(session, service.get_tenant(session, tenant_id), get_redis())
@@ -107,6 +117,7 @@ def list_plans(session: SessionDep) -> PlanList:
     status_code=201,
     summary="Create a plan",
     description="Unspecified fields take the defaults. Rates > 0, 0 <= priority_min <= priority_max <= 9.",
+    responses=errors(409, s409="A plan with this name exists (code `plan_exists`)."),
 )
 def create_plan(body: PlanCreate, session: SessionDep) -> PlanOut:
     plan = service.create_plan(session, body)
@@ -120,6 +131,7 @@ def create_plan(body: PlanCreate, session: SessionDep) -> PlanOut:
     summary="Change a plan's limits or prices",
     description="Applies to every tenant on the plan from their next request. 409 if a tenant's "
     "overrides would become incoherent.",
+    responses=errors(409, s409="A tenant's overrides would become incoherent (code `override_conflict`)."),
 )
 def update_plan(plan_name: str, body: PlanUpdate, session: SessionDep) -> PlanOut:
     plan = service.update_plan(session, service.get_plan(session, plan_name), body)

@@ -20,6 +20,9 @@ def clean_name(value: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ plans + limits
+INT32_MAX = 2**31 - 1
+
+
 class LimitOverrides(SafeRequest):
     """The limit fields a plan carries and a tenant may override. Bounds keep one typo from becoming
     an outage (a rate of 0 would block a tenant; an absurd concurrency would starve everyone)."""
@@ -44,8 +47,9 @@ class LimitOverrides(SafeRequest):
     priority_max: StrictInt | None = Field(default=None, ge=0, le=9)
     max_time_limit_s: StrictInt | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
-    included_jobs: StrictInt | None = Field(default=None, ge=0, le=10**12)
-    included_compute_seconds: StrictInt | None = Field(default=None, ge=0, le=10**12)
+    # INTEGER columns: 32 bits on PostgreSQL, which refuses more (a 500 before this bound).
+    included_jobs: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
+    included_compute_seconds: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
     hard_limits: StrictBool | None = None
 
 
@@ -53,6 +57,10 @@ LIMIT_FIELDS: tuple[str, ...] = tuple(LimitOverrides.model_fields)
 
 
 class PlanUpdate(LimitOverrides):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"submit_rate": 50.0, "concurrency": 40, "included_jobs": 100000}]}
+    )
+
     display_name: str | None = Field(default=None, max_length=128)
     currency: str | None = Field(default=None, pattern=r"^[a-z]{3}$", description="ISO 4217, lower case.")
     base_fee: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=6)
@@ -64,6 +72,24 @@ class PlanUpdate(LimitOverrides):
 
 
 class PlanCreate(PlanUpdate):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "team",
+                    "display_name": "Team",
+                    "submit_rate": 20.0,
+                    "submit_burst": 100,
+                    "concurrency": 10,
+                    "priority_min": 0,
+                    "priority_max": 7,
+                    "currency": "eur",
+                    "base_fee": "49.00",
+                }
+            ]
+        }
+    )
+
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Plan id: lower case, digits, - and _."
     )
@@ -98,7 +124,10 @@ class PlanList(BaseModel):
 
 # ------------------------------------------------------------------------------------------- tenants
 class TenantCreate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Acme", "plan": "free", "overrides": {"concurrency": 20}}]},
+    )
 
     name: str = Field(min_length=1, max_length=128)
     plan: str = Field(default="free", max_length=64)
@@ -114,7 +143,9 @@ class TenantCreate(SafeRequest):
 
 
 class TenantUpdate(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "Acme Corp", "overrides": {}}]}
+    )
 
     name: str | None = Field(default=None, min_length=1, max_length=128)
     plan: str | None = Field(default=None, max_length=64)
