@@ -187,8 +187,16 @@ class UsageReportRow(BaseModel):
 
 
 class UsageReportTotals(UsageFigures):
+    usage_charges: str = Field(description="Usage charges: the sum of the rows' charges.")
     fixed_charges: str = Field(description="Fixed fees of the period (not spread over rows).")
-    total_charges: str
+    total_charges: str = Field(
+        description="Grand total: usage plus fixed charges. For a closed period, its invoice's total."
+    )
+
+
+class FixedCharge(BaseModel):
+    description: str
+    amount: str
 
 
 class UsageReport(BaseModel):
@@ -196,5 +204,8 @@ class UsageReport(BaseModel):
     group_by: Literal["task", "day"]
     currency: str | None
     priced: bool
+    closed: bool = Field(description="True once the period is closed: charges are read from the invoice.")
+    invoice_id: str | None = Field(description="The invoice the charges are read from (closed periods).")
     rows: list[UsageReportRow]
+    fixed: list[FixedCharge] = Field(description="Fixed charges (the plan's base fee), one per line.")
     totals: UsageReportTotals
