@@ -38,7 +38,8 @@ def billing_close(
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
+    """Close a billing period: one invoice per tenant. Earlier months still open are closed first
+    (oldest first); closing a closed period changes nothing."""
     from tenantq.billing.invoicing.pricing import format_amount
     from tenantq.billing.invoicing.service import close_due_periods, close_period
     from tenantq.core.db import unscoped_session
@@ -64,9 +65,15 @@ def billing_close(
                     }
                     for i in result.invoices
                 ]
-                payload = {"period": result.period.period, "created": result.created, "invoices": invoices}
+                payload = {
+                    "period": result.period.period,
+                    "created": result.created,
+                    "also_closed": result.also_closed,
+                    "invoices": invoices,
+                }
             verb = "closed" if result.created else "already closed"
-            text = f"{period}: {verb}, {len(invoices)} invoice(s)" + "".join(
+            first = f"closed {', '.join(result.also_closed)} first; " if result.also_closed else ""
+            text = f"{period}: {first}{verb}, {len(invoices)} invoice(s)" + "".join(
                 f"\n  {i['tenant_id']}  {i['total']} {i['currency']}  {i['status']}" for i in invoices
             )
     except Exception as exc:  # noqa: BLE001

@@ -161,9 +161,11 @@ def list_periods(_op: Operator, session: SessionDep) -> BillingPeriodsOut:
     response_model=CloseOut,
     tags=["admin"],
     summary="Close a billing period and issue its invoices",
-    description="Idempotent: closing a closed period returns its invoices with `created: false`. 409 "
-    "`period_not_due` inside the grace window unless `force`, `period_not_ended` before the month ended, "
-    "`earlier_period_open` if an earlier month with usage is still open.",
+    description="Idempotent: closing a closed period returns its invoices with `created: false`. Earlier "
+    "months that are still open are closed first, oldest first, in the same transaction (`also_closed` "
+    "names them), so no month's base fees are skipped. 409 `period_not_due` inside the grace window unless "
+    "`force`, `period_not_ended` before the month ended, `period_out_of_order` for a month before the last "
+    "closed one.",
 )
 def close(body: CloseIn, op: Operator, session: SessionDep, response: Response) -> CloseOut:
     result = service.close_period(session, body.period, force=body.force, closed_by=op.subject)

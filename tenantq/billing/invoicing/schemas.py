@@ -99,6 +99,9 @@ class CloseIn(SafeRequest):
 class CloseOut(BaseModel):
     period: BillingPeriodOut
     created: bool = Field(description="False when the period was already closed (nothing changed).")
+    also_closed: list[str] = Field(
+        default_factory=list, description="Earlier open months this call closed first, oldest first."
+    )
     invoices: list[InvoiceOut]
 
     @classmethod
@@ -106,6 +109,7 @@ class CloseOut(BaseModel):
         return cls(
             period=BillingPeriodOut.model_validate(result.period),
             created=result.created,
+            also_closed=result.also_closed,
             invoices=[InvoiceOut.of(i) for i in result.invoices],
         )
 
