@@ -84,8 +84,11 @@ class BillingPeriod(Base):
 
 
 class Invoice(Base):
+    """One tenant's bill for one period. A correction voids it and reissues a new ``revision`` (the
+    void one stays, ``replaced_by_id`` points at its successor); at most one revision is not void."""
+
     __tablename__ = "invoice"
-    __table_args__ = (UniqueConstraint("tenant_id", "period"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "period", "revision"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
@@ -93,6 +96,7 @@ class Invoice(Base):
     plan_name: Mapped[str] = mapped_column(String(64))
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | paid | void
+    revision: Mapped[int] = mapped_column(Integer, default=1)
     total: Mapped[Decimal] = mapped_column(Amount)
     period_start: Mapped[datetime] = mapped_column(UTCDateTime())
     period_end: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -100,6 +104,11 @@ class Invoice(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     stripe_invoice_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     stripe_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Stripe's status of the mirrored invoice after the last sync (draft, open, paid, void).
+    stripe_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    void_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    replaced_by_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     lines: Mapped[list[InvoiceLine]] = relationship(
         back_populates="invoice",
@@ -125,6 +134,22 @@ class InvoiceLine(Base):
     stripe_invoice_item_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class CreditNote(Base):
+    """An amount credited against an issued invoice (the invoice itself never changes)."""
+
+    __tablename__ = "credit_note"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoice.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal] = mapped_column(Amount)
+    reason: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    stripe_credit_note_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
 
 class StripeCustomer(Base):

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenantq.billing.invoicing.models import PlanPrice, PriceTier
+from tenantq.core import audit
 from tenantq.core.db import unscoped_session
 from tenantq.core.errors import InvalidInput, NotFound
 from tenantq.tenants.accounts.models import Plan
@@ -278,8 +279,10 @@ def set_price(
     tiers: list[tuple[Decimal | None, Decimal]],
     included_units: Decimal | None = None,
     description: str = "",
+    actor: str = "system",
 ) -> PlanPrice:
-    """Create or replace the price of ``metric`` on ``plan_name``. Closed invoices keep their lines."""
+    """Create or replace the price of ``metric`` on ``plan_name``. Closed invoices keep their lines.
+    Audited (``price.set``) with ``actor``."""
     if metric not in PRICED_METRICS:
         raise InvalidInput(
             f"Unknown metric {metric!r}.", code="invalid_price", details={"allowed": list(PRICED_METRICS)}
@@ -292,6 +295,7 @@ def set_price(
     price = session.scalars(
         select(PlanPrice).where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric)
     ).first()
+    before = price_snapshot(price) if price is not None else None
     if price is None:
         price = PlanPrice(plan_name=plan_name, metric=metric)
         session.add(price)
@@ -304,16 +308,47 @@ def set_price(
         for i, (up_to, unit_price) in enumerate(tiers)
     )
     session.flush()
+    after = price_snapshot(price)
+    if after != before:
+        audit.record(
+            session,
+            actor=actor,
+            action="price.set",
+            entity_type="price",
+            entity_id=f"{plan_name}/{metric}",
+            before=before,
+            after=after,
+        )
+        session.flush()
     return price
 
 
-def delete_price(session: Session, *, plan_name: str, metric: str) -> None:
+def price_snapshot(price: PlanPrice) -> dict:
+    return {
+        "included_units": price.included_units,
+        "description": price.description,
+        "tiers": [[t.up_to, t.unit_price] for t in price.tiers],
+    }
+
+
+def delete_price(session: Session, *, plan_name: str, metric: str, actor: str = "system") -> None:
     price = session.scalars(
         select(PlanPrice).where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric)
     ).first()
     if price is None:
         raise NotFound(f"Plan {plan_name!r} has no price for {metric!r}.")
+    before = price_snapshot(price)
     session.delete(price)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="price.delete",
+        entity_type="price",
+        entity_id=f"{plan_name}/{metric}",
+        before=before,
+        after=None,
+    )
     session.flush()
 
 

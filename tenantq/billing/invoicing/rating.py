@@ -78,7 +78,7 @@ def current_invoice(session: Session, tenant_id: str, period: str) -> Invoice | 
     return session.scalars(
         select(Invoice)
         .where(Invoice.tenant_id == tenant_id, Invoice.period == period, Invoice.status != "void")
-        .order_by(Invoice.issued_at.desc(), Invoice.id.desc())
+        .order_by(Invoice.revision.desc())
     ).first()
 
 

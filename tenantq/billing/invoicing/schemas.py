@@ -38,6 +38,10 @@ class InvoiceOut(BaseModel):
     lines: list[InvoiceLineOut]
     issued_at: datetime
     paid_at: datetime | None = None
+    revision: int = Field(description="1 for the invoice a period close issued; +1 per void-and-reissue.")
+    voided_at: datetime | None = None
+    void_reason: str | None = None
+    replaced_by_id: str | None = Field(description="The invoice that replaced this void one, if reissued.")
 
     @classmethod
     def of(cls, invoice: Invoice) -> InvoiceOut:
@@ -47,6 +51,10 @@ class InvoiceOut(BaseModel):
             period=invoice.period,
             status=invoice.status,
             currency=cur,
+            revision=invoice.revision,
+            voided_at=invoice.voided_at,
+            void_reason=invoice.void_reason,
+            replaced_by_id=invoice.replaced_by_id,
             total=str(round_amount(Decimal(invoice.total), cur)),
             lines=[
                 InvoiceLineOut(
@@ -61,6 +69,55 @@ class InvoiceOut(BaseModel):
             issued_at=invoice.issued_at,
             paid_at=invoice.paid_at,
         )
+
+
+class VoidIn(SafeRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=255, description="Why the invoice is voided (audited).")
+    reissue: StrictBool = Field(
+        default=False,
+        description="Issue the next revision at once, re-rated from the period's billed usage with the "
+        "prices and plan in force now.",
+    )
+
+
+class StripeOutcome(BaseModel):
+    configured: bool = Field(description="False when Stripe is not configured: nothing was pushed.")
+    status: str | None = Field(default=None, description="Stripe's status of the voided invoice.")
+    reissued_stripe_invoice_id: str | None = None
+    credit_note_id: str | None = None
+    error: str | None = Field(
+        default=None, description="Why the Stripe push failed; the correction stands, retry with stripe-sync."
+    )
+
+
+class VoidOut(BaseModel):
+    voided: InvoiceOut
+    reissued: InvoiceOut | None
+    stripe: StripeOutcome
+
+
+class CreditNoteIn(SafeRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Decimal = Field(gt=0, max_digits=20, decimal_places=4, description="In the invoice's currency.")
+    reason: str = Field(min_length=1, max_length=255, description="Shown on the credit note (audited).")
+
+
+class CreditNoteOut(BaseModel):
+    id: str
+    invoice_id: str
+    tenant_id: str
+    currency: str
+    amount: str
+    reason: str
+    created_at: datetime
+    created_by: str
+    stripe_credit_note_id: str | None
+    invoice: InvoiceOut
+    invoice_credited: str = Field(description="All credit notes of the invoice, this one included.")
+    stripe: StripeOutcome
 
 
 class InvoiceList(BaseModel):
@@ -213,3 +270,37 @@ class UsageReport(BaseModel):
     rows: list[UsageReportRow]
     fixed: list[FixedCharge] = Field(description="Fixed charges (the plan's base fee), one per line.")
     totals: UsageReportTotals
+
+
+# --- Audit log and billing settings ---------------------------------------------------------------
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    at: datetime
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    tenant_id: str | None
+    before: dict | None
+    after: dict | None
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = None
+
+
+class BillingSettings(BaseModel):
+    billing_email: str | None
+
+
+class BillingSettingsIn(SafeRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    billing_email: str | None = Field(
+        max_length=254, description='Where invoices are emailed; null or "" clears it.'
+    )

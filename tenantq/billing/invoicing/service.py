@@ -39,6 +39,7 @@ from tenantq.billing.invoicing import rating
 from tenantq.billing.invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from tenantq.billing.invoicing.pricing import Line, total
 from tenantq.billing.usage.models import UsageEvent
+from tenantq.core import audit
 from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.errors import Conflict
 from tenantq.core.periods import Period
@@ -206,6 +207,21 @@ def _close_one(
     row.event_count = int(event_count or 0)
     row.late_event_count = int(late or 0)
     session.flush()
+    audit.record(
+        session,
+        actor=closed_by,
+        action="period.close",
+        entity_type="billing_period",
+        entity_id=p.name,
+        before=None,
+        after={
+            "forced": row.forced,
+            "invoices": {i.tenant_id: {"id": i.id, "total": Decimal(i.total)} for i in invoices},
+            "event_count": row.event_count,
+            "late_event_count": row.late_event_count,
+        },
+        at=now,
+    )
     return CloseResult(period=row, created=True, invoices=invoices)
 
 
@@ -226,11 +242,14 @@ def build_invoice(
     plan: Plan,
     lines: list[Line],
     now: datetime,
+    *,
+    revision: int = 1,
 ) -> Invoice:
     amount = total(lines)
     invoice = Invoice(
         tenant_id=tenant.id,
         period=p.name,
+        revision=revision,
         plan_name=plan.name,
         currency=plan.currency.lower(),
         status="open" if amount > 0 else "paid",

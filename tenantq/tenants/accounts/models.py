@@ -48,4 +48,6 @@ class Tenant(Base):
     plan_name: Mapped[str] = mapped_column(ForeignKey("plan.name"), default="free")
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
     overrides: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Where invoices go: copied to the Stripe customer, which Stripe emails finalized invoices to.
+    billing_email: Mapped[str | None] = mapped_column(String(254), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
