@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from tenantq.billing.invoicing import rating
 from tenantq.billing.invoicing.models import CreditNote, Invoice
-from tenantq.billing.invoicing.pricing import minor_unit
+from tenantq.billing.invoicing.pricing import format_amount, minor_unit
 from tenantq.billing.invoicing.service import build_invoice
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core import audit
@@ -177,7 +177,11 @@ def issue_credit_note(
         raise Conflict(
             "The credit notes would exceed the invoice's total.",
             code="credit_exceeds_invoice",
-            details={"id": invoice.id, "remaining": str(remaining), "amount": str(value)},
+            details={
+                "id": invoice.id,
+                "remaining": format_amount(remaining, invoice.currency),
+                "amount": format_amount(value, invoice.currency),
+            },
         )
     before = {**invoice_snapshot(invoice), "credited": already}
     note = CreditNote(
