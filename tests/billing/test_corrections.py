@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tenantq.billing.invoicing import reports
 from tenantq.billing.invoicing.corrections import issue_credit_note, void_invoice
-from tenantq.billing.invoicing.models import Invoice
+from tenantq.billing.invoicing.models import EPOCH, Invoice
 from tenantq.billing.invoicing.pricing import set_price
 from tenantq.billing.invoicing.service import close_period
 from tenantq.core.audit import AuditEntry
@@ -41,7 +41,7 @@ def march(db_session, make_plan):
     """A tenant on its own plan (base fee 10.00, jobs 0.50 each, none included) with 3 jobs in March
     2001, closed: invoice 11.50."""
     plan = make_plan(base_fee=D("10.00"), included_jobs=0)
-    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.50"))])
+    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.50"))], effective_from=EPOCH)
     db_session.commit()
     tenant = old_tenant(plan.name)
     for day in (3, 4, 5):
@@ -64,7 +64,15 @@ def audit_of(session, **where) -> list[AuditEntry]:
 class TestVoidAndReissue:
     def test_reissue_rates_the_billed_usage_with_the_fixed_price(self, db_session, march):
         tenant, plan, invoice = march
-        set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.40"))], actor="test")
+        # The correction: a price version effective from the start of the wrong month.
+        set_price(
+            db_session,
+            plan_name=plan.name,
+            metric="jobs",
+            tiers=[(None, D("0.40"))],
+            actor="test",
+            effective_from=at(2001, 3, 1),
+        )
         new = void_invoice(db_session, invoice, reason="price was wrong", reissue=True, actor="test")
         db_session.commit()
         assert invoice.status == "void" and invoice.void_reason == "price was wrong"
@@ -228,3 +236,59 @@ class TestTenantBillingSettings:
         key = ApiKeyFactory(tenant=TenantFactory(), scopes=["billing:read"])
         resp = api.put("/v1/billing/settings", json={"billing_email": "x@y.example"}, headers=auth(key))
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "missing_scope"
+
+
+class TestPlanChangeMidPeriod:
+    """Issue 14 item 4: the plan at close time priced the whole month (10.23 of usage, then a move to
+    free: an invoice of 0.00)."""
+
+    def test_each_plan_rates_its_part_and_base_fees_are_prorated(self, api, db_session, make_plan):
+        from tenantq.tenants.accounts.models import TenantPlanChange
+
+        a = make_plan(base_fee=D("30.00"), included_jobs=0)
+        b = make_plan(base_fee=D("62.00"), included_jobs=0)
+        set_price(
+            db_session, plan_name=a.name, metric="jobs", tiers=[(None, D("1.00"))], effective_from=EPOCH
+        )
+        set_price(
+            db_session, plan_name=b.name, metric="jobs", tiers=[(None, D("0.10"))], effective_from=EPOCH
+        )
+        tenant = old_tenant(b.name)
+        db_session.add(
+            TenantPlanChange(
+                tenant_id=tenant.id, from_plan=a.name, to_plan=b.name, effective_from=at(2001, 3, 11)
+            )
+        )
+        db_session.commit()
+        UsageEventFactory(tenant=tenant, metric="jobs", quantity=5, occurred_at=at(2001, 3, 5))
+        UsageEventFactory(tenant=tenant, metric="jobs", quantity=20, occurred_at=at(2001, 3, 20))
+        open_report = reports.tenant_report(db_session, tenant, "2001-03")
+        [invoice] = [
+            i
+            for i in close_period(db_session, "2001-03", now=at(2001, 4, 5)).invoices
+            if i.tenant_id == tenant.id
+        ]
+        db_session.commit()
+        # 10 of 31 days on A: 30.00 x 0.322581 = 9.68; 21 days on B: 62.00 x 0.677419 = 42.00;
+        # 5 jobs under A at 1.00 = 5.00; 20 jobs under B at 0.10 = 2.00.
+        fees = [(line.quantity, line.amount) for line in invoice.lines if line.metric == "base_fee"]
+        assert fees == [(D("0.322581"), D("9.68")), (D("0.677419"), D("42.00"))]
+        assert invoice.total == D("58.68") and invoice.plan_name == b.name
+        assert D(open_report["totals"]["total_charges"]) == invoice.total
+        assert D(reports.tenant_report(db_session, tenant, "2001-03")["totals"]["total_charges"]) == D(
+            "58.68"
+        )
+
+    def test_a_plan_change_is_recorded_with_its_time(self, api, db_session, make_plan):
+        from tenantq.tenants.accounts.models import TenantPlanChange
+
+        tenant = TenantFactory()
+        old = tenant.plan_name
+        target = make_plan().name
+        assert (
+            api.patch(f"/admin/v1/tenants/{tenant.id}", json={"plan": target}, headers=ADMIN).status_code
+            == 200
+        )
+        db_session.expire_all()
+        [change] = db_session.scalars(select(TenantPlanChange).where(TenantPlanChange.tenant_id == tenant.id))
+        assert (change.from_plan, change.to_plan, change.actor) == (old, target, "operator:operator")

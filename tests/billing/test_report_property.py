@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tenantq.billing.invoicing import reports
-from tenantq.billing.invoicing.models import Invoice
+from tenantq.billing.invoicing.models import EPOCH, Invoice
 from tenantq.billing.invoicing.pricing import set_price
 from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.usage.buffer import insert_events
@@ -113,7 +113,7 @@ def test_closed_report_equals_invoice(db_session, base_fee, included, prices, ma
     db_session.add(plan)
     db_session.flush()
     for metric, metric_tiers in prices.items():
-        set_price(db_session, plan_name=plan.name, metric=metric, tiers=metric_tiers)
+        set_price(db_session, plan_name=plan.name, metric=metric, tiers=metric_tiers, effective_from=EPOCH)
     tenant = Tenant(name=f"prop-{uuid.uuid4().hex[:10]}", plan_name=plan.name, created_at=LONG_AGO)
     db_session.add(tenant)
     db_session.commit()
@@ -131,7 +131,14 @@ def test_closed_report_equals_invoice(db_session, base_fee, included, prices, ma
         # After the close: late March usage, April usage and a price edit. March must not move.
         insert(db_session, tenant.id, late + april)
         for metric in prices:
-            set_price(db_session, plan_name=plan.name, metric=metric, tiers=[(None, new_price)])
+            # Backdated into March: issued invoices still never change.
+            set_price(
+                db_session,
+                plan_name=plan.name,
+                metric=metric,
+                tiers=[(None, new_price)],
+                effective_from=datetime(2001, 3, 1, tzinfo=UTC),
+            )
         db_session.commit()
         assert reports.tenant_report(db_session, tenant, "2001-03") == frozen
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from tenantq.billing.invoicing import reports
-from tenantq.billing.invoicing.models import Invoice
+from tenantq.billing.invoicing.models import EPOCH, Invoice
 from tenantq.billing.invoicing.pricing import set_price
 from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.usage.buffer import insert_events
@@ -128,15 +128,22 @@ def priced_plan(db_session, make_plan):
     usage 1.70, plus the 10.00 base fee: 11.70.
     """
     plan = make_plan(base_fee=D("10.00"), included_jobs=1)
-    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.10"))])
+    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.10"))], effective_from=EPOCH)
     set_price(
         db_session,
         plan_name=plan.name,
         metric="compute_seconds",
         included_units=D(0),
         tiers=[(D(2), D("0.50")), (None, D("0.25"))],
+        effective_from=EPOCH,
     )
-    set_price(db_session, plan_name=plan.name, metric="wall_seconds", tiers=[(None, D("0.01"))])
+    set_price(
+        db_session,
+        plan_name=plan.name,
+        metric="wall_seconds",
+        tiers=[(None, D("0.01"))],
+        effective_from=EPOCH,
+    )
     db_session.commit()
     return plan
 
@@ -358,7 +365,13 @@ class TestReportEqualsInvoice:
                 wall_ms=4000,
             ),
         )
-        set_price(db_session, plan_name=priced_plan.name, metric="jobs", tiers=[(None, D("7.00"))])
+        set_price(  # even backdated into the closed month
+            db_session,
+            plan_name=priced_plan.name,
+            metric="jobs",
+            tiers=[(None, D("7.00"))],
+            effective_from=datetime(2001, 10, 1, tzinfo=UTC),
+        )
         tenant.plan_name = make_plan(base_fee=D("0")).name
         db_session.commit()
         after = reports.tenant_report(db_session, tenant, "2001-10")

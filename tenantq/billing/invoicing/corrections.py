@@ -3,8 +3,9 @@
 - **Void** an open invoice (a paid one needs a credit note: money already moved). Its status becomes
   ``void``, with ``voided_at`` and ``void_reason``; it stays readable. With ``reissue`` a new revision
   of the same tenant and period is issued at once, re-rated by ``rating.rate`` from exactly the usage
-  events the period billed for that tenant (the close's marking does not change), under the prices
-  and plan in force now: fix a price or a plan first, then void and reissue. ``replaced_by_id`` links
+  events the period billed for that tenant (the close's marking does not change), by the plans and
+  price versions in force when the usage occurred: to correct a wrong price, add a price version
+  effective from the period's start (or when the error began), then void and reissue. ``replaced_by_id`` links
   the void invoice to its successor. The period's report then reads the reissued invoice.
 - **Credit note**: an amount (in the invoice's currency, at most its minor unit) credited against an
   open or paid invoice; the credit notes of an invoice never exceed its total. An open invoice whose
@@ -106,10 +107,8 @@ def void_invoice(
         if tenant is None:
             raise NotFound("The invoice's tenant no longer exists.", details={"tenant_id": invoice.tenant_id})
         p = Period.parse(invoice.period)
-        usage = rating.usage_by_tenant(
-            session, (UsageEvent.billed_period == p.name) & (UsageEvent.tenant_id == tenant.id)
-        )
-        plan, lines = rating.rate(session, tenant, p, usage.get(tenant.id, {}))
+        condition = (UsageEvent.billed_period == p.name) & (UsageEvent.tenant_id == tenant.id)
+        plan, lines = rating.rate(session, tenant, p, condition)
         last = session.scalar(
             select(func.max(Invoice.revision)).where(
                 Invoice.tenant_id == tenant.id, Invoice.period == invoice.period

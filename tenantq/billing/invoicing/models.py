@@ -10,7 +10,7 @@ creating anything. ``stripe_event`` dedupes webhook deliveries on Stripe's event
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import JSON, ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
@@ -25,11 +25,18 @@ Amount = Numeric(20, 4)
 Quantity = Numeric(24, 6)
 
 
+# The effective time of the seeded prices and of every price that existed before versions did.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class PlanPrice(Base):
-    """How one metric of one plan is charged: ``included_units`` free, then graduated tiers."""
+    """One version of how one metric of one plan is charged: ``included_units`` free, then graduated
+    tiers, from ``effective_from`` until the next version of the same (plan, metric). A ``retired``
+    version stops charging the metric from its time. Usage is rated by the version in force when it
+    occurred (``rating``); editing a price adds a version, it never rewrites one in force earlier."""
 
     __tablename__ = "plan_price"
-    __table_args__ = (UniqueConstraint("plan_name", "metric"),)
+    __table_args__ = (UniqueConstraint("plan_name", "metric", "effective_from"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     plan_name: Mapped[str] = mapped_column(ForeignKey("plan.name", ondelete="CASCADE"), index=True)
@@ -38,6 +45,8 @@ class PlanPrice(Base):
     # price cannot disagree unless the operator overrides it here on purpose.
     included_units: Mapped[Decimal | None] = mapped_column(Quantity, nullable=True)
     description: Mapped[str] = mapped_column(String(128), default="")
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime(), default=lambda: EPOCH)
+    retired: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     tiers: Mapped[list[PriceTier]] = relationship(

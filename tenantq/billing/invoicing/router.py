@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -207,8 +208,10 @@ def get_prices(
     "/admin/v1/billing/prices/{plan}/{metric}",
     response_model=PriceOut,
     tags=["admin"],
-    summary="Create or replace a plan's price for one metric",
-    description="Takes effect at the next period close; closed invoices keep their lines.",
+    summary="Add a version of a plan's price for one metric",
+    description="The version takes effect at `effective_from` (default now) and lasts until the next one: "
+    "usage is rated by the version in force when it occurred, in open periods and in a reissue; issued "
+    "invoices never change. A version with the same `effective_from` is replaced. Audited.",
 )
 def put_price(plan: str, metric: str, body: PriceIn, op: Operator, session: SessionDep) -> PriceOut:
     price = pricing.set_price(
@@ -219,6 +222,7 @@ def put_price(plan: str, metric: str, body: PriceIn, op: Operator, session: Sess
         included_units=body.included_units,
         description=body.description,
         tiers=[(t.up_to, t.unit_price) for t in body.tiers],
+        effective_from=body.effective_from,
     )
     return PriceOut.of(price, _plan(session, plan))
 
@@ -228,9 +232,19 @@ def put_price(plan: str, metric: str, body: PriceIn, op: Operator, session: Sess
     status_code=204,
     tags=["admin"],
     summary="Stop charging a metric on a plan",
+    description="From `effective_from` (ISO 8601, default now): usage that occurred earlier keeps its "
+    "price. Audited.",
 )
-def delete_price(plan: str, metric: str, op: Operator, session: SessionDep) -> Response:
-    pricing.delete_price(session, plan_name=plan, metric=metric, actor=f"operator:{op.subject}")
+def delete_price(
+    plan: str,
+    metric: str,
+    op: Operator,
+    session: SessionDep,
+    effective_from: Annotated[AwareDatetime | None, Query()] = None,
+) -> Response:
+    pricing.delete_price(
+        session, plan_name=plan, metric=metric, actor=f"operator:{op.subject}", effective_from=effective_from
+    )
     return Response(status_code=204)
 
 

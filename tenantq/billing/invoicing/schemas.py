@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from tenantq.billing.invoicing.models import Invoice, PlanPrice
 from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
@@ -190,6 +190,11 @@ class PriceIn(SafeRequest):
     )
     tiers: list[TierIn] = Field(min_length=1, max_length=20)
     description: str = Field(default="", max_length=128)
+    effective_from: AwareDatetime | None = Field(
+        default=None,
+        description="When this version takes effect (ISO 8601 with a zone; default: now). Usage is rated by "
+        "the version in force when it occurred; issued invoices never change.",
+    )
 
 
 class TierOut(BaseModel):
@@ -204,12 +209,14 @@ class PriceOut(BaseModel):
     included_from_plan: bool
     description: str
     tiers: list[TierOut]
+    effective_from: datetime = Field(description="When this version took (or takes) effect.")
 
     @classmethod
     def of(cls, price: PlanPrice, plan) -> PriceOut:
         return cls(
             plan=price.plan_name,
             metric=price.metric,
+            effective_from=price.effective_from,
             included_units=plain(included_units(plan, price)),
             included_from_plan=price.included_units is None,
             description=price.description,

@@ -201,7 +201,7 @@ def _close_one(
         .where(Tenant.created_at < p.end, Plan.base_fee > 0)
     )
     tenant_ids = sorted(set(usage) | set(fee_tenants))
-    issued = (_issue(session, p, tenant_id, usage.get(tenant_id, {}), now) for tenant_id in tenant_ids)
+    issued = (_issue(session, p, tenant_id, now) for tenant_id in tenant_ids)
     invoices = [inv for inv in issued if inv is not None]
     row.invoice_count = len(invoices)
     row.event_count = int(event_count or 0)
@@ -225,13 +225,12 @@ def _close_one(
     return CloseResult(period=row, created=True, invoices=invoices)
 
 
-def _issue(
-    session: Session, p: Period, tenant_id: str, usage: dict[str, Decimal], now: datetime
-) -> Invoice | None:
+def _issue(session: Session, p: Period, tenant_id: str, now: datetime) -> Invoice | None:
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:  # usage of a deleted tenant: nobody to bill
         return None
-    plan, lines = rating.rate(session, tenant, p, usage)
+    condition = (UsageEvent.billed_period == p.name) & (UsageEvent.tenant_id == tenant.id)
+    plan, lines = rating.rate(session, tenant, p, condition)
     return build_invoice(session, tenant, p, plan, lines, now)
 
 

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from tenantq.core import audit, keys
+from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
-from tenantq.tenants.accounts.models import Plan, Tenant
+from tenantq.tenants.accounts.models import Plan, Tenant, TenantPlanChange
 from tenantq.tenants.accounts.repository import AccountRepository
 from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanCreate, PlanUpdate
 
@@ -195,6 +196,17 @@ def update_tenant(
     plan_row = _get_plan(session, plan if plan is not None else tenant.plan_name)
     new_overrides = (tenant.overrides or {}) if overrides is _UNSET else (overrides or {})
     tenant.overrides = validate_overrides(plan_row, new_overrides)
+    if plan_row.name != tenant.plan_name:
+        # Billing rates each part of the month under the plan in force then (see docs/billing.md).
+        session.add(
+            TenantPlanChange(
+                tenant_id=tenant.id,
+                from_plan=tenant.plan_name,
+                to_plan=plan_row.name,
+                effective_from=utcnow(),
+                actor=actor,
+            )
+        )
     tenant.plan_name = plan_row.name
     if billing_email is not _UNSET:
         tenant.billing_email = clean_billing_email(billing_email)
