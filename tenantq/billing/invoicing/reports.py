@@ -71,15 +71,6 @@ class Usage:
     def add(self, metric: str, quantity: int) -> None:
         setattr(self, metric, getattr(self, metric) + int(quantity))
 
-    def for_pricing(self) -> dict[str, Decimal]:
-        """The metrics as stored on usage events: what a period close passes to the pricer."""
-        return {
-            "jobs": Decimal(self.jobs),
-            "attempts": Decimal(self.attempts),
-            "compute_ms": Decimal(self.compute_ms),
-            "wall_ms": Decimal(self.wall_ms),
-        }
-
     def figures(self) -> dict[str, str | int]:
         return {
             "jobs": self.jobs,
