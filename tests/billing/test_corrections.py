@@ -172,12 +172,18 @@ class TestAuditLog:
         [tenant_change] = audit_of(db_session, entity_type="tenant", entity_id=tenant.id)
         assert tenant_change.before == {"plan": plan.name, "billing_email": None}
         assert tenant_change.after == {"plan": "pro", "billing_email": "ap@example.com"}
+        resp = api.patch(
+            f"/admin/v1/tenants/{tenant.id}", json={"overrides": {"concurrency": 1}}, headers=ADMIN
+        )
+        assert resp.status_code == 200, resp.text
+        override = audit_of(db_session, entity_type="tenant", entity_id=tenant.id)[-1]
+        assert override.before == {"overrides": {}} and override.after == {"overrides": {"concurrency": 1}}
         [void] = audit_of(db_session, action="invoice.void", entity_id=invoice.id)
         assert void.before["status"] == "open" and void.after["status"] == "void"
         assert void.actor == "operator:operator" and void.tenant_id == tenant.id
 
         listed = api.get(f"/admin/v1/audit?tenant_id={tenant.id}", headers=ADMIN).json()["items"]
-        assert [e["action"] for e in listed] == ["invoice.void", "tenant.update"]
+        assert [e["action"] for e in listed] == ["tenant.update", "invoice.void", "tenant.update"]
         page = api.get("/admin/v1/audit?limit=1", headers=ADMIN).json()
         second = api.get(f"/admin/v1/audit?limit=1&cursor={page['next_cursor']}", headers=ADMIN).json()
         assert page["items"][0]["id"] != second["items"][0]["id"]
