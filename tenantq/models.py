@@ -9,6 +9,7 @@ the CLI, Alembic's env.py and the tests. It sits above billing, the highest area
 
 from tenantq.billing.invoicing import models as invoicing
 from tenantq.billing.usage import models as usage
+from tenantq.core import audit
 from tenantq.platform.jobs import models as jobs
 from tenantq.platform.schedules import models as schedules
 from tenantq.platform.webhooks import models as webhooks
@@ -17,4 +18,4 @@ from tenantq.tenants.access import models as access
 from tenantq.tenants.accounts import models as accounts
 
 # Importing them is the point (it registers their tables); a new module with tables joins this list.
-TABLE_MODULES = (accounts, access, jobs, workflows, schedules, webhooks, usage, invoicing)
+TABLE_MODULES = (audit, accounts, access, jobs, workflows, schedules, webhooks, usage, invoicing)

@@ -60,7 +60,7 @@ from tenantq.tenants.access.sessions import (
     admin_token_fingerprint,
     key_id,
 )
-from tenantq.tenants.accounts.models import Plan
+from tenantq.tenants.accounts.models import Plan, Tenant
 from tenantq.tenants.accounts.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
 from tests.billing.invoice_factories import InvoiceFactory, UsageEventFactory
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
@@ -167,6 +167,8 @@ ROUTES: list[Route] = [
         using={"webhook_id": "delivered_webhook_id"},
     ),
     Route("GET", "/v1/usage", "usage:read", AGGREGATE, sums="usage"),
+    Route("GET", "/v1/billing/settings", "billing:read", AGGREGATE, sums="billing_email"),
+    Route("PUT", "/v1/billing/settings", "keys:manage", CREATE, {"billing_email": "billing@example.com"}),
     Route("GET", "/v1/usage/report", "usage:read", AGGREGATE, sums="usage"),
     Route(
         "POST", "/v1/jobs/batch", "jobs:write", CREATE, {"jobs": [{"task": "demo.echo", "args": {"n": 1}}]}
@@ -216,6 +218,12 @@ ADMIN_ROUTES: list[AdminRoute] = [
     AdminRoute("PUT", "/admin/v1/billing/prices/{plan}/{metric}", {"tiers": [{"unit_price": "0.01"}]}),
     AdminRoute("DELETE", "/admin/v1/billing/prices/{plan}/{metric}"),
     AdminRoute("GET", "/admin/v1/reports/usage"),
+    AdminRoute("GET", "/admin/v1/billing/invoices/{invoice_id}"),
+    AdminRoute("POST", "/admin/v1/billing/invoices/{invoice_id}/void", {"reason": "matrix", "reissue": True}),
+    AdminRoute(
+        "POST", "/admin/v1/billing/invoices/{invoice_id}/credit-notes", {"amount": "1.00", "reason": "x"}
+    ),
+    AdminRoute("GET", "/admin/v1/audit"),
     AdminRoute("GET", "/admin/v1/queues"),
     AdminRoute("POST", "/admin/v1/tenants/{tenant_id}/queue/pause"),
     AdminRoute("POST", "/admin/v1/tenants/{tenant_id}/queue/resume"),
@@ -366,6 +374,14 @@ def _usage(owner: Owner) -> str:
     return task
 
 
+def _billing_email(owner: Owner) -> str:
+    email = f"billing-{uuid.uuid4().hex[:10]}@example.com"
+    session = _session()
+    session.get_one(Tenant, owner.tenant.id).billing_email = email
+    session.commit()
+    return email
+
+
 def _queued_batch(owner: Owner) -> str:
     """Three jobs submitted in one batch; returns the first job's id as the marker."""
     resp = owner.api.post("/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}] * 3}, headers=owner.headers)
@@ -403,6 +419,7 @@ BUILDERS: dict[str, Builder] = {
     "webhook_id": WEBHOOK_BUILDER,
     "delivered_webhook_id": Builder(_delivered_webhook, _delivered_webhook_snapshot),
     "usage": Builder(_usage),  # -> a task name that appears in the owner's usage
+    "billing_email": Builder(_billing_email),  # -> the owner's new billing email
     # Three jobs waiting in the owner's (paused) queue: its depth and paused flag are the owner's figures.
     "queued_jobs": hold_queue(Builder(_queued_batch)),
 }
@@ -741,6 +758,8 @@ ADMIN_PARAMS: dict[str, Callable[[], str]] = {
     "metric": lambda: PRICED_METRICS[0],
     "uniq": lambda: uuid.uuid4().hex[:10],
     "far_past": lambda: FAR_PAST,
+    # An open pro invoice of 49.00 (the base fee), written for its own tenant.
+    "invoice_id": lambda: InvoiceFactory(tenant=TenantFactory(plan_name="pro")).id,
 }
 
 

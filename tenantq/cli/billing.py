@@ -38,7 +38,8 @@ def billing_close(
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Close a billing period: one invoice per tenant. Closing a closed period changes nothing."""
+    """Close a billing period: one invoice per tenant. Earlier months still open are closed first
+    (oldest first); closing a closed period changes nothing."""
     from tenantq.billing.invoicing.pricing import format_amount
     from tenantq.billing.invoicing.service import close_due_periods, close_period
     from tenantq.core.db import unscoped_session
@@ -64,9 +65,15 @@ def billing_close(
                     }
                     for i in result.invoices
                 ]
-                payload = {"period": result.period.period, "created": result.created, "invoices": invoices}
+                payload = {
+                    "period": result.period.period,
+                    "created": result.created,
+                    "also_closed": result.also_closed,
+                    "invoices": invoices,
+                }
             verb = "closed" if result.created else "already closed"
-            text = f"{period}: {verb}, {len(invoices)} invoice(s)" + "".join(
+            first = f"closed {', '.join(result.also_closed)} first; " if result.also_closed else ""
+            text = f"{period}: {first}{verb}, {len(invoices)} invoice(s)" + "".join(
                 f"\n  {i['tenant_id']}  {i['total']} {i['currency']}  {i['status']}" for i in invoices
             )
     except Exception as exc:  # noqa: BLE001
@@ -149,3 +156,139 @@ def billing_report(
     except Exception as exc:  # noqa: BLE001
         fail(fmt == "json", exc)
     typer.echo(text, nl=not text.endswith("\n"))
+
+
+def _invoice_payload(invoice: Any) -> dict[str, Any]:
+    from tenantq.billing.invoicing.pricing import format_amount
+
+    return {
+        "id": invoice.id,
+        "tenant_id": invoice.tenant_id,
+        "period": invoice.period,
+        "revision": invoice.revision,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "total": format_amount(invoice.total, invoice.currency),
+        "stripe_invoice_id": invoice.stripe_invoice_id,
+        "stripe_status": invoice.stripe_status,
+    }
+
+
+@app.command("void")
+def billing_void(
+    invoice: Annotated[str, typer.Argument(help="Invoice id.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
+    reissue: Annotated[
+        bool,
+        typer.Option(
+            "--reissue", help="Issue the next revision, re-rated with the prices and plan in force now."
+        ),
+    ] = False,
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Void an open invoice (and optionally reissue it); the void is pushed to Stripe when configured."""
+    from tenantq.billing.invoicing import corrections, stripe_sync
+
+    with cli_session(data_dir, as_json) as session:
+        row = corrections.get_invoice(session, invoice)
+        new = corrections.void_invoice(session, row, reason=reason, reissue=reissue, actor="cli")
+        session.commit()
+        stripe: dict[str, Any] = {"configured": stripe_sync.stripe_configured()}
+        if stripe["configured"]:
+            client = stripe_sync.stripe_client()
+            stripe["status"] = stripe_sync.void_stripe_invoice(session, client, row)
+            if new is not None:
+                stripe["reissued_stripe_invoice_id"] = stripe_sync.sync_invoice(
+                    session, client, new
+                ).stripe_invoice_id
+        payload = {
+            "voided": _invoice_payload(row),
+            "reissued": _invoice_payload(new) if new is not None else None,
+            "stripe": stripe,
+        }
+    text = f"{row.id}: void"
+    if new is not None:
+        r = _invoice_payload(new)
+        text += f"; reissued as {r['id']} (revision {r['revision']}) {r['total']} {r['currency']}"
+    emit(as_json, payload, text)
+
+
+@app.command("credit-note")
+def billing_credit_note(
+    invoice: Annotated[str, typer.Argument(help="Invoice id.")],
+    amount: Annotated[str, typer.Option("--amount", help="Amount to credit, in the invoice's currency.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Shown on the credit note; recorded in the audit log.")
+    ],
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Credit part or all of an invoice; created in Stripe too when configured and the invoice was pushed."""
+    from tenantq.billing.invoicing import corrections, stripe_sync
+    from tenantq.billing.invoicing.pricing import format_amount
+
+    with cli_session(data_dir, as_json) as session:
+        row = corrections.get_invoice(session, invoice)
+        note = corrections.issue_credit_note(session, row, amount=amount, reason=reason, actor="cli")
+        session.commit()
+        if stripe_sync.stripe_configured():
+            stripe_sync.sync_credit_note(session, stripe_sync.stripe_client(), note)
+        payload: dict[str, Any] = {
+            "id": note.id,
+            "invoice": _invoice_payload(row),
+            "amount": format_amount(note.amount, note.currency),
+            "currency": note.currency,
+            "credited": format_amount(corrections.credited(session, row.id), row.currency),
+            "stripe_credit_note_id": note.stripe_credit_note_id,
+        }
+    emit(
+        as_json,
+        payload,
+        f"{payload['id']}: credited {payload['amount']} {payload['currency']} on {row.id} "
+        f"(credited in all {payload['credited']}, invoice {payload['invoice']['status']})",
+    )
+
+
+@app.command("audit")
+def billing_audit(
+    entity_type: Annotated[
+        str | None, typer.Option("--type", help="plan, price, tenant, invoice or billing_period.")
+    ] = None,
+    entity_id: Annotated[
+        str | None, typer.Option("--id", help="Only this plan, price, tenant or invoice.")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only entries about this tenant id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Newest N entries.")] = 50,
+    as_json: JsonOut = False,
+    data_dir: DataDir = None,
+) -> None:
+    """The audit log, newest first: who changed which plan, price, tenant or invoice, before and after."""
+    from tenantq.core import audit
+
+    with cli_session(data_dir, as_json) as session:
+        rows = [
+            {
+                "at": e.at.isoformat(),
+                "actor": e.actor,
+                "action": e.action,
+                "entity_type": e.entity_type,
+                "entity_id": e.entity_id,
+                "tenant_id": e.tenant_id,
+                "before": e.before,
+                "after": e.after,
+            }
+            for e in audit.entries(
+                session, entity_type=entity_type, entity_id=entity_id, tenant_id=tenant, limit=limit
+            )
+        ]
+    emit(
+        as_json,
+        {"items": rows},
+        "\n".join(
+            f"{r['at']}  {r['actor']}  {r['action']}  {r['entity_id']}  "
+            f"{json.dumps(r['before'])} -> {json.dumps(r['after'])}"
+            for r in rows
+        )
+        or "no audit entries",
+    )

@@ -80,6 +80,6 @@ def plan_update(
                 "Invalid plan change.",
                 details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()],
             ) from None
-        row = update_plan(session, get_plan(session, plan), data)
+        row = update_plan(session, get_plan(session, plan), data, actor="cli")
         payload = _plan_payload(row)
     emit(as_json, payload, json.dumps(payload, indent=2))

@@ -46,11 +46,14 @@ def _tenant_payload(t: Tenant) -> dict[str, Any]:
         "plan": t.plan_name,
         "status": t.status,
         "overrides": t.overrides or {},
+        "billing_email": t.billing_email,
     }
 
 
 def _tenant_text(p: dict[str, Any]) -> str:
     extra = f"  overrides {json.dumps(p['overrides'])}" if p["overrides"] else ""
+    if p.get("billing_email"):
+        extra += f"  billing email {p['billing_email']}"
     return f"{p['id']}  {p['name']}  {p['plan']}  {p['status']}{extra}"
 
 
@@ -91,10 +94,18 @@ def tenant_update(
     clear_overrides: Annotated[
         bool, typer.Option("--clear-overrides", help="Remove all overrides first.")
     ] = False,
+    billing_email: Annotated[
+        str | None,
+        typer.Option(
+            "--billing-email",
+            help='Where invoices are emailed (copied to the Stripe customer at the next sync); "" clears it.',
+        ),
+    ] = None,
     as_json: JsonOut = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Change a tenant's plan, name or limit overrides (validated against the plan)."""
+    """Change a tenant's plan, name, limit overrides (validated against the plan) or billing email.
+    Plan, override and billing email changes are recorded in the audit log."""
     from tenantq.tenants.accounts.service import get_tenant_by_ref, update_tenant
 
     with cli_session(data_dir, as_json) as session:
@@ -106,7 +117,8 @@ def tenant_update(
                 overrides.pop(field, None)
             else:
                 overrides[field] = value
-        update_tenant(session, t, name=name, plan=plan, overrides=overrides)
+        extra: dict[str, Any] = {} if billing_email is None else {"billing_email": billing_email}
+        update_tenant(session, t, name=name, plan=plan, overrides=overrides, actor="cli", **extra)
         payload = _tenant_payload(t)
     emit(as_json, payload, _tenant_text(payload))
 

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_seconds: int = Field(
         default=300, description="Largest accepted age of a Stripe webhook signature timestamp."
     )
+    stripe_days_until_due: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Days a tenant has to pay a Stripe invoice (emailed: collection_method=send_invoice).",
+    )
     stripe_meters: dict[str, str] = Field(
         default_factory=dict,
         description="Usage metric -> Stripe meter event_name to stream as Billing Meter events (JSON, e.g. "

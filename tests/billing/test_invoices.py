@@ -131,21 +131,31 @@ class TestClosePeriod:
             with pytest.raises(InvalidInput):
                 close_period(db_session, bad, now=at(2002, 1, 1))
 
-    def test_periods_close_in_order(self, db_session):
+    def test_closing_a_later_month_closes_the_earlier_open_months_first(self, db_session):
         tenant = old_tenant("free")
         UsageEventFactory(tenant=tenant, occurred_at=at(2001, 2, 10))
         UsageEventFactory(tenant=tenant, occurred_at=at(2001, 4, 10))
-        with pytest.raises(Conflict) as earlier:
-            close_period(db_session, "2001-04", now=at(2001, 6, 1))
-        assert (
-            earlier.value.code == "earlier_period_open" and earlier.value.details["close_first"] == "2001-02"
-        )
-        close_period(db_session, "2001-02", now=at(2001, 6, 1))
-        close_period(db_session, "2001-04", now=at(2001, 6, 1))  # March had no usage: no need to close it
+        result = close_period(db_session, "2001-04", now=at(2001, 6, 1))
         db_session.commit()
+        # Billing starts at the first month with unbilled usage; March had none but is closed too.
+        assert result.created and result.also_closed == ["2001-02", "2001-03"]
+        assert [i.period for i in invoices_of(db_session, tenant.id)] == ["2001-02", "2001-04"]
+        again = close_period(db_session, "2001-03", now=at(2001, 6, 1))
+        assert not again.created  # already closed, not refused
         with pytest.raises(Conflict) as backwards:
-            close_period(db_session, "2001-03", now=at(2001, 6, 1))
+            close_period(db_session, "2001-01", now=at(2001, 6, 1))
         assert backwards.value.code == "period_out_of_order"
+
+    def test_base_fees_of_a_skipped_month_are_never_lost(self, db_session):
+        """Issue 14 item 3: December closed, then February: January's base fee used to be lost."""
+        tenant = old_tenant("pro")  # 49.00 a month, no usage at all
+        close_period(db_session, "2001-12", now=at(2002, 3, 10))
+        db_session.commit()
+        result = close_period(db_session, "2002-02", now=at(2002, 3, 10))
+        db_session.commit()
+        assert result.also_closed == ["2002-01"]
+        fees = {i.period: i.total for i in invoices_of(db_session, tenant.id)}
+        assert fees == {"2001-12": D("49.00"), "2002-01": D("49.00"), "2002-02": D("49.00")}
 
 
 class TestLateEvents:

@@ -23,6 +23,7 @@ from tenantq.billing.usage import buffer, metering
 from tenantq.billing.usage.buffer import Flusher, stream_backlog
 from tenantq.billing.usage.metering import OPEN, STREAM, Meter
 from tenantq.billing.usage.models import UsageEvent
+from tenantq.core import keys
 from tenantq.core.celery import app as celery_app
 from tenantq.core.settings import reset_settings_cache
 from tenantq.platform.dispatch import limits
@@ -220,6 +221,32 @@ class TestSignalsToSql:
         pipeline.on_revoked(sender=fake_task("demo.sleep"), request=request, terminated=True)
         Flusher(redis_client).drain()
         assert {e.state for e in usage_of(db_session, job["id"])} == {"cancelled"}
+
+    @pytest.mark.parametrize(
+        ("cancelled", "ran_to_limit", "expected"),
+        [(True, False, "cancelled"), (False, True, "failed"), (False, False, "terminated")],
+    )
+    def test_a_child_stopped_mid_task_says_why(
+        self, db_session, redis_client, cancelled, ran_to_limit, expected
+    ):
+        """Issue 14 item 10: a running cancel and a hard time limit were billed as `terminated` (the pool
+        child's postrun, which has no state, closes the attempt before the main process does)."""
+        tenant = TenantFactory()
+        job = job_meta(tenant.id)
+        usage = metering.open_attempt(msg(job, "demo.sleep"), worker="w@h", time_limit=2)
+        assert usage is not None
+        if cancelled:
+            redis_client.set(keys.cancel_key(job["id"]), 1)  # what cancelling a running job writes
+        if ran_to_limit:  # it started 3 s ago under a 2 s limit
+            usage.started -= 3
+            usage.deadline -= 3
+        metering.close_attempt(usage, None, ran=True, retried=False)
+        # The main process's own close (task_revoked / task_failure) then finds it closed.
+        pipeline.on_failure(
+            sender=fake_task("demo.sleep"), task_id=job["id"], kwargs={"job": job, "args": {}}
+        )
+        Flusher(redis_client).drain()
+        assert {e.state for e in usage_of(db_session, job["id"])} == {expected}
 
     def test_revoked_before_start_bills_nothing(self, db_session, redis_client):
         tenant = TenantFactory()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from tenantq.billing.invoicing.models import EPOCH
 from tenantq.billing.invoicing.pricing import (
     Line,
     normalize_usage,
@@ -195,7 +197,9 @@ class TestOperatorPrices:
         body = {"tiers": [{"up_to": "100", "unit_price": "0.01"}, {"up_to": None, "unit_price": "0.005"}]}
         resp = api.put(f"/admin/v1/billing/prices/{plan.name}/compute_seconds", json=body, headers=ADMIN)
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {
+        first = resp.json()
+        assert datetime.fromisoformat(first.pop("effective_from")) <= datetime.now(UTC)
+        assert first == {
             "plan": plan.name,
             "metric": "compute_seconds",
             "included_units": "60",
@@ -203,7 +207,7 @@ class TestOperatorPrices:
             "description": "",
             "tiers": [{"up_to": "100", "unit_price": "0.01"}, {"up_to": None, "unit_price": "0.005"}],
         }
-        # Replacing keeps one row per (plan, metric).
+        # A new version: the listing shows the one in force now.
         body = {"included_units": "0", "tiers": [{"unit_price": "0.02"}]}
         assert (
             api.put(
@@ -224,6 +228,52 @@ class TestOperatorPrices:
             api.get("/admin/v1/billing/prices", params={"plan": plan.name}, headers=ADMIN).json()["items"]
             == []
         )
+
+    def test_price_versions_rate_usage_by_when_it_occurred(self, api, db_session):
+        """Issue 14 item 4: editing a price re-priced the open month backwards."""
+        from tenantq.billing.invoicing.service import close_period
+        from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
+
+        reset_billing_state(db_session)
+        try:
+            plan = make_plan(db_session, included_jobs=0)
+            tenant = old_tenant(plan.name)
+            set_price(
+                db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("1"))], effective_from=EPOCH
+            )
+            db_session.commit()
+            UsageEventFactory(
+                tenant=tenant, metric="jobs", quantity=10, occurred_at=datetime(2001, 3, 5, tzinfo=UTC)
+            )
+            UsageEventFactory(
+                tenant=tenant, metric="jobs", quantity=4, occurred_at=datetime(2001, 3, 20, tzinfo=UTC)
+            )
+            resp = api.put(
+                f"/admin/v1/billing/prices/{plan.name}/jobs",
+                json={"tiers": [{"unit_price": "0.50"}], "effective_from": "2001-03-15T00:00:00Z"},
+                headers=ADMIN,
+            )
+            assert resp.status_code == 200 and resp.json()["effective_from"].startswith("2001-03-15")
+            bad = api.put(
+                f"/admin/v1/billing/prices/{plan.name}/jobs",
+                json={"tiers": [{"unit_price": "1"}], "effective_from": "2001-03-15T00:00:00"},
+                headers=ADMIN,
+            )
+            assert bad.status_code == 422  # a time without a zone is ambiguous
+            [invoice] = [
+                i
+                for i in close_period(db_session, "2001-03", now=datetime(2001, 4, 5, tzinfo=UTC)).invoices
+                if i.tenant_id == tenant.id
+            ]
+            db_session.commit()
+            # 10 jobs before the 15th at 1.00, 4 after at 0.50.
+            assert invoice.total == D("12.00")
+            assert [(line.quantity, line.unit_price) for line in invoice.lines if line.tier] == [
+                (D(10), D(1)),
+                (D(4), D("0.5")),
+            ]
+        finally:
+            reset_billing_state(db_session)
 
     def test_bad_prices(self, api):
         bad = api.put(

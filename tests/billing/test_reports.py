@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from tenantq.billing.invoicing import reports
+from tenantq.billing.invoicing.models import EPOCH, Invoice
 from tenantq.billing.invoicing.pricing import set_price
 from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.usage.buffer import insert_events
@@ -126,15 +128,22 @@ def priced_plan(db_session, make_plan):
     usage 1.70, plus the 10.00 base fee: 11.70.
     """
     plan = make_plan(base_fee=D("10.00"), included_jobs=1)
-    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.10"))])
+    set_price(db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("0.10"))], effective_from=EPOCH)
     set_price(
         db_session,
         plan_name=plan.name,
         metric="compute_seconds",
         included_units=D(0),
         tiers=[(D(2), D("0.50")), (None, D("0.25"))],
+        effective_from=EPOCH,
     )
-    set_price(db_session, plan_name=plan.name, metric="wall_seconds", tiers=[(None, D("0.01"))])
+    set_price(
+        db_session,
+        plan_name=plan.name,
+        metric="wall_seconds",
+        tiers=[(None, D("0.01"))],
+        effective_from=EPOCH,
+    )
     db_session.commit()
     return plan
 
@@ -175,7 +184,9 @@ class TestTenantReport:
             "key,jobs,attempts,compute_seconds,wall_seconds,charges\n"
             "demo.cpu,2,3,3.500,8.700,1.59\n"
             "demo.echo,1,1,0.120,0.250,0.11\n"
-            "total,3,4,3.620,8.950,1.70\n"
+            "usage,3,4,3.620,8.950,1.70\n"
+            "fixed: test plan plan: base fee,,,,,10.00\n"
+            "total,3,4,3.620,8.950,11.70\n"
         )
 
     def test_csv_by_day_exact(self, api, tenant_key):
@@ -188,7 +199,9 @@ class TestTenantReport:
             "key,jobs,attempts,compute_seconds,wall_seconds,charges\n"
             "2026-10-03,2,2,1.620,1.850,0.78\n"
             "2026-10-04,1,2,2.000,7.100,0.92\n"
-            "total,3,4,3.620,8.950,1.70\n"
+            "usage,3,4,3.620,8.950,1.70\n"
+            "fixed: test plan plan: base fee,,,,,10.00\n"
+            "total,3,4,3.620,8.950,11.70\n"
         )
 
     def test_json_has_decimal_strings_and_fixed_charges(self, api, tenant_key):
@@ -208,9 +221,12 @@ class TestTenantReport:
             "compute_seconds": "3.620",
             "wall_seconds": "8.950",
             "charges": "1.70",
+            "usage_charges": "1.70",
             "fixed_charges": "10.00",
             "total_charges": "11.70",
         }
+        assert body["fixed"] == [{"description": "test plan plan: base fee", "amount": "10.00"}]
+        assert body["closed"] is False and body["invoice_id"] is None
 
     def test_a_plan_without_usage_prices_charges_its_base_fee_only(self, api, db_session, make_plan):
         key = ApiKeyFactory(tenant=TenantFactory(plan_name=make_plan(base_fee=D("4.50")).name))
@@ -321,11 +337,72 @@ class TestReportEqualsInvoice:
         assert D(report["totals"]["fixed_charges"]) == sum(
             (line.amount for line in invoice.lines if line.metric == "base_fee"), D(0)
         )
-        assert D(report["totals"]["charges"]) == sum(
+        assert D(report["totals"]["usage_charges"]) == sum(
             (line.amount for line in invoice.lines if line.metric != "base_fee"), D(0)
         )
         [row] = [r for r in operator["rows"] if r["tenant_id"] == tenant.id]
         assert D(row["charges"]) == invoice.total
+
+    def test_a_closed_report_never_moves(self, db_session, priced_plan, make_plan):
+        """Issue 14 item 2: late usage, a price edit and a plan change after close used to move the
+        closed month's report (39 jobs / 11.19 against an invoice of 36 / 10.73; 46.08; revenue 0.00)."""
+        tenant = old_tenant(priced_plan.name)
+        seed_known_usage(db_session, tenant.id, year=2001)
+        close_period(db_session, "2001-10", now=datetime(2001, 11, 5, tzinfo=UTC))
+        db_session.commit()
+        before = reports.tenant_report(db_session, tenant, "2001-10")
+        # Late: an October job that reached SQL after October closed, then a price edit and a plan change.
+        late = str(uuid.uuid4())
+        insert_events(
+            db_session,
+            events(
+                tenant.id,
+                late,
+                1,
+                "demo.cpu",
+                datetime(2001, 10, 20, tzinfo=UTC),
+                compute_ms=4000,
+                wall_ms=4000,
+            ),
+        )
+        set_price(  # even backdated into the closed month
+            db_session,
+            plan_name=priced_plan.name,
+            metric="jobs",
+            tiers=[(None, D("7.00"))],
+            effective_from=datetime(2001, 10, 1, tzinfo=UTC),
+        )
+        tenant.plan_name = make_plan(base_fee=D("0")).name
+        db_session.commit()
+        after = reports.tenant_report(db_session, tenant, "2001-10")
+        assert after == before
+        invoice = db_session.scalars(select(Invoice).where(Invoice.tenant_id == tenant.id)).one()
+        assert after["closed"] is True and after["invoice_id"] == invoice.id
+        assert D(after["totals"]["total_charges"]) == invoice.total == D("11.70")
+        operator = reports.operator_report(db_session, "2001-10")
+        [entry] = [e for e in operator["revenue_by_plan"] if e["plan"] == priced_plan.name]
+        assert D(entry["revenue"]) == D("11.70")
+        # The late job is billed in November: November's open report shows it, priced as its invoice.
+        november = reports.tenant_report(db_session, tenant, "2001-11")
+        # The seed has one job at 2001-11-01 00:00 (November) besides the late October job.
+        assert november["totals"]["jobs"] == 2 and november["closed"] is False
+        result = close_period(db_session, "2001-11", now=datetime(2001, 12, 5, tzinfo=UTC))
+        db_session.commit()
+        [nov_invoice] = [i for i in result.invoices if i.tenant_id == tenant.id]
+        assert D(november["totals"]["total_charges"]) == nov_invoice.total
+        assert reports.tenant_report(db_session, tenant, "2001-11")["totals"] == november["totals"]
+
+    def test_csv_total_row_equals_the_invoice(self, db_session, priced_plan):
+        """Issue 14 item 12: the CSV total row left the base fee out (1.70 against an 11.70 invoice)."""
+        tenant = old_tenant(priced_plan.name)
+        seed_known_usage(db_session, tenant.id, year=2001)
+        result = close_period(db_session, "2001-10", now=datetime(2001, 11, 5, tzinfo=UTC))
+        db_session.commit()
+        [invoice] = [i for i in result.invoices if i.tenant_id == tenant.id]
+        last = reports.tenant_report_csv(reports.tenant_report(db_session, tenant, "2001-10")).splitlines()[
+            -1
+        ]
+        assert last.split(",")[0] == "total" and D(last.split(",")[-1]) == invoice.total == D("11.70")
 
 
 class TestCli:

@@ -23,21 +23,26 @@ from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
 from tenantq.billing.invoicing.models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
+from tenantq.billing.invoicing.pricing import to_minor_units
 from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.invoicing.stripe_sync import (
+    ensure_customer,
     metadata_value,
     process_event,
     record_event,
     stream_meter_events,
     stripe_client,
+    sync_credit_note,
     sync_invoice,
     sync_period,
 )
 from tenantq.core.settings import reset_settings_cache
+from tenantq.tenants.accounts.models import Tenant
 from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
 from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 
 STRIPE_KEY = "sk_test_tenantq"
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 WEBHOOK_SECRET = "whsec_" + uuid.uuid4().hex
 
 
@@ -209,6 +214,129 @@ class TestStripeSync:
         reset_settings_cache()
         result = CliRunner().invoke(app, ["billing", "stripe-sync", "--period", "2001-03", "--json"])
         assert result.exit_code == 1 and json.loads(result.output)["error"]["code"] == "stripe_not_configured"
+
+
+class TestStripeFinalizeAndCorrections:
+    """Issue 14 item 14: invoices used to stay drafts (no auto_advance, never finalized, no email)."""
+
+    def test_invoice_is_finalized_emailed_and_auto_advanced(self, stripe_env, db_session):
+        invoice = closed_invoice(db_session)
+        tenant = db_session.get(Tenant, invoice.tenant_id)
+        tenant.billing_email = "ap@customer.example"
+        db_session.commit()
+        client = stripe_client()
+        result = sync_invoice(db_session, client, invoice)
+        assert result.invoice_created and result.finalized and result.stripe_status == "open"
+        remote = client.v1.invoices.retrieve(result.stripe_invoice_id)
+        assert remote.status == "open" and remote.auto_advance is True
+        assert remote.collection_method == "send_invoice" and remote.days_until_due == 30
+        assert remote.customer_email == "ap@customer.example"
+        assert remote.status_transitions.finalized_at is not None
+        assert remote.total == to_minor_units(invoice.total, invoice.currency) == 5353
+        db_session.expire_all()
+        assert db_session.get(Invoice, invoice.id).stripe_status == "open"
+        again = sync_invoice(db_session, client, db_session.get(Invoice, invoice.id))
+        assert again.skipped == "already_synced" and not again.finalized
+
+    def test_a_draft_left_by_an_earlier_sync_is_finalized(self, stripe_env, db_session):
+        invoice = closed_invoice(db_session)
+        client = stripe_client()
+        customer_id, _ = ensure_customer(db_session, client, db_session.get(Tenant, invoice.tenant_id))
+        for line in invoice.lines:
+            client.v1.invoice_items.create(
+                params={
+                    "customer": customer_id,
+                    "amount": to_minor_units(line.amount, "usd"),
+                    "currency": "usd",
+                }
+            )
+        draft = client.v1.invoices.create(
+            params={
+                "customer": customer_id,
+                "metadata": {"tenantq_invoice_id": invoice.id},
+                "pending_invoice_items_behavior": "include",
+            }
+        )
+        assert draft.status == "draft"
+        invoice.stripe_invoice_id = draft.id  # what the old sync stored: a draft nobody finalizes
+        db_session.commit()
+        result = sync_invoice(db_session, client, invoice)
+        assert result.finalized and client.v1.invoices.retrieve(draft.id).status == "open"
+
+    def test_billing_email_change_reaches_the_customer(self, stripe_env, db_session):
+        invoice = closed_invoice(db_session)
+        client = stripe_client()
+        sync_invoice(db_session, client, invoice)
+        tenant = db_session.get(Tenant, invoice.tenant_id)
+        tenant.billing_email = "new@customer.example"
+        db_session.commit()
+        close_period(db_session, "2001-04", now=at(2030, 1, 1))
+        db_session.commit()
+        [april] = sync_period(db_session, "2001-04", client)
+        assert client.v1.invoices.retrieve(april.stripe_invoice_id).customer_email == "new@customer.example"
+        [customer] = stripe_customers_of(client, tenant.id)
+        assert customer.email == "new@customer.example"
+
+    def test_void_and_reissue_and_credit_note_reach_stripe(self, stripe_env, api, db_session):
+        invoice = closed_invoice(db_session)
+        client = stripe_client()
+        first = sync_invoice(db_session, client, invoice)
+        resp = api.post(
+            f"/admin/v1/billing/invoices/{invoice.id}/void",
+            json={"reason": "wrong price", "reissue": True},
+            headers=ADMIN,
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["voided"]["status"] == "void" and body["stripe"]["status"] == "void"
+        assert client.v1.invoices.retrieve(first.stripe_invoice_id).status == "void"
+        reissued = body["reissued"]
+        assert reissued["revision"] == 2 and reissued["total"] == "53.53"
+        remote = client.v1.invoices.retrieve(body["stripe"]["reissued_stripe_invoice_id"])
+        assert remote.status == "open" and remote.total == 5353
+        assert remote.metadata["tenantq_invoice_id"] == reissued["id"]
+
+        resp = api.post(
+            f"/admin/v1/billing/invoices/{reissued['id']}/credit-notes",
+            json={"amount": "3.53", "reason": "goodwill"},
+            headers=ADMIN,
+        )
+        assert resp.status_code == 201, resp.text
+        note = resp.json()
+        assert note["amount"] == "3.53" and note["invoice_credited"] == "3.53"
+        cn = client.v1.credit_notes.retrieve(note["stripe"]["credit_note_id"])
+        assert (
+            cn.amount == 353
+            and cn.invoice == remote.id
+            and cn.metadata["tenantq_credit_note_id"] == note["id"]
+        )
+        assert client.v1.invoices.retrieve(remote.id).amount_due == 5000
+
+    def test_credit_note_on_a_paid_invoice_credits_the_balance(self, stripe_env, db_session):
+        from tenantq.billing.invoicing.corrections import issue_credit_note
+
+        invoice = closed_invoice(db_session)
+        client = stripe_client()
+        synced = sync_invoice(db_session, client, invoice)
+        card = client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040, "cvc": "123"},
+            }
+        )
+        client.v1.payment_methods.attach(card.id, params={"customer": synced.stripe_customer_id})
+        client.v1.customers.update(
+            synced.stripe_customer_id, params={"invoice_settings": {"default_payment_method": card.id}}
+        )
+        assert client.v1.invoices.pay(synced.stripe_invoice_id).status == "paid"
+        invoice.status = "paid"  # what the invoice.paid webhook does (tested above)
+        db_session.commit()
+        note = issue_credit_note(db_session, invoice, amount="53.53", reason="refund all", actor="test")
+        db_session.commit()
+        cn_id = sync_credit_note(db_session, client, note)
+        cn = client.v1.credit_notes.retrieve(cn_id)
+        assert cn.amount == 5353 and cn.type == "post_payment"
+        assert sync_credit_note(db_session, client, note) == note.stripe_credit_note_id  # once
 
 
 def sign(payload: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:

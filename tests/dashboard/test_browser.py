@@ -251,6 +251,23 @@ class TestTenantDashboard:
         page.locator("#keys-table").wait_for()
         assert new_key not in page.content()
 
+    def test_set_billing_email(self, page, server, db_session):
+        key = ApiKeyFactory()
+        sign_in(page, key)
+        page.goto("/dashboard/settings")
+        page.get_by_label("Email address").fill("invoices@tenant.example")
+        page.get_by_role("button", name="Save billing email").click()
+        page.get_by_text("Invoices will be sent to invoices@tenant.example.").wait_for()
+        headers = {"Authorization": f"Bearer {key.plaintext}"}
+        assert httpx.get(f"{server}/v1/billing/settings", headers=headers).json() == {
+            "billing_email": "invoices@tenant.example"
+        }
+        page.get_by_label("Email address").fill("not an address")
+        page.get_by_role("button", name="Save billing email").click()
+        page.get_by_text("Could not save the billing email").wait_for()
+        page.reload()
+        assert page.get_by_label("Email address").input_value() == "invoices@tenant.example"
+
     def test_download_csv_report(self, page, server):
         key = ApiKeyFactory()
         job = submit(server, key, {"task": "demo.echo", "args": {"csv": True}})

@@ -8,10 +8,13 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from tenantq.billing.usage.buffer import Flusher
+from tenantq.billing.usage.metering import STREAM
 from tenantq.platform.dispatch.dispatcher import publish
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs.lifecycle import cancel_key
 from tenantq.platform.jobs.models import JobAttempt
+from tests.billing.conftest import usage_of
 from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, JobFactory, auth
 from tests.platform.helpers import get_job, submit, wait_job
@@ -144,7 +147,7 @@ class TestCancelEndToEnd:
         body = get_job(api, key, job["id"])
         assert body["status"] == "cancelled" and [a["status"] for a in body["attempt_log"]] == ["failed"]
 
-    def test_running_job_is_terminated(self, api, db_session, platform_processes):
+    def test_running_job_is_terminated(self, api, db_session, redis_client, platform_processes):
         key = ApiKeyFactory()
         job = submit(api, key, {"task": "demo.sleep", "args": {"seconds": 60}, "max_retries": 3})
         wait_job(api, key, job["id"], statuses=("running",))
@@ -159,6 +162,14 @@ class TestCancelEndToEnd:
         assert "terminated by cancellation" in log[0]["error"]
         done = get_job(api, key, job["id"])
         assert done["status"] == "cancelled" and done["result"] is None and len(done["attempt_log"]) == 1
+        # Billed as what it was, a cancellation (issue 14 item 10: it used to say `terminated`).
+        wait_until(
+            lambda: any(job["id"] in f.get("events", "") for _id, f in redis_client.xrange(STREAM)),
+            timeout=30,
+            message="the attempt's usage in the stream",
+        )
+        Flusher(redis_client).drain()
+        assert {e.state for e in usage_of(db_session, job["id"])} == {"cancelled"}
 
     def test_uninterruptible_job_finishes_early_and_is_not_retried(self, api, platform_processes):
         key = ApiKeyFactory()

@@ -6,9 +6,13 @@ from datetime import timedelta
 
 import pytest
 
+from tenantq.billing.usage.buffer import Flusher
+from tenantq.billing.usage.metering import STREAM
 from tenantq.core.db import utcnow
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.service import purge_expired_results
+from tests.billing.conftest import usage_of
+from tests.conftest import wait_until
 from tests.factories import ApiKeyFactory, JobFactory, auth
 from tests.platform.helpers import get_job, submit, wait_job
 
@@ -79,7 +83,9 @@ class TestLimitsEndToEnd:
         assert done["error"].startswith("SoftTimeLimitExceeded: soft time limit of 1s exceeded")
         assert done["attempt_log"][0]["status"] == "failed"
 
-    def test_hard_time_limit_kills_the_attempt_and_says_why(self, api, platform_processes):
+    def test_hard_time_limit_kills_the_attempt_and_says_why(
+        self, api, db_session, redis_client, platform_processes
+    ):
         key = ApiKeyFactory()
         job = submit(api, key, {"task": "demo.sleep", "args": {"seconds": 20}, "time_limit": 1})
         done = wait_job(api, key, job["id"], timeout=60)
@@ -89,6 +95,14 @@ class TestLimitsEndToEnd:
         )
         [attempt] = done["attempt_log"]
         assert attempt["status"] == "failed" and attempt["finished_at"]
+        # Billed as failed, like the attempt (issue 14 item 10: it used to say `terminated`).
+        wait_until(
+            lambda: any(job["id"] in f.get("events", "") for _id, f in redis_client.xrange(STREAM)),
+            timeout=30,
+            message="the attempt's usage in the stream",
+        )
+        Flusher(redis_client).drain()
+        assert {e.state for e in usage_of(db_session, job["id"])} == {"failed"}
         # The pool replaced the killed child: the worker still runs jobs.
         after = submit(api, key, {"task": "demo.echo", "args": {"still": "alive"}})
         assert wait_job(api, key, after["id"])["status"] == "succeeded"

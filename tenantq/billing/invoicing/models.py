@@ -10,7 +10,7 @@ creating anything. ``stripe_event`` dedupes webhook deliveries on Stripe's event
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import JSON, ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
@@ -25,11 +25,18 @@ Amount = Numeric(20, 4)
 Quantity = Numeric(24, 6)
 
 
+# The effective time of the seeded prices and of every price that existed before versions did.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class PlanPrice(Base):
-    """How one metric of one plan is charged: ``included_units`` free, then graduated tiers."""
+    """One version of how one metric of one plan is charged: ``included_units`` free, then graduated
+    tiers, from ``effective_from`` until the next version of the same (plan, metric). A ``retired``
+    version stops charging the metric from its time. Usage is rated by the version in force when it
+    occurred (``rating``); editing a price adds a version, it never rewrites one in force earlier."""
 
     __tablename__ = "plan_price"
-    __table_args__ = (UniqueConstraint("plan_name", "metric"),)
+    __table_args__ = (UniqueConstraint("plan_name", "metric", "effective_from"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     plan_name: Mapped[str] = mapped_column(ForeignKey("plan.name", ondelete="CASCADE"), index=True)
@@ -38,6 +45,8 @@ class PlanPrice(Base):
     # price cannot disagree unless the operator overrides it here on purpose.
     included_units: Mapped[Decimal | None] = mapped_column(Quantity, nullable=True)
     description: Mapped[str] = mapped_column(String(128), default="")
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime(), default=lambda: EPOCH)
+    retired: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     tiers: Mapped[list[PriceTier]] = relationship(
@@ -84,8 +93,11 @@ class BillingPeriod(Base):
 
 
 class Invoice(Base):
+    """One tenant's bill for one period. A correction voids it and reissues a new ``revision`` (the
+    void one stays, ``replaced_by_id`` points at its successor); at most one revision is not void."""
+
     __tablename__ = "invoice"
-    __table_args__ = (UniqueConstraint("tenant_id", "period"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "period", "revision"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
@@ -93,6 +105,7 @@ class Invoice(Base):
     plan_name: Mapped[str] = mapped_column(String(64))
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | paid | void
+    revision: Mapped[int] = mapped_column(Integer, default=1)
     total: Mapped[Decimal] = mapped_column(Amount)
     period_start: Mapped[datetime] = mapped_column(UTCDateTime())
     period_end: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -100,6 +113,11 @@ class Invoice(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     stripe_invoice_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     stripe_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Stripe's status of the mirrored invoice after the last sync (draft, open, paid, void).
+    stripe_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    void_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    replaced_by_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     lines: Mapped[list[InvoiceLine]] = relationship(
         back_populates="invoice",
@@ -125,6 +143,22 @@ class InvoiceLine(Base):
     stripe_invoice_item_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class CreditNote(Base):
+    """An amount credited against an issued invoice (the invoice itself never changes)."""
+
+    __tablename__ = "credit_note"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoice.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal] = mapped_column(Amount)
+    reason: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    stripe_credit_note_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
 
 class StripeCustomer(Base):

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenantq.billing.invoicing.models import PlanPrice, PriceTier
-from tenantq.core.db import unscoped_session
+from tenantq.billing.invoicing.models import EPOCH, PlanPrice, PriceTier
+from tenantq.core import audit
+from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.errors import InvalidInput, NotFound
 from tenantq.tenants.accounts.models import Plan
 
@@ -161,66 +163,93 @@ def included_units(plan: Plan, price: PlanPrice) -> Decimal:
 
 
 def price_metric(plan: Plan, price: PlanPrice, quantity: Decimal) -> list[Line]:
-    """Lines for one metric: the included part (amount 0), then one line per tier actually used."""
+    """Lines for one metric over a whole period: the included part (amount 0), then one line per tier
+    actually used."""
+    return price_metric_range(
+        plan, price, included=included_units(plan, price), start=Decimal(0), quantity=quantity
+    )
+
+
+def price_metric_range(
+    plan: Plan,
+    price: PlanPrice,
+    *,
+    included: Decimal,
+    start: Decimal,
+    quantity: Decimal,
+    note: str = "",
+) -> list[Line]:
+    """Lines for the units ``[start, start + quantity)`` of a metric's running total in a period (or a
+    plan's part of it), priced by ``price``: the part below ``included`` at 0, the rest by the tiers its
+    position reaches. Rating a period in slices (one per price version) with running ``start`` gives
+    the same lines as rating it whole when nothing changed."""
     currency = plan.currency
     label = price.description or METRIC_LABELS.get(price.metric, price.metric)
-    included = included_units(plan, price)
+    end = start + quantity
     lines = [
         Line(
             metric=price.metric,
-            description=f"{label}: included ({_fmt(included)} per period)",
-            quantity=min(quantity, included),
+            description=f"{label}: included ({_fmt(included)} per period){note}",
+            quantity=max(Decimal(0), min(end, included) - min(start, included)),
             unit_price=Decimal(0),
             amount=round_amount(Decimal(0), currency),
         )
     ]
-    billable = max(Decimal(0), quantity - included)
+    billable_from = max(Decimal(0), start - included)
+    billable_to = max(Decimal(0), end - included)
     lower = Decimal(0)
     for index, tier in enumerate(price.tiers):
-        if billable <= lower:
+        if billable_to <= lower:
             break
         upper = Decimal(tier.up_to) if tier.up_to is not None else None
-        in_tier = billable - lower if upper is None else min(billable, upper) - lower
-        unit_price = Decimal(tier.unit_price)
-        if upper is None:
-            span = f"above {_fmt(lower)}" if lower else "all"
-        else:
-            span = f"{_fmt(lower)}-{_fmt(upper)}"
-        lines.append(
-            Line(
-                metric=price.metric,
-                description=f"{label}: overage tier {index + 1} ({span} over included)",
-                quantity=in_tier,
-                unit_price=unit_price,
-                amount=round_amount(in_tier * unit_price, currency),
-                tier=index + 1,
+        top = billable_to if upper is None else min(billable_to, upper)
+        in_tier = top - max(billable_from, lower)
+        if in_tier > 0:
+            unit_price = Decimal(tier.unit_price)
+            if upper is None:
+                span = f"above {_fmt(lower)}" if lower else "all"
+            else:
+                span = f"{_fmt(lower)}-{_fmt(upper)}"
+            lines.append(
+                Line(
+                    metric=price.metric,
+                    description=f"{label}: overage tier {index + 1} ({span} over included){note}",
+                    quantity=in_tier,
+                    unit_price=unit_price,
+                    amount=round_amount(in_tier * unit_price, currency),
+                    tier=index + 1,
+                )
             )
-        )
         if upper is None:
             break
         lower = upper
     return lines
 
 
-def price_plan_usage(
-    session: Session, plan: Plan, usage: Mapping[str, Decimal | int], *, include_base_fee: bool = True
-) -> list[Line]:
-    prices = list(
-        session.scalars(select(PlanPrice).where(PlanPrice.plan_name == plan.name).order_by(PlanPrice.metric))
+def base_fee_line(plan: Plan, fraction: Decimal = Decimal(1), note: str = "") -> Line:
+    """The plan's base fee for ``fraction`` of a period (1: the whole period)."""
+    return Line(
+        metric=BASE_FEE,
+        description=f"{plan.display_name or plan.name} plan: base fee{note}",
+        quantity=fraction,
+        unit_price=Decimal(plan.base_fee),
+        amount=round_amount(fraction * Decimal(plan.base_fee), plan.currency),
     )
+
+
+def price_plan_usage(
+    session: Session,
+    plan: Plan,
+    usage: Mapping[str, Decimal | int],
+    *,
+    include_base_fee: bool = True,
+    at: datetime | None = None,
+) -> list[Line]:
+    """A whole period's usage priced with one plan and the price versions in force at ``at`` (default
+    now). Invoices are rated by ``rating.rate``, which splits a period by plan and price version."""
+    prices = list_prices(session, plan.name, at)
     quantities = normalize_usage(usage)
-    lines: list[Line] = []
-    if include_base_fee:
-        fee = round_amount(Decimal(plan.base_fee), plan.currency)
-        lines.append(
-            Line(
-                metric=BASE_FEE,
-                description=f"{plan.display_name or plan.name} plan: base fee",
-                quantity=Decimal(1),
-                unit_price=Decimal(plan.base_fee),
-                amount=fee,
-            )
-        )
+    lines: list[Line] = [base_fee_line(plan)] if include_base_fee else []
     order = {m: i for i, m in enumerate(PRICED_METRICS)}
     for price in sorted(prices, key=lambda p: order.get(p.metric, len(order))):
         lines.extend(price_metric(plan, price, quantities.get(price.metric, Decimal(0))))
@@ -278,8 +307,14 @@ def set_price(
     tiers: list[tuple[Decimal | None, Decimal]],
     included_units: Decimal | None = None,
     description: str = "",
+    actor: str = "system",
+    effective_from: datetime | None = None,
 ) -> PlanPrice:
-    """Create or replace the price of ``metric`` on ``plan_name``. Closed invoices keep their lines."""
+    """Add a version of the price of ``metric`` on ``plan_name``, in force from ``effective_from``
+    (default now) until the next version. Usage that occurred earlier keeps the version in force then;
+    issued invoices never change (a version effective inside a closed period only matters to a
+    void-and-reissue of it). A version with exactly the same ``effective_from`` is replaced. Audited
+    (``price.set``) with ``actor``."""
     if metric not in PRICED_METRICS:
         raise InvalidInput(
             f"Unknown metric {metric!r}.", code="invalid_price", details={"allowed": list(PRICED_METRICS)}
@@ -289,14 +324,20 @@ def set_price(
     if included_units is not None and included_units < 0:
         raise InvalidInput("included_units cannot be negative.", code="invalid_price")
     validate_tiers(tiers)
+    when = effective_from or utcnow()
+    previous = price_in_force(session, plan_name, metric, when)
+    before = price_snapshot(previous) if previous is not None else None
     price = session.scalars(
-        select(PlanPrice).where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric)
+        select(PlanPrice).where(
+            PlanPrice.plan_name == plan_name, PlanPrice.metric == metric, PlanPrice.effective_from == when
+        )
     ).first()
     if price is None:
-        price = PlanPrice(plan_name=plan_name, metric=metric)
+        price = PlanPrice(plan_name=plan_name, metric=metric, effective_from=when)
         session.add(price)
     price.included_units = included_units
     price.description = description
+    price.retired = False
     price.tiers.clear()
     session.flush()  # delete the old tiers before inserting new ones with the same positions
     price.tiers.extend(
@@ -304,24 +345,94 @@ def set_price(
         for i, (up_to, unit_price) in enumerate(tiers)
     )
     session.flush()
+    after = price_snapshot(price)
+    if after != before:
+        audit.record(
+            session,
+            actor=actor,
+            action="price.set",
+            entity_type="price",
+            entity_id=f"{plan_name}/{metric}",
+            before=before,
+            after=after,
+        )
+        session.flush()
     return price
 
 
-def delete_price(session: Session, *, plan_name: str, metric: str) -> None:
+def price_versions(session: Session, plan_name: str, metric: str | None = None) -> list[PlanPrice]:
+    """Every version of a plan's prices (of one metric), oldest first."""
+    query = select(PlanPrice).where(PlanPrice.plan_name == plan_name)
+    if metric is not None:
+        query = query.where(PlanPrice.metric == metric)
+    return list(session.scalars(query.order_by(PlanPrice.metric, PlanPrice.effective_from)))
+
+
+def price_in_force(session: Session, plan_name: str, metric: str, when: datetime) -> PlanPrice | None:
+    """The version of (plan, metric) in force at ``when`` (None: never priced, or retired)."""
     price = session.scalars(
-        select(PlanPrice).where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric)
+        select(PlanPrice)
+        .where(PlanPrice.plan_name == plan_name, PlanPrice.metric == metric, PlanPrice.effective_from <= when)
+        .order_by(PlanPrice.effective_from.desc())
     ).first()
-    if price is None:
+    return None if price is None or price.retired else price
+
+
+def price_snapshot(price: PlanPrice) -> dict:
+    return {
+        "effective_from": price.effective_from,
+        "included_units": price.included_units,
+        "description": price.description,
+        "tiers": [[t.up_to, t.unit_price] for t in price.tiers],
+    }
+
+
+def delete_price(
+    session: Session,
+    *,
+    plan_name: str,
+    metric: str,
+    actor: str = "system",
+    effective_from: datetime | None = None,
+) -> None:
+    """Stop charging ``metric`` on ``plan_name`` from ``effective_from`` (default now): a retired
+    version. Usage that occurred before keeps its price."""
+    when = effective_from or utcnow()
+    current = price_in_force(session, plan_name, metric, when)
+    if current is None:
         raise NotFound(f"Plan {plan_name!r} has no price for {metric!r}.")
-    session.delete(price)
+    before = price_snapshot(current)
+    if current.effective_from == when:
+        current.retired = True
+    else:
+        session.add(PlanPrice(plan_name=plan_name, metric=metric, effective_from=when, retired=True))
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="price.delete",
+        entity_type="price",
+        entity_id=f"{plan_name}/{metric}",
+        before=before,
+        after={"effective_from": when, "retired": True},
+    )
     session.flush()
 
 
-def list_prices(session: Session, plan_name: str | None = None) -> list[PlanPrice]:
-    query = select(PlanPrice).order_by(PlanPrice.plan_name, PlanPrice.metric)
+def list_prices(
+    session: Session, plan_name: str | None = None, at: datetime | None = None
+) -> list[PlanPrice]:
+    """The versions in force at ``at`` (default now), per plan and metric."""
+    when = at or utcnow()
+    query = select(PlanPrice).where(PlanPrice.effective_from <= when)
     if plan_name:
         query = query.where(PlanPrice.plan_name == plan_name)
-    return list(session.scalars(query))
+    latest: dict[tuple[str, str], PlanPrice] = {}
+    for price in session.scalars(
+        query.order_by(PlanPrice.plan_name, PlanPrice.metric, PlanPrice.effective_from)
+    ):
+        latest[(price.plan_name, price.metric)] = price
+    return [p for _key, p in sorted(latest.items()) if not p.retired]
 
 
 def seed_prices(session: Session) -> None:
@@ -341,5 +452,6 @@ def seed_prices(session: Session) -> None:
                     plan_name=plan_name,
                     metric=spec["metric"],
                     tiers=[(Decimal(u) if u is not None else None, Decimal(p)) for u, p in spec["tiers"]],
+                    effective_from=EPOCH,
                 )
     session.flush()

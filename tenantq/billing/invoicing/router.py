@@ -4,39 +4,53 @@ and prices."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenantq.billing.invoicing import pricing, reports, service
-from tenantq.billing.invoicing.models import BillingPeriod
+from tenantq.billing.invoicing import corrections, pricing, reports, service, stripe_sync
+from tenantq.billing.invoicing.models import BillingPeriod, CreditNote, Invoice
 from tenantq.billing.invoicing.repository import InvoiceRepository
 from tenantq.billing.invoicing.schemas import (
+    AuditEntryOut,
+    AuditList,
     BillingPeriodOut,
     BillingPeriodsOut,
+    BillingSettings,
+    BillingSettingsIn,
     CloseIn,
     CloseOut,
+    CreditNoteIn,
+    CreditNoteOut,
     InvoiceList,
     InvoiceOut,
     PriceIn,
     PriceList,
     PriceOut,
     StripeEventAck,
+    StripeOutcome,
     UsageReport,
+    VoidIn,
+    VoidOut,
 )
-from tenantq.billing.invoicing.stripe_sync import parse_event, record_event
+from tenantq.billing.invoicing.stripe_sync import StripeSyncError, parse_event, record_event
 from tenantq.billing.invoicing.tasks import stripe_event
 from tenantq.billing.usage import quotas
+from tenantq.core import audit
 from tenantq.core.db import session_factory
 from tenantq.core.dependencies import CursorQuery, PeriodQuery, SessionDep
-from tenantq.core.errors import NotFound
+from tenantq.core.errors import InvalidInput, NotFound
 from tenantq.core.openapi import errors
+from tenantq.core.repository import decode_cursor, encode_cursor
 from tenantq.core.settings import get_settings
-from tenantq.tenants.access.dependencies import BillingRead, Operator, UsageRead
-from tenantq.tenants.accounts.models import Plan
+from tenantq.tenants.access.dependencies import BillingRead, KeysManage, Operator, UsageRead
+from tenantq.tenants.accounts.models import Plan, Tenant
+from tenantq.tenants.accounts.service import update_tenant
 
 log = logging.getLogger("tenantq.billing")
 
@@ -165,9 +179,11 @@ def list_periods(_op: Operator, session: SessionDep) -> BillingPeriodsOut:
     response_model=CloseOut,
     tags=["admin"],
     summary="Close a billing period and issue its invoices",
-    description="Idempotent: closing a closed period returns its invoices with `created: false`. 409 "
-    "`period_not_due` inside the grace window unless `force`, `period_not_ended` before the month ended, "
-    "`earlier_period_open` if an earlier month with usage is still open.",
+    description="Idempotent: closing a closed period returns its invoices with `created: false`. Earlier "
+    "months that are still open are closed first, oldest first, in the same transaction (`also_closed` "
+    "names them), so no month's base fees are skipped. 409 `period_not_due` inside the grace window unless "
+    "`force`, `period_not_ended` before the month ended, `period_out_of_order` for a month before the last "
+    "closed one.",
     responses={201: {"model": CloseOut, "description": "The period was closed now."}, **errors(409)},
 )
 def close(body: CloseIn, op: Operator, session: SessionDep, response: Response) -> CloseOut:
@@ -197,17 +213,21 @@ def get_prices(
     "/admin/v1/billing/prices/{plan}/{metric}",
     response_model=PriceOut,
     tags=["admin"],
-    summary="Create or replace a plan's price for one metric",
-    description="Takes effect at the next period close; closed invoices keep their lines.",
+    summary="Add a version of a plan's price for one metric",
+    description="The version takes effect at `effective_from` (default now) and lasts until the next one: "
+    "usage is rated by the version in force when it occurred, in open periods and in a reissue; issued "
+    "invoices never change. A version with the same `effective_from` is replaced. Audited.",
 )
-def put_price(plan: str, metric: str, body: PriceIn, _op: Operator, session: SessionDep) -> PriceOut:
+def put_price(plan: str, metric: str, body: PriceIn, op: Operator, session: SessionDep) -> PriceOut:
     price = pricing.set_price(
         session,
+        actor=f"operator:{op.subject}",
         plan_name=plan,
         metric=metric,
         included_units=body.included_units,
         description=body.description,
         tiers=[(t.up_to, t.unit_price) for t in body.tiers],
+        effective_from=body.effective_from,
     )
     return PriceOut.of(price, _plan(session, plan))
 
@@ -217,7 +237,193 @@ def put_price(plan: str, metric: str, body: PriceIn, _op: Operator, session: Ses
     status_code=204,
     tags=["admin"],
     summary="Stop charging a metric on a plan",
+    description="From `effective_from` (ISO 8601, default now): usage that occurred earlier keeps its "
+    "price. Audited.",
 )
-def delete_price(plan: str, metric: str, _op: Operator, session: SessionDep) -> Response:
-    pricing.delete_price(session, plan_name=plan, metric=metric)
+def delete_price(
+    plan: str,
+    metric: str,
+    op: Operator,
+    session: SessionDep,
+    effective_from: Annotated[AwareDatetime | None, Query()] = None,
+) -> Response:
+    pricing.delete_price(
+        session, plan_name=plan, metric=metric, actor=f"operator:{op.subject}", effective_from=effective_from
+    )
     return Response(status_code=204)
+
+
+# --- Operator: corrections and the audit log ----------------------------------------------------------
+
+
+def _stripe_void_and_reissue(session: Session, voided: Invoice, reissued: Invoice | None) -> StripeOutcome:
+    if not stripe_sync.stripe_configured():
+        return StripeOutcome(configured=False)
+    outcome = StripeOutcome(configured=True)
+    try:
+        client = stripe_sync.stripe_client()
+        outcome.status = stripe_sync.void_stripe_invoice(session, client, voided)
+        if reissued is not None:
+            outcome.reissued_stripe_invoice_id = stripe_sync.sync_invoice(
+                session, client, reissued
+            ).stripe_invoice_id
+    except StripeSyncError as exc:
+        outcome.error = exc.message
+    return outcome
+
+
+@router.post(
+    "/admin/v1/billing/invoices/{invoice_id}/void",
+    response_model=VoidOut,
+    tags=["admin"],
+    summary="Void an invoice, optionally reissuing it",
+    description="Voids an open invoice (409 `invoice_paid` for a paid one: issue a credit note; 409 "
+    "`invoice_void` if already void). With `reissue`, the next revision is issued at once, re-rated from "
+    "the usage the period billed for this tenant with the prices and plan in force now. Both are "
+    "recorded in the audit log and, when Stripe is configured, pushed to Stripe (the Stripe invoice is "
+    "voided, the reissue synced); a Stripe failure is reported in `stripe.error` and the correction "
+    "stands (retry with `tenantq billing stripe-sync`).",
+)
+def void_invoice(invoice_id: str, body: VoidIn, op: Operator, session: SessionDep) -> VoidOut:
+    invoice = corrections.get_invoice(session, invoice_id)
+    reissued = corrections.void_invoice(
+        session, invoice, reason=body.reason, reissue=body.reissue, actor=f"operator:{op.subject}"
+    )
+    session.commit()
+    outcome = _stripe_void_and_reissue(session, invoice, reissued)
+    return VoidOut(
+        voided=InvoiceOut.of(invoice),
+        reissued=InvoiceOut.of(reissued) if reissued is not None else None,
+        stripe=outcome,
+    )
+
+
+def credit_note_out(session: Session, note: CreditNote, outcome: StripeOutcome) -> CreditNoteOut:
+    invoice = session.get_one(Invoice, note.invoice_id)
+    cur = note.currency
+    return CreditNoteOut(
+        id=note.id,
+        invoice_id=note.invoice_id,
+        tenant_id=note.tenant_id,
+        currency=cur,
+        amount=pricing.format_amount(note.amount, cur),
+        reason=note.reason,
+        created_at=note.created_at,
+        created_by=note.created_by,
+        stripe_credit_note_id=note.stripe_credit_note_id,
+        invoice=InvoiceOut.of(invoice),
+        invoice_credited=pricing.format_amount(corrections.credited(session, invoice.id), cur),
+        stripe=outcome,
+    )
+
+
+@router.post(
+    "/admin/v1/billing/invoices/{invoice_id}/credit-notes",
+    response_model=CreditNoteOut,
+    status_code=201,
+    tags=["admin"],
+    summary="Credit part or all of an invoice",
+    description="Issues a credit note against an open or paid invoice; the invoice's lines and total do "
+    "not change. 409 `credit_exceeds_invoice` if the invoice's credit notes would exceed its total, "
+    "`invoice_void` for a void invoice; 422 `invalid_amount` for more digits than the currency has. An "
+    "open invoice credited in full is marked paid. Recorded in the audit log and, when Stripe is "
+    "configured and the invoice was pushed, created as a Stripe credit note (for a paid invoice, credited "
+    "to the customer's balance).",
+)
+def create_credit_note(
+    invoice_id: str, body: CreditNoteIn, op: Operator, session: SessionDep
+) -> CreditNoteOut:
+    invoice = corrections.get_invoice(session, invoice_id)
+    note = corrections.issue_credit_note(
+        session, invoice, amount=body.amount, reason=body.reason, actor=f"operator:{op.subject}"
+    )
+    session.commit()
+    outcome = StripeOutcome(configured=stripe_sync.stripe_configured())
+    if outcome.configured:
+        try:
+            outcome.credit_note_id = stripe_sync.sync_credit_note(session, stripe_sync.stripe_client(), note)
+        except StripeSyncError as exc:
+            outcome.error = exc.message
+    return credit_note_out(session, note, outcome)
+
+
+@router.get(
+    "/admin/v1/billing/invoices/{invoice_id}",
+    response_model=InvoiceOut,
+    tags=["admin"],
+    summary="Any tenant's invoice (including void revisions)",
+)
+def admin_get_invoice(invoice_id: str, _op: Operator, session: SessionDep) -> InvoiceOut:
+    return InvoiceOut.of(corrections.get_invoice(session, invoice_id))
+
+
+@router.get(
+    "/admin/v1/audit",
+    response_model=AuditList,
+    tags=["admin"],
+    summary="The audit log: plan, price, tenant plan/override/billing email and invoice changes",
+    description="Newest first. Each entry says who (`actor`: `operator:<subject>`, `cli`, `tenant:<id>`, "
+    "`system`), when, what (`action`, `entity_type`, `entity_id`) and the changed fields before and after "
+    "(decimals as strings). Filter by `entity_type`, `entity_id`, `tenant_id` or `action`; page with "
+    "`cursor` (the previous page's `next_cursor`).",
+)
+def list_audit(
+    _op: Operator,
+    session: SessionDep,
+    entity_type: Annotated[
+        Literal["plan", "price", "tenant", "invoice", "billing_period"] | None, Query()
+    ] = None,
+    entity_id: Annotated[str | None, Query(max_length=128)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=36)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> AuditList:
+    before = None
+    if cursor:
+        raw_at, last_id = decode_cursor(cursor)
+        try:
+            before = (datetime.fromisoformat(raw_at), last_id)
+        except ValueError:
+            raise InvalidInput("Invalid cursor.", code="invalid_cursor") from None
+    rows = audit.entries(
+        session,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        tenant_id=tenant_id,
+        action=action,
+        limit=limit + 1,
+        before_id=before,
+    )
+    next_cursor = encode_cursor(rows[limit - 1].at, rows[limit - 1].id) if len(rows) > limit else None
+    return AuditList(items=[AuditEntryOut.model_validate(r) for r in rows[:limit]], next_cursor=next_cursor)
+
+
+# --- Tenant: billing settings ---------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/billing/settings",
+    response_model=BillingSettings,
+    tags=["billing"],
+    summary="Your billing settings",
+    description="`billing_email`: where invoices are emailed (scope `billing:read`).",
+)
+def get_billing_settings(ctx: BillingRead) -> BillingSettings:
+    return BillingSettings(billing_email=ctx.tenant.billing_email)
+
+
+@router.put(
+    "/v1/billing/settings",
+    response_model=BillingSettings,
+    tags=["billing"],
+    summary="Change your billing email",
+    description='Needs the account-administration scope `keys:manage`. `billing_email` null or "" '
+    "clears it; 422 `invalid_billing_email` if it is not an address. Stripe's customer gets the new "
+    "address at the next invoice sync. Recorded in the audit log as `tenant:<id>`.",
+)
+def put_billing_settings(body: BillingSettingsIn, ctx: KeysManage, session: SessionDep) -> BillingSettings:
+    tenant = session.get_one(Tenant, ctx.tenant_id)
+    update_tenant(session, tenant, billing_email=body.billing_email, actor=f"tenant:{ctx.tenant_id}")
+    session.commit()
+    return BillingSettings(billing_email=tenant.billing_email)

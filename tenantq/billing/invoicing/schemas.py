@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from tenantq.billing.invoicing.models import Invoice, PlanPrice
 from tenantq.billing.invoicing.pricing import PRICED_METRICS, included_units, round_amount
@@ -39,6 +39,10 @@ class InvoiceOut(BaseModel):
     lines: list[InvoiceLineOut]
     issued_at: datetime
     paid_at: datetime | None = None
+    revision: int = Field(description="1 for the invoice a period close issued; +1 per void-and-reissue.")
+    voided_at: datetime | None = None
+    void_reason: str | None = None
+    replaced_by_id: str | None = Field(description="The invoice that replaced this void one, if reissued.")
 
     @classmethod
     def of(cls, invoice: Invoice) -> InvoiceOut:
@@ -48,6 +52,10 @@ class InvoiceOut(BaseModel):
             period=invoice.period,
             status=invoice.status,
             currency=cur,
+            revision=invoice.revision,
+            voided_at=invoice.voided_at,
+            void_reason=invoice.void_reason,
+            replaced_by_id=invoice.replaced_by_id,
             total=str(round_amount(Decimal(invoice.total), cur)),
             lines=[
                 InvoiceLineOut(
@@ -62,6 +70,55 @@ class InvoiceOut(BaseModel):
             issued_at=invoice.issued_at,
             paid_at=invoice.paid_at,
         )
+
+
+class VoidIn(SafeRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=255, description="Why the invoice is voided (audited).")
+    reissue: StrictBool = Field(
+        default=False,
+        description="Issue the next revision at once, re-rated from the period's billed usage with the "
+        "prices and plan in force now.",
+    )
+
+
+class StripeOutcome(BaseModel):
+    configured: bool = Field(description="False when Stripe is not configured: nothing was pushed.")
+    status: str | None = Field(default=None, description="Stripe's status of the voided invoice.")
+    reissued_stripe_invoice_id: str | None = None
+    credit_note_id: str | None = None
+    error: str | None = Field(
+        default=None, description="Why the Stripe push failed; the correction stands, retry with stripe-sync."
+    )
+
+
+class VoidOut(BaseModel):
+    voided: InvoiceOut
+    reissued: InvoiceOut | None
+    stripe: StripeOutcome
+
+
+class CreditNoteIn(SafeRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Decimal = Field(gt=0, max_digits=20, decimal_places=4, description="In the invoice's currency.")
+    reason: str = Field(min_length=1, max_length=255, description="Shown on the credit note (audited).")
+
+
+class CreditNoteOut(BaseModel):
+    id: str
+    invoice_id: str
+    tenant_id: str
+    currency: str
+    amount: str
+    reason: str
+    created_at: datetime
+    created_by: str
+    stripe_credit_note_id: str | None
+    invoice: InvoiceOut
+    invoice_credited: str = Field(description="All credit notes of the invoice, this one included.")
+    stripe: StripeOutcome
 
 
 class InvoiceList(BaseModel):
@@ -107,6 +164,9 @@ class CloseIn(SafeRequest):
 class CloseOut(BaseModel):
     period: BillingPeriodOut
     created: bool = Field(description="False when the period was already closed (nothing changed).")
+    also_closed: list[str] = Field(
+        default_factory=list, description="Earlier open months this call closed first, oldest first."
+    )
     invoices: list[InvoiceOut]
 
     @classmethod
@@ -114,6 +174,7 @@ class CloseOut(BaseModel):
         return cls(
             period=BillingPeriodOut.model_validate(result.period),
             created=result.created,
+            also_closed=result.also_closed,
             invoices=[InvoiceOut.of(i) for i in result.invoices],
         )
 
@@ -151,6 +212,11 @@ class PriceIn(SafeRequest):
     )
     tiers: list[TierIn] = Field(min_length=1, max_length=20)
     description: str = Field(default="", max_length=128)
+    effective_from: AwareDatetime | None = Field(
+        default=None,
+        description="When this version takes effect (ISO 8601 with a zone; default: now). Usage is rated by "
+        "the version in force when it occurred; issued invoices never change.",
+    )
 
 
 class TierOut(BaseModel):
@@ -165,12 +231,14 @@ class PriceOut(BaseModel):
     included_from_plan: bool
     description: str
     tiers: list[TierOut]
+    effective_from: datetime = Field(description="When this version took (or takes) effect.")
 
     @classmethod
     def of(cls, price: PlanPrice, plan) -> PriceOut:
         return cls(
             plan=price.plan_name,
             metric=price.metric,
+            effective_from=price.effective_from,
             included_units=plain(included_units(plan, price)),
             included_from_plan=price.included_units is None,
             description=price.description,
@@ -209,8 +277,16 @@ class UsageReportRow(BaseModel):
 
 
 class UsageReportTotals(UsageFigures):
+    usage_charges: str = Field(description="Usage charges: the sum of the rows' charges.")
     fixed_charges: str = Field(description="Fixed fees of the period (not spread over rows).")
-    total_charges: str
+    total_charges: str = Field(
+        description="Grand total: usage plus fixed charges. For a closed period, its invoice's total."
+    )
+
+
+class FixedCharge(BaseModel):
+    description: str
+    amount: str
 
 
 class UsageReport(BaseModel):
@@ -218,7 +294,10 @@ class UsageReport(BaseModel):
     group_by: Literal["task", "day"]
     currency: str | None
     priced: bool
+    closed: bool = Field(description="True once the period is closed: charges are read from the invoice.")
+    invoice_id: str | None = Field(description="The invoice the charges are read from (closed periods).")
     rows: list[UsageReportRow]
+    fixed: list[FixedCharge] = Field(description="Fixed charges (the plan's base fee), one per line.")
     totals: UsageReportTotals
 
 
@@ -263,3 +342,37 @@ class StripeEventAck(BaseModel):
     id: str = Field(description="The Stripe event id.")
     duplicate: bool = Field(description="The event was received before; nothing changed.")
     processed: bool = Field(description="The event has been applied (else its task will apply it).")
+
+
+# --- Audit log and billing settings ---------------------------------------------------------------
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    at: datetime
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    tenant_id: str | None
+    before: dict | None
+    after: dict | None
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = None
+
+
+class BillingSettings(BaseModel):
+    billing_email: str | None
+
+
+class BillingSettingsIn(SafeRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    billing_email: str | None = Field(
+        max_length=254, description='Where invoices are emailed; null or "" clears it.'
+    )

@@ -6,7 +6,15 @@ another address, e.g. localstripe in tests):
 - one customer per tenant (``stripe_customer`` row),
 - one invoice item per invoice line (``invoice_line.stripe_invoice_item_id``),
 - one Stripe invoice per tenantq invoice (``invoice.stripe_invoice_id``), created from the customer's
-  pending items (``pending_invoice_items_behavior=include``).
+  pending items (``pending_invoice_items_behavior=include``) with ``collection_method=send_invoice``,
+  ``days_until_due`` (``TENANTQ_STRIPE_DAYS_UNTIL_DUE``) and ``auto_advance=true``, then **finalized**
+  at once (``POST /v1/invoices/{id}/finalize``): an open invoice Stripe emails to the customer's
+  address (the tenant's ``billing_email``, copied to the customer on every sync) and collects, so
+  ``invoice.paid`` comes back. ``invoice.stripe_status`` keeps Stripe's status after the last sync; a
+  synced invoice still in ``draft`` (from before finalization existed, or a crash between create and
+  finalize) is finalized by the next sync.
+- corrections: ``void_stripe_invoice`` voids the mirror of a voided tenantq invoice,
+  ``sync_credit_note`` creates a Stripe credit note (key ``tq-cn-{credit note}``) for a tenantq one.
 
 Exactly once, twice over: every create carries an idempotency key derived from tenantq ids
 (``tq-cus-{tenant}``, ``tq-ii-{line}``, ``tq-inv-{invoice}``), so Stripe itself returns the first object
@@ -41,7 +49,13 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tenantq.billing.invoicing.models import Invoice, StripeCustomer, StripeEvent, StripeMeterCursor
+from tenantq.billing.invoicing.models import (
+    CreditNote,
+    Invoice,
+    StripeCustomer,
+    StripeEvent,
+    StripeMeterCursor,
+)
 from tenantq.billing.invoicing.pricing import to_minor_units
 from tenantq.billing.invoicing.service import mark_paid
 from tenantq.billing.usage.models import UsageEvent
@@ -92,15 +106,17 @@ class SyncResult:
     customer_created: bool = False
     items_created: int = 0
     invoice_created: bool = False
+    finalized: bool = False
+    stripe_status: str | None = None
     skipped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _call(what: str, func, **kwargs):
+def _call(what: str, func, *args, **kwargs):
     try:
-        return func(**kwargs)
+        return func(*args, **kwargs)
     except stripe.StripeError as exc:
         raise StripeSyncError(
             f"Stripe refused to {what}: {exc.user_message or exc}", details={"http_status": exc.http_status}
@@ -111,11 +127,22 @@ def ensure_customer(session: Session, client: stripe.StripeClient, tenant: Tenan
     """The tenant's Stripe customer id, created once. Returns (id, created)."""
     row = session.get(StripeCustomer, tenant.id)
     if row is not None:
+        if tenant.billing_email:
+            # The address Stripe emails invoices to follows the tenant's billing email.
+            _call(
+                "update a customer",
+                client.v1.customers.update,
+                row.customer_id,
+                params={"email": tenant.billing_email, "name": tenant.name},
+            )
         return row.customer_id, False
+    params: dict[str, Any] = {"name": tenant.name, "metadata": {"tenantq_tenant_id": tenant.id}}
+    if tenant.billing_email:
+        params["email"] = tenant.billing_email
     customer = _call(
         "create a customer",
         client.v1.customers.create,
-        params={"name": tenant.name, "metadata": {"tenantq_tenant_id": tenant.id}},
+        params=params,
         options={"idempotency_key": f"tq-cus-{tenant.id}"},
     )
     session.add(StripeCustomer(tenant_id=tenant.id, customer_id=customer.id))
@@ -139,28 +166,36 @@ def _find_stripe_invoice(client: stripe.StripeClient, customer_id: str, invoice_
     return None
 
 
+FINAL_STRIPE_STATUSES = ("open", "paid", "void", "uncollectible")
+
+
 def sync_invoice(session: Session, client: stripe.StripeClient, invoice: Invoice) -> SyncResult:
-    """Mirror one tenantq invoice in Stripe; safe to call any number of times."""
+    """Mirror one tenantq invoice in Stripe, finalized; safe to call any number of times."""
     result = SyncResult(
         invoice_id=invoice.id,
         tenant_id=invoice.tenant_id,
         period=invoice.period,
         stripe_invoice_id=invoice.stripe_invoice_id,
+        stripe_status=invoice.stripe_status,
     )
-    if invoice.stripe_invoice_id is not None:
+    if invoice.stripe_invoice_id is not None and invoice.stripe_status in FINAL_STRIPE_STATUSES:
         result.skipped = "already_synced"
         return result
-    if invoice.total <= 0:
-        result.skipped = "zero_total"  # nothing to collect: no Stripe customer just for a receipt
-        return result
-    if invoice.status == "void":
-        result.skipped = "void"
-        return result
+    if invoice.stripe_invoice_id is None:
+        if invoice.total <= 0:
+            result.skipped = "zero_total"  # nothing to collect: no Stripe customer just for a receipt
+            return result
+        if invoice.status == "void":
+            result.skipped = "void"
+            return result
     tenant = session.get_one(Tenant, invoice.tenant_id)
     customer_id, result.customer_created = ensure_customer(session, client, tenant)
     result.stripe_customer_id = customer_id
 
-    found = _find_stripe_invoice(client, customer_id, invoice.id)
+    if invoice.stripe_invoice_id is not None:
+        found = _call("read an invoice", client.v1.invoices.retrieve, invoice.stripe_invoice_id)
+    else:
+        found = _find_stripe_invoice(client, customer_id, invoice.id)
     if found is None:
         for line in invoice.lines:
             if line.stripe_invoice_item_id is not None:
@@ -186,16 +221,37 @@ def sync_invoice(session: Session, client: stripe.StripeClient, invoice: Invoice
             params={
                 "customer": customer_id,
                 "description": f"tenantq usage {invoice.period}",
-                "metadata": {"tenantq_invoice_id": invoice.id, "tenantq_period": invoice.period},
+                "metadata": {
+                    "tenantq_invoice_id": invoice.id,
+                    "tenantq_period": invoice.period,
+                    "tenantq_revision": str(invoice.revision),
+                },
                 "pending_invoice_items_behavior": "include",
+                "collection_method": "send_invoice",
+                "days_until_due": get_settings().stripe_days_until_due,
+                "auto_advance": True,
             },
             options={"idempotency_key": f"tq-inv-{invoice.id}"},
         )
         result.invoice_created = True
     invoice.stripe_invoice_id = found.id
+    invoice.stripe_status = found.status
     invoice.stripe_synced_at = utcnow()
     session.commit()
+    if found.status == "draft":
+        found = _call(
+            "finalize an invoice",
+            client.v1.invoices.finalize_invoice,
+            found.id,
+            params={"auto_advance": True},
+            options={"idempotency_key": f"tq-fin-{invoice.id}"},
+        )
+        result.finalized = True
+        invoice.stripe_status = found.status
+        invoice.stripe_synced_at = utcnow()
+        session.commit()
     result.stripe_invoice_id = found.id
+    result.stripe_status = found.status
     expected = to_minor_units(invoice.total, invoice.currency)
     if getattr(found, "total", expected) != expected:
         log.warning(
@@ -206,6 +262,69 @@ def sync_invoice(session: Session, client: stripe.StripeClient, invoice: Invoice
             expected,
         )
     return result
+
+
+def void_stripe_invoice(session: Session, client: stripe.StripeClient, invoice: Invoice) -> str | None:
+    """Void the Stripe mirror of a voided tenantq invoice (a draft one is finalized first, as Stripe only
+    voids open invoices). Returns Stripe's status, or None if the invoice was never pushed. Commits."""
+    if invoice.stripe_invoice_id is None:
+        return None
+    found = _call("read an invoice", client.v1.invoices.retrieve, invoice.stripe_invoice_id)
+    if found.status == "draft":
+        found = _call(
+            "finalize an invoice",
+            client.v1.invoices.finalize_invoice,
+            found.id,
+            params={"auto_advance": False},
+            options={"idempotency_key": f"tq-fin-{invoice.id}"},
+        )
+    if found.status == "open":
+        found = _call(
+            "void an invoice",
+            client.v1.invoices.void_invoice,
+            found.id,
+            options={"idempotency_key": f"tq-void-{invoice.id}"},
+        )
+    invoice.stripe_status = found.status
+    invoice.stripe_synced_at = utcnow()
+    session.commit()
+    return found.status
+
+
+def sync_credit_note(session: Session, client: stripe.StripeClient, note: CreditNote) -> str | None:
+    """Create the Stripe credit note of a tenantq one on its invoice's Stripe mirror (once). Returns the
+    Stripe credit note id, or None when the invoice is not in Stripe. Commits."""
+    if note.stripe_credit_note_id is not None:
+        return note.stripe_credit_note_id
+    invoice = session.get_one(Invoice, note.invoice_id)
+    if invoice.stripe_invoice_id is None:
+        return None
+    stripe_invoice = _call("read an invoice", client.v1.invoices.retrieve, invoice.stripe_invoice_id)
+    amount = to_minor_units(note.amount, note.currency)
+    params: dict[str, Any] = {
+        "invoice": invoice.stripe_invoice_id,
+        "lines": [
+            {
+                "type": "custom_line_item",
+                "description": note.reason[:250],
+                "quantity": 1,
+                "unit_amount": amount,
+            }
+        ],
+        "memo": note.reason[:250],
+        "metadata": {"tenantq_credit_note_id": note.id, "tenantq_invoice_id": invoice.id},
+    }
+    if stripe_invoice.status == "paid":
+        params["credit_amount"] = amount  # to the customer's balance, used by their next invoice
+    created = _call(
+        "create a credit note",
+        client.v1.credit_notes.create,
+        params=params,
+        options={"idempotency_key": f"tq-cn-{note.id}"},
+    )
+    note.stripe_credit_note_id = created.id
+    session.commit()
+    return created.id
 
 
 def sync_period(session: Session, period: str, client: stripe.StripeClient | None = None) -> list[SyncResult]:

@@ -6,8 +6,13 @@ and, in one Redis transaction, removes the open record and appends the attempt's
 stream ``tq:usage``. No SQL runs in the task
 path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the ``usage_event`` table.
 
+A child stopped mid-task by SIGTERM still runs its postrun, with no state: :func:`stopped_state` says
+why, so the state billed is the same whichever process closes the attempt first:
+- a running cancel (``revoke(terminate=True)``; the job carries a cancel marker) -> ``cancelled``;
+- the hard time limit (the pool sends SIGTERM first, then SIGKILL) -> ``failed``;
+- anything else (a worker's cold shutdown) -> ``terminated``.
 Attempts that end without a postrun in the pool child are closed from the open record
-(:func:`close_from_outside`, called by the pipeline in the worker's main process):
+(:func:`close_from_outside`, called by the pipeline in the worker's main process), CPU 0:
 - hard time limit: ``task_failure`` fires in the worker's main process -> state ``failed``;
 - ``revoke(terminate=True)``: ``task_revoked`` fires in the main process -> state ``cancelled``;
 - SIGKILL / OOM of the pool child or of the whole worker: nothing fires; the reconciler
@@ -77,6 +82,24 @@ _POSTRUN_STATES = {
     "REJECTED": "rejected",
     None: "terminated",  # postrun with no state: the child was told to stop (SIGTERM) mid-task
 }
+# A stopped attempt that ran at least this close to its time limit was stopped by the limit.
+TIME_LIMIT_SLACK_S = 0.5
+
+
+def stopped_state(attempt: OpenAttempt, finished: float, client: redis.Redis) -> str:
+    """Why a child stopped mid-task (postrun with no state) was stopped: ``cancelled`` if the job
+    carries a cancel marker (a running cancel revokes with SIGTERM), ``failed`` if it ran up to its hard
+    time limit (the pool sends SIGTERM first), else ``terminated`` (e.g. a worker's cold shutdown)."""
+    try:
+        if client.exists(keys.cancel_key(attempt.job_id)):
+            return "cancelled"
+    except redis.RedisError:
+        pass
+    time_limit = attempt.deadline - attempt.started - LOST_GRACE_S
+    if finished - attempt.started >= time_limit - TIME_LIMIT_SLACK_S:
+        return "failed"
+    return "terminated"
+
 
 _ALLOCATE = """
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
@@ -380,10 +403,15 @@ def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, 
                 "usage: could not discard attempt %s of job %s: %s", attempt.attempt, attempt.job_id, exc
             )
         return
-    state = "retried" if retried else _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
     wall_ms = round((time.monotonic() - attempt.mono) * 1000)
     compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
+    if retried:
+        state = "retried"
+    elif celery_state is None:
+        state = stopped_state(attempt, finished, _get_meter().r)
+    else:
+        state = _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
     error: Exception | None = None
     for delay in REDIS_RETRY_DELAYS_S:
         try:

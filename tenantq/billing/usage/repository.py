@@ -38,3 +38,14 @@ class UsageRepository(TenantRepository[UsageEvent]):
             .group_by(key, UsageEvent.metric)
         )
         return [(row_key, metric, quantity) for row_key, metric, quantity in self.session.execute(query)]
+
+    def sums_where(
+        self, key: ColumnElement[str] | InstrumentedAttribute[str], condition: ColumnElement[bool]
+    ) -> list[tuple[Any, str, int | None]]:
+        """(key, metric, summed quantity) over this tenant's events matching ``condition``."""
+        query = (
+            select(key, UsageEvent.metric, func.sum(UsageEvent.quantity))
+            .where(self._tenant_filter(), condition)
+            .group_by(key, UsageEvent.metric)
+        )
+        return [(row_key, metric, quantity) for row_key, metric, quantity in self.session.execute(query)]

@@ -720,9 +720,25 @@
       loadWebhooks();
     });
 
+    // Billing email: where invoices are sent (writing needs the keys:manage scope).
+    const emailForm = $("#billing-email-form"), emailInput = $("#billing-email"), emailMsg = $("#billing-email-message");
+    async function loadBillingEmail() {
+      const r = await api("GET", "/v1/billing/settings");
+      if (!r.ok) { say(emailMsg, "Billing settings: " + r.message, "error"); emailForm.hidden = true; return; }
+      emailInput.value = r.data.billing_email || "";
+    }
+    emailForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const r = await api("PUT", "/v1/billing/settings", { billing_email: emailInput.value.trim() });
+      if (!r.ok) { say(emailMsg, "Could not save the billing email: " + r.message, "error"); return; }
+      emailInput.value = r.data.billing_email || "";
+      say(emailMsg, r.data.billing_email ? "Invoices will be sent to " + r.data.billing_email + "." : "Billing email removed.", "ok");
+    });
+
     loadKeys();
     loadSchedules();
     loadWebhooks();
+    loadBillingEmail();
   };
 
   // ------------------------------------------------------------------------------------------------

@@ -64,8 +64,11 @@ JobsRead = Annotated[TenantContext, Depends(RequireScope("jobs:read"))]
 
 
 def current_operator(request: Request) -> OperatorContext:
-    """The operator credential: ``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT."""
-    return auth.operator_credential(request)
+    """The operator credential: ``Bearer $TENANTQ_ADMIN_TOKEN`` or an operator-audience JWT. Names the
+    caller for the audit log in ``request.state.actor``."""
+    context = auth.operator_credential(request)
+    request.state.actor = f"operator:{context.subject}"
+    return context
 
 
 Operator = Annotated[OperatorContext, Depends(current_operator)]

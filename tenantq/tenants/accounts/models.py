@@ -48,4 +48,20 @@ class Tenant(Base):
     plan_name: Mapped[str] = mapped_column(ForeignKey("plan.name"), default="free")
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
     overrides: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Where invoices go: copied to the Stripe customer, which Stripe emails finalized invoices to.
+    billing_email: Mapped[str | None] = mapped_column(String(254), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TenantPlanChange(Base):
+    """A tenant moved from one plan to another at ``effective_from``: billing rates each part of a
+    month under the plan in force then (usage by time, base fees prorated by time)."""
+
+    __tablename__ = "tenant_plan_change"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    from_plan: Mapped[str] = mapped_column(String(64))
+    to_plan: Mapped[str] = mapped_column(String(64))
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128), default="system")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from tenantq.core.dependencies import SessionDep
 from tenantq.core.openapi import errors
@@ -29,6 +29,11 @@ from tenantq.tenants.accounts.schemas import (
 )
 
 router = APIRouter(prefix="/admin/v1", tags=["operator"])
+
+
+def _actor(request: Request) -> str:
+    """Who is calling, for the audit log (set by the operator dependency that guards this router)."""
+    return getattr(request.state, "actor", "operator")
 
 
 @router.get("/tenants", response_model=TenantList, summary="List tenants")
@@ -64,17 +69,21 @@ def get_tenant(tenant_id: str, session: SessionDep) -> TenantOut:
 @router.patch(
     "/tenants/{tenant_id}",
     response_model=TenantOut,
-    summary="Change a tenant's name, plan or overrides",
+    summary="Change a tenant's name, plan, overrides or billing email",
     description="`overrides` replaces all overrides (`{}` clears them); only limit fields are accepted "
-    "and the result must be coherent with the plan (e.g. priority_min <= priority_max).",
+    "and the result must be coherent with the plan (e.g. priority_min <= priority_max). `billing_email` "
+    "is where invoices are emailed (422 `invalid_billing_email` if it is not an address; null clears it). "
+    "Plan, override and billing email changes are recorded in the audit log (`GET /admin/v1/audit`).",
     responses=errors(409, s409="A tenant with this name exists (code `tenant_exists`)."),
 )
-def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep) -> TenantOut:
+def update_tenant(tenant_id: str, body: TenantUpdate, session: SessionDep, request: Request) -> TenantOut:
     tenant = service.get_tenant(session, tenant_id)
-    kwargs = {}
+    kwargs: dict = {}
     if "overrides" in body.model_fields_set:
         kwargs["overrides"] = body.overrides or {}
-    service.update_tenant(session, tenant, name=body.name, plan=body.plan, **kwargs)
+    if "billing_email" in body.model_fields_set:
+        kwargs["billing_email"] = body.billing_email
+    service.update_tenant(session, tenant, name=body.name, plan=body.plan, actor=_actor(request), **kwargs)
     session.commit()
     return TenantOut.model_validate(tenant)
 
@@ -133,7 +142,7 @@ def create_plan(body: PlanCreate, session: SessionDep) -> PlanOut:
     "overrides would become incoherent.",
     responses=errors(409, s409="A tenant's overrides would become incoherent (code `override_conflict`)."),
 )
-def update_plan(plan_name: str, body: PlanUpdate, session: SessionDep) -> PlanOut:
-    plan = service.update_plan(session, service.get_plan(session, plan_name), body)
+def update_plan(plan_name: str, body: PlanUpdate, session: SessionDep, request: Request) -> PlanOut:
+    plan = service.update_plan(session, service.get_plan(session, plan_name), body, actor=_actor(request))
     session.commit()
     return PlanOut.model_validate(plan)

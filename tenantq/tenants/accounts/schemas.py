@@ -152,6 +152,11 @@ class TenantUpdate(SafeRequest):
     overrides: dict[str, Any] | None = Field(
         default=None, description="Replaces all overrides ({} clears them). Only limit fields are accepted."
     )
+    billing_email: str | None = Field(
+        default=None,
+        max_length=254,
+        description='Where invoices are emailed (copied to the Stripe customer); null or "" clears it.',
+    )
 
     @field_validator("name")
     @classmethod
@@ -167,6 +172,7 @@ class TenantOut(SafeResponse):
     plan: str = Field(validation_alias="plan_name")
     status: str
     overrides: dict[str, Any]
+    billing_email: str | None = None
     created_at: datetime
 
 

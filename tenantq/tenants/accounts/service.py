@@ -8,6 +8,7 @@ imports no Redis client, so the CLI's tenant and key commands do not load one.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from tenantq.core import keys
+from tenantq.core import audit, keys
+from tenantq.core.db import utcnow
 from tenantq.core.errors import Conflict, InvalidInput, NotFound
-from tenantq.tenants.accounts.models import Plan, Tenant
+from tenantq.tenants.accounts.models import Plan, Tenant, TenantPlanChange
 from tenantq.tenants.accounts.repository import AccountRepository
 from tenantq.tenants.accounts.schemas import LIMIT_FIELDS, LimitOverrides, PlanCreate, PlanUpdate
 
@@ -144,6 +146,31 @@ def list_tenants(session: Session, *, status: str | None = None) -> list[Tenant]
 _UNSET: Any = object()
 
 
+BILLING_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def clean_billing_email(value: str | None) -> str | None:
+    """A plausible address (one @, a dot in the domain, no spaces, at most 254 characters), or None for
+    an empty value (no billing email). 422 ``invalid_billing_email`` otherwise."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if len(value) > 254 or not BILLING_EMAIL_RE.match(value):
+        raise InvalidInput(
+            "billing_email is not an email address.", code="invalid_billing_email", details={"value": value}
+        )
+    return value
+
+
+def _tenant_snapshot(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "name": tenant.name,
+        "plan": tenant.plan_name,
+        "overrides": dict(tenant.overrides or {}),
+        "billing_email": tenant.billing_email,
+    }
+
+
 def update_tenant(
     session: Session,
     tenant: Tenant,
@@ -151,9 +178,14 @@ def update_tenant(
     name: str | None = None,
     plan: str | None = None,
     overrides: dict[str, Any] | None = _UNSET,
+    billing_email: str | None = _UNSET,
+    actor: str = "system",
 ) -> Tenant:
-    """Change name, plan and/or overrides (``overrides`` replaces the whole dict; ``{}`` clears it).
-    The overrides are re-validated against the (new) plan so the merged limits are always coherent."""
+    """Change name, plan, overrides and/or billing email (``overrides`` replaces the whole dict; ``{}``
+    clears it; ``billing_email`` None or "" clears it). The overrides are re-validated against the
+    (new) plan so the merged limits are always coherent. Plan, override and billing email changes are
+    audited (``core.audit``) with ``actor``."""
+    before = _tenant_snapshot(tenant)
     if name is not None and name.strip() != tenant.name:
         name = _check_name(name)
         if AccountRepository(session).name_taken(name, except_id=tenant.id):
@@ -162,8 +194,35 @@ def update_tenant(
     plan_row = _get_plan(session, plan if plan is not None else tenant.plan_name)
     new_overrides = (tenant.overrides or {}) if overrides is _UNSET else (overrides or {})
     tenant.overrides = validate_overrides(plan_row, new_overrides)
+    if plan_row.name != tenant.plan_name:
+        # Billing rates each part of the month under the plan in force then (see docs/billing.md).
+        session.add(
+            TenantPlanChange(
+                tenant_id=tenant.id,
+                from_plan=tenant.plan_name,
+                to_plan=plan_row.name,
+                effective_from=utcnow(),
+                actor=actor,
+            )
+        )
     tenant.plan_name = plan_row.name
+    if billing_email is not _UNSET:
+        tenant.billing_email = clean_billing_email(billing_email)
     session.flush()
+    after = _tenant_snapshot(tenant)
+    audited = ("plan", "overrides", "billing_email")
+    if any(before[k] != after[k] for k in audited):
+        audit.record(
+            session,
+            actor=actor,
+            action="tenant.update",
+            entity_type="tenant",
+            entity_id=tenant.id,
+            tenant_id=tenant.id,
+            before={k: before[k] for k in audited if before[k] != after[k]},
+            after={k: after[k] for k in audited if before[k] != after[k]},
+        )
+        session.flush()
     return tenant
 
 
@@ -288,10 +347,11 @@ def create_plan(session: Session, data: PlanCreate) -> Plan:
     return plan
 
 
-def update_plan(session: Session, plan: Plan, data: PlanUpdate) -> Plan:
+def update_plan(session: Session, plan: Plan, data: PlanUpdate, *, actor: str = "system") -> Plan:
     """Apply the given fields. Refused (409) if a tenant on this plan has overrides that would no
-    longer be coherent, so no tenant silently ends up with limits nobody chose."""
+    longer be coherent, so no tenant silently ends up with limits nobody chose. Audited."""
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    before = {k: getattr(plan, k) for k in changes}
     merged = {**_plan_limits(plan), **{k: v for k, v in changes.items() if k in LIMIT_FIELDS}}
     _check_plan_coherent(merged)
     conflicts = []
@@ -308,6 +368,17 @@ def update_plan(session: Session, plan: Plan, data: PlanUpdate) -> Plan:
     for field_name, value in changes.items():
         setattr(plan, field_name, value)
     session.flush()
+    if any(before[k] != getattr(plan, k) for k in changes):
+        audit.record(
+            session,
+            actor=actor,
+            action="plan.update",
+            entity_type="plan",
+            entity_id=plan.name,
+            before=before,
+            after={k: getattr(plan, k) for k in changes},
+        )
+        session.flush()
     return plan
 
 
