@@ -45,7 +45,7 @@ from typing import Any
 import redis
 
 from tenantq.core import keys
-from tenantq.core.celery import PRIORITY_LEVELS, app, to_celery_priority
+from tenantq.core.celery import PRIORITY_LEVELS, amqp_queue_depth, app, to_celery_priority
 from tenantq.core.db import utcnow
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
@@ -74,6 +74,10 @@ return 0
 
 
 def exec_queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in a Celery execution queue, not yet taken by a worker: the queue's ready
+    messages on RabbitMQ, else the lengths of its priority lists in the broker Redis (``client``)."""
+    if get_settings().broker_is_amqp:
+        return amqp_queue_depth(queue)
     pipe = client.pipeline(transaction=False)
     pipe.llen(queue)
     for level in range(1, PRIORITY_LEVELS):
@@ -83,7 +87,8 @@ def exec_queue_depth(client: redis.Redis, queue: str) -> int:
 
 def publish(message: dict[str, Any], queue: str) -> None:
     """Hand one job to Celery. ``message["options"]`` carries per-job Celery options (time limits,
-    expires) straight through to ``send_task``."""
+    expires) straight through to ``send_task``. On RabbitMQ it returns once the broker confirmed the
+    message (publisher confirms, see ``tenantq.core.celery``)."""
     job = message["job"]
     app.send_task(
         message["task"],
@@ -141,6 +146,8 @@ class Dispatcher:
         self.lease_ttl = settings.lease_ttl_seconds
         self.inflight_deadline = settings.inflight_deadline_seconds
         self.lost_grace = settings.lost_job_grace_seconds
+        # RabbitMQ acknowledges for real: a published job needs no re-publish (requeue_lost_sql_jobs).
+        self.broker_acks = settings.broker_is_amqp
         self.reconcile_every = max(1.0, min(10.0, self.inflight_deadline / 3))
         self.stop_event = threading.Event()
         self.is_leader = False
@@ -212,7 +219,11 @@ class Dispatcher:
         now = time.time()
         count = 0
         for job, at in zip(jobs, published, strict=True):
-            if at is not None and now - float(at) < self.lost_grace:
+            if at is not None and (self.broker_acks or now - float(at) < self.lost_grace):
+                # Published: the broker holds the message. On Redis a message taken by a worker that
+                # died before starting it returns only after the visibility timeout, so after the grace
+                # it is published again (the start guard skips whichever copy comes second). RabbitMQ
+                # confirmed the message and hands it back as soon as such a worker's connection closes.
                 continue
             if self.queues.is_pending(job.tenant_id, job.job_id):
                 continue
