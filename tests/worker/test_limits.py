@@ -106,3 +106,19 @@ class TestLostJobs:
         iso_redis.hset("tq:disp:at", recent.id, 9_999_999_999)
         d.requeue_lost_sql_jobs(limit=10_000)
         assert iso_redis.zscore(f"tq:q:{tenant.id}", recent.id) is None
+
+    def test_published_long_ago_is_published_again_only_on_redis(self, iso_redis):
+        """On Redis a message taken by a worker that died before starting it is invisible until the
+        visibility timeout: after the grace the reconciler publishes the job again. RabbitMQ confirmed
+        the message and redelivers it when that worker's connection closes: no second copy."""
+        tenant = TenantFactory()
+        old = utcnow().replace(year=utcnow().year - 1)
+        d = Dispatcher(client=iso_redis, use_leader_lock=False, queued_in_sql=queued_before)
+        d.lost_grace = 60
+        for broker_acks, expect_requeued in ((False, True), (True, False)):
+            job = JobFactory(tenant=tenant, status="queued", created_at=old)
+            iso_redis.hset("tq:disp:at", job.id, 1.0)  # published in 1970
+            d.broker_acks = broker_acks
+            d.requeue_lost_sql_jobs(limit=10_000)
+            requeued = iso_redis.zscore(f"tq:q:{tenant.id}", job.id) is not None
+            assert requeued is expect_requeued, f"broker_acks={broker_acks}"
