@@ -96,3 +96,12 @@ class TestRabbitMQ:
         assert Settings(broker_url="").broker_url is None
         assert Settings(broker_url="amqps://u:p@mq:5671/tq").broker_is_amqp
         assert not Settings(broker_url=None).broker_is_amqp
+
+
+def test_rabbitmq_version_from_the_servers_connection_properties():
+    from tenantq.worker.main import PER_QUEUE_CONSUMER_TIMEOUT_SINCE, rabbitmq_version
+
+    assert rabbitmq_version({"version": b"3.10.8"}) == (3, 10)
+    assert rabbitmq_version({"version": "4.0.5"}) == (4, 0)
+    assert rabbitmq_version({}) is None
+    assert (3, 10) < PER_QUEUE_CONSUMER_TIMEOUT_SINCE <= (3, 12)
