@@ -45,7 +45,13 @@ from typing import Any
 import redis
 
 from tenantq.core import keys
-from tenantq.core.celery import PRIORITY_LEVELS, amqp_queue_depth, app, to_celery_priority
+from tenantq.core.celery import (
+    CONSUMER_TIMEOUT_MS,
+    PRIORITY_LEVELS,
+    amqp_queue_depth,
+    app,
+    to_celery_priority,
+)
 from tenantq.core.db import utcnow
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
@@ -146,8 +152,15 @@ class Dispatcher:
         self.lease_ttl = settings.lease_ttl_seconds
         self.inflight_deadline = settings.inflight_deadline_seconds
         self.lost_grace = settings.lost_job_grace_seconds
-        # RabbitMQ acknowledges for real: a published job needs no re-publish (requeue_lost_sql_jobs).
-        self.broker_acks = settings.broker_is_amqp
+        # A job published this long ago and still not started is published again (the start guard
+        # skips whichever copy comes second). On Redis, after the grace: a message taken by a worker
+        # that died before starting it is stuck in kombu's unacked set until the visibility timeout.
+        # RabbitMQ confirmed the message and hands it back as soon as such a worker's connection
+        # closes; only a message the broker itself lost needs it, so wait out the consumer timeout
+        # (nothing can hold a delivery longer).
+        self.republish_after = (
+            max(self.lost_grace, CONSUMER_TIMEOUT_MS / 1000) if settings.broker_is_amqp else self.lost_grace
+        )
         self.reconcile_every = max(1.0, min(10.0, self.inflight_deadline / 3))
         self.stop_event = threading.Event()
         self.is_leader = False
@@ -219,11 +232,7 @@ class Dispatcher:
         now = time.time()
         count = 0
         for job, at in zip(jobs, published, strict=True):
-            if at is not None and (self.broker_acks or now - float(at) < self.lost_grace):
-                # Published: the broker holds the message. On Redis a message taken by a worker that
-                # died before starting it returns only after the visibility timeout, so after the grace
-                # it is published again (the start guard skips whichever copy comes second). RabbitMQ
-                # confirmed the message and hands it back as soon as such a worker's connection closes.
+            if at is not None and now - float(at) < self.republish_after:
                 continue
             if self.queues.is_pending(job.tenant_id, job.job_id):
                 continue
