@@ -6,10 +6,11 @@ import contextlib
 import threading
 from typing import Any
 
-from amqp.exceptions import NotFound
+from amqp.exceptions import AMQPError, NotFound
 from celery import Celery
 from celery.app.amqp import AMQP, Queues
 from kombu import Exchange, Queue
+from kombu.exceptions import KombuError
 
 from tenantq.core.settings import Settings, get_settings
 
@@ -185,9 +186,13 @@ def create_celery() -> Celery:
 app = create_celery()
 
 
+_BROKER_ERRORS = (OSError, AMQPError, KombuError)
+
+
 class _AmqpDepth:
-    """Ready messages in RabbitMQ queues (a passive queue.declare), over one connection per process
-    that is reopened after an error. A queue the broker does not know yet holds nothing."""
+    """Ready messages in RabbitMQ queues (a passive queue.declare), over one connection per process.
+    The connection sends no heartbeats (nothing would answer them between two reads: it may sit idle for
+    long); one that went stale is reopened once per call. A queue the broker does not know holds nothing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -200,19 +205,27 @@ class _AmqpDepth:
             with contextlib.suppress(Exception):
                 conn.release()
 
+    def _read(self, queue: str) -> int:
+        if self._conn is None:
+            self._conn = app.connection_for_read(heartbeat=0)
+            self._conn.ensure_connection(max_retries=1)
+        if self._channel is None:
+            self._channel = self._conn.channel()
+        try:
+            return int(self._channel.queue_declare(queue=queue, passive=True).message_count)
+        except NotFound:
+            self._channel = None  # the broker closed the channel with the error
+            return 0
+
     def __call__(self, queue: str) -> int:
         with self._lock:
-            if self._conn is None:
-                self._conn = app.connection_for_read()
-                self._conn.ensure_connection(max_retries=1)
             try:
-                if self._channel is None:
-                    self._channel = self._conn.channel()
-                return int(self._channel.queue_declare(queue=queue, passive=True).message_count)
-            except NotFound:
-                self._channel = None  # the broker closed the channel with the error
-                return 0
-            except Exception:
+                return self._read(queue)
+            except _BROKER_ERRORS:  # a stale connection (broker restarted, idle close): one fresh try
+                self._reset()
+            try:
+                return self._read(queue)
+            except _BROKER_ERRORS:
                 self._reset()
                 raise
 

@@ -114,3 +114,27 @@ class TestConsumerTimeout:
         assert (job.status, job.attempts) == ("succeeded", 1)
         assert [(a.attempt, a.status) for a in attempts] == [(1, "succeeded")]
         assert attempts[0].worker.startswith("worker-")  # not run again by worker2
+
+
+class TestExecQueueDepth:
+    def test_ready_messages_of_a_queue_and_zero_for_one_the_broker_does_not_know(self, redis_client):
+        """What /metrics, GET /admin/v1/queues, the dashboard and the dispatcher's room read on RabbitMQ."""
+        import uuid
+
+        from tenantq.core.celery import amqp_queue_depth, app, exec_queue
+        from tenantq.platform.dispatch.dispatcher import exec_queue_depth
+
+        name = f"tq.exec.t.depth-{uuid.uuid4().hex[:8]}"
+        queue = exec_queue(name)
+        assert exec_queue_depth(redis_client, name) == 0  # not declared yet
+        with app.connection_for_write() as conn:
+            producer = conn.Producer()
+            for i in range(3):
+                producer.publish({"n": i}, exchange=queue.exchange, routing_key=name, declare=[queue])
+            try:
+                assert wait_until(lambda: exec_queue_depth(redis_client, name) == 3, timeout=30)
+                # The reading connection went away (broker restart, idle close): the next read reopens it.
+                amqp_queue_depth._conn.release()
+                assert exec_queue_depth(redis_client, name) == 3
+            finally:
+                queue.bind(conn.default_channel).delete()
