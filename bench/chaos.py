@@ -118,6 +118,7 @@ class Chaos:
     # job id -> (wall time of the kill that stopped its attempt): waiting to be seen running again.
     _killed: dict[str, float] = field(default_factory=dict)
     _recovered: list[float] = field(default_factory=list)
+    _ready: set[str] = field(default_factory=set)
 
     # -- processes ----------------------------------------------------------------------------------
     def start_worker(self) -> str:
@@ -146,6 +147,12 @@ class Chaos:
             self._killed.setdefault(job_id, killed_at)
         self.log(f"  killed {name} ({len(running)} attempts running)")
         self.start_worker()
+
+    def ready(self, worker: str) -> bool:
+        """The Celery worker logged that it is ready (it consumes from the broker)."""
+        if worker not in self._ready and " ready." in self.group.log(worker):
+            self._ready.add(worker)
+        return worker in self._ready
 
     def running_on(self, worker: str) -> list[str]:
         """Jobs SQL shows running on this worker (its Celery node name is ``<worker>-<hex>@host``)."""
@@ -265,7 +272,10 @@ class Chaos:
                 self.track_recovery()
             except Exception as exc:  # noqa: BLE001 - SQLite busy under load: look again
                 self.log(f"  recovery query failed: {exc}")
-            while events and done >= marks[0] * jobs:
+            # One event per pass, and only once every worker (the last replacement too) consumes: the
+            # marks passed during a slow submission would otherwise kill both workers at once, and the
+            # recovery figure would time a worker's start-up instead of the broker's redelivery.
+            if events and done >= marks[0] * jobs and all(self.ready(w) for w in self.workers):
                 marks.pop(0)
                 (self.kill_worker if events.pop(0) == "kill" else self.restart_redis)()
             if done >= jobs and not events:
