@@ -88,6 +88,8 @@ class _ExecQueues(Queues):
     to it) are declared like the configured ones, so every declaration of a queue agrees."""
 
     def new_missing(self, name: str) -> Queue:
+        if not get_settings().broker_is_amqp:
+            return super().new_missing(name)  # Celery's own, as before RabbitMQ support
         return exec_queue(name)
 
 

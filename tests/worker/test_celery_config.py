@@ -81,6 +81,8 @@ class TestRabbitMQ:
         pool = app.amqp.queues["tq.exec.t.some-tenant"]  # unknown: created on first use
         assert pool.durable
         assert pool.queue_arguments["x-consumer-timeout"] == CONSUMER_TIMEOUT_MS
+        on_redis = on_broker("").amqp.queues["tq.exec.t.some-tenant"]
+        assert not on_redis.queue_arguments and on_redis.exchange.name == "tq.exec.t.some-tenant"
 
     def test_publishes_are_confirmed_and_persistent_and_no_redis_workarounds(self, on_broker):
         app = on_broker(AMQP_URL)
