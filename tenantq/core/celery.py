@@ -15,7 +15,9 @@ from kombu.exceptions import KombuError
 from tenantq.core.settings import Settings, get_settings
 
 # tenantq priorities run 0 (least urgent) .. 9 (most urgent); Redis-backed Celery treats 0 as the
-# *highest*. Every publish goes through to_celery_priority so that inversion lives in one place.
+# *highest*. Every publish goes through to_celery_priority so that inversion lives in one place. On
+# RabbitMQ the execution queues have no x-max-priority and the header is ignored: the dispatcher already
+# released in priority order into a queue a few messages deep, which the broker keeps (FIFO).
 PRIORITY_LEVELS = 10
 
 
