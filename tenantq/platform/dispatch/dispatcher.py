@@ -136,6 +136,7 @@ class Dispatcher:
         instance_id: str | None = None,
         use_leader_lock: bool = True,
         queued_in_sql: QueuedInSql | None = None,
+        queue_depth: Callable[[str], int] | None = None,
     ):
         settings = get_settings()
         self.r = client or get_redis()
@@ -143,6 +144,9 @@ class Dispatcher:
         self.queue = queue or settings.exec_queue
         self.depth = depth or settings.dispatch_depth
         self.publisher = publisher or publish
+        # Messages waiting in an execution queue: the broker's count by default. A dispatcher whose
+        # publisher sends nowhere (tests, benches) passes what its own publisher left waiting.
+        self.queue_depth = queue_depth or (lambda q: exec_queue_depth(self.r, q))
         self.limits = limits or LimitsCache()
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.use_leader_lock = use_leader_lock
@@ -349,7 +353,7 @@ class Dispatcher:
         that keeps the workers busy, so a newly arrived urgent job or tenant waits behind as few
         already-released jobs as possible.
         """
-        current = exec_queue_depth(self.r, queue)
+        current = self.queue_depth(queue)
         target = self.target_depth.get(queue, min(self.depth, 4))
         if current == 0 and self._filled.get(queue):
             target = min(self.depth, target + 1)
