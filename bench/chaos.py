@@ -10,9 +10,13 @@ process group ``--kills`` times (starting a replacement each time) and restarts 
 times while the jobs run. It waits until every job is terminal and every attempt is metered, then
 checks the invariants (:func:`check`) and writes a table + ``bench/results/chaos-<timestamp>.json``.
 
-The processes run with a short broker visibility timeout and short dispatcher reconciler delays
-(:func:`chaos_env`): in production a killed worker's message comes back after the visibility timeout
-(an hour by default), here after seconds. ``tests/test_chaos.py`` runs the same driver (smaller) as a test.
+On Redis the processes run with a short broker visibility timeout and short dispatcher reconciler
+delays (:func:`chaos_env`): in production a killed worker's message comes back after the visibility
+timeout (an hour by default), here after seconds. With TENANTQ_BROKER_URL=amqp://... the execution
+queues run on RabbitMQ (a vhost of the run's own, made with rabbitmqctl) at default settings: the
+broker hands a killed worker's messages back as soon as its connection closes. Either way the run
+measures how long each attempt killed mid-run took to be running again (``recovery_s``).
+``tests/test_chaos.py`` runs the same driver (smaller) as a test.
 """
 
 from __future__ import annotations
@@ -53,12 +57,16 @@ CHAOS_OVERRIDES: dict[str, Any] = {
 }
 
 
-def chaos_env(redis_url: str, visibility_timeout: float = 15.0) -> dict[str, str]:
-    """Settings for the chaos processes. The visibility timeout must exceed the longest time a delivered
-    message waits for its ack (job run + signal writes on a loaded machine), or healthy attempts are
-    redelivered; it must be short for the test to finish. Reconcilers run on a few seconds' notice."""
+def chaos_env(redis_url: str, broker_url: str = "", visibility_timeout: float = 15.0) -> dict[str, str]:
+    """Settings for the chaos processes. With a RabbitMQ ``broker_url``: the defaults, nothing lowered.
+    On Redis: the visibility timeout must exceed the longest time a delivered message waits for its ack
+    (job run + signal writes on a loaded machine), or healthy attempts are redelivered; it must be short
+    for the test to finish. Reconcilers run on a few seconds' notice."""
+    if broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+        return {"TENANTQ_REDIS_URL": redis_url, "TENANTQ_BROKER_URL": broker_url}
     return {
         "TENANTQ_REDIS_URL": redis_url,
+        "TENANTQ_BROKER_URL": "",
         "TENANTQ_VISIBILITY_TIMEOUT_SECONDS": str(visibility_timeout),
         "TENANTQ_INFLIGHT_DEADLINE_SECONDS": "5",
         "TENANTQ_LOST_JOB_GRACE_SECONDS": str(max(20.0, visibility_timeout + 5)),
@@ -80,10 +88,19 @@ class ChaosReport:
     max_attempts_per_job: int = 0
     jobs_with_lost_attempts: int = 0
     success_billed_as_lost: int = 0  # killed between the SQL success and the usage close
+    # Attempts running on a worker when it was SIGKILLed: seconds until each was running again.
+    recovery_s: list[float] = field(default_factory=list)
+    killed_not_running_again: int = 0  # killed attempts never seen running again within the run
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def recovery_percentile(self, q: float) -> float | None:
+        if not self.recovery_s:
+            return None
+        ordered = sorted(self.recovery_s)
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
 @dataclass
@@ -98,6 +115,10 @@ class Chaos:
     log: Callable[[str], None] = print
     workers: list[str] = field(default_factory=list)
     _serial: int = 0
+    # job id -> (wall time of the kill that stopped its attempt): waiting to be seen running again.
+    _killed: dict[str, float] = field(default_factory=dict)
+    _recovered: list[float] = field(default_factory=list)
+    _ready: set[str] = field(default_factory=set)
 
     # -- processes ----------------------------------------------------------------------------------
     def start_worker(self) -> str:
@@ -120,8 +141,68 @@ class Chaos:
         gets to report), then start a replacement."""
         name = self.workers.pop(0)
         self.group.kill(name)
-        self.log(f"  killed {name}")
+        killed_at = time.time()
+        running = self.running_on(name)
+        for job_id in running:
+            self._killed.setdefault(job_id, killed_at)
+        self.log(f"  killed {name} ({len(running)} attempts running)")
         self.start_worker()
+
+    def ready(self, worker: str) -> bool:
+        """The Celery worker logged that it is ready (it consumes from the broker)."""
+        if worker not in self._ready and " ready." in self.group.log(worker):
+            self._ready.add(worker)
+        return worker in self._ready
+
+    def running_on(self, worker: str) -> list[str]:
+        """Jobs SQL shows running on this worker (its Celery node name is ``<worker>-<hex>@host``)."""
+        from sqlalchemy import select
+
+        from tenantq.core.db import unscoped_session
+        from tenantq.platform.jobs.models import Job
+
+        with unscoped_session() as session:
+            return list(
+                session.scalars(
+                    select(Job.id).where(
+                        Job.tenant_id == self.tenant.id,
+                        Job.status == "running",
+                        Job.worker.startswith(f"{worker}-"),
+                    )
+                )
+            )
+
+    def track_recovery(self) -> None:
+        """Killed attempts seen running again (their attempt row reopened by another worker): record
+        the delay. A job that finished without starting again had finished before the kill."""
+        if not self._killed:
+            return
+        from sqlalchemy import select
+
+        from tenantq.core.db import unscoped_session
+        from tenantq.platform.jobs.models import Job, JobAttempt
+
+        with unscoped_session() as session:
+            started = session.execute(
+                select(JobAttempt.job_id, JobAttempt.started_at).where(
+                    JobAttempt.job_id.in_(list(self._killed))
+                )
+            ).all()
+            finished = set(
+                session.scalars(
+                    select(Job.id).where(Job.id.in_(list(self._killed)), Job.status.in_(TERMINAL))
+                )
+            )
+        latest: dict[str, float] = {}
+        for job_id, at in started:
+            stamp = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+            latest[job_id] = max(latest.get(job_id, 0.0), stamp)
+        for job_id, killed_at in list(self._killed.items()):
+            if latest.get(job_id, 0.0) > killed_at:
+                self._recovered.append(round(latest[job_id] - killed_at, 2))
+                del self._killed[job_id]
+            elif job_id in finished:
+                del self._killed[job_id]  # it had finished before the kill (SQL was a step behind)
 
     def restart_redis(self) -> None:
         self.redis_server.restart()
@@ -187,7 +268,14 @@ class Chaos:
                 time.sleep(0.5)
                 continue
             done = sum(counts.get(s, 0) for s in TERMINAL)
-            while events and done >= marks[0] * jobs:
+            try:
+                self.track_recovery()
+            except Exception as exc:  # noqa: BLE001 - SQLite busy under load: look again
+                self.log(f"  recovery query failed: {exc}")
+            # One event per pass, and only once every worker (the last replacement too) consumes: the
+            # marks passed during a slow submission would otherwise kill both workers at once, and the
+            # recovery figure would time a worker's start-up instead of the broker's redelivery.
+            if events and done >= marks[0] * jobs and all(self.ready(w) for w in self.workers):
                 marks.pop(0)
                 (self.kill_worker if events.pop(0) == "kill" else self.restart_redis)()
             if done >= jobs and not events:
@@ -202,6 +290,9 @@ class Chaos:
             time.sleep(0.25)
         report.seconds_to_terminal = round(time.monotonic() - t0, 1)
         report.statuses = dict(self.statuses(ids))
+        self.track_recovery()
+        report.recovery_s = sorted(self._recovered)
+        report.killed_not_running_again = len(self._killed)
         self.log(f"  all terminal after {report.seconds_to_terminal}s; waiting for metering")
         # Usage: every attempt closed (killed ones by the flusher's reconciler) and flushed to SQL. A
         # worker killed after writing its success to SQL but before closing the attempt's usage leaves
@@ -355,6 +446,12 @@ def table(report: ChaosReport) -> str:
         ("jobs with a lost attempt", report.jobs_with_lost_attempts),
         ("successes billed as lost", report.success_billed_as_lost),
         ("max attempts of one job", report.max_attempts_per_job),
+        (
+            "killed attempt -> running again (s)",
+            f"n={len(report.recovery_s)} p50={report.recovery_percentile(0.5)} "
+            f"p95={report.recovery_percentile(0.95)} max={max(report.recovery_s, default=None)}"
+            + (f"; {report.killed_not_running_again} not again" if report.killed_not_running_again else ""),
+        ),
         ("invariant violations", len(report.problems)),
     ]
     width = max(len(r[0]) for r in rows)
@@ -371,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    from tests.brokers import VHOSTS
     from tests.conftest import ProcessGroup, RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="tq-chaos-"))
@@ -400,9 +498,11 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     else:
         db_url = f"sqlite:///{work / 'tenantq.db'}"
+    broker = VHOSTS.create("chaos") if VHOSTS is not None else ""
     env = {
         "TENANTQ_DATABASE_URL": db_url,
         "TENANTQ_REDIS_URL": server.url,
+        "TENANTQ_BROKER_URL": broker,
         "TENANTQ_DATA_DIR": str(work),
         "TENANTQ_SECRET_KEY": "chaos-" + uuid.uuid4().hex,
         "TENANTQ_LOG_JSON": "false",
@@ -428,11 +528,13 @@ def main(argv: list[str] | None = None) -> int:
         session.add(tenant)
     group = ProcessGroup(env, work)
     client = redis_lib.Redis.from_url(server.url, decode_responses=True)
-    chaos = Chaos(group=group, redis_server=server, redis=client, tenant=tenant, env=chaos_env(server.url))
+    chaos = Chaos(
+        group=group, redis_server=server, redis=client, tenant=tenant, env=chaos_env(server.url, broker)
+    )
     try:
         print(
-            f"chaos: {opts.jobs} jobs, {opts.kills} kills, {opts.redis_restarts} redis restart(s); "
-            f"logs in {work}"
+            f"chaos: {opts.jobs} jobs, {opts.kills} kills, {opts.redis_restarts} redis restart(s), "
+            f"broker {'RabbitMQ' if broker else 'Redis'}; logs in {work}"
         )
         report = chaos.run(
             jobs=opts.jobs,
@@ -445,12 +547,16 @@ def main(argv: list[str] | None = None) -> int:
         group.stop_all()
         server.stop()
         drop()
+        if VHOSTS is not None:
+            VHOSTS.delete_all()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"chaos-{stamp}.json"
     meta = {
         "at": stamp,
         "database": "postgresql" if base_db.startswith("postgresql") else "sqlite",
+        "broker": "rabbitmq" if broker else "redis",
+        "settings": chaos.env,
         "cpus": os.cpu_count(),
         "job_seconds": opts.seconds,
     }

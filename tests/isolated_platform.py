@@ -4,9 +4,9 @@ The session-wide worker (``platform_processes``) runs with default settings: no 
 addresses refused. Tests of ``email.send``, of ``http.request`` against a local server and of webhooks
 to a local receiver need a worker configured like an operator would (SMTP host, private addresses
 allowed, fast webhook retries). This one uses its own Redis database on the same test redis-server
-(``/7``) as broker and queue store, so the session worker never sees its jobs and vice versa; both
-share the test database. Jobs are submitted through the jobs service with a Redis client on that
-database (the same code path as the API, minus HTTP).
+(``/7``) as queue store and broker (on RabbitMQ a vhost of its own), so the session worker never sees
+its jobs and vice versa; both share the test database. Jobs are submitted through the jobs service with
+a Redis client on that database (the same code path as the API, minus HTTP).
 
 Also here: a real SMTP server (aiosmtpd) that records what it receives and can refuse recipients
 (``reject*@`` -> 550, ``busy*@`` -> 451 on the first try), and a tiny threaded HTTP server helper.
@@ -29,6 +29,7 @@ from typing import Any, Self
 import pytest
 import redis as redis_lib
 
+from tests.brokers import broker_url, private_broker
 from tests.conftest import ProcessGroup, free_port, start_worker
 
 ISOLATED_REDIS_DB = 7
@@ -112,6 +113,7 @@ def isolated_platform(platform_env, redis_server, tmp_path_factory) -> Iterator[
     env = {
         **platform_env,
         "TENANTQ_REDIS_URL": url,
+        **private_broker("isolated"),
         "TENANTQ_SMTP_HOST": "127.0.0.1",
         "TENANTQ_SMTP_PORT": str(smtp_port),
         "TENANTQ_SMTP_STARTTLS": "0",
@@ -125,7 +127,7 @@ def isolated_platform(platform_env, redis_server, tmp_path_factory) -> Iterator[
     try:
         start_worker(group, name="iso-worker")
         group.start("iso-dispatcher", [sys.executable, "-m", "tenantq.cli", "dispatcher"])
-        _ping(url)
+        _ping(broker_url(env))
         yield IsolatedPlatform(group=group, redis=client, smtp=handler, smtp_port=smtp_port)
     finally:
         group.stop_all()

@@ -39,7 +39,8 @@ def up(
     data_dir: DataDir = None,
 ) -> None:
     """Run API, dispatcher, worker, beat and the usage flusher (and an embedded Redis unless
-    TENANTQ_REDIS_URL is set) in the foreground.
+    TENANTQ_REDIS_URL is set) in the foreground. With TENANTQ_BROKER_URL=amqp://... the execution
+    queues are on that RabbitMQ (installed and run separately); everything else stays as it is.
 
     Prints "tenantq is up" once the API answers /readyz and the worker consumes. A process that exits
     on its own is restarted (with backoff). Ctrl-C, SIGTERM, SIGHUP (the terminal closed) or a closed

@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # A server secret or admin token shorter than this is refused at role start (see check_server_settings).
 MIN_SECRET_BYTES = 32
 MIN_ADMIN_TOKEN_CHARS = 32
+# TENANTQ_BROKER_URL schemes: RabbitMQ (AMQP 0-9-1 through py-amqp) or Redis.
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+BROKER_SCHEMES = AMQP_SCHEMES | {"redis", "rediss", "redis+socket"}
 # The generated secret of an embedded-defaults data dir (owner-only: it keys every API-key hash).
 SECRET_FILE_NAME = "secret_key"
 
@@ -37,6 +40,13 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (redis://, rediss:// or unix://). "
         "Default: the embedded Redis socket in data_dir.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker of the execution queues (tq.exec, dedicated pools, tq.system). "
+        "amqp://user:password@host:5672/vhost (or amqps://) runs them on RabbitMQ: real acknowledgements, "
+        "a killed worker's jobs come back as soon as the broker sees its connection close. Default: the "
+        "Redis of TENANTQ_REDIS_URL. Per-tenant queues, limits, leases, usage and results stay in Redis.",
     )
     secret_key: str = Field(
         default="",
@@ -226,6 +236,19 @@ class Settings(BaseSettings):
         default=True, description="Record usage events from task signals (TENANTQ_METERING=0 turns it off)."
     )
 
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(
+                f"TENANTQ_BROKER_URL must start with one of {', '.join(sorted(BROKER_SCHEMES))}:// "
+                f"(got {scheme or 'no scheme'!r})"
+            )
+        return value
+
     @field_validator("admin_token")
     @classmethod
     def _empty_admin_token_is_unset(cls, value: str | None) -> str | None:
@@ -258,12 +281,22 @@ class Settings(BaseSettings):
         return f"unix://{self.embedded_redis_socket}"
 
     @property
-    def celery_broker_url(self) -> str:
-        """kombu spells a unix-socket Redis as ``redis+socket://``."""
+    def celery_result_backend(self) -> str:
+        """Results always live in Redis (kombu spells a unix-socket Redis as ``redis+socket://``)."""
         url = self.effective_redis_url
         if url.startswith("unix://"):
             return "redis+socket://" + url[len("unix://") :]
         return url
+
+    @property
+    def celery_broker_url(self) -> str:
+        """TENANTQ_BROKER_URL, else the Redis that holds everything else."""
+        return self.broker_url or self.celery_result_backend
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """The execution queues run on RabbitMQ (real acknowledgements), not on Redis."""
+        return self.celery_broker_url.split("://", 1)[0].lower() in AMQP_SCHEMES
 
     @property
     def uses_embedded_redis(self) -> bool:

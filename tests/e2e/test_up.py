@@ -1,4 +1,5 @@
-"""`tenantq up` on embedded defaults: SQLite + embedded Redis, real HTTP, real signals.
+"""`tenantq up` on embedded defaults: SQLite + embedded Redis, real HTTP, real signals (in the RabbitMQ
+pass with TENANTQ_BROKER_URL set: the execution queues on RabbitMQ, the rest embedded).
 
 Every way `up` ends must leave no process behind. Each test marks the environment of the `up` it starts
 (every child inherits it), so "nothing left" is checked over every process on the machine, including
@@ -23,6 +24,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.brokers import ON_RABBITMQ, private_broker
 from tests.conftest import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +37,9 @@ STOP_TIMEOUT = 90
 
 def up_env(mark: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTQ_")}
+    if ON_RABBITMQ:
+        # Embedded SQLite and Redis, the execution queues on RabbitMQ (a vhost of this `up`'s own).
+        env.update(private_broker("up"))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT)
     env[MARK] = mark

@@ -76,6 +76,44 @@ class TestInspect:
             assert node_conf["worker_max_tasks_per_child"] == 10_000
 
 
+class TestEvents:
+    def test_events_dump_shows_a_job_run(self, api, platform_env, platform_processes, tmp_path):
+        """`celery -A tenantq.worker events --dump` (Celery's event monitor) on either broker."""
+        from tests.factories import ApiKeyFactory, auth
+
+        env = {**os.environ, **platform_env, "PYTHONPATH": str(ROOT)}
+        with open(tmp_path / "events.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tenantq.worker", "events", "--dump"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            dump = tmp_path / "events.log"
+            # Heartbeats arrive once the monitor's event queue is bound: from then on it sees task events.
+            wait_until(lambda: "] heartbeat:" in dump.read_text(), timeout=90, message="a heartbeat")
+            key = ApiKeyFactory()
+            job = api.post("/v1/jobs", json={"task": "demo.echo", "args": {}}, headers=auth(key)).json()
+            wait_until(
+                # The dumper names the task (with its id, the job id + attempt) once it saw it received.
+                lambda: any(
+                    "task succeeded:" in line and job["id"] in line for line in dump.read_text().splitlines()
+                ),
+                timeout=90,
+                message="the job's task-succeeded event",
+            )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 class TestFlower:
     def test_flower_lists_tenantq_workers(self, platform_env, platform_processes, tmp_path):
         pytest.importorskip("flower")

@@ -27,6 +27,7 @@ METRIC_RE = re.compile(r"\b(tenantq_[a-z0-9_]+)\b")
 SECRET_ENV = (
     "TENANTQ_DATABASE_URL",
     "TENANTQ_REDIS_URL",
+    "TENANTQ_BROKER_URL",
     "TENANTQ_SECRET_KEY",
     "TENANTQ_ADMIN_TOKEN",
     "TENANTQ_METRICS_TOKEN",
@@ -127,7 +128,7 @@ class TestKubernetes:
         version = kv.latest_version()
         validated = set()
         for _path, doc in k8s_docs():
-            if doc["apiVersion"].startswith(("keda.sh/", "kustomize.config.k8s.io/")):
+            if doc["apiVersion"].startswith(("keda.sh/", "kustomize.config.k8s.io/", "rabbitmq.com/")):
                 continue  # CRDs / tooling: checked structurally below
             kv.validate(doc, version, strict=True)
             validated.add(doc["kind"])
@@ -265,11 +266,28 @@ class TestKubernetes:
         )
         assert containers(worker)[0]["resources"]["requests"]["cpu"]
 
+    def test_every_role_takes_the_optional_broker_url_and_the_rabbitmq_cluster_outwaits_time_limits(self):
+        from tenantq.core.celery import CONSUMER_TIMEOUT_MS, MAX_TIME_LIMIT_S
+
+        roles = [d for _, d in k8s_docs() if d["kind"] == "Deployment"]
+        assert len(roles) >= 5
+        for doc in roles:
+            env = {e["name"]: e for e in containers(doc)[0]["env"]}
+            ref = env["TENANTQ_BROKER_URL"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "tenantq", "key": "broker-url", "optional": True}, doc["metadata"]["name"]
+        (cluster,) = [d for _, d in k8s_docs() if d["kind"] == "RabbitmqCluster"]
+        assert cluster["metadata"]["namespace"] == "tenantq" and cluster["spec"]["replicas"] >= 3
+        config = dict(
+            line.split(" = ", 1) for line in cluster["spec"]["rabbitmq"]["additionalConfig"].splitlines()
+        )
+        assert int(config["consumer_timeout"]) >= CONSUMER_TIMEOUT_MS > MAX_TIME_LIMIT_S * 1000
+
     def test_kustomization_lists_existing_files(self):
         kust = yaml_docs(K8S / "kustomization.yaml")[0]
         for res in kust["resources"]:
             assert (K8S / res).exists(), res
-        listed = set(kust["resources"]) | {"kustomization.yaml", "migrate-job.yaml"}
+        # The RabbitMQ cluster needs its operator installed first: applied on its own when wanted.
+        listed = set(kust["resources"]) | {"kustomization.yaml", "migrate-job.yaml", "rabbitmq-cluster.yaml"}
         assert {p.name for p in K8S.glob("*.yaml")} == listed
 
 
@@ -309,6 +327,22 @@ class TestCompose:
             env_names = {k for k in svc["environment"] if k.startswith("TENANTQ_")}
             assert env_names <= fields, (name, env_names - fields)
         assert tenantq_services == 6  # migrate, api, worker, dispatcher, beat, flower
+
+    def test_rabbitmq_profile(self):
+        from tenantq.core.celery import CONSUMER_TIMEOUT_MS
+
+        services = self.compose()["services"]
+        rabbit = services["rabbitmq"]
+        assert rabbit["profiles"] == ["rabbitmq"]  # not started unless asked for
+        assert (
+            f"consumer_timeout {CONSUMER_TIMEOUT_MS}"
+            in rabbit["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+        )
+        assert any(v.endswith(":/var/lib/rabbitmq") for v in rabbit["volumes"])
+        for name in ("api", "worker", "dispatcher", "beat", "flower"):
+            svc = services[name]
+            assert svc["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}, name
+            assert svc["environment"]["TENANTQ_BROKER_URL"] == "${TENANTQ_BROKER_URL:-}", name
 
     def test_prometheus_mounts_exist(self):
         prom = self.compose()["services"]["prometheus"]

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from tenantq.platform.jobs.models import Job
+from tests.brokers import private_broker
 from tests.conftest import ProcessGroup, RedisServer, free_port, wait_until
 from tests.factories import ApiKeyFactory, auth
 from tests.ops.helpers import parse, value
@@ -36,6 +37,7 @@ def topology(platform_env, tmp_path):
         **platform_env,
         # Its own Redis: the session's worker and dispatcher (if running) never see these jobs.
         "TENANTQ_REDIS_URL": server.url,
+        **private_broker("topology"),
         "TENANTQ_DATA_DIR": str(tmp_path / "data"),
         # One metrics directory for the API and both workers, as on one host.
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),

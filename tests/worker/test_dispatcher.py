@@ -58,9 +58,21 @@ class Recorder:
         self.messages.append((queue, message))
 
 
+def nothing_waiting(_queue: str) -> int:
+    """No worker consumes what a Recorder records: as far as the dispatcher knows, nothing waits."""
+    return 0
+
+
 def make(client, depth=10_000, **kwargs):
     rec = Recorder()
-    d = Dispatcher(client=client, depth=depth, publisher=rec, limits=LimitsCache(ttl=0.2), **kwargs)
+    d = Dispatcher(
+        client=client,
+        depth=depth,
+        publisher=rec,
+        limits=LimitsCache(ttl=0.2),
+        queue_depth=nothing_waiting,
+        **kwargs,
+    )
     d.decisions = []
     return d, rec
 
@@ -207,7 +219,12 @@ class TestCrashSafety:
             raise ConnectionError("broker down")
 
         d = Dispatcher(
-            client=iso_redis, depth=10, publisher=broken, limits=LimitsCache(ttl=0.2), use_leader_lock=False
+            client=iso_redis,
+            depth=10,
+            publisher=broken,
+            limits=LimitsCache(ttl=0.2),
+            use_leader_lock=False,
+            queue_depth=nothing_waiting,
         )
         d.inflight_deadline = 0.3
         with pytest.raises(ConnectionError):

@@ -107,6 +107,25 @@ class TestStartGuard:
         assert redis_client.zcard(lease_key(t.id)) == 0
 
 
+def rabbitmq_dispatcher(client) -> Dispatcher:
+    """A dispatcher configured for TENANTQ_BROKER_URL=amqp://... (its publisher is never called)."""
+    import os
+
+    from tenantq.core.settings import reset_settings_cache
+
+    saved = os.environ.get("TENANTQ_BROKER_URL")
+    os.environ["TENANTQ_BROKER_URL"] = "amqp://guest:guest@127.0.0.1:5672/unused"
+    reset_settings_cache()
+    try:
+        return Dispatcher(client=client, use_leader_lock=False, publisher=lambda _m, _q: None)
+    finally:
+        if saved is None:
+            os.environ.pop("TENANTQ_BROKER_URL")
+        else:
+            os.environ["TENANTQ_BROKER_URL"] = saved
+        reset_settings_cache()
+
+
 class TestLostJobs:
     def test_sql_queued_job_missing_from_redis_is_requeued(self, iso_redis):
         tenant = TenantFactory()
@@ -121,6 +140,36 @@ class TestLostJobs:
         iso_redis.hset("tq:disp:at", recent.id, 9_999_999_999)
         d.requeue_lost_sql_jobs(limit=10_000)
         assert iso_redis.zscore(f"tq:q:{tenant.id}", recent.id) is None
+
+    def test_a_published_job_is_published_again_after_the_grace_on_redis_the_consumer_timeout_on_rabbitmq(
+        self, iso_redis
+    ):
+        """On Redis a message taken by a worker that died before starting it is invisible until the
+        visibility timeout: after the grace the reconciler publishes the job again. RabbitMQ redelivers
+        such a message when that worker's connection closes: only one the broker lost is still
+        unstarted after the consumer timeout, and only then is the job published again."""
+        import time
+
+        from tenantq.core.celery import CONSUMER_TIMEOUT_MS
+
+        tenant = TenantFactory()
+        old = utcnow().replace(year=utcnow().year - 1)
+        d = Dispatcher(client=iso_redis, use_leader_lock=False, queued_in_sql=queued_before)
+        d.lost_grace = 60
+        on_rabbitmq = rabbitmq_dispatcher(iso_redis).republish_after
+        assert on_rabbitmq == CONSUMER_TIMEOUT_MS / 1000
+        cases = [  # (republish after, published seconds ago, published again?)
+            (d.lost_grace, 600, True),
+            (on_rabbitmq, 600, False),
+            (on_rabbitmq, CONSUMER_TIMEOUT_MS / 1000 + 60, True),
+        ]
+        for republish_after, ago, expected in cases:
+            job = JobFactory(tenant=tenant, status="queued", created_at=old)
+            iso_redis.hset("tq:disp:at", job.id, time.time() - ago)
+            d.republish_after = republish_after
+            d.requeue_lost_sql_jobs(limit=10_000)
+            again = iso_redis.zscore(f"tq:q:{tenant.id}", job.id) is not None
+            assert again is expected, (republish_after, ago)
 
 
 class TestHeldBackCopy:

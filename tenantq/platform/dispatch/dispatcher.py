@@ -45,7 +45,13 @@ from typing import Any
 import redis
 
 from tenantq.core import keys
-from tenantq.core.celery import PRIORITY_LEVELS, app, to_celery_priority
+from tenantq.core.celery import (
+    CONSUMER_TIMEOUT_MS,
+    PRIORITY_LEVELS,
+    amqp_queue_depth,
+    app,
+    to_celery_priority,
+)
 from tenantq.core.db import utcnow
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
@@ -74,6 +80,10 @@ return 0
 
 
 def exec_queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in a Celery execution queue, not yet taken by a worker: the queue's ready
+    messages on RabbitMQ, else the lengths of its priority lists in the broker Redis (``client``)."""
+    if get_settings().broker_is_amqp:
+        return amqp_queue_depth(queue)
     pipe = client.pipeline(transaction=False)
     pipe.llen(queue)
     for level in range(1, PRIORITY_LEVELS):
@@ -83,7 +93,8 @@ def exec_queue_depth(client: redis.Redis, queue: str) -> int:
 
 def publish(message: dict[str, Any], queue: str) -> None:
     """Hand one job to Celery. ``message["options"]`` carries per-job Celery options (time limits,
-    expires) straight through to ``send_task``."""
+    expires) straight through to ``send_task``. On RabbitMQ it returns once the broker confirmed the
+    message (publisher confirms, see ``tenantq.core.celery``)."""
     job = message["job"]
     app.send_task(
         message["task"],
@@ -125,6 +136,7 @@ class Dispatcher:
         instance_id: str | None = None,
         use_leader_lock: bool = True,
         queued_in_sql: QueuedInSql | None = None,
+        queue_depth: Callable[[str], int] | None = None,
     ):
         settings = get_settings()
         self.r = client or get_redis()
@@ -132,6 +144,9 @@ class Dispatcher:
         self.queue = queue or settings.exec_queue
         self.depth = depth or settings.dispatch_depth
         self.publisher = publisher or publish
+        # Messages waiting in an execution queue: the broker's count by default. A dispatcher whose
+        # publisher sends nowhere (tests, benches) passes what its own publisher left waiting.
+        self.queue_depth = queue_depth or (lambda q: exec_queue_depth(self.r, q))
         self.limits = limits or LimitsCache()
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.use_leader_lock = use_leader_lock
@@ -141,6 +156,15 @@ class Dispatcher:
         self.lease_ttl = settings.lease_ttl_seconds
         self.inflight_deadline = settings.inflight_deadline_seconds
         self.lost_grace = settings.lost_job_grace_seconds
+        # A job published this long ago and still not started is published again (the start guard
+        # skips whichever copy comes second). On Redis, after the grace: a message taken by a worker
+        # that died before starting it is stuck in kombu's unacked set until the visibility timeout.
+        # RabbitMQ confirmed the message and hands it back as soon as such a worker's connection
+        # closes; only a message the broker itself lost needs it, so wait out the consumer timeout
+        # (nothing can hold a delivery longer).
+        self.republish_after = (
+            max(self.lost_grace, CONSUMER_TIMEOUT_MS / 1000) if settings.broker_is_amqp else self.lost_grace
+        )
         self.reconcile_every = max(1.0, min(10.0, self.inflight_deadline / 3))
         self.stop_event = threading.Event()
         self.is_leader = False
@@ -212,7 +236,7 @@ class Dispatcher:
         now = time.time()
         count = 0
         for job, at in zip(jobs, published, strict=True):
-            if at is not None and now - float(at) < self.lost_grace:
+            if at is not None and now - float(at) < self.republish_after:
                 continue
             if self.queues.is_pending(job.tenant_id, job.job_id):
                 continue
@@ -329,7 +353,7 @@ class Dispatcher:
         that keeps the workers busy, so a newly arrived urgent job or tenant waits behind as few
         already-released jobs as possible.
         """
-        current = exec_queue_depth(self.r, queue)
+        current = self.queue_depth(queue)
         target = self.target_depth.get(queue, min(self.depth, 4))
         if current == 0 and self._filled.get(queue):
             target = min(self.depth, target + 1)
