@@ -73,7 +73,10 @@ class InvoiceOut(BaseModel):
 
 
 class VoidIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "price corrected after close", "reissue": True}]},
+    )
 
     reason: str = Field(min_length=1, max_length=255, description="Why the invoice is voided (audited).")
     reissue: StrictBool = Field(
@@ -100,7 +103,9 @@ class VoidOut(BaseModel):
 
 
 class CreditNoteIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"amount": "12.50", "reason": "outage credit"}]}
+    )
 
     amount: Decimal = Field(gt=0, max_digits=20, decimal_places=4, description="In the invoice's currency.")
     reason: str = Field(min_length=1, max_length=255, description="Shown on the credit note (audited).")
@@ -371,7 +376,9 @@ class BillingSettings(BaseModel):
 
 
 class BillingSettingsIn(SafeRequest):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"billing_email": "billing@example.com"}]}
+    )
 
     billing_email: str | None = Field(
         max_length=254, description='Where invoices are emailed; null or "" clears it.'
