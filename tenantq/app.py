@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI
@@ -29,6 +31,7 @@ from tenantq.dashboard.router import router as dashboard_router
 from tenantq.ops.metrics import router as metrics_router
 from tenantq.platform.dispatch.router import router as queue_router
 from tenantq.platform.jobs.router import router as jobs_router
+from tenantq.platform.jobs.waiters import close_hub
 from tenantq.platform.schedules.router import router as schedules_router
 from tenantq.platform.webhooks.router import router as webhooks_router
 from tenantq.platform.workflows.router import router as workflows_router
@@ -99,6 +102,13 @@ def install_docs(app: FastAPI) -> None:
         )
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # The job event subscriber (started by the first waiting request) ends with the app.
+    await close_hub()
+
+
 def create_app() -> FastAPI:
     # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
     check_server_settings(get_settings())
@@ -109,6 +119,7 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     install_error_handlers(app)
     install_docs(app)
