@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -37,7 +37,15 @@ from tenantq.platform.jobs.schemas import (
     TaskTypeOut,
 )
 from tenantq.platform.jobs.waiters import get_hub
-from tenantq.tenants.access.dependencies import CurrentTenant, JobsRead, JobsWrite, Operator
+from tenantq.tenants.access.auth import TenantContext
+from tenantq.tenants.access.dependencies import (
+    CurrentTenant,
+    JobsRead,
+    JobsWrite,
+    Operator,
+    RequireScope,
+    current_tenant,
+)
 from tenantq.tenants.accounts.service import get_tenant
 
 # No prefix: the operator's queue purge (under /admin/v1) is served here too, because it cancels jobs.
@@ -76,6 +84,19 @@ def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> Batc
     return BatchOut(items=service.submit_batch(session, ctx.tenant, body.jobs))
 
 
+def _jobs_read_released(request: Request, session: SessionDep) -> TenantContext:
+    """``JobsRead`` for the async routes below, ending the transaction in the same thread call: their
+    reads run in later thread calls, and a connection held from here to there could deadlock the
+    process under load (every worker thread authenticating, waiting for a connection, while the
+    connections wait for a thread to be released on)."""
+    ctx = RequireScope("jobs:read")(current_tenant(request, session))
+    session.commit()
+    return ctx
+
+
+JobsReadReleased = Annotated[TenantContext, Depends(_jobs_read_released)]
+
+
 def _read_job(session: Session, tenant_id: str, job_id: str) -> JobOut:
     """The job (404 if it is not this tenant's), then the transaction ends: a waiting request holds no
     database connection between two reads."""
@@ -83,6 +104,9 @@ def _read_job(session: Session, tenant_id: str, job_id: str) -> JobOut:
         return job_views([JobRepository(session, tenant_id).get(job_id)])[0]
     finally:
         session.commit()
+        # Sessions keep loaded rows across commits (expire_on_commit=False): the next read must load
+        # the job afresh, not find this copy in the identity map.
+        session.expunge_all()
 
 
 def _read_job_apart(tenant_id: str, job_id: str) -> JobOut:
@@ -110,7 +134,7 @@ def _is_news(message: dict[str, Any]) -> bool:
 )
 async def get_job(
     job_id: str,
-    ctx: JobsRead,
+    ctx: JobsReadReleased,
     session: SessionDep,
     wait: Annotated[
         float,
@@ -219,7 +243,7 @@ proxies. A client that reconnects gets the whole job again as its first event, s
         }
     },
 )
-async def job_events(job_id: str, ctx: JobsRead, session: SessionDep) -> EventStream:
+async def job_events(job_id: str, ctx: JobsReadReleased, session: SessionDep) -> EventStream:
     # 404 (in the one error shape) before the stream starts; the stream reads in sessions of its own.
     await run_in_threadpool(_read_job, session, ctx.tenant_id, job_id)
     return EventStream(
