@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Literal
 
@@ -34,6 +36,7 @@ from tenantq.ops.metrics import METRICS_SCHEMES
 from tenantq.ops.metrics import router as metrics_router
 from tenantq.platform.dispatch.router import router as queue_router
 from tenantq.platform.jobs.router import router as jobs_router
+from tenantq.platform.jobs.waiters import close_hub
 from tenantq.platform.schedules.router import router as schedules_router
 from tenantq.platform.webhooks.router import router as webhooks_router
 from tenantq.platform.workflows.router import router as workflows_router
@@ -120,6 +123,13 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # The job event subscriber (started by the first waiting request) ends with the app.
+    await close_hub()
+
+
 def create_app() -> FastAPI:
     # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
     check_server_settings(get_settings())
@@ -133,6 +143,7 @@ def create_app() -> FastAPI:
         # operationId = the route function's name (`create_job`, `list_jobs`): what a generated client
         # names its functions. tests/contract checks they are unique.
         generate_unique_id_function=operation_id,
+        lifespan=lifespan,
     )
     install_error_handlers(app)
     install_docs(app)

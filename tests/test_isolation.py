@@ -115,9 +115,10 @@ class Route:
     # parameter's default builder makes (e.g. a job still waiting, so that cancelling it changes it).
     using: Mapping[str, str] = field(default_factory=dict, hash=False)
     signed: Signed | None = None  # SIGNED rows: how the request is authenticated
+    query: str = ""  # a query string sent with the path: a second row for a route that behaves otherwise
 
     def __str__(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path}" + (f"?{self.query}" if self.query else "")
 
 
 # Far enough apart (and far enough ahead) for every plan's minimum interval; beat never fires it in a test.
@@ -132,6 +133,10 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/jobs", "jobs:write", CREATE, {"task": "demo.echo", "args": {"n": 1}}),
     Route("GET", "/v1/jobs", "jobs:read", LIST, lists="job_id"),
     Route("GET", "/v1/jobs/{job_id}", "jobs:read", RESOURCE),
+    # Long-poll: another tenant's wait is refused at once (its job is failed, so the owner's returns too).
+    Route("GET", "/v1/jobs/{job_id}", "jobs:read", RESOURCE, query="wait=5"),
+    # Event stream: the owner's ends after one event (a finished job), another tenant gets 404.
+    Route("GET", "/v1/jobs/{job_id}/events", "jobs:read", RESOURCE),
     # A waiting job: the owner's cancel dequeues it, so "B changed nothing" is a real check.
     Route("POST", "/v1/jobs/{job_id}/cancel", "jobs:write", RESOURCE, using={"job_id": "queued_job_id"}),
     Route("POST", "/v1/jobs/{job_id}/retry", "jobs:write", RESOURCE),  # job_id builds a failed job
@@ -438,7 +443,7 @@ def fill(route: Route, owner: Owner) -> tuple[str, list[tuple[Builder, str]]]:
         built.append((BUILDERS[name], rid))
         return rid
 
-    return PARAM.sub(sub, route.path), built
+    return PARAM.sub(sub, route.path) + (f"?{route.query}" if route.query else ""), built
 
 
 def app_routes(prefix: str) -> set[tuple[str, str]]:
@@ -549,7 +554,7 @@ def refused_everywhere(api, method: str, path: str, body: Any, tokens: dict[str,
 # ------------------------------------------------------------------------------------------------
 class TestCompleteness:
     def test_every_route_is_in_the_matrix(self):
-        assert len({(r.method, r.path) for r in ROUTES}) == len(ROUTES), "duplicate rows in ROUTES"
+        assert len({(r.method, r.path, r.query) for r in ROUTES}) == len(ROUTES), "duplicate rows in ROUTES"
         table = {(r.method, r.path) for r in ROUTES}
         served = app_routes("/v1/")
         assert not served - table, (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from tenantq.cli import billing, db, helpstyle, key, plan, run, status, tenant
+from tenantq.cli import billing, db, helpstyle, jobs, key, plan, run, status, tenant
 
 helpstyle.install()
 
@@ -31,6 +31,7 @@ app.add_typer(tenant.app, name="tenant")
 app.add_typer(key.app, name="key")
 app.add_typer(billing.app, name="billing")
 app.add_typer(plan.app, name="plan")
+app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:

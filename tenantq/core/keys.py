@@ -70,6 +70,15 @@ def cancel_key(job_id: str) -> str:
     return f"{CANCEL_PREFIX}{job_id}"
 
 
+JOB_EVENTS = "tq:jobs:events"  # pub/sub CHANNEL: status changes and progress of every job (JSON messages)
+PROGRESS_PREFIX = "tq:progress:"  # HASH per job: the latest progress a task reported (attempt, fraction...)
+
+
+def progress_key(job_id: str) -> str:
+    """A job's latest reported progress."""
+    return f"{PROGRESS_PREFIX}{job_id}"
+
+
 # -- submission and login limits (tenants.access) ---------------------------------------------------------
 
 SUBMIT_BUCKET_PREFIX = "tq:rl:submit:"  # HASH per tenant: submission-rate token bucket

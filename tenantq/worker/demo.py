@@ -26,6 +26,24 @@ def sleep(args: SleepArgs, ctx: JobContext) -> dict[str, Any]:
     return {"slept": args.seconds}
 
 
+class StepsArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(default=5, ge=1, le=1000, description="How many steps.")
+    seconds: float = Field(default=0.2, ge=0, le=60, description="How long each step sleeps.")
+
+
+@task_type(
+    "demo.steps",
+    args=StepsArgs,
+    description="Sleeps step by step, reporting its progress after each step (ctx.progress).",
+)
+def steps(args: StepsArgs, ctx: JobContext) -> dict[str, Any]:
+    for done in range(1, args.steps + 1):
+        time.sleep(args.seconds)
+        ctx.progress(done / args.steps, f"step {done} of {args.steps}")
+    return {"steps": args.steps}
+
+
 class CpuArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ms: int = Field(ge=0, le=3_600_000, description="Milliseconds of CPU to burn.")

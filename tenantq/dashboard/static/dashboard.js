@@ -385,6 +385,7 @@
         ["Waited", fmtMs(j.started_at ? waitMs(j, Date.now()) : null)],
         ["Duration", fmtMs(between(j.started_at, j.finished_at))],
       ];
+      if (j.progress) items.push(["Progress", progressEl(j.progress)]);
       if (j.idempotency_key) items.push(["Idempotency key", h("code", {}, j.idempotency_key)]);
       if (j.result_expires_at) items.push(["Result kept until", timeEl(j.result_expires_at)]);
       show($("#job-summary"), ...items.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v))));
@@ -419,11 +420,44 @@
           h("pre", { class: "code error" }, a.error)) : "—"])));
     }
 
+    // What the task last reported with ctx.progress(fraction, message).
+    function progressEl(p) {
+      const pct = Math.round(p.fraction * 100);
+      return h("span", { class: "job-progress" },
+        h("progress", { max: "100", value: String(pct), "aria-label": "Progress" }),
+        " " + pct + "%" + (p.message ? " — " + p.message : ""));
+    }
+
+    // While the page is open and the job unfinished, GET /v1/jobs/{id}/events pushes its changes (the
+    // session cookie authenticates it); polling below only runs while no stream is open.
+    let stream = null, forced = false;
+    function follow() {
+      if (stream || !window.EventSource || (job && TERMINAL.has(job.status))) return;
+      stream = new EventSource("/v1/jobs/" + encodeURIComponent(id) + "/events");
+      stream.addEventListener("job", (e) => {
+        render(JSON.parse(e.data));
+        if (TERMINAL.has(job.status)) { stream.close(); stream = null; }
+      });
+      stream.addEventListener("progress", (e) => {
+        if (!job) return;
+        const p = JSON.parse(e.data);
+        render(Object.assign({}, job, { progress: p }));
+      });
+      const refresh = () => { forced = true; handle.now(); };
+      stream.addEventListener("status", refresh);
+      stream.addEventListener("attempt", refresh);
+      stream.onerror = () => { if (stream) stream.close(); stream = null; };
+    }
+
     const handle = poll(async () => {
+      if (stream && !forced) return false;
+      forced = false;
       const r = await api("GET", "/v1/jobs/" + encodeURIComponent(id));
       if (!r.ok) { say(msg, r.message, "error"); return true; }
       render(r.data);
-      return TERMINAL.has(r.data.status);
+      if (TERMINAL.has(r.data.status)) return true;
+      follow();
+      return false;
     }, 2000);
 
     cancelBtn.addEventListener("click", async () => {
@@ -437,7 +471,7 @@
           requested: "cancellation requested; the worker stops it shortly", already_finished: "it had already finished" };
         say(msg, "Job cancelled: " + (how[r.data.cancellation] || r.data.cancellation || r.data.status) + ".", "ok");
       }
-      handle.now();
+      forced = true; handle.now();
     });
 
     retryBtn.addEventListener("click", async () => {
@@ -451,7 +485,7 @@
           h("a", { href: "/dashboard/jobs/" + encodeURIComponent(r.data.id) }, r.data.id), ".");
       } else {
         say(msg, "Re-run submitted.", "ok");
-        handle.now();
+        forced = true; handle.now();
       }
     });
   };

@@ -48,7 +48,7 @@ from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
-from tenantq.platform.jobs import hooks
+from tenantq.platform.jobs import events, hooks
 from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
@@ -221,13 +221,22 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bo
             now,
         ).returning(JobAttempt.id)
         with engine.connect() as conn:
-            return conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
-    with unscoped_session() as session:
-        # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning Result.
-        if not cast(CursorResult[Any], session.execute(move)).rowcount:
-            return False
-        _open_attempt(session, message.id, attempt, task_id, worker, now)
-    return True
+            moved = conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
+    else:
+        with unscoped_session() as session:
+            # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning
+            # Result.
+            moved = bool(cast(CursorResult[Any], session.execute(move)).rowcount)
+            if moved:
+                _open_attempt(session, message.id, attempt, task_id, worker, now)
+    if moved:
+        _published(message, "running")
+    return moved
+
+
+def _published(message: JobMessage, status: str) -> None:
+    """Tell the API's waiters (after the commit) that the job moved to ``status``."""
+    events.publish_status(message.tenant_id, message.id, status, message.attempt)
 
 
 def _upsert_insert(dialect: str) -> Any:
@@ -338,6 +347,7 @@ def _finish_in_transaction(
             after.extend(
                 hook.in_transaction(session, outcome) for hook in claiming if hook.in_transaction is not None
             )
+    _published(message, status)
     for action in after:
         if action is not None:
             action()
@@ -427,6 +437,7 @@ def _succeeded_in_one_statement(engine: Any, message: JobMessage, result: Any, n
             .execute(_succeeded_statement(probing), params)
             .one()
         )
+    _published(message, "succeeded")
     return AttemptOutcome(message, "succeeded", None, _probe_values(row, probing, 1) if row[0] else {})
 
 
@@ -465,6 +476,7 @@ def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> boo
             queues.remove(message.tenant_id, message.id)
             return False
         return True  # the retry already started and moved the job on
+    _published(message, "retrying")
     log.info("job %s attempt %s failed, retry in %.2fs", message.id, message.attempt, delay)
     return True
 
@@ -476,6 +488,7 @@ def cancelled_before_start(message: JobMessage) -> None:
     with unscoped_session() as session:
         session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
         _close_attempt(session, message, "cancelled", "cancelled before it started", now)
+    _published(message, "cancelled")
 
 
 def attempt_terminated(message: JobMessage, reason: str) -> None:
@@ -484,3 +497,4 @@ def attempt_terminated(message: JobMessage, reason: str) -> None:
     with unscoped_session() as session:
         session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
         _close_attempt(session, message, "cancelled", reason, now)
+    _published(message, "cancelled")

@@ -3,28 +3,50 @@ schema."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from tenantq.core.db import session_factory
 from tenantq.core.dependencies import CursorQuery, SessionDep
 from tenantq.core.openapi import errors
 from tenantq.platform.jobs import service
+from tenantq.platform.jobs.events import job_views
+from tenantq.platform.jobs.models import TERMINAL_STATUSES
 from tenantq.platform.jobs.registry import all_task_types
 from tenantq.platform.jobs.repository import JobRepository
 from tenantq.platform.jobs.schemas import (
+    EVENTS_KEEPALIVE_SECONDS,
     MAX_BATCH,
+    WAIT_MAX_SECONDS,
     BatchCreate,
     BatchOut,
     CancelOut,
     JobCreate,
     JobList,
     JobOut,
+    JobProgressEvent,
     JobStatus,
+    JobStatusEvent,
     PurgeOut,
     TaskTypeOut,
 )
-from tenantq.tenants.access.dependencies import CurrentTenant, JobsRead, JobsWrite, Operator
+from tenantq.platform.jobs.waiters import get_hub
+from tenantq.tenants.access.auth import TenantContext
+from tenantq.tenants.access.dependencies import (
+    CurrentTenant,
+    JobsRead,
+    JobsWrite,
+    Operator,
+    RequireScope,
+    current_tenant,
+)
 from tenantq.tenants.accounts.service import get_tenant
 
 # No prefix: the operator's queue purge (under /admin/v1) is served here too, because it cancels jobs.
@@ -85,9 +107,172 @@ def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> Batc
     return BatchOut(items=service.submit_batch(session, ctx.tenant, body.jobs))
 
 
-@router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobOut, summary="Get a job")
-def get_job(job_id: str, ctx: JobsRead, session: SessionDep) -> JobOut:
-    return JobOut.model_validate(JobRepository(session, ctx.tenant_id).get(job_id))
+def _jobs_read_released(request: Request, session: SessionDep) -> TenantContext:
+    """``JobsRead`` for the async routes below, ending the transaction in the same thread call: their
+    reads run in later thread calls, and a connection held from here to there could deadlock the
+    process under load (every worker thread authenticating, waiting for a connection, while the
+    connections wait for a thread to be released on)."""
+    ctx = RequireScope("jobs:read")(current_tenant(request, session))
+    session.commit()
+    return ctx
+
+
+JobsReadReleased = Annotated[TenantContext, Depends(_jobs_read_released)]
+
+
+def _read_job(session: Session, tenant_id: str, job_id: str) -> JobOut:
+    """The job (404 if it is not this tenant's), then the transaction ends: a waiting request holds no
+    database connection between two reads."""
+    try:
+        return job_views([JobRepository(session, tenant_id).get(job_id)])[0]
+    finally:
+        session.commit()
+        # Sessions keep loaded rows across commits (expire_on_commit=False): the next read must load
+        # the job afresh, not find this copy in the identity map.
+        session.expunge_all()
+
+
+def _read_job_apart(tenant_id: str, job_id: str) -> JobOut:
+    """The same read in a session of its own (an event stream outlives the request's session)."""
+    with session_factory()() as session:
+        return _read_job(session, tenant_id, job_id)
+
+
+def _is_news(message: dict[str, Any]) -> bool:
+    """Does a hub message call for a re-read of the job? A status change or a resync does; progress
+    carries all it says."""
+    return message.get("kind") != "progress"
+
+
+@router.get(
+    "/v1/jobs/{job_id}",
+    tags=["jobs"],
+    response_model=JobOut,
+    summary="Get a job, or wait for it to finish",
+    description="With `wait=SECONDS` (at most "
+    f"{WAIT_MAX_SECONDS}) the answer is held until the job is finished (succeeded, failed, cancelled, "
+    "rejected) or the time is up, whichever comes first; either way it is the job as it is then. A "
+    "client waits longer by calling again. Waiting costs the server no database connection and no "
+    "polling: the API process is told when the job changes.",
+)
+async def get_job(
+    job_id: str,
+    ctx: JobsReadReleased,
+    session: SessionDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=WAIT_MAX_SECONDS,
+            description=f"Seconds (0-{WAIT_MAX_SECONDS}) to wait for the job to finish before answering.",
+        ),
+    ] = 0,
+) -> JobOut:
+    if not wait:
+        return await run_in_threadpool(_read_job, session, ctx.tenant_id, job_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    # Registered before the first read: a change between that read and the wait is still heard.
+    with get_hub().watch(job_id) as queue:
+        job = await run_in_threadpool(_read_job, session, ctx.tenant_id, job_id)
+        while job.status not in TERMINAL_STATUSES:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                message = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                # Pub/sub may have lost a message (a reconnect): one last look at the deadline.
+                return await run_in_threadpool(_read_job, session, ctx.tenant_id, job_id)
+            if _is_news(message):
+                job = await run_in_threadpool(_read_job, session, ctx.tenant_id, job_id)
+    return job
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _sse(event: str, data: Any) -> str:
+    payload = data.model_dump_json() if hasattr(data, "model_dump_json") else json.dumps(data)
+    return f"event: {event}\ndata: {payload}\n\n"
+
+
+def _changes(before: JobOut, after: JobOut) -> list[str]:
+    """The status and attempt events that lead from one read of a job to the next."""
+    events = []
+    if (before.status, before.attempts) != (after.status, after.attempts):
+        events.append(
+            _sse("status", JobStatusEvent(id=after.id, status=after.status, attempts=after.attempts))
+        )
+    seen = {a.attempt: a for a in before.attempt_log}
+    events.extend(_sse("attempt", a) for a in after.attempt_log if seen.get(a.attempt) != a)
+    return events
+
+
+async def _job_events(tenant_id: str, job_id: str) -> AsyncIterator[str]:
+    with get_hub().watch(job_id) as queue:
+        job = await run_in_threadpool(_read_job_apart, tenant_id, job_id)
+        yield _sse("job", job)
+        while job.status not in TERMINAL_STATUSES:
+            try:
+                message = await asyncio.wait_for(queue.get(), EVENTS_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if not _is_news(message):
+                if message.get("tenant") == tenant_id:
+                    data = {k: message.get(k) for k in ("attempt", "fraction", "message", "at")}
+                    yield _sse("progress", JobProgressEvent.model_validate({"id": job_id, **data}))
+                continue
+            later = await run_in_threadpool(_read_job_apart, tenant_id, job_id)
+            for event in _changes(job, later):
+                yield event
+            job = later
+            if job.status in TERMINAL_STATUSES:
+                yield _sse("job", job)
+
+
+EVENTS_DESCRIPTION = f"""Server-Sent Events (`text/event-stream`) about one job, until it finishes:
+
+- `event: job`: the whole job (as `GET /v1/jobs/{{id}}`), first when the stream opens and last when the
+  job has finished; the stream then ends;
+- `event: status`: `{{"id", "status", "attempts"}}` when the status or the attempt number changes;
+- `event: attempt`: an entry of the job's `attempt_log` that appeared or changed;
+- `event: progress`: `{{"id", "attempt", "fraction", "message", "at"}}` when the task reports progress.
+
+A comment line (`: keep-alive`) every {EVENTS_KEEPALIVE_SECONDS} s keeps idle connections open through
+proxies. A client that reconnects gets the whole job again as its first event, so it misses nothing.
+"""
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    tags=["jobs"],
+    response_class=EventStream,
+    summary="Stream a job's status changes, attempts and progress (Server-Sent Events)",
+    description=EVENTS_DESCRIPTION,
+    responses={
+        200: {
+            "description": "The event stream.",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "Server-Sent Events, see above."},
+                    "example": 'event: job\ndata: {"id": "4f0c...", "status": "running", ...}\n\n'
+                    'event: progress\ndata: {"id": "4f0c...", "attempt": 1, "fraction": 0.4, '
+                    '"message": "resized 4 of 10", "at": "2026-11-30T12:00:00Z"}\n\n',
+                }
+            },
+        }
+    },
+)
+async def job_events(job_id: str, ctx: JobsReadReleased, session: SessionDep) -> EventStream:
+    # 404 (in the one error shape) before the stream starts; the stream reads in sessions of its own.
+    await run_in_threadpool(_read_job, session, ctx.tenant_id, job_id)
+    return EventStream(
+        _job_events(ctx.tenant_id, job_id),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post(
@@ -144,7 +329,7 @@ def list_jobs(
     items, next_cursor = JobRepository(session, ctx.tenant_id).list(
         status=status, task=task, limit=limit, cursor=cursor
     )
-    return JobList(items=[JobOut.model_validate(j) for j in items], next_cursor=next_cursor)
+    return JobList(items=job_views(items), next_cursor=next_cursor)
 
 
 @router.get(

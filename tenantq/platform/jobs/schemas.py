@@ -114,6 +114,17 @@ class JobAttemptOut(SafeResponse):
     model_config = ConfigDict(from_attributes=True)
 
 
+class JobProgress(BaseModel):
+    """What the running task last reported with ``ctx.progress(fraction, message)``."""
+
+    attempt: int = Field(description="The attempt that reported it.")
+    fraction: float = Field(ge=0, le=1, description="0 (nothing done) to 1 (all done).")
+    message: str = Field(
+        default="", max_length=500, description="The task's own words, e.g. 'resized 4 of 10'."
+    )
+    at: datetime = Field(description="When it was reported.")
+
+
 class JobOut(SafeResponse):
     id: str
     task: str
@@ -150,6 +161,11 @@ class JobOut(SafeResponse):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_log: list[JobAttemptOut] = Field(default_factory=list)
+    progress: JobProgress | None = Field(
+        default=None,
+        description="The latest progress the task reported for the current attempt (null if it reported "
+        "none); kept a week after the last report.",
+    )
 
     model_config = ConfigDict(
         from_attributes=True,
@@ -276,3 +292,23 @@ class BatchOut(BaseModel):
 class PurgeOut(BaseModel):
     tenant_id: str
     purged: int
+
+
+# --- waiting and streaming -----------------------------------------------------------------------
+
+WAIT_MAX_SECONDS = 60
+EVENTS_KEEPALIVE_SECONDS = 15
+
+
+class JobStatusEvent(BaseModel):
+    """Data of an ``event: status`` of ``GET /v1/jobs/{id}/events``."""
+
+    id: str
+    status: JobStatus
+    attempts: int
+
+
+class JobProgressEvent(JobProgress):
+    """Data of an ``event: progress`` of ``GET /v1/jobs/{id}/events``."""
+
+    id: str

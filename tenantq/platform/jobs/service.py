@@ -22,7 +22,7 @@ from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable, Tena
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
-from tenantq.platform.jobs import lifecycle
+from tenantq.platform.jobs import events, lifecycle
 from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.messages import job_meta, message_for_attempt
 from tenantq.platform.jobs.models import RERUNNABLE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, Job
@@ -455,6 +455,8 @@ def cancel_job(
         session.commit()
         session.refresh(job)
         if moved:
+            if outcome != "requested":
+                events.publish_status(job.tenant_id, job.id, job.status, job.attempts, client)
             if steps is not None and outcome != "requested":
                 steps.job_cancelled(session, job)
             return job, outcome
@@ -524,13 +526,15 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
             code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from None
+    events.publish_status(job.tenant_id, job.id, "queued", job.attempts, client)
     return job
 
 
 def purge_queue(session: Session, tenant: Tenant, *, client: redis.Redis | None = None) -> int:
     """Drop every waiting job of the tenant from its queue; their rows become ``cancelled``, so nothing
     silently vanishes. Returns how many jobs were dropped."""
-    ids = TenantQueues(client or get_redis()).purge(tenant.id)
+    client = client or get_redis()
+    ids = TenantQueues(client).purge(tenant.id)
     now = utcnow()
     for i in range(0, len(ids), 500):  # bounded IN lists
         session.execute(
@@ -538,6 +542,9 @@ def purge_queue(session: Session, tenant: Tenant, *, client: redis.Redis | None 
             .where(Job.tenant_id == tenant.id, Job.id.in_(ids[i : i + 500]), Job.status == "queued")
             .values(status="cancelled", finished_at=now, error="Purged from the queue by the operator.")
         )
+    # Committed before the waiters are told, so that their re-read finds the jobs cancelled.
+    session.commit()
+    events.publish_statuses(tenant.id, ids, "cancelled", client)
     return len(ids)
 
 
