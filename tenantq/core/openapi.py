@@ -155,7 +155,10 @@ class Credential:
     scope_of: Callable[[Any], str | None] = field(default=lambda _call: None)
 
     def requirement(self, calls: list[Any]) -> list[dict[str, list[str]]] | None:
-        if self.dependency not in calls:
+        # A dependency may authenticate by calling the credential's own (``authenticates_with``).
+        if not any(
+            c is self.dependency or getattr(c, "authenticates_with", None) is self.dependency for c in calls
+        ):
             return None
         scopes = sorted({s for s in (self.scope_of(c) for c in calls) if s})
         return [{name: scopes} for name in self.schemes]

@@ -23,15 +23,12 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from tenantq.core.keys import JOB_EVENTS, progress_key
 from tenantq.core.redis import get_redis
-from tenantq.platform.jobs.models import Job
-from tenantq.platform.jobs.schemas import JobOut, JobProgress
 
 log = logging.getLogger("tenantq.jobs.events")
 
@@ -136,26 +133,3 @@ def read_progress(job_ids: list[str], client: redis.Redis | None = None) -> dict
         if raw and (progress := _parse(raw)) is not None:
             found[job_id] = progress
     return found
-
-
-def progress_out(progress: Progress) -> JobProgress:
-    return JobProgress(
-        attempt=progress.attempt,
-        fraction=progress.fraction,
-        message=progress.message,
-        at=datetime.fromtimestamp(progress.at, UTC),
-    )
-
-
-def job_views(jobs: list[Job], client: redis.Redis | None = None) -> list[JobOut]:
-    """The jobs as the API shows them, each with the progress its current attempt reported (one Redis
-    round trip for all of them; jobs that never started are not looked up)."""
-    progress = read_progress([job.id for job in jobs if job.attempts], client)
-    views = []
-    for job in jobs:
-        view = JobOut.model_validate(job)
-        reported = progress.get(job.id)
-        if reported is not None and reported.attempt == job.attempts:
-            view.progress = progress_out(reported)
-        views.append(view)
-    return views

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -17,7 +17,6 @@ from tenantq.core.db import session_factory
 from tenantq.core.dependencies import CursorQuery, SessionDep
 from tenantq.core.openapi import errors
 from tenantq.platform.jobs import service
-from tenantq.platform.jobs.events import job_views
 from tenantq.platform.jobs.models import TERMINAL_STATUSES
 from tenantq.platform.jobs.registry import all_task_types
 from tenantq.platform.jobs.repository import JobRepository
@@ -37,6 +36,7 @@ from tenantq.platform.jobs.schemas import (
     PurgeOut,
     TaskTypeOut,
 )
+from tenantq.platform.jobs.views import job_views
 from tenantq.platform.jobs.waiters import get_hub
 from tenantq.tenants.access.auth import TenantContext
 from tenantq.tenants.access.dependencies import (
@@ -44,8 +44,7 @@ from tenantq.tenants.access.dependencies import (
     JobsRead,
     JobsWrite,
     Operator,
-    RequireScope,
-    current_tenant,
+    RequireScopeReleased,
 )
 from tenantq.tenants.accounts.service import get_tenant
 
@@ -107,17 +106,7 @@ def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> Batc
     return BatchOut(items=service.submit_batch(session, ctx.tenant, body.jobs))
 
 
-def _jobs_read_released(request: Request, session: SessionDep) -> TenantContext:
-    """``JobsRead`` for the async routes below, ending the transaction in the same thread call: their
-    reads run in later thread calls, and a connection held from here to there could deadlock the
-    process under load (every worker thread authenticating, waiting for a connection, while the
-    connections wait for a thread to be released on)."""
-    ctx = RequireScope("jobs:read")(current_tenant(request, session))
-    session.commit()
-    return ctx
-
-
-JobsReadReleased = Annotated[TenantContext, Depends(_jobs_read_released)]
+JobsReadReleased = Annotated[TenantContext, Depends(RequireScopeReleased("jobs:read"))]
 
 
 def _read_job(session: Session, tenant_id: str, job_id: str) -> JobOut:

@@ -59,6 +59,24 @@ class RequireScope:
         return ctx
 
 
+class RequireScopeReleased:
+    """``RequireScope`` for routes that wait (long-polls, event streams): authenticates, checks the scope
+    and ends the transaction in one thread call. Their later reads run in other thread calls, and a
+    connection held from here to there could deadlock the process under load (every worker thread
+    authenticating, waiting for a connection, while the connections wait for a thread)."""
+
+    # What authenticates the caller, for the OpenAPI document's security requirement (core/openapi.py).
+    authenticates_with = staticmethod(current_tenant)
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def __call__(self, request: Request, session: SessionDep) -> TenantContext:
+        ctx = RequireScope(self.scope)(current_tenant(request, session))
+        session.commit()
+        return ctx
+
+
 JobsWrite = Annotated[TenantContext, Depends(RequireScope("jobs:write"))]
 JobsRead = Annotated[TenantContext, Depends(RequireScope("jobs:read"))]
 

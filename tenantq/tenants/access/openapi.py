@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from tenantq.core.openapi import Credential
-from tenantq.tenants.access.dependencies import RequireScope, current_operator, current_tenant
+from tenantq.tenants.access.dependencies import (
+    RequireScope,
+    RequireScopeReleased,
+    current_operator,
+    current_tenant,
+)
 from tenantq.tenants.access.sessions import ADMIN_SESSION_COOKIE, SESSION_COOKIE
 
 API_KEY = "ApiKey"
@@ -53,7 +58,7 @@ OPERATOR_SCHEMES: dict[str, dict[str, Any]] = {
 
 
 def _scope(call: Any) -> str | None:
-    return call.scope if isinstance(call, RequireScope) else None
+    return call.scope if isinstance(call, RequireScope | RequireScopeReleased) else None
 
 
 TENANT_CREDENTIAL = Credential(dependency=current_tenant, schemes=TENANT_SCHEMES, scope_of=_scope)
