@@ -79,12 +79,27 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, statement_timeout: bool = True) -> Engine:
+    """The process's engine for ``url``. On PostgreSQL every timeout comes from the settings
+    (``db_*``): connect, statement (unless ``statement_timeout`` is False: migrations) and pool
+    checkout, so a stalled database fails a request within seconds instead of hanging it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=10)
+    settings = get_settings()
+    connect_args: dict[str, object] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = settings.db_connect_timeout_seconds
+        if statement_timeout and settings.db_statement_timeout_ms:
+            connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    engine = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        connect_args=connect_args,
+    )
     _ping_idle_connections(engine)
     return engine
 
