@@ -19,6 +19,7 @@ from tenantq.billing.invoicing.router import router as invoicing_router
 from tenantq.billing.usage.router import router as usage_router
 from tenantq.core.db import get_engine
 from tenantq.core.errors import ErrorTrap, install_error_handlers
+from tenantq.core.load_shedding import LoadShedder
 from tenantq.core.logging import install_request_logging
 from tenantq.core.metrics import observe_request
 from tenantq.core.redis import get_redis
@@ -42,6 +43,10 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 `{"error": {"code": ..., "message": ..., "details": ...}}`; an unexpected failure answers 500
 `internal_error` with `details.request_id`, the id also sent as the `X-Request-ID` response header and
 written on the server's log lines. Priorities run from 0 (least urgent) to 9 (most urgent).
+
+An infrastructure failure answers 503 with `Retry-After`: `database_unavailable`, `queue_unavailable`,
+or `overloaded` when the server sheds load. Retry after the delay; send an `idempotency_key` with every
+submission, so that a retry after a lost answer (or an ambiguous failure) never creates a second job.
 """
 
 
@@ -160,6 +165,15 @@ def create_app() -> FastAPI:
 
     # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
     app.add_middleware(RequestGuard)
+
+    # Outside the guard: an overloaded process refuses a request (503 overloaded) before reading its body
+    # or touching the database. Inside the request log, so refusals are logged and counted.
+    settings = get_settings()
+    app.add_middleware(
+        LoadShedder,
+        max_inflight=settings.api_max_inflight,
+        wait_seconds=settings.api_overload_wait_seconds,
+    )
 
     # Outside the guard, so it also logs 413s and timings include everything.
     install_request_logging(app, observe=observe_request)
