@@ -175,6 +175,6 @@ def dispatcher(data_dir: DataDir = None) -> None:
     # After load_settings: loading the worker reads the settings.
     import tenantq.worker  # noqa: F401  (the Celery app the dispatcher publishes with, and every table)
     from tenantq.platform.dispatch.dispatcher import main
-    from tenantq.platform.jobs.tasks import queued_before
+    from tenantq.platform.jobs.tasks import dispatcher_chores, queued_before
 
-    main(queued_in_sql=queued_before)
+    main(queued_in_sql=queued_before, chores=dispatcher_chores())

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
@@ -133,6 +134,16 @@ def _ping_idle_connections(engine: Engine) -> None:
             engine.dialect.do_ping(dbapi_conn)
         except Exception as exc:  # any failure: treat the connection as dead
             raise DisconnectionError(f"connection failed its ping: {exc}") from exc
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Is ``exc`` the database being unreachable, stalled or failing over (rather than a bug)?
+    OperationalError: refused, reset, connect or statement timeout (PostgreSQL's query_canceled is an
+    OperationalError in psycopg). TimeoutError: no pooled connection came free in time. A DBAPIError
+    flagged connection_invalidated: the driver saw the connection drop, whatever class it raised."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def get_engine() -> Engine:

@@ -29,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantq.core.db import is_database_outage
 from tenantq.core.logging import bind_context
 from tenantq.core.metrics import rejection
 
@@ -114,16 +115,6 @@ QUEUE_RETRY_AFTER = "2"
 OVERLOADED_RETRY_AFTER = "1"
 
 
-def _is_database_failure(exc: BaseException) -> bool:
-    # OperationalError: refused, reset, timed out, statement_timeout (PostgreSQL cancels with 57014,
-    # which psycopg raises as an OperationalError subclass). TimeoutError: the pool had no connection
-    # free within pool_timeout. A DBAPIError flagged connection_invalidated: the driver saw the
-    # connection drop mid-statement, whatever class it raised.
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
-        return True
-    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
-
-
 def _is_queue_failure(exc: BaseException) -> bool:
     # BusyLoadingError (Redis loading its AOF) is a ConnectionError; TimeoutError covers a stalled Redis.
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
@@ -139,7 +130,7 @@ def infrastructure_error(exc: BaseException) -> TenantqError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if _is_database_failure(current):
+        if is_database_outage(current):
             return ServiceUnavailable(
                 "The database is unavailable. Retry later.",
                 code="database_unavailable",

@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from tenantq.core.celery import SYSTEM_QUEUE, app
 from tenantq.core.db import unscoped_session
-from tenantq.platform.dispatch.dispatcher import QueuedJob
+from tenantq.platform.dispatch.dispatcher import Chore, QueuedJob
 from tenantq.platform.jobs.models import Job
+from tenantq.platform.jobs.outcomes import Settler
 from tenantq.platform.jobs.service import job_message, purge_expired_results
 
 log = logging.getLogger("tenantq.jobs")
@@ -51,3 +52,8 @@ def queued_before(cutoff: datetime, limit: int) -> list[QueuedJob]:
             .limit(limit)
         )
         return [QueuedJob(job.tenant_id, job.id, job.priority, job_message(job)) for job in jobs]
+
+
+def dispatcher_chores() -> list[Chore]:
+    """The jobs layer's periodic work, run by the leading dispatcher (``tenantq dispatcher``)."""
+    return [Chore("settle_outcomes", 1.0, Settler())]
