@@ -27,6 +27,31 @@ import redis as redis_lib
 ROOT = Path(__file__).resolve().parent.parent
 
 
+FAULTS_SKIP = "fault tests run with --faults on PostgreSQL only (.ci/run's PostgreSQL step)"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        help="also run tests/faults (database outage, Redis restart, outbox; PostgreSQL only, a few minutes)",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """tests/faults needs PostgreSQL and minutes: without --faults each is reported skipped (-ra lists
+    them), never silently left out; with --faults on another database the run fails at once."""
+    faults = [item for item in items if item.get_closest_marker("faults") is not None]
+    if not faults:
+        return
+    if not config.getoption("--faults"):
+        for item in faults:
+            item.add_marker(pytest.mark.skip(reason=FAULTS_SKIP))
+        return
+    if not os.environ.get("TENANTQ_DATABASE_URL", "").startswith("postgresql"):
+        raise pytest.UsageError("--faults needs TENANTQ_DATABASE_URL to name a PostgreSQL server")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

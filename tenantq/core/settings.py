@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a request may wait for an api_max_inflight turn before 503 overloaded.",
     )
+    overdue_margin_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A job still running this long past its hard time limit counts as overdue "
+        "(tenantq_jobs_overdue on /metrics, alert TenantqJobsOverdue): its worker's report never arrived.",
+    )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     hsts_seconds: int = Field(
         default=0,

@@ -325,6 +325,10 @@ class TestPrometheus:
             "TenantqUsageFlushLag",
             "TenantqDispatcherDown",
             "TenantqNoWorkers",
+            "TenantqDatabaseDown",
+            "TenantqOutcomesUnsettled",
+            "TenantqJobsOverdue",
+            "TenantqApiShedding",
         }
     )
 
