@@ -117,6 +117,8 @@ def _check_database() -> None:
     # and this check must not wait for (nor take) one of their connections.
     engine = get_engine()
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    if engine.dialect.name == "postgresql":  # bounded, so a stalled database never piles up threads
+        cparams.setdefault("connect_timeout", get_settings().db_connect_timeout_seconds)
     dbapi_conn = engine.dialect.connect(*cargs, **cparams)
     try:
         cursor = dbapi_conn.cursor()

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     )
     redis_connect_timeout_seconds: float = Field(default=2.0, gt=0, description="Redis connect timeout.")
     api_max_inflight: int = Field(
-        default=16,
+        default=8,
         ge=1,
         description="Requests one API process works on at once; more wait up to api_overload_wait_seconds "
         "for a turn, then answer 503 overloaded with Retry-After. Keep it at most db_pool_size + "

@@ -213,3 +213,14 @@ def test_a_deferred_attempt_ends_without_counting_or_logging_an_end(state, caplo
     with caplog.at_level("INFO", logger="tenantq.worker.jobs"):
         pipeline._metrics_finished(attempt)
     assert not [r for r in caplog.records if r.name.startswith("tenantq.worker")]
+
+
+def test_a_retry_queued_while_sql_is_down_stays_a_retry(db_session, redis_client, monkeypatch):
+    tenant = paused_tenant(redis_client)
+    job, message = running_job(tenant, max_retries=3)
+    monkeypatch.setattr(lifecycle, "_record_retry", outage)
+    assert lifecycle.schedule_retry(message, ValueError("flaky"), delay=60)
+    payload = json.loads(redis_client.hget(PAYLOAD, job.id))
+    assert payload["job"]["attempt"] == 2 and redis_client.zscore(DELAYED, job.id) is not None
+    # SQL still says running attempt 1: attempt 2's start moves it on, as after a worker crash.
+    assert status_of(db_session, job.id)[0] == "running"
