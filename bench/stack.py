@@ -3,7 +3,8 @@
 Its own redis-server (AOF, fsync always), a fresh database (PostgreSQL when ``database_url`` names a
 server: a new database on it, dropped at the end; else a SQLite file), optionally a :class:`TcpProxy`
 in front of PostgreSQL, and the roles run as separate processes like a real deployment: ``tenantq api``,
-``tenantq dispatcher``, Celery workers, ``tenantq billing flush``.
+``tenantq dispatcher``, Celery workers, ``tenantq billing flush``. A role that exits is started again
+after a second (:meth:`Stack.supervise`), as ``tenantq up`` and Kubernetes do; ``restarts`` counts it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +50,9 @@ class Stack:
     proxy: TcpProxy | None = None
     api_port: int = 0
     _drop: Any = None
+    restarts: dict[str, int] = field(default_factory=dict)
+    _roles: dict[str, list[str]] = field(default_factory=dict)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         from tests.conftest import ProcessGroup, RedisServer, free_port
@@ -146,22 +151,42 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def _start(self, name: str, argv: list[str]) -> None:
+        self._roles[name] = argv
+        self.group.start(name, argv)
+
     def start_api(self, workers: int = 1) -> None:
         py = sys.executable
         argv = [py, "-m", "tenantq.cli", "api", "--port", str(self.api_port), "--workers", str(workers)]
-        self.group.start("api", argv)
+        self._start("api", argv)
         self.wait_ready()
 
     def start_dispatcher(self) -> None:
-        self.group.start("dispatcher", [sys.executable, "-m", "tenantq.cli", "dispatcher"])
+        self._start("dispatcher", [sys.executable, "-m", "tenantq.cli", "dispatcher"])
 
     def start_flusher(self) -> None:
-        self.group.start("flusher", [sys.executable, "-m", "tenantq.cli", "billing", "flush"])
+        self._start("flusher", [sys.executable, "-m", "tenantq.cli", "billing", "flush"])
 
     def start_worker(self, concurrency: int = 2, name: str = "worker") -> None:
-        from tests.conftest import start_worker
+        argv = [
+            sys.executable, "-m", "celery", "-A", "tenantq.worker", "worker", "--loglevel=INFO",
+            f"--concurrency={concurrency}", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-mingle", "--without-gossip", "--queues=tq.exec,tq.system",
+        ]  # fmt: skip
+        self._start(name, argv)
 
-        start_worker(self.group, name=name, concurrency=concurrency)
+    def supervise(self) -> None:
+        """Start every role again a second after it exits (a crash), until :meth:`close`."""
+
+        def loop() -> None:
+            while not self._stopping.wait(1.0):
+                for name, argv in list(self._roles.items()):
+                    proc = self.group.procs.get(name)
+                    if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                        self.restarts[name] = self.restarts.get(name, 0) + 1
+                        self.group.start(name, argv)
+
+        threading.Thread(target=loop, daemon=True, name="stack-supervisor").start()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -180,6 +205,7 @@ class Stack:
         return create_engine(self.db_url)
 
     def close(self) -> None:
+        self._stopping.set()
         self.group.stop_all()
         if self.proxy is not None:
             self.proxy.close()
