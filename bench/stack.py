@@ -23,9 +23,12 @@ from typing import Any
 import httpx
 
 from bench.tcpproxy import TcpProxy
+from tenantq.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+SHEDDING_WAIT_S = Settings.model_fields["api_overload_wait_seconds"].default
 
 # Limits that let the load decide: no submit rate limit, no queue bound, no quota in the way.
 OPEN_OVERRIDES: dict[str, Any] = {
@@ -80,6 +83,10 @@ class Stack:
             "TENANTQ_LOG_JSON": "false",
             "TENANTQ_METRICS_PUBLIC": "1",
             "PROMETHEUS_MULTIPROC_DIR": str(self.work / "prometheus"),
+            # The real load-shedding wait, also when run from the tests (whose environment raises it).
+            "TENANTQ_API_OVERLOAD_WAIT_SECONDS": str(
+                Settings.model_fields["api_overload_wait_seconds"].default
+            ),
             **self.extra_env,
         }
         self.group = ProcessGroup(self.env, self.work)

@@ -176,6 +176,10 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
         "TENANTQ_AUTH_FAILURE_LIMIT": "1000000",
         # Not embedded defaults, so /metrics would be closed; tests/security checks that it is.
         "TENANTQ_METRICS_PUBLIC": "1",
+        # Tests that fire dozens of requests at once check other limits (idempotency races, quotas):
+        # past TENANTQ_API_MAX_INFLIGHT they wait for a turn instead of being shed. Load shedding itself
+        # is tested with the real wait (tests/core/test_load_shedding.py, bench.stack for tests/faults).
+        "TENANTQ_API_OVERLOAD_WAIT_SECONDS": "60",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
