@@ -152,6 +152,14 @@ class Stack:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            # This process (a test session, say) goes back to its own settings, database and Redis.
+            from tenantq.core.db import dispose_engine
+            from tenantq.core.redis import reset_redis
+            from tenantq.core.settings import reset_settings_cache
+
+            reset_settings_cache()
+            dispose_engine()
+            reset_redis()
 
     # -- roles ----------------------------------------------------------------------------------------
     @property
