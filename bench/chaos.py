@@ -2,6 +2,7 @@
 
     PYTHONPATH=$PWD python -m bench.chaos                      # 1,000 jobs, 5 kills, 1 Redis restart
     PYTHONPATH=$PWD python -m bench.chaos --jobs 200 --kills 2 # smaller
+    PYTHONPATH=$PWD python -m bench.chaos --database-url postgresql+psycopg://... --redis-port 6390
     TENANTQ_DATABASE_URL=postgresql+psycopg://... python -m bench.chaos   # a fresh PostgreSQL database
 
 Starts its own redis-server (appendonly, fsync always), database, 2 Celery workers, 1 dispatcher and
@@ -465,6 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-restarts", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=0.2, help="demo.sleep duration of each job")
     parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        help="its redis-server's port (default: a free one)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("TENANTQ_DATABASE_URL", ""),
+        help="PostgreSQL server to make a fresh database on (default TENANTQ_DATABASE_URL; none: SQLite)",
+    )
     opts = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -473,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="tq-chaos-"))
     server = RedisServer(work)
+    if opts.redis_port:
+        server.port = opts.redis_port
     server.start()
-    base_db = os.environ.get("TENANTQ_DATABASE_URL", "")
+    base_db = opts.database_url or ""
 
     def drop() -> None:
         """Nothing to drop for a SQLite file inside ``work``."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Literal
@@ -13,7 +15,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 import tenantq
 import tenantq.worker  # registers the task types that submissions are validated against
@@ -23,6 +24,7 @@ from tenantq.billing.invoicing.router import router as invoicing_router
 from tenantq.billing.usage.router import router as usage_router
 from tenantq.core.db import get_engine
 from tenantq.core.http_errors import ErrorTrap, install_error_handlers
+from tenantq.core.load_shedding import LoadShedder
 from tenantq.core.logging import install_request_logging
 from tenantq.core.metrics import observe_request
 from tenantq.core.openapi import install_openapi
@@ -50,6 +52,10 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`. Errors alw
 `{"error": {"code": ..., "message": ..., "details": ...}}`; an unexpected failure answers 500
 `internal_error` with `details.request_id`, the id also sent as the `X-Request-ID` response header and
 written on the server's log lines. Priorities run from 0 (least urgent) to 9 (most urgent).
+
+An infrastructure failure answers 503 with `Retry-After`: `database_unavailable`, `queue_unavailable`,
+or `overloaded` when the server sheds load. Retry after the delay; send an `idempotency_key` with every
+submission, so that a retry after a lost answer (or an ambiguous failure) never creates a second job.
 """
 
 
@@ -130,6 +136,50 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await close_hub()
 
 
+# /readyz answers within this, whatever hangs (a blackholed database, a stalled Redis).
+READY_TIMEOUT_S = 1.5
+# Its checks run on threads of their own, not the request thread pool: under load (every pool thread
+# busy) readiness must still answer, and a check stuck on a dead socket must not take a request's thread.
+_READY_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tq-readyz")
+
+
+def _check_database() -> None:
+    # A connection of its own, outside the pool: a pool exhausted by requests is not a dead database,
+    # and this check must not wait for (nor take) one of their connections.
+    engine = get_engine()
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    if engine.dialect.name == "postgresql":  # bounded, so a stalled database never piles up threads
+        cparams.setdefault("connect_timeout", get_settings().db_connect_timeout_seconds)
+    dbapi_conn = engine.dialect.connect(*cargs, **cparams)
+    try:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+    finally:
+        dbapi_conn.close()
+
+
+def _check_redis() -> None:
+    get_redis().ping()
+
+
+async def run_ready_checks() -> dict[str, str]:
+    loop = asyncio.get_running_loop()
+    futures = {
+        "database": loop.run_in_executor(_READY_POOL, _check_database),
+        "redis": loop.run_in_executor(_READY_POOL, _check_redis),
+    }
+    await asyncio.wait(futures.values(), timeout=READY_TIMEOUT_S)
+    checks: dict[str, str] = {}
+    for name, future in futures.items():
+        if not future.done():
+            checks[name] = "error: timeout"
+            continue
+        exc = future.exception()
+        checks[name] = "ok" if exc is None else f"error: {type(exc).__name__}"
+    return checks
+
+
 def create_app() -> FastAPI:
     # Also here, not only in `tenantq api`: uvicorn can load this factory directly.
     check_server_settings(get_settings())
@@ -153,6 +203,15 @@ def create_app() -> FastAPI:
     # Body size (also for chunked bodies) and NUL/surrogate/NaN/depth checks on every JSON body.
     app.add_middleware(RequestGuard)
 
+    # Outside the guard: an overloaded process refuses a request (503 overloaded) before reading its body
+    # or touching the database. Inside the request log, so refusals are logged and counted.
+    settings = get_settings()
+    app.add_middleware(
+        LoadShedder,
+        max_inflight=settings.api_max_inflight,
+        wait_seconds=settings.api_overload_wait_seconds,
+    )
+
     # Outside the guard, so it also logs 413s and timings include everything.
     install_request_logging(app, observe=observe_request)
     # Outside the request log: the request id it binds is on the log line, and an exception that
@@ -170,24 +229,17 @@ def create_app() -> FastAPI:
         tags=["ops"],
         response_model=Readiness,
         summary="Readiness: database and Redis reachable",
+        description=f"Answers within {READY_TIMEOUT_S:g} s whatever hangs: a check that has not answered "
+        "by then counts as failed (`timeout`). Exempt from load shedding.",
         responses={503: {"model": Readiness, "description": "The database or Redis is unreachable."}},
     )
-    def readyz() -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            with get_engine().connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["database"] = f"error: {type(exc).__name__}"
-        try:
-            get_redis().ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["redis"] = f"error: {type(exc).__name__}"
+    async def readyz() -> JSONResponse:
+        checks = await run_ready_checks()
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+            headers={} if ok else {"Retry-After": "5"},
         )
 
     for router in ROUTERS:

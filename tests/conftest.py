@@ -28,6 +28,31 @@ import redis as redis_lib
 ROOT = Path(__file__).resolve().parent.parent
 
 
+FAULTS_SKIP = "fault tests run with --faults on PostgreSQL only (.ci/run's PostgreSQL step)"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        help="also run tests/faults (database outage, Redis restart, outbox; PostgreSQL only, a few minutes)",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """tests/faults needs PostgreSQL and minutes: without --faults each is reported skipped (-ra lists
+    them), never silently left out; with --faults on another database the run fails at once."""
+    faults = [item for item in items if item.get_closest_marker("faults") is not None]
+    if not faults:
+        return
+    if not config.getoption("--faults"):
+        for item in faults:
+            item.add_marker(pytest.mark.skip(reason=FAULTS_SKIP))
+        return
+    if not os.environ.get("TENANTQ_DATABASE_URL", "").startswith("postgresql"):
+        raise pytest.UsageError("--faults needs TENANTQ_DATABASE_URL to name a PostgreSQL server")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,6 +177,10 @@ def platform_env(tmp_path_factory, redis_server) -> Iterator[dict[str, str]]:
         "TENANTQ_AUTH_FAILURE_LIMIT": "1000000",
         # Not embedded defaults, so /metrics would be closed; tests/security checks that it is.
         "TENANTQ_METRICS_PUBLIC": "1",
+        # Tests that fire dozens of requests at once check other limits (idempotency races, quotas):
+        # past TENANTQ_API_MAX_INFLIGHT they wait for a turn instead of being shed. Load shedding itself
+        # is tested with the real wait (tests/core/test_load_shedding.py, bench.stack for tests/faults).
+        "TENANTQ_API_OVERLOAD_WAIT_SECONDS": "60",
     }
     from tests.brokers import VHOSTS
 

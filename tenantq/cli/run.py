@@ -169,13 +169,15 @@ def beat(
 def dispatcher(data_dir: DataDir = None) -> None:
     """Run the dispatcher that releases jobs from per-tenant queues to the workers.
 
-    Run several for high availability: one leads (a lock in Redis), the others take over if it dies.
+    The leader also applies job outcomes the workers kept in Redis while the database was unavailable,
+    and queues submissions committed but never enqueued (the outbox). Run several for high
+    availability: one leads (a lock in Redis), the others take over if it dies.
     """
     load_server_settings(data_dir)
     setup_logging()
     # After load_settings: loading the worker reads the settings.
     import tenantq.worker  # noqa: F401  (the Celery app the dispatcher publishes with, and every table)
     from tenantq.platform.dispatch.dispatcher import main
-    from tenantq.platform.jobs.tasks import queued_before
+    from tenantq.platform.jobs.tasks import dispatcher_chores, queued_before
 
-    main(queued_in_sql=queued_before)
+    main(queued_in_sql=queued_before, chores=dispatcher_chores())

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
@@ -79,12 +80,27 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, statement_timeout: bool = True) -> Engine:
+    """The process's engine for ``url``. On PostgreSQL every timeout comes from the settings
+    (``db_*``): connect, statement (unless ``statement_timeout`` is False: migrations) and pool
+    checkout, so a stalled database fails a request within seconds instead of hanging it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=10)
+    settings = get_settings()
+    connect_args: dict[str, object] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = settings.db_connect_timeout_seconds
+        if statement_timeout and settings.db_statement_timeout_ms:
+            connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    engine = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        connect_args=connect_args,
+    )
     _ping_idle_connections(engine)
     return engine
 
@@ -118,6 +134,16 @@ def _ping_idle_connections(engine: Engine) -> None:
             engine.dialect.do_ping(dbapi_conn)
         except Exception as exc:  # any failure: treat the connection as dead
             raise DisconnectionError(f"connection failed its ping: {exc}") from exc
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Is ``exc`` the database being unreachable, stalled or failing over (rather than a bug)?
+    OperationalError: refused, reset, connect or statement timeout (PostgreSQL's query_canceled is an
+    OperationalError in psycopg). TimeoutError: no pooled connection came free in time. A DBAPIError
+    flagged connection_invalidated: the driver saw the connection drop, whatever class it raised."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def get_engine() -> Engine:

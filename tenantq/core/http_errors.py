@@ -8,6 +8,12 @@ client when it is a short token, else generated); it is bound to the log context
 the request log line and the traceback carry it, and a 500 names it in ``details.request_id`` for the
 caller to quote.
 
+An infrastructure failure is not a bug of the request: ``infrastructure_error`` maps it to a 503 in the
+same shape, with ``Retry-After``: ``database_unavailable`` (the database refused, dropped or timed out a
+connection or a statement, or no pooled connection came free in time) and ``queue_unavailable`` (Redis
+refused, dropped, timed out, or is still loading its data). Both the exception handlers and
+``ErrorTrap`` use it, so a failure raised in a dependency or a middleware answers the same way.
+
 Only the app imports this module: FastAPI and Starlette take a quarter of a second to load, which the
 CLI's operator commands, the worker and the services raising these errors need not pay.
 """
@@ -19,15 +25,18 @@ import re
 import uuid
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tenantq.core.errors import TenantqError, error_body
+from tenantq.core.db import is_database_outage
+from tenantq.core.errors import ServiceUnavailable, TenantqError, error_body
 from tenantq.core.logging import bind_context
 from tenantq.core.metrics import rejection
 
@@ -38,6 +47,51 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 # The logger keeps the name of the module it started in: log queries and alerts filter on it.
 error_log = logging.getLogger("tenantq.errors")
+
+
+# How long a client should wait before retrying after each kind of outage (seconds, as sent).
+DATABASE_RETRY_AFTER = "5"
+QUEUE_RETRY_AFTER = "2"
+OVERLOADED_RETRY_AFTER = "1"
+
+
+def _is_queue_failure(exc: BaseException) -> bool:
+    # BusyLoadingError (Redis loading its AOF) is a ConnectionError; TimeoutError covers a stalled Redis.
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+
+
+def infrastructure_error(exc: BaseException) -> TenantqError | None:
+    """The 503 an infrastructure failure answers, or None when ``exc`` is not one. Looks through
+    exception groups (anyio task groups) and the ``__cause__`` chain, where middlewares wrap it."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if is_database_outage(current):
+            return ServiceUnavailable(
+                "The database is unavailable. Retry later.",
+                code="database_unavailable",
+                headers={"Retry-After": DATABASE_RETRY_AFTER},
+            )
+        if _is_queue_failure(current):
+            return ServiceUnavailable(
+                "The queue is unavailable. Retry later.",
+                code="queue_unavailable",
+                headers={"Retry-After": QUEUE_RETRY_AFTER},
+            )
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(nxt for nxt in (current.__cause__, current.__context__) if nxt is not None)
+    return None
+
+
+def error_response(exc: TenantqError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -53,9 +107,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _tenantq_error(request: Request, exc: TenantqError) -> JSONResponse:
         if exc.status_code in (402, 429):  # rate-limit and quota refusals are an operator signal
             rejection(getattr(request.state, "tenant_id", None), exc.code, exc.status_code)
-        return JSONResponse(
-            error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=exc.headers
+        return error_response(exc)
+
+    async def _infrastructure_error(request: Request, exc: Exception) -> JSONResponse:
+        mapped = infrastructure_error(exc)
+        if mapped is None:  # a subclass registered below that is not an outage: a bug after all
+            raise exc
+        error_log.warning(
+            "%s %s: %s (%s)",
+            request.method,
+            request.url.path,
+            mapped.code,
+            exc,
+            extra={"method": request.method, "path": request.url.path, "status": 503},
         )
+        return error_response(mapped)
+
+    for exc_class in (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError, redis.RedisError):
+        app.add_exception_handler(exc_class, _infrastructure_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,7 +193,19 @@ class ErrorTrap:
         with bind_context(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
-            except Exception:
+            except Exception as exc:
+                mapped = infrastructure_error(exc)
+                if mapped is not None and not started:
+                    error_log.warning(
+                        "%s %s: %s (%s)",
+                        scope.get("method", ""),
+                        scope.get("path", ""),
+                        mapped.code,
+                        exc,
+                        extra={"method": scope.get("method"), "path": scope.get("path"), "status": 503},
+                    )
+                    await error_response(mapped)(scope, receive, send_with_id)
+                    return
                 error_log.exception(
                     "unhandled error in %s %s",
                     scope.get("method", ""),

@@ -79,6 +79,13 @@ def progress_key(job_id: str) -> str:
     return f"{PROGRESS_PREFIX}{job_id}"
 
 
+# -- surviving a database outage (platform.jobs.outcomes, platform.jobs.outbox) --------------------------
+
+OUTCOMES = "tq:outcomes"  # STREAM of attempt outcomes the worker could not write to SQL (the settler applies)
+OUTBOX = "tq:outbox"  # ZSET job id -> unix time: submitted, committed maybe, not yet known to be enqueued
+OUTBOX_TENANT = "tq:outbox:t"  # HASH job id -> tenant id of an outbox entry
+
+
 # -- submission and login limits (tenants.access) ---------------------------------------------------------
 
 SUBMIT_BUCKET_PREFIX = "tq:rl:submit:"  # HASH per tenant: submission-rate token bucket

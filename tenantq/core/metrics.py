@@ -218,7 +218,7 @@ class _Metrics:
         )
         self.rejections = Counter(
             "tenantq_rejections",
-            "Requests refused by a rate limit (429) or a quota (402), by error code.",
+            "Requests refused by a rate limit (429), a quota (402) or load shedding (503), by error code.",
             ["tenant", "code", "status"],
         )
         self.http_requests = Counter(

@@ -15,11 +15,12 @@ _client_pid: int | None = None
 def get_redis() -> redis.Redis:
     global _client, _client_pid
     if _client is None or _client_pid != os.getpid():
+        settings = get_settings()
         _client = redis.Redis.from_url(
-            get_settings().effective_redis_url,
+            settings.effective_redis_url,
             decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            socket_connect_timeout=settings.redis_connect_timeout_seconds,
             health_check_interval=30,
         )
         _client_pid = os.getpid()

@@ -98,6 +98,52 @@ class Settings(BaseSettings):
         "handed to another worker after this long. Keep it above the largest plan's max_time_limit_s, or a "
         "long attempt is redelivered while it still runs.",
     )
+    # Timeouts and pool bounds: each well below a client's timeout (30 s is common), so a stalled database
+    # or Redis turns into a prompt 503 (database_unavailable, queue_unavailable) instead of a hang.
+    db_connect_timeout_seconds: int = Field(
+        default=3,
+        ge=2,
+        description="PostgreSQL connect timeout (libpq connect_timeout; whole seconds, at least 2).",
+    )
+    db_statement_timeout_ms: int = Field(
+        default=15_000,
+        ge=0,
+        description="PostgreSQL statement_timeout of every session (0: none). Migrations run without it.",
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, description="Connections each process keeps pooled (PostgreSQL)."
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="Extra connections a process may open above db_pool_size (PostgreSQL)."
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest wait for a pooled connection; then a request answers 503 database_unavailable.",
+    )
+    redis_socket_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Redis read/write timeout of the API, dispatcher and workers' client."
+    )
+    redis_connect_timeout_seconds: float = Field(default=2.0, gt=0, description="Redis connect timeout.")
+    api_max_inflight: int = Field(
+        default=8,
+        ge=1,
+        description="Requests one API process works on at once; more wait up to api_overload_wait_seconds "
+        "for a turn, then answer 503 overloaded with Retry-After. Keep it at most db_pool_size + "
+        "db_max_overflow (every request may hold a connection) and below the 40 threads of the request "
+        "thread pool (so an admitted request never waits for a thread while holding a connection).",
+    )
+    api_overload_wait_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        description="How long a request may wait for an api_max_inflight turn before 503 overloaded.",
+    )
+    overdue_margin_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A job still running this long past its hard time limit counts as overdue "
+        "(tenantq_jobs_overdue on /metrics, alert TenantqJobsOverdue): its worker's report never arrived.",
+    )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     hsts_seconds: int = Field(
         default=0,

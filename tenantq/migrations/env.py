@@ -26,7 +26,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(_url())
+    engine = make_engine(_url(), statement_timeout=False)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -9,9 +9,15 @@ Two kinds of figures, two sources:
   needs no bookkeeping that a crash could leave stale. Only the API's ``/metrics`` exports it (a worker's
   endpoint does not, so the figures are never double counted).
 
+- **Database state** (``DatabaseStateCollector``): whether the database answers, and jobs SQL holds as
+  ``running`` past their hard time limit plus ``overdue_margin_seconds``: an attempt whose end never
+  reached SQL. Read with a deadline (``DB_SCRAPE_TIMEOUT_S``), so a stalled database never stalls a
+  scrape: it reports ``tenantq_database_up 0`` instead.
+
 Redis keys read here besides those of ``tenantq.core.metrics``: ``tq:dispatcher:heartbeat`` (unix time of
 the dispatcher's last completed pass, which it writes), ``tq:active``, ``tq:q:{tenant}``, ``tq:delayed``,
-``tq:paused``, the Celery execution queue lists, and the usage stream ``tq:usage`` when it exists.
+``tq:paused``, the Celery execution queue lists, the usage stream ``tq:usage`` when it exists, the
+outcomes kept during a database outage ``tq:outcomes`` and the submission outbox ``tq:outbox``.
 """
 
 from __future__ import annotations
@@ -21,14 +27,19 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import select
 
 from tenantq.core import keys
+from tenantq.core.celery import MAX_TIME_LIMIT_S
+from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.errors import Forbidden, Unauthorized
 from tenantq.core.metrics import (
     EVENT_METRICS,
@@ -43,6 +54,7 @@ from tenantq.core.openapi import errors
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import Settings, get_settings
 from tenantq.platform.dispatch.dispatcher import exec_queue_depth
+from tenantq.platform.jobs.models import Job
 
 DISPATCHER_HEARTBEAT_KEY = keys.DISPATCHER_HEARTBEAT
 USAGE_STREAM = keys.USAGE_STREAM
@@ -223,6 +235,69 @@ class ClusterStateCollector:
         g.add_metric([], age)
         yield g
 
+        g = GaugeMetricFamily(
+            "tenantq_outcomes_pending",
+            "Attempt outcomes kept in Redis because SQL could not take them, not yet settled.",
+        )
+        g.add_metric([], int(client.xlen(keys.OUTCOMES)))
+        yield g
+        g = GaugeMetricFamily(
+            "tenantq_outbox_pending", "Submissions noted in the outbox and not yet known to be enqueued."
+        )
+        g.add_metric([], int(client.zcard(keys.OUTBOX)))
+        yield g
+
+
+# A scrape waits this long for the database; a stalled database reports tenantq_database_up 0.
+DB_SCRAPE_TIMEOUT_S = 2.0
+_DB_SCRAPE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tq-metrics-db")
+
+
+def overdue_jobs(now: datetime | None = None) -> int:
+    """Jobs SQL holds as running past their hard time limit plus the margin (without a limit of its
+    own, the largest one). The partial index ix_job_running_started keeps it to the running rows."""
+    now = now or utcnow()
+    margin = get_settings().overdue_margin_seconds
+    with unscoped_session() as session:
+        rows = session.execute(
+            select(Job.started_at, Job.time_limit).where(
+                Job.status == "running", Job.started_at < now - timedelta(seconds=margin)
+            )
+        ).all()
+    count = 0
+    for started_at, limit in rows:
+        if (
+            started_at is not None
+            and started_at + timedelta(seconds=(limit or MAX_TIME_LIMIT_S) + margin) < now
+        ):
+            count += 1
+    return count
+
+
+class DatabaseStateCollector:
+    """Reads the database's state at scrape time, within ``DB_SCRAPE_TIMEOUT_S``."""
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        up = GaugeMetricFamily("tenantq_database_up", "1 if the metrics scrape could read the database.")
+        future = _DB_SCRAPE_POOL.submit(overdue_jobs)
+        try:
+            overdue = future.result(timeout=DB_SCRAPE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001  (a scrape reports the database down instead of failing)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        g = GaugeMetricFamily(
+            "tenantq_jobs_overdue",
+            "Jobs SQL holds as running longer than their hard time limit plus overdue_margin_seconds.",
+        )
+        g.add_metric([], overdue)
+        yield g
+
 
 STATE_METRICS = (
     "tenantq_redis_up",
@@ -238,6 +313,10 @@ STATE_METRICS = (
     "tenantq_dispatcher_up",
     "tenantq_usage_backlog_events",
     "tenantq_usage_flush_lag_seconds",
+    "tenantq_outcomes_pending",
+    "tenantq_outbox_pending",
+    "tenantq_database_up",
+    "tenantq_jobs_overdue",
 )
 
 
@@ -259,6 +338,7 @@ def render(include_cluster_state: bool = True, path: Path | None = None) -> tupl
     registry.register(LockedMultiProcessCollector(path))
     if include_cluster_state:
         registry.register(ClusterStateCollector())
+        registry.register(DatabaseStateCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -314,7 +394,8 @@ def authorize_scrape(request: Request) -> None:
     summary="Prometheus metrics",
     description="Prometheus text exposition: job counters and histograms per tenant and task type from "
     "every API and worker process on this host, plus queue depth, running jobs, workers, dispatcher "
-    "heartbeat and usage backlog read from Redis. When TENANTQ_METRICS_TOKEN is set, requires "
+    "heartbeat, usage backlog, outcomes and outbox entries waiting read from Redis, and database "
+    "reachability and overdue jobs read from SQL. When TENANTQ_METRICS_TOKEN is set, requires "
     "`Authorization: Bearer <token>` (401 `invalid_metrics_token` otherwise). Without a token it is open "
     "on embedded defaults (`tenantq up` with nothing configured) or with TENANTQ_METRICS_PUBLIC=1, and "
     "answers 403 `metrics_disabled` everywhere else.",

@@ -30,7 +30,7 @@ def upgrade(database_url: str | None = None, revision: str = "head") -> None:
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
     # Seed data lives in code so plans can evolve without a migration per price change.
-    engine = make_engine(url)
+    engine = make_engine(url, statement_timeout=False)
     with Session(engine) as session:
         seed_plans(session)
         seed_prices(session)

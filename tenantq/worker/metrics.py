@@ -76,14 +76,18 @@ def attempt_ended(
     retval: Any,
     *,
     retried: bool,
+    durable: bool = True,
 ) -> None:
-    """``retried``: tenantq retries end the Celery task with RetryScheduled (an Ignore), not RETRY."""
+    """``retried``: tenantq retries end the Celery task with RetryScheduled (an Ignore), not RETRY.
+    ``durable`` False: the outcome reached neither SQL nor Redis; the end is logged as lost, not as
+    succeeded or failed (which the job, as stored, is not)."""
     elapsed = time.perf_counter() - running.started if running is not None else None
     outcome = "retried" if retried else _STATE_EVENT.get(celery_state or "")
+    lost = not durable and outcome in ("succeeded", "failed")
     try:
         m = metrics.get_metrics()
         label = metrics.labeler().label(message.tenant_id)
-        if outcome is not None:
+        if outcome is not None and not lost:
             getattr(m, outcome).labels(label, message.task).inc()
         if elapsed is not None:
             m.run.labels(label, message.task).observe(elapsed)
@@ -91,6 +95,8 @@ def attempt_ended(
     except Exception:  # metrics must not disturb the attempt
         log.debug("postrun metrics failed", exc_info=True)
     level = logging.INFO if outcome == "succeeded" else logging.WARNING
+    if lost:
+        outcome, level = "outcome_lost", logging.ERROR
     error = None
     if outcome in ("failed", "retried"):
         exc = getattr(retval, "exc", retval)

@@ -15,6 +15,12 @@ Job status and the attempt log in SQL are driven from here, never by polling the
 transition is conditional on the job still being on that attempt, so late or duplicate signals never
 move a job backwards.
 
+When a status write fails (the database is down or stalled) nothing is lost and nothing runs
+unrecorded: a start that cannot be recorded is deferred (the attempt goes back to the tenant's delayed
+queue and the task function does not run), and a final outcome that cannot be written goes to the
+``tq:outcomes`` stream in Redis, which the dispatcher's settler applies once the database is back
+(``tenantq.platform.jobs.outcomes``). The job's end is logged only once its outcome is stored.
+
 Everything one attempt needs between its start and its end is one :class:`AttemptState`, kept per
 Celery task id in this process. A step that raises is logged and the next step still runs, as with
 separate receivers: a metrics or Redis hiccup never keeps a job's status from being recorded.
@@ -26,7 +32,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
@@ -37,8 +43,9 @@ from tenantq.core.db import dispose_engine
 from tenantq.core.redis import reset_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import limits
+from tenantq.platform.dispatch.deferral import defer_attempt
 from tenantq.platform.dispatch.dispatcher import publish
-from tenantq.platform.jobs import hooks, lifecycle
+from tenantq.platform.jobs import hooks, lifecycle, outcomes
 from tenantq.platform.jobs.hooks import AttemptOutcome
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.registry import REGISTRY, NotStarted, RetryScheduled
@@ -64,6 +71,8 @@ class AttemptState:
     queue: str | None = None  # the execution queue this delivery came from
     guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, busy, full, requeue
     refused: bool = False  # the status step found the job finished, cancelled or on a newer attempt
+    deferred: bool = False  # the start could not be recorded (database down): back to the delayed queue
+    durable: bool = True  # False only when the final outcome could be stored neither in SQL nor in Redis
     usage: OpenAttempt | None = None
     running: metrics.RunningAttempt | None = None
     # Set at the end: Celery's final state and return value, and the outcome the status step applied.
@@ -76,6 +85,8 @@ class AttemptState:
         """Why the task function must not run, if it must not."""
         if self.guard in _NOT_STARTED:
             return self.guard
+        if self.deferred:
+            return "deferred"
         return "refused" if self.refused else None
 
     @property
@@ -187,7 +198,12 @@ def _send_back_for_later(attempt: AttemptState) -> None:
 def _status_started(attempt: AttemptState) -> None:
     if attempt.skip:
         return
-    if not lifecycle.attempt_started(attempt.message, attempt.task_id, attempt.worker):
+    try:
+        started = lifecycle.attempt_started(attempt.message, attempt.task_id, attempt.worker)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt must not run unrecorded
+        _defer_unrecorded_start(attempt, exc)
+        return
+    if not started:
         attempt.refused = True
         log.info(
             "job %s attempt %s not run: the job is finished, cancelled or on a newer attempt",
@@ -199,7 +215,7 @@ def _status_started(attempt: AttemptState) -> None:
 def _meter_started(attempt: AttemptState) -> None:
     # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
     # discarded at its end: its number marks an earlier attempt that never reported as superseded.
-    if attempt.guard in _NOT_STARTED:
+    if attempt.guard in _NOT_STARTED or attempt.deferred:
         return
     attempt.usage = metering.open_attempt(
         attempt.message, worker=attempt.worker, time_limit=attempt.time_limit
@@ -207,6 +223,8 @@ def _meter_started(attempt: AttemptState) -> None:
 
 
 def _metrics_started(attempt: AttemptState) -> None:
+    if attempt.deferred:
+        return
     attempt.running = metrics.attempt_started(attempt.message, attempt.task_id, attempt.worker)
 
 
@@ -251,10 +269,16 @@ def _release_lease(attempt: AttemptState) -> None:
 
 def _status_finished(attempt: AttemptState) -> None:
     if attempt.state == "SUCCESS":
-        attempt.outcome = lifecycle.attempt_succeeded(attempt.message, attempt.retval)
+        try:
+            attempt.outcome = lifecycle.attempt_succeeded(attempt.message, attempt.retval)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the outcome must be kept
+            _write_behind(attempt, "succeeded", exc, result=attempt.retval)
     elif attempt.state == "FAILURE" and isinstance(attempt.retval, BaseException):
         error = lifecycle.describe_error(attempt.retval, attempt.message)
-        attempt.outcome = lifecycle.attempt_failed(attempt.message, error)
+        try:
+            attempt.outcome = lifecycle.attempt_failed(attempt.message, error)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the outcome must be kept
+            _write_behind(attempt, "failed", exc, error=error)
 
 
 def _meter_finished(attempt: AttemptState) -> None:
@@ -263,8 +287,15 @@ def _meter_finished(attempt: AttemptState) -> None:
 
 
 def _metrics_finished(attempt: AttemptState) -> None:
+    if attempt.deferred:
+        return  # never started: nothing to count
     metrics.attempt_ended(
-        attempt.message, attempt.running, attempt.state, attempt.retval, retried=attempt.retried
+        attempt.message,
+        attempt.running,
+        attempt.state,
+        attempt.retval,
+        retried=attempt.retried,
+        durable=attempt.durable,
     )
 
 
@@ -293,6 +324,55 @@ def on_postrun(task_id: str, retval: Any = None, state: str | None = None, **_: 
     _run(POSTRUN_STEPS, attempt)
 
 
+# -- when SQL fails: defer the start, write the outcome behind -----------------------------------------
+
+# A start that could not be recorded runs again this much later (the dispatcher releases it anew).
+DEFER_START_S = 5.0
+
+
+def _defer_unrecorded_start(attempt: AttemptState, exc: Exception) -> None:
+    """prerun could not record the start: the task must not run unrecorded. Its slot and start record
+    are given back and the same attempt goes to the tenant's delayed queue; the message is then
+    acknowledged as not started (the wrapper sees ``skip``)."""
+    attempt.deferred = True
+    message = attempt.message
+    try:
+        defer_attempt(message, attempt.task_id, attempt.timelimit, DEFER_START_S)
+    except Exception:
+        # Neither SQL nor Redis: SQL still says queued and Redis has no trace of the job, so the
+        # dispatcher's lost-job reconciler queues it again (after lost_job_grace_seconds).
+        log.exception("job %s attempt %s: start not recorded and not deferred", message.id, message.attempt)
+        return
+    log.warning(
+        "job %s attempt %s not started: its start could not be recorded (%s); runs again in %ss",
+        message.id,
+        message.attempt,
+        type(exc).__name__,
+        DEFER_START_S,
+        extra={"job_id": message.id, "event": "job.start_deferred"},
+    )
+
+
+def _write_behind(
+    attempt: AttemptState,
+    status: Literal["succeeded", "failed"],
+    exc: Exception,
+    *,
+    result: Any = None,
+    error: str | None = None,
+) -> None:
+    """postrun could not write the outcome to SQL: keep it in Redis for the settler, before the message
+    is acknowledged. The finish hooks run when it is settled, not here."""
+    log.warning(
+        "job %s attempt %s: outcome not written to SQL (%s: %s)",
+        attempt.message.id,
+        attempt.message.attempt,
+        type(exc).__name__,
+        exc,
+    )
+    attempt.durable = outcomes.record_durably(attempt.message, status, result=result, error=error)
+
+
 # -- the main process's edges --------------------------------------------------------------------------
 
 
@@ -314,10 +394,12 @@ def on_failure(
         return
     outcome = None
     if isinstance(exception, TimeLimitExceeded):
+        error = lifecycle.describe_error(exception, message)
         try:
-            outcome = lifecycle.attempt_failed(message, lifecycle.describe_error(exception, message))
+            outcome = lifecycle.attempt_failed(message, error)
         except Exception:
-            log.exception("could not record the hard time limit of job %s", message.id)
+            log.exception("could not record the hard time limit of job %s; kept in Redis", message.id)
+            outcomes.record_durably(message, "failed", error=error)
     metering.close_from_outside(message, "failed")
     if outcome is not None:
         hooks.run_after_commit(outcome)

@@ -359,6 +359,10 @@ class TestPrometheus:
             "TenantqUsageFlushLag",
             "TenantqDispatcherDown",
             "TenantqNoWorkers",
+            "TenantqDatabaseDown",
+            "TenantqOutcomesUnsettled",
+            "TenantqJobsOverdue",
+            "TenantqApiShedding",
         }
     )
 

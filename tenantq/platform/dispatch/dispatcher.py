@@ -22,6 +22,10 @@ Redis queues and one process decides, late, which job runs next:
   re-queues in-flight entries past their deadline and SQL ``queued`` jobs missing from Redis; the
   worker's start guard (``limits.start_guard``) makes a duplicate publish harmless.
 
+- Chores (leader only, on a thread of their own so a stalled database never holds up releases): the
+  layers above hand the dispatcher periodic work through ``chores``: settling attempt outcomes the
+  workers kept in Redis during a database outage, and sweeping the submission outbox.
+
 Redis keys used here besides ``queues``/``limits``: ``tq:dispatcher:leader`` (lock), ``tq:wake`` (a
 one-element list pushed on enqueue so an idle dispatcher wakes at once), ``tq:route`` (``routing``).
 """
@@ -37,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -124,6 +128,15 @@ class QueuedJob:
 QueuedInSql = Callable[[datetime, int], list[QueuedJob]]
 
 
+@dataclass(frozen=True)
+class Chore:
+    """Periodic work the leader runs on the chore thread: ``run()`` every ``every_s`` seconds."""
+
+    name: str
+    every_s: float
+    run: Callable[[], int]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -137,6 +150,7 @@ class Dispatcher:
         use_leader_lock: bool = True,
         queued_in_sql: QueuedInSql | None = None,
         queue_depth: Callable[[str], int] | None = None,
+        chores: Sequence[Chore] = (),
     ):
         settings = get_settings()
         self.r = client or get_redis()
@@ -152,6 +166,7 @@ class Dispatcher:
         self.use_leader_lock = use_leader_lock
         # Without it the reconciler re-queues from Redis only (a dispatcher in a test, a bench).
         self.queued_in_sql = queued_in_sql
+        self.chores = list(chores)
         self.leader_ttl = settings.leader_ttl_seconds
         self.lease_ttl = settings.lease_ttl_seconds
         self.inflight_deadline = settings.inflight_deadline_seconds
@@ -385,8 +400,30 @@ class Dispatcher:
             return
         self.r.blpop([WAKE_KEY], timeout=timeout)
 
+    # -- chores ---------------------------------------------------------------------------------------
+    def run_chores_once(self, due: dict[str, float]) -> None:
+        """Run every chore whose time has come (``due``: name -> next monotonic time)."""
+        now = time.monotonic()
+        for chore in self.chores:
+            if due.get(chore.name, 0.0) > now:
+                continue
+            due[chore.name] = now + chore.every_s
+            try:
+                chore.run()
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is away: the next round retries
+                log.warning("chore %s failed: %s: %s", chore.name, type(exc).__name__, exc)
+
+    def _chore_loop(self) -> None:
+        due: dict[str, float] = {}
+        step = min([1.0, *(c.every_s for c in self.chores)])
+        while not self.stop_event.wait(step):
+            if self.is_leader:
+                self.run_chores_once(due)
+
     def run_forever(self) -> None:
         log.info("dispatcher %s started (queue=%s depth=%s)", self.instance_id, self.queue, self.depth)
+        if self.chores:
+            threading.Thread(target=self._chore_loop, name="tq-dispatcher-chores", daemon=True).start()
         last_beat = float("-inf")
         while not self.stop_event.is_set():
             try:
@@ -411,8 +448,8 @@ class Dispatcher:
         log.info("dispatcher stopped")
 
 
-def main(queued_in_sql: QueuedInSql) -> None:
-    dispatcher = Dispatcher(queued_in_sql=queued_in_sql)
+def main(queued_in_sql: QueuedInSql, chores: Sequence[Chore] = ()) -> None:
+    dispatcher = Dispatcher(queued_in_sql=queued_in_sql, chores=chores)
 
     def _stop(_signum, _frame):
         dispatcher.stop_event.set()
@@ -422,4 +459,13 @@ def main(queued_in_sql: QueuedInSql) -> None:
     dispatcher.run_forever()
 
 
-__all__ = ["LEADER_KEY", "Dispatcher", "QueuedJob", "TenantLimits", "exec_queue_depth", "main", "publish"]
+__all__ = [
+    "LEADER_KEY",
+    "Chore",
+    "Dispatcher",
+    "QueuedJob",
+    "TenantLimits",
+    "exec_queue_depth",
+    "main",
+    "publish",
+]

@@ -38,9 +38,8 @@ import redis
 
 from tenantq.core import keys
 from tenantq.core.keys import (
-    DISPATCHED_AT,
+    DISPATCHED_AT,  # noqa: F401 - re-exported (the dispatcher and the jobs layer read it)
     INFLIGHT,
-    INFLIGHT_META,
     PAUSED,
     PAUSED_WHY,
     WAKE,
@@ -213,6 +212,24 @@ return ids
 """)
 
 
+# Ack: the publish of these jobs succeeded. ARGV: now, then (job id, tenant id) pairs. A worker may have
+# put a job back already, between the publish and this ack (no slot free at its start, or its start
+# deferred while the database is down): its payload is then the one that worker wrote, and stays.
+_ACK = keys.lua("""
+for i = 2, #ARGV, 2 do
+  local id, tenant = ARGV[i], ARGV[i + 1]
+  redis.call('ZREM', '${INFLIGHT}', id)
+  redis.call('HDEL', '${INFLIGHT_META}', id)
+  local back = redis.call('ZSCORE', '${DELAYED}', id) or redis.call('ZSCORE', '${QUEUE_PREFIX}' .. tenant, id)
+  if not back then
+    redis.call('HDEL', '${PAYLOAD}', id)
+  end
+  redis.call('HSET', '${DISPATCHED_AT}', id, ARGV[1])
+end
+return 1
+""")
+
+
 class TenantQueues:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
@@ -223,6 +240,7 @@ class TenantQueues:
         self._dispatch = client.register_script(_DISPATCH)
         self._reclaim = client.register_script(_RECLAIM_INFLIGHT)
         self._purge = client.register_script(_PURGE)
+        self._ack = client.register_script(_ACK)
 
     @staticmethod
     def _dump(message: dict[str, Any]) -> str:
@@ -295,14 +313,10 @@ class TenantQueues:
         """The publish of these jobs succeeded: forget the in-flight records and payloads."""
         if not released:
             return
-        ids = [r.job_id for r in released]
-        now = time.time()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zrem(INFLIGHT, *ids)
-        pipe.hdel(INFLIGHT_META, *ids)
-        pipe.hdel(keys.PAYLOAD, *ids)
-        pipe.hset(DISPATCHED_AT, mapping=dict.fromkeys(ids, now))
-        pipe.execute()
+        args: list[Any] = [time.time()]
+        for r in released:
+            args.extend((r.job_id, r.message.get("job", {}).get("tenant_id", "")))
+        self._ack(args=args)
 
     def reclaim_inflight(self, limit: int = 1000) -> int:
         return int(self._reclaim(args=[limit]))

@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from tenantq.core.db import UTCDateTime, get_engine, new_id, unscoped_session, utcnow
+from tenantq.core.db import UTCDateTime, get_engine, is_database_outage, new_id, unscoped_session, utcnow
 from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
@@ -461,6 +461,23 @@ def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> boo
     queues.schedule(
         message.tenant_id, message.id, message.priority, message.next_attempt(), run_at.timestamp()
     )
+    try:
+        return _record_retry(message, queues, error, now, run_at, delay)
+    except Exception as failure:
+        if not is_database_outage(failure):
+            raise
+        # The retry is queued; the next attempt's start moves the job on (deferred until the database
+        # answers). Failing this attempt instead would end the job although a retry was due.
+        log.warning(
+            "job %s attempt %s: retry queued, not recorded in SQL (%s)", message.id, message.attempt, failure
+        )
+        return True
+
+
+def _record_retry(
+    message: JobMessage, queues: TenantQueues, error: str, now: Any, run_at: Any, delay: float
+) -> bool:
+    """schedule_retry's SQL part: the job is ``retrying`` and the failed attempt closed."""
     with unscoped_session() as session:
         moved = cast(
             CursorResult[Any],

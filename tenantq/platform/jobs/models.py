@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tenantq.core.db import Base, UTCDateTime, new_id, utcnow
@@ -31,6 +31,13 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_job_tenant_created", "tenant_id", "created_at"),
         Index("ix_job_tenant_status", "tenant_id", "status"),
+        # The running jobs, by start: what /metrics reads for jobs running past their time limit.
+        Index(
+            "ix_job_running_started",
+            "started_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session
 
 from tenantq.core import metrics
 from tenantq.core.celery import app as celery_app
-from tenantq.core.db import utcnow
+from tenantq.core.db import new_id, utcnow
 from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable, TenantqError
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
-from tenantq.platform.jobs import events, lifecycle
+from tenantq.platform.jobs import events, lifecycle, outbox
 from tenantq.platform.jobs.admission import admit
 from tenantq.platform.jobs.messages import job_meta, message_for_attempt
 from tenantq.platform.jobs.models import RERUNNABLE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, Job
@@ -184,6 +184,7 @@ def new_job(session: Session, tenant: Tenant, data: JobCreate, *, now: datetime 
     _args, policy = validate_submission(session, tenant, data)
     now = now or utcnow()
     return Job(
+        id=new_id(),  # known before the commit: the outbox notes it
         tenant_id=tenant.id,
         task=data.task,
         args=data.args,
@@ -226,6 +227,9 @@ def submit_job(
             .values(idempotency_key=None)
         )
     repo.add(job)
+    queue_client = client or get_redis()
+    # Noted before the commit: if this process dies before the enqueue, the outbox sweep queues it.
+    outbox.note(queue_client, [(job.id, job.tenant_id)])
     try:
         # Committed here rather than by the request: the job is queued only after the commit that
         # created its row, and a lost idempotency race must be seen now to answer with the winner.
@@ -241,7 +245,7 @@ def submit_job(
                 return SubmitResult(existing, created=False)
         raise
     try:
-        enqueue(job, client=client)
+        enqueue(job, client=queue_client)
     except redis.RedisError as exc:
         # Compensate: the job was never runnable, so it must not exist either.
         log.error("enqueue failed for job %s: %s", job.id, exc)
@@ -252,6 +256,7 @@ def submit_job(
             code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from None
+    outbox.clear_quietly(queue_client, [job.id])
     return SubmitResult(job, created=True)
 
 
@@ -339,6 +344,8 @@ def submit_batch(
         for index, _data, job in accepted:
             repo.add(job)
             rows.append((index, job))
+        queue_client = client or get_redis()
+        outbox.note(queue_client, [(job.id, job.tenant_id) for _, job in rows])
         try:
             # Committed here rather than by the request: the jobs are queued only after the commit
             # that created their rows, and a lost idempotency race must be seen now.
@@ -359,7 +366,7 @@ def submit_batch(
                     answers[index] = _error_item(index, exc)
             return [answers[i] for i in sorted(answers)]
         try:
-            enqueue_jobs([job for _, job in rows], client=client)
+            enqueue_jobs([job for _, job in rows], client=queue_client)
         except redis.RedisError as exc:
             log.error("batch enqueue failed for tenant %s: %s", tenant.id, exc)
             for _, job in rows:
@@ -370,6 +377,7 @@ def submit_batch(
                 code="queue_unavailable",
                 headers={"Retry-After": "1"},
             ) from None
+        outbox.clear_quietly(queue_client, [job.id for _, job in rows])
         for index, job in rows:
             answers[index] = BatchItem(index=index, status_code=202, job=JobOut.model_validate(job))
     return [answers[i] for i in sorted(answers)]

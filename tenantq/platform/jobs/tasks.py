@@ -1,18 +1,24 @@
-"""System work for jobs: result expiry (a Celery task on the system queue) and the SQL side of the
-dispatcher's lost-job reconciler."""
+"""System work for jobs: result expiry (a Celery task on the system queue), the SQL side of the
+dispatcher's lost-job reconciler, and the dispatcher's chores: settling outcomes kept in Redis during a
+database outage (``outcomes``) and sweeping the submission outbox (``outbox``)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 from sqlalchemy import select
 
 from tenantq.core.celery import SYSTEM_QUEUE, app
 from tenantq.core.db import unscoped_session
-from tenantq.platform.dispatch.dispatcher import QueuedJob
+from tenantq.core.redis import get_redis
+from tenantq.platform.dispatch.dispatcher import Chore, QueuedJob
+from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues
+from tenantq.platform.jobs import outbox
 from tenantq.platform.jobs.models import Job
-from tenantq.platform.jobs.service import job_message, purge_expired_results
+from tenantq.platform.jobs.outcomes import Settler
+from tenantq.platform.jobs.service import enqueue, job_message, purge_expired_results
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -51,3 +57,43 @@ def queued_before(cutoff: datetime, limit: int) -> list[QueuedJob]:
             .limit(limit)
         )
         return [QueuedJob(job.tenant_id, job.id, job.priority, job_message(job)) for job in jobs]
+
+
+def dispatcher_chores() -> list[Chore]:
+    """The jobs layer's periodic work, run by the leading dispatcher (``tenantq dispatcher``)."""
+    return [
+        Chore("settle_outcomes", 1.0, Settler()),
+        Chore("sweep_outbox", outbox.SWEEP_EVERY_S, sweep_outbox),
+    ]
+
+
+def sweep_outbox(limit: int = 500) -> int:
+    """Queue the jobs a submitter committed but never enqueued (see ``outbox``). Returns how many."""
+    client = get_redis()
+    notes = outbox.due(client, limit)
+    if not notes:
+        return 0
+    ids = [job_id for job_id, _ in notes]
+    with unscoped_session() as session:
+        jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    queues = TenantQueues(client)
+    published = client.hmget(DISPATCHED_AT, ids)
+    now = time.time()
+    done: list[str] = []
+    queued = 0
+    for (job_id, noted_at), dispatched in zip(notes, published, strict=True):
+        job = jobs.get(job_id)
+        if job is None:
+            if now - noted_at > outbox.ABANDON_AFTER_S:
+                done.append(job_id)  # never committed (rolled back, or a lost idempotency race)
+            continue
+        done.append(job_id)
+        if job.status not in ("queued", "scheduled") or dispatched is not None:
+            continue  # running or finished, or waiting in an execution queue
+        if queues.is_pending(job.tenant_id, job.id):
+            continue  # the enqueue happened; only the note's removal was lost
+        enqueue(job, client=client)
+        queued += 1
+        log.warning("outbox: job %s was committed but never enqueued; queued now", job.id)
+    outbox.clear(client, done)
+    return queued
