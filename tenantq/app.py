@@ -209,6 +209,7 @@ def create_app() -> FastAPI:
     app.add_middleware(
         LoadShedder,
         max_inflight=settings.api_max_inflight,
+        max_waits=settings.api_max_waits,
         wait_seconds=settings.api_overload_wait_seconds,
     )
 

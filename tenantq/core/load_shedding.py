@@ -13,12 +13,19 @@ request thread pool (40 threads), an admitted request never waits for a connecti
 
 Probes and scrapes (``/healthz``, ``/readyz``, ``/metrics``) are never shed: an overloaded process is
 alive, and the operator needs its metrics most then.
+
+Waits (``GET /v1/jobs/{id}?wait=``, ``GET /v1/jobs/{id}/events``) take no turn: they spend seconds to
+minutes asleep on the job event hub, holding neither a thread nor a connection, and eight of them would
+otherwise shut every other request out. They are bounded apart (``api_max_waits``); past it a wait is
+answered 503 ``overloaded`` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,14 +36,30 @@ from tenantq.core.metrics import rejection
 log = logging.getLogger("tenantq.load")
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_JOB_PATH = re.compile(r"^/v1/jobs/[^/]+(/events)?$")
+
+
+def is_wait(scope: Scope) -> bool:
+    """A long-poll or an event stream of one job (see the module docstring)."""
+    path = scope.get("path", "")
+    if scope.get("method") != "GET" or not _JOB_PATH.match(path):
+        return False
+    if path.endswith("/events"):
+        return True
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return any(v not in ("", "0") for v in query.get("wait", []))
 
 
 class LoadShedder:
     """Pure ASGI middleware: a request holds its turn until its response is sent."""
 
-    def __init__(self, app: ASGIApp, *, max_inflight: int, wait_seconds: float) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_inflight: int, wait_seconds: float, max_waits: int = 2000
+    ) -> None:
         self.app = app
         self.max_inflight = max_inflight
+        self.max_waits = max_waits
+        self.waits = 0
         self.wait_seconds = wait_seconds
         self._turns: asyncio.Semaphore | None = None
         self.inflight = 0
@@ -51,6 +74,9 @@ class LoadShedder:
         if scope["type"] != "http" or scope.get("path") in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
+        if is_wait(scope):
+            await self._wait(scope, receive, send)
+            return
         turns = self._semaphore()
         try:
             if turns.locked():  # every turn taken (or others already waiting): wait a little, in line
@@ -58,15 +84,7 @@ class LoadShedder:
             else:
                 await turns.acquire()  # a turn is free: taken without suspending
         except TimeoutError:
-            self.shed += 1
-            rejection(None, "overloaded", 503)
-            refused = ServiceUnavailable(
-                "The server is overloaded; retry after the delay in Retry-After.",
-                code="overloaded",
-                details={"max_inflight": self.max_inflight},
-                headers={"Retry-After": OVERLOADED_RETRY_AFTER},
-            )
-            await error_response(refused)(scope, receive, send)
+            await self._refuse(scope, receive, send, {"max_inflight": self.max_inflight})
             return
         self.inflight += 1
         try:
@@ -74,3 +92,24 @@ class LoadShedder:
         finally:
             self.inflight -= 1
             turns.release()
+
+    async def _wait(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.waits >= self.max_waits:
+            await self._refuse(scope, receive, send, {"max_waits": self.max_waits})
+            return
+        self.waits += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.waits -= 1
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, details: dict[str, int]) -> None:
+        self.shed += 1
+        rejection(None, "overloaded", 503)
+        refused = ServiceUnavailable(
+            "The server is overloaded; retry after the delay in Retry-After.",
+            code="overloaded",
+            details=details,
+            headers={"Retry-After": OVERLOADED_RETRY_AFTER},
+        )
+        await error_response(refused)(scope, receive, send)

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         "db_max_overflow (every request may hold a connection) and below the 40 threads of the request "
         "thread pool (so an admitted request never waits for a thread while holding a connection).",
     )
+    api_max_waits: int = Field(
+        default=2000,
+        ge=1,
+        description="Open waits (GET /v1/jobs/{id}?wait=, GET /v1/jobs/{id}/events) one API process holds "
+        "at once; they take no api_max_inflight turn (they hold no connection while waiting). More answer "
+        "503 overloaded at once. 2,000 is the measured capacity of one process (docs/jobs.md).",
+    )
     api_overload_wait_seconds: float = Field(
         default=0.25,
         ge=0,
