@@ -70,6 +70,14 @@ def cancel_key(job_id: str) -> str:
     return f"{CANCEL_PREFIX}{job_id}"
 
 
+IDEMPOTENCY_CLAIM_PREFIX = "tq:idem:"  # STRING per tenant and key, expiring: a submit with it is in flight
+
+
+def idempotency_claim_key(tenant_id: str, idempotency_key: str) -> str:
+    """Held by the one request submitting a job with this idempotency key; concurrent replays wait."""
+    return f"{IDEMPOTENCY_CLAIM_PREFIX}{tenant_id}:{idempotency_key}"
+
+
 # -- submission and login limits (tenants.access) ---------------------------------------------------------
 
 SUBMIT_BUCKET_PREFIX = "tq:rl:submit:"  # HASH per tenant: submission-rate token bucket

@@ -55,7 +55,14 @@ class TestJobsQuota:
         assert refused.status_code == 402
         error = refused.json()["error"]
         assert error["code"] == "quota_exceeded"
-        assert error["details"] == {"quota": "jobs", "used": 3, "limit": 3, "resets_at": next_month_start()}
+        assert error["details"] == {
+            "quota": "jobs",
+            "used": 3,
+            "limit": 3,
+            "requested": 1,
+            "remaining": 0,
+            "resets_at": next_month_start(),
+        }
 
     def test_idempotent_resubmission_does_not_count_again(self, api, make_plan):
         plan = make_plan(included_jobs=1, hard_limits=True)

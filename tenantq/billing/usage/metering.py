@@ -34,7 +34,8 @@ Redis keys (all under ``tq:usage``):
 
 Billable attempts: every attempt that started executing (succeeded, failed, retried, cancelled while
 running, lost). Jobs rejected at submission or cancelled before they started never reach a worker and
-record nothing. ``jobs`` is recorded once per job, with its first attempt.
+record nothing. ``jobs`` is recorded once per job, with its first run: attempt 1, or for a job
+cancelled before it ever ran and then re-run, the re-run's first attempt (``JobMessage.first_run``).
 """
 
 from __future__ import annotations
@@ -135,10 +136,12 @@ def usage_events(
     finished_at: float,
     wall_ms: int,
     compute_ms: int,
+    bills_job: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """The events one closed attempt produces: attempts, compute_ms, wall_ms, and jobs on attempt 1."""
+    """The events one closed attempt produces: attempts, compute_ms, wall_ms, and jobs on the job's
+    first run (attempt 1 unless the message says otherwise, see ``JobMessage.first_run``)."""
     quantities = {"attempts": 1, "compute_ms": max(0, int(compute_ms)), "wall_ms": max(0, int(wall_ms))}
-    if attempt == 1:
+    if bills_job if bills_job is not None else attempt == 1:
         quantities = {"jobs": 1, **quantities}
     return [
         {
@@ -169,8 +172,15 @@ class OpenAttempt:
     worker: str | None
     pid: int
     deadline: float  # unix seconds after which the attempt is surely over
+    first_run: int = 1  # the attempt billed as the job (``JobMessage.first_run``)
     mono: float = 0.0  # monotonic start (local only: wall time immune to clock steps)
     cpu: float = 0.0  # process_time() at start (local only)
+
+    @property
+    def bills_job(self) -> bool:
+        """Does this attempt record ``jobs``? Only the job's first run does (a redelivery of it gets
+        a later number, so it never bills the job twice)."""
+        return self.attempt == self.first_run
 
     @property
     def field(self) -> str:
@@ -186,6 +196,7 @@ class OpenAttempt:
                 "worker": self.worker,
                 "pid": self.pid,
                 "deadline": self.deadline,
+                **({"first_run": self.first_run} if self.first_run != 1 else {}),
             }
         )
 
@@ -202,6 +213,7 @@ class OpenAttempt:
             worker=data.get("worker"),
             pid=int(data.get("pid") or 0),
             deadline=float(data["deadline"]),
+            first_run=int(data.get("first_run") or 1),
         )
 
 
@@ -228,8 +240,9 @@ class Meter:
             worker=worker,
             pid=os.getpid(),
             deadline=started + time_limit + LOST_GRACE_S,
+            first_run=message.first_run,
         )
-        attempt.attempt = int(
+        number = int(
             self._allocate(
                 keys=[attempt_key(attempt.job_id), OPEN],
                 args=[
@@ -241,6 +254,7 @@ class Meter:
                 ],
             )
         )
+        attempt.attempt = number
         return attempt
 
     def close(
@@ -257,6 +271,7 @@ class Meter:
             finished_at=finished,
             wall_ms=wall_ms,
             compute_ms=compute_ms,
+            bills_job=attempt.bills_job,
         )
         pipe = self.r.pipeline(transaction=True)
         pipe.hdel(OPEN, attempt.field)
@@ -280,6 +295,7 @@ class Meter:
             finished_at=finished,
             wall_ms=round((finished - attempt.started) * 1000),
             compute_ms=0,
+            bills_job=attempt.bills_job,
         )
         return bool(self._close_if_open(keys=[OPEN, STREAM], args=[attempt.field, json.dumps(events)]))
 

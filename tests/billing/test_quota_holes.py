@@ -1,0 +1,261 @@
+"""Quotas without holes (issue 14): a workflow is admitted as all its jobs, idempotent replays never
+consume quota, batches are all-or-nothing and say how many jobs remain, the counter follows
+cancellations and workflow stops at once, and a job cancelled before it started is counted (and
+billed) only when it is re-run."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tenantq.billing.usage import quotas
+from tenantq.billing.usage.buffer import Flusher
+from tenantq.billing.usage.models import UsageEvent
+from tenantq.core.db import utcnow
+from tenantq.core.keys import quota_jobs_key
+from tenantq.core.periods import current_period
+from tenantq.platform.jobs.models import Job
+from tenantq.platform.workflows.models import Workflow
+from tests.conftest import ProcessGroup, free_port, wait_until
+from tests.factories import ApiKeyFactory, TenantFactory, auth
+from tests.platform.helpers import wait_job
+
+ECHO = {"task": "demo.echo", "args": {}}
+LATER = {**ECHO, "countdown": 3600}  # stays waiting: no dispatcher releases it during the test
+WORKFLOW_OF_7 = [ECHO, {"group": [ECHO] * 5}, ECHO]
+
+
+def jobs_used(api, key) -> int:
+    body = api.get("/v1/usage", headers=auth(key)).json()
+    return next(q["used"] for q in body["quotas"] if q["name"] == "jobs")
+
+
+def sql_truth(db_session, tenant_id: str) -> int:
+    db_session.expire_all()
+    return quotas.sql_jobs_used(db_session, tenant_id, current_period()).get(tenant_id, 0)
+
+
+def stored_jobs(db_session, tenant_id: str) -> int:
+    db_session.expire_all()
+    return int(db_session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)))
+
+
+def new_key(make_plan, **plan):
+    return ApiKeyFactory(tenant=TenantFactory(plan_name=make_plan(**plan).name))
+
+
+class TestWorkflowAdmission:
+    def test_a_workflow_over_the_remaining_quota_is_refused_whole(self, api, db_session, make_plan):
+        key = new_key(make_plan, included_jobs=3, hard_limits=True)
+        for _ in range(2):
+            assert api.post("/v1/jobs", json=LATER, headers=auth(key)).status_code == 202
+        refused = api.post("/v1/workflows", json={"steps": WORKFLOW_OF_7}, headers=auth(key))
+        assert refused.status_code == 402, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "quota_exceeded"
+        assert error["details"]["requested"] == 7 and error["details"]["remaining"] == 1
+        assert "7" in error["message"] and "1" in error["message"]
+        assert stored_jobs(db_session, key.tenant_id) == 2
+        assert (
+            db_session.scalar(
+                select(func.count()).select_from(Workflow).where(Workflow.tenant_id == key.tenant_id)
+            )
+            == 0
+        )
+        assert jobs_used(api, key) == 2
+
+    def test_every_step_counts_at_once_and_the_sync_agrees(self, api, db_session, redis_client, make_plan):
+        key = new_key(make_plan, included_jobs=10, hard_limits=True)
+        wf = api.post("/v1/workflows", json={"steps": WORKFLOW_OF_7}, headers=auth(key))
+        assert wf.status_code == 202, wf.text
+        assert jobs_used(api, key) == 7
+        assert sql_truth(db_session, key.tenant_id) == 7  # the steps not created yet are reserved
+        quotas.sync_counters_from_sql(redis_client)
+        assert jobs_used(api, key) == 7
+        refused = api.post("/v1/jobs/batch", json={"jobs": [LATER] * 4}, headers=auth(key))
+        assert refused.status_code == 402 and refused.json()["error"]["details"]["remaining"] == 3
+
+    def test_a_cancelled_workflow_gives_back_the_steps_that_never_ran(
+        self, api, db_session, redis_client, make_plan
+    ):
+        key = new_key(make_plan, included_jobs=10, hard_limits=True)
+        wf = api.post("/v1/workflows", json={"steps": WORKFLOW_OF_7}, headers=auth(key)).json()
+        cancelled = api.post(f"/v1/workflows/{wf['id']}/cancel", headers=auth(key))
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        # The first step may have started meanwhile (a session dispatcher): then it stays counted.
+        truth = sql_truth(db_session, key.tenant_id)
+        assert truth <= 1
+        assert jobs_used(api, key) == truth
+
+    @pytest.mark.e2e
+    def test_a_workflow_run_to_the_end_counts_all_its_jobs(
+        self, api, db_session, redis_client, make_plan, platform_processes
+    ):
+        key = new_key(make_plan, included_jobs=7, hard_limits=True)
+        wf = api.post("/v1/workflows", json={"steps": WORKFLOW_OF_7}, headers=auth(key)).json()
+
+        def done():
+            body = api.get(f"/v1/workflows/{wf['id']}", headers=auth(key)).json()
+            return body["status"] in ("succeeded", "failed", "cancelled") and body
+
+        assert wait_until(done, timeout=120, interval=0.2, message="the workflow")["status"] == "succeeded"
+        assert jobs_used(api, key) == 7 == stored_jobs(db_session, key.tenant_id)
+        quotas.sync_counters_from_sql(redis_client)
+        assert jobs_used(api, key) == 7
+        assert api.post("/v1/jobs", json=ECHO, headers=auth(key)).status_code == 402
+
+
+class TestBatches:
+    def test_a_batch_over_the_remaining_quota_says_how_many_remain(self, api, db_session, make_plan):
+        key = new_key(make_plan, included_jobs=5, hard_limits=True)
+        refused = api.post("/v1/jobs/batch", json={"jobs": [LATER] * 8}, headers=auth(key))
+        assert refused.status_code == 402, refused.text
+        error = refused.json()["error"]
+        assert error["details"] == {
+            "quota": "jobs",
+            "used": 0,
+            "limit": 5,
+            "requested": 8,
+            "remaining": 5,
+            "resets_at": error["details"]["resets_at"],
+        }
+        assert "5 remain" in error["message"] and "8" in error["message"]
+        assert stored_jobs(db_session, key.tenant_id) == 0  # all or nothing
+        assert jobs_used(api, key) == 0
+        accepted = api.post("/v1/jobs/batch", json={"jobs": [LATER] * 5}, headers=auth(key))
+        assert [i["status_code"] for i in accepted.json()["items"]] == [202] * 5
+
+    def test_the_batch_route_documents_all_or_nothing(self, api):
+        spec = api.get("/openapi.json").json()
+        description = spec["paths"]["/v1/jobs/batch"]["post"]["description"]
+        assert "402" in description and "all or nothing" in description
+
+
+class TestCancellationsCountAtOnce:
+    def test_a_job_cancelled_before_it_started_is_given_back_at_once(self, api, db_session, make_plan):
+        key = new_key(make_plan, included_jobs=2, hard_limits=True)
+        job = api.post("/v1/jobs", json=LATER, headers=auth(key)).json()
+        assert jobs_used(api, key) == 1
+        assert (
+            api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key)).json()["cancellation"] == "dequeued"
+        )
+        assert jobs_used(api, key) == 0 == sql_truth(db_session, key.tenant_id)
+        # The freed unit is usable now, not after the periodic sync.
+        assert [api.post("/v1/jobs", json=LATER, headers=auth(key)).status_code for _ in range(3)] == [
+            202,
+            202,
+            402,
+        ]
+
+    def test_a_purged_queue_is_given_back_at_once(self, api, db_session, make_plan):
+        key = new_key(make_plan, included_jobs=10, hard_limits=True)
+        admin = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
+        # Paused, so no dispatcher takes them before the purge.
+        assert api.post(f"/admin/v1/tenants/{key.tenant_id}/queue/pause", headers=admin).status_code == 200
+        for _ in range(3):
+            assert api.post("/v1/jobs", json=ECHO, headers=auth(key)).status_code == 202
+        assert jobs_used(api, key) == 3
+        purged = api.post(f"/admin/v1/tenants/{key.tenant_id}/queue/purge", headers=admin)
+        assert purged.status_code == 200 and purged.json()["purged"] == 3, purged.text
+        assert jobs_used(api, key) == 0 == sql_truth(db_session, key.tenant_id)
+
+
+class TestReruns:
+    def test_a_job_cancelled_before_start_counts_when_re_run(self, api, db_session, make_plan):
+        key = new_key(make_plan, included_jobs=1, hard_limits=True)
+        job = api.post("/v1/jobs", json=LATER, headers=auth(key)).json()
+        api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key))
+        assert jobs_used(api, key) == 0
+        other = api.post("/v1/jobs", json=LATER, headers=auth(key)).json()
+        refused = api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key))
+        assert refused.status_code == 402, refused.text  # the re-run is a new job for the quota
+        api.post(f"/v1/jobs/{other['id']}/cancel", headers=auth(key))
+        assert api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key)).status_code == 202
+        assert jobs_used(api, key) == 1 == sql_truth(db_session, key.tenant_id)
+
+    def test_re_running_a_job_that_ran_does_not_count_it_again(self, api, db_session, make_plan):
+        key = new_key(make_plan, included_jobs=1, hard_limits=True)
+        job = api.post("/v1/jobs", json=LATER, headers=auth(key)).json()
+        # It ran once and failed (as the worker would have recorded it).
+        db_session.execute(
+            Job.__table__.update()
+            .where(Job.id == job["id"])
+            .values(status="failed", attempts=1, started_at=utcnow(), finished_at=utcnow(), run_at=None)
+        )
+        db_session.commit()
+        rerun = api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key))
+        assert rerun.status_code == 202, rerun.text
+        assert jobs_used(api, key) == 1 == sql_truth(db_session, key.tenant_id)
+
+    @pytest.mark.e2e
+    def test_a_job_cancelled_before_start_is_billed_as_a_job_when_its_re_run_runs(
+        self, api, db_session, redis_client, make_plan, platform_processes
+    ):
+        key = new_key(make_plan, included_jobs=5, hard_limits=True)
+        job = api.post("/v1/jobs", json=LATER, headers=auth(key)).json()
+        api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key))
+        assert api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key)).status_code == 202
+        assert wait_job(api, key, job["id"])["status"] == "succeeded"
+        flusher = Flusher(redis_client, block_ms=0)
+
+        def billed():
+            flusher.drain()
+            db_session.expire_all()
+            return db_session.scalars(select(UsageEvent).where(UsageEvent.job_id == job["id"])).all()
+
+        events = wait_until(lambda: len(billed()) == 4 and billed(), timeout=60, message="the usage events")
+        by_metric = {e.metric: e for e in events}
+        assert by_metric["jobs"].quantity == 1 and by_metric["jobs"].attempt == by_metric["attempts"].attempt
+
+
+@pytest.mark.e2e
+class TestIdempotentReplays:
+    def test_parallel_replays_never_consume_quota_nor_answer_402(
+        self, db_session, redis_client, make_plan, platform_env, tmp_path
+    ):
+        key = new_key(make_plan, included_jobs=3, hard_limits=True)
+        port = free_port()
+        group = ProcessGroup(platform_env, tmp_path)
+        group.start("api", [sys.executable, "-m", "tenantq.cli", "api", "--port", str(port)])
+        base = f"http://127.0.0.1:{port}"
+        body = {**LATER, "idempotency_key": "only-once"}
+        try:
+
+            def up():
+                try:
+                    return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(up, timeout=60, message="the API to listen")
+            codes: list[int] = []
+            lock = threading.Lock()
+            barrier = threading.Barrier(25)
+
+            def submit() -> None:
+                with httpx.Client(base_url=base, timeout=60) as client:
+                    barrier.wait()
+                    status = client.post("/v1/jobs", json=body, headers=auth(key)).status_code
+                with lock:
+                    codes.append(status)
+
+            threads = [threading.Thread(target=submit) for _ in range(25)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert sorted(codes) == [200] * 24 + [202]
+            assert redis_client.get(quota_jobs_key(key.tenant_id, current_period())) == "1"
+            # The two units left are usable at once.
+            with httpx.Client(base_url=base, timeout=60) as client:
+                statuses = [
+                    client.post("/v1/jobs", json=LATER, headers=auth(key)).status_code for _ in range(3)
+                ]
+        finally:
+            group.stop_all()
+        assert statuses == [202, 202, 402]
+        assert stored_jobs(db_session, key.tenant_id) == 3
