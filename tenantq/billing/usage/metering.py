@@ -45,11 +45,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
+from tenantq.billing.usage.quotas import ADD_IF_EXISTS
 from tenantq.core import keys
+from tenantq.core.periods import period_of
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import JobMessage
@@ -225,6 +228,7 @@ class Meter:
         self._allocate = self.r.register_script(_ALLOCATE)
         self._close_if_open = self.r.register_script(_CLOSE_IF_OPEN)
         self._discard = self.r.register_script(_DISCARD)
+        self._add_compute = self.r.register_script(ADD_IF_EXISTS)
 
     def open(
         self, message: JobMessage, *, worker: str | None, time_limit: float, now: float | None = None
@@ -276,6 +280,14 @@ class Meter:
         pipe = self.r.pipeline(transaction=True)
         pipe.hdel(OPEN, attempt.field)
         pipe.xadd(STREAM, {"events": json.dumps(events)})
+        if compute_ms > 0:
+            # The period's compute counter moves now, in the same transaction, not when the flusher
+            # gets to the events: the dispatcher holds a tenant over its hard compute quota at once.
+            # (Attempts closed from outside the child have CPU 0: nothing to add.)
+            period = period_of(datetime.fromtimestamp(finished, UTC))
+            self._add_compute(
+                keys=[keys.quota_compute_key(attempt.tenant_id, period)], args=[compute_ms], client=pipe
+            )
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:

@@ -12,9 +12,11 @@ overridable per tenant through ``Tenant.overrides`` (same keys).
   Jobs that will never run are given back at once (``release_jobs``): cancelled or purged before they
   started, refused after admission (enqueue failed), the steps a failed or cancelled workflow never
   created.
-- ``compute_seconds``: CPU time of attempts that finished in the period. The flusher adds newly inserted
-  ``compute_ms`` events; a hard limit refuses new jobs once the period's CPU time reached it (a running
-  job is not stopped: its usage is known only when it ends).
+- ``compute_seconds``: CPU time of attempts that finished in the period. The worker adds each attempt's
+  CPU time to the counter as it closes the attempt (in the same Redis transaction that records its
+  usage); a hard limit refuses new jobs once the period's CPU time reached it, and the dispatcher
+  holds the tenant's queued jobs (``platform.dispatch``). A running job is not stopped: its usage is
+  known only when it ends, so the overshoot is bounded by the jobs already running.
 Hard limits answer 402 ``quota_exceeded`` with details ``{"quota", "used", "limit", "resets_at"}``.
 Soft limits accept the job; overage is billed by the plan's prices.
 
@@ -103,9 +105,10 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 return {1, 'ok', used + n}
 """
 
-# The flusher only adds to counters that exist: a missing one is seeded from SQL, which already has it.
+# Counters are only added to when they exist: a missing one is seeded from SQL, which already has it
+# (the worker's compute time once flushed).
 # Releases add a negative amount; a counter never goes below zero.
-_ADD_IF_EXISTS = """
+ADD_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local v = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
   if v < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') return 0 end
@@ -247,24 +250,11 @@ def release_jobs(tenant_id: str, count: int, counted_at: datetime, client: redis
         return
     try:
         client = client or get_redis()
-        client.register_script(_ADD_IF_EXISTS)(
+        client.register_script(ADD_IF_EXISTS)(
             keys=[quota_jobs_key(tenant_id, period_of(counted_at))], args=[-count]
         )
     except redis.RedisError as exc:
         log.warning("quota: could not give back %s job(s) of tenant %s: %s", count, tenant_id, exc)
-
-
-def add_compute_usage(client: redis.Redis, rows: list[dict[str, Any]]) -> None:
-    """Add newly inserted compute_ms events to their tenant's period counter."""
-    totals: dict[str, int] = defaultdict(int)
-    for row in rows:
-        if row["metric"] == "compute_ms" and row["quantity"]:
-            totals[quota_compute_key(row["tenant_id"], period_of(row["occurred_at"]))] += int(row["quantity"])
-    if not totals:
-        return
-    add = client.register_script(_ADD_IF_EXISTS)
-    for key, ms in totals.items():
-        add(keys=[key], args=[ms])
 
 
 def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None = None) -> int:

@@ -62,6 +62,9 @@ class TenantLimits:
     concurrency: int  # 0 = unlimited
     max_queued: int  # 0 = unlimited
     status: str = "active"
+    # Hard compute quota of the period in CPU milliseconds (None = none): the dispatcher holds the
+    # tenant's queued jobs once the period's counter reached it.
+    compute_limit_ms: int | None = None
 
 
 def default_burst(rate: float) -> float:
@@ -82,6 +85,7 @@ def _limits_from(tenant: Tenant, limits: EffectiveLimits) -> TenantLimits:
         concurrency=int(limits.concurrency or 0),
         max_queued=int(limits.max_queued or 0),
         status=tenant.status,
+        compute_limit_ms=int(limits.included_compute_seconds or 0) * 1000 if limits.hard_limits else None,
     )
 
 
