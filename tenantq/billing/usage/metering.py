@@ -120,6 +120,17 @@ return 0
 """
 
 
+def queue_compute(pipe: Any, tenant_id: str, finished: float, compute_ms: int) -> None:
+    """Queue, on the pipeline (MULTI) that closes an attempt, the addition of its CPU time to the
+    tenant's compute counter of the period it ended in. The counter moves with the usage record, not
+    when the flusher gets to it, so the dispatcher holds a tenant over its hard compute quota at once.
+    Attempts closed outside the child (time limit, terminate, lost) have CPU 0: nothing to add. An
+    EVAL, not a script object's EVALSHA, which would cost a SCRIPT EXISTS round trip per pipeline."""
+    if compute_ms > 0:
+        period = period_of(datetime.fromtimestamp(finished, UTC))
+        pipe.eval(ADD_IF_EXISTS, 1, keys.quota_compute_key(tenant_id, period), compute_ms)
+
+
 def metering_enabled() -> bool:
     return get_settings().metering
 
@@ -228,7 +239,6 @@ class Meter:
         self._allocate = self.r.register_script(_ALLOCATE)
         self._close_if_open = self.r.register_script(_CLOSE_IF_OPEN)
         self._discard = self.r.register_script(_DISCARD)
-        self._add_compute = self.r.register_script(ADD_IF_EXISTS)
 
     def open(
         self, message: JobMessage, *, worker: str | None, time_limit: float, now: float | None = None
@@ -280,14 +290,7 @@ class Meter:
         pipe = self.r.pipeline(transaction=True)
         pipe.hdel(OPEN, attempt.field)
         pipe.xadd(STREAM, {"events": json.dumps(events)})
-        if compute_ms > 0:
-            # The period's compute counter moves now, in the same transaction, not when the flusher
-            # gets to the events: the dispatcher holds a tenant over its hard compute quota at once.
-            # (Attempts closed from outside the child have CPU 0: nothing to add.)
-            period = period_of(datetime.fromtimestamp(finished, UTC))
-            self._add_compute(
-                keys=[keys.quota_compute_key(attempt.tenant_id, period)], args=[compute_ms], client=pipe
-            )
+        queue_compute(pipe, attempt.tenant_id, finished, compute_ms)
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:
