@@ -54,7 +54,7 @@ class AttemptState:
     worker: str | None
     time_limit: float  # the hard limit it runs under (or what bounds it without one)
     timelimit: Any = None  # Celery's (hard, soft) of this delivery: a re-queued copy keeps them
-    guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, full
+    guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, redelivered, full
     refused: bool = False  # the status step found the job finished, cancelled or on a newer attempt
     usage: OpenAttempt | None = None
     running: metrics.RunningAttempt | None = None
@@ -66,7 +66,7 @@ class AttemptState:
     @property
     def skip(self) -> str | None:
         """Why the task function must not run, if it must not."""
-        if self.guard in ("dup", "full"):
+        if self.guard in ("dup", "full", "redelivered"):
             return self.guard
         return "refused" if self.refused else None
 
@@ -148,6 +148,15 @@ def _start_guard(attempt: AttemptState) -> None:
     attempt.guard = limits.start_guard(attempt.message, attempt.task_id, attempt.timelimit)
     if attempt.guard == "ok":
         limits.ensure_lease_heartbeat(ATTEMPTS.leases)
+    elif attempt.guard == "redelivered":
+        # The process that ran this delivery before died. If metering had opened the attempt it bills
+        # it as lost: record it so, and run the job as its next attempt. Otherwise nothing of it
+        # counted: run it as the same attempt.
+        if metering.attempt_opened(attempt.message.id, attempt.message.attempt):
+            lifecycle.attempt_lost(attempt.message, attempt.task_id)
+        else:
+            attempt.guard = "ok"
+            limits.ensure_lease_heartbeat(ATTEMPTS.leases)
 
 
 def _status_started(attempt: AttemptState) -> None:
@@ -165,7 +174,7 @@ def _status_started(attempt: AttemptState) -> None:
 def _meter_started(attempt: AttemptState) -> None:
     # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
     # discarded at its end: its number marks an earlier attempt that never reported as superseded.
-    if attempt.guard in ("dup", "full"):
+    if attempt.guard in ("dup", "full", "redelivered"):
         return
     attempt.usage = metering.open_attempt(
         attempt.message, worker=attempt.worker, time_limit=attempt.time_limit

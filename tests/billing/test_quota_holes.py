@@ -5,24 +5,33 @@ billed) only when it is re-run."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tenantq.billing.usage import quotas
+from tenantq.billing.usage import metering, quotas
 from tenantq.billing.usage.buffer import Flusher
+from tenantq.billing.usage.metering import Meter
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.db import utcnow
 from tenantq.core.keys import quota_compute_key, quota_jobs_key
 from tenantq.core.periods import current_period
-from tenantq.platform.jobs.models import Job
+from tenantq.platform.dispatch.repository import TenantQueues
+from tenantq.platform.jobs import lifecycle
+from tenantq.platform.jobs.messages import JobMessage
+from tenantq.platform.jobs.models import Job, JobAttempt
 from tenantq.platform.workflows.models import Workflow
-from tests.conftest import ProcessGroup, free_port, wait_until
-from tests.factories import ApiKeyFactory, TenantFactory, auth
+from tests.billing.test_metering import open_attempts_of
+from tests.conftest import ProcessGroup, free_port, start_worker, wait_for_workers, wait_until
+from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
 from tests.platform.helpers import wait_job
 
 ECHO = {"task": "demo.echo", "args": {}}
@@ -322,3 +331,76 @@ class TestComputeHold:
         assert queue["held"] is not None and queue["depth"] == 10 - len(ran)
         # New submissions are refused at once (402), as before.
         assert api.post("/v1/jobs", json=body, headers=auth(key)).status_code == 402
+
+
+@pytest.mark.e2e
+class TestLostAttempts:
+    def test_a_sigkilled_attempt_shows_in_the_job_as_lost_then_the_next_attempt(
+        self, api, db_session, redis_client, platform_processes, platform_env, tmp_path
+    ):
+        group = ProcessGroup(platform_env, tmp_path)
+        try:
+            start_worker(group, name="spare", concurrency=1)
+            wait_for_workers(2)
+            key = ApiKeyFactory()
+            job = api.post(
+                "/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 3}}, headers=auth(key)
+            ).json()
+            running = wait_until(
+                lambda: open_attempts_of(redis_client, job["id"]), timeout=60, message="the attempt to start"
+            )
+            (record,) = running.values()
+            os.kill(record["pid"], signal.SIGKILL)  # the pool child dies: no postrun, no failure signal
+            done = wait_job(api, key, job["id"], timeout=120)
+            meter, flusher = Meter(redis_client), Flusher(redis_client, block_ms=0)
+
+            def billed():
+                meter.reconcile()
+                flusher.drain()
+                db_session.expire_all()
+                rows = db_session.scalars(
+                    select(UsageEvent).where(UsageEvent.job_id == job["id"], UsageEvent.metric == "attempts")
+                ).all()
+                return sorted((e.attempt, e.state) for e in rows) if len(rows) == 2 else None
+
+            usage = wait_until(billed, timeout=60, interval=0.5, message="both attempts to be billed")
+        finally:
+            group.stop_all()
+        assert usage == [(1, "lost"), (2, "succeeded")]
+        # The job shows what was billed: two attempts, the first lost.
+        assert done["status"] == "succeeded" and done["attempts"] == 2
+        log = [(a["attempt"], a["status"]) for a in done["attempt_log"]]
+        assert log == [(1, "lost"), (2, "succeeded")]
+        lost = done["attempt_log"][0]
+        assert lost["finished_at"] is not None and "lost" in lost["error"]
+
+
+class TestLostAttemptRecord:
+    def test_a_lost_attempt_is_closed_and_the_next_one_queued_first(self, db_session, redis_client):
+        tenant = TenantFactory()
+        job = JobFactory(tenant=tenant, status="running", attempts=1, started_at=utcnow())
+        db_session.add(JobAttempt(job_id=job.id, attempt=1, status="running", started_at=utcnow()))
+        db_session.commit()
+        meta = {"id": job.id, "tenant_id": tenant.id, "attempt": 1, "first_attempt": 1, "dispatch": "7"}
+        message = JobMessage.from_job("demo.echo", meta, {"x": 1})
+        TenantQueues(redis_client).enqueue(
+            tenant.id, "other", 5, {"task": "demo.echo", "job": {"id": "other"}}
+        )
+        lifecycle.attempt_lost(message, f"{job.id}-1", redis_client)
+        db_session.expire_all()
+        (row,) = db_session.scalars(select(JobAttempt).where(JobAttempt.job_id == job.id)).all()
+        assert row.status == "lost" and row.finished_at is not None and "lost" in row.error
+        assert redis_client.zrange(f"tq:q:{tenant.id}", 0, 0) == [job.id]  # at the head of the queue
+        queued = json.loads(redis_client.hget("tq:payload", job.id))
+        assert queued["task_id"] == f"{job.id}-2" and queued["args"] == {"x": 1}
+        # Attempt 2, with the retry budget shifted past the loss and no stale dispatch token.
+        assert queued["job"]["attempt"] == 2 and queued["job"]["first_attempt"] == 2
+        assert "dispatch" not in queued["job"]
+
+    def test_only_an_attempt_metering_opened_counts_as_lost(self, redis_client):
+        # A redelivered run that died before its usage record opened was never billed: it runs again
+        # as the same attempt; one that opened is billed as lost, so the job moves to the next attempt.
+        job = {"id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "attempt": 1}
+        assert not metering.attempt_opened(job["id"], 1)
+        Meter(redis_client).open(JobMessage.from_job("demo.echo", job), worker="w", time_limit=60)
+        assert metering.attempt_opened(job["id"], 1) and not metering.attempt_opened(job["id"], 2)

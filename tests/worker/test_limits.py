@@ -53,11 +53,13 @@ class TestStartGuard:
         limits.release_lease(message(t.id, "j1", "10"))
         assert redis_client.zcard(lease_key(t.id)) == 0
 
-    def test_duplicate_dispatch_is_skipped_and_redelivery_runs(self, redis_client):
+    def test_duplicate_dispatch_is_skipped_and_redelivery_is_told_apart(self, redis_client):
         t = paused_tenant(redis_client, concurrency=5)
         assert guard(message(t.id, "j2", "20")) is None
         assert guard(message(t.id, "j2", "21")) == "dup"  # another release of attempt 1
-        assert guard(message(t.id, "j2", "20")) is None  # same message redelivered
+        # The same message redelivered (its process died): the pipeline records attempt 1 as lost
+        # and queues attempt 2 (tests/billing/test_quota_holes.py, TestLostAttempts).
+        assert guard(message(t.id, "j2", "20")) == "redelivered"
         assert guard(message(t.id, "j2", "20", attempt=2)) is None  # attempt 2 is new
 
     def test_no_slot_sends_the_job_back_to_the_head_of_its_queue(self, redis_client):

@@ -131,6 +131,15 @@ def queue_compute(pipe: Any, tenant_id: str, finished: float, compute_ms: int) -
         pipe.eval(ADD_IF_EXISTS, 1, keys.quota_compute_key(tenant_id, period), compute_ms)
 
 
+def attempt_opened(job_id: str, attempt: int) -> bool:
+    """Did an attempt of this number (or a later one) of the job open its usage record? (A redelivery
+    after a crash asks: an opened attempt is billed, as lost if its process died.) Never when
+    metering is off."""
+    if not metering_enabled():
+        return False
+    return int(get_redis().hget(attempt_key(job_id), "n") or 0) >= attempt
+
+
 def metering_enabled() -> bool:
     return get_settings().metering
 
