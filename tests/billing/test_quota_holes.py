@@ -383,9 +383,9 @@ class TestLostAttemptRecord:
         db_session.commit()
         meta = {"id": job.id, "tenant_id": tenant.id, "attempt": 1, "first_attempt": 1, "dispatch": "7"}
         message = JobMessage.from_job("demo.echo", meta, {"x": 1})
-        TenantQueues(redis_client).enqueue(
-            tenant.id, "other", 5, {"task": "demo.echo", "job": {"id": "other"}}
-        )
+        queues = TenantQueues(redis_client)
+        queues.pause(tenant.id, "test")  # no session dispatcher takes the job before we look
+        queues.enqueue(tenant.id, "other", 5, {"task": "demo.echo", "job": {"id": "other"}})
         lifecycle.attempt_lost(message, f"{job.id}-1", redis_client)
         db_session.expire_all()
         (row,) = db_session.scalars(select(JobAttempt).where(JobAttempt.job_id == job.id)).all()
