@@ -84,6 +84,12 @@ def progress_key(job_id: str) -> str:
 OUTCOMES = "tq:outcomes"  # STREAM of attempt outcomes the worker could not write to SQL (the settler applies)
 OUTBOX = "tq:outbox"  # ZSET job id -> unix time: submitted, committed maybe, not yet known to be enqueued
 OUTBOX_TENANT = "tq:outbox:t"  # HASH job id -> tenant id of an outbox entry
+IDEMPOTENCY_CLAIM_PREFIX = "tq:idem:"  # STRING per tenant and key, expiring: a submit with it is in flight
+
+
+def idempotency_claim_key(tenant_id: str, idempotency_key: str) -> str:
+    """Held by the one request submitting a job with this idempotency key; concurrent replays wait."""
+    return f"{IDEMPOTENCY_CLAIM_PREFIX}{tenant_id}:{idempotency_key}"
 
 
 # -- submission and login limits (tenants.access) ---------------------------------------------------------

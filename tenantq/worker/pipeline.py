@@ -56,7 +56,7 @@ log = logging.getLogger("tenantq.worker")
 
 # Start-guard verdicts under which the task function does not run and the attempt is not one ('requeue':
 # a 'busy' copy that could not be sent back for later; the task wrapper rejects it back to the broker).
-_NOT_STARTED = ("dup", "full", "busy", "requeue")
+_NOT_STARTED = ("dup", "full", "busy", "redelivered", "requeue")
 
 
 @dataclass
@@ -69,7 +69,8 @@ class AttemptState:
     time_limit: float  # the hard limit it runs under (or what bounds it without one)
     timelimit: Any = None  # Celery's (hard, soft) of this delivery: a re-queued copy keeps them
     queue: str | None = None  # the execution queue this delivery came from
-    guard: str | None = None  # the start guard's verdict: ok, unguarded, dup, busy, full, requeue
+    # The start guard's verdict: ok, unguarded, dup, busy, redelivered, full, requeue.
+    guard: str | None = None
     refused: bool = False  # the status step found the job finished, cancelled or on a newer attempt
     deferred: bool = False  # the start could not be recorded (database down): back to the delayed queue
     durable: bool = True  # False only when the final outcome could be stored neither in SQL nor in Redis
@@ -169,6 +170,15 @@ def _start_guard(attempt: AttemptState) -> None:
         limits.ensure_lease_heartbeat(ATTEMPTS.leases)
     elif attempt.guard == "busy":
         _send_back_for_later(attempt)
+    elif attempt.guard == "redelivered":
+        # The process that ran this delivery before died (its lease lapsed). If metering had opened the
+        # attempt it bills it as lost: record it so, and run the job as its next attempt. Otherwise
+        # nothing of it counted: run it as the same attempt.
+        if metering.attempt_opened(attempt.message.id, attempt.message.attempt):
+            lifecycle.attempt_lost(attempt.message, attempt.task_id)
+        else:
+            attempt.guard = "ok"
+            limits.ensure_lease_heartbeat(ATTEMPTS.leases)
 
 
 def _send_back_for_later(attempt: AttemptState) -> None:

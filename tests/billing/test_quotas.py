@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tenantq.billing.usage import quotas
 from tenantq.billing.usage.buffer import insert_events
+from tenantq.billing.usage.metering import Meter
 from tenantq.billing.usage.quotas import sync_counters_from_sql
 from tenantq.core.db import utcnow
 from tenantq.core.keys import quota_compute_key, quota_jobs_key, quota_tenants_key
 from tenantq.core.periods import current_period, period_bounds
+from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.models import Job
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory, auth
@@ -55,7 +57,14 @@ class TestJobsQuota:
         assert refused.status_code == 402
         error = refused.json()["error"]
         assert error["code"] == "quota_exceeded"
-        assert error["details"] == {"quota": "jobs", "used": 3, "limit": 3, "resets_at": next_month_start()}
+        assert error["details"] == {
+            "quota": "jobs",
+            "used": 3,
+            "limit": 3,
+            "requested": 1,
+            "remaining": 0,
+            "resets_at": next_month_start(),
+        }
 
     def test_idempotent_resubmission_does_not_count_again(self, api, make_plan):
         plan = make_plan(included_jobs=1, hard_limits=True)
@@ -93,10 +102,12 @@ class TestComputeQuota:
         tenant = TenantFactory(plan_name=plan.name)
         key = ApiKeyFactory(tenant=tenant)
         assert api.post("/v1/jobs", json=ECHO, headers=auth(key)).status_code == 202
-        # The flusher writes 2.5 s of CPU and adds what it inserted to the (existing) counter.
-        rows = insert_events(db_session, compute_events(tenant.id, 2500))
-        db_session.commit()
-        quotas.add_compute_usage(redis_client, rows)
+        # An attempt that burned 2.5 s of CPU closes: the worker adds it to the (existing) counter in
+        # the transaction that records its usage, before any flusher ran.
+        job = {"id": str(uuid.uuid4()), "tenant_id": tenant.id, "attempt": 1}
+        meter = Meter(redis_client)
+        attempt = meter.open(JobMessage.from_job("demo.cpu", job), worker="w", time_limit=60)
+        meter.close(attempt, state="succeeded", finished=time.time(), wall_ms=2600, compute_ms=2500)
         assert int(redis_client.get(quota_compute_key(tenant.id, current_period()))) == 2500
         refused = api.post("/v1/jobs", json=ECHO, headers=auth(key))
         assert refused.status_code == 402
@@ -163,9 +174,10 @@ class TestUsageEndpoint:
             and by_name["jobs"]["limit"] == 10
             and by_name["jobs"]["hard"] is True
         )
+        # A session worker may have run the job already: its CPU counts as soon as the attempt ends.
+        assert 0.0 <= by_name["compute_seconds"].pop("used") < 5
         assert by_name["compute_seconds"] == {
             "name": "compute_seconds",
-            "used": 0.0,
             "limit": 60,
             "unit": "seconds",
             "hard": True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tenantq.core.keys import quota_compute_key
+from tenantq.core.periods import current_period
+from tenantq.tenants.accounts.models import Plan
 from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, JobFactory, TenantFactory
 
@@ -221,6 +225,37 @@ class TestTenantDashboard:
             f"{server}/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key.plaintext}"}
         ).json()
         assert body["status"] == "cancelled"
+
+    def test_queue_page_says_the_queue_is_held_by_the_compute_quota(
+        self, page, server, redis_client, db_session
+    ):
+        plan = Plan(
+            name=f"held-{uuid.uuid4().hex[:8]}",
+            display_name="held",
+            submit_rate=1000,
+            submit_burst=1000,
+            exec_rate=1000,
+            concurrency=10,
+            max_queued=1000,
+            included_jobs=1000,
+            included_compute_seconds=1,
+            hard_limits=True,
+        )
+        db_session.add(plan)
+        db_session.commit()
+        key = ApiKeyFactory(tenant=TenantFactory(plan_name=plan.name))
+        redis_client.sadd("tq:paused", key.tenant_id)  # keeps the job waiting whatever the counter says
+        try:
+            submit(server, key, {"task": "demo.echo", "args": {}, "countdown": 3600})
+            redis_client.set(quota_compute_key(key.tenant_id, current_period()), 1500)
+            sign_in(page, key)
+            page.goto("/dashboard/queue")
+            page.locator("#queue-cards .status-held").wait_for()
+            message = page.locator("#queue-held").inner_text()
+            assert "compute seconds" in message and "held" in message
+            assert "Held: jobs stay queued" in page.locator("#queue-cards").inner_text()
+        finally:
+            redis_client.srem("tq:paused", key.tenant_id)
 
     def test_create_and_revoke_key(self, page, server):
         key = ApiKeyFactory()

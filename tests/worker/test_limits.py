@@ -55,16 +55,17 @@ class TestStartGuard:
         limits.release_lease(message(t.id, "j1", "10"))
         assert redis_client.zcard(lease_key(t.id)) == 0
 
-    def test_duplicate_dispatch_is_skipped_and_redelivery_runs(self, redis_client):
+    def test_duplicate_dispatch_is_skipped_and_redelivery_is_told_apart(self, redis_client):
         t = paused_tenant(redis_client, concurrency=5)
         assert guard(message(t.id, "j2", "20")) is None
         assert guard(message(t.id, "j2", "21")) == "dup"  # another release of attempt 1
         # The same message delivered again while the first delivery holds its lease: held back.
         assert guard(message(t.id, "j2", "20")) == "busy"
-        # Once the first delivery's lease is gone (it ended, or its worker died and the lease lapsed),
-        # the redelivery runs.
+        # Once the first delivery's lease is gone (its worker died and the lease lapsed), the same
+        # message is a redelivery: the pipeline records attempt 1 as lost and queues attempt 2
+        # (tests/billing/test_quota_holes.py, TestLostAttempts).
         redis_client.zrem(lease_key(t.id), "j2:20")
-        assert guard(message(t.id, "j2", "20")) is None
+        assert guard(message(t.id, "j2", "20")) == "redelivered"
         assert guard(message(t.id, "j2", "20", attempt=2)) is None  # attempt 2 is new
 
     def test_redelivery_after_the_holder_died_runs_once_its_lease_lapsed(self, redis_client):
@@ -72,7 +73,7 @@ class TestStartGuard:
         assert guard(message(t.id, "j8", "80")) is None
         # The holder died: no heartbeat, so its lease's expiry passes.
         redis_client.zadd(lease_key(t.id), {"j8:80": 1.0})
-        assert guard(message(t.id, "j8", "80")) is None
+        assert guard(message(t.id, "j8", "80")) == "redelivered"
         assert redis_client.zscore(lease_key(t.id), "j8:80") > 1.0  # the redelivery holds it now
 
     def test_no_slot_sends_the_job_back_to_the_head_of_its_queue(self, redis_client):

@@ -140,6 +140,7 @@ class TestQueueFigures:
             "rate_limit": 20.0,
             "paused": True,
             "recent_wait_ms": {"p50": None, "p95": None},
+            "held": None,
         }
         assert api.get("/v1/queue", headers=auth(other)).json()["depth"] == 0
 

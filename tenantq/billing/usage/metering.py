@@ -39,7 +39,8 @@ Redis keys (all under ``tq:usage``):
 
 Billable attempts: every attempt that started executing (succeeded, failed, retried, cancelled while
 running, lost). Jobs rejected at submission or cancelled before they started never reach a worker and
-record nothing. ``jobs`` is recorded once per job, with its first attempt.
+record nothing. ``jobs`` is recorded once per job, with its first run: attempt 1, or for a job
+cancelled before it ever ran and then re-run, the re-run's first attempt (``JobMessage.first_run``).
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
+from tenantq.billing.usage.quotas import ADD_IF_EXISTS
 from tenantq.core import keys
+from tenantq.core.periods import period_of
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import JobMessage
@@ -139,6 +143,26 @@ return 0
 """
 
 
+def queue_compute(pipe: Any, tenant_id: str, finished: float, compute_ms: int) -> None:
+    """Queue, on the pipeline (MULTI) that closes an attempt, the addition of its CPU time to the
+    tenant's compute counter of the period it ended in. The counter moves with the usage record, not
+    when the flusher gets to it, so the dispatcher holds a tenant over its hard compute quota at once.
+    Attempts closed outside the child (time limit, terminate, lost) have CPU 0: nothing to add. An
+    EVAL, not a script object's EVALSHA, which would cost a SCRIPT EXISTS round trip per pipeline."""
+    if compute_ms > 0:
+        period = period_of(datetime.fromtimestamp(finished, UTC))
+        pipe.eval(ADD_IF_EXISTS, 1, keys.quota_compute_key(tenant_id, period), compute_ms)
+
+
+def attempt_opened(job_id: str, attempt: int) -> bool:
+    """Did an attempt of this number (or a later one) of the job open its usage record? (A redelivery
+    after a crash asks: an opened attempt is billed, as lost if its process died.) Never when
+    metering is off."""
+    if not metering_enabled():
+        return False
+    return int(get_redis().hget(attempt_key(job_id), "n") or 0) >= attempt
+
+
 def metering_enabled() -> bool:
     return get_settings().metering
 
@@ -158,10 +182,12 @@ def usage_events(
     finished_at: float,
     wall_ms: int,
     compute_ms: int,
+    bills_job: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """The events one closed attempt produces: attempts, compute_ms, wall_ms, and jobs on attempt 1."""
+    """The events one closed attempt produces: attempts, compute_ms, wall_ms, and jobs on the job's
+    first run (attempt 1 unless the message says otherwise, see ``JobMessage.first_run``)."""
     quantities = {"attempts": 1, "compute_ms": max(0, int(compute_ms)), "wall_ms": max(0, int(wall_ms))}
-    if attempt == 1:
+    if bills_job if bills_job is not None else attempt == 1:
         quantities = {"jobs": 1, **quantities}
     return [
         {
@@ -192,8 +218,15 @@ class OpenAttempt:
     worker: str | None
     pid: int
     deadline: float  # unix seconds after which the attempt is surely over
+    first_run: int = 1  # the attempt billed as the job (``JobMessage.first_run``)
     mono: float = 0.0  # monotonic start (local only: wall time immune to clock steps)
     cpu: float = 0.0  # process_time() at start (local only)
+
+    @property
+    def bills_job(self) -> bool:
+        """Does this attempt record ``jobs``? Only the job's first run does (a redelivery of it gets
+        a later number, so it never bills the job twice)."""
+        return self.attempt == self.first_run
 
     @property
     def field(self) -> str:
@@ -209,6 +242,7 @@ class OpenAttempt:
                 "worker": self.worker,
                 "pid": self.pid,
                 "deadline": self.deadline,
+                **({"first_run": self.first_run} if self.first_run != 1 else {}),
             }
         )
 
@@ -225,6 +259,7 @@ class OpenAttempt:
             worker=data.get("worker"),
             pid=int(data.get("pid") or 0),
             deadline=float(data["deadline"]),
+            first_run=int(data.get("first_run") or 1),
         )
 
 
@@ -251,8 +286,9 @@ class Meter:
             worker=worker,
             pid=os.getpid(),
             deadline=started + time_limit + LOST_GRACE_S,
+            first_run=message.first_run,
         )
-        attempt.attempt = int(
+        number = int(
             self._allocate(
                 keys=[attempt_key(attempt.job_id), OPEN],
                 args=[
@@ -264,6 +300,7 @@ class Meter:
                 ],
             )
         )
+        attempt.attempt = number
         return attempt
 
     def close(
@@ -280,10 +317,12 @@ class Meter:
             finished_at=finished,
             wall_ms=wall_ms,
             compute_ms=compute_ms,
+            bills_job=attempt.bills_job,
         )
         pipe = self.r.pipeline(transaction=True)
         pipe.hdel(OPEN, attempt.field)
         pipe.xadd(STREAM, {"events": json.dumps(events)})
+        queue_compute(pipe, attempt.tenant_id, finished, compute_ms)
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:
@@ -303,6 +342,7 @@ class Meter:
             finished_at=finished,
             wall_ms=round((finished - attempt.started) * 1000),
             compute_ms=0,
+            bills_job=attempt.bills_job,
         )
         return bool(self._close_if_open(keys=[OPEN, STREAM], args=[attempt.field, json.dumps(events)]))
 

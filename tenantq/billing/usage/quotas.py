@@ -5,19 +5,28 @@ Limits come from the tenant's plan (``included_jobs``, ``included_compute_second
 overridable per tenant through ``Tenant.overrides`` (same keys).
 
 - ``jobs``: jobs accepted in the period. The admission check increments the counter atomically with the
-  limit test (one Lua script), so concurrent submits can never accept more than the limit.
-- ``compute_seconds``: CPU time of attempts that finished in the period. The flusher adds newly inserted
-  ``compute_ms`` events; a hard limit refuses new jobs once the period's CPU time reached it (a running
-  job is not stopped: its usage is known only when it ends).
+  limit test (one Lua script), so concurrent submits can never accept more than the limit. A workflow
+  is admitted as all its jobs, every step and every group member, when it is created; a batch as all
+  its accepted jobs (all or nothing). A re-run counts only a job that never ran (cancelled before it
+  started); a re-run that resumes a stopped workflow counts the steps it was given back again.
+  Jobs that will never run are given back at once (``release_jobs``): cancelled or purged before they
+  started, refused after admission (enqueue failed), the steps a failed or cancelled workflow never
+  created.
+- ``compute_seconds``: CPU time of attempts that finished in the period. The worker adds each attempt's
+  CPU time to the counter as it closes the attempt (in the same Redis transaction that records its
+  usage); a hard limit refuses new jobs once the period's CPU time reached it, and the dispatcher
+  holds the tenant's queued jobs (``platform.dispatch``). A running job is not stopped: its usage is
+  known only when it ends, so the overshoot is bounded by the jobs already running.
 Hard limits answer 402 ``quota_exceeded`` with details ``{"quota", "used", "limit", "resets_at"}``.
 Soft limits accept the job; overage is billed by the plan's prices.
 
 Counters are a cache of SQL. A missing counter is seeded from SQL before use, and the periodic task
 ``billing.sync_quota_counters`` (also run by the flusher) resets every counter of the current period from
 SQL: jobs = jobs created in the period except rejected ones and ones cancelled before they started;
-compute = sum of ``compute_ms`` usage events in the period. Between syncs a counter can be off by the
-submissions that were refused by a later admission check or failed to enqueue (counted too high) and by
-in-flight submissions during a sync (counted too low).
+plus the steps of running workflows created in the period that have no jobs yet; compute = sum of
+``compute_ms`` usage events in the period. A job that ran at least once stays counted, whatever happens
+to it later. Between syncs a counter can be off by in-flight submissions during a sync (counted too
+low) and by a process that died between its commit and its counter update.
 
 Redis keys: ``tq:quota:{tenant}:{YYYY-MM}:jobs`` and ``tq:quota:{tenant}:{YYYY-MM}:compute_ms`` (strings),
 ``tq:quota:tenants:{YYYY-MM}`` (SET of tenants with counters); all expire ~2 months after use.
@@ -25,8 +34,10 @@ Redis keys: ``tq:quota:{tenant}:{YYYY-MM}:jobs`` and ``tq:quota:{tenant}:{YYYY-M
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import redis
@@ -40,7 +51,10 @@ from tenantq.core.keys import quota_compute_key, quota_jobs_key, quota_tenants_k
 from tenantq.core.periods import current_period, period_bounds, period_of
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs.models import Job
+from tenantq.platform.workflows.models import Workflow
 from tenantq.tenants.accounts.models import Plan, Tenant
+
+log = logging.getLogger("tenantq.quotas")
 
 COUNTER_TTL_S = 62 * 24 * 3600
 
@@ -91,10 +105,14 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 return {1, 'ok', used + n}
 """
 
-# The flusher only adds to counters that exist: a missing one is seeded from SQL, which already has it.
-_ADD_IF_EXISTS = """
+# Counters are only added to when they exist: a missing one is seeded from SQL, which already has it
+# (the worker's compute time once flushed).
+# Releases add a negative amount; a counter never goes below zero.
+ADD_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+  local v = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+  if v < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') return 0 end
+  return v
 end
 return nil
 """
@@ -102,7 +120,8 @@ return nil
 
 def sql_jobs_used(session: Session, tenant_id: str | None, period: str) -> dict[str, int]:
     """Jobs counted against the quota, per tenant: accepted in the period and not refused or dropped
-    before they ever ran."""
+    before they ever ran, plus the steps of running workflows created in the period that have no jobs
+    yet (a workflow is admitted as all its jobs)."""
     start, end = period_bounds(period)
     stmt = (
         select(Job.tenant_id, func.count())
@@ -110,13 +129,28 @@ def sql_jobs_used(session: Session, tenant_id: str | None, period: str) -> dict[
             Job.created_at >= start,
             Job.created_at < end,
             Job.status != "rejected",
-            not_(and_(Job.status == "cancelled", Job.started_at.is_(None))),
+            # Cancelled before any attempt started (re-runs keep their attempt count).
+            not_(and_(Job.status == "cancelled", Job.started_at.is_(None), Job.attempts == 0)),
         )
         .group_by(Job.tenant_id)
     )
     if tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == tenant_id)
-    return {t: int(n) for t, n in session.execute(stmt)}
+    used: dict[str, int] = defaultdict(int, {t: int(n) for t, n in session.execute(stmt)})
+    for tenant, reserved in _reserved_steps(session, tenant_id, start, end):
+        used[tenant] += reserved
+    return dict(used)
+
+
+def _reserved_steps(
+    session: Session, tenant_id: str | None, start: datetime, end: datetime
+) -> list[tuple[str, int]]:
+    stmt = select(Workflow).where(
+        Workflow.status == "running", Workflow.created_at >= start, Workflow.created_at < end
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(Workflow.tenant_id == tenant_id)
+    return [(wf.tenant_id, wf.jobs_not_created()) for wf in session.scalars(stmt)]
 
 
 def sql_compute_ms(session: Session, tenant_id: str | None, period: str) -> dict[str, int]:
@@ -134,21 +168,25 @@ def sql_compute_ms(session: Session, tenant_id: str | None, period: str) -> dict
 
 
 def ensure_counters(client: redis.Redis, session: Session, tenant_id: str, period: str) -> None:
-    """Seed missing counters from SQL (first use in a period, or after Redis lost them)."""
+    """Seed missing counters from SQL (first use in a period, or after Redis lost them). Called before
+    the caller adds the jobs it is admitting, which the admission counts itself."""
     jk, ck = quota_jobs_key(tenant_id, period), quota_compute_key(tenant_id, period)
     pipe = client.pipeline(transaction=False)
     pipe.exists(jk)
     pipe.exists(ck)
     have_jobs, have_cpu = pipe.execute()
-    if not have_jobs:
-        client.set(jk, sql_jobs_used(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S)
-        # Remember who has counters this period, so the periodic sync needs no keyspace scan.
-        client.sadd(quota_tenants_key(period), tenant_id)
-        client.expire(quota_tenants_key(period), COUNTER_TTL_S)
-    if not have_cpu:
-        client.set(
-            ck, sql_compute_ms(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S
-        )
+    with session.no_autoflush:
+        if not have_jobs:
+            client.set(
+                jk, sql_jobs_used(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S
+            )
+            # Remember who has counters this period, so the periodic sync needs no keyspace scan.
+            client.sadd(quota_tenants_key(period), tenant_id)
+            client.expire(quota_tenants_key(period), COUNTER_TTL_S)
+        if not have_cpu:
+            client.set(
+                ck, sql_compute_ms(session, tenant_id, period).get(tenant_id, 0), nx=True, ex=COUNTER_TTL_S
+            )
 
 
 def resets_at(period: str) -> str:
@@ -176,10 +214,22 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
         return
     quota = quota.decode() if isinstance(quota, bytes) else quota
     if quota == "jobs":
-        details = {"quota": "jobs", "used": int(used), "limit": limits.jobs, "resets_at": resets_at(period)}
-        message = f"The plan's {limits.jobs} jobs for {period} are used up" + (
-            f" ({count} more requested)." if count > 1 else "."
-        )
+        remaining = max(0, limits.jobs - int(used))
+        details = {
+            "quota": "jobs",
+            "used": int(used),
+            "limit": limits.jobs,
+            "requested": count,
+            "remaining": remaining,
+            "resets_at": resets_at(period),
+        }
+        if count > 1:
+            message = (
+                f"{count} jobs requested, but only {remaining} remain of the plan's {limits.jobs} jobs "
+                f"for {period}; nothing was accepted."
+            )
+        else:
+            message = f"The plan's {limits.jobs} jobs for {period} are used up."
     else:
         details = {
             "quota": "compute_seconds",
@@ -193,17 +243,18 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
     )
 
 
-def add_compute_usage(client: redis.Redis, rows: list[dict[str, Any]]) -> None:
-    """Add newly inserted compute_ms events to their tenant's period counter."""
-    totals: dict[str, int] = defaultdict(int)
-    for row in rows:
-        if row["metric"] == "compute_ms" and row["quantity"]:
-            totals[quota_compute_key(row["tenant_id"], period_of(row["occurred_at"]))] += int(row["quantity"])
-    if not totals:
+def release_jobs(tenant_id: str, count: int, counted_at: datetime, client: redis.Redis | None = None) -> None:
+    """Give back ``count`` jobs to the counter of ``counted_at``'s period (jobs that will never run).
+    Best effort: if Redis is away the periodic sync corrects the counter from SQL."""
+    if count <= 0:
         return
-    add = client.register_script(_ADD_IF_EXISTS)
-    for key, ms in totals.items():
-        add(keys=[key], args=[ms])
+    try:
+        client = client or get_redis()
+        client.register_script(ADD_IF_EXISTS)(
+            keys=[quota_jobs_key(tenant_id, period_of(counted_at))], args=[-count]
+        )
+    except redis.RedisError as exc:
+        log.warning("quota: could not give back %s job(s) of tenant %s: %s", count, tenant_id, exc)
 
 
 def sync_counters_from_sql(client: redis.Redis | None = None, period: str | None = None) -> int:

@@ -594,11 +594,13 @@
       if (bar) bar.firstChild.style.width = Math.min(100, (q.running / cap) * 100).toFixed(1) + "%";
       const wait = q.recent_wait_ms || {};
       show(el,
-        card("Waiting", fmtNum(q.depth), h("p", { class: "muted" }, q.paused ? "Paused: jobs stay queued." : "Jobs in your queue.")),
+        card("Waiting", fmtNum(q.depth), h("p", { class: "muted" },
+          q.held ? "Held: jobs stay queued and are not started." : q.paused ? "Paused: jobs stay queued." : "Jobs in your queue.")),
         card("Running", h("span", {}, fmtNum(q.running), h("small", {}, cap ? " / " + cap + " max" : "")), bar),
         card("Rate limit", h("small", {}, rate(q.rate_limit))),
         card("Recent wait", h("span", {}, fmtMs(wait.p50), h("small", {}, " p50")), h("p", { class: "muted" }, "p95: " + fmtMs(wait.p95))),
-        card("State", q.paused ? badge("paused") : badge("active")));
+        card("State", q.held ? badge("held") : q.paused ? badge("paused") : badge("active"),
+          q.held ? h("p", { id: "queue-held", role: "status" }, q.held.message) : null));
       status.textContent = "Updated " + new Date().toLocaleTimeString();
       return false;
     }, 3000);

@@ -10,9 +10,14 @@ Redis queues and one process decides, late, which job runs next:
   backlogged tenant gets ``weight / sum(weights)`` of the releases. A tenant that (re)appears starts at
   the current virtual time, so idling never builds up credit, and a tenant held back by its own limits
   keeps at most one turn of credit.
-- Each release is one Lua call (``queues._DISPATCH``) that checks pause, concurrency lease, token bucket
-  and leadership, pops the tenant's most urgent job and records it in flight: the limits hold
-  cluster-wide and two dispatchers can never release the same job.
+- Each release is one Lua call (``queues._DISPATCH``) that checks pause, the hard compute quota,
+  concurrency lease, token bucket and leadership, pops the tenant's most urgent job and records it in
+  flight: the limits hold cluster-wide and two dispatchers can never release the same job.
+- Compute quota: a tenant with hard limits whose period CPU counter (``tq:quota:{tenant}:{period}:
+  compute_ms``, written by the worker as each attempt ends) reached its plan's included compute
+  seconds gets nothing released: its queued jobs are *held*, not started (``GET /v1/queue`` says so).
+  Jobs released before are not stopped, so the overshoot is bounded by the jobs already running
+  (at most the concurrency cap).
 - The execution queues stay shallow (``dispatch_depth`` messages each) so fairness and priority are
   decided here, not by a long broker list.
 - Highly available: a leader lock (``tq:dispatcher:leader``, value = this instance's id, TTL
@@ -57,17 +62,19 @@ from tenantq.core.celery import (
     to_celery_priority,
 )
 from tenantq.core.db import utcnow
+from tenantq.core.periods import current_period
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import routing
 from tenantq.platform.dispatch.limits import LimitsCache, TenantLimits
-from tenantq.platform.dispatch.models import AT_CAP, EMPTY, NOT_LEADER, RATE_LIMITED, Released
+from tenantq.platform.dispatch.models import AT_CAP, EMPTY, HELD, NOT_LEADER, RATE_LIMITED, Released
 from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues
 from tenantq.platform.dispatch.repository import WAKE as WAKE_KEY
 
 log = logging.getLogger("tenantq.dispatcher")
 
 LEADER_KEY = keys.DISPATCHER_LEADER
+HELD_RECHECK_S = 1.0  # a tenant held by its compute quota is looked at again this often
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -306,6 +313,7 @@ class Dispatcher:
             self.passes[t] = max(self.passes.get(t, self.vtime), self.vtime - stride)
             heap.append((self.passes[t], t))
         heapq.heapify(heap)
+        period = current_period()
         released: list[Released] = []
         topped_up: set[str] = set()
         self._backlogged = False
@@ -328,6 +336,8 @@ class Dispatcher:
                     inflight_deadline=self.inflight_deadline,
                     leader_key=LEADER_KEY if self.use_leader_lock else "",
                     leader_id=self.instance_id if self.use_leader_lock else "",
+                    compute_key=keys.quota_compute_key(t, period) if lim.compute_limit_ms is not None else "",
+                    compute_limit_ms=lim.compute_limit_ms or 0,
                 )
                 if isinstance(outcome, Released):
                     self._publish(outcome, queue, lim)
@@ -348,6 +358,9 @@ class Dispatcher:
                     break
                 if code == RATE_LIMITED:
                     self.blocked_until[t] = time.monotonic() + retry_ms / 1000
+                elif code == HELD:
+                    # Over its hard compute quota: look again in a while (a raised limit, a new period).
+                    self.blocked_until[t] = time.monotonic() + HELD_RECHECK_S
                 elif code != EMPTY:
                     self._backlogged = self._backlogged or code == AT_CAP
                     # At the cap or paused: look again shortly rather than on every tick.

@@ -13,7 +13,9 @@ Where each limit is enforced:
   * ``tq:started:{job}:{attempt}`` remembers which dispatch token started that attempt. Another token
     means a duplicate publish (e.g. the reconciler re-queued a job whose publish had in fact succeeded):
     the copy is skipped. The same token is a redelivery of the same message (acks_late after a crash):
-    it runs again, as at-least-once delivery requires.
+    ``redelivered``. If metering had opened that attempt (it is billed as lost), the pipeline records
+    it as lost and queues the job's *next* attempt, so the attempt log shows what metering bills;
+    if the dead run never got that far, the redelivery runs as the same attempt.
   * The attempt must hold a lease: its own if still alive, else a fresh one if the tenant is below its
     cap (redelivery after a crash). At the cap, the job goes back to the front of its tenant queue
     instead of running: a redelivered message never runs outside the cap.
@@ -62,6 +64,9 @@ class TenantLimits:
     concurrency: int  # 0 = unlimited
     max_queued: int  # 0 = unlimited
     status: str = "active"
+    # Hard compute quota of the period in CPU milliseconds (None = none): the dispatcher holds the
+    # tenant's queued jobs once the period's counter reached it.
+    compute_limit_ms: int | None = None
 
 
 def default_burst(rate: float) -> float:
@@ -82,6 +87,7 @@ def _limits_from(tenant: Tenant, limits: EffectiveLimits) -> TenantLimits:
         concurrency=int(limits.concurrency or 0),
         max_queued=int(limits.max_queued or 0),
         status=tenant.status,
+        compute_limit_ms=int(limits.included_compute_seconds or 0) * 1000 if limits.hard_limits else None,
     )
 
 
@@ -144,7 +150,8 @@ class LimitsCache:
 
 # ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl, queue wait ms ('' = unknown), samples kept.
 # Returns 'ok', 'dup' (another dispatch of this attempt started), 'busy' (this dispatch of the attempt
-# started and its holder is alive: try again later) or 'full' (no slot: re-queue).
+# started and its holder is alive: try again later), 'redelivered' (like 'ok', but this very dispatch
+# started before and its lease lapsed: the process running it died) or 'full' (no slot: re-queue).
 _START_GUARD = keys.lua("""
 local started = '${STARTED_PREFIX}' .. ARGV[1] .. ':' .. ARGV[2]
 local prev = redis.call('GET', started)
@@ -173,6 +180,7 @@ if ARGV[8] ~= '' then
   redis.call('LPUSH', '${WAIT_PREFIX}' .. ARGV[4], ARGV[8])
   redis.call('LTRIM', '${WAIT_PREFIX}' .. ARGV[4], 0, tonumber(ARGV[9]) - 1)
 end
+if prev then return 'redelivered' end
 return 'ok'
 """)
 
@@ -274,8 +282,9 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
     """Before an attempt starts: 'ok' (it holds its lease and may run), 'unguarded' (not released by
     the dispatcher: a direct publish, nothing to guard), 'dup' (another dispatch of this attempt
     started: skip it), 'busy' (this very dispatch is running elsewhere, its lease alive: the caller
-    sends this copy back for later, see the worker pipeline) or 'full' (no slot: it went back to the
-    head of its tenant queue)."""
+    sends this copy back for later, see the worker pipeline), 'redelivered' (it holds its lease, but
+    this dispatch started before and its process died: the caller decides whether that run was lost)
+    or 'full' (no slot: it went back to the head of its tenant queue)."""
     if message.dispatch is None:
         return "unguarded"
     client = get_redis()

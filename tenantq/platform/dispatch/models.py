@@ -17,3 +17,6 @@ class Released:
 
 # Outcomes of TenantQueues.release() other than a Released job.
 EMPTY, AT_CAP, NOT_LEADER, PAUSED_CODE, RATE_LIMITED, STALE = -1, -2, -3, -4, -5, 0
+# The tenant used up its hard compute quota: its queued jobs are held (not released) until the period
+# ends or the limit is raised.
+HELD = -6

@@ -135,6 +135,7 @@ local lease_ttl = tonumber(ARGV[5])
 local deadline = tonumber(ARGV[6])
 if ARGV[8] ~= '' and redis.call('GET', ARGV[7]) ~= ARGV[8] then return {-3} end
 if redis.call('SISMEMBER', '${PAUSED}', tenant) == 1 then return {-4} end
+if ARGV[9] ~= '' and tonumber(redis.call('GET', ARGV[9]) or '0') >= tonumber(ARGV[10]) then return {-6} end
 local q = '${QUEUE_PREFIX}' .. tenant
 local top = redis.call('ZRANGE', q, 0, 0)
 if #top == 0 then
@@ -299,10 +300,25 @@ class TenantQueues:
         inflight_deadline: float,
         leader_key: str = "",
         leader_id: str = "",
+        compute_key: str = "",
+        compute_limit_ms: int = 0,
     ) -> Released | tuple[int, int]:
-        """Try to release the tenant's next job. Returns a Released, or (code, retry_after_ms)."""
+        """Try to release the tenant's next job. Returns a Released, or (code, retry_after_ms).
+        ``compute_key``: the tenant's compute counter for the period (CPU ms); at or above
+        ``compute_limit_ms`` nothing is released (HELD)."""
         res = self._dispatch(
-            args=[tenant_id, cap, rate, burst, lease_ttl, inflight_deadline, leader_key, leader_id]
+            args=[
+                tenant_id,
+                cap,
+                rate,
+                burst,
+                lease_ttl,
+                inflight_deadline,
+                leader_key,
+                leader_id,
+                compute_key,
+                compute_limit_ms,
+            ]
         )
         code = int(res[0])
         if code == 1:

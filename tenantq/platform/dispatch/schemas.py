@@ -10,6 +10,16 @@ class WaitStats(BaseModel):
     p95: float | None
 
 
+class HeldOut(BaseModel):
+    reason: str = Field(
+        description="Why nothing is released: `compute_quota` (the hard compute quota is used up)."
+    )
+    message: str
+    used: float = Field(description="Compute seconds used this period.")
+    limit: float = Field(description="The plan's compute seconds for the period.")
+    resets_at: str = Field(description="When the period ends and held jobs are released again.")
+
+
 class QueueOut(BaseModel):
     depth: int = Field(description="Jobs waiting in the tenant's queue.")
     running: int = Field(description="Jobs released to workers and not finished (their concurrency slots).")
@@ -17,6 +27,11 @@ class QueueOut(BaseModel):
     rate_limit: float | None = Field(description="Jobs per second released to workers.")
     paused: bool
     recent_wait_ms: WaitStats
+    held: HeldOut | None = Field(
+        default=None,
+        description="Set while the queue is held: waiting jobs stay queued and are not started. A job "
+        "already running is not stopped.",
+    )
 
 
 class AdminQueueOut(QueueOut):

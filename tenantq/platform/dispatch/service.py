@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session
 
 from tenantq.core import keys
 from tenantq.core.errors import Conflict
+from tenantq.core.periods import current_period, period_bounds
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import routing
 from tenantq.platform.dispatch.dispatcher import LEADER_KEY, exec_queue_depth
 from tenantq.platform.dispatch.limits import TenantLimits, limits_for, percentile, recent_waits
 from tenantq.platform.dispatch.repository import PAUSED_WHY, TenantQueues
-from tenantq.platform.dispatch.schemas import AdminQueueOut, QueueOut, WaitStats
+from tenantq.platform.dispatch.schemas import AdminQueueOut, HeldOut, QueueOut, WaitStats
 from tenantq.tenants.accounts.models import Tenant
 
 log = logging.getLogger("tenantq.queue")
@@ -29,10 +30,33 @@ log = logging.getLogger("tenantq.queue")
 OPERATOR_PAUSE = "operator_pause"
 
 
+def held(client: redis.Redis, tenant_id: str, limits: TenantLimits) -> HeldOut | None:
+    """Why the dispatcher holds the tenant's queue, if it does: the hard compute quota of the period
+    is used up (the same counter and limit the dispatcher's release step compares)."""
+    if limits.compute_limit_ms is None:
+        return None
+    period = current_period()
+    used_ms = int(client.get(keys.quota_compute_key(tenant_id, period)) or 0)
+    if used_ms < limits.compute_limit_ms:
+        return None
+    resets_at = period_bounds(period)[1].isoformat().replace("+00:00", "Z")
+    return HeldOut(
+        reason="compute_quota",
+        message=(
+            f"The plan's {limits.compute_limit_ms / 1000:g} compute seconds for {period} are used up: "
+            f"waiting jobs are held until {resets_at} or until the limit is raised."
+        ),
+        used=used_ms / 1000,
+        limit=limits.compute_limit_ms / 1000,
+        resets_at=resets_at,
+    )
+
+
 def _figures(client: redis.Redis, tenant_id: str, limits: TenantLimits, paused: bool) -> dict[str, Any]:
     queues = TenantQueues(client)
     waits = recent_waits(client, tenant_id)
     return {
+        "held": held(client, tenant_id, limits),
         "depth": queues.depth(tenant_id),
         "running": queues.running(tenant_id),
         "concurrency_limit": limits.concurrency or None,

@@ -515,3 +515,40 @@ def attempt_terminated(message: JobMessage, reason: str) -> None:
         session.execute(update(Job).where(*_on_attempt(message)).values(status="cancelled", finished_at=now))
         _close_attempt(session, message, "cancelled", reason, now)
     _published(message, "cancelled")
+
+
+# -- lost attempts (kept apart from the hot path: only a redelivery after a crash runs this) -----------
+
+LOST_ERROR = "lost: the worker process running this attempt died (killed or out of memory); the job ran again"
+
+
+def attempt_lost(message: JobMessage, task_id: str, client: redis.Redis | None = None) -> None:
+    """The broker redelivered an attempt whose process died (the start guard's ``redelivered``):
+    record that attempt as lost and queue the job's next attempt at the head of its tenant's queue,
+    instead of running the same attempt again. Metering bills the dead run as ``lost`` and the next
+    one on its own, and the attempt log now shows both. The retry budget is not used by the loss."""
+    now = utcnow()
+    with unscoped_session() as session:
+        session.execute(
+            update(JobAttempt)
+            .where(
+                JobAttempt.job_id == message.id,
+                JobAttempt.attempt == message.attempt,
+                JobAttempt.status == "running",
+            )
+            .values(status="lost", error=LOST_ERROR, finished_at=now)
+        )
+    following = message.next_attempt()
+    job = {k: v for k, v in following["job"].items() if k != "dispatch"}
+    job["first_attempt"] = message.first_attempt + 1  # a loss is not a retry
+    following["job"] = job
+    TenantQueues(client or get_redis()).requeue_front(
+        message.tenant_id, message.id, message.priority, following
+    )
+    log.warning(
+        "job %s attempt %s (task %s) was lost with its worker process; queued as attempt %s",
+        message.id,
+        message.attempt,
+        task_id,
+        message.attempt + 1,
+    )

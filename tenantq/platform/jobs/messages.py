@@ -22,8 +22,8 @@ def attempt_task_id(job_id: str, attempt: int) -> str:
     return f"{job_id}-{attempt}"
 
 
-def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
-    return {
+def job_meta(job: Job, *, attempt: int, first_attempt: int, first_run: int = 1) -> dict[str, Any]:
+    meta = {
         "id": job.id,
         "tenant_id": job.tenant_id,
         "priority": job.priority,
@@ -41,6 +41,10 @@ def job_meta(job: Job, *, attempt: int, first_attempt: int) -> dict[str, Any]:
         "submitted_at": job.created_at.timestamp() if job.created_at else None,
         "run_at": job.run_at.timestamp() if job.run_at else None,
     }
+    if first_run != 1:
+        # A re-run of a job cancelled before it ever ran: this attempt is the one billed as a job.
+        meta["first_run"] = first_run
+    return meta
 
 
 def message_for_attempt(
@@ -75,6 +79,9 @@ class JobMessage:
     tenant_id: str
     attempt: int
     first_attempt: int  # the retry budget counts from here (a re-run starts a new budget)
+    # The attempt that is billed as the job (``jobs`` usage): 1, or the re-run of a job that was
+    # cancelled before it ever ran. Retries and redeliveries keep it, so they never bill it again.
+    first_run: int
     priority: int
     max_retries: int
     retry_backoff: float | None
@@ -103,6 +110,7 @@ class JobMessage:
             tenant_id=str(job["tenant_id"]),
             attempt=int(job.get("attempt") or 1),
             first_attempt=int(job.get("first_attempt") or 1),
+            first_run=int(job.get("first_run") or 1),
             priority=int(job.get("priority", 5)),
             max_retries=int(job.get("max_retries") or 0),
             retry_backoff=_float(job.get("retry_backoff")),

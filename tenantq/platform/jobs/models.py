@@ -22,7 +22,8 @@ WAITING_STATUSES = ("queued", "scheduled", "retrying")
 # A tenant may re-run these with POST /v1/jobs/{id}/retry.
 RERUNNABLE_STATUSES = ("failed", "cancelled")
 
-ATTEMPT_STATUSES = ("running", "succeeded", "failed", "cancelled")
+# lost: the process running it died (SIGKILL, OOM); the job ran again as its next attempt.
+ATTEMPT_STATUSES = ("running", "succeeded", "failed", "cancelled", "lost")
 
 
 class Job(Base):

@@ -98,8 +98,10 @@ def create_job(body: JobCreate, ctx: JobsWrite, session: SessionDep, response: R
     summary="Submit up to 1,000 jobs in one call",
     description=f"Each of up to {MAX_BATCH} jobs is validated like POST /v1/jobs and gets its own answer "
     "(`index`, `status_code` 202/200/4xx, `job` or `error`). Accepted jobs are stored in one transaction and "
-    "queued in one Redis call. Admission applies to the accepted jobs as a whole: if they do not fit the "
-    "tenant's queue the whole call answers 429 `queue_full` and nothing is stored.",
+    "queued in one Redis call. Admission applies to the accepted jobs as a whole, all or nothing: if they "
+    "do not fit the tenant's queue the whole call answers 429 `queue_full`, and if they do not fit the "
+    "jobs quota 402 `quota_exceeded` (details `requested` and `remaining`: how many jobs are left this "
+    "period); nothing is stored then.",
     responses=SUBMIT_ERRORS,
 )
 def submit_batch(body: BatchCreate, ctx: JobsWrite, session: SessionDep) -> BatchOut:
@@ -288,7 +290,9 @@ def cancel_job(job_id: str, ctx: JobsWrite, session: SessionDep) -> CancelOut:
     summary="Re-run a failed or cancelled job",
     description="Queues the job again as a new attempt of the same job (attempt numbers continue; the "
     "automatic retry budget starts afresh). 409 if the job is not failed or cancelled. Admission checks "
-    "(quotas, rate limits) apply as for a new job.",
+    "(quotas, rate limits) apply as for a new job, but the jobs quota counts a job once: a job that ran "
+    "before is not counted again; one cancelled before it ever started counts now, and is billed as a "
+    "job when its first attempt runs.",
     responses={
         **SUBMIT_ERRORS,
         **errors(409, s409="The job is not failed or cancelled (code `not_rerunnable`)."),

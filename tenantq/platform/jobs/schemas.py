@@ -105,7 +105,10 @@ class JobCreate(SafeRequest):
 
 class JobAttemptOut(SafeResponse):
     attempt: int
-    status: Literal["running", "succeeded", "failed", "cancelled"]
+    status: Literal["running", "succeeded", "failed", "cancelled", "lost"] = Field(
+        description="`lost`: the worker process running it died (killed); the job ran again as the next "
+        "attempt. Billed like every attempt that started (CPU 0)."
+    )
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None

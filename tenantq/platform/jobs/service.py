@@ -3,7 +3,9 @@ take the session and tenant explicitly. Worker-side transitions are in ``lifecyc
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,11 +21,13 @@ from tenantq.core import metrics
 from tenantq.core.celery import app as celery_app
 from tenantq.core.db import new_id, utcnow
 from tenantq.core.errors import Conflict, InvalidInput, ServiceUnavailable, TenantqError
+from tenantq.core.keys import idempotency_claim_key
+from tenantq.core.periods import period_of
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import events, lifecycle, outbox
-from tenantq.platform.jobs.admission import admit
+from tenantq.platform.jobs.admission import admit, release_after_commit, release_quota
 from tenantq.platform.jobs.messages import job_meta, message_for_attempt
 from tenantq.platform.jobs.models import RERUNNABLE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES, Job
 from tenantq.platform.jobs.registry import TaskType, get_task_type
@@ -46,6 +50,8 @@ class WorkflowSteps:
     job_rerun: Callable[[Session, Job], None]
     # (session, workflow id, step index, job id, error): a re-run that could not be queued.
     job_failed: Callable[[Session, str, int, str, str], None]
+    # Jobs of the steps not created yet that a re-run of this job would resume (counted again).
+    jobs_resumed_by_rerun: Callable[[Session, Job], int] = lambda _session, _job: 0
 
 
 _workflow_steps: WorkflowSteps | None = None
@@ -70,11 +76,16 @@ class SubmitResult:
     created: bool
 
 
-def job_message(job: Job, *, attempt: int | None = None, first_attempt: int | None = None) -> dict[str, Any]:
+def job_message(
+    job: Job, *, attempt: int | None = None, first_attempt: int | None = None, first_run: int = 1
+) -> dict[str, Any]:
     """What the dispatcher publishes to Celery for the job's next attempt (JSON only)."""
     attempt = attempt if attempt is not None else job.attempts + 1
     meta = job_meta(
-        job, attempt=attempt, first_attempt=first_attempt if first_attempt is not None else attempt
+        job,
+        attempt=attempt,
+        first_attempt=first_attempt if first_attempt is not None else attempt,
+        first_run=first_run,
     )
     return message_for_attempt(job.task, job.args, meta, attempt)
 
@@ -208,6 +219,56 @@ def _key_is_live(job: Job, now: datetime) -> bool:
 def submit_job(
     session: Session, tenant: Tenant, data: JobCreate, *, client: redis.Redis | None = None
 ) -> SubmitResult:
+    if not data.idempotency_key:
+        return _submit(session, tenant, data, client=client)
+    # One request at a time per idempotency key: the one holding the claim submits, concurrent
+    # replays wait for its job and answer with it. A replay thus never reaches the quota: it can
+    # neither use it up nor be refused by it.
+    r = client or get_redis()
+    claim = idempotency_claim_key(tenant.id, data.idempotency_key)
+    token = new_id()
+    deadline = time.monotonic() + IDEMPOTENCY_CLAIM_S
+    waited = False
+    try:
+        while not r.set(claim, token, nx=True, px=int(IDEMPOTENCY_CLAIM_S * 1000)):
+            if time.monotonic() > deadline:
+                raise Conflict(
+                    "Another request with this idempotency key is still in progress; retry.",
+                    code="idempotency_in_progress",
+                    headers={"Retry-After": "1"},
+                )
+            if not waited:
+                # Wait without holding a database connection (and, on SQLite, a read snapshot that
+                # would hide the other request's job): nothing of this request is written yet.
+                session.commit()
+                waited = True
+            time.sleep(0.01)
+    except redis.RedisError:
+        raise ServiceUnavailable(
+            "The queue is unavailable; the job was not accepted. Retry later.",
+            code="queue_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
+    try:
+        # Holding the claim: a job committed by a request that held it before is answered as a replay.
+        return _submit(session, tenant, data, client=client)
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            r.eval(_RELEASE_CLAIM, 1, claim, token)
+
+
+# Delete the claim only if it is still ours (it may have expired and been taken by another request).
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# How long a submit may hold its idempotency key's claim; a replay waits at most this long.
+IDEMPOTENCY_CLAIM_S = 30.0
+
+
+def _submit(
+    session: Session, tenant: Tenant, data: JobCreate, *, client: redis.Redis | None = None
+) -> SubmitResult:
     repo = JobRepository(session, tenant.id)
     now = utcnow()
     existing = repo.by_idempotency_key(data.idempotency_key) if data.idempotency_key else None
@@ -235,8 +296,10 @@ def submit_job(
         # created its row, and a lost idempotency race must be seen now to answer with the winner.
         session.commit()
     except IntegrityError:
-        # A concurrent request with the same idempotency key won the race: answer with its job.
+        # A concurrent request with the same idempotency key won the race (e.g. a batch): answer with
+        # its job, and give back the unit this request counted.
         session.rollback()
+        release_quota(tenant.id, 1, now)
         if data.idempotency_key:
             existing = repo.by_idempotency_key(data.idempotency_key)
             if existing is not None:
@@ -251,6 +314,7 @@ def submit_job(
         log.error("enqueue failed for job %s: %s", job.id, exc)
         session.delete(job)
         session.commit()  # the error below makes the request roll back: commit the removal first
+        release_quota(tenant.id, 1, now)
         raise ServiceUnavailable(
             "The queue is unavailable; the job was not accepted. Retry later.",
             code="queue_unavailable",
@@ -266,10 +330,11 @@ def enqueue(
     client: redis.Redis | None = None,
     attempt: int | None = None,
     first_attempt: int | None = None,
+    first_run: int = 1,
 ) -> None:
     """Put the job's next attempt on its tenant's queue (or the delayed set if it has a run_at)."""
     queues = TenantQueues(client or get_redis())
-    message = job_message(job, attempt=attempt, first_attempt=first_attempt)
+    message = job_message(job, attempt=attempt, first_attempt=first_attempt, first_run=first_run)
     if job.status == "scheduled" and job.run_at is not None:
         queues.schedule(job.tenant_id, job.id, job.priority, message, job.run_at.timestamp())
     else:
@@ -290,7 +355,8 @@ def submit_batch(
 ) -> list[BatchItem]:
     """Validate each job on its own, insert the accepted ones in one transaction and enqueue them in one
     Redis call. Admission (suspension, queue bound, quotas) applies to the batch as a whole: a batch that
-    would overflow the queue is refused entirely rather than cut at an arbitrary index."""
+    would overflow the queue or the jobs quota is refused entirely (all or nothing) rather than cut at
+    an arbitrary index."""
     repo = JobRepository(session, tenant.id)
     answers: dict[int, BatchItem] = {}
     accepted: list[tuple[int, JobCreate, Job]] = []
@@ -351,9 +417,10 @@ def submit_batch(
             # that created their rows, and a lost idempotency race must be seen now.
             session.commit()
         except IntegrityError:
-            # A concurrent request took one of the idempotency keys: fall back to one by one, which
-            # answers each item exactly as POST /v1/jobs would.
+            # A concurrent request took one of the idempotency keys: give back what the batch counted
+            # and fall back to one by one, which answers each item exactly as POST /v1/jobs would.
             session.rollback()
+            release_quota(tenant.id, len(rows), now)
             for index, data, _job in accepted:
                 try:
                     result = submit_job(session, tenant, data, client=client)
@@ -372,6 +439,7 @@ def submit_batch(
             for _, job in rows:
                 session.delete(job)
             session.commit()  # the error below makes the request roll back: commit the removal first
+            release_quota(tenant.id, len(rows), now)
             raise ServiceUnavailable(
                 "The queue is unavailable; no job of the batch was accepted. Retry later.",
                 code="queue_unavailable",
@@ -419,6 +487,7 @@ def cancel_job(
             return job, "already_finished"
         now = utcnow()
         if job.status in WAITING_STATUSES:
+            never_ran = job.attempts == 0 and job.started_at is None
             lifecycle.mark_cancelled(job.id, job.attempts + 1, client)
             TenantQueues(client).remove(job.tenant_id, job.id)
             # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as
@@ -431,6 +500,9 @@ def cancel_job(
                     .values(status="cancelled", finished_at=now, run_at=None)
                 ),
             ).rowcount
+            if moved and never_ran:
+                # It will never run: give its unit of the jobs quota back with this commit.
+                release_after_commit(session, job.tenant_id, 1, job.created_at)
             outcome: CancelOutcome = "dequeued"
         elif job.status == "running":
             lifecycle.mark_cancelled(job.id, job.attempts, client)
@@ -483,7 +555,12 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
             details={"status": job.status},
         )
     steps = workflow_steps() if job.workflow_id else None
-    admit(session, tenant, 1)
+    # The jobs quota counts a job once: a job that ran is counted already, one cancelled before it
+    # started was given back and counts again now. Its first attempt to run is the one billed as a
+    # job (``jobs`` usage), whatever its number.
+    never_ran = job.attempts == 0 and job.started_at is None
+    resumed = steps.jobs_resumed_by_rerun(session, job) if steps is not None else 0
+    admit(session, tenant, 1, quota_jobs=int(never_ran) + resumed)
     # An attempt cancelled before it started never got a number in SQL; step past it so that its
     # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
     attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
@@ -509,6 +586,7 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     ).rowcount
     if not moved:
         session.rollback()
+        release_quota(tenant.id, int(never_ran) + resumed, utcnow())
         raise Conflict("The job changed state; try again.", code="not_rerunnable")
     if steps is not None:
         # Resume the workflow in the same commit, before the job can possibly finish again.
@@ -517,7 +595,9 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     session.commit()
     session.refresh(job)
     try:
-        enqueue(job, client=client, attempt=attempt, first_attempt=attempt)
+        enqueue(
+            job, client=client, attempt=attempt, first_attempt=attempt, first_run=attempt if never_ran else 1
+        )
     except redis.RedisError as exc:
         log.error("enqueue failed for re-run of job %s: %s", job.id, exc)
         error = "ServiceUnavailable: the re-run could not be queued"
@@ -545,11 +625,19 @@ def purge_queue(session: Session, tenant: Tenant, *, client: redis.Redis | None 
     ids = TenantQueues(client).purge(tenant.id)
     now = utcnow()
     for i in range(0, len(ids), 500):  # bounded IN lists
-        session.execute(
+        purged = session.execute(
             update(Job)
             .where(Job.tenant_id == tenant.id, Job.id.in_(ids[i : i + 500]), Job.status == "queued")
             .values(status="cancelled", finished_at=now, error="Purged from the queue by the operator.")
-        )
+            .returning(Job.created_at, Job.attempts, Job.started_at)
+        ).all()
+        # Jobs that never ran give their unit of the jobs quota back, in the period that counted it.
+        by_period: dict[str, list[datetime]] = {}
+        for created_at, attempts, started_at in purged:
+            if attempts == 0 and started_at is None:
+                by_period.setdefault(period_of(created_at), []).append(created_at)
+        for moments in by_period.values():
+            release_after_commit(session, tenant.id, len(moments), moments[0])
     # Committed before the waiters are told, so that their re-read finds the jobs cancelled.
     session.commit()
     events.publish_statuses(tenant.id, ids, "cancelled", client)

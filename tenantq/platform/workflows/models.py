@@ -35,3 +35,8 @@ class Workflow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def jobs_not_created(self) -> int:
+        """Jobs of the steps not reached yet: counted against the jobs quota while the workflow runs
+        (a workflow is admitted as all its jobs), given back when it stops."""
+        return sum(len(step.get("group", [step])) for step in self.steps[len(self.job_ids) :])

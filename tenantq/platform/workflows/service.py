@@ -24,13 +24,13 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from tenantq.core.db import unscoped_session, utcnow
 from tenantq.core.errors import InvalidInput, ServiceUnavailable
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import service as jobs
-from tenantq.platform.jobs.admission import admit
+from tenantq.platform.jobs.admission import admit, release_after_commit, release_quota
 from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job
@@ -115,7 +115,10 @@ def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> W
             )
         else:
             steps.append(_validate_item(session, tenant, index, None, step))
-    admit(session, tenant, len(_items(steps[0])))
+    # Admitted as all its jobs, every step and every group member: a workflow that does not fit the
+    # jobs quota is refused whole (402) rather than stopped half way.
+    total = sum(len(_items(step)) for step in steps)
+    admit(session, tenant, total)
     wf = WorkflowRepository(session, tenant.id).add(
         Workflow(status="running", steps=steps, job_ids=[], current_step=0)
     )
@@ -131,6 +134,7 @@ def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> W
         log.error("enqueue failed for workflow %s: %s", wf.id, exc)
         session.delete(wf)  # cascades to its jobs: nothing of it was runnable
         session.commit()  # the error below makes the request roll back: commit the removal first
+        release_quota(tenant.id, total, wf.created_at)
         raise ServiceUnavailable(
             "The queue is unavailable; the workflow was not accepted. Retry later.",
             code="queue_unavailable",
@@ -254,6 +258,10 @@ FINISH_HOOK = FinishHook(
 def _stop(
     wf: Workflow, status: str, step: int | None, job_id: str | None, task: str | None, error: str
 ) -> None:
+    # The steps it never reached will not run: give their jobs back to the quota with this commit.
+    session = object_session(wf)
+    if session is not None and wf.status == "running":
+        release_after_commit(session, wf.tenant_id, wf.jobs_not_created(), wf.created_at)
     wf.status = status
     wf.finished_at = utcnow()
     wf.failed_step = step
@@ -304,14 +312,30 @@ def step_job_cancelled(session: Session, job: Job) -> None:
         session.flush()
 
 
+def _resumed_by(session: Session, job: Job) -> Workflow | None:
+    """The workflow a re-run of ``job`` resumes: the job stopped it and no other job of that step is
+    still failed or cancelled."""
+    wf = session.get(Workflow, job.workflow_id)
+    if wf is None or wf.status not in ("failed", "cancelled") or wf.failed_step != job.step_index:
+        return None
+    others = [j for j in _step_jobs(session, wf, wf.current_step) if j.id != job.id]
+    if any(j.status in ("failed", "cancelled") for j in others):
+        return None
+    return wf
+
+
+def jobs_resumed_by_rerun(session: Session, job: Job) -> int:
+    """Jobs of the steps not reached yet that a re-run of ``job`` would resume: they were given back
+    to the quota when the workflow stopped, so the re-run's admission counts them again."""
+    wf = _resumed_by(session, job)
+    return wf.jobs_not_created() if wf is not None else 0
+
+
 def step_job_rerun(session: Session, job: Job) -> None:
     """A re-run of the job that stopped the workflow resumes the workflow, once no other job of that
     step is still failed or cancelled. Runs in the caller's transaction."""
-    wf = session.get(Workflow, job.workflow_id)
-    if wf is None or wf.status not in ("failed", "cancelled") or wf.failed_step != job.step_index:
-        return
-    others = [j for j in _step_jobs(session, wf, wf.current_step) if j.id != job.id]
-    if any(j.status in ("failed", "cancelled") for j in others):
+    wf = _resumed_by(session, job)
+    if wf is None:
         return
     wf.status, wf.finished_at, wf.failed_step, wf.error = "running", None, None, None
 
