@@ -12,16 +12,23 @@ _client: redis.Redis | None = None
 _client_pid: int | None = None
 
 
+def new_redis() -> redis.Redis:
+    """A client of its own (with its own connection pool): for a background thread, which must not
+    share the process's client with the code it runs beside."""
+    return redis.Redis.from_url(
+        get_settings().effective_redis_url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
 def get_redis() -> redis.Redis:
+    """The process's client (the main thread's): re-created after a fork."""
     global _client, _client_pid
     if _client is None or _client_pid != os.getpid():
-        _client = redis.Redis.from_url(
-            get_settings().effective_redis_url,
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-        )
+        _client = new_redis()
         _client_pid = os.getpid()
     return _client
 

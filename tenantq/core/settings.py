@@ -88,6 +88,19 @@ class Settings(BaseSettings):
         "handed to another worker after this long. Keep it above the largest plan's max_time_limit_s, or a "
         "long attempt is redelivered while it still runs.",
     )
+    min_time_limit_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Smallest soft_time_limit / time_limit a job may ask for; a smaller one answers 422 "
+        "(a task type's smaller default is raised to it).",
+    )
+    time_limit_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The job's time limits stop the task function in the worker; the pool kills the attempt "
+        "this long after its hard limit if the function ignored the stop (code stuck in C, or catching it). "
+        "The platform's start and finish bookkeeping runs outside the job's limits, inside this grace.",
+    )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     hsts_seconds: int = Field(
         default=0,

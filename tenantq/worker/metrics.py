@@ -16,7 +16,7 @@ from typing import Any
 
 from tenantq.core import metrics
 from tenantq.core.logging import apply_formatter, reset_context, set_context
-from tenantq.core.redis import get_redis
+from tenantq.core.redis import get_redis, new_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import JobMessage
 
@@ -122,6 +122,7 @@ COMPACT_EVERY_S = 60.0
 
 def _heartbeat_loop(hostname: str) -> None:
     last_compact = time.monotonic()
+    client = new_redis()  # its own: the main process's receivers use get_redis() meanwhile
     while not _heartbeat_stop.is_set():
         if time.monotonic() - last_compact >= COMPACT_EVERY_S:
             last_compact = time.monotonic()
@@ -130,7 +131,6 @@ def _heartbeat_loop(hostname: str) -> None:
             except Exception:  # never stop the heartbeat over housekeeping
                 log.warning("compacting metric files failed", exc_info=True)
         try:
-            client = get_redis()
             now = time.time()
             pipe = client.pipeline(transaction=False)
             pipe.zadd(metrics.WORKERS_KEY, {hostname: now})

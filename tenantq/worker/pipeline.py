@@ -8,7 +8,9 @@ of its list below:
   finish hooks that claim the job run in that transaction), metering (close: usage events), metrics,
   then the finish hooks' after-commit part (e.g. webhook deliveries). An ``IGNORED`` state means the
   task wrapper already recorded the outcome (retry scheduled, cancelled before start) or never ran;
-- ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires;
+- ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires.
+  The job's own limits stop the task function inside the child (``jobs.bodyclock``); this is the pool's
+  backstop kill, ``time_limit_grace_seconds`` later, which may also have cut the attempt's start short;
 - ``task_revoked`` (main process) for a revoke: the lease is freed, and an attempt terminated by a
   cancellation is closed.
 Job status and the attempt log in SQL are driven from here, never by polling the result backend. Each
@@ -37,6 +39,7 @@ from tenantq.core.db import dispose_engine
 from tenantq.core.redis import reset_redis
 from tenantq.platform.dispatch import limits
 from tenantq.platform.jobs import hooks, lifecycle
+from tenantq.platform.jobs.bodyclock import BodyClock
 from tenantq.platform.jobs.hooks import AttemptOutcome
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.registry import REGISTRY, NotStarted, RetryScheduled
@@ -62,6 +65,7 @@ class AttemptState:
     state: str | None = None
     retval: Any = None
     outcome: AttemptOutcome | None = None
+    body: BodyClock | None = None  # the task function's own clock, left on the request by the wrapper
 
     @property
     def skip(self) -> str | None:
@@ -221,8 +225,18 @@ def _status_finished(attempt: AttemptState) -> None:
 
 
 def _meter_finished(attempt: AttemptState) -> None:
+    # Billed: the task function alone, as the wrapper's clock measured it (0 if it was never reached,
+    # e.g. its arguments failed validation), never the bookkeeping around it.
     if attempt.usage is not None:
-        metering.close_attempt(attempt.usage, attempt.state, ran=attempt.ran, retried=attempt.retried)
+        body = attempt.body
+        metering.close_attempt(
+            attempt.usage,
+            attempt.state,
+            ran=attempt.ran,
+            retried=attempt.retried,
+            wall_ms=body.wall_ms if body is not None else 0,
+            compute_ms=body.cpu_ms if body is not None else 0,
+        )
 
 
 def _metrics_finished(attempt: AttemptState) -> None:
@@ -246,11 +260,14 @@ POSTRUN_STEPS: tuple[Step, ...] = (
 
 
 @signals.task_postrun.connect
-def on_postrun(task_id: str, retval: Any = None, state: str | None = None, **_: Any) -> None:
+def on_postrun(
+    task_id: str, task: Any = None, retval: Any = None, state: str | None = None, **_: Any
+) -> None:
     attempt = ATTEMPTS.pop(task_id)
     if attempt is None:
         return
     attempt.state, attempt.retval = state, retval
+    attempt.body = getattr(getattr(task, "request", None), "tq_body", None)
     _run(POSTRUN_STEPS, attempt)
 
 
@@ -276,7 +293,9 @@ def on_failure(
     outcome = None
     if isinstance(exception, TimeLimitExceeded):
         try:
-            outcome = lifecycle.attempt_failed(message, lifecycle.describe_error(exception, message))
+            # The kill may have cut the attempt's own start short: attempt_killed fails the job also
+            # when its row never moved to this attempt, so no job is left queued for good.
+            outcome = lifecycle.attempt_killed(message, lifecycle.describe_error(exception, message))
         except Exception:
             log.exception("could not record the hard time limit of job %s", message.id)
     metering.close_from_outside(message, "failed")

@@ -368,10 +368,20 @@ def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) 
     return None
 
 
-def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, retried: bool) -> None:
+def close_attempt(
+    attempt: OpenAttempt,
+    celery_state: str | None,
+    *,
+    ran: bool,
+    retried: bool,
+    wall_ms: int | None = None,
+    compute_ms: int | None = None,
+) -> None:
     """At the end of an attempt, in the process that ran it. ``ran`` is False when the task function
     was never called (cancelled, or a replay of a finished attempt): not billable. ``retried``: the
-    attempt failed and its retry was scheduled (tenantq retries end the Celery task with an Ignore)."""
+    attempt failed and its retry was scheduled (tenantq retries end the Celery task with an Ignore).
+    ``wall_ms``/``compute_ms``: the task body's own time, measured by the task wrapper around the task
+    function alone; without them, the time since :func:`open_attempt`."""
     if not ran:
         try:
             _get_meter().discard(attempt)
@@ -381,8 +391,10 @@ def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, 
             )
         return
     state = "retried" if retried else _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
-    wall_ms = round((time.monotonic() - attempt.mono) * 1000)
-    compute_ms = round((time.process_time() - attempt.cpu) * 1000)
+    if wall_ms is None:
+        wall_ms = round((time.monotonic() - attempt.mono) * 1000)
+    if compute_ms is None:
+        compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
     error: Exception | None = None
     for delay in REDIS_RETRY_DELAYS_S:

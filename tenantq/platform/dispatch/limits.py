@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from tenantq.core import keys
 from tenantq.core.db import unscoped_session
 from tenantq.core.keys import DISPATCHED_AT, lease_key, wait_key
-from tenantq.core.redis import get_redis
+from tenantq.core.redis import get_redis, new_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.tenants.accounts.models import Plan, Tenant
@@ -232,7 +232,8 @@ def _cache() -> LimitsCache:
 
 
 def _heartbeat_loop(pid: int, leases: Leases) -> None:
-    client = get_redis()
+    # Its own client: the task and the attempt pipeline use the process's client in the main thread.
+    client = new_redis()
     refresh = client.register_script(_REFRESH)
     while _heartbeat_pid == pid:
         ttl = get_settings().lease_ttl_seconds

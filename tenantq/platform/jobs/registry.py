@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tenantq.core.celery import app
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import lifecycle
+from tenantq.platform.jobs.bodyclock import BodyClock, HardTimeLimitExceeded
 from tenantq.platform.jobs.messages import JobMessage
 
 
@@ -109,6 +110,9 @@ def _run_attempt(task: Any, spec: TaskType, message: JobMessage) -> Any:
     """The body of every tenantq task: cancellation gate, validation, the function, retry policy,
     result bound. Status bookkeeping happens in the worker's attempt pipeline and, for the outcomes
     that end the Celery task with ``Ignore`` (retry scheduled, cancelled before start), in ``lifecycle``.
+
+    The function alone runs under the job's time limits and is what the attempt is metered for: the
+    :class:`BodyClock` is left on the request as ``tq_body`` for the pipeline's metering step.
     """
     ctx = JobContext(
         job_id=message.id, tenant_id=message.tenant_id, attempt=message.attempt, task_id=task.request.id
@@ -120,8 +124,13 @@ def _run_attempt(task: Any, spec: TaskType, message: JobMessage) -> Any:
         model = spec.args_model.model_validate(message.args)
     except ValidationError as exc:  # the API validated already; this guards replays and workflow inputs
         raise ValueError(f"invalid arguments: {exc}") from None
+    clock = BodyClock(message.soft_time_limit, message.time_limit)
+    task.request.tq_body = clock
     try:
-        result = spec.func(model, ctx)
+        with clock:
+            result = spec.func(model, ctx)
+    except HardTimeLimitExceeded:
+        raise  # as the pool's kill would: never retried, whatever retry_on says
     except spec.retry_on as exc:
         retries_made = message.retries_made
         if retries_made < message.max_retries and not lifecycle.cancel_covers(ctx.job_id, ctx.attempt):
