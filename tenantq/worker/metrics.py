@@ -48,11 +48,6 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> Ru
         if since is not None and attempt == 1:
             wait_s = max(0.0, time.time() - since)
             m.wait.labels(label, task_name).observe(wait_s)
-        get_redis().hset(
-            metrics.RUNNING_KEY,
-            message.id,
-            json.dumps({"tenant": tenant_id, "task": task_name, "since": time.time()}),
-        )
     except Exception:  # metrics must not disturb the attempt
         log.debug("prerun metrics failed", exc_info=True)
     log.info(
@@ -64,6 +59,19 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> Ru
         },
     )
     return running
+
+
+def mark_running(pipe: Any, message: JobMessage) -> None:
+    """Queue the attempt's entry in the running set on the attempt pipeline's Redis pipeline."""
+    pipe.hset(
+        metrics.RUNNING_KEY,
+        message.id,
+        json.dumps({"tenant": message.tenant_id, "task": message.task, "since": time.time()}),
+    )
+
+
+def unmark_running(pipe: Any, message: JobMessage) -> None:
+    pipe.hdel(metrics.RUNNING_KEY, message.id)
 
 
 _STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
@@ -87,7 +95,6 @@ def attempt_ended(
             getattr(m, outcome).labels(label, message.task).inc()
         if elapsed is not None:
             m.run.labels(label, message.task).observe(elapsed)
-        get_redis().hdel(metrics.RUNNING_KEY, message.id)
     except Exception:  # metrics must not disturb the attempt
         log.debug("postrun metrics failed", exc_info=True)
     level = logging.INFO if outcome == "succeeded" else logging.WARNING

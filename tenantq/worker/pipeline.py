@@ -2,12 +2,16 @@
 
 Each receiver reads the Celery kwargs once into a :class:`JobMessage`, then runs its steps in the order
 of its list below:
-- ``task_prerun``  (pool child): start guard, status (job running, attempt row opened), metering (open
-  the attempt's usage record), metrics (counters, running set, log context);
-- ``task_postrun`` (pool child): lease release, status (succeeded / failed, attempt row closed; the
-  finish hooks that claim the job run in that transaction), metering (close: usage events), metrics,
-  then the finish hooks' after-commit part (e.g. webhook deliveries). An ``IGNORED`` state means the
-  task wrapper already recorded the outcome (retry scheduled, cancelled before start) or never ran;
+- ``task_prerun``  (pool child): start guard (one Lua call), status (job running, attempt row opened:
+  one SQL statement on PostgreSQL), then one Redis round trip for metering (open the attempt's usage
+  record), metrics (running set) and the cancel marker the wrapper checks, then metrics (counters,
+  log context);
+- ``task_postrun`` (pool child): one Redis round trip (a MULTI) for lease release, metering (close:
+  usage events of the task body's own time) and metrics (running set), then status (succeeded /
+  failed, attempt row closed; the finish hooks that claim the job run in that transaction), metrics
+  (counters, log line), then the finish hooks' after-commit part (e.g. webhook deliveries). An
+  ``IGNORED`` state means the task wrapper already recorded the outcome (retry scheduled, cancelled
+  before start) or never ran;
 - ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires.
   The job's own limits stop the task function inside the child (``jobs.bodyclock``); this is the pool's
   backstop kill, ``time_limit_grace_seconds`` later, which may also have cut the attempt's start short;
@@ -26,17 +30,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
 from tenantq.billing.usage import metering
 from tenantq.billing.usage.metering import OpenAttempt
 from tenantq.core.db import dispose_engine
-from tenantq.core.redis import reset_redis
+from tenantq.core.keys import cancel_key
+from tenantq.core.redis import get_redis, reset_redis
 from tenantq.platform.dispatch import limits
 from tenantq.platform.jobs import hooks, lifecycle
 from tenantq.platform.jobs.bodyclock import BodyClock
@@ -66,6 +73,7 @@ class AttemptState:
     retval: Any = None
     outcome: AttemptOutcome | None = None
     body: BodyClock | None = None  # the task function's own clock, left on the request by the wrapper
+    cancelled: int | None = None  # the job's cancel marker, read at the end of prerun (None: not read)
 
     @property
     def skip(self) -> str | None:
@@ -166,14 +174,48 @@ def _status_started(attempt: AttemptState) -> None:
         )
 
 
-def _meter_started(attempt: AttemptState) -> None:
-    # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
-    # discarded at its end: its number marks an earlier attempt that never reported as superseded.
-    if attempt.guard in ("dup", "full"):
-        return
-    attempt.usage = metering.open_attempt(
-        attempt.message, worker=attempt.worker, time_limit=attempt.time_limit
-    )
+def _redis_batch(build: Callable[[Any], Callable[[list[Any]], None]], transaction: bool, what: str) -> bool:
+    """Run one phase's Redis work in one round trip: ``build`` queues the commands on a pipeline and
+    returns what reads the replies. A Redis restart lasts about a second: wait it out (metering must
+    not lose an attempt's figures), then log and give up (leases and running marks expire; an open
+    usage record left behind is billed by the reconciler)."""
+    error: Exception | None = None
+    for delay in metering.REDIS_RETRY_DELAYS_S:
+        try:
+            pipe = get_redis().pipeline(transaction=transaction)
+            read = build(pipe)
+            read(pipe.execute())
+            return True
+        except redis.RedisError as exc:
+            error = exc
+            time.sleep(delay)
+    log.error("attempt pipeline: Redis %s failed: %s", what, error)
+    return False
+
+
+def _redis_started(attempt: AttemptState) -> None:
+    """After the status step, one Redis round trip: open the usage record (metering), mark the attempt
+    running (metrics) and read the job's cancel marker for the wrapper's gate."""
+    message = attempt.message
+
+    def build(pipe: Any) -> Callable[[list[Any]], None]:
+        opened = None
+        # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
+        # discarded at its end: its number marks an earlier attempt that never reported as superseded.
+        if attempt.guard not in ("dup", "full"):
+            opened = metering.queue_open(pipe, message, worker=attempt.worker, time_limit=attempt.time_limit)
+        metrics.mark_running(pipe, message)
+        pipe.get(cancel_key(message.id))
+
+        def read(replies: list[Any]) -> None:
+            if opened is not None:
+                attempt.usage = opened(replies[0])
+            attempt.cancelled = int(replies[-1] or 0)
+
+        return read
+
+    if not _redis_batch(build, transaction=False, what="start"):
+        log.error("usage: could not open attempt for job %s", message.id)
 
 
 def _metrics_started(attempt: AttemptState) -> None:
@@ -183,7 +225,7 @@ def _metrics_started(attempt: AttemptState) -> None:
 PRERUN_STEPS: tuple[Step, ...] = (
     _start_guard,  # first: a duplicate or an attempt without a slot must not touch SQL
     _status_started,  # job running, attempt row opened (or refused: the job moved on)
-    _meter_started,  # the usage record opens once the attempt is known to be one
+    _redis_started,  # the usage record opens once the attempt is known to be one; running mark
     _metrics_started,
 )
 
@@ -206,14 +248,36 @@ def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
     # The task wrapper runs next in this process, on this request: it reads what prerun decided.
     request.tq_message = message
     request.tq_skip = attempt.skip
+    request.tq_cancelled = attempt.cancelled
 
 
 # -- task_postrun --------------------------------------------------------------------------------------
 
 
-def _release_lease(attempt: AttemptState) -> None:
-    # Every end (success, failure, retry, ignore, reject) frees the slot, also for a skipped copy.
-    limits.release_lease(attempt.message)
+def _redis_ended(attempt: AttemptState) -> None:
+    """One Redis round trip (a MULTI) for the attempt's end: free the lease (every end: success,
+    failure, retry, ignore, reject, also a skipped copy), close its usage record (metering: the task
+    body's own time, 0 when the function was never reached) and drop the running mark (metrics)."""
+    message, usage, body = attempt.message, attempt.usage, attempt.body
+
+    def build(pipe: Any) -> Callable[[list[Any]], None]:
+        limits.queue_release(pipe, message)
+        if usage is not None:
+            metering.queue_end(
+                pipe,
+                usage,
+                attempt.state,
+                ran=attempt.ran,
+                retried=attempt.retried,
+                wall_ms=body.wall_ms if body is not None else 0,
+                compute_ms=body.cpu_ms if body is not None else 0,
+            )
+        metrics.unmark_running(pipe, message)
+        return lambda _replies: None
+
+    if not _redis_batch(build, transaction=True, what="end") and usage is not None:
+        # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
+        log.error("usage: could not close attempt %s of job %s", usage.attempt, usage.job_id)
 
 
 def _status_finished(attempt: AttemptState) -> None:
@@ -222,21 +286,6 @@ def _status_finished(attempt: AttemptState) -> None:
     elif attempt.state == "FAILURE" and isinstance(attempt.retval, BaseException):
         error = lifecycle.describe_error(attempt.retval, attempt.message)
         attempt.outcome = lifecycle.attempt_failed(attempt.message, error)
-
-
-def _meter_finished(attempt: AttemptState) -> None:
-    # Billed: the task function alone, as the wrapper's clock measured it (0 if it was never reached,
-    # e.g. its arguments failed validation), never the bookkeeping around it.
-    if attempt.usage is not None:
-        body = attempt.body
-        metering.close_attempt(
-            attempt.usage,
-            attempt.state,
-            ran=attempt.ran,
-            retried=attempt.retried,
-            wall_ms=body.wall_ms if body is not None else 0,
-            compute_ms=body.cpu_ms if body is not None else 0,
-        )
 
 
 def _metrics_finished(attempt: AttemptState) -> None:
@@ -251,9 +300,8 @@ def _finish_hooks(attempt: AttemptState) -> None:
 
 
 POSTRUN_STEPS: tuple[Step, ...] = (
-    _release_lease,  # first: the tenant's slot is free for its next job as soon as possible
+    _redis_ended,  # first: the tenant's slot is free for its next job as soon as possible
     _status_finished,  # the final status is committed before anything reports it
-    _meter_finished,
     _metrics_finished,
     _finish_hooks,  # last: hooks read the committed outcome (e.g. webhooks record deliveries)
 )

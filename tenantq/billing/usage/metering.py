@@ -1,10 +1,13 @@
 """Usage metering, a step of the worker's attempt pipeline: what every attempt consumed, recorded once.
 
-Hot path (pool child): at the attempt's start :func:`open_attempt` allocates the attempt number and
-writes an *open attempt* record to Redis; at its end :func:`close_attempt` computes wall and CPU time
-and, in one Redis transaction, removes the open record and appends the attempt's usage events to the
-stream ``tq:usage``. No SQL runs in the task
-path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the ``usage_event`` table.
+Hot path (pool child): at the attempt's start :func:`queue_open` allocates the attempt number and
+writes an *open attempt* record to Redis; at its end :func:`queue_end`, in one Redis transaction,
+removes the open record and appends the attempt's usage events to the stream ``tq:usage``. Both are
+queued on the worker's attempt pipeline's own Redis pipeline, which sends each phase's Redis work in
+one round trip (:func:`open_attempt` / :func:`close_attempt` do the same alone). The wall and CPU
+time billed are the task function's own, measured by the task wrapper (``jobs.bodyclock``). No SQL
+runs in the task path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the
+``usage_event`` table.
 
 Attempts that end without a postrun in the pool child are closed from the open record
 (:func:`close_from_outside`, called by the pipeline in the worker's main process):
@@ -43,6 +46,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -114,6 +118,12 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 """
+
+
+def queue_close(pipe: Any, attempt: OpenAttempt, events: list[dict[str, Any]]) -> None:
+    """Queue the close of an attempt on a Redis pipeline (MULTI: both or neither)."""
+    pipe.hdel(OPEN, attempt.field)
+    pipe.xadd(STREAM, {"events": json.dumps(events)})
 
 
 def metering_enabled() -> bool:
@@ -259,8 +269,7 @@ class Meter:
             compute_ms=compute_ms,
         )
         pipe = self.r.pipeline(transaction=True)
-        pipe.hdel(OPEN, attempt.field)
-        pipe.xadd(STREAM, {"events": json.dumps(events)})
+        queue_close(pipe, attempt, events)
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:
@@ -345,6 +354,76 @@ def _get_meter() -> Meter:
         _meter = Meter()
         _meter_pid = os.getpid()
     return _meter
+
+
+OpenReply = Callable[[Any], OpenAttempt]
+
+
+def queue_open(pipe: Any, message: JobMessage, *, worker: str | None, time_limit: float) -> OpenReply | None:
+    """Queue the opening of an attempt on the attempt pipeline's Redis pipeline (one EVAL: a script
+    object's EVALSHA would cost a SCRIPT EXISTS round trip per pipeline). Returns what turns that
+    command's reply into the :class:`OpenAttempt`; None when metering is off."""
+    if not metering_enabled():
+        return None
+    started = time.time()
+    attempt = OpenAttempt(
+        job_id=message.id,
+        tenant_id=message.tenant_id,
+        task=message.task,
+        attempt=0,
+        started=started,
+        worker=worker,
+        pid=os.getpid(),
+        deadline=started + time_limit + LOST_GRACE_S,
+    )
+    pipe.eval(
+        _ALLOCATE,
+        2,
+        attempt_key(attempt.job_id),
+        OPEN,
+        message.attempt,
+        started,
+        ATTEMPT_TTL_S,
+        attempt.job_id,
+        attempt.record(),
+    )
+
+    def opened(reply: Any) -> OpenAttempt:
+        attempt.attempt = int(reply)
+        attempt.mono, attempt.cpu = time.monotonic(), time.process_time()
+        return attempt
+
+    return opened
+
+
+def queue_end(
+    pipe: Any,
+    attempt: OpenAttempt,
+    celery_state: str | None,
+    *,
+    ran: bool,
+    retried: bool,
+    wall_ms: int,
+    compute_ms: int,
+) -> None:
+    """Queue an attempt's end on the attempt pipeline's Redis pipeline (a MULTI): its usage events,
+    or, when the task function never ran, the discard of its number (see :func:`close_attempt`)."""
+    if not ran:
+        pipe.eval(_DISCARD, 2, attempt_key(attempt.job_id), OPEN, attempt.job_id, attempt.attempt)
+        return
+    state = "retried" if retried else _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
+    events = usage_events(
+        job_id=attempt.job_id,
+        tenant_id=attempt.tenant_id,
+        task=attempt.task,
+        attempt=attempt.attempt,
+        state=state,
+        worker=attempt.worker,
+        finished_at=time.time(),
+        wall_ms=wall_ms,
+        compute_ms=compute_ms,
+    )
+    queue_close(pipe, attempt, events)
 
 
 def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) -> OpenAttempt | None:

@@ -317,6 +317,13 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
     return verdict
 
 
+def queue_release(pipe: Any, message: AttemptMessage) -> None:
+    """Queue the release of the attempt's lease on the attempt pipeline's Redis pipeline."""
+    lease = lease_of(message)
+    if lease is not None:
+        pipe.zrem(lease_key(lease[0]), lease[1])
+
+
 def release_lease(message: AttemptMessage) -> None:
     """Every end of an attempt (success, failure, retry, ignore, reject, revoke) frees its slot."""
     lease = lease_of(message)

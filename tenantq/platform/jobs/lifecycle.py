@@ -305,10 +305,13 @@ def _open_attempt(
             setattr(row, key, value)
 
 
-def may_start(message: JobMessage) -> bool:
+def may_start(message: JobMessage, cancelled: int | None = None) -> bool:
     """The wrapper's gate, checked before the task function runs: no cancellation covers this attempt
-    (a cancel may land after prerun, or the cancelled attempt may already have been in Celery's queue)."""
-    if cancel_covers(message.id, message.attempt):
+    (a cancel may land after prerun, or the cancelled attempt may already have been in Celery's queue).
+    ``cancelled``: the job's cancel marker as the attempt pipeline read it at the end of prerun (in the
+    same Redis round trip as its other start work), else it is read here."""
+    marker = cancelled_up_to(message.id) if cancelled is None else cancelled
+    if marker >= message.attempt:
         cancelled_before_start(message)
         return False
     return True

@@ -118,7 +118,7 @@ def _run_attempt(task: Any, spec: TaskType, message: JobMessage) -> Any:
         job_id=message.id, tenant_id=message.tenant_id, attempt=message.attempt, task_id=task.request.id
     )
     # A cancelled attempt may already have been handed to Celery: it must not run.
-    if not lifecycle.may_start(message):
+    if not lifecycle.may_start(message, getattr(task.request, "tq_cancelled", None)):
         raise NotStarted()
     try:
         model = spec.args_model.model_validate(message.args)
@@ -208,7 +208,10 @@ def task_type(
             return _run_attempt(self, spec, message)
 
         run.__name__ = name.replace(".", "_")
-        spec.celery_task = app.task(name=name, bind=True)(run)
+        # A job's result and status live in SQL, written by the attempt pipeline: nothing reads
+        # Celery's result backend for task types, so no STARTED/SUCCESS writes (each a GET and a SET).
+        # Task events (Flower, ``celery inspect``) are unaffected.
+        spec.celery_task = app.task(name=name, bind=True, ignore_result=True, track_started=False)(run)
         REGISTRY[name] = spec
         return spec
 
