@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     result_expires_seconds: int = Field(default=7 * 24 * 3600, description="Celery result backend expiry.")
     exec_queue: str = Field(default="tq.exec", description="Name of the shared Celery execution queue.")
     dispatch_depth: int = Field(
-        default=32, description="How many released jobs may wait in the execution queue at once."
+        default=32,
+        description="Ceiling of released jobs waiting in an execution queue. The dispatcher keeps each queue "
+        "at the free worker slots behind it plus one (workers publish them), or adapts its depth up to "
+        "this when no worker published slots for the queue.",
     )
     lease_ttl_seconds: float = Field(
         default=30.0,

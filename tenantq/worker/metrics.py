@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from celery.worker import state as worker_state
+
 from tenantq.core import metrics
 from tenantq.core.logging import apply_formatter, reset_context, set_context
 from tenantq.core.redis import get_redis, new_redis
 from tenantq.core.settings import get_settings
+from tenantq.platform.dispatch import slots
 from tenantq.platform.jobs.messages import JobMessage
 
 log = logging.getLogger("tenantq.worker.jobs")
@@ -121,16 +124,60 @@ def attempt_ended(
 
 _heartbeat_stop = threading.Event()
 _hostname: str | None = None
+_consumer: Any = None  # Celery's consumer (main process): its pool size and queues
+
+
+def hostname() -> str | None:
+    """This worker's hostname (main process, once ready)."""
+    return _hostname
+
+
+def slot_taken(host: str | None) -> None:
+    """Main process: a job's message was received; one pool slot is busy until its postrun ends."""
+    _busy(host, 1)
+
+
+def slot_freed(host: str | None) -> None:
+    """The end of an attempt's postrun (pool process), or, in the main process, an attempt whose pool
+    process was killed or that was revoked before it reached one: the slot is free again."""
+    _busy(host, -1)
+
+
+def _busy(host: str | None, delta: int) -> None:
+    if not host:
+        return
+    try:
+        slots.add_busy(get_redis(), host, delta)
+    except Exception:  # the count heals at the next idle heartbeat (dispatch.slots)
+        log.debug("could not update the busy slots of %s", host, exc_info=True)
 
 
 # Recycled pool processes leave metric files behind; fold them into the archive this often.
 COMPACT_EVERY_S = 60.0
 
 
+def _publish_slots(client: Any, hostname: str) -> None:
+    """This worker's pool size and queues for the dispatcher (``dispatch.slots``); with no task held at
+    all, its busy count is 0, which heals a count a killed pool process left behind."""
+    consumer = _consumer
+    pool = getattr(consumer, "pool", None)
+    size = getattr(pool, "num_processes", None)
+    if consumer is None or not size:
+        return
+    queues = list(consumer.app.amqp.queues.consume_from)
+    slots.publish_pool(client, hostname, int(size), queues)
+    if not worker_state.reserved_requests:
+        slots.reset_busy(client, hostname)
+
+
 def _heartbeat_loop(hostname: str) -> None:
     last_compact = time.monotonic()
     client = new_redis()  # its own: the main process's receivers use get_redis() meanwhile
     while not _heartbeat_stop.is_set():
+        try:
+            _publish_slots(client, hostname)
+        except Exception:  # Redis down: the next beat retries
+            log.debug("publishing free slots failed", exc_info=True)
         if time.monotonic() - last_compact >= COMPACT_EVERY_S:
             last_compact = time.monotonic()
             try:
@@ -146,7 +193,7 @@ def _heartbeat_loop(hostname: str) -> None:
             pipe.execute()
         except Exception:  # Redis down: the next beat retries
             log.debug("worker heartbeat failed", exc_info=True)
-        _heartbeat_stop.wait(metrics.WORKER_HEARTBEAT_INTERVAL_S)
+        _heartbeat_stop.wait(min(metrics.WORKER_HEARTBEAT_INTERVAL_S, slots.HEARTBEAT_S))
 
 
 def worker_init() -> None:
@@ -161,11 +208,15 @@ def worker_init() -> None:
             log.error("worker metrics server could not listen on port %s: %s", port, exc)
 
 
-def worker_ready(hostname: str | None) -> None:
-    global _hostname
-    _hostname = hostname
+def worker_ready(hostname: str | None, consumer: Any = None) -> None:
+    global _hostname, _consumer
+    _hostname, _consumer = hostname, consumer
     if not _hostname:
         return
+    try:
+        _publish_slots(get_redis(), _hostname)  # at once: the dispatcher fills to free slots from now
+    except Exception:
+        log.debug("publishing free slots failed", exc_info=True)
     _heartbeat_stop.clear()
     threading.Thread(target=_heartbeat_loop, args=(_hostname,), name="tenantq-heartbeat", daemon=True).start()
 
@@ -175,6 +226,7 @@ def worker_shutdown() -> None:
     if _hostname:
         try:
             get_redis().zrem(metrics.WORKERS_KEY, _hostname)
+            slots.forget(get_redis(), _hostname)
         except Exception:  # the entry ages out of WORKERS_KEY within a day
             log.debug("could not deregister worker %s", _hostname, exc_info=True)
 

@@ -299,11 +299,18 @@ def _finish_hooks(attempt: AttemptState) -> None:
         hooks.run_after_commit(attempt.outcome)
 
 
+def _slot_freed(attempt: AttemptState) -> None:
+    # Its own round trip, at the very end: the pool process is busy until its bookkeeping is done,
+    # and the dispatcher must not count it as a free slot before (dispatch.slots).
+    metrics.slot_freed(attempt.worker)
+
+
 POSTRUN_STEPS: tuple[Step, ...] = (
     _redis_ended,  # first: the tenant's slot is free for its next job as soon as possible
     _status_finished,  # the final status is committed before anything reports it
     _metrics_finished,
-    _finish_hooks,  # last: hooks read the committed outcome (e.g. webhooks record deliveries)
+    _finish_hooks,  # hooks read the committed outcome (e.g. webhooks record deliveries)
+    _slot_freed,  # last: this pool process takes its next job from here on
 )
 
 
@@ -338,6 +345,7 @@ def on_failure(
     message = _message(sender, kwargs)
     if message is None:
         return
+    metrics.slot_freed(metrics.hostname())  # its pool process is gone: its postrun never freed the slot
     outcome = None
     if isinstance(exception, TimeLimitExceeded):
         try:
@@ -362,6 +370,7 @@ def on_revoked(
         return
     limits.release_lease(message)
     if not terminated:
+        metrics.slot_freed(metrics.hostname())  # received, never handed to a pool process
         return  # revoked before it started: nothing ran, nothing to record or bill
     try:
         lifecycle.attempt_terminated(message, f"terminated by cancellation (signal {signum})")
@@ -372,6 +381,14 @@ def on_revoked(
 
 
 # -- the worker process itself -------------------------------------------------------------------------
+
+
+@signals.task_received.connect
+def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # Main process: a job's message was taken from the queue, so one of this worker's pool slots is
+    # busy from now until the attempt's postrun ends (dispatch.slots).
+    if getattr(request, "name", None) in REGISTRY:
+        metrics.slot_taken(getattr(sender, "hostname", None))
 
 
 @signals.worker_process_init.connect
@@ -388,7 +405,7 @@ def _worker_init(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    metrics.worker_ready(getattr(sender, "hostname", None))
+    metrics.worker_ready(getattr(sender, "hostname", None), sender)
 
 
 @signals.worker_shutdown.connect
