@@ -138,8 +138,9 @@ def slot_taken(host: str | None) -> None:
 
 
 def slot_freed(host: str | None) -> None:
-    """The end of an attempt's postrun (pool process), or, in the main process, an attempt whose pool
-    process was killed or that was revoked before it reached one: the slot is free again."""
+    """Main process: an attempt whose pool process was killed (no postrun) or that was revoked before
+    it reached one: its slot is free again. (A postrun frees its slot in the attempt pipeline's last
+    Redis round trip.)"""
     _busy(host, -1)
 
 

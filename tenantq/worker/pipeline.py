@@ -6,12 +6,12 @@ of its list below:
   one SQL statement on PostgreSQL), then one Redis round trip for metering (open the attempt's usage
   record), metrics (running set) and the cancel marker the wrapper checks, then metrics (counters,
   log context);
-- ``task_postrun`` (pool child): one Redis round trip (a MULTI) for lease release, metering (close:
-  usage events of the task body's own time) and metrics (running set), then status (succeeded /
-  failed, attempt row closed; the finish hooks that claim the job run in that transaction), metrics
-  (counters, log line), then the finish hooks' after-commit part (e.g. webhook deliveries). An
-  ``IGNORED`` state means the task wrapper already recorded the outcome (retry scheduled, cancelled
-  before start) or never ran;
+- ``task_postrun`` (pool child): lease release, status (succeeded / failed, attempt row closed; the
+  finish hooks that claim the job run in that transaction), metrics (counters, log line), the finish
+  hooks' after-commit part (e.g. webhook deliveries), then one Redis round trip (a MULTI) for
+  metering (close: usage events of the task body's own time), metrics (running set) and the worker's
+  busy slots. An ``IGNORED`` state means the task wrapper already recorded the outcome (retry
+  scheduled, cancelled before start) or never ran;
 - ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires.
   The job's own limits stop the task function inside the child (``jobs.bodyclock``); this is the pool's
   backstop kill, ``time_limit_grace_seconds`` later, which may also have cut the attempt's start short;
@@ -44,7 +44,7 @@ from tenantq.billing.usage.metering import OpenAttempt
 from tenantq.core.db import dispose_engine
 from tenantq.core.keys import cancel_key
 from tenantq.core.redis import get_redis, reset_redis
-from tenantq.platform.dispatch import limits
+from tenantq.platform.dispatch import limits, slots
 from tenantq.platform.jobs import hooks, lifecycle
 from tenantq.platform.jobs.bodyclock import BodyClock
 from tenantq.platform.jobs.hooks import AttemptOutcome
@@ -254,30 +254,9 @@ def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
 # -- task_postrun --------------------------------------------------------------------------------------
 
 
-def _redis_ended(attempt: AttemptState) -> None:
-    """One Redis round trip (a MULTI) for the attempt's end: free the lease (every end: success,
-    failure, retry, ignore, reject, also a skipped copy), close its usage record (metering: the task
-    body's own time, 0 when the function was never reached) and drop the running mark (metrics)."""
-    message, usage, body = attempt.message, attempt.usage, attempt.body
-
-    def build(pipe: Any) -> Callable[[list[Any]], None]:
-        limits.queue_release(pipe, message)
-        if usage is not None:
-            metering.queue_end(
-                pipe,
-                usage,
-                attempt.state,
-                ran=attempt.ran,
-                retried=attempt.retried,
-                wall_ms=body.wall_ms if body is not None else 0,
-                compute_ms=body.cpu_ms if body is not None else 0,
-            )
-        metrics.unmark_running(pipe, message)
-        return lambda _replies: None
-
-    if not _redis_batch(build, transaction=True, what="end") and usage is not None:
-        # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
-        log.error("usage: could not close attempt %s of job %s", usage.attempt, usage.job_id)
+def _release_lease(attempt: AttemptState) -> None:
+    # Every end (success, failure, retry, ignore, reject) frees the slot, also for a skipped copy.
+    limits.release_lease(attempt.message)
 
 
 def _status_finished(attempt: AttemptState) -> None:
@@ -299,18 +278,43 @@ def _finish_hooks(attempt: AttemptState) -> None:
         hooks.run_after_commit(attempt.outcome)
 
 
-def _slot_freed(attempt: AttemptState) -> None:
-    # Its own round trip, at the very end: the pool process is busy until its bookkeeping is done,
-    # and the dispatcher must not count it as a free slot before (dispatch.slots).
-    metrics.slot_freed(attempt.worker)
+def _redis_ended(attempt: AttemptState) -> None:
+    """The end's remaining Redis work in one round trip (a MULTI), after the status is committed:
+    close the usage record (metering: the task body's own time, 0 when the function was never
+    reached), drop the running mark (metrics) and free this pool process's slot for the dispatcher
+    (``dispatch.slots``: the process is busy until its bookkeeping is done). Metering closes after the
+    status, never before: a worker killed in between leaves the record open for the reconciler, which
+    bills it once as lost, whereas a usage closed before a lost status would be billed again when the
+    redelivered attempt succeeds."""
+    message, usage, body = attempt.message, attempt.usage, attempt.body
+
+    def build(pipe: Any) -> Callable[[list[Any]], None]:
+        if usage is not None:
+            metering.queue_end(
+                pipe,
+                usage,
+                attempt.state,
+                ran=attempt.ran,
+                retried=attempt.retried,
+                wall_ms=body.wall_ms if body is not None else 0,
+                compute_ms=body.cpu_ms if body is not None else 0,
+            )
+        metrics.unmark_running(pipe, message)
+        if attempt.worker:
+            slots.add_busy(pipe, attempt.worker, -1)
+        return lambda _replies: None
+
+    if not _redis_batch(build, transaction=True, what="end") and usage is not None:
+        # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
+        log.error("usage: could not close attempt %s of job %s", usage.attempt, usage.job_id)
 
 
 POSTRUN_STEPS: tuple[Step, ...] = (
-    _redis_ended,  # first: the tenant's slot is free for its next job as soon as possible
+    _release_lease,  # first: the tenant's slot is free for its next job as soon as possible
     _status_finished,  # the final status is committed before anything reports it
     _metrics_finished,
     _finish_hooks,  # hooks read the committed outcome (e.g. webhooks record deliveries)
-    _slot_freed,  # last: this pool process takes its next job from here on
+    _redis_ended,  # last: usage closed after the status; this pool process takes its next job
 )
 
 
