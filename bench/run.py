@@ -114,8 +114,9 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 class Bench:
     """Owns the private Redis, the database and every process it starts."""
 
-    def __init__(self, pg_url: str | None, workdir: Path) -> None:
+    def __init__(self, pg_url: str | None, workdir: Path, dispatch_depth: int | None = 8) -> None:
         self.dir = workdir
+        self.dispatch_depth = dispatch_depth  # None: tenantq's default setting
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis_port = free_port()
         self.pg_admin_url = pg_url
@@ -155,13 +156,17 @@ class Bench:
             "TENANTQ_DATABASE_URL": db_url,
             "TENANTQ_DATA_DIR": str(self.dir / "data"),
             "TENANTQ_LEASE_TTL_SECONDS": "5",
-            # Max execution-queue depth: 2 x the 4 worker processes (the dispatcher adapts below it).
-            "TENANTQ_DISPATCH_DEPTH": "8",
             "TENANTQ_LIMITS_REFRESH_SECONDS": "2",
             "BENCH_BARE_BROKER": f"redis://127.0.0.1:{self.redis_port}/1",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.dispatch_depth is not None:
+            # Ceiling of the execution-queue depth: 2 x the 4 worker processes (the dispatcher fills to
+            # the free slots below it).
+            self.env["TENANTQ_DISPATCH_DEPTH"] = str(self.dispatch_depth)
+        else:
+            os.environ.pop("TENANTQ_DISPATCH_DEPTH", None)
         os.environ.update(self.env)
         from tenantq.core.db import dispose_engine
         from tenantq.core.redis import reset_redis
@@ -928,11 +933,17 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite",
     )
+    parser.add_argument(
+        "--dispatch-depth",
+        type=int,
+        default=8,
+        help="TENANTQ_DISPATCH_DEPTH for the run (default 8); 0 leaves tenantq's default setting",
+    )
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     workdir = Path(tempfile.mkdtemp(prefix="tq-bench-i4-"))
-    bench = Bench(args.pg or None, workdir)
+    bench = Bench(args.pg or None, workdir, dispatch_depth=args.dispatch_depth or None)
     results: dict[str, Any] = {}
     started = datetime.now(UTC)
     load_before = os.getloadavg()
@@ -969,6 +980,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "versions": {"celery": celery.__version__, "redis_py": redis_mod.__version__},
         "database": bench.database,
+        "dispatch_depth": bench.dispatch_depth or "default",
         "notes": bench.notes,
         "logs": str(workdir),
     }

@@ -149,6 +149,9 @@ def quota_tenants_key(period: str) -> str:
 METRICS_VOLUME = "tq:metrics:volume"  # ZSET tenant id -> jobs submitted: the busiest get their own label
 METRICS_RUNNING = "tq:metrics:running"  # HASH job id -> JSON of the attempt running now (for gauges)
 WORKERS = "tq:workers"  # ZSET worker hostname -> last heartbeat (unix s)
+# Free execution slots (dispatch.slots): what the dispatcher keeps each execution queue filled to.
+SLOTS = "tq:slots"  # HASH worker hostname -> JSON {"size": pool processes, "queues": [...], "at": unix s}
+SLOTS_BUSY = "tq:slots:busy"  # HASH worker hostname -> attempts running in its pool now
 
 
 # -- Lua ---------------------------------------------------------------------------------------------------

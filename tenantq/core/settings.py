@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     result_expires_seconds: int = Field(default=7 * 24 * 3600, description="Celery result backend expiry.")
     exec_queue: str = Field(default="tq.exec", description="Name of the shared Celery execution queue.")
     dispatch_depth: int = Field(
-        default=32, description="How many released jobs may wait in the execution queue at once."
+        default=32,
+        description="Ceiling of released jobs waiting in an execution queue. The dispatcher keeps each queue "
+        "at the free worker slots behind it plus one (workers publish them), or adapts its depth up to "
+        "this when no worker published slots for the queue.",
     )
     lease_ttl_seconds: float = Field(
         default=30.0,
@@ -150,6 +153,19 @@ class Settings(BaseSettings):
         gt=0,
         description="A job still running this long past its hard time limit counts as overdue "
         "(tenantq_jobs_overdue on /metrics, alert TenantqJobsOverdue): its worker's report never arrived.",
+    )
+    min_time_limit_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Smallest soft_time_limit / time_limit a job may ask for; a smaller one answers 422 "
+        "(a task type's smaller default is raised to it).",
+    )
+    time_limit_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The job's time limits stop the task function in the worker; the pool kills the attempt "
+        "this long after its hard limit if the function ignored the stop (code stuck in C, or catching it). "
+        "The platform's start and finish bookkeeping runs outside the job's limits, inside this grace.",
     )
     max_body_bytes: int = Field(default=1_000_000, description="Largest accepted request body.")
     hsts_seconds: int = Field(

@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from celery.worker import state as worker_state
+
 from tenantq.core import metrics
 from tenantq.core.logging import apply_formatter, reset_context, set_context
-from tenantq.core.redis import get_redis
+from tenantq.core.redis import get_redis, new_redis
 from tenantq.core.settings import get_settings
+from tenantq.platform.dispatch import slots
 from tenantq.platform.jobs.messages import JobMessage
 
 log = logging.getLogger("tenantq.worker.jobs")
@@ -48,11 +51,6 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> Ru
         if since is not None and attempt == 1:
             wait_s = max(0.0, time.time() - since)
             m.wait.labels(label, task_name).observe(wait_s)
-        get_redis().hset(
-            metrics.RUNNING_KEY,
-            message.id,
-            json.dumps({"tenant": tenant_id, "task": task_name, "since": time.time()}),
-        )
     except Exception:  # metrics must not disturb the attempt
         log.debug("prerun metrics failed", exc_info=True)
     log.info(
@@ -64,6 +62,19 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> Ru
         },
     )
     return running
+
+
+def mark_running(pipe: Any, message: JobMessage) -> None:
+    """Queue the attempt's entry in the running set on the attempt pipeline's Redis pipeline."""
+    pipe.hset(
+        metrics.RUNNING_KEY,
+        message.id,
+        json.dumps({"tenant": message.tenant_id, "task": message.task, "since": time.time()}),
+    )
+
+
+def unmark_running(pipe: Any, message: JobMessage) -> None:
+    pipe.hdel(metrics.RUNNING_KEY, message.id)
 
 
 _STATE_EVENT = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
@@ -91,7 +102,6 @@ def attempt_ended(
             getattr(m, outcome).labels(label, message.task).inc()
         if elapsed is not None:
             m.run.labels(label, message.task).observe(elapsed)
-        get_redis().hdel(metrics.RUNNING_KEY, message.id)
     except Exception:  # metrics must not disturb the attempt
         log.debug("postrun metrics failed", exc_info=True)
     level = logging.INFO if outcome == "succeeded" else logging.WARNING
@@ -120,15 +130,61 @@ def attempt_ended(
 
 _heartbeat_stop = threading.Event()
 _hostname: str | None = None
+_consumer: Any = None  # Celery's consumer (main process): its pool size and queues
+
+
+def hostname() -> str | None:
+    """This worker's hostname (main process, once ready)."""
+    return _hostname
+
+
+def slot_taken(host: str | None) -> None:
+    """Main process: a job's message was received; one pool slot is busy until its postrun ends."""
+    _busy(host, 1)
+
+
+def slot_freed(host: str | None) -> None:
+    """Main process: an attempt whose pool process was killed (no postrun) or that was revoked before
+    it reached one: its slot is free again. (A postrun frees its slot in the attempt pipeline's last
+    Redis round trip.)"""
+    _busy(host, -1)
+
+
+def _busy(host: str | None, delta: int) -> None:
+    if not host:
+        return
+    try:
+        slots.add_busy(get_redis(), host, delta)
+    except Exception:  # the count heals at the next idle heartbeat (dispatch.slots)
+        log.debug("could not update the busy slots of %s", host, exc_info=True)
 
 
 # Recycled pool processes leave metric files behind; fold them into the archive this often.
 COMPACT_EVERY_S = 60.0
 
 
+def _publish_slots(client: Any, hostname: str) -> None:
+    """This worker's pool size and queues for the dispatcher (``dispatch.slots``); with no task held at
+    all, its busy count is 0, which heals a count a killed pool process left behind."""
+    consumer = _consumer
+    pool = getattr(consumer, "pool", None)
+    size = getattr(pool, "num_processes", None)
+    if consumer is None or not size:
+        return
+    queues = list(consumer.app.amqp.queues.consume_from)
+    slots.publish_pool(client, hostname, int(size), queues)
+    if not worker_state.reserved_requests:
+        slots.reset_busy(client, hostname)
+
+
 def _heartbeat_loop(hostname: str) -> None:
     last_compact = time.monotonic()
+    client = new_redis()  # its own: the main process's receivers use get_redis() meanwhile
     while not _heartbeat_stop.is_set():
+        try:
+            _publish_slots(client, hostname)
+        except Exception:  # Redis down: the next beat retries
+            log.debug("publishing free slots failed", exc_info=True)
         if time.monotonic() - last_compact >= COMPACT_EVERY_S:
             last_compact = time.monotonic()
             try:
@@ -136,7 +192,6 @@ def _heartbeat_loop(hostname: str) -> None:
             except Exception:  # never stop the heartbeat over housekeeping
                 log.warning("compacting metric files failed", exc_info=True)
         try:
-            client = get_redis()
             now = time.time()
             pipe = client.pipeline(transaction=False)
             pipe.zadd(metrics.WORKERS_KEY, {hostname: now})
@@ -145,7 +200,7 @@ def _heartbeat_loop(hostname: str) -> None:
             pipe.execute()
         except Exception:  # Redis down: the next beat retries
             log.debug("worker heartbeat failed", exc_info=True)
-        _heartbeat_stop.wait(metrics.WORKER_HEARTBEAT_INTERVAL_S)
+        _heartbeat_stop.wait(min(metrics.WORKER_HEARTBEAT_INTERVAL_S, slots.HEARTBEAT_S))
 
 
 def worker_init() -> None:
@@ -160,11 +215,15 @@ def worker_init() -> None:
             log.error("worker metrics server could not listen on port %s: %s", port, exc)
 
 
-def worker_ready(hostname: str | None) -> None:
-    global _hostname
-    _hostname = hostname
+def worker_ready(hostname: str | None, consumer: Any = None) -> None:
+    global _hostname, _consumer
+    _hostname, _consumer = hostname, consumer
     if not _hostname:
         return
+    try:
+        _publish_slots(get_redis(), _hostname)  # at once: the dispatcher fills to free slots from now
+    except Exception:
+        log.debug("publishing free slots failed", exc_info=True)
     _heartbeat_stop.clear()
     threading.Thread(target=_heartbeat_loop, args=(_hostname,), name="tenantq-heartbeat", daemon=True).start()
 
@@ -174,6 +233,7 @@ def worker_shutdown() -> None:
     if _hostname:
         try:
             get_redis().zrem(metrics.WORKERS_KEY, _hostname)
+            slots.forget(get_redis(), _hostname)
         except Exception:  # the entry ages out of WORKERS_KEY within a day
             log.debug("could not deregister worker %s", _hostname, exc_info=True)
 

@@ -2,13 +2,19 @@
 
 Each receiver reads the Celery kwargs once into a :class:`JobMessage`, then runs its steps in the order
 of its list below:
-- ``task_prerun``  (pool child): start guard, status (job running, attempt row opened), metering (open
-  the attempt's usage record), metrics (counters, running set, log context);
+- ``task_prerun``  (pool child): start guard (one Lua call), status (job running, attempt row opened:
+  one SQL statement on PostgreSQL), then one Redis round trip for metering (open the attempt's usage
+  record), metrics (running set) and the cancel marker the wrapper checks, then metrics (counters,
+  log context);
 - ``task_postrun`` (pool child): lease release, status (succeeded / failed, attempt row closed; the
-  finish hooks that claim the job run in that transaction), metering (close: usage events), metrics,
-  then the finish hooks' after-commit part (e.g. webhook deliveries). An ``IGNORED`` state means the
-  task wrapper already recorded the outcome (retry scheduled, cancelled before start) or never ran;
-- ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires;
+  finish hooks that claim the job run in that transaction), metrics (counters, log line), the finish
+  hooks' after-commit part (e.g. webhook deliveries), then one Redis round trip (a MULTI) for
+  metering (close: usage events of the task body's own time), metrics (running set) and the worker's
+  busy slots. An ``IGNORED`` state means the task wrapper already recorded the outcome (retry
+  scheduled, cancelled before start) or never ran;
+- ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires.
+  The job's own limits stop the task function inside the child (``jobs.bodyclock``); this is the pool's
+  backstop kill, ``time_limit_grace_seconds`` later, which may also have cut the attempt's start short;
 - ``task_revoked`` (main process) for a revoke: the lease is freed, and an attempt terminated by a
   cancellation is closed.
 Job status and the attempt log in SQL are driven from here, never by polling the result backend. Each
@@ -30,22 +36,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import redis
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
 from tenantq.billing.usage import metering
 from tenantq.billing.usage.metering import OpenAttempt
 from tenantq.core.db import dispose_engine
-from tenantq.core.redis import reset_redis
+from tenantq.core.keys import cancel_key
+from tenantq.core.redis import get_redis, reset_redis
 from tenantq.core.settings import get_settings
-from tenantq.platform.dispatch import limits
+from tenantq.platform.dispatch import limits, slots
 from tenantq.platform.dispatch.deferral import defer_attempt
 from tenantq.platform.dispatch.dispatcher import publish
 from tenantq.platform.jobs import hooks, lifecycle, outcomes
+from tenantq.platform.jobs.bodyclock import BodyClock
 from tenantq.platform.jobs.hooks import AttemptOutcome
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.registry import REGISTRY, NotStarted, RetryScheduled
@@ -80,6 +90,8 @@ class AttemptState:
     state: str | None = None
     retval: Any = None
     outcome: AttemptOutcome | None = None
+    body: BodyClock | None = None  # the task function's own clock, left on the request by the wrapper
+    cancelled: int | None = None  # the job's cancel marker, read at the end of prerun (None: not read)
 
     @property
     def skip(self) -> str | None:
@@ -222,14 +234,48 @@ def _status_started(attempt: AttemptState) -> None:
         )
 
 
-def _meter_started(attempt: AttemptState) -> None:
-    # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
-    # discarded at its end: its number marks an earlier attempt that never reported as superseded.
-    if attempt.guard in _NOT_STARTED or attempt.deferred:
-        return
-    attempt.usage = metering.open_attempt(
-        attempt.message, worker=attempt.worker, time_limit=attempt.time_limit
-    )
+def _redis_batch(build: Callable[[Any], Callable[[list[Any]], None]], transaction: bool, what: str) -> bool:
+    """Run one phase's Redis work in one round trip: ``build`` queues the commands on a pipeline and
+    returns what reads the replies. A Redis restart lasts about a second: wait it out (metering must
+    not lose an attempt's figures), then log and give up (leases and running marks expire; an open
+    usage record left behind is billed by the reconciler)."""
+    error: Exception | None = None
+    for delay in metering.REDIS_RETRY_DELAYS_S:
+        try:
+            pipe = get_redis().pipeline(transaction=transaction)
+            read = build(pipe)
+            read(pipe.execute())
+            return True
+        except redis.RedisError as exc:
+            error = exc
+            time.sleep(delay)
+    log.error("attempt pipeline: Redis %s failed: %s", what, error)
+    return False
+
+
+def _redis_started(attempt: AttemptState) -> None:
+    """After the status step, one Redis round trip: open the usage record (metering), mark the attempt
+    running (metrics) and read the job's cancel marker for the wrapper's gate."""
+    message = attempt.message
+
+    def build(pipe: Any) -> Callable[[list[Any]], None]:
+        opened = None
+        # A copy the start guard skipped is not an attempt. A refused one is opened all the same and
+        # discarded at its end: its number marks an earlier attempt that never reported as superseded.
+        if attempt.guard not in _NOT_STARTED and not attempt.deferred:
+            opened = metering.queue_open(pipe, message, worker=attempt.worker, time_limit=attempt.time_limit)
+        metrics.mark_running(pipe, message)
+        pipe.get(cancel_key(message.id))
+
+        def read(replies: list[Any]) -> None:
+            if opened is not None:
+                attempt.usage = opened(replies[0])
+            attempt.cancelled = int(replies[-1] or 0)
+
+        return read
+
+    if not _redis_batch(build, transaction=False, what="start"):
+        log.error("usage: could not open attempt for job %s", message.id)
 
 
 def _metrics_started(attempt: AttemptState) -> None:
@@ -241,7 +287,7 @@ def _metrics_started(attempt: AttemptState) -> None:
 PRERUN_STEPS: tuple[Step, ...] = (
     _start_guard,  # first: a duplicate or an attempt without a slot must not touch SQL
     _status_started,  # job running, attempt row opened (or refused: the job moved on)
-    _meter_started,  # the usage record opens once the attempt is known to be one
+    _redis_started,  # the usage record opens once the attempt is known to be one; running mark
     _metrics_started,
 )
 
@@ -265,6 +311,7 @@ def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
     # The task wrapper runs next in this process, on this request: it reads what prerun decided.
     request.tq_message = message
     request.tq_skip = attempt.skip
+    request.tq_cancelled = attempt.cancelled
 
 
 # -- task_postrun --------------------------------------------------------------------------------------
@@ -291,11 +338,6 @@ def _status_finished(attempt: AttemptState) -> None:
             _write_behind(attempt, "failed", exc, error=error)
 
 
-def _meter_finished(attempt: AttemptState) -> None:
-    if attempt.usage is not None:
-        metering.close_attempt(attempt.usage, attempt.state, ran=attempt.ran, retried=attempt.retried)
-
-
 def _metrics_finished(attempt: AttemptState) -> None:
     if attempt.deferred:
         return  # never started: nothing to count
@@ -314,23 +356,57 @@ def _finish_hooks(attempt: AttemptState) -> None:
         hooks.run_after_commit(attempt.outcome)
 
 
+def _redis_ended(attempt: AttemptState) -> None:
+    """The end's remaining Redis work in one round trip (a MULTI), after the status is committed:
+    close the usage record (metering: the task body's own time, 0 when the function was never
+    reached), drop the running mark (metrics) and free this pool process's slot for the dispatcher
+    (``dispatch.slots``: the process is busy until its bookkeeping is done). Metering closes after the
+    status, never before: a worker killed in between leaves the record open for the reconciler, which
+    bills it once as lost, whereas a usage closed before a lost status would be billed again when the
+    redelivered attempt succeeds."""
+    message, usage, body = attempt.message, attempt.usage, attempt.body
+
+    def build(pipe: Any) -> Callable[[list[Any]], None]:
+        if usage is not None:
+            metering.queue_end(
+                pipe,
+                usage,
+                attempt.state,
+                ran=attempt.ran,
+                retried=attempt.retried,
+                wall_ms=body.wall_ms if body is not None else 0,
+                compute_ms=body.cpu_ms if body is not None else 0,
+            )
+        metrics.unmark_running(pipe, message)
+        if attempt.worker:
+            slots.add_busy(pipe, attempt.worker, -1)
+        return lambda _replies: None
+
+    if not _redis_batch(build, transaction=True, what="end") and usage is not None:
+        # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
+        log.error("usage: could not close attempt %s of job %s", usage.attempt, usage.job_id)
+
+
 POSTRUN_STEPS: tuple[Step, ...] = (
     _status_finished,  # the final status is committed before anything reports it
     # Then the slot is free: a copy of this delivery that arrives once the lease is gone finds the job
     # finished (refused), never still running (it would run the job a second time).
     _release_lease,
-    _meter_finished,
     _metrics_finished,
-    _finish_hooks,  # last: hooks read the committed outcome (e.g. webhooks record deliveries)
+    _finish_hooks,  # hooks read the committed outcome (e.g. webhooks record deliveries)
+    _redis_ended,  # last: usage closed after the status; this pool process takes its next job
 )
 
 
 @signals.task_postrun.connect
-def on_postrun(task_id: str, retval: Any = None, state: str | None = None, **_: Any) -> None:
+def on_postrun(
+    task_id: str, task: Any = None, retval: Any = None, state: str | None = None, **_: Any
+) -> None:
     attempt = ATTEMPTS.pop(task_id)
     if attempt is None:
         return
     attempt.state, attempt.retval = state, retval
+    attempt.body = getattr(getattr(task, "request", None), "tq_body", None)
     _run(POSTRUN_STEPS, attempt)
 
 
@@ -402,11 +478,14 @@ def on_failure(
     message = _message(sender, kwargs)
     if message is None:
         return
+    metrics.slot_freed(metrics.hostname())  # its pool process is gone: its postrun never freed the slot
     outcome = None
     if isinstance(exception, TimeLimitExceeded):
         error = lifecycle.describe_error(exception, message)
         try:
-            outcome = lifecycle.attempt_failed(message, error)
+            # The kill may have cut the attempt's own start short: attempt_killed fails the job also
+            # when its row never moved to this attempt, so no job is left queued for good.
+            outcome = lifecycle.attempt_killed(message, error)
         except Exception:
             log.exception("could not record the hard time limit of job %s; kept in Redis", message.id)
             outcomes.record_durably(message, "failed", error=error)
@@ -426,6 +505,7 @@ def on_revoked(
         return
     limits.release_lease(message)
     if not terminated:
+        metrics.slot_freed(metrics.hostname())  # received, never handed to a pool process
         return  # revoked before it started: nothing ran, nothing to record or bill
     try:
         lifecycle.attempt_terminated(message, f"terminated by cancellation (signal {signum})")
@@ -436,6 +516,14 @@ def on_revoked(
 
 
 # -- the worker process itself -------------------------------------------------------------------------
+
+
+@signals.task_received.connect
+def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # Main process: a job's message was taken from the queue, so one of this worker's pool slots is
+    # busy from now until the attempt's postrun ends (dispatch.slots).
+    if getattr(request, "name", None) in REGISTRY:
+        metrics.slot_taken(getattr(sender, "hostname", None))
 
 
 @signals.worker_process_init.connect
@@ -452,7 +540,7 @@ def _worker_init(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    metrics.worker_ready(getattr(sender, "hostname", None))
+    metrics.worker_ready(getattr(sender, "hostname", None), sender)
 
 
 @signals.worker_shutdown.connect

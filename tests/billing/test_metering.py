@@ -519,6 +519,35 @@ class TestRealWorkers:
         )
         assert flaky_attempts == [(1, "retried"), (2, "succeeded")]
 
+    def test_only_the_task_body_is_billed(self, api, db_session, redis_client, platform_processes):
+        """CPU and wall time start just before the task function and stop just after it: the
+        platform's start and finish bookkeeping (guard, status SQL, metering, metrics) is not billed."""
+        key = ApiKeyFactory()
+        cpu = [
+            api.post("/v1/jobs", json={"task": "demo.cpu", "args": {"ms": 50}}, headers=auth(key)).json()[
+                "id"
+            ]
+            for _ in range(3)
+        ]
+        echo = [
+            api.post("/v1/jobs", json={"task": "demo.echo", "args": {"i": i}}, headers=auth(key)).json()["id"]
+            for i in range(3)
+        ]
+        flusher = Flusher(redis_client, block_ms=0)
+
+        def recorded():
+            flusher.drain()
+            return all(len(usage_of(db_session, job_id)) == 4 for job_id in cpu + echo)
+
+        wait_until(recorded, timeout=120, interval=0.3, message="usage of every job")
+        for job_id in cpu:
+            events = {e.metric: e.quantity for e in usage_of(db_session, job_id)}
+            assert 47 <= events["compute_ms"] <= 53, events
+            assert events["wall_ms"] >= events["compute_ms"] - 1, events
+        for job_id in echo:
+            events = {e.metric: e.quantity for e in usage_of(db_session, job_id)}
+            assert events["compute_ms"] <= 2, events
+
     def test_sigkilled_attempt_is_redelivered_and_billed_once(
         self, api, db_session, redis_client, platform_processes, platform_env, tmp_path
     ):

@@ -38,6 +38,42 @@ class TestTimeLimitValidation:
         key = ApiKeyFactory()
         assert self.err(api, key, {"soft_time_limit": 5, "time_limit": 5})["code"] == "invalid_time_limits"
 
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"time_limit": 0.001},
+            {"time_limit": 5e-324},
+            {"time_limit": 0.999},
+            {"soft_time_limit": 0.001, "time_limit": 10.0},
+            {"soft_time_limit": 0.5},
+        ],
+    )
+    def test_below_the_floor_is_422(self, api, body):
+        key = ApiKeyFactory()
+        err = self.err(api, key, body)
+        field = "soft_time_limit" if "soft_time_limit" in body else "time_limit"
+        assert err["code"] == "time_limit_too_small"
+        assert err["details"] == {"field": field, "min": 1.0}
+
+    def test_the_floor_itself_is_allowed(self, api):
+        key = ApiKeyFactory()
+        job = submit(api, key, {"task": "demo.echo", "countdown": 3600, "time_limit": 1.0})
+        assert job["time_limit"] == 1.0
+        job = submit(
+            api, key, {"task": "demo.echo", "countdown": 3600, "soft_time_limit": 1.0, "time_limit": 1.5}
+        )
+        assert (job["soft_time_limit"], job["time_limit"]) == (1.0, 1.5)
+
+    def test_a_workflow_step_below_the_floor_is_422(self, api):
+        key = ApiKeyFactory()
+        resp = api.post(
+            "/v1/workflows",
+            json={"steps": [{"task": "demo.echo", "time_limit": 0.01}]},
+            headers=auth(key),
+        )
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["code"] == "time_limit_too_small"
+
     def test_default_hard_limit_is_the_plans_maximum(self, api):
         key = ApiKeyFactory(tenant__plan_name="free")
         job = submit(api, key, {"task": "demo.echo", "countdown": 3600})
@@ -83,7 +119,7 @@ class TestLimitsEndToEnd:
         assert done["error"].startswith("SoftTimeLimitExceeded: soft time limit of 1s exceeded")
         assert done["attempt_log"][0]["status"] == "failed"
 
-    def test_hard_time_limit_kills_the_attempt_and_says_why(
+    def test_hard_time_limit_stops_the_attempt_and_says_why(
         self, api, db_session, redis_client, platform_processes
     ):
         key = ApiKeyFactory()
@@ -91,7 +127,7 @@ class TestLimitsEndToEnd:
         done = wait_job(api, key, job["id"], timeout=60)
         assert done["status"] == "failed", done
         assert done["error"].startswith(
-            "TimeLimitExceeded: hard time limit of 1s exceeded; the attempt was killed"
+            "TimeLimitExceeded: hard time limit of 1s exceeded; the attempt was stopped"
         )
         [attempt] = done["attempt_log"]
         assert attempt["status"] == "failed" and attempt["finished_at"]
@@ -132,3 +168,37 @@ class TestLimitsEndToEnd:
         assert purged >= 1
         db_session.expire_all()
         assert db_session.get(Job, old.id).result is None
+
+
+@pytest.mark.e2e
+class TestSmallestLimits:
+    def test_fifty_jobs_at_the_smallest_limits_all_finish(self, api, platform_processes):
+        """The issue's stranded jobs: limits at the floor, every job reaches a final state with its
+        attempt closed, and the worker never cut its own SQL in half (no connection left mid-command,
+        no deadlock). On PostgreSQL when TENANTQ_DATABASE_URL points at it, as in CI."""
+        key = ApiKeyFactory(tenant__plan_name="enterprise")
+        hard = {"time_limit": 1.0, "max_retries": 0}
+        both = {"soft_time_limit": 1.0, "time_limit": 1.5, "max_retries": 0}
+        kinds = (
+            [("echo-hard", {"task": "demo.echo", "args": {"n": i}, **hard}) for i in range(15)]
+            + [("echo-both", {"task": "demo.echo", "args": {"n": i}, **both}) for i in range(15)]
+            + [("sleep-hard", {"task": "demo.sleep", "args": {"seconds": 3}, **hard}) for _ in range(10)]
+            + [("sleep-both", {"task": "demo.sleep", "args": {"seconds": 3}, **both}) for _ in range(10)]
+        )
+        jobs = [(kind, submit(api, key, body)["id"]) for kind, body in kinds]
+        assert len(jobs) == 50
+        for kind, job_id in jobs:
+            done = wait_job(api, key, job_id, timeout=240)
+            log = done["attempt_log"]
+            assert len(log) == 1 and log[0]["status"] == done["status"] and log[0]["finished_at"], done
+            if kind.startswith("echo"):
+                assert done["status"] == "succeeded", done
+            elif kind == "sleep-hard":
+                assert done["status"] == "failed", done
+                assert done["error"].startswith("TimeLimitExceeded: hard time limit of 1s exceeded"), done
+            else:
+                assert done["status"] == "failed", done
+                assert done["error"].startswith("SoftTimeLimitExceeded: soft time limit of 1s exceeded"), done
+        worker_log = platform_processes.log("worker")
+        assert "another command is already in progress" not in worker_log
+        assert "deadlock detected" not in worker_log

@@ -197,3 +197,40 @@ class TestIdlePing:
                 b.execute(text("select pg_backend_pid()")).scalar(),
             }
         assert pid not in pids and len(pids) == 2
+
+
+class TestAttemptKilled:
+    """The pool's backstop kill, recorded by the worker's main process (``attempt_killed``)."""
+
+    def test_a_kill_that_cut_the_start_short_fails_the_waiting_job(self, db_session):
+        job = JobFactory(status="queued", attempts=0)
+        outcome = lifecycle.attempt_killed(_meta(job), "TimeLimitExceeded: killed")
+        assert outcome.status == "failed"
+        db_session.expire_all()
+        row = db_session.get(Job, job.id)
+        assert (row.status, row.attempts, row.error) == ("failed", 1, "TimeLimitExceeded: killed")
+        assert row.finished_at is not None
+        (attempt,) = _attempts(db_session, job.id)
+        assert (attempt.attempt, attempt.status, attempt.error) == (1, "failed", "TimeLimitExceeded: killed")
+        assert attempt.finished_at is not None
+
+    def test_a_kill_of_a_running_attempt_closes_its_row(self, db_session):
+        job = JobFactory(status="queued", attempts=0)
+        assert lifecycle.attempt_started(_meta(job), "task-1", "w1@host")
+        lifecycle.attempt_killed(_meta(job), "killed")
+        db_session.expire_all()
+        assert db_session.get(Job, job.id).status == "failed"
+        (attempt,) = _attempts(db_session, job.id)
+        assert (attempt.status, attempt.worker, attempt.error) == ("failed", "w1@host", "killed")
+
+    @pytest.mark.parametrize(
+        ("status", "attempts"),
+        [("succeeded", 1), ("retrying", 1), ("running", 2), ("cancelled", 0)],
+    )
+    def test_leaves_a_job_that_moved_on_alone(self, db_session, status, attempts):
+        job = JobFactory(status=status, attempts=attempts)
+        lifecycle.attempt_killed(_meta(job), "killed")
+        db_session.expire_all()
+        row = db_session.get(Job, job.id)
+        assert (row.status, row.attempts) == (status, attempts)
+        assert _attempts(db_session, job.id) == []

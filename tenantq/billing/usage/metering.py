@@ -1,10 +1,13 @@
 """Usage metering, a step of the worker's attempt pipeline: what every attempt consumed, recorded once.
 
-Hot path (pool child): at the attempt's start :func:`open_attempt` allocates the attempt number and
-writes an *open attempt* record to Redis; at its end :func:`close_attempt` computes wall and CPU time
-and, in one Redis transaction, removes the open record and appends the attempt's usage events to the
-stream ``tq:usage``. No SQL runs in the task
-path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the ``usage_event`` table.
+Hot path (pool child): at the attempt's start :func:`queue_open` allocates the attempt number and
+writes an *open attempt* record to Redis; at its end :func:`queue_end`, in one Redis transaction,
+removes the open record and appends the attempt's usage events to the stream ``tq:usage``. Both are
+queued on the worker's attempt pipeline's own Redis pipeline, which sends each phase's Redis work in
+one round trip (:func:`open_attempt` / :func:`close_attempt` do the same alone). The wall and CPU
+time billed are the task function's own, measured by the task wrapper (``jobs.bodyclock``). No SQL
+runs in the task path: the flusher (``tenantq.billing.usage.buffer``) moves the stream into the
+``usage_event`` table.
 
 A child stopped mid-task by SIGTERM still runs its postrun, with no state: :func:`stopped_state` says
 why, so the state billed is the same whichever process closes the attempt first:
@@ -49,6 +52,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -161,6 +165,16 @@ def attempt_opened(job_id: str, attempt: int) -> bool:
     if not metering_enabled():
         return False
     return int(get_redis().hget(attempt_key(job_id), "n") or 0) >= attempt
+
+
+def queue_close(pipe: Any, attempt: OpenAttempt, events: list[dict[str, Any]]) -> None:
+    """Queue the close of an attempt on a Redis pipeline (MULTI: all or nothing): the open record goes,
+    the usage events go to the stream, and the attempt's CPU time to the tenant's compute counter."""
+    pipe.hdel(OPEN, attempt.field)
+    pipe.xadd(STREAM, {"events": json.dumps(events)})
+    compute_ms = sum(int(e["quantity"]) for e in events if e["metric"] == "compute_ms")
+    if events:
+        queue_compute(pipe, attempt.tenant_id, float(events[0]["occurred_at"]), compute_ms)
 
 
 def metering_enabled() -> bool:
@@ -320,9 +334,7 @@ class Meter:
             bills_job=attempt.bills_job,
         )
         pipe = self.r.pipeline(transaction=True)
-        pipe.hdel(OPEN, attempt.field)
-        pipe.xadd(STREAM, {"events": json.dumps(events)})
-        queue_compute(pipe, attempt.tenant_id, finished, compute_ms)
+        queue_close(pipe, attempt, events)
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:
@@ -410,6 +422,84 @@ def _get_meter() -> Meter:
     return _meter
 
 
+OpenReply = Callable[[Any], OpenAttempt]
+
+
+def queue_open(pipe: Any, message: JobMessage, *, worker: str | None, time_limit: float) -> OpenReply | None:
+    """Queue the opening of an attempt on the attempt pipeline's Redis pipeline (one EVAL: a script
+    object's EVALSHA would cost a SCRIPT EXISTS round trip per pipeline). Returns what turns that
+    command's reply into the :class:`OpenAttempt`; None when metering is off."""
+    if not metering_enabled():
+        return None
+    started = time.time()
+    attempt = OpenAttempt(
+        job_id=message.id,
+        tenant_id=message.tenant_id,
+        task=message.task,
+        attempt=0,
+        started=started,
+        worker=worker,
+        pid=os.getpid(),
+        deadline=started + time_limit + LOST_GRACE_S,
+        first_run=message.first_run,
+    )
+    pipe.eval(
+        _ALLOCATE,
+        2,
+        attempt_key(attempt.job_id),
+        OPEN,
+        message.attempt,
+        started,
+        ATTEMPT_TTL_S,
+        attempt.job_id,
+        attempt.record(),
+    )
+
+    def opened(reply: Any) -> OpenAttempt:
+        attempt.attempt = int(reply)
+        attempt.mono, attempt.cpu = time.monotonic(), time.process_time()
+        return attempt
+
+    return opened
+
+
+def queue_end(
+    pipe: Any,
+    attempt: OpenAttempt,
+    celery_state: str | None,
+    *,
+    ran: bool,
+    retried: bool,
+    wall_ms: int,
+    compute_ms: int,
+) -> None:
+    """Queue an attempt's end on the attempt pipeline's Redis pipeline (a MULTI): its usage events,
+    or, when the task function never ran, the discard of its number (see :func:`close_attempt`)."""
+    if not ran:
+        pipe.eval(_DISCARD, 2, attempt_key(attempt.job_id), OPEN, attempt.job_id, attempt.attempt)
+        return
+    finished = time.time()
+    if retried:
+        state = "retried"
+    elif celery_state is None:  # stopped mid-task: why (one read, off the hot path)
+        state = stopped_state(attempt, finished, _get_meter().r)
+    else:
+        state = _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
+    events = usage_events(
+        job_id=attempt.job_id,
+        tenant_id=attempt.tenant_id,
+        task=attempt.task,
+        attempt=attempt.attempt,
+        state=state,
+        worker=attempt.worker,
+        finished_at=finished,
+        wall_ms=wall_ms,
+        compute_ms=compute_ms,
+        bills_job=attempt.bills_job,
+    )
+    queue_close(pipe, attempt, events)
+
+
 def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) -> OpenAttempt | None:
     """At the start of an attempt in the process that runs it. None when metering is off or Redis is
     away (metering must never fail a tenant's task)."""
@@ -431,10 +521,20 @@ def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) 
     return None
 
 
-def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, retried: bool) -> None:
+def close_attempt(
+    attempt: OpenAttempt,
+    celery_state: str | None,
+    *,
+    ran: bool,
+    retried: bool,
+    wall_ms: int | None = None,
+    compute_ms: int | None = None,
+) -> None:
     """At the end of an attempt, in the process that ran it. ``ran`` is False when the task function
     was never called (cancelled, or a replay of a finished attempt): not billable. ``retried``: the
-    attempt failed and its retry was scheduled (tenantq retries end the Celery task with an Ignore)."""
+    attempt failed and its retry was scheduled (tenantq retries end the Celery task with an Ignore).
+    ``wall_ms``/``compute_ms``: the task body's own time, measured by the task wrapper around the task
+    function alone; without them, the time since :func:`open_attempt`."""
     if not ran:
         try:
             _get_meter().discard(attempt)
@@ -443,8 +543,10 @@ def close_attempt(attempt: OpenAttempt, celery_state: str | None, *, ran: bool, 
                 "usage: could not discard attempt %s of job %s: %s", attempt.attempt, attempt.job_id, exc
             )
         return
-    wall_ms = round((time.monotonic() - attempt.mono) * 1000)
-    compute_ms = round((time.process_time() - attempt.cpu) * 1000)
+    if wall_ms is None:
+        wall_ms = round((time.monotonic() - attempt.mono) * 1000)
+    if compute_ms is None:
+        compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
     if retried:
         state = "retried"

@@ -18,8 +18,9 @@ Redis queues and one process decides, late, which job runs next:
   seconds gets nothing released: its queued jobs are *held*, not started (``GET /v1/queue`` says so).
   Jobs released before are not stopped, so the overshoot is bounded by the jobs already running
   (at most the concurrency cap).
-- The execution queues stay shallow (``dispatch_depth`` messages each) so fairness and priority are
-  decided here, not by a long broker list.
+- The execution queues stay shallow, filled to the free worker slots behind them plus one
+  (``dispatch.slots``; ``dispatch_depth`` is the ceiling), so fairness and priority are decided
+  here, not by a long broker list.
 - Highly available: a leader lock (``tq:dispatcher:leader``, value = this instance's id, TTL
   ``leader_ttl_seconds``) renewed by the leader; standbys poll and take over when it expires. Every
   release re-checks the lock inside its Lua call (fencing), so a paused ex-leader cannot release.
@@ -65,7 +66,7 @@ from tenantq.core.db import utcnow
 from tenantq.core.periods import current_period
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
-from tenantq.platform.dispatch import routing
+from tenantq.platform.dispatch import routing, slots
 from tenantq.platform.dispatch.limits import LimitsCache, TenantLimits
 from tenantq.platform.dispatch.models import AT_CAP, EMPTY, HELD, NOT_LEADER, RATE_LIMITED, Released
 from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues
@@ -83,6 +84,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# Released jobs kept in hand per execution queue beyond its free slots (see Dispatcher._room).
+SPARE = 1
 
 _RESIGN = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -200,6 +204,7 @@ class Dispatcher:
         self.blocked_until: dict[str, float] = {}
         self._backlogged = False
         self.target_depth: dict[str, int] = {}
+        self._free: dict[str, int] | None = None
         self._filled: dict[str, bool] = {}
         self.released_total = 0
         self.decisions: list[str] | None = None  # set to [] to record release order (tests, bench)
@@ -317,6 +322,7 @@ class Dispatcher:
         released: list[Released] = []
         topped_up: set[str] = set()
         self._backlogged = False
+        self._free = None  # free slots per queue, read once per tick when a queue's room is needed
         try:
             while heap:
                 pass_value, t = heapq.heappop(heap)
@@ -375,13 +381,22 @@ class Dispatcher:
     def _room(self, queue: str) -> int:
         """How many more jobs this execution queue may take now.
 
-        The depth adapts between 2 and ``dispatch_depth``: a queue found empty right after it was filled
-        means the workers went idle waiting for the dispatcher (deepen by one); a queue still full means
-        nobody took anything since the last tick (shallow by one). It settles near the smallest depth
-        that keeps the workers busy, so a newly arrived urgent job or tenant waits behind as few
-        already-released jobs as possible.
+        Where workers publish their slots (``dispatch.slots``), the queue is kept at the free slots
+        behind it plus ``SPARE`` in hand (so a slot freed between two ticks starts its next job at
+        once), never above ``dispatch_depth``: an urgent job or a light tenant waits for about one
+        job's duration, not for a queue.
+
+        Otherwise the depth adapts between 2 and ``dispatch_depth``: a queue found empty right after it
+        was filled means the workers went idle waiting for the dispatcher (deepen by one); a queue still
+        full means nobody took anything since the last tick (shallow by one). It settles near the
+        smallest depth that keeps the workers busy.
         """
         current = self.queue_depth(queue)
+        if self._free is None:
+            self._free = slots.free_slots(self.r)
+        free = self._free.get(queue)
+        if free is not None:
+            return min(self.depth, free + SPARE) - current
         target = self.target_depth.get(queue, min(self.depth, 4))
         if current == 0 and self._filled.get(queue):
             target = min(self.depth, target + 1)

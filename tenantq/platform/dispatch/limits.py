@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from tenantq.core import keys
 from tenantq.core.db import unscoped_session
 from tenantq.core.keys import DISPATCHED_AT, lease_key, wait_key
-from tenantq.core.redis import get_redis
+from tenantq.core.redis import get_redis, new_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.tenants.accounts.models import Plan, Tenant
@@ -246,7 +246,8 @@ def _cache() -> LimitsCache:
 
 
 def _heartbeat_loop(pid: int, leases: Leases) -> None:
-    client = get_redis()
+    # Its own client: the task and the attempt pipeline use the process's client in the main thread.
+    client = new_redis()
     refresh = client.register_script(_REFRESH)
     while _heartbeat_pid == pid:
         ttl = get_settings().lease_ttl_seconds
@@ -337,6 +338,13 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
             "job %s attempt %s already started under another dispatch; duplicate skipped", message.id, attempt
         )
     return verdict
+
+
+def queue_release(pipe: Any, message: AttemptMessage) -> None:
+    """Queue the release of the attempt's lease on the attempt pipeline's Redis pipeline."""
+    lease = lease_of(message)
+    if lease is not None:
+        pipe.zrem(lease_key(lease[0]), lease[1])
 
 
 def release_lease(message: AttemptMessage) -> None:

@@ -5,6 +5,11 @@ and from the task wrapper (retry scheduled, cancelled before start). Every updat
 the job still being on *this* attempt and not finished, so duplicate or late signals (``task_failure``
 can fire twice for a hard time limit; a redelivered message replays prerun) never move a job backwards.
 
+Row locks are always taken in one order, so two transitions of one job (say a hard-limit kill recorded
+by the worker's main process while a late postrun finishes) wait for each other and never deadlock:
+the workflow row first (a claiming finish hook's ``lock``), then the ``job`` row, then its ``job_attempt``
+row. No SQL here runs under the job's time limits: they cover the task function only (``bodyclock``).
+
 A final outcome (succeeded, failed) also runs the finish hooks that claim the message inside the same
 transaction (``tenantq.platform.jobs.hooks``) and evaluates the hooks' probes in the same statement.
 
@@ -31,11 +36,13 @@ from sqlalchemy import (
     CursorResult,
     Integer,
     String,
+    and_,
     bindparam,
     func,
     literal,
     literal_column,
     null,
+    or_,
     select,
     text,
     update,
@@ -49,8 +56,9 @@ from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import events, hooks
+from tenantq.platform.jobs.bodyclock import HardTimeLimitExceeded
 from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
-from tenantq.platform.jobs.messages import JobMessage
+from tenantq.platform.jobs.messages import JobMessage, attempt_task_id
 from tenantq.platform.jobs.models import TERMINAL_STATUSES, Job, JobAttempt
 from tenantq.tenants.accounts.models import Plan, Tenant
 
@@ -89,6 +97,9 @@ def describe_error(exc: BaseException, message: JobMessage | None = None) -> str
     if isinstance(exc, SoftTimeLimitExceeded):
         soft = message.soft_time_limit if message is not None else None
         summary = f"SoftTimeLimitExceeded: soft time limit of {_secs(soft)}s exceeded"
+    elif isinstance(exc, HardTimeLimitExceeded):
+        limit = (message.time_limit if message is not None else None) or (exc.args[0] if exc.args else "?")
+        summary = f"TimeLimitExceeded: hard time limit of {_secs(limit)}s exceeded; the attempt was stopped"
     elif isinstance(exc, TimeLimitExceeded):
         limit = (message.time_limit if message is not None else None) or (exc.args[0] if exc.args else "?")
         summary = f"TimeLimitExceeded: hard time limit of {_secs(limit)}s exceeded; the attempt was killed"
@@ -269,33 +280,47 @@ def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now: Any) -> An
 
 
 def _open_attempt(
-    session: Session, job_id: str, attempt: int, task_id: str, worker: str | None, now: Any
+    session: Session,
+    job_id: str,
+    attempt: int,
+    task_id: str,
+    worker: str | None,
+    now: Any,
+    *,
+    only_missing: bool = False,
 ) -> None:
     """Insert the attempt row, or reset it when the same attempt starts again (redelivered after a
     worker was lost). One INSERT .. ON CONFLICT statement where the dialect has it (PostgreSQL,
-    SQLite): this runs once per attempt, and a read-then-write would cost a round trip more."""
+    SQLite): this runs once per attempt, and a read-then-write would cost a round trip more.
+    ``only_missing``: leave an existing row as it is."""
     reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
         stmt = _upsert_insert(dialect)(JobAttempt).values(
             id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened
         )
-        session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
+        if only_missing:
+            session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "attempt"]))
+        else:
+            session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened))
         return
     row = session.scalars(
         select(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
     ).first()
     if row is None:
         session.add(JobAttempt(id=new_id(), job_id=job_id, attempt=attempt, task_id=task_id, **reopened))
-    else:
+    elif not only_missing:
         for key, value in reopened.items():
             setattr(row, key, value)
 
 
-def may_start(message: JobMessage) -> bool:
+def may_start(message: JobMessage, cancelled: int | None = None) -> bool:
     """The wrapper's gate, checked before the task function runs: no cancellation covers this attempt
-    (a cancel may land after prerun, or the cancelled attempt may already have been in Celery's queue)."""
-    if cancel_covers(message.id, message.attempt):
+    (a cancel may land after prerun, or the cancelled attempt may already have been in Celery's queue).
+    ``cancelled``: the job's cancel marker as the attempt pipeline read it at the end of prerun (in the
+    same Redis round trip as its other start work), else it is read here."""
+    marker = cancelled_up_to(message.id) if cancelled is None else cancelled
+    if marker >= message.attempt:
         cancelled_before_start(message)
         return False
     return True
@@ -311,9 +336,12 @@ def _finish_in_transaction(
     error: str | None,
     values: dict[str, Any],
     claiming: list[FinishHook],
+    where: list[Any] | None = None,
+    open_row: bool = False,
 ) -> AttemptOutcome:
     """Apply a final outcome in one transaction with the hooks that claim the message; then run what
-    those hooks left for after the commit."""
+    those hooks left for after the commit. ``where`` replaces "still on this attempt"; ``open_row``
+    writes the attempt row first if the attempt's start never did (``attempt_killed``)."""
     now = values["finished_at"]
     probing = hooks.probing()
     after: list[Any] = []
@@ -333,9 +361,18 @@ def _finish_in_transaction(
             if row is not None:
                 probes = _probe_values(row, probing, 1)
             values["result_expires_at"] = now + timedelta(seconds=int(ttl)) if ttl else None
-        moved = cast(
-            CursorResult[Any], session.execute(update(Job).where(*_on_attempt(message)).values(**values))
-        ).rowcount
+        where = where if where is not None else _on_attempt(message)
+        moved = cast(CursorResult[Any], session.execute(update(Job).where(*where).values(**values))).rowcount
+        if moved and open_row:
+            _open_attempt(
+                session,
+                message.id,
+                message.attempt,
+                attempt_task_id(message.id, message.attempt),
+                None,
+                now,
+                only_missing=True,
+            )
         if status == "failed" and probing:
             row = session.execute(
                 select(*[hook.probe(literal(message.tenant_id)) for hook in probing if hook.probe])
@@ -368,6 +405,8 @@ def attempt_succeeded(message: JobMessage, result: Any) -> AttemptOutcome:
 # and the finish hooks' probes are read, the job finished and the attempt row closed, all at once and
 # in one round trip (autocommit; a transaction would add BEGIN and COMMIT). Data-modifying CTEs always
 # run to completion, so the attempt row is closed even when the job update matches nothing, as below.
+# The last two columns read ``moved`` before ``closed``: the job row is locked before its attempt row,
+# the order every other transition takes (PostgreSQL leaves unread CTEs' order unspecified).
 # {probes} and {probe_results} list each probing hook's condition on the tenant row and its answer.
 _SUCCEEDED_SQL = """
 WITH plan_row AS (
@@ -385,7 +424,8 @@ WITH plan_row AS (
     WHERE job_id = :job_id AND attempt = :attempt AND status = 'running'
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM plan_row) AS found{probe_results}
+SELECT (SELECT count(*) FROM plan_row) AS found{probe_results},
+       (SELECT count(*) FROM moved) AS moved_rows, (SELECT count(*) FROM closed) AS closed_rows
 """
 
 _succeeded_statements: dict[tuple[str, ...], Any] = {}
@@ -445,6 +485,27 @@ def attempt_failed(message: JobMessage, error: str) -> AttemptOutcome:
     """The attempt failed and will not be retried: the job is failed (the dead-letter view)."""
     values = {"status": "failed", "error": error, "finished_at": utcnow()}
     return _finish_in_transaction(message, "failed", error, values, hooks.claiming(message))
+
+
+def attempt_killed(message: JobMessage, error: str) -> AttemptOutcome:
+    """Worker main process: the pool killed the attempt at its backstop hard limit (the task function
+    ignored the wrapper's stop, or the platform's own bookkeeping stalled past the grace). The kill may
+    have cut the attempt's start short, before the job row moved to this attempt: so unlike
+    :func:`attempt_failed` this also fails a job still waiting for this attempt (queued or retrying
+    with an older attempt number), and writes the attempt row if its start did not. A job already
+    finished, on a newer attempt, or retrying after this attempt (its retry is queued) is left alone."""
+    values = {"status": "failed", "error": error, "finished_at": utcnow(), "attempts": message.attempt}
+    where = [
+        Job.id == message.id,
+        Job.status.not_in(TERMINAL_STATUSES),
+        or_(
+            Job.attempts < message.attempt,
+            and_(Job.attempts == message.attempt, Job.status == "running"),
+        ),
+    ]
+    return _finish_in_transaction(
+        message, "failed", error, values, hooks.claiming(message), where=where, open_row=True
+    )
 
 
 def schedule_retry(message: JobMessage, exc: BaseException, delay: float) -> bool:

@@ -2,8 +2,8 @@
 
 JSON only. ``job`` carries what the worker needs without reading SQL first (ids, attempt number,
 retry policy, limits); ``options`` are per-attempt Celery options the dispatcher's ``publish()``
-forwards to ``send_task`` (time limits). Every attempt has its own Celery task id, so results,
-events and revokes are per attempt.
+forwards to ``send_task`` (the backstop hard time limit). Every attempt has its own Celery task id,
+so results, events and revokes are per attempt.
 
 On the worker the ``job`` dict is read once, into a :class:`JobMessage`; every step of the attempt
 pipeline and the task wrapper use that object, and it alone says which attempt this is.
@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.models import Job
 
 
@@ -52,11 +53,12 @@ def message_for_attempt(
 ) -> dict[str, Any]:
     """The message for attempt number ``attempt`` of the job described by ``meta``."""
     job = {**meta, "attempt": attempt}
+    # The job's limits are enforced on the task function by the wrapper (``bodyclock``); Celery only
+    # gets a hard limit past them as the backstop for code that ignores the wrapper's stop. No Celery
+    # soft limit: its signal could land in the platform's own bookkeeping around the function.
     options: dict[str, Any] = {}
-    if job.get("soft_time_limit"):
-        options["soft_time_limit"] = job["soft_time_limit"]
     if job.get("time_limit"):
-        options["time_limit"] = job["time_limit"]
+        options["time_limit"] = float(job["time_limit"]) + get_settings().time_limit_grace_seconds
     return {
         "task": task,
         "args": dict(args),

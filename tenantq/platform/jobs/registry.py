@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tenantq.core.celery import app
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs import events, lifecycle
+from tenantq.platform.jobs.bodyclock import BodyClock, HardTimeLimitExceeded
 from tenantq.platform.jobs.messages import JobMessage
 
 log = logging.getLogger("tenantq.jobs.registry")
@@ -122,19 +123,27 @@ def _run_attempt(task: Any, spec: TaskType, message: JobMessage) -> Any:
     """The body of every tenantq task: cancellation gate, validation, the function, retry policy,
     result bound. Status bookkeeping happens in the worker's attempt pipeline and, for the outcomes
     that end the Celery task with ``Ignore`` (retry scheduled, cancelled before start), in ``lifecycle``.
+
+    The function alone runs under the job's time limits and is what the attempt is metered for: the
+    :class:`BodyClock` is left on the request as ``tq_body`` for the pipeline's metering step.
     """
     ctx = JobContext(
         job_id=message.id, tenant_id=message.tenant_id, attempt=message.attempt, task_id=task.request.id
     )
     # A cancelled attempt may already have been handed to Celery: it must not run.
-    if not lifecycle.may_start(message):
+    if not lifecycle.may_start(message, getattr(task.request, "tq_cancelled", None)):
         raise NotStarted()
     try:
         model = spec.args_model.model_validate(message.args)
     except ValidationError as exc:  # the API validated already; this guards replays and workflow inputs
         raise ValueError(f"invalid arguments: {exc}") from None
+    clock = BodyClock(message.soft_time_limit, message.time_limit)
+    task.request.tq_body = clock
     try:
-        result = spec.func(model, ctx)
+        with clock:
+            result = spec.func(model, ctx)
+    except HardTimeLimitExceeded:
+        raise  # as the pool's kill would: never retried, whatever retry_on says
     except spec.retry_on as exc:
         retries_made = message.retries_made
         if retries_made < message.max_retries and not lifecycle.cancel_covers(ctx.job_id, ctx.attempt):
@@ -215,7 +224,10 @@ def task_type(
             return _run_attempt(self, spec, message)
 
         run.__name__ = name.replace(".", "_")
-        spec.celery_task = app.task(name=name, bind=True)(run)
+        # A job's result and status live in SQL, written by the attempt pipeline: nothing reads
+        # Celery's result backend for task types, so no STARTED/SUCCESS writes (each a GET and a SET).
+        # Task events (Flower, ``celery inspect``) are unaffected.
+        spec.celery_task = app.task(name=name, bind=True, ignore_result=True, track_started=False)(run)
         REGISTRY[name] = spec
         return spec
 

@@ -75,14 +75,16 @@ class JobCreate(SafeRequest):
     soft_time_limit: StrictFloat | None = Field(
         default=None,
         gt=0,
-        description="Seconds after which the task gets a SoftTimeLimitExceeded error it may catch to clean "
-        "up. Bounded by the plan's max_time_limit_s (422 above); must be below time_limit.",
+        description="Seconds of the task function after which it gets a SoftTimeLimitExceeded error it may "
+        "catch to clean up. Bounded by the plan's max_time_limit_s (422 above) and by "
+        "TENANTQ_MIN_TIME_LIMIT_SECONDS (default 1 s; 422 below); must be below time_limit.",
     )
     time_limit: StrictFloat | None = Field(
         default=None,
         gt=0,
-        description="Seconds after which the attempt is killed. Default: the task type's, else the plan's "
-        "max_time_limit_s, which also bounds it (422 above).",
+        description="Seconds of the task function after which the attempt is stopped (and killed if it "
+        "does not stop). Default: the task type's, else the plan's max_time_limit_s, which also bounds it "
+        "(422 above); at least TENANTQ_MIN_TIME_LIMIT_SECONDS (default 1 s; 422 below).",
     )
     idempotency_key: str | None = Field(
         default=None,

@@ -167,8 +167,11 @@ def resolve_time_limits(
     spec: TaskType, plan: EffectiveLimits | None, soft: float | None, hard: float | None
 ) -> tuple[float | None, float | None]:
     """Effective (soft, hard) limits in seconds: the job's, else the task type's, else the plan's
-    maximum as the hard limit. Anything above the plan's max_time_limit_s answers 422."""
+    maximum as the hard limit. Anything above the plan's max_time_limit_s, or below
+    ``min_time_limit_seconds`` (the floor under which a limit would stop the attempt before the task
+    function got going), answers 422."""
     bound = plan.max_time_limit_s if plan is not None else None
+    floor = get_settings().min_time_limit_seconds
     for name, value in (("soft_time_limit", soft), ("time_limit", hard)):
         if value is not None and bound is not None and value > bound:
             raise InvalidInput(
@@ -176,8 +179,15 @@ def resolve_time_limits(
                 code="time_limit_not_allowed",
                 details={"field": name, "max": bound},
             )
-    hard = hard if hard is not None else spec.time_limit
-    soft = soft if soft is not None else spec.soft_time_limit
+        if value is not None and value < floor:
+            raise InvalidInput(
+                f"{name} {value:g}s is below the smallest allowed time limit of {floor:g}s.",
+                code="time_limit_too_small",
+                details={"field": name, "min": floor},
+            )
+    # The task type's defaults are the operator's choice: raised to the floor, never refused.
+    hard = hard if hard is not None else _at_least(spec.time_limit, floor)
+    soft = soft if soft is not None else _at_least(spec.soft_time_limit, floor)
     if bound is not None:
         hard = min(hard, bound) if hard is not None else float(bound)
         soft = min(soft, bound) if soft is not None else None
@@ -188,6 +198,10 @@ def resolve_time_limits(
             details={"soft_time_limit": soft, "time_limit": hard},
         )
     return soft, hard
+
+
+def _at_least(value: float | None, floor: float) -> float | None:
+    return max(value, floor) if value is not None else None
 
 
 def new_job(session: Session, tenant: Tenant, data: JobCreate, *, now: datetime | None = None) -> Job:
