@@ -32,8 +32,11 @@ EXCLUDED_CHECKS = ["positive_data_acceptance"]
 
 # (paths included, paths excluded, credential) of each run. Revoking or rotating a key ends it, so the
 # key operations run apart, with a key of their own: the tenant run keeps a working key throughout.
+# A job's event stream stays open until the job finishes, and the contract server runs no worker: every
+# case would hold a stream for the whole request timeout. Its document is checked in
+# test_openapi_document.py, its behaviour (events, isolation, the end) in tests/platform/test_job_events.py.
 APIS = {
-    "tenant": (r"^/(v1|healthz|readyz|metrics)", r"^/v1/keys/", "tenant"),
+    "tenant": (r"^/(v1|healthz|readyz|metrics)", r"^/v1/keys/|^/v1/jobs/[^/]+/events$", "tenant"),
     "tenant-keys": (r"^/v1/keys", None, "tenant"),
     "operator": (r"^/admin/v1/", None, "operator"),
 }
@@ -42,6 +45,10 @@ APIS = {
 def run_schemathesis(live_api: LiveApi, which: str, report_dir: Path) -> subprocess.CompletedProcess:
     include, exclude, credential = APIS[which]
     token = live_api.new_tenant(f"contract-{which}")[1] if credential == "tenant" else live_api.admin_token
+    # st_hooks caps the long-poll's wait (see there).
+    root = str(Path(__file__).resolve().parents[2])  # the run's cwd is the report dir: name the checkout
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.contract.st_hooks", "PYTHONPATH": pythonpath}
     return subprocess.run(
         [
             sys.executable,
@@ -82,6 +89,7 @@ def run_schemathesis(live_api: LiveApi, which: str, report_dir: Path) -> subproc
         text=True,
         timeout=900,
         check=False,
+        env=env,
         cwd=report_dir,  # schemathesis keeps a cache directory in the working directory
     )
 

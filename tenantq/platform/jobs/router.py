@@ -248,7 +248,18 @@ proxies. A client that reconnects gets the whole job again as its first event, s
             "description": "The event stream.",
             "content": {
                 "text/event-stream": {
-                    "schema": {"type": "string", "description": "Server-Sent Events, see above."},
+                    # One SSE event, as a client parses it off the stream (the fields of the format).
+                    "schema": {
+                        "type": "object",
+                        "description": "One Server-Sent Event (see above); `data` is JSON.",
+                        "properties": {
+                            "event": {"type": "string", "enum": ["job", "status", "attempt", "progress"]},
+                            "data": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer"},
+                        },
+                        "required": ["data"],
+                    },
                     "example": 'event: job\ndata: {"id": "4f0c...", "status": "running", ...}\n\n'
                     'event: progress\ndata: {"id": "4f0c...", "attempt": 1, "fraction": 0.4, '
                     '"message": "resized 4 of 10", "at": "2026-11-30T12:00:00Z"}\n\n',
