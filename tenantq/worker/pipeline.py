@@ -202,7 +202,8 @@ def _send_back_for_later(attempt: AttemptState) -> None:
     lapsed (the copy runs, as a redelivery after a crash would)."""
     hard, soft = (attempt.timelimit or (None, None))[:2]
     options: dict[str, Any] = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
-    options["countdown"] = max(1.0, get_settings().lease_ttl_seconds / 3)
+    # Back once the first delivery's process would have been seen dead (its liveness mark lapsed).
+    options["countdown"] = float(limits.ALIVE_TTL_S + 1)
     message = {
         "task": attempt.message.task,
         "args": dict(attempt.message.args),

@@ -68,6 +68,16 @@ class TestStartGuard:
         assert guard(message(t.id, "j2", "20")) == "redelivered"
         assert guard(message(t.id, "j2", "20", attempt=2)) is None  # attempt 2 is new
 
+    def test_redelivery_whose_holder_stopped_beating_takes_the_live_lease_over(self, redis_client):
+        """A killed worker's lease lives on for up to lease_ttl_seconds, but its process stops beating
+        within seconds: the redelivery does not wait for the lease to lapse."""
+        t = paused_tenant(redis_client, concurrency=5)
+        assert guard(message(t.id, "j11", "110")) is None
+        assert guard(message(t.id, "j11", "110")) == "busy"  # its holder (this process) beats
+        redis_client.delete(f"tq:alive:{limits.process_id()}")  # ... until it dies
+        assert redis_client.zscore(lease_key(t.id), "j11:110") is not None  # the lease still lives
+        assert guard(message(t.id, "j11", "110")) == "redelivered"
+
     def test_redelivery_after_the_holder_died_runs_once_its_lease_lapsed(self, redis_client):
         t = paused_tenant(redis_client, concurrency=5)
         assert guard(message(t.id, "j8", "80")) is None

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -148,7 +149,8 @@ class LimitsCache:
 
 # -- worker side --------------------------------------------------------------------------------------
 
-# ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl, queue wait ms ('' = unknown), samples kept.
+# ARGV: job, attempt, token, tenant, cap, lease ttl, started ttl, queue wait ms ('' = unknown), samples kept,
+# this pool process (host:pid), its liveness ttl.
 # Returns 'ok', 'dup' (another dispatch of this attempt started), 'busy' (this dispatch of the attempt
 # started and its holder is alive: try again later), 'redelivered' (like 'ok', but this very dispatch
 # started before and its lease lapsed: the process running it died) or 'full' (no slot: re-queue).
@@ -162,10 +164,14 @@ local cc = '${LEASE_PREFIX}' .. ARGV[4]
 local member = ARGV[1] .. ':' .. ARGV[3]
 local cap = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
+local holder = '${HOLDER_PREFIX}' .. ARGV[1] .. ':' .. ARGV[2]
 if prev and redis.call('ZSCORE', cc, member) then
-  -- A redelivery of this very release while its lease is alive: the delivery that started it still
-  -- runs (its heartbeat keeps the lease), e.g. the broker restored the message after a connection loss.
-  return 'busy'
+  -- A redelivery of this very release while its lease is alive. If the process that started it still
+  -- beats, it still runs it (e.g. the broker restored the message after a connection loss): hold this
+  -- copy back. If that process stopped beating it died, and its lease merely has not lapsed yet: this
+  -- copy takes the lease over (a redelivery after a crash, seconds after it, not a lease TTL later).
+  local h = redis.call('GET', holder)
+  if (not h) or redis.call('EXISTS', '${ALIVE_PREFIX}' .. h) == 1 then return 'busy' end
 end
 if not redis.call('ZSCORE', cc, member) then
   if cap > 0 and redis.call('ZCARD', cc) >= cap then
@@ -175,6 +181,8 @@ if not redis.call('ZSCORE', cc, member) then
 end
 redis.call('ZADD', cc, now + tonumber(ARGV[6]), member)
 redis.call('SET', started, ARGV[3], 'EX', tonumber(ARGV[7]))
+redis.call('SET', holder, ARGV[10], 'EX', tonumber(ARGV[7]))
+redis.call('SET', '${ALIVE_PREFIX}' .. ARGV[10], '1', 'EX', tonumber(ARGV[11]))
 redis.call('HDEL', '${DISPATCHED_AT}', ARGV[1])
 if ARGV[8] ~= '' then
   redis.call('LPUSH', '${WAIT_PREFIX}' .. ARGV[4], ARGV[8])
@@ -245,18 +253,34 @@ def _cache() -> LimitsCache:
     return _worker_limits
 
 
+# A pool process running attempts marks itself alive every ALIVE_BEAT_S; the mark lapses ALIVE_TTL_S
+# after its last beat. The start guard reads it to tell a dead holder of a live lease from a running one.
+ALIVE_BEAT_S = 1.0
+ALIVE_TTL_S = 5
+
+
+def process_id() -> str:
+    """This pool process, as the start guard names an attempt's holder."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _heartbeat_loop(pid: int, leases: Leases) -> None:
     # Its own client: the task and the attempt pipeline use the process's client in the main thread.
     client = new_redis()
     refresh = client.register_script(_REFRESH)
+    alive = keys.ALIVE_PREFIX + process_id()
+    last_refresh = time.monotonic()
     while _heartbeat_pid == pid:
-        ttl = get_settings().lease_ttl_seconds
-        time.sleep(max(0.2, ttl / 3))
+        time.sleep(ALIVE_BEAT_S)
         held = leases()
         if not held:
             continue
+        ttl = get_settings().lease_ttl_seconds
         try:
-            refresh(keys=[lease_key(t) for t, _ in held], args=[ttl] + [m for _, m in held])
+            client.set(alive, "1", ex=ALIVE_TTL_S)
+            if time.monotonic() - last_refresh >= ttl / 3:
+                refresh(keys=[lease_key(t) for t, _ in held], args=[ttl] + [m for _, m in held])
+                last_refresh = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - a missed beat is survivable; the next one retries
             log.warning("lease heartbeat failed: %s", exc)
 
@@ -310,6 +334,8 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
                 STARTED_TTL,
                 wait_ms,
                 WAIT_SAMPLES,
+                process_id(),
+                ALIVE_TTL_S,
             ]
         )
     )
