@@ -200,17 +200,9 @@ def _send_back_for_later(attempt: AttemptState) -> None:
     same dispatch token, same limits) goes back to its execution queue due a heartbeat from now: by
     then the first delivery has ended (the copy is refused, the job being finished) or its lease has
     lapsed (the copy runs, as a redelivery after a crash would)."""
-    hard, soft = (attempt.timelimit or (None, None))[:2]
-    options: dict[str, Any] = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
+    message = limits.same_attempt(attempt.message, attempt.task_id, attempt.timelimit, keep_dispatch=True)
     # Back once the first delivery's process would have been seen dead (its liveness mark lapsed).
-    options["countdown"] = float(limits.ALIVE_TTL_S + 1)
-    message = {
-        "task": attempt.message.task,
-        "args": dict(attempt.message.args),
-        "task_id": attempt.task_id,
-        "options": options,
-        "job": dict(attempt.message.job),
-    }
+    message["options"]["countdown"] = float(limits.ALIVE_TTL_S + 1)
     try:
         publish(message, attempt.queue or get_settings().exec_queue)
     except Exception:

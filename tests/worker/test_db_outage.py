@@ -84,7 +84,7 @@ class TestDeferredStart:
         assert payload["job"]["attempt"] == 1 and "dispatch" not in payload["job"]
         assert payload["task_id"] == attempt.task_id and payload["options"] == {"time_limit": 60}
         # Not metered, not counted: nothing ran.
-        pipeline._meter_started(attempt)
+        pipeline._redis_started(attempt)
         pipeline._metrics_started(attempt)
         assert attempt.usage is None and attempt.running is None
 

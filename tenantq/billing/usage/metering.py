@@ -321,20 +321,10 @@ class Meter:
         self, attempt: OpenAttempt, *, state: str, finished: float, wall_ms: int, compute_ms: int
     ) -> None:
         """Close from the process that ran the attempt: it has the real figures, so it always records."""
-        events = usage_events(
-            job_id=attempt.job_id,
-            tenant_id=attempt.tenant_id,
-            task=attempt.task,
-            attempt=attempt.attempt,
-            state=state,
-            worker=attempt.worker,
-            finished_at=finished,
-            wall_ms=wall_ms,
-            compute_ms=compute_ms,
-            bills_job=attempt.bills_job,
-        )
         pipe = self.r.pipeline(transaction=True)
-        queue_close(pipe, attempt, events)
+        queue_closed_attempt(
+            pipe, attempt, state=state, finished=finished, wall_ms=wall_ms, compute_ms=compute_ms
+        )
         pipe.execute()
 
     def discard(self, attempt: OpenAttempt) -> None:
@@ -479,12 +469,25 @@ def queue_end(
         pipe.eval(_DISCARD, 2, attempt_key(attempt.job_id), OPEN, attempt.job_id, attempt.attempt)
         return
     finished = time.time()
+    state = _end_state(attempt, celery_state, retried=retried, finished=finished)
+    queue_closed_attempt(
+        pipe, attempt, state=state, finished=finished, wall_ms=wall_ms, compute_ms=compute_ms
+    )
+
+
+def _end_state(attempt: OpenAttempt, celery_state: str | None, *, retried: bool, finished: float) -> str:
+    """The state an attempt closed by its own process is billed as."""
     if retried:
-        state = "retried"
-    elif celery_state is None:  # stopped mid-task: why (one read, off the hot path)
-        state = stopped_state(attempt, finished, _get_meter().r)
-    else:
-        state = _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
+        return "retried"
+    if celery_state is None:  # stopped mid-task: why (one read, off the hot path)
+        return stopped_state(attempt, finished, _get_meter().r)
+    return _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
+
+
+def queue_closed_attempt(
+    pipe: Any, attempt: OpenAttempt, *, state: str, finished: float, wall_ms: int, compute_ms: int
+) -> None:
+    """Queue the close of an attempt its own process measured (see :func:`queue_close`)."""
     events = usage_events(
         job_id=attempt.job_id,
         tenant_id=attempt.tenant_id,
@@ -548,12 +551,7 @@ def close_attempt(
     if compute_ms is None:
         compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
-    if retried:
-        state = "retried"
-    elif celery_state is None:
-        state = stopped_state(attempt, finished, _get_meter().r)
-    else:
-        state = _POSTRUN_STATES.get(celery_state, str(celery_state).lower())
+    state = _end_state(attempt, celery_state, retried=retried, finished=finished)
     error: Exception | None = None
     for delay in REDIS_RETRY_DELAYS_S:
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tenantq.core import keys
 from tenantq.core.redis import get_redis
-from tenantq.platform.dispatch.limits import AttemptMessage
+from tenantq.platform.dispatch.limits import AttemptMessage, same_attempt
 
 _DEFER = keys.lua("""
 local started = '${STARTED_PREFIX}' .. ARGV[1] .. ':' .. ARGV[2]
@@ -34,16 +34,7 @@ return 1
 def defer_attempt(message: AttemptMessage, task_id: str, timelimit: Any, delay: float) -> None:
     """Give the attempt's slot and start record back and run it again ``delay`` seconds from now:
     the same attempt, Celery task id and per-job time limits."""
-    hard, soft = (timelimit or (None, None))[:2]
-    options = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
-    payload = {
-        "task": message.task,
-        "args": dict(message.args),
-        "task_id": task_id,
-        "options": options,
-        "job": {k: v for k, v in message.job.items() if k != "dispatch"},
-        "enqueued_at": time.time(),
-    }
+    payload = {**same_attempt(message, task_id, timelimit), "enqueued_at": time.time()}
     client = get_redis()
     client.eval(
         _DEFER,

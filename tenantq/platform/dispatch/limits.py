@@ -303,6 +303,24 @@ def lease_of(message: AttemptMessage) -> tuple[str, str] | None:
     return message.tenant_id, f"{message.id}:{message.dispatch}"
 
 
+def same_attempt(
+    message: AttemptMessage, task_id: str, timelimit: Any, *, keep_dispatch: bool = False
+) -> dict[str, Any]:
+    """The message that runs this attempt again: same Celery task id (one per attempt) and the same
+    per-job time limits (Celery's ``(hard, soft)`` of the delivery). Without its dispatch token unless
+    ``keep_dispatch`` (a new release gets a new one)."""
+    hard, soft = (timelimit or (None, None))[:2]
+    options: dict[str, Any] = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
+    job = dict(message.job) if keep_dispatch else {k: v for k, v in message.job.items() if k != "dispatch"}
+    return {
+        "task": message.task,
+        "args": dict(message.args),
+        "task_id": task_id,
+        "options": options,
+        "job": job,
+    }
+
+
 def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) -> str:
     """Before an attempt starts: 'ok' (it holds its lease and may run), 'unguarded' (not released by
     the dispatcher: a direct publish, nothing to guard), 'dup' (another dispatch of this attempt
@@ -342,15 +360,7 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
     if verdict == "full":
         # Back to the head of the tenant's queue, the same attempt again: same Celery task id (one per
         # attempt) and the same per-job time limits as the original message.
-        hard, soft = (timelimit or (None, None))[:2]
-        options = {k: v for k, v in (("time_limit", hard), ("soft_time_limit", soft)) if v}
-        requeued = {
-            "task": message.task,
-            "args": dict(message.args),
-            "task_id": task_id,
-            "options": options,
-            "job": {k: v for k, v in message.job.items() if k != "dispatch"},
-        }
+        requeued = same_attempt(message, task_id, timelimit)
         TenantQueues(client).requeue_front(tenant, message.id, message.priority, requeued)
         log.info("job %s attempt %s found %s at its concurrency cap; re-queued", message.id, attempt, tenant)
     elif verdict == "busy":
