@@ -237,6 +237,13 @@ class TestTenantBillingSettings:
         for bad in ("not-an-email", "a b@c.d", "x@y", "a" * 250 + "@example.com"):
             resp = api.put("/v1/billing/settings", json={"billing_email": bad}, headers=auth(key))
             assert resp.status_code == 422, (bad, resp.text)
+            assert resp.json()["error"]["code"] in ("invalid_billing_email", "invalid_input"), resp.text
+        # Nothing half-written: the address stayed.
+        assert api.get("/v1/billing/settings", headers=auth(key)).json() == {
+            "billing_email": "pay@acme.example"
+        }
+        resp = api.put("/v1/billing/settings", json={"billing_email": "x@y"}, headers=auth(key))
+        assert resp.json()["error"]["code"] == "invalid_billing_email"
         cleared = api.put("/v1/billing/settings", json={"billing_email": ""}, headers=auth(key))
         assert cleared.json() == {"billing_email": None}
 
