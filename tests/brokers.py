@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -141,7 +142,17 @@ class PrivateRabbit:
             "RABBITMQ_PID_FILE": str(self.dir / "pid"),
         }
         subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
-        rabbitmqctl("-n", self.node, "await_startup", "--timeout", "120")
+        # `-detached` returns before the node has registered with epmd, and await_startup gives up at
+        # once on a node epmd does not know ("not running at all"): ask again until it answers.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                rabbitmqctl("-n", self.node, "await_startup", "--timeout", "30")
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def stop(self) -> None:
         try:
