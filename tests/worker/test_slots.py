@@ -44,8 +44,14 @@ class TestFreeSlots:
 
 class TestDispatcherRoom:
     def make(self, client, depth):
+        # The depth read from a Redis list on either broker: these tests are about the room it leaves.
         return Dispatcher(
-            client=client, queue="tq.exec", depth=depth, publisher=lambda m, q: None, limits=LimitsCache()
+            client=client,
+            queue="tq.exec",
+            depth=depth,
+            publisher=lambda m, q: None,
+            limits=LimitsCache(),
+            queue_depth=client.llen,
         )
 
     def test_fills_to_free_slots_plus_spare_under_the_ceiling(self, iso_redis):
