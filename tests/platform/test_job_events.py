@@ -14,6 +14,7 @@ import pytest
 from tenantq.core.db import get_engine
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs import events, lifecycle
+import tenantq.platform.jobs.router as jobs_router
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.waiters import _hubs
 from tenantq.tenants.accounts.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
@@ -71,6 +72,23 @@ def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
 @pytest.fixture
 def key():
     return ApiKeyFactory()
+
+
+@pytest.fixture
+def stream_reads(monkeypatch) -> list[str]:
+    """The statuses the event streams read, in order. A stream registers its waiter before its first
+    read, so a test that changes the job once the waiter shows may find the change already in that
+    first read; waiting for the read itself makes the first event deterministic."""
+    reads: list[str] = []
+    original = jobs_router._read_job_apart
+
+    def recorded(tenant_id: str, job_id: str):
+        job = original(tenant_id, job_id)
+        reads.append(job.status)
+        return job
+
+    monkeypatch.setattr(jobs_router, "_read_job_apart", recorded)
+    return reads
 
 
 def test_wait_returns_as_soon_as_the_job_finishes(api, key):
@@ -149,11 +167,11 @@ def test_the_stream_of_a_finished_job_is_the_job_and_ends(api, key):
     assert [(name, data["status"]) for name, data in sse(resp.text)] == [("job", "succeeded")]
 
 
-def test_the_stream_carries_status_attempts_and_progress_until_the_end(api, key):
+def test_the_stream_carries_status_attempts_and_progress_until_the_end(api, key, stream_reads):
     job = JobFactory(tenant=key.tenant, status="queued")
-    before = waiting()
     call = Background(lambda: api.get(f"/v1/jobs/{job.id}/events", headers=auth(key)))
-    wait_until(lambda: waiting() > before, message="the stream to open")
+    wait_until(lambda: stream_reads, message="the stream's first read")
+    assert stream_reads[0] == "queued"
     message = message_for(job)
     assert lifecycle.attempt_started(message, "task-1", "worker-a")
     events.report_progress(job.tenant_id, job.id, 1, 0.4, "resized 4 of 10")
@@ -174,11 +192,11 @@ def test_the_stream_carries_status_attempts_and_progress_until_the_end(api, key)
     assert received[-1][1]["progress"]["message"] == "resized 4 of 10"
 
 
-def test_the_stream_ends_when_the_job_is_cancelled(api, key):
+def test_the_stream_ends_when_the_job_is_cancelled(api, key, stream_reads):
     job = JobFactory(tenant=key.tenant, status="queued")
-    before = waiting()
     call = Background(lambda: api.get(f"/v1/jobs/{job.id}/events", headers=auth(key)))
-    wait_until(lambda: waiting() > before, message="the stream to open")
+    wait_until(lambda: stream_reads, message="the stream's first read")
+    assert stream_reads[0] == "queued"
     assert api.post(f"/v1/jobs/{job.id}/cancel", headers=auth(key)).status_code == 200
     received = sse(call.join().text)
     assert ("status", {"id": job.id, "status": "cancelled", "attempts": 0}) in received
