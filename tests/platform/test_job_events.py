@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+import tenantq.platform.jobs.router as jobs_router
 from tenantq.core.db import get_engine
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs import events, lifecycle
-import tenantq.platform.jobs.router as jobs_router
 from tenantq.platform.jobs.messages import JobMessage
 from tenantq.platform.jobs.waiters import _hubs
 from tenantq.tenants.accounts.service import OPERATOR_PAUSE_REASON, PAUSED_SET, PAUSED_WHY
