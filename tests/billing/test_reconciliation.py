@@ -11,9 +11,11 @@ localstripe. It asserts, to the cent: each tenant's report equals its invoice; e
 Stripe invoice; the operator report's revenue equals the sum of invoices; and amounts computed here
 by hand (an independent calculation, not the pricing engine) equal the invoices.
 
-What it does not cover: the usage is inserted in SQL rather than produced by real workers (a closed
-month cannot be produced in real time); exactly-once metering through real workers is covered by
-test_metering.py.
+What it does not cover: the usage is inserted in SQL rather than produced by real workers, so the
+states and quantities are chosen here (lost and terminated attempts, hundreds of CPU seconds crossing
+tiers, which real jobs in a test's minute cannot reach). test_reconciliation_workers.py runs the same
+month with 500 jobs that real workers run (their usage moved into May after it was metered), and
+test_metering.py covers exactly-once metering through real workers attempt by attempt.
 """
 
 from __future__ import annotations

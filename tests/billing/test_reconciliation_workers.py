@@ -439,6 +439,19 @@ def test_a_month_of_real_jobs_reconciles_to_the_cent(live, db_session, redis_cli
     run(after_close)
     run(june)
     assert len(seen) == 500
+    # The mix really ran: retries, failures, time limits, cancels before and during the run, workflows.
+    every = [j for p in ran.values() for js in p.values() for j in js]
+    ended = Counter(
+        (j["task"], j["status"], len(j["attempt_log"]) > 1, bool(j["workflow_id"]), j["time_limit"] == 1)
+        for j in every
+    )
+    assert ended[("demo.sleep", "failed", False, False, True)] == 3  # killed by the 1 s limit
+    assert ended[("demo.sleep", "cancelled", False, False, False)] == 2  # cancelled while running
+    assert ended[("demo.echo", "cancelled", False, False, False)] == 12  # cancelled before the start
+    assert ended[("demo.flaky", "succeeded", True, False, False)] > 0
+    assert ended[("demo.flaky", "failed", True, False, False)] > 0
+    assert ended[("demo.fail", "failed", False, False, False)] > 0
+    assert sum(n for k, n in ended.items() if k[3] and k[1] == "succeeded") == 14
 
     # --- Hand-written expected amounts, from the attempt logs and the metered time -----------------------
     def q(phase: Phase, label: str) -> Quantities:
