@@ -11,17 +11,19 @@ localstripe. It asserts, to the cent: each tenant's report equals its invoice; e
 Stripe invoice; the operator report's revenue equals the sum of invoices; and amounts computed here
 by hand (an independent calculation, not the pricing engine) equal the invoices.
 
-What it does not cover: the usage is inserted in SQL rather than produced by real workers (a closed
-month cannot be produced in real time); exactly-once metering through real workers is covered by
-test_metering.py.
+What it does not cover: the usage is inserted in SQL rather than produced by real workers, so the
+states and quantities are chosen here (lost and terminated attempts, hundreds of CPU seconds crossing
+tiers, which real jobs in a test's minute cannot reach). test_reconciliation_workers.py runs the same
+month with 500 jobs that real workers run (their usage moved into May after it was metered), and
+test_metering.py covers exactly-once metering through real workers attempt by attempt.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -34,22 +36,21 @@ from tenantq.billing.invoicing.stripe_sync import stripe_client, sync_invoice, v
 from tenantq.billing.usage.buffer import insert_events
 from tenantq.tenants.accounts.models import Plan, TenantPlanChange
 from tests.billing.invoice_factories import old_tenant, reset_billing_state
+from tests.billing.reconciliation import (
+    A_PART,
+    B_PART,
+    CHANGE_AT,
+    JUNE_START,
+    MAY_START,
+    NEW_PRICE_AT,
+    D,
+    at,
+    cents,
+    graduated,
+)
 from tests.billing.test_stripe import localstripe, stripe_env  # noqa: F401 (fixtures)
 
-D = Decimal
-CENT = D("0.01")
-MAY_START, JUNE_START = datetime(2001, 5, 1, tzinfo=UTC), datetime(2001, 6, 1, tzinfo=UTC)
-CHANGE_AT = datetime(2001, 5, 16, tzinfo=UTC)  # t2 moves from plan A to plan B
-NEW_PRICE_AT = datetime(2001, 5, 20, tzinfo=UTC)  # plan B's jobs price changes
 STATES = ("succeeded", "failed", "cancelled", "terminated", "lost")
-
-
-def cents(value: Decimal) -> Decimal:
-    return value.quantize(CENT, ROUND_HALF_UP)
-
-
-def at(*args) -> datetime:
-    return datetime(*args, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -105,24 +106,6 @@ def totals(
         else:
             out[r["metric"]] += D(r["quantity"])
     return out
-
-
-def graduated(
-    first: Decimal, last: Decimal, included: Decimal, tiers: list[tuple[Decimal | None, Decimal]]
-) -> Decimal:
-    """By hand: the sum of the rounded tier amounts for the units [first, last) of a running total."""
-    amount = D(0)
-    lo_units, hi_units = max(D(0), first - included), max(D(0), last - included)
-    lower = D(0)
-    for up_to, price in tiers:
-        upper = hi_units if up_to is None else min(hi_units, up_to)
-        units = upper - max(lo_units, lower)
-        if units > 0:
-            amount += cents(units * price)
-        if up_to is None:
-            break
-        lower = up_to
-    return amount
 
 
 def test_a_month_reconciles_to_the_cent(stripe_env, db_session):  # noqa: F811 (fixture)
@@ -211,15 +194,13 @@ def test_a_month_reconciles_to_the_cent(stripe_env, db_session):  # noqa: F811 (
             + graduated(D(0), whole["compute_seconds"], D(0), [(None, D("0.001"))])
         )
 
-    a_part = (D(15 * 86400 * 10**6) / D(31 * 86400 * 10**6)).quantize(D("0.000001"))
-    b_part = (D(16 * 86400 * 10**6) / D(31 * 86400 * 10**6)).quantize(D("0.000001"))
     t2_before, t2_after = (
         [r for r in may[t2.id] if r["occurred_at"] < CHANGE_AT],
         [r for r in may[t2.id] if r["occurred_at"] >= CHANGE_AT],
     )
     expected = {
         t1.id: plan_a(totals(may[t1.id]), D(1)),
-        t2.id: plan_a(totals(t2_before), a_part) + plan_b(t2_after, CHANGE_AT, b_part),
+        t2.id: plan_a(totals(t2_before), A_PART) + plan_b(t2_after, CHANGE_AT, B_PART),
         t3.id: plan_b(may[t3.id], MAY_START, D(1)),
     }
     assert {t: invoices[t].total for t in expected} == expected
