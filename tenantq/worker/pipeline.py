@@ -4,14 +4,15 @@ Each receiver reads the Celery kwargs once into a :class:`JobMessage`, then runs
 of its list below:
 - ``task_prerun``  (pool child): start guard (one Lua call), status (job running, attempt row opened:
   one SQL statement on PostgreSQL), then one Redis round trip for metering (open the attempt's usage
-  record), metrics (running set) and the cancel marker the wrapper checks, then metrics (counters,
-  log context);
-- ``task_postrun`` (pool child): lease release, status (succeeded / failed, attempt row closed; the
-  finish hooks that claim the job run in that transaction), metrics (counters, log line), the finish
-  hooks' after-commit part (e.g. webhook deliveries), then one Redis round trip (a MULTI) for
-  metering (close: usage events of the task body's own time), metrics (running set) and the worker's
-  busy slots. An ``IGNORED`` state means the task wrapper already recorded the outcome (retry
-  scheduled, cancelled before start) or never ran;
+  record), metrics (running set), the status event for the API's waiters and the cancel marker the
+  wrapper checks, then metrics (counters, log context);
+- ``task_postrun`` (pool child): status (succeeded / failed, attempt row closed; the finish hooks
+  that claim the job run in that transaction), metrics (counters, log line), the finish hooks'
+  after-commit part (e.g. webhook deliveries), then one Redis round trip (a MULTI) for the lease
+  release, the status event, metering (close: usage events of the task body's own time), metrics
+  (running set) and the worker's busy slots (which wakes the dispatcher). An ``IGNORED`` state means
+  the task wrapper already recorded the outcome (retry scheduled, cancelled before start) or never
+  ran;
 - ``task_failure`` (main process) for a hard time limit: the child was killed, so postrun never fires.
   The job's own limits stop the task function inside the child (``jobs.bodyclock``); this is the pool's
   backstop kill, ``time_limit_grace_seconds`` later, which may also have cut the attempt's start short;
@@ -54,7 +55,7 @@ from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import limits, slots
 from tenantq.platform.dispatch.deferral import defer_attempt
 from tenantq.platform.dispatch.dispatcher import publish
-from tenantq.platform.jobs import hooks, lifecycle, outcomes
+from tenantq.platform.jobs import events, hooks, lifecycle, outcomes
 from tenantq.platform.jobs.bodyclock import BodyClock
 from tenantq.platform.jobs.hooks import AttemptOutcome
 from tenantq.platform.jobs.messages import JobMessage
@@ -214,7 +215,7 @@ def _status_started(attempt: AttemptState) -> None:
     if attempt.skip:
         return
     try:
-        started = lifecycle.attempt_started(attempt.message, attempt.task_id, attempt.worker)
+        started = lifecycle.attempt_started(attempt.message, attempt.task_id, attempt.worker, announce=False)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt must not run unrecorded
         _defer_unrecorded_start(attempt, exc)
         return
@@ -258,6 +259,8 @@ def _redis_started(attempt: AttemptState) -> None:
         if attempt.guard not in _NOT_STARTED and not attempt.deferred:
             opened = metering.queue_open(pipe, message, worker=attempt.worker, time_limit=attempt.time_limit)
         metrics.mark_running(pipe, message)
+        if not attempt.skip:  # the job moved to this attempt: tell the API's waiters
+            events.queue_status(pipe, message.tenant_id, message.id, "running", message.attempt)
         pipe.get(cancel_key(message.id))
 
         def read(replies: list[Any]) -> None:
@@ -310,23 +313,16 @@ def on_prerun(task_id: str, task: Any, kwargs: Any = None, **_: Any) -> None:
 # -- task_postrun --------------------------------------------------------------------------------------
 
 
-def _release_lease(attempt: AttemptState) -> None:
-    # Every end (success, failure, retry, ignore, reject) frees the slot, also for a skipped copy; not
-    # for a copy held back because its first delivery still runs: that lease is the first delivery's.
-    if attempt.guard not in ("busy", "requeue"):
-        limits.release_lease(attempt.message)
-
-
 def _status_finished(attempt: AttemptState) -> None:
     if attempt.state == "SUCCESS":
         try:
-            attempt.outcome = lifecycle.attempt_succeeded(attempt.message, attempt.retval)
+            attempt.outcome = lifecycle.attempt_succeeded(attempt.message, attempt.retval, announce=False)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the outcome must be kept
             _write_behind(attempt, "succeeded", exc, result=attempt.retval)
     elif attempt.state == "FAILURE" and isinstance(attempt.retval, BaseException):
         error = lifecycle.describe_error(attempt.retval, attempt.message)
         try:
-            attempt.outcome = lifecycle.attempt_failed(attempt.message, error)
+            attempt.outcome = lifecycle.attempt_failed(attempt.message, error, announce=False)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the outcome must be kept
             _write_behind(attempt, "failed", exc, error=error)
 
@@ -350,16 +346,24 @@ def _finish_hooks(attempt: AttemptState) -> None:
 
 
 def _redis_ended(attempt: AttemptState) -> None:
-    """The end's remaining Redis work in one round trip (a MULTI), after the status is committed:
-    close the usage record (metering: the task body's own time, 0 when the function was never
-    reached), drop the running mark (metrics) and free this pool process's slot for the dispatcher
-    (``dispatch.slots``: the process is busy until its bookkeeping is done). Metering closes after the
-    status, never before: a worker killed in between leaves the record open for the reconciler, which
-    bills it once as lost, whereas a usage closed before a lost status would be billed again when the
-    redelivered attempt succeeds."""
+    """The end's Redis work in one round trip (a MULTI), after the status is committed: release the
+    tenant's concurrency lease, tell the API's waiters the outcome, close the usage record (metering:
+    the task body's own time, 0 when the function was never reached), drop the running mark (metrics)
+    and free this pool process's slot for the dispatcher, waking it (``dispatch.slots``: the process
+    is busy until its bookkeeping is done). Metering closes after the status, never before: a worker
+    killed in between leaves the record open for the reconciler, which bills it once as lost, whereas
+    a usage closed before a lost status would be billed again when the redelivered attempt succeeds.
+    The lease goes after the status too: a copy of this delivery that arrives once the lease is gone
+    finds the job finished (refused), never still running."""
     message, usage, body = attempt.message, attempt.usage, attempt.body
 
     def build(pipe: Any) -> Callable[[list[Any]], None]:
+        # Every end (success, failure, retry, ignore, reject) frees the lease, also for a skipped copy;
+        # not for a copy held back because its first delivery still runs: that lease is the first's.
+        if attempt.guard not in ("busy", "requeue"):
+            limits.queue_release(pipe, message)
+        if attempt.outcome is not None:
+            events.queue_status(pipe, message.tenant_id, message.id, attempt.outcome.status, message.attempt)
         if usage is not None:
             metering.queue_end(
                 pipe,
@@ -372,7 +376,7 @@ def _redis_ended(attempt: AttemptState) -> None:
             )
         metrics.unmark_running(pipe, message)
         if attempt.worker:
-            slots.add_busy(pipe, attempt.worker, -1)
+            slots.slot_freed(pipe, attempt.worker)
         return lambda _replies: None
 
     if not _redis_batch(build, transaction=True, what="end") and usage is not None:
@@ -382,12 +386,9 @@ def _redis_ended(attempt: AttemptState) -> None:
 
 POSTRUN_STEPS: tuple[Step, ...] = (
     _status_finished,  # the final status is committed before anything reports it
-    # Then the slot is free: a copy of this delivery that arrives once the lease is gone finds the job
-    # finished (refused), never still running (it would run the job a second time).
-    _release_lease,
     _metrics_finished,
     _finish_hooks,  # hooks read the committed outcome (e.g. webhooks record deliveries)
-    _redis_ended,  # last: usage closed after the status; this pool process takes its next job
+    _redis_ended,  # last: lease and usage closed after the status; this pool process takes its next job
 )
 
 

@@ -377,7 +377,7 @@ def start_guard(message: AttemptMessage, task_id: str, timelimit: Any = None) ->
 
 
 def queue_release(pipe: Any, message: AttemptMessage) -> None:
-    """Queue the release of the attempt's lease on the attempt pipeline's Redis pipeline."""
+    """:func:`release_lease` queued on the caller's pipeline (the attempt pipeline's last round trip)."""
     lease = lease_of(message)
     if lease is not None:
         pipe.zrem(lease_key(lease[0]), lease[1])

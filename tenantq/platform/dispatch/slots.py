@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from tenantq.core.keys import SLOTS, SLOTS_BUSY
+from tenantq.core.keys import SLOTS, SLOTS_BUSY, WAKE
 
 HEARTBEAT_S = 5.0  # how often a worker refreshes its entry
 STALE_AFTER_S = 3 * HEARTBEAT_S + 5
@@ -50,6 +50,14 @@ def add_busy(client: Any, hostname: str, delta: int) -> None:
     """+1 when a worker's main process receives a job's message, -1 when the attempt's postrun ends
     (or its pool process was killed, or it was revoked before it started)."""
     client.hincrby(SLOTS_BUSY, hostname, delta)
+
+
+def slot_freed(pipe: Any, hostname: str) -> None:
+    """The pool process's end of an attempt: its slot is free, and the dispatcher is woken at once
+    (``tq:wake``, the list it blocks on) instead of finding the room on its next poll."""
+    pipe.hincrby(SLOTS_BUSY, hostname, -1)
+    pipe.lpush(WAKE, "1")
+    pipe.ltrim(WAKE, 0, 0)
 
 
 def forget(client: Any, hostname: str) -> None:

@@ -54,6 +54,12 @@ def publish_status(
         log.warning("could not publish the status of job %s: %s", job_id, exc)
 
 
+def queue_status(pipe: Any, tenant_id: str, job_id: str, status: str, attempt: int | None = None) -> None:
+    """:func:`publish_status` queued on the caller's pipeline: the worker's attempt pipeline sends it in
+    the round trip its phase makes anyway (one round trip less per transition)."""
+    pipe.publish(JOB_EVENTS, status_message(tenant_id, job_id, status, attempt))
+
+
 def publish_statuses(
     tenant_id: str, job_ids: Iterable[str], status: str, client: redis.Redis | None = None
 ) -> None:

@@ -34,14 +34,11 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import (
     CursorResult,
-    Integer,
-    String,
     and_,
     bindparam,
     func,
     literal,
     literal_column,
-    null,
     or_,
     select,
     text,
@@ -192,9 +189,38 @@ def _close_attempt(session: Session, message: JobMessage, status: str, error: st
     )
 
 
-def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bool:
+# attempt_started as one statement (PostgreSQL): move the job to this attempt (unless it finished or
+# is on a newer one) and insert its attempt row from what moved, or reopen the row of the same attempt
+# redelivered after a worker was lost. Both commit together, in one round trip (autocommit).
+_STARTED_SQL = """
+WITH moved AS (
+    UPDATE job SET status = 'running', attempts = :attempt, worker = :worker, task_id = :task_id,
+           error = NULL, started_at = COALESCE(started_at, :now)
+    WHERE id = :job_id AND status NOT IN :terminal AND attempts <= :attempt
+    RETURNING id
+)
+INSERT INTO job_attempt (id, job_id, attempt, status, task_id, worker, started_at, finished_at, error)
+SELECT :id, moved.id, :attempt, 'running', :task_id, :worker, :now, NULL, NULL FROM moved
+ON CONFLICT (job_id, attempt) DO UPDATE SET status = 'running', worker = excluded.worker,
+    started_at = excluded.started_at, finished_at = NULL, error = NULL
+RETURNING job_attempt.id
+"""
+_started_stmt: Any = None
+
+
+def _started_statement() -> Any:
+    global _started_stmt
+    if _started_stmt is None:
+        _started_stmt = text(_STARTED_SQL).bindparams(
+            bindparam("now", type_=UTCDateTime()), bindparam("terminal", expanding=True)
+        )
+    return _started_stmt
+
+
+def attempt_started(message: JobMessage, task_id: str, worker: str | None, *, announce: bool = True) -> bool:
     """prerun: the job is running this attempt; open (or, on redelivery, reopen) its attempt row.
-    False if the job finished, was cancelled or moved on to a newer attempt: this one must not run."""
+    False if the job finished, was cancelled or moved on to a newer attempt: this one must not run.
+    ``announce=False``: the caller publishes the status event itself (``events.queue_status``)."""
     attempt = message.attempt
     now = utcnow()
     move = (
@@ -213,26 +239,20 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bo
     if engine.dialect.name == "postgresql":
         # One statement, so one round trip in autocommit (a transaction would add BEGIN and COMMIT):
         # the job update and the attempt row's upsert commit together or not at all, and the row is
-        # only written when the job did move to this attempt.
-        moved_cte = move.returning(Job.id).cte("moved")
-        stmt = _attempt_upsert(
-            "postgresql",
-            select(
-                literal(new_id(), String),
-                moved_cte.c.id,
-                literal(attempt, Integer),
-                literal("running", String),
-                literal(task_id, String),
-                literal(worker, String),
-                literal(now, UTCDateTime()),
-                null(),
-                null(),
-            ),
-            worker,
-            now,
-        ).returning(JobAttempt.id)
+        # only written when the job did move to this attempt. Built once (``_STARTED_SQL``): building
+        # and cache-keying the Core statement per call cost about as much CPU as the round trip.
+        params = {
+            "id": new_id(),
+            "job_id": message.id,
+            "attempt": attempt,
+            "task_id": task_id,
+            "worker": worker,
+            "now": now,
+            "terminal": list(TERMINAL_STATUSES),
+        }
         with engine.connect() as conn:
-            moved = conn.execution_options(isolation_level="AUTOCOMMIT").execute(stmt).first() is not None
+            autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+            moved = autocommit.execute(_started_statement(), params).first() is not None
     else:
         with unscoped_session() as session:
             # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning
@@ -240,7 +260,7 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None) -> bo
             moved = bool(cast(CursorResult[Any], session.execute(move)).rowcount)
             if moved:
                 _open_attempt(session, message.id, attempt, task_id, worker, now)
-    if moved:
+    if moved and announce:
         _published(message, "running")
     return moved
 
@@ -338,6 +358,7 @@ def _finish_in_transaction(
     claiming: list[FinishHook],
     where: list[Any] | None = None,
     open_row: bool = False,
+    announce: bool = True,
 ) -> AttemptOutcome:
     """Apply a final outcome in one transaction with the hooks that claim the message; then run what
     those hooks left for after the commit. ``where`` replaces "still on this attempt"; ``open_row``
@@ -384,21 +405,23 @@ def _finish_in_transaction(
             after.extend(
                 hook.in_transaction(session, outcome) for hook in claiming if hook.in_transaction is not None
             )
-    _published(message, status)
+    if announce:
+        _published(message, status)
     for action in after:
         if action is not None:
             action()
     return outcome
 
 
-def attempt_succeeded(message: JobMessage, result: Any) -> AttemptOutcome:
+def attempt_succeeded(message: JobMessage, result: Any, *, announce: bool = True) -> AttemptOutcome:
+    """``announce=False``: the caller publishes the status event itself (``events.queue_status``)."""
     now = utcnow()
     claiming = hooks.claiming(message)
     engine = get_engine()
     if engine.dialect.name == "postgresql" and not claiming:
-        return _succeeded_in_one_statement(engine, message, result, now)
+        return _succeeded_in_one_statement(engine, message, result, now, announce)
     values = {"status": "succeeded", "result": result, "error": None, "finished_at": now}
-    return _finish_in_transaction(message, "succeeded", None, values, claiming)
+    return _finish_in_transaction(message, "succeeded", None, values, claiming, announce=announce)
 
 
 # attempt_succeeded as one statement (PostgreSQL, no hook claims the message): the plan's result TTL
@@ -461,7 +484,9 @@ def _succeeded_statement(probing: list[FinishHook]) -> Any:
     return stmt
 
 
-def _succeeded_in_one_statement(engine: Any, message: JobMessage, result: Any, now: Any) -> AttemptOutcome:
+def _succeeded_in_one_statement(
+    engine: Any, message: JobMessage, result: Any, now: Any, announce: bool
+) -> AttemptOutcome:
     probing = hooks.probing()
     params = {
         "tenant_id": message.tenant_id,
@@ -477,14 +502,17 @@ def _succeeded_in_one_statement(engine: Any, message: JobMessage, result: Any, n
             .execute(_succeeded_statement(probing), params)
             .one()
         )
-    _published(message, "succeeded")
+    if announce:
+        _published(message, "succeeded")
     return AttemptOutcome(message, "succeeded", None, _probe_values(row, probing, 1) if row[0] else {})
 
 
-def attempt_failed(message: JobMessage, error: str) -> AttemptOutcome:
+def attempt_failed(message: JobMessage, error: str, *, announce: bool = True) -> AttemptOutcome:
     """The attempt failed and will not be retried: the job is failed (the dead-letter view)."""
     values = {"status": "failed", "error": error, "finished_at": utcnow()}
-    return _finish_in_transaction(message, "failed", error, values, hooks.claiming(message))
+    return _finish_in_transaction(
+        message, "failed", error, values, hooks.claiming(message), announce=announce
+    )
 
 
 def attempt_killed(message: JobMessage, error: str) -> AttemptOutcome:
