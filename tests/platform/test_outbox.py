@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select, update
+import redis.connection
+from sqlalchemy import event, func, select, update
 
 from tenantq.core.db import utcnow
 from tenantq.core.keys import DISPATCHED_AT, OUTBOX, OUTBOX_TENANT
@@ -373,3 +374,59 @@ class TestNoteNotWritten:
         step1 = db_session.get(Workflow, wf.id).job_ids[1][0]
         assert TenantQueues(redis_client).is_pending(key.tenant_id, step1)
         assert redis_client.zscore(OUTBOX, step1) is None
+
+
+class TestRoundTrips:
+    """The enqueue takes the note away in its own Redis call: after the commit, a submission costs one
+    round trip, a batch one per kind (immediate, delayed), a workflow's first step one for the group."""
+
+    @staticmethod
+    def after_commit(db_session, monkeypatch, action) -> int:
+        sent: list[int] = []
+        commits: list[int] = []
+        send = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(self, command, check_health=True):
+            sent.append(1)
+            return send(self, command, check_health)
+
+        def committed(_session) -> None:
+            commits.append(len(sent))
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+        event.listen(db_session, "after_commit", committed)
+        try:
+            action()
+        finally:
+            event.remove(db_session, "after_commit", committed)
+            monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+        assert len(commits) == 1, commits
+        return len(sent) - commits[0]
+
+    def test_after_the_commit(self, db_session, redis_client, monkeypatch):
+        from tenantq.platform.jobs.schemas import JobCreate
+        from tenantq.platform.jobs.service import submit_batch, submit_job
+        from tenantq.platform.workflows.schemas import WorkflowCreate
+        from tenantq.platform.workflows.service import create_workflow
+
+        key = ApiKeyFactory(tenant__plan_name="enterprise")
+        tenant = key.tenant
+        TenantQueues(redis_client).pause(tenant.id, "test")  # nothing runs: only the requests count
+        # Load the enqueue scripts first (a first EVALSHA answered NOSCRIPT costs a second round trip).
+        submit_job(db_session, tenant, JobCreate(task="demo.echo"))
+        submit_batch(db_session, tenant, [{"task": "demo.echo"}, {"task": "demo.echo", "countdown": 60}])
+        one = self.after_commit(
+            db_session, monkeypatch, lambda: submit_job(db_session, tenant, JobCreate(task="demo.echo"))
+        )
+        jobs = [{"task": "demo.echo"}] * 5 + [{"task": "demo.echo", "countdown": 60}] * 5
+        batch = self.after_commit(db_session, monkeypatch, lambda: submit_batch(db_session, tenant, jobs))
+        steps = {"steps": [{"group": [{"task": "demo.echo"}] * 3}, {"task": "demo.echo"}]}
+        workflow = self.after_commit(
+            db_session,
+            monkeypatch,
+            lambda: create_workflow(db_session, tenant, WorkflowCreate.model_validate(steps)),
+        )
+        assert (one, batch, workflow) == (1, 2, 1)
+        db_session.expire_all()
+        waiting = db_session.scalars(select(Job.id).where(Job.tenant_id == tenant.id)).all()
+        assert len(waiting) == 1 + 2 + 1 + 10 + 3 and no_notes(redis_client, list(waiting))
