@@ -506,6 +506,11 @@ def enqueue_jobs(jobs: list[Job], *, client: redis.Redis | None = None) -> None:
     for tenant_id, items in by_tenant.items():
         queues.enqueue_many(tenant_id, items)
     queues.schedule_many(delayed)
+    counts: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        counts[(job.tenant_id, job.task)] = counts.get((job.tenant_id, job.task), 0) + 1
+    for (tenant_id, task), count in counts.items():
+        metrics.job_submitted(tenant_id, task, client=queues.r, count=count)
 
 
 CancelOutcome = Literal["dequeued", "terminated", "requested", "already_finished"]
