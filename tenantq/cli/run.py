@@ -170,7 +170,7 @@ def dispatcher(data_dir: DataDir = None) -> None:
     """Run the dispatcher that releases jobs from per-tenant queues to the workers.
 
     The leader also applies job outcomes the workers kept in Redis while the database was unavailable,
-    and queues submissions committed but never enqueued (the outbox). Run several for high
+    and queues jobs committed but never enqueued (the outbox). Run several for high
     availability: one leads (a lock in Redis), the others take over if it dies.
     """
     load_server_settings(data_dir)

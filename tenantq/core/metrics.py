@@ -266,12 +266,12 @@ def _safely(fn: Callable[..., object], *args: Any) -> None:
         logging.getLogger("tenantq.metrics").debug("metrics update failed", exc_info=True)
 
 
-def job_submitted(tenant_id: str, task: str, *, client: Any = None) -> None:
+def job_submitted(tenant_id: str, task: str, *, client: Any = None, count: int = 1) -> None:
     def _do() -> None:
         lab = labeler()
         if client is not None:
-            lab.record_submission(client, tenant_id)
-        get_metrics().submitted.labels(lab.label(tenant_id), task).inc()
+            lab.record_submission(client, tenant_id, count)
+        get_metrics().submitted.labels(lab.label(tenant_id), task).inc(count)
 
     _safely(_do)
 

@@ -242,7 +242,7 @@ class ClusterStateCollector:
         g.add_metric([], int(client.xlen(keys.OUTCOMES)))
         yield g
         g = GaugeMetricFamily(
-            "tenantq_outbox_pending", "Submissions noted in the outbox and not yet known to be enqueued."
+            "tenantq_outbox_pending", "Jobs noted in the outbox and not yet known to be enqueued."
         )
         g.add_metric([], int(client.zcard(keys.OUTBOX)))
         yield g

@@ -40,6 +40,25 @@ def wait_terminal(api, key, job_id):
     return wait_until(done, timeout=90, message=f"job {job_id} to finish")
 
 
+class TestSubmittedCounter:
+    def test_batch_and_workflow_jobs_count_as_submitted(self, api, redis_client):
+        key = ApiKeyFactory()
+        TenantQueues(redis_client).pause(key.tenant.id, "test")  # counted at the enqueue: nothing runs
+        resp = api.post(
+            "/v1/jobs/batch",
+            json={"jobs": [{"task": "demo.echo"}, {"task": "demo.echo", "countdown": 60}]},
+            headers=auth(key),
+        )
+        assert resp.status_code == 200, resp.text
+        steps = [{"group": [{"task": "demo.sleep", "args": {"seconds": 0}}] * 3}, {"task": "demo.echo"}]
+        resp = api.post("/v1/workflows", json={"steps": steps}, headers=auth(key))
+        assert resp.status_code == 202, resp.text
+        s = scrape(api)
+        # The workflow's later step is counted when a worker queues it, not at the start.
+        assert value(s, "tenantq_jobs_submitted_total", tenant=key.tenant.id, task="demo.echo") == 2
+        assert value(s, "tenantq_jobs_submitted_total", tenant=key.tenant.id, task="demo.sleep") == 3
+
+
 @pytest.mark.e2e
 class TestJobMetricsFromRealWorkers:
     def test_per_tenant_counts_match_what_ran(self, api, platform_processes):

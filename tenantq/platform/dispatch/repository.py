@@ -24,7 +24,10 @@ Layout (all keys under ``tq:``):
 - ``tq:cc:{tenant}``  ZSET of concurrency leases ``{job}:{token}`` -> expiry (unix s). Taken at
                       release, refreshed by the worker while the attempt runs, removed when it ends;
                       an expired lease (crashed worker) no longer counts.
-The SQL ``job`` row is written and committed first; these keys only say what is runnable. Keys are
+The SQL ``job`` row is written and committed first; these keys only say what is runnable. Enqueueing
+a job (``enqueue``, ``enqueue_many``, ``schedule``) also takes its note out of the submission outbox
+(``tq:outbox``, ``tq:outbox:t``; ``tenantq.platform.jobs.outbox``) in the same call: an enqueued job no
+longer waits for its enqueue, and the creator needs no round trip of its own to say so. Keys are
 not hash-tagged: tenantq targets a single Redis (or Sentinel), not Redis Cluster.
 """
 
@@ -61,6 +64,8 @@ local prio = tonumber(ARGV[2])
 local score = (9 - prio) * 10000000000000 + seq
 redis.call('HSET', '${PAYLOAD}', ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], score, ARGV[1])
+redis.call('ZREM', '${OUTBOX}', ARGV[1])
+redis.call('HDEL', '${OUTBOX_TENANT}', ARGV[1])
 redis.call('SADD', '${ACTIVE}', ARGV[4])
 redis.call('LPUSH', '${WAKE}', '1')
 redis.call('LTRIM', '${WAKE}', 0, 0)
@@ -77,6 +82,8 @@ for i = 2, #ARGV, 3 do
   local prio = tonumber(ARGV[i + 1])
   redis.call('HSET', '${PAYLOAD}', ARGV[i], ARGV[i + 2])
   redis.call('ZADD', key, (9 - prio) * 10000000000000 + seq, ARGV[i])
+  redis.call('ZREM', '${OUTBOX}', ARGV[i])
+  redis.call('HDEL', '${OUTBOX_TENANT}', ARGV[i])
   n = n + 1
 end
 if n > 0 then
@@ -274,11 +281,20 @@ class TenantQueues:
     def schedule(
         self, tenant_id: str, job_id: str, priority: int, message: dict[str, Any], run_at: float
     ) -> None:
+        self.schedule_many([(tenant_id, job_id, priority, message, run_at)])
+
+    def schedule_many(self, items: list[tuple[str, str, int, dict[str, Any], float]]) -> None:
+        """Put (tenant id, job id, priority, message, run at) on the delayed queue: one transaction."""
+        if not items:
+            return
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.PAYLOAD, job_id, self._dump(message))
-        pipe.hset(keys.DELAYED_TENANT, job_id, tenant_id)
-        pipe.hset(keys.DELAYED_PRIORITY, job_id, priority)
-        pipe.zadd(keys.DELAYED, {job_id: run_at})
+        for tenant_id, job_id, priority, message, run_at in items:
+            pipe.hset(keys.PAYLOAD, job_id, self._dump(message))
+            pipe.hset(keys.DELAYED_TENANT, job_id, tenant_id)
+            pipe.hset(keys.DELAYED_PRIORITY, job_id, priority)
+            pipe.zadd(keys.DELAYED, {job_id: run_at})
+            pipe.zrem(keys.OUTBOX, job_id)
+            pipe.hdel(keys.OUTBOX_TENANT, job_id)
         pipe.execute()
 
     def promote_due(self, now: float | None = None, limit: int = 1000) -> int:

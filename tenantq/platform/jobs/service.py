@@ -258,11 +258,7 @@ def submit_job(
                 waited = True
             time.sleep(0.01)
     except redis.RedisError:
-        raise ServiceUnavailable(
-            "The queue is unavailable; the job was not accepted. Retry later.",
-            code="queue_unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise queue_unavailable("the job was not accepted") from None
     try:
         # Holding the claim: a job committed by a request that held it before is answered as a replay.
         return _submit(session, tenant, data, client=client)
@@ -303,8 +299,9 @@ def _submit(
         )
     repo.add(job)
     queue_client = client or get_redis()
-    # Noted before the commit: if this process dies before the enqueue, the outbox sweep queues it.
-    outbox.note(queue_client, [(job.id, job.tenant_id)])
+    note_before_commit(
+        session, [job], client=queue_client, quota=(tenant.id, 1, now), refused="the job was not accepted"
+    )
     try:
         # Committed here rather than by the request: the job is queued only after the commit that
         # created its row, and a lost idempotency race must be seen now to answer with the winner.
@@ -329,13 +326,41 @@ def _submit(
         session.delete(job)
         session.commit()  # the error below makes the request roll back: commit the removal first
         release_quota(tenant.id, 1, now)
-        raise ServiceUnavailable(
-            "The queue is unavailable; the job was not accepted. Retry later.",
-            code="queue_unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
-    outbox.clear_quietly(queue_client, [job.id])
+        raise queue_unavailable("the job was not accepted") from None
     return SubmitResult(job, created=True)
+
+
+def queue_unavailable(refused: str) -> ServiceUnavailable:
+    """The 503 a request gets when Redis cannot take its job (or its outbox note): ``refused`` says
+    what was not done ("the job was not accepted")."""
+    return ServiceUnavailable(
+        f"The queue is unavailable; {refused}. Retry later.",
+        code="queue_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+def note_before_commit(
+    session: Session,
+    jobs: list[Job],
+    *,
+    client: redis.Redis,
+    quota: tuple[str, int, datetime],
+    refused: str,
+) -> None:
+    """The outbox's first half on a request's path (``outbox``): note ``jobs`` before the commit that
+    makes them runnable; the enqueue after the commit takes the note away in its own call. If this
+    process dies in between, the dispatcher's sweep queues them within seconds. A note that cannot be
+    written refuses the request before anything is committed: the transaction is rolled back, the
+    ``quota`` counted at admission (tenant id, jobs, counted at) given back, and the request answered
+    503 ``queue_unavailable``."""
+    try:
+        outbox.note(client, jobs)
+    except redis.RedisError as exc:
+        log.error("outbox note failed for job(s) %s: %s", ", ".join(job.id for job in jobs), exc)
+        session.rollback()
+        release_quota(*quota)
+        raise queue_unavailable(refused) from None
 
 
 def enqueue(
@@ -346,7 +371,8 @@ def enqueue(
     first_attempt: int | None = None,
     first_run: int = 1,
 ) -> None:
-    """Put the job's next attempt on its tenant's queue (or the delayed set if it has a run_at)."""
+    """Put the job's next attempt on its tenant's queue (or the delayed set if it has a run_at), and
+    take its outbox note away in the same Redis call."""
     queues = TenantQueues(client or get_redis())
     message = job_message(job, attempt=attempt, first_attempt=first_attempt, first_run=first_run)
     if job.status == "scheduled" and job.run_at is not None:
@@ -425,7 +451,13 @@ def submit_batch(
             repo.add(job)
             rows.append((index, job))
         queue_client = client or get_redis()
-        outbox.note(queue_client, [(job.id, job.tenant_id) for _, job in rows])
+        note_before_commit(
+            session,
+            [job for _, job in rows],
+            client=queue_client,
+            quota=(tenant.id, len(rows), now),
+            refused="no job of the batch was accepted",
+        )
         try:
             # Committed here rather than by the request: the jobs are queued only after the commit
             # that created their rows, and a lost idempotency race must be seen now.
@@ -454,28 +486,31 @@ def submit_batch(
                 session.delete(job)
             session.commit()  # the error below makes the request roll back: commit the removal first
             release_quota(tenant.id, len(rows), now)
-            raise ServiceUnavailable(
-                "The queue is unavailable; no job of the batch was accepted. Retry later.",
-                code="queue_unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
-        outbox.clear_quietly(queue_client, [job.id for _, job in rows])
+            raise queue_unavailable("no job of the batch was accepted") from None
         for index, job in rows:
             answers[index] = BatchItem(index=index, status_code=202, job=JobOut.model_validate(job))
     return [answers[i] for i in sorted(answers)]
 
 
 def enqueue_jobs(jobs: list[Job], *, client: redis.Redis | None = None) -> None:
-    """Make committed jobs runnable: immediate ones in one Lua call per tenant, delayed ones pipelined."""
+    """Make committed jobs (first attempts) runnable: immediate ones in one Lua call per tenant, delayed
+    ones in one transaction; either call takes the jobs' outbox notes away."""
     queues = TenantQueues(client or get_redis())
     by_tenant: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+    delayed: list[tuple[str, str, int, dict[str, Any], float]] = []
     for job in jobs:
         if job.status == "scheduled" and job.run_at is not None:
-            queues.schedule(job.tenant_id, job.id, job.priority, job_message(job), job.run_at.timestamp())
+            delayed.append((job.tenant_id, job.id, job.priority, job_message(job), job.run_at.timestamp()))
         else:
             by_tenant.setdefault(job.tenant_id, []).append((job.id, job.priority, job_message(job)))
     for tenant_id, items in by_tenant.items():
         queues.enqueue_many(tenant_id, items)
+    queues.schedule_many(delayed)
+    counts: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        counts[(job.tenant_id, job.task)] = counts.get((job.tenant_id, job.task), 0) + 1
+    for (tenant_id, task), count in counts.items():
+        metrics.job_submitted(tenant_id, task, client=queues.r, count=count)
 
 
 CancelOutcome = Literal["dequeued", "terminated", "requested", "already_finished"]
@@ -575,9 +610,7 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     never_ran = job.attempts == 0 and job.started_at is None
     resumed = steps.jobs_resumed_by_rerun(session, job) if steps is not None else 0
     admit(session, tenant, 1, quota_jobs=int(never_ran) + resumed)
-    # An attempt cancelled before it started never got a number in SQL; step past it so that its
-    # cancel marker (and any copy of it still in Celery) cannot be confused with the new attempt.
-    attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
+    attempt, first_run = next_attempt(job, client)
     if steps is not None and job.workflow_id:
         # Same lock order as the worker's completion path (workflow, then job): no deadlock with it.
         steps.lock(session, job.workflow_id)
@@ -605,13 +638,18 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
     if steps is not None:
         # Resume the workflow in the same commit, before the job can possibly finish again.
         steps.job_rerun(session, job)
+    note_before_commit(
+        session,
+        [job],
+        client=client,
+        quota=(tenant.id, int(never_ran) + resumed, utcnow()),
+        refused="the job was not re-run",
+    )
     # Committed before the attempt is queued, so the worker finds the job queued.
     session.commit()
     session.refresh(job)
     try:
-        enqueue(
-            job, client=client, attempt=attempt, first_attempt=attempt, first_run=attempt if never_ran else 1
-        )
+        enqueue(job, client=client, attempt=attempt, first_attempt=attempt, first_run=first_run)
     except redis.RedisError as exc:
         log.error("enqueue failed for re-run of job %s: %s", job.id, exc)
         error = "ServiceUnavailable: the re-run could not be queued"
@@ -623,13 +661,19 @@ def rerun_job(session: Session, tenant: Tenant, job_id: str, *, client: redis.Re
         if steps is not None and job.workflow_id:
             steps.job_failed(session, job.workflow_id, int(job.step_index or 0), job.id, error)
         session.commit()  # the error below makes the request roll back: commit the failure first
-        raise ServiceUnavailable(
-            "The queue is unavailable; the job was not re-run. Retry later.",
-            code="queue_unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise queue_unavailable("the job was not re-run") from None
     events.publish_status(job.tenant_id, job.id, "queued", job.attempts, client)
     return job
+
+
+def next_attempt(job: Job, client: redis.Redis | None = None) -> tuple[int, int]:
+    """(attempt, first_run) of the next attempt of a job being queued (again): what a re-run enqueues
+    and what the outbox sweep enqueues for a job its creator never did. An attempt cancelled before it
+    started never got a number in SQL; step past it so that its cancel marker (and any copy of it
+    still in Celery) cannot be confused with the new attempt. A job that never ran bills this attempt
+    as the job (``first_run``); one that ran was billed already (1: never again)."""
+    attempt = max(job.attempts, lifecycle.cancelled_up_to(job.id, client)) + 1
+    return attempt, attempt if job.attempts == 0 else 1
 
 
 def purge_queue(session: Session, tenant: Tenant, *, client: redis.Redis | None = None) -> int:

@@ -18,7 +18,7 @@ from tenantq.platform.dispatch.repository import DISPATCHED_AT, TenantQueues
 from tenantq.platform.jobs import outbox
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.jobs.outcomes import Settler
-from tenantq.platform.jobs.service import enqueue, job_message, purge_expired_results
+from tenantq.platform.jobs.service import enqueue, job_message, next_attempt, purge_expired_results
 
 log = logging.getLogger("tenantq.jobs")
 
@@ -68,7 +68,7 @@ def dispatcher_chores() -> list[Chore]:
 
 
 def sweep_outbox(limit: int = 500) -> int:
-    """Queue the jobs a submitter committed but never enqueued (see ``outbox``). Returns how many."""
+    """Queue the jobs a creator committed but never enqueued (see ``outbox``). Returns how many."""
     client = get_redis()
     notes = outbox.due(client, limit)
     if not notes:
@@ -88,11 +88,16 @@ def sweep_outbox(limit: int = 500) -> int:
                 done.append(job_id)  # never committed (rolled back, or a lost idempotency race)
             continue
         done.append(job_id)
-        if job.status not in ("queued", "scheduled") or dispatched is not None:
-            continue  # running or finished, or waiting in an execution queue
+        if job.status not in ("queued", "scheduled"):
+            continue  # running or finished
+        if dispatched is not None and float(dispatched) >= noted_at:
+            # Published since the note: waiting in an execution queue. A publish from before the note
+            # is a previous attempt's (a re-run of a job cancelled while it waited in Celery).
+            continue
         if queues.is_pending(job.tenant_id, job.id):
-            continue  # the enqueue happened; only the note's removal was lost
-        enqueue(job, client=client)
+            continue  # the enqueue happened (it takes the note away; the sweep read the note first)
+        attempt, first_run = next_attempt(job, client)
+        enqueue(job, client=client, attempt=attempt, first_attempt=attempt, first_run=first_run)
         queued += 1
         log.warning("outbox: job %s was committed but never enqueued; queued now", job.id)
     outbox.clear(client, done)

@@ -27,8 +27,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from tenantq.core.db import unscoped_session, utcnow
-from tenantq.core.errors import InvalidInput, ServiceUnavailable
+from tenantq.core.errors import InvalidInput
+from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
+from tenantq.platform.jobs import outbox
 from tenantq.platform.jobs import service as jobs
 from tenantq.platform.jobs.admission import admit, release_after_commit, release_quota
 from tenantq.platform.jobs.hooks import AttemptOutcome, FinishHook
@@ -124,22 +126,27 @@ def create_workflow(session: Session, tenant: Tenant, data: WorkflowCreate) -> W
     )
     session.flush()
     new = _create_step_jobs(session, wf, 0, None)
+    counted_at = wf.created_at
+    client = get_redis()
+    # Noted before the commit: if this process dies before the enqueue, the outbox sweep queues them.
+    jobs.note_before_commit(
+        session,
+        new,
+        client=client,
+        quota=(tenant.id, total, counted_at),
+        refused="the workflow was not accepted",
+    )
     # Committed here rather than by the request: jobs are queued only after the commit that created
     # their rows, or a worker could start a job whose row it cannot see yet.
     session.commit()
     try:
-        for job in new:
-            jobs.enqueue(job)
+        jobs.enqueue_jobs(new, client=client)  # the whole first step in one Redis call
     except redis.RedisError as exc:
         log.error("enqueue failed for workflow %s: %s", wf.id, exc)
         session.delete(wf)  # cascades to its jobs: nothing of it was runnable
         session.commit()  # the error below makes the request roll back: commit the removal first
-        release_quota(tenant.id, total, wf.created_at)
-        raise ServiceUnavailable(
-            "The queue is unavailable; the workflow was not accepted. Retry later.",
-            code="queue_unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
+        release_quota(tenant.id, total, counted_at)
+        raise jobs.queue_unavailable("the workflow was not accepted") from None
     return wf
 
 
@@ -202,14 +209,16 @@ def _create_step_jobs(session: Session, wf: Workflow, index: int, input_value: A
 
 
 def enqueue_step_jobs(new_jobs: list[Job]) -> None:
-    """After the commit that created them: put the next step's jobs on the tenant's queue."""
-    for job in new_jobs:
-        try:
-            jobs.enqueue(job)
-        except redis.RedisError as exc:
-            log.error("could not queue workflow step job %s: %s", job.id, exc)
-            error = f"ServiceUnavailable: the step could not be queued: {exc}"
-            with unscoped_session() as session:
+    """After the commit that created them: put the next step's jobs on the tenant's queue, all in one
+    Redis call (which also takes their outbox notes away). If that call fails none of them is queued:
+    they fail, and the workflow with them."""
+    try:
+        jobs.enqueue_jobs(new_jobs)
+    except redis.RedisError as exc:
+        log.error("could not queue workflow step jobs %s: %s", ", ".join(j.id for j in new_jobs), exc)
+        error = f"ServiceUnavailable: the step could not be queued: {exc}"
+        with unscoped_session() as session:
+            for job in new_jobs:
                 row = session.get(Job, job.id)
                 if row is not None and row.status == "queued":
                     row.status, row.error, row.finished_at = "failed", error, utcnow()
@@ -244,7 +253,12 @@ def _step_finished(session: Session, outcome: AttemptOutcome) -> Callable[[], No
         step_job_failed(session, message.workflow_id, step_index, message.id, outcome.error or "")
         return None
     new_jobs = step_job_succeeded(session, message.workflow_id, step_index)
-    return (lambda: enqueue_step_jobs(new_jobs)) if new_jobs else None
+    if not new_jobs:
+        return None
+    # Noted before this transaction commits: if the process dies before the enqueue, the outbox sweep
+    # queues them. A worker cannot refuse a finished attempt, so a note that fails is only logged.
+    outbox.note_quietly(get_redis(), new_jobs)
+    return lambda: enqueue_step_jobs(new_jobs)
 
 
 FINISH_HOOK = FinishHook(
