@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 from tenantq.core.celery import app as celery_app
 from tenantq.core.db import utcnow
-from tenantq.core.keys import lease_key, wait_key
+from tenantq.core.keys import cancel_key, lease_key, wait_key
+from tenantq.core.redis import get_redis
 from tenantq.platform.dispatch import limits
 from tenantq.platform.dispatch.dispatcher import Dispatcher
 from tenantq.platform.dispatch.repository import TenantQueues
@@ -151,6 +152,22 @@ class TestLostJobs:
         iso_redis.hset("tq:disp:at", recent.id, 9_999_999_999)
         d.requeue_lost_sql_jobs(limit=10_000)
         assert iso_redis.zscore(f"tq:q:{tenant.id}", recent.id) is None
+
+    def test_a_rerun_of_a_job_cancelled_before_it_started_is_requeued_past_the_cancelled_attempt(
+        self, iso_redis
+    ):
+        """Attempt 1 was cancelled before it started (its cancel marker covers attempt 1), then the job
+        was re-run and lost from Redis: the reconciler queues attempt 2, which the marker does not
+        cover, and bills it as the job's first run (it never ran)."""
+        tenant = TenantFactory()
+        old = utcnow().replace(year=utcnow().year - 1)
+        rerun = JobFactory(tenant=tenant, status="queued", created_at=old, attempts=0)
+        get_redis().set(cancel_key(rerun.id), 1)
+        d = Dispatcher(client=iso_redis, use_leader_lock=False, queued_in_sql=queued_before)
+        d.lost_grace = 60
+        assert d.requeue_lost_sql_jobs(limit=10_000) >= 1
+        job = json.loads(iso_redis.hget("tq:payload", rerun.id))["job"]
+        assert (job["attempt"], job["first_attempt"], job["first_run"]) == (2, 2, 2)
 
     def test_a_published_job_is_published_again_after_the_grace_on_redis_the_consumer_timeout_on_rabbitmq(
         self, iso_redis

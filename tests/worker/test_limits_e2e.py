@@ -123,7 +123,9 @@ class TestLimitsWithRealWorkers:
         rows = wait_done(ids)
         assert all(j.status == "succeeded" and j.attempts == 1 for j in rows)
         assert max_overlap(rows) == 2  # the worker had 4 free processes: the cap, not capacity, held it at 2
-        assert client.zcard(lease_key(tenant.id)) == 0  # every slot released on postrun
+        # Every slot released on postrun: in its last Redis round trip, just after the status is
+        # committed (what wait_done saw), so wait for it rather than race it.
+        wait_until(lambda: client.zcard(lease_key(tenant.id)) == 0, timeout=30, message="the leases released")
 
     def test_new_tenant_is_served_without_restart(self, cluster, db_session):
         _, _, client = cluster
@@ -228,4 +230,8 @@ class TestLimitsWithRealWorkers:
                 ).all()
             assert len(ran) == 4
             assert max_overlap(list(ran)) <= 2
-        assert client.zcount(lease_key(tenant.id), time.time(), "+inf") == 0
+        wait_until(
+            lambda: client.zcount(lease_key(tenant.id), time.time(), "+inf") == 0,
+            timeout=30,
+            message="no live lease left",
+        )

@@ -48,7 +48,10 @@ app.conf.beat_schedule.setdefault(
 
 def queued_before(cutoff: datetime, limit: int) -> list[QueuedJob]:
     """Jobs SQL holds as ``queued`` since before ``cutoff``, oldest first: what the dispatcher's
-    reconciler checks against Redis (``Dispatcher.requeue_lost_sql_jobs``)."""
+    reconciler checks against Redis (``Dispatcher.requeue_lost_sql_jobs``). Each message is for the
+    job's next attempt as a re-run or the outbox sweep numbers it (``next_attempt``): a re-run of a job
+    cancelled before it started must step past the cancelled attempt's marker, or it never runs."""
+    client = get_redis()
     with unscoped_session() as session:
         jobs = session.scalars(
             select(Job)
@@ -56,7 +59,12 @@ def queued_before(cutoff: datetime, limit: int) -> list[QueuedJob]:
             .order_by(Job.created_at)
             .limit(limit)
         )
-        return [QueuedJob(job.tenant_id, job.id, job.priority, job_message(job)) for job in jobs]
+        found = []
+        for job in jobs:
+            attempt, first_run = next_attempt(job, client)
+            message = job_message(job, attempt=attempt, first_attempt=attempt, first_run=first_run)
+            found.append(QueuedJob(job.tenant_id, job.id, job.priority, message))
+        return found
 
 
 def dispatcher_chores() -> list[Chore]:
