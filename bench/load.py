@@ -197,7 +197,8 @@ class Load:
             if shared_pool:
                 shared = await stack.enter_async_context(self.client(len(seeds) + 10))
             await asyncio.sleep(max(0.0, start_at - time.time()))
-            until = time.monotonic() + seconds
+            # Every process stops at the same wall-clock time, also one that started late.
+            until = time.monotonic() + max(0.0, start_at + seconds - time.time())
             cpu = time.process_time()
             loops = (self.client_loop(until, seed, shared) for seed in seeds)
             await asyncio.gather(self.watch_loop(until), *loops)
@@ -260,15 +261,15 @@ def run_load(
         for share in shares
     ]  # fmt: skip
     tally = Tally()
-    api_cpu = _proc_cpu(api_pid)
+    api_cpu, api_t0 = _proc_cpu(api_pid), time.time()
     with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
         for part in pool.map(drive_process, jobs):
             tally.merge(part)
-    elapsed = max(seconds, time.time() - start_at)
+    elapsed = seconds
     api_cpu_share = None
-    if api_pid is not None and api_cpu is not None:
-        after = _proc_cpu(api_pid)
-        api_cpu_share = round((after - api_cpu) / (time.time() - start_at + 3.0), 2) if after else None
+    after = _proc_cpu(api_pid)
+    if api_cpu is not None and after is not None:  # of the whole run, the drivers' start-up included
+        api_cpu_share = round((after - api_cpu) / (time.time() - api_t0), 2)
 
     async def recover() -> float | None:
         async with seeder.client() as client:
