@@ -305,7 +305,11 @@ class TestTenantDashboard:
         # TestTenantBillingSettings).
         assert field.evaluate("el => el.validity.typeMismatch") is True
         page.reload()
-        assert page.get_by_label("Email address").input_value() == "invoices@tenant.example"
+        # The page fills the field from GET /v1/billing/settings after it loads: wait for that (reading
+        # the value at once raced it and found the field still empty on a loaded CI machine).
+        from playwright.sync_api import expect
+
+        expect(page.get_by_label("Email address")).to_have_value("invoices@tenant.example", timeout=30_000)
 
     def test_download_csv_report(self, page, server):
         key = ApiKeyFactory()
