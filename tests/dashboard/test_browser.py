@@ -217,8 +217,12 @@ class TestTenantDashboard:
             page.locator("#job-summary .status-queued").wait_for()
             page.get_by_role("button", name="Cancel job").click()
             page.locator("#job-summary .status-cancelled").wait_for()
-            assert "removed from the queue" in page.locator("#job-message").inner_text()
-            assert page.get_by_role("button", name="Cancel job").is_hidden()
+            # The page's 2 s poll may render the cancelled job before the cancel request's answer
+            # writes the message: wait for the message rather than read it at once.
+            from playwright.sync_api import expect
+
+            expect(page.locator("#job-message")).to_contain_text("removed from the queue", timeout=30_000)
+            expect(page.get_by_role("button", name="Cancel job")).to_be_hidden(timeout=30_000)
         finally:
             redis_client.srem("tq:paused", key.tenant_id)
         body = httpx.get(
