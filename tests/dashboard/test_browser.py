@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tenantq.core.keys import quota_compute_key
 from tenantq.core.periods import current_period
@@ -219,8 +220,6 @@ class TestTenantDashboard:
             page.locator("#job-summary .status-cancelled").wait_for()
             # The page's 2 s poll may render the cancelled job before the cancel request's answer
             # writes the message: wait for the message rather than read it at once.
-            from playwright.sync_api import expect
-
             expect(page.locator("#job-message")).to_contain_text("removed from the queue", timeout=30_000)
             expect(page.get_by_role("button", name="Cancel job")).to_be_hidden(timeout=30_000)
         finally:
@@ -311,8 +310,6 @@ class TestTenantDashboard:
         page.reload()
         # The page fills the field from GET /v1/billing/settings after it loads: wait for that (reading
         # the value at once raced it and found the field still empty on a loaded CI machine).
-        from playwright.sync_api import expect
-
         expect(page.get_by_label("Email address")).to_have_value("invoices@tenant.example", timeout=30_000)
 
     def test_download_csv_report(self, page, server):
@@ -372,7 +369,7 @@ class TestOperatorDashboard:
         row = page.locator(f'tr[data-tenant-id="{key.tenant_id}"]')
         row.get_by_role("button", name=f"Suspend {key.tenant.name}").click()
         page.locator(f'tr[data-tenant-id="{key.tenant_id}"][data-status="suspended"]').wait_for()
-        assert "suspended" in page.locator("#tenants-message").inner_text()
+        expect(page.locator("#tenants-message")).to_contain_text("suspended", timeout=30_000)
         resp = httpx.get(
             f"{server}/admin/v1/tenants/{key.tenant_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
@@ -448,7 +445,7 @@ class TestDashboardDefects:
         assert fee.input_value() == "0.00"
         # Saving without touching it changes nothing (the formatted fee equals the stored one).
         page.get_by_role("button", name="Save free").click()
-        assert "Nothing changed in free" in page.locator("#plans-message").inner_text()
+        expect(page.locator("#plans-message")).to_contain_text("Nothing changed in free", timeout=30_000)
 
     def test_usage_page_explains_its_job_counts(self, page):
         key = ApiKeyFactory()
