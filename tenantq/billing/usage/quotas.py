@@ -205,9 +205,13 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
             args=[count, limits.jobs, limits.compute_seconds * 1000, 1 if limits.hard else 0, COUNTER_TTL_S],
         )
     except redis.RedisError:
+        # Redis is the queue's store too: one code for "Redis is away" on every submission path, as
+        # docs/operations.md lists it (a Redis restart answered quota_unavailable or queue_unavailable
+        # depending on which call it hit first).
         raise ServiceUnavailable(
-            "Quota counters are unavailable; the job was not accepted. Retry later.",
-            code="quota_unavailable",
+            "The queue is unavailable (its quota counters could not be read); the job was not accepted. "
+            "Retry later.",
+            code="queue_unavailable",
             headers={"Retry-After": "1"},
         ) from None
     if int(ok) == 1:
