@@ -101,7 +101,11 @@ class TestConsumerTimeout:
         assert "PRECONDITION_FAILED - delivery acknowledgement on channel" in log
         # This machine's RabbitMQ predates per-queue consumer timeouts: the worker said so at start.
         assert "ignores per-queue consumer timeouts" in log
-        assert ready_messages(broker, "tq.exec") == 1  # the unacknowledged delivery, requeued
+        # The unacknowledged delivery, requeued. A loaded machine may show more copies of it: a worker
+        # that took the requeued delivery while the first one still ran sent it back for later (the
+        # start guard's "busy" verdict), and the timeout fired on those too. Every copy is the same
+        # attempt of a finished job, and below each is dropped, never run.
+        assert ready_messages(broker, "tq.exec") >= 1
 
         start_worker(group, "worker2", concurrency=1)
         wait_until(lambda: ready_messages(broker, "tq.exec") == 0, timeout=120, message="worker2 to take it")
