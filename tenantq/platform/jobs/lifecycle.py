@@ -223,18 +223,6 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None, *, an
     ``announce=False``: the caller publishes the status event itself (``events.queue_status``)."""
     attempt = message.attempt
     now = utcnow()
-    move = (
-        update(Job)
-        .where(Job.id == message.id, Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
-        .values(
-            status="running",
-            attempts=attempt,
-            worker=worker,
-            task_id=task_id,
-            error=None,
-            started_at=func.coalesce(Job.started_at, now),
-        )
-    )
     engine = get_engine()
     if engine.dialect.name == "postgresql":
         # One statement, so one round trip in autocommit (a transaction would add BEGIN and COMMIT):
@@ -254,6 +242,18 @@ def attempt_started(message: JobMessage, task_id: str, worker: str | None, *, an
             autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
             moved = autocommit.execute(_started_statement(), params).first() is not None
     else:
+        move = (
+            update(Job)
+            .where(Job.id == message.id, Job.status.not_in(TERMINAL_STATUSES), Job.attempts <= attempt)
+            .values(
+                status="running",
+                attempts=attempt,
+                worker=worker,
+                task_id=task_id,
+                error=None,
+                started_at=func.coalesce(Job.started_at, now),
+            )
+        )
         with unscoped_session() as session:
             # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed as returning
             # Result.
@@ -273,30 +273,6 @@ def _published(message: JobMessage, status: str) -> None:
 def _upsert_insert(dialect: str) -> Any:
     """The dialect's INSERT with ON CONFLICT support (PostgreSQL and SQLite have it)."""
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
-_ATTEMPT_COLUMNS = [
-    "id",
-    "job_id",
-    "attempt",
-    "status",
-    "task_id",
-    "worker",
-    "started_at",
-    "finished_at",
-    "error",
-]
-
-
-def _attempt_upsert(dialect: str, rows: Any, worker: str | None, now: Any) -> Any:
-    """INSERT the attempt row from ``rows`` (a SELECT of _ATTEMPT_COLUMNS); if the same attempt has a
-    row already (redelivered after a worker was lost) reset it to running instead."""
-    reopened = {"status": "running", "worker": worker, "started_at": now, "finished_at": None, "error": None}
-    return (
-        _upsert_insert(dialect)(JobAttempt)
-        .from_select(_ATTEMPT_COLUMNS, rows)
-        .on_conflict_do_update(index_elements=["job_id", "attempt"], set_=reopened)
-    )
 
 
 def _open_attempt(
