@@ -35,6 +35,7 @@ it for every tenantq process. ``tests/core/test_redis_transport.py`` replays the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -42,6 +43,8 @@ from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 
 REDIS_SCHEMES = ("redis", "rediss")
+
+log = logging.getLogger("tenantq.broker")
 
 
 class Channel(kombu_redis.Channel):
@@ -61,6 +64,8 @@ class Channel(kombu_redis.Channel):
         known = self._tq_connparams.get(asynchronous)
         if known is None:
             raise redis.exceptions.ConnectionError("the broker connection of this channel was closed")
+        # Rare (a pool rebuilt on a channel of a lost connection): where kombu's own transport stopped.
+        log.info("broker channel of a closed connection: reconnecting it with its last parameters")
         return dict(known)
 
 
