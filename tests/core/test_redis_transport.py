@@ -59,11 +59,14 @@ def celery_teardown(conn: kombu.Connection) -> None:
 
 def test_tenantq_connections_use_the_tenantq_transport(platform_env):
     from tenantq.core.celery import app
+    from tenantq.core.settings import get_settings
 
-    with app.connection_for_read() as conn:
-        assert isinstance(conn.transport, redis_transport.Transport)
-    with kombu.Connection("rediss://127.0.0.1:1/0") as conn:
-        assert isinstance(conn.transport, redis_transport.Transport)
+    for url in ("redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0"):
+        with kombu.Connection(url) as conn:
+            assert isinstance(conn.transport, redis_transport.Transport), url
+    with app.connection_for_read() as conn:  # the broker of this run: Redis, or RabbitMQ (tests.brokers)
+        on_redis = isinstance(conn.transport, redis_transport.Transport)
+    assert on_redis is not get_settings().broker_is_amqp
 
 
 def test_kombus_own_transport_still_fails_this_way(private_redis):
