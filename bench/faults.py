@@ -301,6 +301,53 @@ def redis_restart(
     }
 
 
+def jobs_running(stack: Stack, ids: list[str]) -> int:
+    return job_statuses(stack, ids).get("running", 0) if ids else 0
+
+
+def redis_restarts(
+    stack: Stack, *, times: int, down: float, rate: float, job_seconds: float, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Redis stopped ``times`` times for ``down`` s while jobs run, each time with attempts in flight
+    (acknowledgements pending): the worker process must ride through every restart (the same process,
+    not a restarted one) and every accepted job must end. Waits are deadlines on observed state."""
+    name = "worker"
+    worker = stack.group.procs[name]
+    restarts_before = dict(stack.restarts)
+    submitter = Submitter(stack, rate, job_seconds).start()
+    in_flight = []
+    try:
+        for _ in range(times):
+            deadline = time.monotonic() + timeout
+            while True:
+                with submitter.answers.lock:
+                    accepted = list(submitter.answers.accepted)
+                running = jobs_running(stack, accepted)
+                if running or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            in_flight.append(running)
+            stack.redis.stop()
+            time.sleep(down)
+            stack.redis.start()
+    finally:
+        answers = submitter.finish()
+    _took, statuses = wait_terminal(stack, answers.accepted, 120.0)
+    return {
+        "scenario": f"Redis down {down:g} s, {times} times, with attempts running",
+        "worker_same_process": stack.group.procs.get(name) is worker and worker.poll() is None,
+        "worker_exit_code": worker.poll(),
+        "role_restarts": {k: v - restarts_before.get(k, 0) for k, v in stack.restarts.items()},
+        "running_at_each_stop": in_flight,
+        "accepted": len(answers.accepted),
+        "not_terminal": sum(n for s, n in statuses.items() if s not in TERMINAL),
+        "statuses": dict(statuses),
+        "error_codes": dict(answers.codes),
+        "bad_answers": answers.bad[:20],
+        "gave_up": answers.gave_up,
+    }
+
+
 # Run in a process of its own with the stack's settings: submits one job through the jobs service and
 # dies (os._exit, like a SIGKILL: no cleanup, no compensation) right after the commit, before the enqueue.
 _DIE_AFTER_COMMIT = textwrap.dedent(
@@ -353,8 +400,8 @@ def commit_without_enqueue(stack: Stack) -> dict[str, Any]:
 def start_stack(
     database_url: str, *, redis_port: int | None = None, tenants: int = 4, concurrency: int = 8
 ) -> Stack:
-    # A worker that dies (see docs/operations.md: kombu can crash on a Redis restart) is restarted; the
-    # messages it held come back after the visibility timeout, short here as in bench.chaos.
+    # A role that dies is restarted (and counted: no role should need it); a worker's messages would
+    # come back after the visibility timeout, short here as in bench.chaos.
     env = {"TENANTQ_VISIBILITY_TIMEOUT_SECONDS": "30"}
     stack = Stack(
         database_url=database_url, redis_port=redis_port, db_proxy=True, tenants=tenants, extra_env=env
@@ -393,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blackhole", type=float, default=20.0, help="seconds the database is stalled")
     parser.add_argument("--redis-down", type=float, default=5.0)
     parser.add_argument(
+        "--redis-restarts", type=int, default=5, help="Redis restarts (2 s each) with attempts running"
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=8, help="worker pool processes (keep rate x job-seconds below)"
     )
     opts = parser.parse_args(argv)
@@ -413,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
             print(results[-1])
         results.append(
             redis_restart(stack, down=opts.redis_down, rate=opts.rate, job_seconds=opts.job_seconds)
+        )
+        print(results[-1])
+        results.append(
+            redis_restarts(
+                stack, times=opts.redis_restarts, down=2.0, rate=opts.rate, job_seconds=opts.job_seconds
+            )
         )
         print(results[-1])
     finally:

@@ -12,6 +12,7 @@ from celery.app.amqp import AMQP, Queues
 from kombu import Exchange, Queue
 from kombu.exceptions import KombuError
 
+from tenantq.core import redis_transport
 from tenantq.core.settings import Settings, get_settings
 
 # tenantq priorities run 0 (least urgent) .. 9 (most urgent); Redis-backed Celery treats 0 as the
@@ -128,6 +129,8 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
 
 def create_celery() -> Celery:
     settings = get_settings()
+    # A worker must survive a Redis restart: see tenantq.core.redis_transport.
+    redis_transport.install()
     app = Celery(
         "tenantq",
         broker=settings.celery_broker_url,

@@ -123,3 +123,50 @@ class TestOneLoginPath:
             assert resp.status_code == 403
         assert key_form(client, key.plaintext).status_code == 303
         assert admin_form(client, ADMIN_TOKEN).status_code == 303
+
+
+class TestOneQuery:
+    """Authentication reads the credential's key and tenant in one SELECT (an API key: inner join; a
+    session: its tenant outer-joined to the key it was opened with)."""
+
+    @staticmethod
+    def selects(run: Callable[[], object]) -> list[str]:
+        from sqlalchemy import event
+
+        from tenantq.core.db import get_engine
+
+        seen: list[str] = []
+
+        def note(_conn, _cursor, statement, *_args) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                seen.append(statement)
+
+        event.listen(get_engine(), "before_cursor_execute", note)
+        try:
+            run()
+        finally:
+            event.remove(get_engine(), "before_cursor_execute", note)
+        return seen
+
+    def test_an_api_key_and_its_tenant(self):
+        from tenantq.core.db import session_factory
+        from tenantq.tenants.access.auth import _verify_key
+
+        key = ApiKeyFactory()
+        with session_factory()() as session:
+            selects = self.selects(lambda: _verify_key(session, key.plaintext))
+            assert len(selects) == 1, selects
+            assert " JOIN tenant " in selects[0] and "OUTER" not in selects[0].upper(), selects[0]
+
+    def test_a_session_its_tenant_and_its_key(self):
+        from tenantq.core.db import session_factory
+        from tenantq.tenants.access.auth import _authenticate_session
+        from tenantq.tenants.access.sessions import issue_token
+
+        key = ApiKeyFactory()
+        token, _exp = issue_token(subject=key.tenant_id, scopes=["jobs:read"], api_key_id=key.id)
+        with session_factory()() as session:
+            contexts = []
+            selects = self.selects(lambda: contexts.append(_authenticate_session(session, token)))
+            assert len(selects) == 1, selects
+            assert contexts[0].tenant.id == key.tenant_id and contexts[0].key_id == key.id

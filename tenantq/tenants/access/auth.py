@@ -33,8 +33,8 @@ from typing import TypeVar
 
 from fastapi import Request
 from jose import JWTError, jwt
-from sqlalchemy import or_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, contains_eager, lazyload
 
 from tenantq.core.db import utcnow
 from tenantq.core.errors import Forbidden, Unauthorized
@@ -212,24 +212,48 @@ def _login_key(session: Session, raw: str | None) -> tuple[ApiKey, Tenant]:
     return _verify_key(session, raw)
 
 
+def _key_with_tenant(session: Session, kid: str) -> tuple[ApiKey | None, Tenant | None]:
+    """The key and its tenant in one query (an inner join: a key without a tenant is no key)."""
+    key = session.execute(
+        select(ApiKey).join(ApiKey.tenant).options(contains_eager(ApiKey.tenant)).where(ApiKey.id == kid)
+    ).scalar_one_or_none()
+    return (key, key.tenant) if key is not None else (None, None)
+
+
+def _session_tenant_and_key(
+    session: Session, tenant_id: str, key_id: str | None
+) -> tuple[Tenant | None, ApiKey | None]:
+    """A session's tenant and the key it was opened with, in one query. An outer join: the tenant may
+    be there without the key (revoked and deleted, or another tenant's), which is a different refusal."""
+    row = session.execute(
+        select(Tenant, ApiKey)
+        .outerjoin(ApiKey, and_(ApiKey.id == key_id, ApiKey.tenant_id == Tenant.id))
+        # key.tenant is the row selected beside it (the relationship's own join would repeat it).
+        .options(lazyload(ApiKey.tenant))
+        .where(Tenant.id == tenant_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
 def _verify_key(session: Session, raw: str) -> tuple[ApiKey, Tenant]:
     parsed = parse_key(raw)
     if parsed is None:
         raise Unauthorized("Malformed API key.", code="invalid_api_key")
-    key = session.get(ApiKey, parsed.kid)
+    key, tenant = _key_with_tenant(session, parsed.kid)
     settings = get_settings()
     # Previous secrets still verify, so rotating TENANTQ_SECRET_KEY does not lock every tenant out.
     secrets = [settings.secret_key, *settings.previous_secret_keys]
-    if key is None or not any(verify_hash(parsed.full, key.secret_hash, s) for s in secrets if s):
+    if (
+        key is None
+        or tenant is None
+        or not any(verify_hash(parsed.full, key.secret_hash, s) for s in secrets if s)
+    ):
         raise Unauthorized("Unknown API key.", code="invalid_api_key")
     now = utcnow()
     if key.revoked_at is not None and key.revoked_at <= now:
         raise Unauthorized("This API key has been revoked.", code="revoked_api_key")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthorized("This API key has expired.", code="expired_api_key")
-    tenant = session.get(Tenant, key.tenant_id)
-    if tenant is None:
-        raise Unauthorized("Unknown API key.", code="invalid_api_key")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         # A conditional UPDATE: of many concurrent requests (on many processes) at most one writes
         # per minute, and nothing else pending in the session gets committed by accident.
@@ -247,11 +271,10 @@ def _verify_key(session: Session, raw: str) -> tuple[ApiKey, Tenant]:
 
 def _authenticate_session(session: Session, token: str) -> TenantContext:
     claims = decode_token(token, audience=TENANT_AUDIENCE)  # refuses a session bound to no key
-    tenant = session.get(Tenant, claims.subject)
+    tenant, key = _session_tenant_and_key(session, claims.subject, claims.key_id)
     if tenant is None:
         raise Unauthorized("Invalid session.", code="invalid_session")
-    # A session dies with the key it was exchanged for.
-    key = session.get(ApiKey, claims.key_id)
+    # A session dies with the key it was exchanged for (a key of another tenant is no key here).
     now = utcnow()
     if key is None or key.tenant_id != tenant.id or (key.revoked_at is not None and key.revoked_at <= now):
         raise Unauthorized("The API key behind this session was revoked.", code="revoked_session")
