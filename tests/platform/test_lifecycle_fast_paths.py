@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import redis
 from sqlalchemy import select, text
 
 from tenantq.core.db import get_engine, utcnow
@@ -234,3 +235,51 @@ class TestAttemptKilled:
         row = db_session.get(Job, job.id)
         assert (row.status, row.attempts) == (status, attempts)
         assert _attempts(db_session, job.id) == []
+
+
+class TestCancelGateAcrossARedisRestart:
+    """The wrapper's gate reads the cancel marker itself only when prerun's Redis round trip failed
+    (Redis was away a moment ago). A Redis restart must not fail an attempt whose start is recorded:
+    the gate waits it out (found in a fault run: two jobs failed for good with ConnectionError)."""
+
+    @staticmethod
+    def _flaky(monkeypatch, failures: int) -> list[float]:
+        real = lifecycle.cancelled_up_to
+        calls = {"n": 0}
+        pauses: list[float] = []
+
+        def flaky(job_id, client=None):
+            calls["n"] += 1
+            if calls["n"] <= failures:
+                raise redis.ConnectionError("Connection refused")
+            return real(job_id, client)
+
+        monkeypatch.setattr(lifecycle, "cancelled_up_to", flaky)
+        monkeypatch.setattr(lifecycle.time, "sleep", pauses.append)
+        return pauses
+
+    def test_waits_out_a_restart_then_lets_the_attempt_run(self, db_session, monkeypatch):
+        job = JobFactory(status="running", attempts=1)
+        pauses = self._flaky(monkeypatch, failures=3)
+        assert lifecycle.may_start(_meta(job)) is True
+        assert pauses == list(lifecycle.MARKER_RETRY_DELAYS_S[:3])
+
+    def test_a_cancel_set_before_the_outage_still_stops_the_attempt(self, db_session, monkeypatch):
+        job = JobFactory(status="running", attempts=1)
+        lifecycle.mark_cancelled(job.id, 1)
+        self._flaky(monkeypatch, failures=2)
+        assert lifecycle.may_start(_meta(job)) is False
+        db_session.expire_all()
+        assert db_session.get(Job, job.id).status == "cancelled"
+
+    def test_redis_away_past_every_retry_fails_as_before(self, db_session, monkeypatch):
+        job = JobFactory(status="running", attempts=1)
+        pauses = self._flaky(monkeypatch, failures=100)
+        with pytest.raises(redis.ConnectionError):
+            lifecycle.may_start(_meta(job))
+        assert pauses == list(lifecycle.MARKER_RETRY_DELAYS_S)
+
+    def test_the_marker_read_by_prerun_is_used_without_a_round_trip(self, db_session, monkeypatch):
+        job = JobFactory(status="running", attempts=1)
+        self._flaky(monkeypatch, failures=100)  # any read would fail
+        assert lifecycle.may_start(_meta(job), cancelled=0) is True

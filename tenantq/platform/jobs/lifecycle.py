@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from datetime import timedelta
 from typing import Any, Literal, cast
@@ -315,11 +316,30 @@ def may_start(message: JobMessage, cancelled: int | None = None) -> bool:
     (a cancel may land after prerun, or the cancelled attempt may already have been in Celery's queue).
     ``cancelled``: the job's cancel marker as the attempt pipeline read it at the end of prerun (in the
     same Redis round trip as its other start work), else it is read here."""
-    marker = cancelled_up_to(message.id) if cancelled is None else cancelled
+    marker = _read_marker_patiently(message.id) if cancelled is None else cancelled
     if marker >= message.attempt:
         cancelled_before_start(message)
         return False
     return True
+
+
+# A Redis restart (AOF loaded again) lasts a few seconds: the gate waits it out rather than failing an
+# attempt whose start is already recorded. Same schedule as the attempt pipeline's Redis phases.
+MARKER_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _read_marker_patiently(job_id: str) -> int:
+    """The cancel marker, read again across a Redis restart. The pipeline reads it at the end of prerun;
+    it is read here only when that round trip failed, i.e. Redis was away a moment ago. Still away
+    after the last retry: the error propagates and the attempt fails with it (the job's retry policy
+    applies), as before."""
+    for delay in MARKER_RETRY_DELAYS_S:
+        try:
+            return cancelled_up_to(job_id)
+        except redis.RedisError as exc:
+            log.warning("job %s: cancel marker unreadable (%s); retrying in %.2fs", job_id, exc, delay)
+            time.sleep(delay)
+    return cancelled_up_to(job_id)
 
 
 def _probe_values(row: Any, probing: list[FinishHook], offset: int) -> dict[str, bool]:
