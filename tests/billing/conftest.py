@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.tenants.accounts.models import Plan
+from tests.billing.invoice_factories import reset_billing_state
 
 
 def usage_of(session, job_id: str) -> list[UsageEvent]:
@@ -16,6 +17,17 @@ def usage_of(session, job_id: str) -> list[UsageEvent]:
     return list(
         session.scalars(select(UsageEvent).where(UsageEvent.job_id == job_id).order_by(UsageEvent.id))
     )
+
+
+@pytest.fixture
+def clean_billing(db_session):
+    """Billing periods, invoices and old usage are global: the test starts with none and leaves none.
+
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("clean_billing")`` so that it runs
+    before the fixtures named in the test's arguments (a usefixtures mark comes first in the order)."""
+    reset_billing_state(db_session)
+    yield
+    reset_billing_state(db_session)
 
 
 @pytest.fixture

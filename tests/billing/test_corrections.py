@@ -18,7 +18,7 @@ from tenantq.billing.invoicing.pricing import set_price
 from tenantq.billing.invoicing.service import close_period
 from tenantq.core.audit import AuditEntry
 from tenantq.core.errors import Conflict, InvalidInput
-from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
+from tests.billing.invoice_factories import UsageEventFactory, old_tenant
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 D = Decimal
@@ -29,11 +29,7 @@ def at(*args) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def clean_billing(db_session):
-    reset_billing_state(db_session)
-    yield
-    reset_billing_state(db_session)
+pytestmark = pytest.mark.usefixtures("clean_billing")
 
 
 @pytest.fixture

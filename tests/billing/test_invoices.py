@@ -16,7 +16,7 @@ from tenantq.billing.usage.models import UsageEvent
 from tenantq.core.db import session_factory
 from tenantq.core.errors import Conflict, InvalidInput
 from tenantq.core.periods import Period
-from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
+from tests.billing.invoice_factories import UsageEventFactory, old_tenant
 from tests.factories import ApiKeyFactory, auth
 
 D = Decimal
@@ -27,11 +27,7 @@ def at(*args) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def clean_billing(db_session):
-    reset_billing_state(db_session)
-    yield
-    reset_billing_state(db_session)
+pytestmark = pytest.mark.usefixtures("clean_billing")
 
 
 def pro_usage(tenant, when: datetime) -> None:

@@ -229,51 +229,48 @@ class TestOperatorPrices:
             == []
         )
 
+    @pytest.mark.usefixtures("clean_billing")
     def test_price_versions_rate_usage_by_when_it_occurred(self, api, db_session):
         """Issue 14 item 4: editing a price re-priced the open month backwards."""
         from tenantq.billing.invoicing.service import close_period
-        from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
+        from tests.billing.invoice_factories import UsageEventFactory, old_tenant
 
-        reset_billing_state(db_session)
-        try:
-            plan = make_plan(db_session, included_jobs=0)
-            tenant = old_tenant(plan.name)
-            set_price(
-                db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("1"))], effective_from=EPOCH
-            )
-            db_session.commit()
-            UsageEventFactory(
-                tenant=tenant, metric="jobs", quantity=10, occurred_at=datetime(2001, 3, 5, tzinfo=UTC)
-            )
-            UsageEventFactory(
-                tenant=tenant, metric="jobs", quantity=4, occurred_at=datetime(2001, 3, 20, tzinfo=UTC)
-            )
-            resp = api.put(
-                f"/admin/v1/billing/prices/{plan.name}/jobs",
-                json={"tiers": [{"unit_price": "0.50"}], "effective_from": "2001-03-15T00:00:00Z"},
-                headers=ADMIN,
-            )
-            assert resp.status_code == 200 and resp.json()["effective_from"].startswith("2001-03-15")
-            bad = api.put(
-                f"/admin/v1/billing/prices/{plan.name}/jobs",
-                json={"tiers": [{"unit_price": "1"}], "effective_from": "2001-03-15T00:00:00"},
-                headers=ADMIN,
-            )
-            assert bad.status_code == 422  # a time without a zone is ambiguous
-            [invoice] = [
-                i
-                for i in close_period(db_session, "2001-03", now=datetime(2001, 4, 5, tzinfo=UTC)).invoices
-                if i.tenant_id == tenant.id
-            ]
-            db_session.commit()
-            # 10 jobs before the 15th at 1.00, 4 after at 0.50.
-            assert invoice.total == D("12.00")
-            assert [(line.quantity, line.unit_price) for line in invoice.lines if line.tier] == [
-                (D(10), D(1)),
-                (D(4), D("0.5")),
-            ]
-        finally:
-            reset_billing_state(db_session)
+        plan = make_plan(db_session, included_jobs=0)
+        tenant = old_tenant(plan.name)
+        set_price(
+            db_session, plan_name=plan.name, metric="jobs", tiers=[(None, D("1"))], effective_from=EPOCH
+        )
+        db_session.commit()
+        UsageEventFactory(
+            tenant=tenant, metric="jobs", quantity=10, occurred_at=datetime(2001, 3, 5, tzinfo=UTC)
+        )
+        UsageEventFactory(
+            tenant=tenant, metric="jobs", quantity=4, occurred_at=datetime(2001, 3, 20, tzinfo=UTC)
+        )
+        resp = api.put(
+            f"/admin/v1/billing/prices/{plan.name}/jobs",
+            json={"tiers": [{"unit_price": "0.50"}], "effective_from": "2001-03-15T00:00:00Z"},
+            headers=ADMIN,
+        )
+        assert resp.status_code == 200 and resp.json()["effective_from"].startswith("2001-03-15")
+        bad = api.put(
+            f"/admin/v1/billing/prices/{plan.name}/jobs",
+            json={"tiers": [{"unit_price": "1"}], "effective_from": "2001-03-15T00:00:00"},
+            headers=ADMIN,
+        )
+        assert bad.status_code == 422  # a time without a zone is ambiguous
+        [invoice] = [
+            i
+            for i in close_period(db_session, "2001-03", now=datetime(2001, 4, 5, tzinfo=UTC)).invoices
+            if i.tenant_id == tenant.id
+        ]
+        db_session.commit()
+        # 10 jobs before the 15th at 1.00, 4 after at 0.50.
+        assert invoice.total == D("12.00")
+        assert [(line.quantity, line.unit_price) for line in invoice.lines if line.tier] == [
+            (D(10), D(1)),
+            (D(4), D("0.5")),
+        ]
 
     def test_bad_prices(self, api):
         bad = api.put(

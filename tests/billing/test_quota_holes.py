@@ -219,9 +219,63 @@ class TestReruns:
             db_session.expire_all()
             return db_session.scalars(select(UsageEvent).where(UsageEvent.job_id == job["id"])).all()
 
-        events = wait_until(lambda: len(billed()) == 4 and billed(), timeout=60, message="the usage events")
+        # An attempt's events reach the stream as one entry and SQL in one flush: wait for any, then
+        # check them all (issue 14 item 9: the re-run's first attempt billed no `jobs` event).
+        events = wait_until(billed, timeout=60, message="the usage events")
         by_metric = {e.metric: e for e in events}
+        assert sorted(by_metric) == ["attempts", "compute_ms", "jobs", "wall_ms"] and len(events) == 4
         assert by_metric["jobs"].quantity == 1 and by_metric["jobs"].attempt == by_metric["attempts"].attempt
+
+
+class TestIdempotentReplayRace:
+    def test_a_replay_racing_the_first_request_waits_for_its_job(self, db_session, make_plan, monkeypatch):
+        """Issue 14 item 6, without relying on timing: the first request is held between its quota
+        count and its commit while a replay with the same key arrives. The old code let the replay
+        reach the quota at once (402: the first request had counted the only unit); now it waits for
+        the first request's job and answers with it, and the quota counts one job."""
+        from tenantq.core.db import session_factory
+        from tenantq.core.errors import TenantqError
+        from tenantq.platform.jobs import service
+        from tenantq.platform.jobs.schemas import JobCreate
+        from tenantq.tenants.accounts.models import Tenant
+
+        key = new_key(make_plan, included_jobs=1, hard_limits=True)
+        real_admit = service.admit
+        counted: list[int] = []
+        admitted, go = threading.Event(), threading.Event()
+
+        def held_admit(session, tenant, count=1, **kwargs):
+            real_admit(session, tenant, count, **kwargs)
+            counted.append(count)
+            if len(counted) == 1:  # the first request: counted, not committed yet
+                admitted.set()
+                go.wait(30)
+
+        monkeypatch.setattr(service, "admit", held_admit)
+        results: dict[str, tuple[str, str | None]] = {}
+
+        def submit(name: str) -> None:
+            with session_factory()() as session:
+                tenant = session.get_one(Tenant, key.tenant_id)
+                try:
+                    done = service.submit_job(session, tenant, JobCreate(**LATER, idempotency_key="race"))
+                    results[name] = ("created" if done.created else "replay", done.job.id)
+                except TenantqError as exc:
+                    results[name] = (exc.code, None)
+
+        first = threading.Thread(target=submit, args=("first",))
+        first.start()
+        assert admitted.wait(30)
+        replay = threading.Thread(target=submit, args=("replay",))
+        replay.start()
+        replay.join(3)  # the old code answered the replay 402 within this time
+        go.set()
+        first.join(60)
+        replay.join(60)
+        assert results["first"][0] == "created"
+        assert results["replay"] == ("replay", results["first"][1])
+        assert counted == [1]
+        assert stored_jobs(db_session, key.tenant_id) == 1
 
 
 @pytest.mark.e2e

@@ -35,7 +35,7 @@ from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.invoicing.stripe_sync import stripe_client, sync_invoice, void_stripe_invoice
 from tenantq.billing.usage.buffer import insert_events
 from tenantq.tenants.accounts.models import Plan, TenantPlanChange
-from tests.billing.invoice_factories import old_tenant, reset_billing_state
+from tests.billing.invoice_factories import old_tenant
 from tests.billing.reconciliation import (
     A_PART,
     B_PART,
@@ -53,11 +53,7 @@ from tests.billing.test_stripe import localstripe, stripe_env  # noqa: F401 (fix
 STATES = ("succeeded", "failed", "cancelled", "terminated", "lost")
 
 
-@pytest.fixture(autouse=True)
-def clean_billing(db_session):
-    reset_billing_state(db_session)
-    yield
-    reset_billing_state(db_session)
+pytestmark = pytest.mark.usefixtures("clean_billing")
 
 
 def make_jobs(rng: random.Random, tenant_id: str, count: int, start: datetime, end: datetime) -> list[dict]:

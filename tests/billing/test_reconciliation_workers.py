@@ -53,7 +53,7 @@ from tenantq.billing.invoicing.stripe_sync import stripe_client, sync_invoice
 from tenantq.billing.usage.metering import OPEN
 from tenantq.billing.usage.models import UsageEvent
 from tenantq.tenants.accounts.models import Plan, TenantPlanChange
-from tests.billing.invoice_factories import old_tenant, reset_billing_state
+from tests.billing.invoice_factories import old_tenant
 from tests.billing.reconciliation import (
     A_PART,
     B_PART,
@@ -69,7 +69,7 @@ from tests.billing.test_stripe import localstripe, stripe_env  # noqa: F401 (fix
 from tests.conftest import ProcessGroup, free_port, wait_until
 from tests.factories import ApiKeyFactory, auth
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_billing")]
 
 ECHO = {"task": "demo.echo", "args": {}}
 TERMINAL = ("succeeded", "failed", "cancelled", "rejected")
@@ -129,13 +129,6 @@ def plain_jobs(rng: random.Random, count: int) -> list[dict]:
         else:  # one retry, then it fails for good
             out.append({"task": "demo.flaky", "args": {"failures": 5}, "max_retries": 1})
     return out
-
-
-@pytest.fixture(autouse=True)
-def clean_billing(db_session):
-    reset_billing_state(db_session)
-    yield
-    reset_billing_state(db_session)
 
 
 @pytest.fixture

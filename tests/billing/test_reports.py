@@ -21,7 +21,7 @@ from tenantq.billing.invoicing.models import EPOCH, Invoice
 from tenantq.billing.invoicing.pricing import set_price
 from tenantq.billing.invoicing.service import close_period
 from tenantq.billing.usage.buffer import insert_events
-from tests.billing.invoice_factories import old_tenant, reset_billing_state
+from tests.billing.invoice_factories import old_tenant
 from tests.conftest import ROOT
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
@@ -315,14 +315,9 @@ class TestOperatorReport:
         )
 
 
+@pytest.mark.usefixtures("clean_billing")
 class TestReportEqualsInvoice:
     """The report prices usage exactly as the period close does: same engine, same quantities."""
-
-    @pytest.fixture(autouse=True)
-    def clean_billing(self, db_session):
-        reset_billing_state(db_session)
-        yield
-        reset_billing_state(db_session)
 
     def test_closed_period_report_equals_its_invoice(self, db_session, priced_plan):
         tenant = old_tenant(priced_plan.name)

@@ -38,7 +38,7 @@ from tenantq.billing.invoicing.stripe_sync import (
 )
 from tenantq.core.settings import reset_settings_cache
 from tenantq.tenants.accounts.models import Tenant
-from tests.billing.invoice_factories import UsageEventFactory, old_tenant, reset_billing_state
+from tests.billing.invoice_factories import UsageEventFactory, old_tenant
 from tests.conftest import ROOT, ProcessGroup, free_port, wait_until
 
 STRIPE_KEY = "sk_test_tenantq"
@@ -106,11 +106,7 @@ def webhook_env(monkeypatch):
     reset_settings_cache()
 
 
-@pytest.fixture(autouse=True)
-def clean_billing(db_session):
-    reset_billing_state(db_session)
-    yield
-    reset_billing_state(db_session)
+pytestmark = pytest.mark.usefixtures("clean_billing")
 
 
 def closed_invoice(session, period: str = "2001-03") -> Invoice:
