@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import Bench, pct, wait_until
+from bench.run import Bench, add_pg_option, pct, wait_until
 
 
 def measure(b: Bench, n: int, gap: float) -> list[float]:
@@ -59,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-n", type=int, default=300, help="jobs, one at a time (default 300)")
     parser.add_argument("--gap", type=float, default=0.02, help="pause between jobs, seconds")
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-        help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite",
-    )
+    add_pg_option(parser)
     args = parser.parse_args(argv)
     logging.getLogger("tenantq.tenants").setLevel(logging.ERROR)
     b = Bench(args.pg or None, Path(tempfile.mkdtemp(prefix="tq-bench-visible-")), dispatch_depth=None)

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.run import Bench, ts, wait_until
+from bench.run import Bench, add_pg_option, ts, wait_until
 
 
 def run_tenantq(b: Bench, n: int, tenants: int, profile_dir: Path | None) -> float:
@@ -99,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=2000, help="jobs per side (default 2000)")
     parser.add_argument("--tenants", type=int, default=10, help="tenants the tenantq jobs are spread over")
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-        help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite",
-    )
+    add_pg_option(parser)
     parser.add_argument("--profile", action="store_true", help="cProfile the tenantq pool processes")
     parser.add_argument("--top", type=int, default=45, help="functions shown with --profile")
     args = parser.parse_args(argv)

@@ -924,15 +924,20 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller parameters (smoke run)")
-    parser.add_argument("--only", default="", help="comma-separated scenario numbers to run, e.g. 1,3")
+def add_pg_option(parser: argparse.ArgumentParser) -> None:
+    """``--pg``: the PostgreSQL server the benchmark makes its private database on ('' for SQLite)."""
     parser.add_argument(
         "--pg",
         default=os.environ.get("TENANTQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL URL used to create (and drop) a private database; '' for SQLite",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller parameters (smoke run)")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers to run, e.g. 1,3")
+    add_pg_option(parser)
     parser.add_argument(
         "--dispatch-depth",
         type=int,
