@@ -758,10 +758,13 @@
 
     // Billing email: where invoices are sent (writing needs the keys:manage scope).
     const emailForm = $("#billing-email-form"), emailInput = $("#billing-email"), emailMsg = $("#billing-email-message");
+    // The field stays disabled until the current address is in it: typed earlier, it would be
+    // overwritten by the load (and an empty address saved, which removes it).
     async function loadBillingEmail() {
       const r = await api("GET", "/v1/billing/settings");
       if (!r.ok) { say(emailMsg, "Billing settings: " + r.message, "error"); emailForm.hidden = true; return; }
       emailInput.value = r.data.billing_email || "";
+      $("#billing-email-fields").disabled = false;
     }
     emailForm.addEventListener("submit", async (e) => {
       e.preventDefault();
