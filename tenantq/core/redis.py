@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 
 from tenantq.core.settings import get_settings
+
+T = TypeVar("T")
+
+# A Redis restart (its AOF loaded again) lasts about a second: the worker's Redis work is tried again
+# after each of these pauses before its last error counts.
+REDIS_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 0.0)
 
 _client: redis.Redis | None = None
 _client_pid: int | None = None
@@ -40,3 +49,17 @@ def reset_redis() -> None:
         _client.close()
     _client = None
     _client_pid = None
+
+
+def with_redis_retries(call: Callable[[], T]) -> T:
+    """``call()``, tried again after each pause of :data:`REDIS_RETRY_DELAYS_S` while it raises a Redis
+    error; the last error propagates."""
+    error: redis.RedisError | None = None
+    for delay in REDIS_RETRY_DELAYS_S:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            error = exc
+            time.sleep(delay)
+    assert error is not None
+    raise error

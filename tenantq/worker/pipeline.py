@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,7 +49,7 @@ from tenantq.billing.usage import metering
 from tenantq.billing.usage.metering import OpenAttempt
 from tenantq.core.db import dispose_engine
 from tenantq.core.keys import cancel_key
-from tenantq.core.redis import get_redis, reset_redis
+from tenantq.core.redis import get_redis, reset_redis, with_redis_retries
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch import limits, slots
 from tenantq.platform.dispatch.deferral import defer_attempt
@@ -233,18 +232,18 @@ def _redis_batch(build: Callable[[Any], Callable[[list[Any]], None]], transactio
     returns what reads the replies. A Redis restart lasts about a second: wait it out (metering must
     not lose an attempt's figures), then log and give up (leases and running marks expire; an open
     usage record left behind is billed by the reconciler)."""
-    error: Exception | None = None
-    for delay in metering.REDIS_RETRY_DELAYS_S:
-        try:
-            pipe = get_redis().pipeline(transaction=transaction)
-            read = build(pipe)
-            read(pipe.execute())
-            return True
-        except redis.RedisError as exc:
-            error = exc
-            time.sleep(delay)
-    log.error("attempt pipeline: Redis %s failed: %s", what, error)
-    return False
+
+    def run() -> None:
+        pipe = get_redis().pipeline(transaction=transaction)
+        read = build(pipe)
+        read(pipe.execute())
+
+    try:
+        with_redis_retries(run)
+    except redis.RedisError as error:
+        log.error("attempt pipeline: Redis %s failed: %s", what, error)
+        return False
+    return True
 
 
 def _redis_started(attempt: AttemptState) -> None:

@@ -11,6 +11,7 @@ import redis
 from sqlalchemy import select, text
 
 from tenantq.core.db import get_engine, utcnow
+from tenantq.core.redis import REDIS_RETRY_DELAYS_S
 from tenantq.platform.jobs import lifecycle
 from tenantq.platform.jobs.hooks import AttemptOutcome
 from tenantq.platform.jobs.messages import JobMessage
@@ -255,14 +256,14 @@ class TestCancelGateAcrossARedisRestart:
             return real(job_id, client)
 
         monkeypatch.setattr(lifecycle, "cancelled_up_to", flaky)
-        monkeypatch.setattr(lifecycle.time, "sleep", pauses.append)
+        monkeypatch.setattr("time.sleep", pauses.append)
         return pauses
 
     def test_waits_out_a_restart_then_lets_the_attempt_run(self, db_session, monkeypatch):
         job = JobFactory(status="running", attempts=1)
         pauses = self._flaky(monkeypatch, failures=3)
         assert lifecycle.may_start(_meta(job)) is True
-        assert pauses == list(lifecycle.MARKER_RETRY_DELAYS_S[:3])
+        assert pauses == list(REDIS_RETRY_DELAYS_S[:3])
 
     def test_a_cancel_set_before_the_outage_still_stops_the_attempt(self, db_session, monkeypatch):
         job = JobFactory(status="running", attempts=1)
@@ -277,7 +278,7 @@ class TestCancelGateAcrossARedisRestart:
         pauses = self._flaky(monkeypatch, failures=100)
         with pytest.raises(redis.ConnectionError):
             lifecycle.may_start(_meta(job))
-        assert pauses == list(lifecycle.MARKER_RETRY_DELAYS_S)
+        assert pauses == list(REDIS_RETRY_DELAYS_S)
 
     def test_the_marker_read_by_prerun_is_used_without_a_round_trip(self, db_session, monkeypatch):
         job = JobFactory(status="running", attempts=1)

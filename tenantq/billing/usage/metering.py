@@ -62,7 +62,7 @@ import redis
 from tenantq.billing.usage.quotas import ADD_IF_EXISTS
 from tenantq.core import keys
 from tenantq.core.periods import period_of
-from tenantq.core.redis import get_redis
+from tenantq.core.redis import get_redis, with_redis_retries
 from tenantq.core.settings import get_settings
 from tenantq.platform.jobs.messages import JobMessage
 
@@ -74,9 +74,6 @@ OPEN = keys.USAGE_OPEN
 # visibility timeout at about an hour): refreshed at every attempt, then it expires.
 ATTEMPT_TTL_S = 3 * 24 * 3600
 LOST_GRACE_S = 60.0  # past the time limit an open attempt is surely dead (the worker enforces the limit)
-# Opening an attempt in prerun and closing it in postrun are retried after these pauses (then the last
-# error is logged).
-REDIS_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 0.0)
 SUPERSEDED_GRACE_S = 5.0  # a later attempt started this long ago: the earlier one will not report any more
 
 # Every state an attempt's usage events can carry. All are billable: each one means the attempt ran.
@@ -508,20 +505,15 @@ def open_attempt(message: JobMessage, *, worker: str | None, time_limit: float) 
     away (metering must never fail a tenant's task)."""
     if not metering_enabled():
         return None
-    error: Exception | None = None
-    for delay in REDIS_RETRY_DELAYS_S:
-        try:
-            attempt = _get_meter().open(message, worker=worker, time_limit=time_limit)
-        except redis.RedisError as exc:
-            error = exc
-            # A Redis restart lasts about a second: wait it out, or the attempt would run unbilled.
-            time.sleep(delay)
-            continue
-        # Measured from here: the task body starts right after this step, and a wait above is ours.
-        attempt.mono, attempt.cpu = time.monotonic(), time.process_time()
-        return attempt
-    log.error("usage: could not open attempt for job %s: %s", message.id, error)
-    return None
+    try:
+        # A Redis restart is waited out, or the attempt would run unbilled.
+        attempt = with_redis_retries(lambda: _get_meter().open(message, worker=worker, time_limit=time_limit))
+    except redis.RedisError as error:
+        log.error("usage: could not open attempt for job %s: %s", message.id, error)
+        return None
+    # Measured from here: the task body starts right after this step, and a wait above is ours.
+    attempt.mono, attempt.cpu = time.monotonic(), time.process_time()
+    return attempt
 
 
 def close_attempt(
@@ -552,19 +544,16 @@ def close_attempt(
         compute_ms = round((time.process_time() - attempt.cpu) * 1000)
     finished = time.time()
     state = _end_state(attempt, celery_state, retried=retried, finished=finished)
-    error: Exception | None = None
-    for delay in REDIS_RETRY_DELAYS_S:
-        try:
-            _get_meter().close(
+    try:
+        # A Redis restart is waited out rather than lose the real figures.
+        with_redis_retries(
+            lambda: _get_meter().close(
                 attempt, state=state, finished=finished, wall_ms=wall_ms, compute_ms=compute_ms
             )
-            return
-        except redis.RedisError as exc:
-            error = exc
-        # A Redis restart lasts about a second: wait it out rather than lose the real figures.
-        time.sleep(delay)
-    # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
-    log.error("usage: could not close attempt %s of job %s: %s", attempt.attempt, attempt.job_id, error)
+        )
+    except redis.RedisError as error:
+        # The open record stays behind, so the reconciler still bills the attempt (as lost, CPU 0).
+        log.error("usage: could not close attempt %s of job %s: %s", attempt.attempt, attempt.job_id, error)
 
 
 def close_from_outside(message: JobMessage, state: str) -> None:

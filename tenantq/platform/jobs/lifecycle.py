@@ -26,7 +26,6 @@ import logging
 import os
 import socket
 import sys
-import time
 import traceback
 from datetime import timedelta
 from typing import Any, Literal, cast
@@ -50,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from tenantq.core.db import UTCDateTime, get_engine, is_database_outage, new_id, unscoped_session, utcnow
 from tenantq.core.keys import cancel_key
-from tenantq.core.redis import get_redis
+from tenantq.core.redis import get_redis, with_redis_retries
 from tenantq.core.settings import get_settings
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import events, hooks
@@ -323,23 +322,12 @@ def may_start(message: JobMessage, cancelled: int | None = None) -> bool:
     return True
 
 
-# A Redis restart (AOF loaded again) lasts a few seconds: the gate waits it out rather than failing an
-# attempt whose start is already recorded. Same schedule as the attempt pipeline's Redis phases.
-MARKER_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
 def _read_marker_patiently(job_id: str) -> int:
-    """The cancel marker, read again across a Redis restart. The pipeline reads it at the end of prerun;
-    it is read here only when that round trip failed, i.e. Redis was away a moment ago. Still away
-    after the last retry: the error propagates and the attempt fails with it (the job's retry policy
-    applies), as before."""
-    for delay in MARKER_RETRY_DELAYS_S:
-        try:
-            return cancelled_up_to(job_id)
-        except redis.RedisError as exc:
-            log.warning("job %s: cancel marker unreadable (%s); retrying in %.2fs", job_id, exc, delay)
-            time.sleep(delay)
-    return cancelled_up_to(job_id)
+    """The cancel marker, read across a Redis restart. The pipeline reads it at the end of prerun; it is
+    read here only when that round trip failed, i.e. Redis was away a moment ago: the gate waits the
+    restart out rather than failing an attempt whose start is recorded. Still away after the retries:
+    the error propagates and the attempt fails with it (the job's retry policy applies), as before."""
+    return with_redis_retries(lambda: cancelled_up_to(job_id))
 
 
 def _probe_values(row: Any, probing: list[FinishHook], offset: int) -> dict[str, bool]:

@@ -212,12 +212,11 @@ def _login_key(session: Session, raw: str | None) -> tuple[ApiKey, Tenant]:
     return _verify_key(session, raw)
 
 
-def _key_with_tenant(session: Session, kid: str) -> tuple[ApiKey | None, Tenant | None]:
-    """The key and its tenant in one query (an inner join: a key without a tenant is no key)."""
-    key = session.execute(
+def _key_with_tenant(session: Session, kid: str) -> ApiKey | None:
+    """The key with its tenant loaded, in one query (an inner join: a key without a tenant is no key)."""
+    return session.execute(
         select(ApiKey).join(ApiKey.tenant).options(contains_eager(ApiKey.tenant)).where(ApiKey.id == kid)
     ).scalar_one_or_none()
-    return (key, key.tenant) if key is not None else (None, None)
 
 
 def _session_tenant_and_key(
@@ -239,16 +238,13 @@ def _verify_key(session: Session, raw: str) -> tuple[ApiKey, Tenant]:
     parsed = parse_key(raw)
     if parsed is None:
         raise Unauthorized("Malformed API key.", code="invalid_api_key")
-    key, tenant = _key_with_tenant(session, parsed.kid)
+    key = _key_with_tenant(session, parsed.kid)
     settings = get_settings()
     # Previous secrets still verify, so rotating TENANTQ_SECRET_KEY does not lock every tenant out.
     secrets = [settings.secret_key, *settings.previous_secret_keys]
-    if (
-        key is None
-        or tenant is None
-        or not any(verify_hash(parsed.full, key.secret_hash, s) for s in secrets if s)
-    ):
+    if key is None or not any(verify_hash(parsed.full, key.secret_hash, s) for s in secrets if s):
         raise Unauthorized("Unknown API key.", code="invalid_api_key")
+    tenant = key.tenant
     now = utcnow()
     if key.revoked_at is not None and key.revoked_at <= now:
         raise Unauthorized("This API key has been revoked.", code="revoked_api_key")
@@ -274,9 +270,9 @@ def _authenticate_session(session: Session, token: str) -> TenantContext:
     tenant, key = _session_tenant_and_key(session, claims.subject, claims.key_id)
     if tenant is None:
         raise Unauthorized("Invalid session.", code="invalid_session")
-    # A session dies with the key it was exchanged for (a key of another tenant is no key here).
+    # A session dies with the key it was exchanged for (the join finds no key of another tenant).
     now = utcnow()
-    if key is None or key.tenant_id != tenant.id or (key.revoked_at is not None and key.revoked_at <= now):
+    if key is None or (key.revoked_at is not None and key.revoked_at <= now):
         raise Unauthorized("The API key behind this session was revoked.", code="revoked_session")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthorized("The API key behind this session has expired.", code="revoked_session")
