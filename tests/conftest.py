@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -343,6 +343,39 @@ def platform_processes(platform_env, tmp_path_factory) -> Iterator[ProcessGroup]
         yield group
     finally:
         group.stop_all()
+
+
+def selects_run_by(run: Callable[[], object]) -> list[str]:
+    """The SELECT statements the process's engine executed while ``run()`` ran."""
+    from sqlalchemy import event
+
+    from tenantq.core.db import get_engine
+
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", note)
+    try:
+        run()
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", note)
+    return seen
+
+
+@pytest.fixture
+def no_direct_release(monkeypatch, platform_env) -> Iterator[None]:
+    """Every submission goes through the tenant queue and the dispatcher, as on a busy system (an idle
+    test platform would otherwise release a job at once: ``platform.dispatch.direct``)."""
+    from tenantq.core.settings import reset_settings_cache
+
+    monkeypatch.setenv("TENANTQ_DIRECT_RELEASE", "false")
+    reset_settings_cache()
+    yield
+    monkeypatch.delenv("TENANTQ_DIRECT_RELEASE")
+    reset_settings_cache()
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):

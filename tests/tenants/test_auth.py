@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from tenantq.core.settings import get_settings
 from tenantq.tenants.access.keys import generate_key
 from tenantq.tenants.access.sessions import ADMIN_SESSION_COOKIE, SESSION_COOKIE
+from tests.conftest import selects_run_by
 from tests.factories import ApiKeyFactory, auth
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # set by the platform_env fixture
@@ -131,22 +132,7 @@ class TestOneQuery:
 
     @staticmethod
     def selects(run: Callable[[], object]) -> list[str]:
-        from sqlalchemy import event
-
-        from tenantq.core.db import get_engine
-
-        seen: list[str] = []
-
-        def note(_conn, _cursor, statement, *_args) -> None:
-            if statement.lstrip().upper().startswith("SELECT"):
-                seen.append(statement)
-
-        event.listen(get_engine(), "before_cursor_execute", note)
-        try:
-            run()
-        finally:
-            event.remove(get_engine(), "before_cursor_execute", note)
-        return seen
+        return selects_run_by(run)
 
     def test_an_api_key_and_its_tenant(self):
         from tenantq.core.db import session_factory

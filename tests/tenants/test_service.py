@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tenantq.core.errors import InvalidInput
@@ -12,6 +14,7 @@ from tenantq.tenants.accounts.service import (
     update_tenant,
     validate_overrides,
 )
+from tests.conftest import selects_run_by
 from tests.factories import ApiKeyFactory, TenantFactory, auth
 
 
@@ -64,6 +67,46 @@ class TestEffectiveLimits:
         tenant = TenantFactory(plan_name="pro", overrides={"priority_min": 7})
         with pytest.raises(InvalidInput):
             update_tenant(db_session, tenant, plan="free")  # free caps priority at 5
+        db_session.rollback()
+
+
+class TestLimitsReadOncePerTransaction:
+    """A submission reads its tenant's limits five times (policy, queue bound, submission rate, quota,
+    release): the plan is read once, and the result is kept until the session writes or ends."""
+
+    @staticmethod
+    def plan_selects(run) -> list[str]:
+        # SQLAlchemy quotes the table's name (PLAN is a reserved word on PostgreSQL).
+        return [s for s in selects_run_by(run) if re.search(r'FROM "?plan"?\s', s)]
+
+    def test_a_submission_reads_the_plan_once(self, db_session):
+        from tenantq.platform.jobs.schemas import JobCreate
+        from tenantq.platform.jobs.service import submit_job
+        from tenantq.tenants.accounts.models import Tenant
+
+        tenant_id = TenantFactory(plan_name="pro").id
+        db_session.expunge_all()
+        tenant = db_session.get(Tenant, tenant_id)
+        selects = self.plan_selects(lambda: submit_job(db_session, tenant, JobCreate(task="demo.echo")))
+        assert len(selects) == 1, selects
+
+    def test_a_flushed_plan_change_is_seen_at_once(self, db_session):
+        tenant = TenantFactory(plan_name="pro")
+        before = effective_limits(db_session, tenant).concurrency
+        plan = db_session.get(Plan, "pro")
+        plan.concurrency = before + 1
+        db_session.flush()
+        try:
+            assert effective_limits(db_session, tenant).concurrency == before + 1
+        finally:
+            db_session.rollback()
+        assert effective_limits(db_session, tenant).concurrency == before
+
+    def test_changed_overrides_are_seen_without_a_flush(self, db_session):
+        tenant = TenantFactory(plan_name="pro", overrides={"concurrency": 3})
+        assert effective_limits(db_session, tenant).concurrency == 3
+        tenant.overrides = {"concurrency": 4}
+        assert effective_limits(db_session, tenant).concurrency == 4
         db_session.rollback()
 
 

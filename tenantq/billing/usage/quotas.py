@@ -38,7 +38,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import redis
 from sqlalchemy import and_, func, not_, select
@@ -52,7 +52,8 @@ from tenantq.core.periods import current_period, period_bounds, period_of
 from tenantq.core.redis import get_redis
 from tenantq.platform.jobs.models import Job
 from tenantq.platform.workflows.models import Workflow
-from tenantq.tenants.accounts.models import Plan, Tenant
+from tenantq.tenants.accounts.models import Tenant
+from tenantq.tenants.accounts.service import effective_limits
 
 log = logging.getLogger("tenantq.quotas")
 
@@ -72,19 +73,14 @@ class QuotaLimits:
 
 
 def quota_limits(session: Session, tenant: Tenant) -> QuotaLimits:
-    plan = session.get(Plan, tenant.plan_name)
-    overrides = tenant.overrides or {}
-
-    def pick(name: str, default: Any) -> Any:
-        value = overrides.get(name)
-        return value if value is not None else getattr(plan, name, default) if plan is not None else default
-
+    """The quota side of the tenant's effective limits (plan + overrides, read once per transaction)."""
+    limits = effective_limits(session, tenant)
     return QuotaLimits(
-        jobs=int(pick("included_jobs", 0)),
-        compute_seconds=int(pick("included_compute_seconds", 0)),
-        hard=bool(pick("hard_limits", True)),
-        concurrency=int(pick("concurrency", 0)),
-        max_queued=int(pick("max_queued", 0)),
+        jobs=limits.included_jobs,
+        compute_seconds=limits.included_compute_seconds,
+        hard=limits.hard_limits,
+        concurrency=limits.concurrency,
+        max_queued=limits.max_queued,
     )
 
 
@@ -92,7 +88,10 @@ def quota_limits(session: Session, tenant: Tenant) -> QuotaLimits:
 
 
 # Check and increment in one step: no interleaving of concurrent submits between test and increment.
+# A counter missing (first use in a period, or Redis lost it) answers {-1, 'missing', 0} and counts
+# nothing: the caller seeds the counters from SQL and asks again, so the usual case is one round trip.
 _ADMIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 'missing', 0} end
 local n = tonumber(ARGV[1])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local cpu = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -198,12 +197,16 @@ def check_quota(session: Session, tenant: Tenant, count: int) -> None:
     limits = quota_limits(session, tenant)
     period = current_period()
     client = get_redis()
+    admit = client.register_script(_ADMIT)
+    counters = [quota_jobs_key(tenant.id, period), quota_compute_key(tenant.id, period)]
+    args = [count, limits.jobs, limits.compute_seconds * 1000, 1 if limits.hard else 0, COUNTER_TTL_S]
     try:
-        ensure_counters(client, session, tenant.id, period)
-        ok, quota, used = client.register_script(_ADMIT)(
-            keys=[quota_jobs_key(tenant.id, period), quota_compute_key(tenant.id, period)],
-            args=[count, limits.jobs, limits.compute_seconds * 1000, 1 if limits.hard else 0, COUNTER_TTL_S],
-        )
+        ok, quota, used = admit(keys=counters, args=args)
+        if int(ok) == -1:
+            ensure_counters(client, session, tenant.id, period)
+            ok, quota, used = admit(keys=counters, args=args)
+            if int(ok) == -1:  # gone again at once (evicted): as good as unreadable
+                raise redis.RedisError("quota counters missing after seeding")
     except redis.RedisError:
         # Redis is the queue's store too: one code for "Redis is away" on every submission path, as
         # docs/operations.md lists it (a Redis restart answered quota_unavailable or queue_unavailable

@@ -7,6 +7,7 @@ imports no Redis client, so the CLI's tenant and key commands do not load one.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from tenantq.core import audit, keys
@@ -283,10 +285,33 @@ def validate_overrides(plan: Plan, overrides: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+# A request reads its tenant's limits several times (job policy, queue bound, submission rate, quota,
+# release): each read cost a plan SELECT (the session holds loaded rows weakly, so the plan was gone
+# again) and a validation of every override, about a fifth of a submission's time. They are kept in
+# the session until it flushes, commits or rolls back, after which any of them may have changed.
+_MEMO = "tenantq.effective_limits"
+
+
+@event.listens_for(Session, "after_flush")
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_limits(session: Session, *_args: Any) -> None:
+    session.info.pop(_MEMO, None)
+
+
 def effective_limits(session: Session, tenant: Tenant) -> EffectiveLimits:
     """Plan + overrides. Overrides were validated when written; an unknown or out-of-bounds value
     found here anyway (a hand-edited row) is ignored and logged, so one bad row cannot break the
     dispatcher for everyone."""
+    memo: dict[tuple[str, str, str], EffectiveLimits] = session.info.setdefault(_MEMO, {})
+    key = (tenant.id, tenant.plan_name, json.dumps(tenant.overrides or {}, sort_keys=True, default=str))
+    known = memo.get(key)
+    if known is None:
+        known = memo[key] = _effective_limits(session, tenant)
+    return known
+
+
+def _effective_limits(session: Session, tenant: Tenant) -> EffectiveLimits:
     plan = AccountRepository(session).plan(tenant.plan_name)
     if plan is None:
         raise NotFound(f"Plan {tenant.plan_name!r} of tenant {tenant.id} does not exist.")
