@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         "at the free worker slots behind it plus one (workers publish them), or adapts its depth up to "
         "this when no worker published slots for the queue.",
     )
+    direct_release: bool = Field(
+        default=True,
+        description="On an idle system (no tenant has a job waiting, a worker slot is free) the submitter "
+        "releases a new job itself instead of waiting for the dispatcher. Needs the execution queues in "
+        "the same Redis as the tenant queues (no TENANTQ_BROKER_URL of its own); otherwise off.",
+    )
     lease_ttl_seconds: float = Field(
         default=30.0,
         description="Concurrency lease lifetime; running attempts refresh theirs every third of it, "

@@ -16,7 +16,7 @@ def job_count(session, tenant_id: str) -> int:
 
 
 class TestSubmit:
-    def test_submit_queues_job_on_tenant_queue(self, api, db_session, redis_client):
+    def test_submit_queues_job_on_tenant_queue(self, api, db_session, redis_client, no_direct_release):
         key = ApiKeyFactory()
         # A session-wide dispatcher may already have released the job, so count enqueues instead of
         # looking for the job in the tenant's queue.

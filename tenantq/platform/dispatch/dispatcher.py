@@ -128,6 +128,19 @@ def publish(message: dict[str, Any], queue: str) -> None:
 Publisher = Callable[[dict[str, Any], str], None]
 
 
+def released_message(item: Released, cap: int) -> dict[str, Any]:
+    """The message that runs a released job: its dispatch token (the start guard tells a redelivery
+    from a duplicate by it), the tenant's concurrency cap (so the guard needs no database read) and
+    the time it was enqueued (the worker records the queue wait)."""
+    message = item.message
+    job = dict(message["job"])
+    job["dispatch"] = item.token
+    job["cap"] = cap
+    if message.get("enqueued_at"):
+        job["enqueued_at"] = message["enqueued_at"]
+    return {**message, "job": job}
+
+
 @dataclass(frozen=True)
 class QueuedJob:
     """A job SQL holds as ``queued``, with the message that runs its next attempt."""
@@ -414,14 +427,7 @@ class Dispatcher:
         return target - current
 
     def _publish(self, item: Released, queue: str, limits: TenantLimits) -> None:
-        message = item.message
-        job = dict(message["job"])
-        job["dispatch"] = item.token
-        # The cap travels with the release so the worker's start guard needs no database read.
-        job["cap"] = limits.concurrency
-        if message.get("enqueued_at"):
-            job["enqueued_at"] = message["enqueued_at"]
-        self.publisher({**message, "job": job}, queue)
+        self.publisher(released_message(item, limits.concurrency), queue)
 
     def _idle_wait(self) -> None:
         # Sleep until something is enqueued or a worker's pool process ends an attempt (both push
@@ -509,4 +515,5 @@ __all__ = [
     "exec_queue_depth",
     "main",
     "publish",
+    "released_message",
 ]

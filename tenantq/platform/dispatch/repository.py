@@ -128,55 +128,132 @@ end
 return out
 """)
 
+# Lua functions shared by the dispatcher's release and the submitter's direct release (below): what
+# may forbid releasing a tenant's job, and the release itself. The checks return a code (the outcome
+# codes of ``models``) or nil; ``limited`` takes a rate token when it lets the job go.
+_RELEASE_FUNCTIONS = keys.lua("""
+local function held(tenant, compute_key, compute_limit)
+  if redis.call('SISMEMBER', '${PAUSED}', tenant) == 1 then return {-4} end
+  if compute_key ~= '' and tonumber(redis.call('GET', compute_key) or '0') >= compute_limit then
+    return {-6}
+  end
+  return nil
+end
+local function limited(tenant, cap, rate, burst, now)
+  local cc = '${LEASE_PREFIX}' .. tenant
+  redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
+  if cap > 0 and redis.call('ZCARD', cc) >= cap then return {-2} end
+  if rate > 0 then
+    local rl = '${BUCKET_PREFIX}' .. tenant
+    local b = redis.call('HMGET', rl, 'tokens', 'ts')
+    local tokens = tonumber(b[1]) or burst
+    local ts = tonumber(b[2]) or now
+    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+    if tokens < 1 then
+      redis.call('HSET', rl, 'tokens', tostring(tokens), 'ts', tostring(now))
+      return {-5, math.ceil((1 - tokens) / rate * 1000)}
+    end
+    redis.call('HSET', rl, 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+    redis.call('EXPIRE', rl, math.ceil(burst / rate) + 60)
+  end
+  return nil
+end
+local function take(id, tenant, now, lease_ttl, deadline)
+  local token = tostring(redis.call('INCR', '${DISPATCH_TOKEN}'))
+  redis.call('ZADD', '${LEASE_PREFIX}' .. tenant, now + lease_ttl, id .. ':' .. token)
+  redis.call('ZADD', '${INFLIGHT}', now + deadline, id)
+  redis.call('HSET', '${INFLIGHT_META}', id, tenant .. '|' .. token)
+  return token
+end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+""")
+
 # Release one job of one tenant, atomically checking everything that may forbid it.
 # ARGV: tenant, concurrency cap (0 = none), rate jobs/s (0 = none), burst, lease ttl s,
-#       inflight deadline s, leader key, leader id ('' = no fencing).
+#       inflight deadline s, leader key, leader id ('' = no fencing), compute key ('' = none), compute limit.
 # Returns {code, ...}: 1 released {1, id, token, payload}; -1 empty; -2 at concurrency cap;
-#         -3 not the leader; -4 paused; -5 rate limited {-5, ms until a token}; 0 stale entry.
-_DISPATCH = keys.lua("""
+#         -3 not the leader; -4 paused; -5 rate limited {-5, ms until a token}; -6 held; 0 stale entry.
+_DISPATCH = _RELEASE_FUNCTIONS + keys.lua("""
 local tenant = ARGV[1]
-local cap = tonumber(ARGV[2])
-local rate = tonumber(ARGV[3])
-local burst = tonumber(ARGV[4])
-local lease_ttl = tonumber(ARGV[5])
-local deadline = tonumber(ARGV[6])
 if ARGV[8] ~= '' and redis.call('GET', ARGV[7]) ~= ARGV[8] then return {-3} end
-if redis.call('SISMEMBER', '${PAUSED}', tenant) == 1 then return {-4} end
-if ARGV[9] ~= '' and tonumber(redis.call('GET', ARGV[9]) or '0') >= tonumber(ARGV[10]) then return {-6} end
+local no = held(tenant, ARGV[9], tonumber(ARGV[10]))
+if no then return no end
 local q = '${QUEUE_PREFIX}' .. tenant
 local top = redis.call('ZRANGE', q, 0, 0)
 if #top == 0 then
   redis.call('SREM', '${ACTIVE}', tenant)
   return {-1}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cc = '${LEASE_PREFIX}' .. tenant
-redis.call('ZREMRANGEBYSCORE', cc, '-inf', now)
-if cap > 0 and redis.call('ZCARD', cc) >= cap then return {-2} end
-if rate > 0 then
-  local rl = '${BUCKET_PREFIX}' .. tenant
-  local b = redis.call('HMGET', rl, 'tokens', 'ts')
-  local tokens = tonumber(b[1]) or burst
-  local ts = tonumber(b[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-  if tokens < 1 then
-    redis.call('HSET', rl, 'tokens', tostring(tokens), 'ts', tostring(now))
-    return {-5, math.ceil((1 - tokens) / rate * 1000)}
-  end
-  redis.call('HSET', rl, 'tokens', tostring(tokens - 1), 'ts', tostring(now))
-  redis.call('EXPIRE', rl, math.ceil(burst / rate) + 60)
-end
+local now = clock()
+no = limited(tenant, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), now)
+if no then return no end
 local id = top[1]
 redis.call('ZREM', q, id)
 if redis.call('ZCARD', q) == 0 then redis.call('SREM', '${ACTIVE}', tenant) end
 local payload = redis.call('HGET', '${PAYLOAD}', id)
 if not payload then return {0} end
-local token = tostring(redis.call('INCR', '${DISPATCH_TOKEN}'))
-redis.call('ZADD', cc, now + lease_ttl, id .. ':' .. token)
-redis.call('ZADD', '${INFLIGHT}', now + deadline, id)
-redis.call('HSET', '${INFLIGHT_META}', id, tenant .. '|' .. token)
+local token = take(id, tenant, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 return {1, id, token, payload}
+""")
+
+# Enqueue a job, or release it at once when nothing could be waiting for it (the direct release of
+# an idle system, see ``enqueue_or_release``): no tenant's queue holds a job that is not paused, the
+# job's own tenant may run it now (the dispatcher's checks, above), and the workers consuming its
+# execution queue have a free slot beyond the messages already waiting there.
+# ARGV: job id, priority, payload, tenant, cap, rate, burst, lease ttl s, inflight deadline s,
+#       compute key, compute limit, default execution queue, priority levels, stale-after s.
+# Returns {1, token, queue} released (publish it, then ack), or {0} enqueued (the dispatcher's work).
+_ENQUEUE_OR_RELEASE = _RELEASE_FUNCTIONS + keys.lua("""
+local id, tenant = ARGV[1], ARGV[4]
+local function free_slots(queue, now)
+  local pools = redis.call('HGETALL', '${SLOTS}')
+  local free = nil
+  for i = 1, #pools, 2 do
+    local ok, pool = pcall(cjson.decode, pools[i + 1])
+    local at = ok and type(pool) == 'table' and tonumber(pool['at'])
+    if at and now - at <= tonumber(ARGV[14]) then
+      for _, q in ipairs(pool['queues'] or {}) do
+        if q == queue then
+          local size = tonumber(pool['size']) or 0
+          local busy = tonumber(redis.call('HGET', '${SLOTS_BUSY}', pools[i]) or '0') or 0
+          free = (free or 0) + size - math.min(size, math.max(0, busy))
+        end
+      end
+    end
+  end
+  return free
+end
+local function direct()
+  local active = redis.call('SCARD', '${ACTIVE}')
+  if active > 0 then
+    if active > redis.call('SCARD', '${PAUSED}') then return nil end
+    if #redis.call('SDIFF', '${ACTIVE}', '${PAUSED}') > 0 then return nil end
+  end
+  if held(tenant, ARGV[10], tonumber(ARGV[11])) then return nil end
+  local queue = redis.call('HGET', '${ROUTES}', tenant) or ARGV[12]
+  local now = clock()
+  local free = free_slots(queue, now)
+  if not free then return nil end
+  local waiting = redis.call('LLEN', queue)
+  for level = 1, tonumber(ARGV[13]) - 1 do waiting = waiting + redis.call('LLEN', queue .. ':' .. level) end
+  if free - waiting < 1 then return nil end
+  if limited(tenant, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), now) then return nil end
+  return {1, take(id, tenant, now, tonumber(ARGV[8]), tonumber(ARGV[9])), queue}
+end
+redis.call('HSET', '${PAYLOAD}', id, ARGV[3])
+redis.call('ZREM', '${OUTBOX}', id)
+redis.call('HDEL', '${OUTBOX_TENANT}', id)
+local released = direct()
+if released then return released end
+local seq = redis.call('INCR', '${SEQ}')
+redis.call('ZADD', '${QUEUE_PREFIX}' .. tenant, (9 - tonumber(ARGV[2])) * 10000000000000 + seq, id)
+redis.call('SADD', '${ACTIVE}', tenant)
+redis.call('LPUSH', '${WAKE}', '1')
+redis.call('LTRIM', '${WAKE}', 0, 0)
+return {0}
 """)
 
 # Put back jobs whose publish was never acknowledged (dispatcher died between pop and ack). They go
@@ -246,6 +323,7 @@ class TenantQueues:
         self._promote = client.register_script(_PROMOTE)
         self._pop = client.register_script(_POP)
         self._dispatch = client.register_script(_DISPATCH)
+        self._enqueue_or_release = client.register_script(_ENQUEUE_OR_RELEASE)
         self._reclaim = client.register_script(_RECLAIM_INFLIGHT)
         self._purge = client.register_script(_PURGE)
         self._ack = client.register_script(_ACK)
@@ -340,6 +418,52 @@ class TenantQueues:
         if code == 1:
             return Released(job_id=res[1], token=res[2], message=json.loads(res[3]))
         return code, int(res[1]) if len(res) > 1 else 0
+
+    def enqueue_or_release(
+        self,
+        tenant_id: str,
+        job_id: str,
+        priority: int,
+        message: dict[str, Any],
+        *,
+        cap: int,
+        rate: float,
+        burst: float,
+        lease_ttl: float,
+        inflight_deadline: float,
+        compute_key: str,
+        compute_limit_ms: int,
+        default_queue: str,
+        priority_levels: int,
+        stale_after: float,
+    ) -> tuple[Released, str] | None:
+        """Enqueue the job like ``enqueue``, unless nothing could be waiting for it: then release it
+        in the same call (recorded in flight exactly like the dispatcher's release) and return it
+        with the execution queue to publish it to. The caller publishes, then ``ack``s; a caller that
+        dies in between leaves an in-flight entry the reconciler puts back. Only valid where the
+        execution queues live in this Redis (their lengths are read here)."""
+        payload = self._dump(message)
+        res = self._enqueue_or_release(
+            args=[
+                job_id,
+                priority,
+                payload,
+                tenant_id,
+                cap,
+                rate,
+                burst,
+                lease_ttl,
+                inflight_deadline,
+                compute_key,
+                compute_limit_ms,
+                default_queue,
+                priority_levels,
+                stale_after,
+            ]
+        )
+        if int(res[0]) != 1:
+            return None
+        return Released(job_id=job_id, token=str(res[1]), message=json.loads(payload)), str(res[2])
 
     def ack(self, released: list[Released]) -> None:
         """The publish of these jobs succeeded: forget the in-flight records and payloads."""

@@ -25,6 +25,8 @@ from tenantq.core.keys import idempotency_claim_key
 from tenantq.core.periods import period_of
 from tenantq.core.redis import get_redis
 from tenantq.core.settings import get_settings
+from tenantq.platform.dispatch import direct
+from tenantq.platform.dispatch.limits import TenantLimits, limits_for
 from tenantq.platform.dispatch.repository import TenantQueues
 from tenantq.platform.jobs import events, lifecycle, outbox
 from tenantq.platform.jobs.admission import admit, release_after_commit, release_quota
@@ -288,6 +290,7 @@ def _submit(
         return SubmitResult(existing, created=False)
     job = new_job(session, tenant, data, now=now)
     admit(session, tenant, 1)
+    limits = limits_for(session, tenant)  # read before the commit: the direct release needs them
     if existing is not None:
         # The key outlived its retention window: release it (the old job keeps everything but the
         # key) in the same transaction as the insert, so concurrent reusers race on the unique
@@ -319,7 +322,7 @@ def _submit(
                 return SubmitResult(existing, created=False)
         raise
     try:
-        enqueue(job, client=queue_client)
+        enqueue(job, client=queue_client, limits=limits)
     except redis.RedisError as exc:
         # Compensate: the job was never runnable, so it must not exist either.
         log.error("enqueue failed for job %s: %s", job.id, exc)
@@ -370,13 +373,18 @@ def enqueue(
     attempt: int | None = None,
     first_attempt: int | None = None,
     first_run: int = 1,
+    limits: TenantLimits | None = None,
 ) -> None:
     """Put the job's next attempt on its tenant's queue (or the delayed set if it has a run_at), and
-    take its outbox note away in the same Redis call."""
+    take its outbox note away in the same Redis call. Given its tenant's ``limits``, an immediate job
+    on an idle system is released and published at once (``dispatch.direct``)."""
     queues = TenantQueues(client or get_redis())
     message = job_message(job, attempt=attempt, first_attempt=first_attempt, first_run=first_run)
     if job.status == "scheduled" and job.run_at is not None:
         queues.schedule(job.tenant_id, job.id, job.priority, message, job.run_at.timestamp())
+    elif limits is not None and (client is None or client is get_redis()) and direct.available():
+        # Not with another Redis than the process's own: the publish goes to the process's broker.
+        direct.enqueue_or_release(queues, limits, job.id, job.priority, message)
     else:
         queues.enqueue(job.tenant_id, job.id, job.priority, message)
     metrics.job_submitted(job.tenant_id, job.task, client=queues.r)
