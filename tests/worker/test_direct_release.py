@@ -178,24 +178,50 @@ class TestLeftToTheDispatcher:
 
 
 class TestPublishFailure:
-    def test_a_failed_publish_leaves_the_job_in_flight_for_the_reconciler(self, iso_redis, monkeypatch):
+    @pytest.fixture
+    def limits(self):
+        return TenantLimits(tenant_id="t1", weight=1, exec_rate=0, exec_burst=0, concurrency=0, max_queued=0)
+
+    def test_a_failed_publish_puts_the_job_back_in_its_tenant_queue_at_once(
+        self, iso_redis, monkeypatch, limits
+    ):
         declare_pool(iso_redis)
 
         def broken(_message, _queue):
             raise redis_lib.ConnectionError("broker went away")
 
         monkeypatch.setattr(direct, "publish", broken)
-        limits = TenantLimits(
-            tenant_id="t1", weight=1, exec_rate=0, exec_burst=0, concurrency=0, max_queued=0
-        )
         queues = TenantQueues(iso_redis)
         assert direct.enqueue_or_release(queues, limits, "j1", 5, message("t1", "j1")) is False
-        assert iso_redis.zscore(INFLIGHT, "j1") is not None
-        # Past its in-flight deadline the reconciler's reclaim puts it back in its tenant queue.
+        assert enqueued(iso_redis, "t1", "j1")
+        assert iso_redis.zscore(INFLIGHT, "j1") is None and iso_redis.zcard(lease_key("t1")) == 0
+        assert iso_redis.llen(WAKE) == 1  # the dispatcher takes it from here
+        assert iso_redis.hget(PAYLOAD, "j1") is not None
+
+    def test_a_release_left_in_flight_is_put_back_by_the_reconciler(self, iso_redis):
+        """The submitter died between its Lua call and the publish: nothing but the entry is left."""
+        declare_pool(iso_redis)
+        assert submit(iso_redis, "t1", "j1") is not None
+        queues = TenantQueues(iso_redis)
+        assert queues.reclaim_inflight() == 0  # its deadline has not passed
         iso_redis.zadd(INFLIGHT, {"j1": time.time() - 1})
         assert queues.reclaim_inflight() == 1
-        assert enqueued(iso_redis, "t1", "j1")
-        assert iso_redis.zcard(lease_key("t1")) == 0
+        assert enqueued(iso_redis, "t1", "j1") and iso_redis.zcard(lease_key("t1")) == 0
+
+    def test_a_failed_acknowledgement_still_counts_as_published(self, iso_redis, monkeypatch, limits):
+        declare_pool(iso_redis)
+        sent = []
+        monkeypatch.setattr(direct, "publish", lambda message, queue: sent.append((queue, message)))
+
+        def ack_fails(self, released):
+            raise redis_lib.ConnectionError("redis went away")
+
+        monkeypatch.setattr(TenantQueues, "ack", ack_fails)
+        assert (
+            direct.enqueue_or_release(TenantQueues(iso_redis), limits, "j1", 5, message("t1", "j1")) is True
+        )
+        ((queue, sent_message),) = sent
+        assert queue == EXEC and sent_message["job"]["dispatch"] and sent_message["job"]["cap"] == 0
 
 
 SUBMIT = """

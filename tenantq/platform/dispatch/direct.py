@@ -17,17 +17,22 @@ enqueue_or_release``):
 
 Otherwise the job is enqueued exactly as before and the dispatcher decides. A direct release is
 recorded in flight like the dispatcher's (lease, dispatch token, deadline): the submitter publishes
-and acknowledges it; if it dies (or the publish fails) in between, the reconciler puts the job back
-in its tenant queue once the in-flight deadline passes, and the start guard makes any second copy
-harmless. Where the execution queues live on another broker (RabbitMQ, or a second Redis) their
-depth cannot be read in the same call, and every job goes through the dispatcher.
+and acknowledges it. A publish that fails puts the job back at the head of its tenant queue at once;
+a submitter that dies in between (or cannot reach Redis to put it back) leaves the in-flight entry,
+which the reconciler puts back once the in-flight deadline passes; the start guard makes any second
+copy harmless. Where the execution
+queues live on another broker (RabbitMQ, or a second Redis) their depth cannot be read in the same
+call, and every job goes through the dispatcher.
 ``TENANTQ_DIRECT_RELEASE=false`` turns it off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
+
+import redis
 
 from tenantq.core import keys
 from tenantq.core.celery import PRIORITY_LEVELS
@@ -51,7 +56,8 @@ def enqueue_or_release(
     queues: TenantQueues, limits: TenantLimits, job_id: str, priority: int, message: dict[str, Any]
 ) -> bool:
     """Enqueue a job's attempt for the dispatcher, or release and publish it now (see the module).
-    True if it was published here. Raises ``redis.RedisError`` only if it could not be enqueued."""
+    True if it was published here. Raises ``redis.RedisError`` only if it could be neither enqueued nor
+    released (nothing was written), so the caller may drop the job."""
     settings = get_settings()
     tenant = limits.tenant_id
     hard_quota = limits.compute_limit_ms is not None
@@ -77,15 +83,19 @@ def enqueue_or_release(
     item, queue = released
     try:
         publish(released_message(item, limits.concurrency), queue)
-        queues.ack([item])
-    except Exception as exc:  # noqa: BLE001 - the job is committed and in flight: the reconciler has it
-        log.warning(
-            "direct release of job %s could not be published (%s: %s); the reconciler re-queues it",
-            job_id,
-            type(exc).__name__,
-            exc,
-        )
+    except Exception as exc:  # noqa: BLE001 - the job is committed and in flight: it must not be lost
+        log.warning("direct release of job %s not published (%s: %s)", job_id, type(exc).__name__, exc)
+        # Back to its tenant queue for the dispatcher at once; if Redis is away too, the in-flight
+        # entry stays and the reconciler puts it back after the in-flight deadline.
+        with contextlib.suppress(redis.RedisError):
+            queues.unrelease(job_id)
         return False
+    try:
+        queues.ack([item])
+    except redis.RedisError as exc:
+        # Published: the job runs. Its in-flight entry outlives it, and when the reconciler re-queues
+        # it, the start guard skips the copy (another dispatch of a started attempt).
+        log.warning("direct release of job %s published but not acknowledged: %s", job_id, exc)
     return True
 
 

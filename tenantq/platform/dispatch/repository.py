@@ -258,28 +258,43 @@ return {0}
 
 # Put back jobs whose publish was never acknowledged (dispatcher died between pop and ack). They go
 # to the front of their priority level: they were already at the head once.
-_RECLAIM_INFLIGHT = keys.lua("""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local ids = redis.call('ZRANGEBYSCORE', '${INFLIGHT}', '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local n = 0
-for _, id in ipairs(ids) do
+_PUT_BACK = keys.lua("""
+local function put_back(id)
   local meta = redis.call('HGET', '${INFLIGHT_META}', id)
   local payload = redis.call('HGET', '${PAYLOAD}', id)
   redis.call('ZREM', '${INFLIGHT}', id)
   redis.call('HDEL', '${INFLIGHT_META}', id)
-  if meta and payload then
-    local sep = string.find(meta, '|', 1, true)
-    local tenant = string.sub(meta, 1, sep - 1)
-    local token = string.sub(meta, sep + 1)
-    local prio = 5
-    local ok, msg = pcall(cjson.decode, payload)
-    if ok and msg['job'] and msg['job']['priority'] then prio = tonumber(msg['job']['priority']) end
-    redis.call('ZREM', '${LEASE_PREFIX}' .. tenant, id .. ':' .. token)
-    redis.call('ZADD', '${QUEUE_PREFIX}' .. tenant, (9 - prio) * 10000000000000, id)
-    redis.call('SADD', '${ACTIVE}', tenant)
-    n = n + 1
-  end
+  if not (meta and payload) then return 0 end
+  local sep = string.find(meta, '|', 1, true)
+  local tenant = string.sub(meta, 1, sep - 1)
+  local token = string.sub(meta, sep + 1)
+  local prio = 5
+  local ok, msg = pcall(cjson.decode, payload)
+  if ok and msg['job'] and msg['job']['priority'] then prio = tonumber(msg['job']['priority']) end
+  redis.call('ZREM', '${LEASE_PREFIX}' .. tenant, id .. ':' .. token)
+  redis.call('ZADD', '${QUEUE_PREFIX}' .. tenant, (9 - prio) * 10000000000000, id)
+  redis.call('SADD', '${ACTIVE}', tenant)
+  return 1
+end
+""")
+
+_RECLAIM_INFLIGHT = _PUT_BACK + keys.lua("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ids = redis.call('ZRANGEBYSCORE', '${INFLIGHT}', '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local n = 0
+for _, id in ipairs(ids) do n = n + put_back(id) end
+return n
+""")
+
+# Undo one release whose publish failed (ARGV: job id): back at the head of its tenant's queue at once,
+# its lease freed, the dispatcher woken. 0 if it was no longer in flight.
+_UNRELEASE = _PUT_BACK + keys.lua("""
+if not redis.call('ZSCORE', '${INFLIGHT}', ARGV[1]) then return 0 end
+local n = put_back(ARGV[1])
+if n > 0 then
+  redis.call('LPUSH', '${WAKE}', '1')
+  redis.call('LTRIM', '${WAKE}', 0, 0)
 end
 return n
 """)
@@ -325,6 +340,7 @@ class TenantQueues:
         self._dispatch = client.register_script(_DISPATCH)
         self._enqueue_or_release = client.register_script(_ENQUEUE_OR_RELEASE)
         self._reclaim = client.register_script(_RECLAIM_INFLIGHT)
+        self._unrelease = client.register_script(_UNRELEASE)
         self._purge = client.register_script(_PURGE)
         self._ack = client.register_script(_ACK)
 
@@ -476,6 +492,10 @@ class TenantQueues:
 
     def reclaim_inflight(self, limit: int = 1000) -> int:
         return int(self._reclaim(args=[limit]))
+
+    def unrelease(self, job_id: str) -> bool:
+        """Put a released job whose publish failed back at the head of its tenant's queue now."""
+        return bool(self._unrelease(args=[job_id]))
 
     def purge(self, tenant_id: str) -> list[str]:
         return list(self._purge(args=[tenant_id]))

@@ -316,16 +316,23 @@ def _effective_limits(session: Session, tenant: Tenant) -> EffectiveLimits:
     if plan is None:
         raise NotFound(f"Plan {tenant.plan_name!r} of tenant {tenant.id} does not exist.")
     merged = _plan_limits(plan)
+    known: dict[str, Any] = {}
     for field_name, value in (tenant.overrides or {}).items():
         if field_name not in LIMIT_FIELDS or value is None:
             log.warning("ignoring unknown override %r of tenant %s", field_name, tenant.id)
-            continue
-        try:
-            LimitOverrides.model_validate({field_name: value})
-        except ValidationError:
-            log.warning("ignoring invalid override %s=%r of tenant %s", field_name, value, tenant.id)
-            continue
-        merged[field_name] = value
+        else:
+            known[field_name] = value
+    try:
+        LimitOverrides.model_validate(known)  # all at once: the usual case, valid as written
+        merged.update(known)
+    except ValidationError:
+        for field_name, value in known.items():  # one by one, to keep the valid ones
+            try:
+                LimitOverrides.model_validate({field_name: value})
+            except ValidationError:
+                log.warning("ignoring invalid override %s=%r of tenant %s", field_name, value, tenant.id)
+                continue
+            merged[field_name] = value
     if merged["priority_min"] > merged["priority_max"]:
         merged["priority_min"], merged["priority_max"] = plan.priority_min, plan.priority_max
     return EffectiveLimits(plan=plan.name, **merged)
