@@ -20,9 +20,8 @@ recorded in flight like the dispatcher's (lease, dispatch token, deadline): the 
 and acknowledges it. A publish that fails puts the job back at the head of its tenant queue at once;
 a submitter that dies in between (or cannot reach Redis to put it back) leaves the in-flight entry,
 which the reconciler puts back once the in-flight deadline passes; the start guard makes any second
-copy harmless. Where the execution
-queues live on another broker (RabbitMQ, or a second Redis) their depth cannot be read in the same
-call, and every job goes through the dispatcher.
+copy harmless. Where the execution queues live on another broker (RabbitMQ, or a second Redis) their
+depth cannot be read in the same call, and every job goes through the dispatcher.
 ``TENANTQ_DIRECT_RELEASE=false`` turns it off.
 """
 
