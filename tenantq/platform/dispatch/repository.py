@@ -208,6 +208,8 @@ return {1, id, token, payload}
 # Returns {1, token, queue} released (publish it, then ack), or {0} enqueued (the dispatcher's work).
 _ENQUEUE_OR_RELEASE = _RELEASE_FUNCTIONS + keys.lua("""
 local id, tenant = ARGV[1], ARGV[4]
+-- The free slots of ``dispatch.slots.free_slots`` and the waiting messages of ``exec_queue_depth``,
+-- read inside this call: keep the three in step.
 local function free_slots(queue, now)
   local pools = redis.call('HGETALL', '${SLOTS}')
   local free = nil
@@ -458,12 +460,11 @@ class TenantQueues:
         with the execution queue to publish it to. The caller publishes, then ``ack``s; a caller that
         dies in between leaves an in-flight entry the reconciler puts back. Only valid where the
         execution queues live in this Redis (their lengths are read here)."""
-        payload = self._dump(message)
         res = self._enqueue_or_release(
             args=[
                 job_id,
                 priority,
-                payload,
+                self._dump(message),  # stamps message["enqueued_at"], which the release carries
                 tenant_id,
                 cap,
                 rate,
@@ -479,7 +480,7 @@ class TenantQueues:
         )
         if int(res[0]) != 1:
             return None
-        return Released(job_id=job_id, token=str(res[1]), message=json.loads(payload)), str(res[2])
+        return Released(job_id=job_id, token=str(res[1]), message=message), str(res[2])
 
     def ack(self, released: list[Released]) -> None:
         """The publish of these jobs succeeded: forget the in-flight records and payloads."""

@@ -69,7 +69,8 @@ def forget(client: Any, hostname: str) -> None:
 
 def free_slots(client: Any, now: float | None = None) -> dict[str, int]:
     """Free slots per execution queue, over the live workers consuming it (a worker consuming several
-    queues counts its free slots for each). Stale workers are removed."""
+    queues counts its free slots for each). Stale workers are removed. The direct release computes
+    the same figure inside its Lua call (``repository._ENQUEUE_OR_RELEASE``): keep them in step."""
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(SLOTS)
